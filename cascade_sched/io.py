@@ -1,0 +1,83 @@
+"""The schedule's JSON form, ``cascade-schedule/1`` (documented in docs/schedule-format.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cascade_sched.errors import CascadeError, ScheduleError
+from cascade_sched.schedule import Schedule, Task, build_schedule
+from cascade_sched.spec import CascadeSpec
+from cascade_sched.validate import validate
+
+FORMAT = "cascade-schedule/1"
+
+
+def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
+    """The JSON-ready object: format, spec (every field), num_stages and the tasks in (tick, block) order."""
+    return {
+        "format": FORMAT,
+        "spec": schedule.spec.to_dict(),
+        "num_stages": schedule.num_stages,
+        "tasks": [
+            {
+                "block": t.block,
+                "stage": t.stage,
+                "tick": t.tick,
+                "timestep": t.timestep,
+                "kind": t.kind,
+                "device": t.device,
+                "reads": [[j, v] for j, v in t.reads],
+            }
+            for t in schedule.tasks
+        ],
+    }
+
+
+def dumps(schedule: Schedule, indent: int | None = None) -> str:
+    """The schedule as a ``cascade-schedule/1`` JSON string."""
+    return json.dumps(schedule_to_dict(schedule), indent=indent)
+
+
+def schedule_from_dict(data: Any) -> Schedule:
+    """Read a ``cascade-schedule/1`` object back and validate it.
+
+    The tasks are taken as written (not rebuilt from the spec), so a file edited by hand, with a
+    custom placement say, is checked by :func:`validate` rather than silently replaced.
+    """
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ScheduleError(f"not a schedule: expected \"format\": \"{FORMAT}\", got {got!r}")
+    try:
+        spec = CascadeSpec.from_dict(data["spec"])
+        if data["num_stages"] != spec.num_stages:
+            raise ScheduleError(f"num_stages is {data['num_stages']}, but the spec has {spec.num_stages} stages")
+        tasks = tuple(
+            Task(
+                int(t["block"]),
+                int(t["stage"]),
+                int(t["tick"]),
+                int(t["device"]),
+                str(t["kind"]),
+                t["timestep"],
+                tuple((int(j), int(v)) for j, v in t["reads"]),
+            )
+            for t in data["tasks"]
+        )
+    except CascadeError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise ScheduleError(f"malformed schedule JSON: {type(e).__name__}: {e}") from None
+    # Start ticks and free ticks follow from the spec; the tasks are checked against them.
+    reference = build_schedule(spec)
+    schedule = Schedule(spec=spec, tasks=tasks, starts=reference.starts, free_after=reference.free_after)
+    return validate(schedule)
+
+
+def loads(text: str) -> Schedule:
+    """Parse and validate a ``cascade-schedule/1`` JSON string."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ScheduleError(f"schedule JSON does not parse: {e}") from None
+    return schedule_from_dict(data)

@@ -1,0 +1,146 @@
+"""``CascadeSpec``: the cascade setting a user asks for, validated where it is built.
+
+Everything downstream (schedule, simulator, executors) is a pure function of this value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from cascade_sched.errors import ConfigError, check_range
+
+Attention = Literal["causal", "bidirectional", "stale"]
+ATTENTION_MODES: tuple[str, ...] = ("causal", "bidirectional", "stale")
+DEFAULT_TIMESTEPS: tuple[float, ...] = (1000, 750, 500, 250)
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    """A cascade setting: how many blocks, which stages, how far apart blocks start, what they attend to.
+
+    ``lag`` is an int (uniform), a sequence of ``num_blocks - 1`` per-block lags (``lag[b]`` is the
+    distance from block b's start to block b+1's), or None for the sequential baseline ``S``.
+    ``window`` counts blocks including the block itself (None = unbounded); ``sink`` blocks
+    ``0 .. sink-1`` stay visible to every later block.
+
+    >>> spec = CascadeSpec(num_blocks=4, lag=1, num_devices=5)
+    >>> spec.num_stages, spec.lags
+    (5, (1, 1, 1))
+    """
+
+    num_blocks: int
+    timesteps: tuple[float, ...] = DEFAULT_TIMESTEPS
+    cache_pass: bool = True
+    lag: int | tuple[int, ...] | None = None
+    attention: str = "causal"
+    window: int | None = None
+    sink: int = 0
+    num_devices: int = 1
+    placement: str = "block"
+    frames_per_block: int = 3
+    seed: int = 0
+    lags: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_range("num_blocks", self.num_blocks, 1)
+        steps = tuple(self.timesteps)
+        if not steps:
+            raise ConfigError("timesteps", "`timesteps` must name at least one denoise step, got none")
+        for t in steps:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1000:
+                raise ConfigError("timesteps", f"`timesteps` must lie in (0, 1000], got {t!r}")
+        if any(a <= b for a, b in zip(steps, steps[1:])):
+            raise ConfigError(
+                "timesteps", f"`timesteps` must be strictly decreasing without repeats, got {list(steps)}"
+            )
+        object.__setattr__(self, "timesteps", steps)
+        if self.attention not in ATTENTION_MODES:
+            raise ConfigError(
+                "attention", f"`attention` must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}"
+            )
+        if self.window is not None:
+            check_range("window", self.window, 1, what=" blocks (None = unbounded)")
+        check_range("sink", self.sink, 0)
+        check_range("num_devices", self.num_devices, 1)
+        check_range("frames_per_block", self.frames_per_block, 1)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", f"`seed` must be a non-negative integer, got {self.seed!r}")
+        from cascade_sched.placement import PLACEMENTS  # registry lives beside the policies
+
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(
+                "placement", f"`placement` must be one of {', '.join(sorted(PLACEMENTS))}, got {self.placement!r}"
+            )
+        object.__setattr__(self, "lags", self._resolve_lags())
+
+    def _resolve_lags(self) -> tuple[int, ...]:
+        s, n = self.num_stages, self.num_blocks - 1
+        if self.lag is None:
+            return (s,) * n
+        if isinstance(self.lag, int) and not isinstance(self.lag, bool):
+            check_range("lag", self.lag, 1, s, f" (S={s} stages)")
+            return (self.lag,) * n
+        if isinstance(self.lag, (str, bytes)) or not isinstance(self.lag, Sequence):
+            raise ConfigError("lag", f"`lag` must be an int or a sequence of ints, got {self.lag!r}")
+        lags = tuple(self.lag)
+        if len(lags) != n:
+            raise ConfigError("lag", f"`lag` as a sequence needs num_blocks - 1 = {n} entries, got {len(lags)}")
+        for value in lags:
+            check_range("lag", value, 1, s, f" (S={s} stages)")
+        object.__setattr__(self, "lag", lags)
+        return lags
+
+    # -- derived sizes ----------------------------------------------------------------------------------
+    @property
+    def num_denoise(self) -> int:
+        """K, the number of denoise stages."""
+        return len(self.timesteps)
+
+    @property
+    def num_stages(self) -> int:
+        """S = K denoise stages, plus one cache stage when ``cache_pass`` is on."""
+        return len(self.timesteps) + (1 if self.cache_pass else 0)
+
+    @property
+    def stage_timesteps(self) -> tuple[float, ...]:
+        """The nominal timestep of every stage; the cache stage runs at the context timestep 0."""
+        return self.timesteps + ((0,) if self.cache_pass else ())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every spec field as plain JSON-ready values (``lag`` as given, tuples as lists)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CascadeSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are a ``ConfigError``."""
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError("spec", f"unknown spec field(s) {unknown}; valid: {sorted(known)}")
+        kwargs = dict(data)
+        if "timesteps" in kwargs:
+            kwargs["timesteps"] = tuple(kwargs["timesteps"])
+        if isinstance(kwargs.get("lag"), list):
+            kwargs["lag"] = tuple(kwargs["lag"])
+        return cls(**kwargs)
+
+
+def paper_level(k: int, num_stages: int) -> int:
+    """The uniform lag of the paper's parallelism level ``P(k)``: ``S - k``.
+
+    The paper names only its most parallel level publicly (P4: lag 1 with S = 5); P0 (lag S, the
+    sequential baseline) up to P{S-1} (lag 1) is the natural family this project fills in around it.
+
+    >>> paper_level(4, 5), paper_level(0, 5)
+    (1, 5)
+    """
+    check_range("level", k, 0, num_stages - 1, f" (S={num_stages} stages)")
+    return num_stages - k

@@ -1,0 +1,163 @@
+"""``validate(schedule)``: check a schedule against the semantic contract of DESIGN.md section 2.
+
+The checks are written from the contract's definitions, independently of ``build_schedule``, so a bug
+in one is caught by the other. A failure raises ``ScheduleError`` with the tick x device grid and the
+failing cell marked.
+"""
+
+from __future__ import annotations
+
+from cascade_sched.errors import ScheduleError
+from cascade_sched.render import render_grid
+from cascade_sched.schedule import CACHE, DENOISE, KVRef, Schedule, Task, gc_paused, in_flight
+
+
+def _fail(schedule: Schedule, message: str, task: Task | None = None) -> ScheduleError:
+    mark = (task.tick, task.device) if task is not None else None
+    where = f"{task} (tick {task.tick}): " if task is not None else ""
+    try:
+        grid = render_grid(schedule, mark=mark)
+    except Exception:  # a schedule too broken to draw still gets its message
+        grid = "(grid unavailable)"
+    return ScheduleError(f"invalid schedule: {where}{message}\n{grid}")
+
+
+def _explain_read(schedule: Schedule, task: Task, ref: object, expected: tuple[KVRef, ...]) -> str:
+    """Say what is wrong with one read that the contract did not ask for."""
+    S, B = schedule.num_stages, schedule.num_blocks
+    if not (isinstance(ref, tuple) and len(ref) == 2 and all(isinstance(x, int) for x in ref)):
+        return f"read {ref!r} is not a (block, stage) pair"
+    j, v = ref
+    if not (0 <= j < B and 0 <= v < S):
+        return f"reads KV version B{j}S{v}, which does not exist (blocks 0..{B - 1}, stages 0..{S - 1})"
+    if j == task.block:
+        return f"reads its own block's version B{j}S{v}; a block's own tokens are not a read"
+    produced = schedule.starts[j] + v
+    if produced > task.tick:
+        return f"reads B{j}S{v}, produced at tick {produced}, after the reading tick {task.tick}"
+    if produced == task.tick and schedule.spec.attention == "stale":
+        return f"reads B{j}S{v} of the same tick; `stale` attention reads only strictly earlier versions"
+    want = dict(expected)
+    if j not in want:
+        return (
+            f"reads block {j}, which is outside its window={schedule.spec.window} and "
+            f"sink={schedule.spec.sink} (or not in flight) under {schedule.spec.attention} attention"
+        )
+    return f"reads B{j}S{v}, but the contract says it reads version B{j}S{want[j]}"
+
+
+def _explain_task(
+    schedule: Schedule,
+    task: Task,
+    seen: bytearray,
+    prev: tuple[int, int],
+    kinds: list[str],
+    stage_t: tuple[float, ...],
+) -> str:
+    b, s = task.block, task.stage
+    S, B, D = schedule.num_stages, schedule.num_blocks, schedule.num_devices
+    if not (0 <= b < B and 0 <= s < S):
+        return f"task B{b}S{s} does not exist (blocks 0..{B - 1}, stages 0..{S - 1})"
+    if seen[b * S + s]:
+        return "task appears more than once"
+    if task.tick != schedule.starts[b] + s:
+        return f"stage {s} must run at start({b}) + {s} = {schedule.starts[b] + s}, not tick {task.tick}"
+    if (task.tick, b) <= prev:
+        return f"tasks out of (tick, block) order: follows tick {prev[0]}, block {prev[1]}"
+    if task.kind != kinds[s] or task.timestep != stage_t[s]:
+        return f"stage {s} must be {kinds[s]} at t={stage_t[s]}, got {task.kind} at t={task.timestep}"
+    return f"device {task.device} is out of range 0..{D - 1}"
+
+
+def _explain_reads(schedule: Schedule, task: Task, expected: tuple[KVRef, ...]) -> str:
+    extra = [r for r in task.reads if r not in expected]
+    if extra:
+        return _explain_read(schedule, task, extra[0], expected)
+    missing = [r for r in expected if r not in task.reads]
+    if missing:
+        j, v = missing[0]
+        return f"does not read B{j}S{v}, which the contract makes visible"
+    return "reads must be sorted by block without repeats"
+
+
+def validate(schedule: Schedule) -> Schedule:
+    """Check ``schedule`` against the contract; return it unchanged, or raise ``ScheduleError``.
+
+    Checked: start ticks and lag bounds, completeness (every (block, stage) exactly once), stage order
+    (consecutive ticks), task order, kinds and timesteps, device indices, every read (exists, produced
+    no later than the reading tick, same tick only inside a joint-attention gang, window and sink
+    rules), and that no committed block is freed before its last read.
+
+    >>> from cascade_sched import CascadeSpec, build_schedule
+    >>> validate(build_schedule(CascadeSpec(num_blocks=3, lag=2))).num_blocks
+    3
+    """
+    with gc_paused():
+        return _validate(schedule)
+
+
+def _validate(schedule: Schedule) -> Schedule:
+    spec = schedule.spec
+    S, B, D = spec.num_stages, spec.num_blocks, spec.num_devices
+    starts = schedule.starts
+    if len(starts) != B or starts[0] != 0:
+        raise _fail(schedule, f"start ticks {list(starts[:8])}... must begin at 0 and name all {B} blocks")
+    for b in range(B - 1):
+        lag = starts[b + 1] - starts[b]
+        if not 1 <= lag <= S or lag != spec.lags[b]:
+            raise _fail(schedule, f"lag between blocks {b} and {b + 1} is {lag}; spec says {spec.lags[b]} (1..S={S})")
+    if len(schedule.free_after) != B:
+        raise _fail(schedule, f"free_after names {len(schedule.free_after)} blocks, expected {B}")
+
+    seen = bytearray(B * S)
+    last_read = [starts[b] + S - 1 for b in range(B)]
+    prev: tuple[int, int] = (-1, -1)
+    kinds = [DENOISE] * spec.num_denoise + ([CACHE] if spec.cache_pass else [])
+    stage_t = spec.stage_timesteps
+    window, sink, mode = spec.window, spec.sink, spec.attention
+    for task in schedule.tasks:
+        b, s, tick, device, kind, timestep, reads = task
+        # One combined test on the hot path; the slow path below names the first broken rule.
+        if not (
+            0 <= b < B
+            and 0 <= s < S
+            and not seen[b * S + s]
+            and tick == starts[b] + s
+            and (tick, b) > prev
+            and kind == kinds[s]
+            and timestep == stage_t[s]
+            and 0 <= device < D
+        ):
+            raise _fail(schedule, _explain_task(schedule, task, seen, prev, kinds, stage_t), task)
+        seen[b * S + s] = 1
+        prev = (tick, b)
+        # The contract's visible blocks: sink 0..sink-1, window b-window < j < b, and (bidirectional)
+        # every later block in flight now; then the version of each that this tick sees.
+        lo = 0 if window is None else max(0, b - window + 1)
+        visible = [j for j in range(min(sink, b)) if j < lo] + list(range(lo, b))
+        if mode == "bidirectional":
+            visible += [j for j in in_flight(starts, S, tick) if j > b]
+        expected: list[KVRef] = []
+        for j in visible:
+            age = tick - starts[j]
+            if age >= S:  # committed before this tick
+                expected.append((j, S - 1))
+                if last_read[j] < tick:
+                    last_read[j] = tick
+            elif mode != "stale":
+                expected.append((j, age))
+            elif age >= 1:
+                expected.append((j, age - 1))
+        if reads != tuple(expected):
+            raise _fail(schedule, _explain_reads(schedule, task, tuple(expected)), task)
+    if not all(seen):
+        missing_tasks = [f"B{b}S{s}" for b in range(B) for s in range(S) if not seen[b * S + s]]
+        raise _fail(schedule, f"missing task(s) {', '.join(missing_tasks[:8])}")
+    for b in range(B):
+        if schedule.free_after[b] < last_read[b]:
+            raise _fail(
+                schedule,
+                f"block {b}'s committed KV is freed after tick {schedule.free_after[b]}, "
+                f"but a task reads it at tick {last_read[b]}",
+            )
+    return schedule

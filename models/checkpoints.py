@@ -1,0 +1,198 @@
+"""Load Wan2.1-family DiT weights exactly, or not at all; save and load the project's own format.
+
+The model names its parameters exactly as Wan2.1's ``WanModel`` does (``patch_embedding``,
+``text_embedding.0/.2``, ``time_embedding.0/.2``, ``time_projection.1``, ``blocks.N.self_attn.{q,k,v,o,
+norm_q,norm_k}``, ``blocks.N.norm3``, ``blocks.N.cross_attn.{...}``, ``blocks.N.ffn.0/.2``,
+``blocks.N.modulation``, ``head.head``, ``head.modulation``), so mapping a public checkpoint only means
+unwrapping it:
+
+- nesting: Self-Forcing and CausVid training checkpoints hold the state dict under ``generator_ema`` /
+  ``generator`` (EMA preferred), others under ``state_dict``, ``model`` or ``module``;
+- prefixes: ``model.`` (Self-Forcing's ``WanDiffusionWrapper.model``), ``module.`` (DDP),
+  ``diffusion_model.``, and the wrapper components ``_fsdp_wrapped_module`` / ``_orig_mod`` /
+  ``_checkpoint_wrapped_module`` anywhere in a name.
+
+Missing keys, unexpected keys and shape mismatches are collected and raised together as one
+CheckpointError; the model is only touched when everything matches.
+
+Own format: a directory with ``model.safetensors`` and ``config.json`` (``{"format": "cascade-model/1",
+"config": {...}}``), or a ``NAME.safetensors`` file with ``NAME.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cascade_sched.errors import CheckpointError
+
+from .config import ModelConfig, get_config
+from .dit import CausalWanDiT
+
+__all__ = ["load_checkpoint", "load_model", "load_state_dict", "map_wan_keys", "save_model"]
+
+FORMAT = "cascade-model/1"
+NEST_KEYS = ("generator_ema", "generator", "state_dict", "model", "module", "ema")
+PREFIXES = ("model.", "module.", "diffusion_model.")
+WRAPPERS = ("_fsdp_wrapped_module", "_orig_mod", "_checkpoint_wrapped_module")
+
+
+def _is_flat(d: Mapping[str, Any]) -> bool:
+    return bool(d) and all(isinstance(v, Tensor) for v in d.values())
+
+
+def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, Tensor]:
+    """Read a flat {name: tensor} dict from .safetensors or .pt/.pth, unwrapping nested checkpoints.
+
+    `key` picks the nested entry explicitly (e.g. ``"generator"`` to skip the EMA weights); by default the
+    first of ``generator_ema, generator, state_dict, model, module, ema`` that holds tensors is used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+        else:
+            raise CheckpointError(f"checkpoint {str(path)!r}: unknown format {suffix!r}; use .safetensors, .pt or .pth")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # corrupt file, non-tensor pickle, ...
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
+    trail = []
+    if key is not None:
+        if not isinstance(obj, Mapping) or not isinstance(obj.get(key), Mapping):
+            found = sorted(obj)[:12] if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(f"checkpoint {str(path)!r}: no entry {key!r}; top-level keys: {found}")
+        trail.append(key)
+        obj = obj[key]
+    while isinstance(obj, Mapping) and not _is_flat(obj):
+        pick = next((k for k in NEST_KEYS if isinstance(obj.get(k), Mapping) and obj[k]), None)
+        if pick is None:
+            break
+        trail.append(pick)
+        obj = obj[pick]
+    if not isinstance(obj, Mapping) or not _is_flat(obj):
+        found = sorted(obj)[:12] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: no state dict of tensors found (looked under {trail or 'top level'}; "
+            f"keys there: {found}); pass `key=` to name the entry"
+        )
+    return dict(obj)
+
+
+def map_wan_keys(state: Mapping[str, Tensor], expected: set[str] | None = None) -> dict[str, Tensor]:
+    """Strip wrapper components and prefixes so public Wan2.1-family names become this model's names.
+
+    Prefixes are stripped only while the name is not already an expected name, so a real parameter that
+    happens to start with ``model.`` would survive.
+    """
+    out: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        parts = [p for p in name.split(".") if p not in WRAPPERS]
+        new = ".".join(parts)
+        changed = True
+        while changed and (expected is None or new not in expected):
+            changed = False
+            for prefix in PREFIXES:
+                if new.startswith(prefix):
+                    new = new[len(prefix):]
+                    changed = True
+        if new in out:
+            raise CheckpointError(f"checkpoint names {name!r} and another both map to {new!r}")
+        out[new] = tensor
+    return out
+
+
+def _resolve(model_or_config: CausalWanDiT | ModelConfig | str) -> CausalWanDiT:
+    if isinstance(model_or_config, CausalWanDiT):
+        return model_or_config
+    cfg = get_config(model_or_config) if isinstance(model_or_config, str) else model_or_config
+    with torch.device("meta"):
+        model = CausalWanDiT(cfg, seed=None)
+    return model.to_empty(device="cpu")  # every tensor is then overwritten by the load
+
+
+def _load_into(model: CausalWanDiT, state: Mapping[str, Tensor], source: str) -> CausalWanDiT:
+    """Copy `state` into `model` if and only if names and shapes match exactly; else one CheckpointError."""
+    own = model.state_dict()
+    mapped = map_wan_keys(state, set(own))
+    missing = sorted(set(own) - set(mapped))
+    unexpected = sorted(set(mapped) - set(own))
+    mismatched = sorted(
+        f"{n}: checkpoint {tuple(mapped[n].shape)} vs model {tuple(own[n].shape)}"
+        for n in set(own) & set(mapped) if mapped[n].shape != own[n].shape
+    )
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {source} does not match model {model.config.name!r}:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                lines.append(f"  {len(items)} {title}: " + ", ".join(items))
+        err = CheckpointError("\n".join(lines))
+        err.missing, err.unexpected, err.mismatched = missing, unexpected, mismatched  # type: ignore[attr-defined]
+        raise err
+    with torch.no_grad():
+        for name, tensor in own.items():
+            tensor.copy_(mapped[name])  # casts to the model's dtype and device
+    model.clear_prompt_cache()
+    return model
+
+
+def load_checkpoint(
+    path: str | Path, model_or_config: CausalWanDiT | ModelConfig | str, *, key: str | None = None
+) -> CausalWanDiT:
+    """Load Wan2.1 / Self-Forcing / CausVid / LongLive DiT weights into a model (built from a config or name).
+
+    Example: ``model = load_checkpoint("self_forcing_dmd.pt", "wan2.1-1.3b")``.
+    """
+    model = _resolve(model_or_config)
+    return _load_into(model, load_state_dict(path, key), repr(str(path)))
+
+
+def _own_paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    return path / "model.safetensors", path / "config.json"
+
+
+def save_model(model: CausalWanDiT, dir_or_path: str | Path) -> Path:
+    """Save weights (safetensors) and config (JSON); returns the weights path."""
+    from safetensors.torch import save_file
+
+    weights, cfg_path = _own_paths(dir_or_path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": FORMAT})
+    cfg_path.write_text(json.dumps({"format": FORMAT, "config": model.config.to_dict(),
+                                    "dtype": str(model.dtype).removeprefix("torch.")}, indent=2) + "\n")
+    return weights
+
+
+def load_model(path: str | Path) -> CausalWanDiT:
+    """Load a model saved by `save_model` (directory or .safetensors with its .json), in its saved dtype."""
+    weights, cfg_path = _own_paths(path)
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{str(path)!r}: missing {cfg_path.name} (the config written by save_model)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{str(cfg_path)!r} is not valid JSON: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{str(cfg_path)!r}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    model = _resolve(ModelConfig.from_dict(meta["config"]))
+    dtype = getattr(torch, meta.get("dtype", "float32"), None)
+    if isinstance(dtype, torch.dtype):
+        model = model.to(dtype)
+    return _load_into(model, load_state_dict(weights), repr(str(weights)))

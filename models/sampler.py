@@ -1,0 +1,142 @@
+"""Few-step flow-matching sampler of Self-Forcing / CausVid / LongLive, and the project's noise function.
+
+The sigma table (REFERENCE.md): ``sigma(s) = shift * s / (1 + (shift - 1) * s)`` over a 1000-entry table of
+``s`` falling linearly from 1 to ``sigma_min``. A nominal step ``t`` (1000, 750, ...) is *warped* through the
+table: it picks entry ``1000 - t``, whose effective timestep is ``1000 * sigma``. At shift 5 and
+``sigma_min = 0`` the steps 1000/750/500/250 become 1000, 937.5, 833.3, 625.0 (the published figures).
+Self-Forcing's own scheduler uses ``sigma_min = 0.003 / 1.002``, which moves them by less than 3
+(937.7, 834.2, 627.8); pass ``sigma_min=SELF_FORCING_SIGMA_MIN`` to reproduce its numbers exactly.
+
+A pass predicts the velocity ``v``; ``x0 = x_t - sigma * v``; the next input is
+``(1 - sigma_next) * x0 + sigma_next * eps`` with fresh ``eps = noise(seed, block, stage + 1, ...)``.
+
+>>> s = FlowMatchSampler(shift=5.0)
+>>> [round(s.effective_timestep(t), 2) for t in (1000, 750, 500, 250)]
+[1000.0, 937.5, 833.33, 625.0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cascade_sched.errors import ConfigError
+
+__all__ = [
+    "CAUSVID",
+    "SELF_FORCING",
+    "SELF_FORCING_SIGMA_MIN",
+    "FlowMatchSampler",
+    "noise",
+    "noise_seed",
+]
+
+SELF_FORCING: dict[str, Any] = dict(shift=5.0, steps=(1000, 750, 500, 250))
+CAUSVID: dict[str, Any] = dict(shift=8.0, steps=(1000, 757, 522))
+SELF_FORCING_SIGMA_MIN = 0.003 / 1.002  # the `sigma_min` of Self-Forcing's FlowMatchScheduler
+
+
+class FlowMatchSampler:
+    """Shifted flow-matching sigma table with warped nominal steps.
+
+    `steps` (optional) records the nominal denoising steps of a preset, so ``FlowMatchSampler(**CAUSVID)``
+    works; the methods take any nominal step.
+    """
+
+    def __init__(
+        self,
+        shift: float = 5.0,
+        num_train_timesteps: int = 1000,
+        *,
+        sigma_min: float = 0.0,
+        sigma_max: float = 1.0,
+        steps: Sequence[float] | None = None,
+    ) -> None:
+        if not shift > 0:
+            raise ConfigError("shift", f"`shift` must be positive, got {shift}")
+        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+            raise ConfigError("num_train_timesteps", f"`num_train_timesteps` must be a positive integer, got {num_train_timesteps!r}")
+        if not 0.0 <= sigma_min < sigma_max <= 1.0:
+            raise ConfigError("sigma_min", f"need 0 <= sigma_min < sigma_max <= 1, got {sigma_min}, {sigma_max}")
+        self.shift = float(shift)
+        self.num_train_timesteps = num_train_timesteps
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.steps: tuple[float, ...] = tuple(steps) if steps is not None else ()
+        for t in self.steps:
+            self._check(t)
+        if any(a <= b for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ConfigError("steps", f"`steps` must be strictly decreasing, got {list(self.steps)}")
+
+    def __repr__(self) -> str:
+        return (f"FlowMatchSampler(shift={self.shift}, num_train_timesteps={self.num_train_timesteps}, "
+                f"sigma_min={self.sigma_min}, steps={self.steps})")
+
+    def _check(self, nominal_t: float) -> float:
+        n = self.num_train_timesteps
+        if not 0 <= nominal_t <= n:
+            raise ConfigError("steps", f"nominal timestep must be in [0, {n}], got {nominal_t}")
+        return float(nominal_t)
+
+    def sigma(self, nominal_t: float) -> float:
+        """Sigma of the warped table entry for nominal step `nominal_t` (1000 -> 1.0; 0 -> 0.0, the cache pass).
+
+        Entry ``i = N - t`` of the table: ``s = sigma_max + (sigma_min - sigma_max) * i / N``, then shifted.
+        Nominal 0 is past the table's last entry; Self-Forcing appends 0 there, and so do we.
+        """
+        t = self._check(nominal_t)
+        n = self.num_train_timesteps
+        if t == 0:
+            return 0.0
+        s = self.sigma_max + (self.sigma_min - self.sigma_max) * (n - t) / n
+        return self.shift * s / (1.0 + (self.shift - 1.0) * s)
+
+    def effective_timestep(self, nominal_t: float) -> float:
+        """The timestep the model is conditioned on: ``N * sigma(nominal_t)`` (1000, 937.5, 833.3, 625 at shift 5)."""
+        return self.num_train_timesteps * self.sigma(nominal_t)
+
+    def sigmas(self, steps: Sequence[float] | None = None) -> list[float]:
+        """Sigmas of `steps` (default: this sampler's preset steps)."""
+        return [self.sigma(t) for t in (self.steps if steps is None else steps)]
+
+    def effective_timesteps(self, steps: Sequence[float] | None = None) -> list[float]:
+        """Effective timesteps of `steps` (default: this sampler's preset steps)."""
+        return [self.effective_timestep(t) for t in (self.steps if steps is None else steps)]
+
+    @staticmethod
+    def x0_from_velocity(x_t: Tensor, v: Tensor, sigma: float | Tensor) -> Tensor:
+        """Clean-sample prediction from a velocity: ``x0 = x_t - sigma * v``."""
+        return x_t - sigma * v
+
+    @staticmethod
+    def renoise(x0: Tensor, eps: Tensor, sigma_next: float | Tensor) -> Tensor:
+        """Input of the next step: ``(1 - sigma_next) * x0 + sigma_next * eps``."""
+        return (1 - sigma_next) * x0 + sigma_next * eps
+
+
+def noise_seed(seed: int, block: int, stage: int) -> int:
+    """The generator seed of the triple: the first 8 bytes (little-endian) of sha256(``"seed:block:stage"``),
+    masked to 63 bits. A hash, not arithmetic, so no two triples in practice share a stream.
+
+    >>> noise_seed(0, 0, 0) == noise_seed(0, 0, 0) != noise_seed(0, 0, 1)
+    True
+    """
+    for name, value in (("seed", seed), ("block", block), ("stage", stage)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"`{name}` must be an integer, got {value!r}")
+    digest = hashlib.sha256(f"{seed}:{block}:{stage}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def noise(seed: int, block: int, stage: int, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise for (seed, block, stage), drawn in float32 on the CPU, then cast to `dtype`.
+
+    Every executor calls this and moves the result to its device, so all of them draw the same numbers.
+    ``noise(seed, b, 0)`` is block b's initial noise; ``noise(seed, b, s + 1)`` re-noises after stage s.
+    """
+    g = torch.Generator(device="cpu").manual_seed(noise_seed(seed, block, stage))
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float32).to(dtype)
