@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
-from models import CausalWanDiT, TaskInput, get_config, text_embedding  # noqa: E402
-from models.dit import KVPair, KVRef  # noqa: E402
+from models import CausalWanDiT, TaskInput, get_config, text_embedding
+from models.dit import KVPair, KVRef
 
 # Top-level ops whose whole time (children included: addmm's bias copy, SDPA's internals) is "compute".
 CORE_OPS = ("aten::linear", "aten::scaled_dot_product_attention", "aten::matmul", "aten::conv3d")

@@ -34,15 +34,21 @@ def render_grid(
        2 | .    | B1S1
     """
     cells = _cells(schedule)
-    n_ticks = max((k[0] for k in cells), default=-1) + 1
-    n_dev = max(schedule.num_devices, max((k[1] + 1 for k in cells), default=0))
+    # The mark may name an empty cell (a missing task), even past the last task: draw it too.
+    marked = [mark] if mark is not None else []
+    n_ticks = max((k[0] for k in [*cells, *marked]), default=-1) + 1
+    n_dev = max(schedule.num_devices, max((k[1] + 1 for k in [*cells, *marked]), default=0))
     if ticks is None:
         ticks = range(n_ticks)
         if mark is not None and n_ticks > 40:
             ticks = range(max(0, mark[0] - 6), min(n_ticks, mark[0] + 7))
-    width = [max([4, len(f"d{d}") + 2, *(len(cells.get((n, d), ".")) + 2 for n in ticks)]) for d in range(n_dev)]
-    header = "tick | " + " | ".join(f"d{d}".ljust(width[d] - 2) for d in range(n_dev))
-    lines = [header.rstrip(), "-----+-" + "-+-".join("-" * (w - 2) for w in width)]
+    width = [
+        max([4, len(f"d{d}") + 2, *(len(cells.get((n, d), ".")) + (4 if mark == (n, d) else 2) for n in ticks)])
+        for d in range(n_dev)
+    ]
+    tw = max(4, len(str(ticks.stop - 1)))  # the tick column, as wide as its largest number
+    header = "tick".rjust(tw) + " | " + " | ".join(f"d{d}".ljust(width[d] - 2) for d in range(n_dev))
+    lines = [header.rstrip(), "-" * (tw + 1) + "+-" + "-+-".join("-" * (w - 2) for w in width)]
     if ticks.start > 0:
         lines.append("  ...")
     for n in ticks:
@@ -52,7 +58,7 @@ def render_grid(
             if mark == (n, d):
                 text = f"[{text}]"
             row.append(text.ljust(width[d] - 2))
-        line = f"{n:5d} | " + " | ".join(row)
+        line = f"{n:{tw}d} | " + " | ".join(row)
         if mark is not None and mark[0] == n:
             line += "  <-- ERROR HERE"
         lines.append(line.rstrip())

@@ -8,15 +8,21 @@ failing cell marked.
 from __future__ import annotations
 
 from cascade_sched.errors import ScheduleError
+from cascade_sched.placement import PLACEMENTS
 from cascade_sched.render import render_grid
 from cascade_sched.schedule import CACHE, DENOISE, KVRef, Schedule, Task, gc_paused, in_flight
 
 
-def _fail(schedule: Schedule, message: str, task: Task | None = None) -> ScheduleError:
-    mark = (task.tick, task.device) if task is not None else None
+def _fail(
+    schedule: Schedule, message: str, task: Task | None = None, mark: tuple[int, int] | None = None
+) -> ScheduleError:
+    if task is not None:
+        mark = (task.tick, task.device)
     where = f"{task} (tick {task.tick}): " if task is not None else ""
     try:
-        grid = render_grid(schedule, mark=mark)
+        # A long grid is cut around the mark; with nothing to mark, show its head rather than all of it.
+        ticks = range(min(schedule.num_ticks, 13)) if mark is None and schedule.num_ticks > 40 else None
+        grid = render_grid(schedule, mark=mark, ticks=ticks)
     except Exception:  # a schedule too broken to draw still gets its message
         grid = "(grid unavailable)"
     return ScheduleError(f"invalid schedule: {where}{message}\n{grid}")
@@ -105,7 +111,10 @@ def _validate(schedule: Schedule) -> Schedule:
     for b in range(B - 1):
         lag = starts[b + 1] - starts[b]
         if not 1 <= lag <= S or lag != spec.lags[b]:
-            raise _fail(schedule, f"lag between blocks {b} and {b + 1} is {lag}; spec says {spec.lags[b]} (1..S={S})")
+            first = next((t for t in schedule.tasks if t.block == b + 1 and t.stage == 0), None)
+            raise _fail(
+                schedule, f"lag between blocks {b} and {b + 1} is {lag}; spec says {spec.lags[b]} (1..S={S})", first
+            )
     if len(schedule.free_after) != B:
         raise _fail(schedule, f"free_after names {len(schedule.free_after)} blocks, expected {B}")
 
@@ -151,13 +160,22 @@ def _validate(schedule: Schedule) -> Schedule:
         if reads != tuple(expected):
             raise _fail(schedule, _explain_reads(schedule, task, tuple(expected)), task)
     if not all(seen):
-        missing_tasks = [f"B{b}S{s}" for b in range(B) for s in range(S) if not seen[b * S + s]]
-        raise _fail(schedule, f"missing task(s) {', '.join(missing_tasks[:8])}")
+        missing = [(b, s) for b in range(B) for s in range(S) if not seen[b * S + s]]
+        b, s = missing[0]
+        # Mark the empty cell where the first missing task belongs under the spec's placement.
+        where = (starts[b] + s, PLACEMENTS[spec.placement](b, s, starts[b] + s, D))
+        names = ", ".join(f"B{mb}S{ms}" for mb, ms in missing[:8])
+        raise _fail(schedule, f"missing task(s) {names}", mark=where)
     for b in range(B):
         if schedule.free_after[b] < last_read[b]:
+            committed = (b, S - 1)
+            reader = next((t for t in schedule.tasks if t.tick == last_read[b] and committed in t.reads), None)
+            if reader is None:  # nothing reads it: the block's own commit task is the one freed too early
+                reader = schedule.task(*committed)
             raise _fail(
                 schedule,
                 f"block {b}'s committed KV is freed after tick {schedule.free_after[b]}, "
                 f"but a task reads it at tick {last_read[b]}",
+                reader,
             )
     return schedule

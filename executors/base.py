@@ -1,0 +1,289 @@
+"""The shared tick loop every executor runs, and the ``Executor`` protocol.
+
+For each tick: the tasks placed on this process, their noise and latents, the KV versions they read,
+one joint forward through the model's tick interface, the sampler update, KV commits and frees, and clean
+latents handed to the decode device in block order. Executors differ only in *where* tasks run and *how*
+K/V moves: that is the :class:`Transport`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from cascade_sched.errors import ExecutorError
+from cascade_sched.schedule import CACHE, KVRef, Schedule, Task
+from cascade_sched.trace import TraceEvent
+from cascade_sched.transfers import TransferPlan, plan_transfers
+from models.dit import CausalWanDiT, KVPair, TaskInput
+from models.kv import KVPool
+from models.sampler import FlowMatchSampler, noise
+
+BlockCallback = Callable[[int, Tensor], None]
+"""Called on the decode device with ``(block, clean latent (C, F, H, W))``, in block order."""
+
+
+class Transport(Protocol):
+    """How K/V and latents move between the processes of one run (identity within one process)."""
+
+    def exchange(self, tick: int, layer: int, local: dict[KVRef, KVPair]) -> dict[KVRef, KVPair]:
+        """Per-layer joint-attention exchange inside a tick's forward: peers' same-tick versions."""
+        ...
+
+    def after_tick(self, tick: int, loop: TickLoop) -> None:
+        """Post the tick's past-KV and latent messages (send what this process made, receive the rest)."""
+        ...
+
+    def wait_kv(self, ref: KVRef, layer: int) -> None:
+        """Block until a received version's layer has arrived (no-op for local versions)."""
+        ...
+
+    def finish(self) -> None:
+        """Complete every outstanding message."""
+        ...
+
+
+class LocalTransport:
+    """Everything in one process: nothing moves."""
+
+    def exchange(self, tick: int, layer: int, local: dict[KVRef, KVPair]) -> dict[KVRef, KVPair]:
+        return {}
+
+    def after_tick(self, tick: int, loop: TickLoop) -> None:
+        return None
+
+    def wait_kv(self, ref: KVRef, layer: int) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+
+@dataclass
+class RunOptions:
+    """How to run a schedule: numerics, prompt, memory budget, and a failure to inject (tests)."""
+
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    prompt: str = "a red ball bouncing"
+    sampler: FlowMatchSampler = field(default_factory=FlowMatchSampler)
+    kv_budget_bytes: int | None = None
+    fail_at: tuple[int, int] | None = None  # (rank, tick): raise there, to test failure handling
+    timeout_s: float = 60.0
+
+
+@dataclass
+class RunResult:
+    """What a run produced on the decode device: clean latents per block, timings and trace events."""
+
+    latents: list[Tensor]  # per block (C, F, H, W) float32 on the CPU, block order
+    block_done_s: list[float]  # wall time (s from start) at which each block's clean latent was ready
+    wall_s: float
+    forward_s: float  # time inside model forwards on this process
+    events: list[TraceEvent]
+    peak_kv_bytes: int
+
+    def stacked(self) -> Tensor:
+        """All latent frames in order: (num_blocks * frames_per_block, C, H, W)."""
+        return torch.cat([x.permute(1, 0, 2, 3) for x in self.latents]) if self.latents else torch.empty(0)
+
+
+class TickLoop:
+    """Run the tasks of ``schedule`` placed on ``local_devices``, tick by tick (DESIGN.md section 2)."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        model: CausalWanDiT,
+        options: RunOptions,
+        local_devices: Sequence[int],
+        transport: Transport,
+        on_block: BlockCallback | None = None,
+        rank: int = 0,
+        plan: TransferPlan | None = None,
+    ) -> None:
+        self.schedule, self.model, self.options = schedule, model, options
+        self.local = frozenset(local_devices)
+        self.transport, self.on_block, self.rank = transport, on_block, rank
+        self.plan = plan if plan is not None else plan_transfers(schedule)
+        cfg = model.config
+        if schedule.spec.frames_per_block != cfg.frames_per_block:
+            raise ExecutorError(
+                f"the schedule has {schedule.spec.frames_per_block} latent frames per block but the model "
+                f"{cfg.name!r} expects {cfg.frames_per_block}"
+            )
+        self.shape = (cfg.in_channels, cfg.frames_per_block, cfg.latent_height, cfg.latent_width)
+        spec = schedule.spec
+        self.sigmas = [options.sampler.sigma(t) for t in spec.timesteps]
+        self.eff_t = [options.sampler.effective_timestep(t) for t in spec.timesteps]
+        # Past versions this process keeps: until the last tick a local task reads them.
+        self.keep: dict[KVRef, int] = {}
+        for (dev, ref), tick in self.plan.keep_until.items():
+            if dev in self.local and self.keep.get(ref, -1) < tick:
+                self.keep[ref] = tick
+        self.pool = KVPool(options.kv_budget_bytes)
+        self.latent: dict[int, Tensor] = {}  # block -> input latent of its next local stage
+        self.outgoing: dict[tuple[int, int], Tensor] = {}  # (block, stage | -1) -> latent to send after tick
+        self.kv_out: dict[KVRef, list[KVPair]] = {}  # versions made this tick that leave this process
+        self.clean: dict[int, Tensor] = {}  # block -> clean latent awaiting decode (decode device only)
+        self.next_block = 0
+        self.events: list[TraceEvent] = []
+        self.block_done_s: list[float] = []
+        self.latents_out: list[Tensor] = []
+        self.forward_s = 0.0
+        self.t0 = time.perf_counter()
+        model.register_prompt(0, self._prompt_embedding(options.prompt))
+
+    def _prompt_embedding(self, prompt: str) -> Tensor:
+        from models.prompts import text_embedding
+
+        return text_embedding(prompt, self.model.config).to(self.model.device, self.model.dtype)
+
+    @property
+    def is_decode_device(self) -> bool:
+        return self.plan.decode_device in self.local
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    # -- one tick ---------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Run every tick; returns this process's :class:`RunResult`."""
+        self.t0 = time.perf_counter()
+        for tick, gang in enumerate(self.schedule.gangs):
+            tasks = [t for t in gang if t.device in self.local]
+            try:
+                if self.options.fail_at == (self.rank, tick):
+                    raise RuntimeError("injected failure (fail_at)")
+                if tasks:
+                    self._compute(tick, tasks)
+                self.transport.after_tick(tick, self)
+            except Exception as e:
+                where = ", ".join(map(str, tasks)) or "no local task"
+                raise ExecutorError(
+                    f"rank {self.rank} failed at tick {tick} ({where}): {type(e).__name__}: {e}"
+                ) from e
+            self.kv_out.clear()
+            self.outgoing.clear()
+            self._emit_ready()
+            self.pool.release_through(tick)
+        self.transport.finish()
+        self._emit_ready()
+        if self.is_decode_device and self.next_block != self.schedule.num_blocks:
+            raise ExecutorError(f"run ended with {self.next_block} of {self.schedule.num_blocks} blocks decoded")
+        return RunResult(
+            latents=self.latents_out,
+            block_done_s=self.block_done_s,
+            wall_s=self.now(),
+            forward_s=self.forward_s,
+            events=self.events,
+            peak_kv_bytes=self.pool.peak_bytes,
+        )
+
+    def _input(self, task: Task) -> TaskInput:
+        b, s = task.block, task.stage
+        if s == 0:
+            x = noise(self.schedule.spec.seed, b, 0, self.shape).to(self.model.device, torch.float32)
+        else:
+            try:
+                x = self.latent[b]
+            except KeyError:
+                raise ExecutorError(f"rank {self.rank}: no latent for {task} (it never arrived)") from None
+        t = 0.0 if task.kind == CACHE else self.eff_t[s]
+        return TaskInput(
+            ref=task.ref,
+            latent=x.to(self.model.dtype),
+            timestep=t,
+            frame_offset=b * self.schedule.spec.frames_per_block,
+            prompt=0,
+            reads=task.reads,
+        )
+
+    def _lookup(self, ref: KVRef, layer: int) -> KVPair:
+        self.transport.wait_kv(ref, layer)
+        return self.pool.get(ref, layer)
+
+    def _compute(self, tick: int, tasks: list[Task]) -> None:
+        start = self.now()
+        inputs = [self._input(t) for t in tasks]
+        out = self.model.forward_tick(
+            inputs, self._lookup, lambda layer, local: self.transport.exchange(tick, layer, local)
+        )
+        mid = self.now()
+        self.forward_s += mid - start
+        for task, inp, v, kv in zip(tasks, inputs, out.velocity, out.kv, strict=True):
+            self._advance(task, inp.latent, v, kv)
+        end = self.now()
+        for d in sorted({t.device for t in tasks}):
+            mine = [t for t in tasks if t.device == d]  # the device's batch in this tick
+            self.events.append(TraceEvent(
+                "+".join(f"B{t.block}S{t.stage}" for t in mine), d, "compute", start, mid - start,
+                {"tick": tick, "tasks": [str(t) for t in mine], "rank": self.rank},
+            ))
+        self.events.append(TraceEvent("sample", tasks[0].device, "sample", mid, end - mid, {"tick": tick}))
+
+    def _advance(self, task: Task, x: Tensor, velocity: Tensor, kv: list[KVPair]) -> None:
+        """The sampler update after one task, then where its latent and K/V go next."""
+        b, s = task.block, task.stage
+        spec, sched = self.schedule.spec, self.schedule
+        k = spec.num_denoise
+        ref = task.ref
+        if ref in self.keep:
+            self.pool.commit(ref, kv, free_after_tick=self.keep[ref])
+        if any(m.ref == ref and m.dst not in self.local for m in self.plan.past_sends(task.tick)):
+            self.kv_out[ref] = kv
+        if task.kind == CACHE:
+            self.latent.pop(b, None)
+            return
+        x0 = self.options.sampler.x0_from_velocity(x.float(), velocity.float(), self.sigmas[s])
+        if s + 1 < k:
+            eps = noise(spec.seed, b, s + 1, self.shape).to(x0.device)
+            nxt = self.options.sampler.renoise(x0, eps, self.sigmas[s + 1])
+        else:
+            nxt = x0
+            if self.is_decode_device:
+                self.clean[b] = x0
+            else:
+                self.outgoing[(b, -1)] = x0
+        if s + 1 < sched.num_stages:
+            if sched.task(b, s + 1).device in self.local:
+                self.latent[b] = nxt
+            else:
+                self.outgoing[(b, s + 1)] = nxt
+                self.latent.pop(b, None)
+        else:
+            self.latent.pop(b, None)
+
+    def receive_latent(self, block: int, stage: int, x: Tensor) -> None:
+        """A latent arrived: for a local stage, or (stage -1) a clean latent to decode."""
+        if stage < 0:
+            self.clean[block] = x
+        else:
+            self.latent[block] = x
+
+    def _emit_ready(self) -> None:
+        """Hand clean latents to the decode callback strictly in block order."""
+        while self.next_block in self.clean:
+            b = self.next_block
+            x0 = self.clean.pop(b).detach().float().cpu()
+            self.latents_out.append(x0)
+            self.block_done_s.append(self.now())
+            if self.on_block is not None:
+                start = self.now()
+                self.on_block(b, x0)
+                self.events.append(TraceEvent(f"decode B{b}", self.plan.decode_device, "decode", start,
+                                              self.now() - start, {"block": b}))
+            self.next_block += 1
+
+
+class Executor(Protocol):
+    """Runs a schedule with a model and returns the decode device's :class:`RunResult`."""
+
+    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None) -> RunResult:
+        ...

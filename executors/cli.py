@@ -1,0 +1,96 @@
+"""``cascade generate``: run a schedule for real and write the video, latents and a measured trace.
+
+Imports torch only when the command runs, so ``cascade schedule`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def _fail_at(text: str) -> tuple[int, int]:
+    try:
+        rank, tick = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RANK:TICK, got {text!r}") from None
+    return rank, tick
+
+
+def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    from cascade_sched.cli import add_schedule_args
+
+    p = sub.add_parser("generate", help="generate a video by running the schedule with a model")
+    add_schedule_args(p, default_blocks=6)
+    g = p.add_argument_group("generation")
+    g.add_argument("--model", default="tiny", help="tiny | small | wan2.1-1.3b | wan2.1-14b (default tiny)")
+    g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt) or a "
+                   "cascade model folder; default: seeded random weights")
+    g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
+    g.add_argument("--executor", default="reference", choices=("reference", "distributed"),
+                   help="reference (one process) or distributed (one rank per device)")
+    g.add_argument("--nproc", type=int, default=None,
+                   help="ranks to spawn when not under torchrun (default and required: --devices)")
+    g.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
+    g.add_argument("--out", default=None, help="video file to write, .mp4 or .gif (written block by block)")
+    g.add_argument("--save-latents", default=None, metavar="PATH.npz", help="write every latent frame")
+    g.add_argument("--trace", default=None, metavar="PATH.json", help="write the measured Chrome trace")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds a rank waits on a peer (default 60)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--fail-at", type=_fail_at, default=None, help=argparse.SUPPRESS)  # tests: RANK:TICK
+    return {"generate": _cmd_generate}
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from cascade_sched.cli import spec_from_args
+    from cascade_sched.errors import ConfigError
+    from executors.generate import GenerateJob, run_generate
+    from executors.output import check_video_path
+
+    spec = spec_from_args(args)
+    if args.out:
+        check_video_path(args.out)
+    if args.save_latents and not args.save_latents.endswith(".npz"):
+        raise ConfigError("save_latents", f"`--save-latents` must end in .npz, got {args.save_latents!r}")
+    if args.timeout <= 0:
+        raise ConfigError("timeout", f"`--timeout` must be positive seconds, got {args.timeout}")
+    if args.nproc is not None and args.executor == "reference":
+        raise ConfigError("nproc", "`--nproc` needs `--executor distributed`")
+    job = GenerateJob(
+        spec=spec.to_dict(), model=args.model, checkpoint=args.checkpoint, prompt=args.prompt,
+        dtype=args.dtype, device=args.device, out=args.out, save_latents=args.save_latents,
+        trace=args.trace, fail_at=args.fail_at, timeout_s=args.timeout, progress=not args.no_progress,
+        executor=args.executor,
+    )
+    summary = run_generate(job, args.nproc)
+    if summary:
+        _print_summary(summary, args)
+    return 0
+
+
+def _print_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
+    times = ", ".join(f"{t:.3f}" for t in s["block_done_s"][:12])
+    more = " ..." if len(s["block_done_s"]) > 12 else ""
+    lines = [
+        f"{s['executor']} executor, model {s['model']}, {s['blocks']} blocks on {s['devices']} device(s)",
+        f"  FPS {s['fps']:.2f} (video frames shown per second, steady state, decoding included)",
+        f"  paper FPS {s['paper_fps']:.2f} (12 frames over the median interval between blocks denoised)",
+        f"  first frame {s['first_frame_s']:.3f} s, wall {s['wall_s']:.3f} s, in model forwards "
+        f"{s['forward_s']:.3f} s, interval p50/p95/p99 {s['interval_p50_s']:.3f}/{s['interval_p95_s']:.3f}/"
+        f"{s['interval_p99_s']:.3f} s",
+        f"  blocks ready at (s): {times}{more}",
+    ]
+    for path, what in ((args.out, "video"), (args.save_latents, "latents"), (args.trace, "trace")):
+        if path:
+            lines.append(f"  wrote {what}: {path}")
+    print("\n".join(lines))
+    sys.stdout.flush()
+
+
+def summary_json(s: dict[str, Any]) -> str:
+    """The summary without arrays, as JSON."""
+    return json.dumps({k: v for k, v in s.items() if k != "latents"})

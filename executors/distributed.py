@@ -1,0 +1,174 @@
+"""The distributed executor: device d of the schedule runs on rank d, K/V moves with torch.distributed.
+
+Messages are exactly those of :func:`cascade_sched.transfers.plan_transfers`, posted point to point in
+its canonical order on both ends (NCCL matches by order, not tag):
+
+- joint attention: per layer, inside the tick's forward, each same-tick version goes to the ranks whose
+  tasks read it (``batch_isend_irecv``, completed before attention of that layer);
+- past K/V (committed KV, or last tick's version under ``stale``): sent once after the producing tick,
+  per layer; the receiver waits for a layer only when a task first reads it, so the transfer overlaps
+  the computation in between (for ``stale`` that is the next tick's earlier layers);
+- latents: to the next stage's rank, and clean latents to the decode rank (0).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from cascade_sched.errors import ExecutorError
+from cascade_sched.schedule import KVRef, Schedule
+from cascade_sched.trace import TraceEvent
+from executors.base import BlockCallback, RunOptions, RunResult, TickLoop
+from models.dit import CausalWanDiT, KVPair
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class DistributedTransport:
+    """Point-to-point K/V and latent traffic of one rank (gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self, rank: int, model: CausalWanDiT, device: torch.device, timeout_s: float) -> None:
+        cfg = model.config
+        self.rank, self.device, self.dtype = rank, device, model.dtype
+        self.kv_shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
+        self.timeout = timedelta(seconds=timeout_s)
+        self.pending_kv: dict[tuple[KVRef, int], list[Any]] = {}
+        self.pending_send: list[Any] = []
+        self.events: list[TraceEvent] = []
+
+    def _post(self, ops: list[dist.P2POp]) -> list[Any]:
+        return list(dist.batch_isend_irecv(ops)) if ops else []
+
+    def _wait(self, works: Sequence[Any]) -> None:
+        for w in works:
+            w.wait(self.timeout)
+
+    def exchange(self, tick: int, layer: int, local: dict[KVRef, KVPair]) -> dict[KVRef, KVPair]:
+        loop = self.loop
+        ops: list[dist.P2POp] = []
+        received: dict[KVRef, Tensor] = {}
+        for m in loop.plan.gang_sends(tick):
+            if m.src == self.rank:
+                k, v = local[m.ref]
+                ops.append(dist.P2POp(dist.isend, torch.stack((k, v)), m.dst))
+            elif m.dst == self.rank and m.ref not in received:
+                received[m.ref] = torch.empty((2, *self.kv_shape), dtype=self.dtype, device=self.device)
+                ops.append(dist.P2POp(dist.irecv, received[m.ref], m.src))
+        if not ops:
+            return {}
+        start = loop.now()
+        self._wait(self._post(ops))
+        self._record(tick, "exchange", start, loop.now() - start)
+        return {ref: (buf[0], buf[1]) for ref, buf in received.items()}
+
+    def after_tick(self, tick: int, loop: TickLoop) -> None:
+        ops: list[dist.P2POp] = []
+        kv_recv: list[tuple[KVRef, int]] = []
+        n_layers = len(loop.model.blocks)
+        for m in loop.plan.past_sends(tick):
+            if m.src == self.rank:
+                for layer, (k, v) in enumerate(loop.kv_out[m.ref]):
+                    ops.append(dist.P2POp(dist.isend, k.contiguous(), m.dst))
+                    ops.append(dist.P2POp(dist.isend, v.contiguous(), m.dst))
+            elif m.dst == self.rank:
+                layers = []
+                for layer in range(n_layers):
+                    k = torch.empty(self.kv_shape, dtype=self.dtype, device=self.device)
+                    v = torch.empty(self.kv_shape, dtype=self.dtype, device=self.device)
+                    ops.append(dist.P2POp(dist.irecv, k, m.src))
+                    ops.append(dist.P2POp(dist.irecv, v, m.src))
+                    layers.append((k, v))
+                    kv_recv.append((m.ref, layer))
+                loop.pool.commit(m.ref, layers, free_after_tick=loop.keep[m.ref])
+        n_kv = len(ops)
+        latents: list[tuple[int, int, Tensor]] = []
+        for ls in loop.plan.latent_sends(tick):
+            if ls.src == self.rank:
+                ops.append(dist.P2POp(dist.isend, loop.outgoing[(ls.block, ls.stage)].contiguous(), ls.dst))
+            elif ls.dst == self.rank:
+                buf = torch.empty(loop.shape, dtype=torch.float32, device=self.device)
+                ops.append(dist.P2POp(dist.irecv, buf, ls.src))
+                latents.append((ls.block, ls.stage, buf))
+        if not ops:
+            return
+        start = loop.now()
+        works = self._post(ops)
+        if len(works) != len(ops):  # a coalesced backend returns one handle for the batch: wait for it all
+            self._wait(works)
+        else:
+            recv_i = 0
+            for i, op in enumerate(ops[:n_kv]):
+                if op.op is dist.irecv:
+                    self.pending_kv.setdefault(kv_recv[recv_i // 2], []).append(works[i])
+                    recv_i += 1
+                else:
+                    self.pending_send.append(works[i])
+            latent_works = works[n_kv:]
+            self._wait(latent_works)  # latents are needed at the next tick: small, wait now
+        for block, stage, buf in latents:
+            loop.receive_latent(block, stage, buf)
+        self.pending_send = [w for w in self.pending_send if not w.is_completed()]
+        self._record(tick, "send/recv", start, loop.now() - start)
+
+    def _record(self, tick: int, what: str, start: float, duration: float) -> None:
+        """One comm event per tick and kind: per-layer exchanges of a tick merge into one slice."""
+        last = self.events[-1] if self.events else None
+        if last is not None and last.name == f"{what} t{tick}":
+            self.events[-1] = TraceEvent(last.name, self.rank, "comm", last.start_s,
+                                         start + duration - last.start_s,
+                                         {"tick": tick, "busy_s": last.args["busy_s"] + duration})
+        else:
+            self.events.append(TraceEvent(f"{what} t{tick}", self.rank, "comm", start, duration,
+                                          {"tick": tick, "busy_s": duration}))
+
+    def wait_kv(self, ref: KVRef, layer: int) -> None:
+        works = self.pending_kv.pop((ref, layer), None)
+        if works:
+            self._wait(works)
+
+    def finish(self) -> None:
+        for works in self.pending_kv.values():
+            self._wait(works)
+        self.pending_kv.clear()
+        self._wait(self.pending_send)
+        self.pending_send.clear()
+
+    loop: TickLoop  # set by DistributedExecutor before the run
+
+
+class DistributedExecutor:
+    """Runs this rank's share of a schedule inside an initialised default process group.
+
+    The world size must equal the schedule's device count (device d runs on rank d). Only the decode
+    rank (0) returns latents; the others return their timings and trace events.
+    """
+
+    name = "distributed"
+
+    def run(
+        self,
+        schedule: Schedule,
+        model: CausalWanDiT,
+        options: RunOptions,
+        on_block: BlockCallback | None = None,
+    ) -> RunResult:
+        if not dist.is_initialized():
+            raise ExecutorError("the distributed executor needs an initialised process group (use launch.py)")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if world != schedule.num_devices:
+            raise ExecutorError(
+                f"world size {world} does not match the schedule's {schedule.num_devices} devices "
+                f"(`--devices` and `--nproc` must agree)"
+            )
+        transport = DistributedTransport(rank, model, model.device, options.timeout_s)
+        loop = TickLoop(schedule, model, options, [rank], transport, on_block if rank == 0 else None, rank=rank)
+        transport.loop = loop
+        result = loop.run()
+        result.events.extend(transport.events)
+        return result

@@ -1,0 +1,31 @@
+"""The reference executor: every task of a tick in one joint forward on one device (cpu or cuda)."""
+
+from __future__ import annotations
+
+from cascade_sched.schedule import Schedule
+from executors.base import BlockCallback, LocalTransport, RunOptions, RunResult, TickLoop
+from models.dit import CausalWanDiT
+
+
+class ReferenceExecutor:
+    """Runs the whole schedule in this process; device indices of the schedule only label tasks.
+
+    >>> from cascade_sched import CascadeSpec, build_schedule
+    >>> from models import CausalWanDiT, get_config
+    >>> r = ReferenceExecutor().run(build_schedule(CascadeSpec(num_blocks=2, lag=1)),
+    ...                             CausalWanDiT(get_config("tiny")), RunOptions())
+    >>> r.stacked().shape
+    torch.Size([6, 16, 4, 4])
+    """
+
+    name = "reference"
+
+    def run(
+        self,
+        schedule: Schedule,
+        model: CausalWanDiT,
+        options: RunOptions,
+        on_block: BlockCallback | None = None,
+    ) -> RunResult:
+        loop = TickLoop(schedule, model, options, range(schedule.num_devices), LocalTransport(), on_block)
+        return loop.run()

@@ -1,0 +1,144 @@
+"""GPU memory per device over the ticks of a schedule, checked against the GPU's memory.
+
+Accounted per device and tick (bytes; the peak over ticks is what must fit):
+
+- *weights*: the whole model on every denoising device (Block Cascading replicates it);
+- *committed KV*: block j's committed version is held by its producer and by every device that reads
+  it, from its commit tick to that device's last read (the schedule's reads decide; ``free_after`` is
+  the last read anywhere);
+- *in-flight KV*: a non-committed version read at a later tick (``stale`` attention reads last tick's),
+  held the same way, plus one layer of the peers' K/V received per joint-attention exchange (two with
+  overlap, double-buffered);
+- *activations*: one layer's working set of the device's batch (tokens x (4 dim + ffn dim) x 2 bytes);
+- *decode cache*: the streaming VAE's cache on a denoising device that also decodes.
+
+A decoder on a device of its own is not checked (its VAE and cache fit any catalog GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cascade_sched.errors import SimulationError
+from cascade_sched.schedule import KVRef, Schedule
+from simulator.catalog import Cluster, ModelGeometry
+
+PARTS = ("weights", "committed_kv", "inflight_kv", "activations", "decode_cache")
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The peak of one device: its tick, the total and the parts at that tick (keys of ``PARTS``)."""
+
+    device: int
+    peak_bytes: int
+    peak_tick: int
+    parts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Peak memory of every denoising device against ``capacity_bytes`` (one GPU's memory)."""
+
+    devices: tuple[DeviceMemory, ...]
+    capacity_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether every device's peak fits in its GPU."""
+        return all(d.peak_bytes <= self.capacity_bytes for d in self.devices)
+
+    @property
+    def worst(self) -> DeviceMemory:
+        """The device with the largest peak."""
+        return max(self.devices, key=lambda d: d.peak_bytes)
+
+    def error(self, gpu: str) -> SimulationError:
+        """The one-line error for a plan that does not fit."""
+        w = self.worst
+        parts = ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in w.parts.items() if v)
+        return SimulationError(
+            f"plan does not fit: device {w.device} needs {w.peak_bytes / 1e9:.1f} GB at tick {w.peak_tick} "
+            f"({parts} GB) but a {gpu} has {self.capacity_bytes / 1e9:.1f} GB; "
+            "use a smaller --window, more devices or a larger GPU"
+        )
+
+
+def memory_report(
+    schedule: Schedule,
+    geometry: ModelGeometry,
+    cluster: Cluster,
+    decode_device: int | None = None,
+    overlap: bool = False,
+    dtype_bytes: int = 2,
+) -> MemoryReport:
+    """Peak memory per denoising device (see the module docstring); ``decode_device=None`` = own decoder.
+
+    >>> from cascade_sched import CascadeSpec, build_schedule
+    >>> from simulator.catalog import get_model
+    >>> r = memory_report(build_schedule(CascadeSpec(num_blocks=4, window=2)), get_model("wan2.1-1.3b"),
+    ...                   Cluster.of("h100-sxm", 1))
+    >>> r.fits, round(r.worst.parts["committed_kv"] / 1e9, 2)  # the block itself plus one in the window
+    (True, 1.73)
+    """
+    n_dev, n_ticks = schedule.num_devices, schedule.num_ticks
+    kv = geometry.kv_bytes_per_block(dtype_bytes)
+    layer_kv = kv // geometry.num_layers
+    last = schedule.num_stages - 1
+    starts = schedule.starts
+    act_per_task = geometry.tokens_per_block * (4 * geometry.dim + geometry.ffn_dim) * dtype_bytes
+
+    device_of: dict[KVRef, int] = {}
+    for t in schedule.tasks:
+        device_of[(t.block, t.stage)] = t.device
+    # (version, device) -> last tick it is read there; versions read at a later tick than produced.
+    held: dict[tuple[KVRef, int], int] = {}
+    exchange = [[0] * n_ticks for _ in range(n_dev)]
+    act = [[0] * n_ticks for _ in range(n_dev)]
+    for t in schedule.tasks:
+        act[t.device][t.tick] += act_per_task
+        for ref in t.reads:
+            produced = starts[ref[0]] + ref[1]
+            src = device_of[ref]
+            if produced == t.tick:
+                if src != t.device:
+                    exchange[t.device][t.tick] += layer_kv * (2 if overlap else 1)
+                continue
+            for d in (src, t.device):
+                key = (ref, d)
+                if held.get(key, -1) < t.tick:
+                    held[key] = t.tick
+    committed = [[0] * (n_ticks + 1) for _ in range(n_dev)]
+    inflight = [[0] * (n_ticks + 1) for _ in range(n_dev)]
+    for ((j, v), d), until in held.items():
+        arr = committed[d] if v == last else inflight[d]
+        arr[starts[j] + v] += kv
+        arr[until + 1] -= kv
+    # A committed version nobody reads later still exists on its producer during its commit tick.
+    for t in schedule.tasks:
+        if t.stage == last and ((t.block, last), t.device) not in held:
+            committed[t.device][t.tick] += kv
+            committed[t.device][t.tick + 1] -= kv
+
+    cache = geometry.decode_cache_bytes
+    out = []
+    for d in range(n_dev):
+        fixed = geometry.weight_bytes + (cache if d == decode_device else 0)
+        best_total, best_tick, best_c, best_f = -1, 0, 0, 0
+        c = f = 0
+        com, inf, ex, ac = committed[d], inflight[d], exchange[d], act[d]
+        for n in range(n_ticks):
+            c += com[n]
+            f += inf[n]
+            total = c + f + ex[n] + ac[n]
+            if total > best_total:
+                best_total, best_tick, best_c, best_f = total, n, c, f
+        parts = {
+            "weights": geometry.weight_bytes,
+            "committed_kv": best_c,
+            "inflight_kv": best_f + ex[best_tick],
+            "activations": ac[best_tick],
+            "decode_cache": cache if d == decode_device else 0,
+        }
+        out.append(DeviceMemory(d, fixed + max(best_total, 0), best_tick, parts))
+    return MemoryReport(tuple(out), cluster.gpu.hbm_bytes)
