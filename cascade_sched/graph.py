@@ -43,7 +43,7 @@ def critical_path(schedule: Schedule, graph: nx.DiGraph | None = None) -> list[K
     """
     g = graph if graph is not None else to_networkx(schedule)
     path: list[Any] = nx.dag_longest_path(g)
-    return [tuple(p) for p in path]  # type: ignore[misc]
+    return [(int(p[0]), int(p[1])) for p in path]
 
 
 def wavefronts(schedule: Schedule, graph: nx.DiGraph | None = None) -> list[list[KVRef]]:

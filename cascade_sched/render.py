@@ -73,6 +73,7 @@ def draw_grid(schedule: Schedule, path: str, title: str | None = None) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     n_dev, n_ticks = schedule.num_devices, schedule.num_ticks
     n_stages = schedule.num_stages
@@ -90,7 +91,7 @@ def draw_grid(schedule: Schedule, path: str, title: str | None = None) -> None:
         h = 0.8 / count
         y = t.device - 0.4 + k * h
         alpha = 0.35 + 0.65 * (t.stage + 1) / n_stages
-        ax.add_patch(plt.Rectangle((t.tick, y), 0.95, h * 0.95, color=cmap(t.block % 10), alpha=alpha))
+        ax.add_patch(Rectangle((t.tick, y), 0.95, h * 0.95, color=cmap(t.block % 10), alpha=alpha))
         if n_ticks <= 60:
             ax.text(t.tick + 0.47, y + h * 0.47, f"B{t.block}S{t.stage}", ha="center", va="center", fontsize=7)
     ax.set_xlim(0, n_ticks)

@@ -5,6 +5,7 @@ Everything downstream (schedule, simulator, executors) is a pure function of thi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -51,7 +52,7 @@ class CascadeSpec:
         for t in steps:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1000:
                 raise ConfigError("timesteps", f"`timesteps` must lie in (0, 1000], got {t!r}")
-        if any(a <= b for a, b in zip(steps, steps[1:])):
+        if any(a <= b for a, b in itertools.pairwise(steps)):
             raise ConfigError(
                 "timesteps", f"`timesteps` must be strictly decreasing without repeats, got {list(steps)}"
             )

@@ -66,10 +66,11 @@ class LocalTransport:
 
 @dataclass
 class RunOptions:
-    """How to run a schedule: numerics, prompt, memory budget, and a failure to inject (tests)."""
+    """How to run a schedule: sampler, prompt, memory budget, timeout, and a failure to inject (tests).
 
-    device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    Device and dtype are the model's: move the model first.
+    """
+
     prompt: str = "a red ball bouncing"
     sampler: FlowMatchSampler = field(default_factory=FlowMatchSampler)
     kv_budget_bytes: int | None = None
@@ -81,7 +82,7 @@ class RunOptions:
 class RunResult:
     """What a run produced on the decode device: clean latents per block, timings and trace events."""
 
-    latents: list[Tensor]  # per block (C, F, H, W) float32 on the CPU, block order
+    latents: list[Tensor]  # per block (C, F, H, W) on the CPU, block order, the sampler's dtype
     block_done_s: list[float]  # wall time (s from start) at which each block's clean latent was ready
     wall_s: float
     forward_s: float  # time inside model forwards on this process
@@ -118,6 +119,8 @@ class TickLoop:
                 f"{cfg.name!r} expects {cfg.frames_per_block}"
             )
         self.shape = (cfg.in_channels, cfg.frames_per_block, cfg.latent_height, cfg.latent_width)
+        # The sampler's arithmetic runs in float32 (float64 for a float64 model), whatever the weights.
+        self.latent_dtype = torch.float64 if model.dtype == torch.float64 else torch.float32
         spec = schedule.spec
         self.sigmas = [options.sampler.sigma(t) for t in spec.timesteps]
         self.eff_t = [options.sampler.effective_timestep(t) for t in spec.timesteps]
@@ -188,7 +191,7 @@ class TickLoop:
     def _input(self, task: Task) -> TaskInput:
         b, s = task.block, task.stage
         if s == 0:
-            x = noise(self.schedule.spec.seed, b, 0, self.shape).to(self.model.device, torch.float32)
+            x = noise(self.schedule.spec.seed, b, 0, self.shape).to(self.model.device, self.latent_dtype)
         else:
             try:
                 x = self.latent[b]
@@ -240,9 +243,10 @@ class TickLoop:
         if task.kind == CACHE:
             self.latent.pop(b, None)
             return
-        x0 = self.options.sampler.x0_from_velocity(x.float(), velocity.float(), self.sigmas[s])
+        x0 = self.options.sampler.x0_from_velocity(x.to(self.latent_dtype), velocity.to(self.latent_dtype),
+                                                   self.sigmas[s])
         if s + 1 < k:
-            eps = noise(spec.seed, b, s + 1, self.shape).to(x0.device)
+            eps = noise(spec.seed, b, s + 1, self.shape).to(x0.device, self.latent_dtype)
             nxt = self.options.sampler.renoise(x0, eps, self.sigmas[s + 1])
         else:
             nxt = x0
@@ -270,7 +274,7 @@ class TickLoop:
         """Hand clean latents to the decode callback strictly in block order."""
         while self.next_block in self.clean:
             b = self.next_block
-            x0 = self.clean.pop(b).detach().float().cpu()
+            x0 = self.clean.pop(b).detach().cpu()
             self.latents_out.append(x0)
             self.block_done_s.append(self.now())
             if self.on_block is not None:

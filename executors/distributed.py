@@ -73,7 +73,7 @@ class DistributedTransport:
         n_layers = len(loop.model.blocks)
         for m in loop.plan.past_sends(tick):
             if m.src == self.rank:
-                for layer, (k, v) in enumerate(loop.kv_out[m.ref]):
+                for k, v in loop.kv_out[m.ref]:
                     ops.append(dist.P2POp(dist.isend, k.contiguous(), m.dst))
                     ops.append(dist.P2POp(dist.isend, v.contiguous(), m.dst))
             elif m.dst == self.rank:
@@ -92,7 +92,7 @@ class DistributedTransport:
             if ls.src == self.rank:
                 ops.append(dist.P2POp(dist.isend, loop.outgoing[(ls.block, ls.stage)].contiguous(), ls.dst))
             elif ls.dst == self.rank:
-                buf = torch.empty(loop.shape, dtype=torch.float32, device=self.device)
+                buf = torch.empty(loop.shape, dtype=loop.latent_dtype, device=self.device)
                 ops.append(dist.P2POp(dist.irecv, buf, ls.src))
                 latents.append((ls.block, ls.stage, buf))
         if not ops:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from cascade_sched.errors import ConfigError, ExecutorError
-from cascade_sched.metrics import stream_metrics
+from cascade_sched.metrics import stream_metrics, video_frames
 from cascade_sched.schedule import Schedule, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.trace import write_chrome_trace
@@ -63,9 +63,8 @@ class _Pipeline:
     """Decode, write and report blocks as they finish (runs on the decode rank)."""
 
     def __init__(self, job: GenerateJob, schedule: Schedule, model: CausalWanDiT) -> None:
-        from models.decode import LatentPreviewDecoder
-
         from executors.output import VideoSink
+        from models.decode import LatentPreviewDecoder
 
         self.job, self.schedule = job, schedule
         self.decoder = LatentPreviewDecoder(channels=model.config.in_channels)
@@ -86,12 +85,13 @@ class _Pipeline:
         self._t0 = self._clock()
 
     def on_block(self, block: int, x0: torch.Tensor) -> None:
-        self.latents.append(x0.numpy())
+        self.latents.append(x0.float().numpy())
         if self.sink is not None:
             self.sink.add_block(self.decoder.decode_block(x0))
         self.shown_s.append(self._clock() - self._t0)
         if self.bar is not None:
-            frames = sum(4 * self.schedule.spec.frames_per_block - (3 if b == 0 else 0) for b in range(block + 1))
+            fpb = self.schedule.spec.frames_per_block
+            frames = sum(video_frames(b, fpb) for b in range(block + 1))
             self.bar.set_postfix(fps=f"{frames / max(self.shown_s[-1], 1e-9):.1f}")
             self.bar.update(1)
 
@@ -120,8 +120,7 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
 
     schedule = job.schedule()
     model = build_model(job.model, job.checkpoint, job.dtype, job.device)
-    options = RunOptions(device=job.device, dtype=DTYPES[job.dtype], prompt=job.prompt,
-                         fail_at=job.fail_at, timeout_s=job.timeout_s)
+    options = RunOptions(prompt=job.prompt, fail_at=job.fail_at, timeout_s=job.timeout_s)
     pipeline = _Pipeline(job, schedule, model) if rank == 0 else None
     distributed = dist.is_initialized()
     executor = DistributedExecutor() if distributed else ReferenceExecutor()
@@ -158,9 +157,10 @@ def abort_hook() -> None:
 
 
 def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: list[float]) -> dict[str, Any]:
-    metrics = stream_metrics(result.block_done_s, shown_s or None,
-                             frames_per_block=schedule.spec.frames_per_block,
-                             warmup=schedule.max_in_flight(), makespan_s=result.wall_s)
+    spec = schedule.spec
+    metrics = stream_metrics(result.block_done_s, shown_s or None, max_in_flight=schedule.max_in_flight(),
+                             window=spec.window, frames=video_frames(1, spec.frames_per_block),
+                             first_frames=video_frames(0, spec.frames_per_block), makespan_s=result.wall_s)
     return {
         "executor": job.executor,
         "model": job.model,
@@ -171,7 +171,7 @@ def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: l
         "forward_s": result.forward_s,
         "wall_s": result.wall_s,
         "peak_kv_bytes": result.peak_kv_bytes,
-        "latents": result.stacked().numpy() if job.return_latents else None,
+        "latents": result.stacked().float().numpy() if job.return_latents else None,
     }
 
 

@@ -7,9 +7,12 @@ rank hangs on a peer that is gone. Collective waits also carry the run's timeout
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import signal
 import socket
+import tempfile
 import sys
 import threading
 import time
@@ -103,10 +106,8 @@ class Watchdog:
     def fail(self, message: str) -> None:
         """Tell every rank this one failed (best effort), then stop watching."""
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):
             self.store.set(ABORT_KEY, message)
-        except Exception:
-            pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,13 +145,16 @@ def _free_port() -> int:
 
 
 def _spawned(local_rank: int, nproc: int, port: int, fn: RankFn, payload: Any, device: str,
-             timeout_s: float, threads: int, queue: Any, on_abort: Callable[[], None] | None) -> None:
+             timeout_s: float, threads: int, result_path: str, on_abort: Callable[[], None] | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(nproc), LOCAL_RANK=str(local_rank))
     torch.set_num_threads(threads)
     result = run_rank(fn, payload, device, timeout_s, on_abort)
     if local_rank == 0:
-        queue.put(result)
+        # A file, not a pipe: a large result would fill the pipe and block this rank before the join.
+        with open(result_path + ".tmp", "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(result_path + ".tmp", result_path)
 
 
 def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: float = 60.0,
@@ -164,21 +168,23 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
 
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // nproc)
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
     port = _free_port()
     start = time.perf_counter()
-    try:
-        mp.start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads, queue, on_abort),
-                           nprocs=nproc, join=True, start_method="spawn")
-    except mp.ProcessExitedException as e:
-        raise ExecutorError(
-            f"rank {e.error_index} exited with status {e.exit_code} after {time.perf_counter() - start:.1f} s; "
-            "every rank was stopped (each rank's own message is above)"
-        ) from None
-    except mp.ProcessRaisedException as e:
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise ExecutorError(f"rank {e.error_index} failed: {last}") from None
-    if queue.empty():
-        raise ExecutorError("rank 0 finished without a result")
-    return queue.get()
+    with tempfile.TemporaryDirectory(prefix="cascade-spawn-") as tmp:
+        result_path = os.path.join(tmp, "rank0.pkl")
+        try:
+            mp.start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads,
+                                               result_path, on_abort), nprocs=nproc, join=True,
+                               start_method="spawn")
+        except mp.ProcessExitedException as e:
+            raise ExecutorError(
+                f"rank {e.error_index} exited with status {e.exit_code} after "
+                f"{time.perf_counter() - start:.1f} s; every rank was stopped (each rank's own message is above)"
+            ) from None
+        except mp.ProcessRaisedException as e:
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+            raise ExecutorError(f"rank {e.error_index} failed: {last}") from None
+        if not os.path.exists(result_path):
+            raise ExecutorError("rank 0 finished without a result")
+        with open(result_path, "rb") as f:
+            return pickle.load(f)

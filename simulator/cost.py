@@ -38,8 +38,15 @@ __all__ = [
 class CostModel(Protocol):
     """What the simulator asks a cost model; ``name`` and ``source`` are its provenance."""
 
-    name: str
-    source: str
+    @property
+    def name(self) -> str:
+        """Which kind of cost model: profile, roofline, baseline-fps or uniform."""
+        ...
+
+    @property
+    def source(self) -> str:
+        """Where its numbers came from (a file, a fit, datasheets)."""
+        ...
 
     def forward_s(self, query_tokens: int, contexts: tuple[int, ...]) -> float:
         """Seconds for one device's batched forward of ``len(contexts)`` tasks."""
@@ -127,7 +134,7 @@ class RooflineCost:
     >>> from simulator.catalog import get_model
     >>> cost = RooflineCost(get_model("wan2.1-1.3b"), get_gpu("h100-sxm"))
     >>> round(cost.flops(4680, (4680,)) / 1e12, 1)  # REFERENCE.md: ~16 TFLOP with 1 visible block
-    15.9
+    16.3
     """
 
     geometry: ModelGeometry

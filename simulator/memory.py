@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cascade_sched.errors import SimulationError
-from cascade_sched.schedule import KVRef, Schedule
-from simulator.catalog import Cluster, ModelGeometry
+from simulator.catalog import Cluster
+from simulator.workload import Workload
 
 PARTS = ("weights", "committed_kv", "inflight_kv", "activations", "decode_cache")
 
@@ -65,60 +65,52 @@ class MemoryReport:
 
 
 def memory_report(
-    schedule: Schedule,
-    geometry: ModelGeometry,
+    workload: Workload,
     cluster: Cluster,
-    decode_device: int | None = None,
     overlap: bool = False,
     dtype_bytes: int = 2,
 ) -> MemoryReport:
-    """Peak memory per denoising device (see the module docstring); ``decode_device=None`` = own decoder.
+    """Peak memory per denoising device (see the module docstring), from the workload's reads.
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from simulator.catalog import get_model
-    >>> r = memory_report(build_schedule(CascadeSpec(num_blocks=4, window=2)), get_model("wan2.1-1.3b"),
-    ...                   Cluster.of("h100-sxm", 1))
+    >>> from simulator.workload import build_workload
+    >>> w = build_workload(build_schedule(CascadeSpec(num_blocks=4, window=2)), get_model("wan2.1-1.3b"))
+    >>> r = memory_report(w, Cluster.of("h100-sxm", 1))
     >>> r.fits, round(r.worst.parts["committed_kv"] / 1e9, 2)  # the block itself plus one in the window
     (True, 1.73)
     """
+    schedule, geometry = workload.schedule, workload.geometry
+    decode_device = workload.decode_device
     n_dev, n_ticks = schedule.num_devices, schedule.num_ticks
+    S = schedule.num_stages
+    span = n_dev + 1
     kv = geometry.kv_bytes_per_block(dtype_bytes)
-    layer_kv = kv // geometry.num_layers
-    last = schedule.num_stages - 1
+    layer_kv = kv // geometry.num_layers * (2 if overlap else 1)
+    last = S - 1
     starts = schedule.starts
     act_per_task = geometry.tokens_per_block * (4 * geometry.dim + geometry.ffn_dim) * dtype_bytes
 
-    device_of: dict[KVRef, int] = {}
-    for t in schedule.tasks:
-        device_of[(t.block, t.stage)] = t.device
-    # (version, device) -> last tick it is read there; versions read at a later tick than produced.
-    held: dict[tuple[KVRef, int], int] = {}
     exchange = [[0] * n_ticks for _ in range(n_dev)]
     act = [[0] * n_ticks for _ in range(n_dev)]
-    for t in schedule.tasks:
-        act[t.device][t.tick] += act_per_task
-        for ref in t.reads:
-            produced = starts[ref[0]] + ref[1]
-            src = device_of[ref]
-            if produced == t.tick:
-                if src != t.device:
-                    exchange[t.device][t.tick] += layer_kv * (2 if overlap else 1)
-                continue
-            for d in (src, t.device):
-                key = (ref, d)
-                if held.get(key, -1) < t.tick:
-                    held[key] = t.tick
+    for bi, b in enumerate(workload.batches):
+        act[b.device][b.tick] += act_per_task * len(b.refs)
+        exchange[b.device][b.tick] += layer_kv * workload.exchange_in[bi]
     committed = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     inflight = [[0] * (n_ticks + 1) for _ in range(n_dev)]
-    for ((j, v), d), until in held.items():
+    held = workload.held
+    for key, until in held.items():
+        k, d = divmod(key, span)
+        j, v = divmod(k, S)
         arr = committed[d] if v == last else inflight[d]
         arr[starts[j] + v] += kv
         arr[until + 1] -= kv
     # A committed version nobody reads later still exists on its producer during its commit tick.
-    for t in schedule.tasks:
-        if t.stage == last and ((t.block, last), t.device) not in held:
-            committed[t.device][t.tick] += kv
-            committed[t.device][t.tick + 1] -= kv
+    for b in workload.batches:
+        for j, v in b.refs:
+            if v == last and (j * S + v) * span + b.device not in held:
+                committed[b.device][b.tick] += kv
+                committed[b.device][b.tick + 1] -= kv
 
     cache = geometry.decode_cache_bytes
     out = []

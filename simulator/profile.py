@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cascade_sched.errors import SimulationError
-from simulator.catalog import Link, ModelGeometry
+from simulator.catalog import MODELS, Link, ModelGeometry
 
 FORMAT = "cascade-profile/1"
 
@@ -176,7 +176,7 @@ class Profile:
         for (q, n, c) in sorted(acc):
             xs, ys = out.setdefault(q, {}).get(n, ((), ()))
             vals = acc[(q, n, c)]
-            out[q][n] = (xs + (float(c),), ys + (sum(vals) / len(vals),))
+            out[q][n] = ((*xs, float(c)), (*ys, sum(vals) / len(vals)))
         return out
 
     def link(self) -> Link | None:
@@ -207,6 +207,9 @@ class ProfileCost:
             raise SimulationError(f"profile {profile.path} was measured with model {profile.model!r}, "
                                   f"not {geometry.name!r}; pass --model {profile.model}")
         self.profile = profile
+        if geometry is None and profile.model in MODELS:
+            geometry = MODELS[profile.model]
+        self.geometry = geometry  # the simulator's default model for this cost
         self._curves = profile.curves()
         prov = ", ".join(f"{k}={v}" for k, v in profile.provenance.items())
         self.source = (f"profile {profile.path}: {len(profile.forward)} measured shapes of {profile.model}"

@@ -17,6 +17,7 @@ it never re-derives which task runs where or what it reads. From the reads it de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cascade_sched.schedule import KVRef, Schedule
 from simulator.catalog import ModelGeometry
@@ -25,8 +26,7 @@ KV = "kv"
 LATENT = "latent"
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
+class Transfer(NamedTuple):
     """One asynchronous move of ``nbytes`` (a KV version or a latent) from ``src`` to ``dst``, sent by the
     batch ``producer`` as it computes."""
 
@@ -38,8 +38,7 @@ class Transfer:
     producer: int
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(NamedTuple):
     """The tasks one device runs at one tick, as one forward (indices into ``Workload.batches``)."""
 
     tick: int
@@ -63,11 +62,17 @@ class Workload:
     tick_batches: tuple[tuple[int, ...], ...]  # per tick, its batches
     exchanges: tuple[tuple[tuple[int, int, int], ...], ...]  # per tick: (src, dst, bytes) of joint attention
     transfers: tuple[Transfer, ...]
-    batch_of: dict[KVRef, int]
+    batch_index: list[int]  # version k = block * S + stage -> its batch
     decode_device: int  # the device that decodes (== num_devices for a decoder of its own)
     decode_inputs: tuple[int, ...]  # per block: the transfer of its latent to the decoder, or -1
+    held: dict[int, int]  # (k * (num_devices + 1) + device) -> last tick a version read later is needed there
+    exchange_in: tuple[int, ...]  # per batch: versions it receives by same-tick exchange
     kv_bytes: int  # one block's KV over all layers
     latent_bytes: int
+
+    def batch_of(self, block: int, stage: int) -> int:
+        """The batch that runs task (block, stage)."""
+        return self.batch_index[block * self.schedule.num_stages + stage]
 
     def bytes_total(self) -> int:
         """Every byte the schedule moves between devices: transfers plus joint-attention exchanges."""
@@ -88,7 +93,7 @@ def build_workload(
     >>> from simulator.catalog import get_model
     >>> w = build_workload(build_schedule(CascadeSpec(num_blocks=2, lag=1, num_devices=2)), get_model("tiny"))
     >>> len(w.batches), [len(e) for e in w.exchanges][:3]
-    (9, [0, 1, 1])
+    (10, [0, 1, 1])
     """
     spec = schedule.spec
     n_dev = spec.num_devices
@@ -96,92 +101,129 @@ def build_workload(
     tpb = geometry.tokens_per_block
     kv_bytes = geometry.kv_bytes_per_block(dtype_bytes)
     latent_bytes = geometry.latent_bytes_per_block(dtype_bytes)
-    starts = schedule.starts
     K = spec.num_denoise
     denoise = "denoise"
 
-    # 1. Batches: the tasks of each (tick, device), in tick order.
-    batch_of: dict[KVRef, int] = {}
-    device_of: dict[KVRef, int] = {}
-    groups: list[tuple[int, int, list[int]]] = []
-    tick_batches: list[list[int]] = [[] for _ in range(schedule.num_ticks)]
-    index: dict[tuple[int, int], int] = {}
+    # 1. Batches: the tasks of each (tick, device), in tick order. Versions are indexed k = b * S + s.
+    S = schedule.num_stages
     tasks = schedule.tasks
+    dev = [0] * (schedule.num_blocks * S)
+    bat = [0] * (schedule.num_blocks * S)
+    members: list[list[int]] = []
+    b_tick: list[int] = []
+    b_dev: list[int] = []
+    tick_batches: list[list[int]] = [[] for _ in range(schedule.num_ticks)]
+    index: dict[int, int] = {}
+    span = n_dev + 1
+    kidx: dict[KVRef, int] = {}  # version -> k; the schedule interns its version tuples
+    prod = [0] * (schedule.num_blocks * S)  # version k -> the tick that writes it
     for i, t in enumerate(tasks):
-        key = (t.tick, t.device)
+        key = t.tick * span + t.device
         bi = index.get(key)
         if bi is None:
-            bi = index[key] = len(groups)
-            groups.append((t.tick, t.device, []))
+            bi = index[key] = len(members)
+            members.append([])
+            b_tick.append(t.tick)
+            b_dev.append(t.device)
             tick_batches[t.tick].append(bi)
-        groups[bi][2].append(i)
-        batch_of[(t.block, t.stage)] = bi
-        device_of[(t.block, t.stage)] = t.device
+        members[bi].append(i)
+        k = t.block * S + t.stage
+        dev[k] = t.device
+        bat[k] = bi
+        prod[k] = t.tick
+        kidx[(t.block, t.stage)] = k
 
-    # 2. Who reads what where: first tick each (version, device) pair is needed.
+    # 2. Who reads what where. A (version, device) pair moves once: by exchange (a same-tick read) or by
+    #    transfer (the first later read), keyed k * span + device.
     transfers: list[Transfer] = []
-    exchanged: set[tuple[KVRef, int]] = set()
-    moved: dict[tuple[str, KVRef, int], int] = {}
+    exchanged: set[int] = set()
+    held: dict[int, int] = {}
+    exchange_in = [0] * len(members)
+    moved: dict[int, int] = {}  # KV pairs; latents are keyed negative
     exchanges: list[list[tuple[int, int, int]]] = [[] for _ in range(schedule.num_ticks)]
-    sends: list[list[int]] = [[] for _ in groups]
-    batches: list[Batch] = []
-    for bi, (tick, device, members) in enumerate(groups):
+    sends: list[list[int]] = [[] for _ in members]
+    b_refs: list[tuple[KVRef, ...]] = []
+    b_ctx: list[tuple[int, ...]] = []
+    b_den: list[int] = []
+    b_deps: list[tuple[int, ...]] = []
+    b_inputs: list[tuple[int, ...]] = []
+    for bi, group in enumerate(members):
+        tick, device = b_tick[bi], b_dev[bi]
         deps: set[int] = set()
         inputs: list[int] = []
         contexts: list[int] = []
-        n_den = 0
         refs: list[KVRef] = []
-        for i in members:
-            t = tasks[i]
-            refs.append((t.block, t.stage))
-            contexts.append(tpb * (1 + len(t.reads)))
-            if t.kind == denoise:
+        n_den = 0
+        for i in group:
+            block, stage, _, _, kind, _, reads = tasks[i]
+            refs.append((block, stage))
+            contexts.append(tpb * (1 + len(reads)))
+            if kind == denoise:
                 n_den += 1
-            needs: list[tuple[str, KVRef]] = [(KV, r) for r in t.reads]
-            if t.stage > 0:
-                needs.append((LATENT, (t.block, t.stage - 1)))
-            for kind, ref in needs:
-                src = device_of[ref]
-                produced = starts[ref[0]] + ref[1]
-                if produced == tick:  # a same-tick read: joint attention inside the gang
-                    if src != device and (ref, device) not in exchanged:
-                        exchanged.add((ref, device))
-                        exchanges[tick].append((src, device, kv_bytes))
-                    continue
-                pb = batch_of[ref]
+            if stage > 0:  # the latent chain
+                k = block * S + stage - 1
+                pb = bat[k]
                 deps.add(pb)
-                if src == device or (kind == KV and (ref, device) in exchanged):
+                src = dev[k]
+                if src != device:
+                    key = -(k * span + device) - 1
+                    ti = moved.get(key)
+                    if ti is None:
+                        ti = moved[key] = len(transfers)
+                        transfers.append(Transfer(LATENT, (block, stage - 1), src, device, latent_bytes, pb))
+                        sends[pb].append(ti)
+                    inputs.append(ti)
+            for ref in reads:
+                k = kidx[ref]
+                src = dev[k]
+                key = k * span + device
+                if prod[k] == tick:  # a same-tick read: joint attention inside the gang
+                    if src != device:
+                        exchange_in[bi] += 1
+                        if key not in exchanged:
+                            exchanged.add(key)
+                            exchanges[tick].append((src, device, kv_bytes))
                     continue
-                key = (kind, ref, device)
+                held[key] = tick  # ticks only grow: the last assignment is the last read
+                deps.add(bat[k])
+                if src == device:
+                    continue
+                held[k * span + src] = tick
+                if key in exchanged:
+                    continue
                 ti = moved.get(key)
                 if ti is None:
+                    pb = bat[k]
                     ti = moved[key] = len(transfers)
-                    transfers.append(Transfer(kind, ref, src, device, kv_bytes if kind == KV else latent_bytes, pb))
+                    transfers.append(Transfer(KV, ref, src, device, kv_bytes, pb))
                     sends[pb].append(ti)
                 inputs.append(ti)
-        batches.append(Batch(tick, device, tuple(refs), tuple(contexts), n_den, tuple(sorted(deps)),
-                             tuple(dict.fromkeys(inputs)), ()))
+        b_refs.append(tuple(refs))
+        b_ctx.append(tuple(contexts))
+        b_den.append(n_den)
+        b_deps.append(tuple(sorted(deps)))
+        b_inputs.append(tuple(dict.fromkeys(inputs)) if len(inputs) > 1 else tuple(inputs))
 
     # 3. The decoder: block b's clean latent (its last denoise stage) moves to the decode device.
     decode_inputs: list[int] = []
     for b in range(schedule.num_blocks):
-        ref = (b, K - 1)
-        src = device_of[ref]
+        k = b * S + K - 1
+        src = dev[k]
         if src == dec:
             decode_inputs.append(-1)
             continue
-        pb = batch_of[ref]
+        pb = bat[k]
         decode_inputs.append(len(transfers))
         sends[pb].append(len(transfers))
-        transfers.append(Transfer(LATENT, ref, src, dec, latent_bytes, pb))
+        transfers.append(Transfer(LATENT, (b, K - 1), src, dec, latent_bytes, pb))
 
     final = tuple(
-        Batch(b.tick, b.device, b.refs, b.contexts, b.n_denoise, b.deps, b.inputs, tuple(sends[i]))
-        for i, b in enumerate(batches)
+        Batch(b_tick[i], b_dev[i], b_refs[i], b_ctx[i], b_den[i], b_deps[i], b_inputs[i], tuple(sends[i]))
+        for i in range(len(members))
     )
     device_batches: list[list[int]] = [[] for _ in range(n_dev)]
-    for i, b in enumerate(final):
-        device_batches[b.device].append(i)
+    for i, d in enumerate(b_dev):
+        device_batches[d].append(i)
     return Workload(
         schedule=schedule,
         geometry=geometry,
@@ -190,7 +232,9 @@ def build_workload(
         tick_batches=tuple(tuple(t) for t in tick_batches),
         exchanges=tuple(tuple(e) for e in exchanges),
         transfers=tuple(transfers),
-        batch_of=batch_of,
+        batch_index=bat,
+        held=held,
+        exchange_in=tuple(exchange_in),
         decode_device=dec,
         decode_inputs=tuple(decode_inputs),
         kv_bytes=kv_bytes,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from cascade_sched import CascadeSpec, Schedule
+from cascade_sched import CascadeSpec, Schedule, Task
 
 ATTENTION = ("causal", "bidirectional", "stale")
 PLACEMENT = ("block", "stage")
@@ -110,6 +110,6 @@ def oracle_reads(spec: CascadeSpec, block: int, stage: int) -> tuple[tuple[int, 
     return tuple(out)
 
 
-def replace_task(schedule: Schedule, index: int, task: object) -> tuple:
+def replace_task(schedule: Schedule, index: int, task: Task) -> tuple[Task, ...]:
     """The schedule's tasks with the one at ``index`` replaced."""
-    return schedule.tasks[:index] + (task,) + schedule.tasks[index + 1 :]
+    return (*schedule.tasks[:index], task, *schedule.tasks[index + 1 :])

@@ -23,11 +23,19 @@ GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("CASCADE_REGEN_GOLDEN") == "1"
 
 GRIDS: dict[str, CascadeSpec] = {
-    **{f"lag{lag}_8blocks_5dev_block": CascadeSpec(num_blocks=8, lag=lag, num_devices=5) for lag in range(1, 6)},
+    **{
+        f"lag{lag}_8blocks_5dev_block": CascadeSpec(num_blocks=8, lag=lag, num_devices=5)
+        for lag in range(1, 6)
+    },
     "lag1_8blocks_5dev_stage": CascadeSpec(num_blocks=8, lag=1, num_devices=5, placement="stage"),
     "lag1_8blocks_2dev_block": CascadeSpec(num_blocks=8, lag=1, num_devices=2),
     "lag2_8blocks_3dev_stage_nocache": CascadeSpec(
-        num_blocks=8, timesteps=(1000, 750, 500, 250), cache_pass=False, lag=2, num_devices=3, placement="stage"
+        num_blocks=8,
+        timesteps=(1000, 750, 500, 250),
+        cache_pass=False,
+        lag=2,
+        num_devices=3,
+        placement="stage",
     ),
     "perblock_lags_6blocks_3dev": CascadeSpec(num_blocks=6, lag=(1, 5, 2, 1, 3), num_devices=3),
 }
@@ -71,12 +79,23 @@ def test_golden_json_has_the_documented_shape() -> None:
     assert list(data) == ["format", "spec", "num_stages", "tasks"]
     assert data["format"] == "cascade-schedule/1"
     assert set(data["spec"]) == {
-        "num_blocks", "timesteps", "cache_pass", "lag", "attention", "window", "sink",
-        "num_devices", "placement", "frames_per_block", "seed",
+        "num_blocks",
+        "timesteps",
+        "cache_pass",
+        "lag",
+        "attention",
+        "window",
+        "sink",
+        "num_devices",
+        "placement",
+        "frames_per_block",
+        "seed",
     }
-    assert [list(t) for t in data["tasks"]][0] == ["block", "stage", "tick", "timestep", "kind", "device", "reads"]
+    assert list(data["tasks"][0]) == ["block", "stage", "tick", "timestep", "kind", "device", "reads"]
     # The worked example of docs/schedule-format.md: tick 2 is a gang of three.
     gang = [t for t in data["tasks"] if t["tick"] == 2]
     assert [(t["block"], t["stage"], t["reads"]) for t in gang] == [
-        (0, 2, []), (1, 1, [[0, 2]]), (2, 0, [[0, 2], [1, 1]])
+        (0, 2, []),
+        (1, 1, [[0, 2]]),
+        (2, 0, [[0, 2], [1, 1]]),
     ]

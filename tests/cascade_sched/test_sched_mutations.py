@@ -96,7 +96,9 @@ def test_move_a_task_to_another_tick(spec: CascadeSpec, data: st.DataObject) -> 
 def test_device_out_of_range(spec: CascadeSpec, data: st.DataObject) -> None:
     s = build_schedule(spec)
     i = data.draw(st.integers(0, len(s.tasks) - 1), label="index")
-    device = data.draw(st.integers(-3, -1) | st.integers(spec.num_devices, spec.num_devices + 3), label="device")
+    device = data.draw(
+        st.integers(-3, -1) | st.integers(spec.num_devices, spec.num_devices + 3), label="device"
+    )
     bad = dataclasses.replace(s, tasks=replace_task(s, i, s.tasks[i]._replace(device=device)))
     message = rejected(bad, cell=device >= 0)
     assert "out of range" in message and f"@d{device}" in message
@@ -107,8 +109,10 @@ def test_wrong_kind_or_timestep(spec: CascadeSpec, data: st.DataObject) -> None:
     s = build_schedule(spec)
     i = data.draw(st.integers(0, len(s.tasks) - 1), label="index")
     t = s.tasks[i]
-    new = t._replace(kind="cache" if t.kind == "denoise" else "denoise") if data.draw(st.booleans()) else (
-        t._replace(timestep=t.timestep + 1)
+    new = (
+        t._replace(kind="cache" if t.kind == "denoise" else "denoise")
+        if data.draw(st.booleans())
+        else (t._replace(timestep=t.timestep + 1))
     )
     rejected(dataclasses.replace(s, tasks=replace_task(s, i, new)))
 
@@ -247,8 +251,14 @@ def test_spec_swapped_under_the_tasks() -> None:
     """Tasks built for one spec do not validate under another (lag, attention, window, timesteps)."""
     base = CascadeSpec(num_blocks=5, lag=1, num_devices=5)
     s = build_schedule(base)
-    for change in ({"attention": "stale"}, {"attention": "bidirectional"}, {"window": 2}, {"sink": 1},
-                   {"timesteps": (1000, 750, 500, 251)}, {"num_devices": 4}):
+    for change in (
+        {"attention": "stale"},
+        {"attention": "bidirectional"},
+        {"window": 2},
+        {"sink": 1},
+        {"timesteps": (1000, 750, 500, 251)},
+        {"num_devices": 4},
+    ):
         other = dataclasses.replace(base, **change)
         if change == {"sink": 1}:  # unbounded window already sees block 0: this one is the same schedule
             validate(dataclasses.replace(s, spec=other))
@@ -284,7 +294,9 @@ def test_error_grid_of_a_long_schedule_is_cut_around_the_failing_tick(
         free[task.block] = 0
         bad = dataclasses.replace(s, free_after=tuple(free))
     else:
-        bad = dataclasses.replace(s, starts=s.starts[: task.block] + tuple(x + 1 for x in s.starts[task.block :]))
+        bad = dataclasses.replace(
+            s, starts=s.starts[: task.block] + tuple(x + 1 for x in s.starts[task.block :])
+        )
     message = rejected(bad)
     lines = message.splitlines()
     assert len(lines) < 40, f"{len(lines)} lines"

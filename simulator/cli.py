@@ -1,0 +1,218 @@
+"""``cascade simulate`` and ``cascade plan``: registered into the ``cascade`` command by
+``cascade_sched.cli`` through :func:`register`. SimPy and matplotlib are imported inside the handlers,
+so ``cascade schedule`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cascade_sched.cli import add_schedule_args, spec_from_args
+from cascade_sched.errors import ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _pairs(text: str) -> tuple[int, float]:
+    device, sep, factor = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(device), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DEVICE:FACTOR such as 2:1.5, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """``1,2,4`` or ``1-8`` (or a mix: ``1-4,8``)."""
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4 or 1-8, got {text!r}") from None
+    return tuple(out)
+
+
+def _nums(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: str) -> None:
+    g = p.add_argument_group("hardware and costs")
+    g.add_argument("--model", default=model_default, help=models_help)
+    g.add_argument("--gpu", default="h100-sxm",
+                   help="h100-sxm | h100-pcie | h200 | a100-sxm | l40s | b200 (default %(default)s)")
+    g.add_argument("--gpus-per-node", type=int, default=8, help="GPUs in one node (default %(default)s)")
+    g.add_argument("--inter-node", default="ib-ndr", help="link between nodes (default %(default)s)")
+    g.add_argument("--cost", default="baseline-fps",
+                   help="profile:PATH | roofline | baseline-fps[:FPS] | uniform:SECONDS (default %(default)s)")
+    g.add_argument("--decode", default="own",
+                   help="where the VAE decodes: own (a GPU of its own) or a device index (default %(default)s)")
+    g.add_argument("--overlap", action="store_true", help="overlap the joint-attention exchange with compute")
+
+
+def register(subparsers: Any) -> dict[str, Handler]:
+    """Add ``simulate`` and ``plan`` to the ``cascade`` command; returns their handlers."""
+    p = subparsers.add_parser("simulate", help="predict FPS, latency, jitter, memory and traffic of a schedule")
+    add_schedule_args(p)
+    _hardware_args(p, "model geometry: wan2.1-1.3b | wan2.1-14b | tiny | small (default %(default)s)",
+                   "wan2.1-1.3b")
+    p.add_argument("--interconnect", default=None,
+                   help="GPU link: nvlink3|nvlink4|nvlink5|pcie4|pcie5|ideal, or profile (the profile's fitted "
+                        "link); default the GPU's usual one")
+    p.add_argument("--straggler", type=_pairs, action="append", default=[], metavar="D:F",
+                   help="what-if: device D computes F times slower (repeatable)")
+    p.add_argument("--degrade", type=_pairs, action="append", default=[], metavar="D:F",
+                   help="what-if: device D's link has 1/F of its bandwidth (repeatable)")
+    p.add_argument("--video-frames", type=int, default=None, help="video frames per block (default 4 x 3 = 12)")
+    p.add_argument("--first-block-frames", type=int, default=None, help="video frames of block 0 (default 9)")
+    p.add_argument("--allow-oom", action="store_true",
+                   help="simulate a plan that does not fit in memory anyway (the result says fits=false)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--trace", metavar="PATH", help="write a Chrome trace JSON (open in Perfetto)")
+    p.add_argument("--gantt", metavar="PATH", help="write a Gantt chart PNG")
+    p.add_argument("--gantt-ticks", type=int, default=60, help="ticks the Gantt chart shows (0 = all)")
+
+    q = subparsers.add_parser("plan", help="sweep GPU count x lag x attention and recommend a configuration")
+    _hardware_args(q, "model(s), comma-separated (default: wan2.1-1.3b,wan2.1-14b)", "")
+    c = q.add_argument_group("sweep")
+    c.add_argument("--gpu-counts", type=_ints, default=tuple(range(1, 9)), help="e.g. 1-8 or 1,2,4 (default 1-8)")
+    c.add_argument("--lags", type=_ints, default=None, help="lags to try (default all, 1..S)")
+    c.add_argument("--attentions", type=_names, default=("causal", "bidirectional", "stale"),
+                   help="attention modes to try (default causal,bidirectional,stale)")
+    c.add_argument("--interconnects", type=_names, default=None,
+                   help="links to try, e.g. nvlink4,pcie5 (default the GPU's usual one)")
+    c.add_argument("--blocks", type=int, default=32, help="blocks per simulated run (default %(default)s)")
+    c.add_argument("--window", type=int, default=7, help="attention window in blocks, 0 = unbounded (default 7)")
+    c.add_argument("--sink", type=int, default=0, help="sink blocks (default 0)")
+    c.add_argument("--timesteps", type=_nums, default=(1000, 750, 500, 250), help="denoise timesteps")
+    c.add_argument("--cache-pass", action=argparse.BooleanOptionalAction, default=True, help="cache stage")
+    c.add_argument("--placement", default="block", help="block | stage (default block)")
+    k = q.add_argument_group("constraints and output")
+    k.add_argument("--target-fps", type=float, default=24.0, help="FPS to reach, decoding included (0 = none)")
+    k.add_argument("--max-first-frame", type=float, default=None, help="seconds to the first frame, at most")
+    k.add_argument("--max-jitter", type=float, default=None, help="p99 - p50 block interval, seconds, at most")
+    k.add_argument("--out", default="cascade-plan", help="folder for plan.csv, plan.json, plan.png (default %(default)s)")
+    k.add_argument("--top", type=int, default=10, help="rows per model in the table (0 = all)")
+    k.add_argument("--json", action="store_true", help="print every point as JSON instead of the table")
+    return {"simulate": _cmd_simulate, "plan": _cmd_plan}
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from cascade_sched.schedule import build_schedule
+    from cascade_sched.validate import validate
+    from simulator.catalog import Cluster, get_gpu, get_link, get_model
+    from simulator.cost import make_cost
+    from simulator.engine import simulate
+
+    schedule = validate(build_schedule(spec_from_args(args)))
+    geometry = get_model(args.model)
+    gpu = get_gpu(args.gpu)
+    cost = make_cost(args.cost, geometry, gpu)
+    link_name = args.interconnect or gpu.default_link
+    if link_name == "profile":
+        link = getattr(getattr(cost, "profile", None), "link", lambda: None)()
+        if link is None:
+            raise ConfigError("interconnect", "`--interconnect profile` needs --cost profile:PATH with a `link` fit")
+    else:
+        link = get_link(link_name)
+    cluster = Cluster(gpu, schedule.num_devices, args.gpus_per_node, link, get_link(args.inter_node, "inter_node"),
+                      tuple(args.straggler), tuple(args.degrade))
+    decode: str | int = args.decode if args.decode == "own" else args.decode.removeprefix("d")
+    result = simulate(schedule, cluster, cost, geometry, decode=decode, overlap=args.overlap,
+                      check_memory=not args.allow_oom, video_frames=args.video_frames,
+                      first_block_frames=args.first_block_frames)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, default=_json_default))
+    else:
+        print(result.summary())
+        if not result.fits:
+            print("  WARNING: this plan does not fit in GPU memory (simulated because of --allow-oom)")
+    if args.trace:
+        from simulator.visual import write_trace
+
+        write_trace(result, args.trace)
+        print(f"wrote {args.trace}", file=sys.stderr)
+    if args.gantt:
+        from simulator.visual import draw_gantt
+
+        draw_gantt(result, args.gantt, args.gantt_ticks or None)
+        print(f"wrote {args.gantt}", file=sys.stderr)
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from simulator.plan import (
+        Constraints,
+        SweepSpace,
+        format_table,
+        recommendation_text,
+        sweep,
+        write_points,
+    )
+    from simulator.visual import draw_plan
+
+    t0 = time.perf_counter()
+    if args.window < 0:
+        raise ConfigError("window", f"`window` must be at least 1 block, or 0 for unbounded, got {args.window}")
+    for name, value in (("target_fps", args.target_fps), ("max_first_frame", args.max_first_frame),
+                        ("max_jitter", args.max_jitter), ("top", args.top)):
+        if value is not None and value < 0:
+            raise ConfigError(name, f"`{name.replace('_', '-')}` must not be negative, got {value}")
+    if not args.gpu_counts or min(args.gpu_counts) < 1:
+        raise ConfigError("gpu_counts", f"`gpu-counts` must be positive integers, got {list(args.gpu_counts)}")
+    space = SweepSpace(
+        models=_names(args.model) if args.model else ("wan2.1-1.3b", "wan2.1-14b"),
+        gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lags, attentions=tuple(args.attentions),
+        interconnects=args.interconnects, gpus_per_node=args.gpus_per_node, blocks=args.blocks,
+        window=args.window or None, sink=args.sink, timesteps=tuple(args.timesteps), cache_pass=args.cache_pass,
+        placement=args.placement, cost=args.cost, decode=args.decode, overlap=args.overlap,
+    )
+    constraints = Constraints(args.target_fps or None, args.max_first_frame, args.max_jitter)
+    points = sweep(space, constraints)
+    os.makedirs(args.out, exist_ok=True)
+    csv_path, json_path, png_path = (os.path.join(args.out, f"plan.{ext}") for ext in ("csv", "json", "png"))
+    meta = {"space": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(space).items()},
+            "constraints": vars(constraints), "cost_sources": sorted({p.cost for p in points})}
+    write_points(points, csv_path, json_path, meta)
+    draw_plan(points, png_path, constraints.target_fps)
+    if args.json:
+        with open(json_path, encoding="utf-8") as f:
+            print(f.read())
+        return 0
+    wall = time.perf_counter() - t0
+    links = ", ".join(space.interconnects or ("the GPU's usual link",))
+    print(f"cascade plan: {', '.join(space.models)} on {space.gpu} ({links}); {len(points)} points, "
+          f"{space.blocks} blocks each, window {space.window or 'unbounded'}, cost {space.cost}, decode {space.decode}")
+    print(format_table(points, args.top or None))
+    print()
+    target = [f"FPS >= {constraints.target_fps:g}" if constraints.target_fps else "",
+              f"first frame <= {constraints.max_first_frame_s:g} s" if constraints.max_first_frame_s else "",
+              f"jitter <= {constraints.max_jitter_s:g} s" if constraints.max_jitter_s else ""]
+    print(f"recommendation ({', '.join(t for t in target if t) or 'no constraints'}):")
+    for line in recommendation_text(points, constraints, space.decode):
+        print(f"  {line}")
+    print(f"wrote {csv_path}, {json_path}, {png_path} in {wall:.1f} s")
+    return 0

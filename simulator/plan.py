@@ -1,0 +1,231 @@
+"""The planner: sweep GPU count x lag x attention (x interconnect) for a model and GPU, check constraints,
+rank the points and recommend the cheapest one that meets them.
+
+Every point is one :func:`simulator.engine.simulate` run of a ``CascadeSpec`` built from plain values;
+a point whose memory does not fit is marked infeasible (not simulated). The ranking puts points that
+meet every constraint first, then fewer GPUs, then higher FPS, then an earlier first frame; the
+recommendation is the first of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cascade_sched.errors import ConfigError, SimulationError
+from cascade_sched.schedule import build_schedule
+from cascade_sched.spec import CascadeSpec
+from simulator.catalog import Cluster, get_gpu, get_link, get_model
+from simulator.cost import CostModel, make_cost
+from simulator.engine import simulate
+
+DEFAULT_MODELS = ("wan2.1-1.3b", "wan2.1-14b")
+DEFAULT_ATTENTIONS = ("causal", "bidirectional", "stale")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a plan must meet; None = no constraint. FPS is the decoding-included figure."""
+
+    target_fps: float | None = 24.0
+    max_first_frame_s: float | None = None
+    max_jitter_s: float | None = None
+
+    def check(self, fps: float, first_frame_s: float, jitter_s: float) -> str:
+        """Empty when met, else why not (``fps 17.1 < 24``)."""
+        why = []
+        if self.target_fps is not None and fps < self.target_fps:
+            why.append(f"fps {fps:.1f} < {self.target_fps:g}")
+        if self.max_first_frame_s is not None and first_frame_s > self.max_first_frame_s:
+            why.append(f"first frame {first_frame_s:.2f} s > {self.max_first_frame_s:g}")
+        if self.max_jitter_s is not None and jitter_s > self.max_jitter_s:
+            why.append(f"jitter {jitter_s * 1e3:.0f} ms > {self.max_jitter_s * 1e3:g}")
+        return "; ".join(why)
+
+
+@dataclass(frozen=True)
+class PlanPoint:
+    """One simulated (or infeasible) configuration of the sweep."""
+
+    model: str
+    gpu: str
+    gpus: int
+    lag: int
+    attention: str
+    interconnect: str
+    fits: bool
+    fps: float
+    paper_fps: float
+    first_frame_s: float
+    interval_p50_s: float
+    interval_p99_s: float
+    jitter_s: float
+    peak_memory_gb: float
+    meets: bool
+    status: str  # "ok", why a constraint fails, or why it does not fit
+    cost: str = field(default="")
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict for CSV and JSON."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepSpace:
+    """What the planner varies and the fixed cascade around it."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    gpu: str = "h100-sxm"
+    gpu_counts: tuple[int, ...] = tuple(range(1, 9))
+    lags: tuple[int, ...] | None = None  # None: every lag 1..S
+    attentions: tuple[str, ...] = DEFAULT_ATTENTIONS
+    interconnects: tuple[str, ...] | None = None  # None: the GPU's usual link
+    gpus_per_node: int = 8
+    blocks: int = 32
+    window: int | None = 7
+    sink: int = 0
+    timesteps: tuple[float, ...] = (1000, 750, 500, 250)
+    cache_pass: bool = True
+    placement: str = "block"
+    cost: str = "baseline-fps"
+    decode: str = "own"
+    overlap: bool = False
+
+
+def sweep(space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
+    """Simulate every point of ``space`` (see the module docstring); returns them ranked."""
+    gpu = get_gpu(space.gpu)
+    links = space.interconnects or (gpu.default_link,)
+    for name in links:
+        get_link(name)
+    for a in space.attentions:
+        CascadeSpec(num_blocks=1, attention=a)  # ConfigError names a bad one before any work
+    points: list[PlanPoint] = []
+    for model_name in space.models:
+        geometry = get_model(model_name)
+        cost: CostModel = make_cost(space.cost, geometry, gpu)
+        n_stages = len(space.timesteps) + (1 if space.cache_pass else 0)
+        lags = space.lags or tuple(range(1, n_stages + 1))
+        for lag in lags:
+            if not 1 <= lag <= n_stages:
+                raise ConfigError("lags", f"`lags` must lie in 1..S={n_stages}, got {lag}")
+        for n in space.gpu_counts:
+            for link in links:
+                cluster = Cluster.of(space.gpu, n, space.gpus_per_node, link)
+                for lag in lags:
+                    for attention in space.attentions:
+                        spec = CascadeSpec(
+                            num_blocks=space.blocks, timesteps=space.timesteps, cache_pass=space.cache_pass,
+                            lag=lag, attention=attention, window=space.window, sink=space.sink,
+                            num_devices=n, placement=space.placement,
+                        )
+                        points.append(_point(spec, cluster, cost, geometry.name, link, space, constraints))
+    return rank(points)
+
+
+def _point(
+    spec: CascadeSpec,
+    cluster: Cluster,
+    cost: CostModel,
+    model: str,
+    link: str,
+    space: SweepSpace,
+    constraints: Constraints,
+) -> PlanPoint:
+    base = dict(model=model, gpu=cluster.gpu.name, gpus=cluster.num_gpus, lag=spec.lags[0] if spec.lags else 1,
+                attention=spec.attention, interconnect=link, cost=cost.name)
+    try:
+        r = simulate(build_schedule(spec), cluster, cost, model, decode=space.decode, overlap=space.overlap)
+    except SimulationError as e:
+        if "does not fit" not in str(e):
+            raise
+        nan = math.nan
+        return PlanPoint(**base, fits=False, fps=nan, paper_fps=nan, first_frame_s=nan,  # type: ignore[arg-type]
+                         interval_p50_s=nan, interval_p99_s=nan, jitter_s=nan,
+                         peak_memory_gb=_needed_gb(str(e)), meets=False, status="does not fit in memory")
+    why = constraints.check(r.fps, r.first_frame_s, r.jitter_s)
+    return PlanPoint(**base, fits=True, fps=r.fps, paper_fps=r.paper_fps,  # type: ignore[arg-type]
+                     first_frame_s=r.first_frame_s, interval_p50_s=r.interval_p50_s,
+                     interval_p99_s=r.interval_p99_s, jitter_s=r.jitter_s,
+                     peak_memory_gb=max(r.peak_memory_bytes) / 1e9, meets=not why, status=why or "ok")
+
+
+def _needed_gb(message: str) -> float:
+    try:
+        return float(message.split(" needs ")[1].split(" GB")[0])
+    except (IndexError, ValueError):
+        return math.nan
+
+
+def rank(points: Sequence[PlanPoint]) -> list[PlanPoint]:
+    """Meeting every constraint first, then fitting, fewer GPUs, higher FPS, earlier first frame."""
+    return sorted(points, key=lambda p: (not p.meets, not p.fits, p.gpus if p.meets else 0,
+                                         -(p.fps if p.fits else -1.0), p.first_frame_s if p.fits else 0.0))
+
+
+def recommend(points: Sequence[PlanPoint], model: str) -> PlanPoint | None:
+    """The best point of ``model`` that meets the constraints, or None."""
+    for p in rank([p for p in points if p.model == model]):
+        if p.meets:
+            return p
+    return None
+
+
+def recommendation_text(points: Sequence[PlanPoint], constraints: Constraints, decode: str) -> list[str]:
+    """One line per model: what to buy, or that nothing in the sweep meets the constraints."""
+    lines = []
+    extra = " + 1 decoder GPU" if decode == "own" else ""
+    for model in dict.fromkeys(p.model for p in points):
+        p = recommend(points, model)
+        if p is not None:
+            lines.append(f"{model}: {p.gpus} x {p.gpu} ({p.interconnect}){extra}, lag {p.lag}, {p.attention} "
+                         f"attention -> {p.fps:.1f} FPS (paper FPS {p.paper_fps:.1f}), first frame "
+                         f"{p.first_frame_s:.2f} s, jitter {p.jitter_s * 1e3:.0f} ms")
+            continue
+        fitting = [q for q in points if q.model == model and q.fits]
+        if not fitting:
+            lines.append(f"{model}: no point of the sweep fits in memory")
+            continue
+        best = max(fitting, key=lambda q: q.fps)
+        lines.append(f"{model}: no point meets the constraints; the fastest is {best.gpus} x {best.gpu} "
+                     f"({best.interconnect}), lag {best.lag}, {best.attention}: {best.fps:.1f} FPS ({best.status})")
+    return lines
+
+
+def format_table(points: Sequence[PlanPoint], top: int | None = 12) -> str:
+    """The ranked table, ``top`` rows per model (None: all)."""
+    header = (f"{'#':>3} {'model':<12} {'GPUs':>4} {'lag':>3} {'attention':<13} {'link':<8} {'FPS':>7} "
+              f"{'paperFPS':>8} {'1st frame':>9} {'p99 ms':>7} {'jit ms':>6} {'peak GB':>7}  status")
+    lines = [header, "-" * len(header)]
+    for model in dict.fromkeys(p.model for p in points):
+        rows = [p for p in points if p.model == model]
+        for i, p in enumerate(rows[:top] if top else rows, 1):
+            if p.fits:
+                nums = (f"{p.fps:7.2f} {p.paper_fps:8.2f} {p.first_frame_s:9.3f} {p.interval_p99_s * 1e3:7.1f} "
+                        f"{p.jitter_s * 1e3:6.1f}")
+            else:
+                nums = f"{'-':>7} {'-':>8} {'-':>9} {'-':>7} {'-':>6}"
+            lines.append(f"{i:>3} {p.model:<12} {p.gpus:>4} {p.lag:>3} {p.attention:<13} {p.interconnect:<8} "
+                         f"{nums} {p.peak_memory_gb:7.1f}  {p.status}")
+        if top and len(rows) > top:
+            lines.append(f"    ... {len(rows) - top} more {model} points in the CSV/JSON")
+    return "\n".join(lines)
+
+
+def write_points(points: Sequence[PlanPoint], csv_path: str | None, json_path: str | None,
+                 meta: dict[str, Any] | None = None) -> None:
+    """Every point as CSV and/or JSON (``{"meta": ..., "points": [...]}``)."""
+    rows = [p.row() for p in points]
+    if csv_path:
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
+            writer.writeheader()
+            writer.writerows(rows)
+    if json_path:
+        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta or {}, "points": clean}, f, indent=1)

@@ -1,0 +1,34 @@
+"""Helpers the executor tests share; module-level so spawned ranks can import them by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cascade_sched import CascadeSpec, build_schedule
+from executors.base import RunOptions
+from executors.distributed import DistributedExecutor
+from executors.reference import ReferenceExecutor
+from models import CausalWanDiT, get_config
+
+
+def tiny_model(dtype: torch.dtype = torch.float32) -> CausalWanDiT:
+    return CausalWanDiT(get_config("tiny"), seed=0).to(dtype)
+
+
+def run_reference(spec: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """All latent frames of ``spec`` from the reference executor."""
+    schedule = build_schedule(CascadeSpec.from_dict(spec))
+    return ReferenceExecutor().run(schedule, tiny_model(dtype), RunOptions()).stacked()
+
+
+def run_specs_on_rank(specs: list[dict[str, Any]], rank: int, world: int) -> list[Any]:
+    """Rank function: run every spec with the distributed executor; rank 0 returns the latents."""
+    torch.set_num_threads(1)
+    model = tiny_model()
+    out = []
+    for spec in specs:
+        result = DistributedExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model, RunOptions())
+        out.append(result.stacked().numpy() if rank == 0 else None)
+    return out

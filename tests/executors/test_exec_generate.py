@@ -1,0 +1,91 @@
+"""``cascade generate`` end to end: outputs, failure handling, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from cascade_sched.metrics import video_frames
+
+CASCADE = [sys.executable, "-m", "cascade_sched.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CASCADE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def frames_of(blocks: int) -> int:
+    return sum(video_frames(b) for b in range(blocks))
+
+
+def test_generate_default_writes_video_latents_and_trace(tmp_path: Path) -> None:
+    out, lat, trace = tmp_path / "v.mp4", tmp_path / "l.npz", tmp_path / "t.json"
+    r = run("generate", "--out", str(out), "--save-latents", str(lat), "--trace", str(trace), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "paper FPS" in r.stdout and "first frame" in r.stdout
+    blocks = 6  # the default clip
+    assert iio.imread(out).shape == (frames_of(blocks), 32, 32, 3)
+    latents = np.load(lat)["latents"]
+    assert latents.shape == (blocks * 3, 16, 4, 4) and latents.dtype == np.float32
+    import json
+
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e["name"] for e in events if e["ph"] == "X"}
+    assert {"B0S0", "B5S4"} <= names
+
+
+@pytest.mark.slow
+def test_distributed_generate_matches_reference_latents(tmp_path: Path) -> None:
+    common = ["--blocks", "5", "--lag", "1", "--devices", "2", "--attention", "bidirectional", "--no-progress"]
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert run("generate", *common, "--save-latents", str(a)).returncode == 0
+    r = run("generate", *common, "--executor", "distributed", "--save-latents", str(b))
+    assert r.returncode == 0, r.stderr
+    x, y = np.load(a)["latents"], np.load(b)["latents"]
+    assert np.abs(x - y).max() <= 1e-5 * np.abs(x).max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_failing_rank_stops_every_rank_and_keeps_finished_frames(tmp_path: Path, failing_rank: int) -> None:
+    out = tmp_path / "v.mp4"
+    start = time.monotonic()
+    r = run("generate", "--blocks", "8", "--lag", "1", "--devices", "2", "--executor", "distributed",
+            "--out", str(out), "--timeout", "20", "--no-progress", "--fail-at", f"{failing_rank}:6")
+    elapsed = time.monotonic() - start
+    assert r.returncode != 0
+    assert elapsed < 30, f"ranks took {elapsed:.1f} s to stop"
+    assert f"rank {failing_rank} failed at tick 6 (" in r.stderr and "@d" in r.stderr
+    assert "Traceback" not in r.stderr
+    # Lag 1, S = 5: blocks 0, 1, 2 finished denoising at ticks 3, 4, 5, before the failure at tick 6.
+    assert iio.imread(out).shape[0] == frames_of(3)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--executor", "distributed", "--devices", "2", "--nproc", "3"], "--nproc"),
+        (["--out", "clip.avi"], "--out"),
+        (["--dtype", "float8"], "--dtype"),
+        (["--model", "huge"], "--model"),
+        (["--lag", "9"], "--lag"),
+        (["--save-latents", "x.txt"], "--save-latents"),
+        (["--device", "cuda"], "--device"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], flag: str, tmp_path: Path) -> None:
+    if flag == "--device":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+    r = run("generate", "--no-progress", *args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], r.stderr

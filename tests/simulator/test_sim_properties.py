@@ -1,0 +1,137 @@
+"""Hypothesis properties of the simulator over the whole spec space."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import networkx as nx
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cascade_sched import CascadeSpec, build_schedule
+from cascade_sched.graph import critical_path, to_networkx
+from cascade_sched.schedule import Schedule
+from simulator import Cluster, RooflineCost, UniformCost, get_gpu, get_link, get_model, simulate
+from simulator.catalog import Link
+
+ALL_STEPS = (1000, 750, 500, 250)
+
+
+@st.composite
+def specs(draw: Any, max_devices: int = 6) -> CascadeSpec:
+    k = draw(st.integers(1, 4))
+    cache = draw(st.booleans())
+    s = k + (1 if cache else 0)
+    return CascadeSpec(
+        num_blocks=draw(st.integers(1, 9)),
+        timesteps=ALL_STEPS[:k],
+        cache_pass=cache,
+        lag=draw(st.integers(1, s)),
+        attention=draw(st.sampled_from(["causal", "bidirectional", "stale"])),
+        window=draw(st.sampled_from([None, 1, 2, 3, 5])),
+        sink=draw(st.integers(0, 2)),
+        num_devices=draw(st.integers(1, max_devices)),
+        placement=draw(st.sampled_from(["block", "stage"])),
+    )
+
+
+def cluster_with(n: int, bandwidth: float, latency: float = 5e-6) -> Cluster:
+    return Cluster(get_gpu("h200"), n, 4, Link("test", bandwidth, latency, "test"), get_link("ib-ndr"))
+
+
+G13 = get_model("wan2.1-1.3b")
+
+
+@given(specs(), st.sampled_from([5e9, 50e9, 400e9]), st.booleans())
+def test_more_bandwidth_is_never_slower(spec: CascadeSpec, bandwidth: float, overlap: bool) -> None:
+    s = build_schedule(spec)
+    cost = UniformCost(0.02, decode_block_s=0.01, sample_task_s=0.001)
+    slow = simulate(s, cluster_with(spec.num_devices, bandwidth), cost, G13, overlap=overlap, check_memory=False)
+    fast = simulate(s, cluster_with(spec.num_devices, 2 * bandwidth), cost, G13, overlap=overlap,
+                    check_memory=False)
+    inf = simulate(s, cluster_with(spec.num_devices, float("inf"), 0.0), cost, G13, overlap=overlap,
+                   check_memory=False)
+    assert inf.makespan_s <= fast.makespan_s + 1e-12 <= slow.makespan_s + 2e-12
+    for a, b in zip(fast.block_decoded_s, slow.block_decoded_s, strict=True):
+        assert a <= b + 1e-12
+
+
+def _solo_longest_path(s: Schedule, cost: RooflineCost) -> float:
+    """The critical path with every task at its cost alone on a device (a lower bound on any batch)."""
+    g = to_networkx(s)
+    q = cost.geometry.tokens_per_block
+    weight = {t.ref: cost.forward_s(q, (q * (1 + len(t.reads)),)) for t in s.tasks}
+    best: dict[Any, float] = {}
+    for node in nx.topological_sort(g):
+        best[node] = weight[node] + max((best[p] for p in g.predecessors(node)), default=0.0)
+    return max(best.values())
+
+
+@given(specs())
+def test_makespan_is_at_least_the_critical_path(spec: CascadeSpec) -> None:
+    s = build_schedule(spec)
+    r = simulate(s, cluster_with(spec.num_devices, 100e9), UniformCost(0.05), "tiny")
+    assert r.makespan_s >= len(critical_path(s)) * 0.05 - 1e-9
+    cost = RooflineCost(get_model("small"), get_gpu("l40s"))
+    r2 = simulate(s, cluster_with(spec.num_devices, 100e9), cost)
+    assert r2.makespan_s >= _solo_longest_path(s, cost) - 1e-12
+
+
+@given(specs())
+def test_every_task_is_simulated_exactly_once(spec: CascadeSpec) -> None:
+    s = build_schedule(spec)
+    r = simulate(s, cluster_with(spec.num_devices, 100e9), UniformCost(0.01), "tiny")
+    counts = Counter(r.executed)
+    assert set(counts) == {t.ref for t in s.tasks}
+    assert set(counts.values()) == {1}
+    assert r.num_tasks == len(s.tasks)
+
+
+def _implied_bytes(s: Schedule, kv: int, latent: int, decoder: int) -> int:
+    """From the schedule alone: each KV version once to every other device that reads it, each latent
+    to the next stage's device when it changes, and every block's clean latent to the decoder."""
+    pairs = set()
+    moves = 0
+    for t in s.tasks:
+        for j, v in t.reads:
+            if s.task(j, v).device != t.device:
+                pairs.add((j, v, t.device))
+        if t.stage > 0 and s.task(t.block, t.stage - 1).device != t.device:
+            moves += 1
+    k = s.spec.num_denoise
+    moves += sum(1 for b in range(s.num_blocks) if s.task(b, k - 1).device != decoder)
+    return len(pairs) * kv + moves * latent
+
+
+@given(specs(), st.sampled_from(["own", 0]))
+def test_bytes_moved_equal_the_bytes_the_schedule_implies(spec: CascadeSpec, decode: str | int) -> None:
+    s = build_schedule(spec)
+    r = simulate(s, cluster_with(spec.num_devices, 100e9), UniformCost(0.01), G13, decode=decode,
+                 check_memory=False)
+    decoder = spec.num_devices if decode == "own" else 0
+    assert r.bytes_total == _implied_bytes(s, G13.kv_bytes_per_block(), G13.latent_bytes_per_block(), decoder)
+    assert sum(r.bytes_by_link.values()) == r.bytes_total
+
+
+@given(st.integers(2, 10), st.integers(1, 7), st.sampled_from(["block", "stage"]), st.sampled_from([None, 2, 4]))
+def test_sequential_fps_does_not_depend_on_device_count(blocks: int, devices: int, placement: str,
+                                                        window: int | None) -> None:
+    cost = RooflineCost(G13, get_gpu("h100-sxm"))
+
+    def run(n: int) -> tuple[float, float]:
+        s = build_schedule(CascadeSpec(num_blocks=blocks, num_devices=n, placement=placement, window=window))
+        r = simulate(s, Cluster.of("h100-sxm", n, interconnect="ideal"), cost)
+        return r.fps, r.paper_fps
+
+    one, many = run(1), run(devices)
+    assert abs(one[0] - many[0]) <= 1e-9 * one[0]
+    assert abs(one[1] - many[1]) <= 1e-9 * one[1]
+
+
+@given(specs(max_devices=4))
+def test_memory_never_below_weights_and_flags_agree(spec: CascadeSpec) -> None:
+    s = build_schedule(spec)
+    r = simulate(s, cluster_with(spec.num_devices, 100e9), UniformCost(0.01), G13, check_memory=False)
+    assert all(p >= G13.weight_bytes for p in r.peak_memory_bytes)
+    assert r.fits == all(p <= r.memory_capacity_bytes for p in r.peak_memory_bytes)
