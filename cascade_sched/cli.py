@@ -30,7 +30,7 @@ FLAG_OF = {
 }
 
 # Modules that add subcommands through `register(subparsers) -> {name: handler}`.
-PLUGINS = ("simulator.cli", "executors.cli")
+PLUGINS = ("simulator.cli", "executors.cli", "executors.calibrate_cli")
 
 
 class ArgumentParser(argparse.ArgumentParser):
