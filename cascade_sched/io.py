@@ -1,4 +1,9 @@
-"""The schedule's JSON form, ``cascade-schedule/1`` (documented in docs/schedule-format.md)."""
+"""The schedule's JSON form, ``cascade-schedule/2`` (documented in docs/schedule-format.md).
+
+Version 2 adds prompt switches: the spec's ``switches`` and ``switch_policy``, each task's ``prompt``,
+and recache tasks (``"kind": "recache"``, ``"stage": -1``, with the versions they write). Version 1
+files (no switches) are still read.
+"""
 
 from __future__ import annotations
 
@@ -6,48 +11,54 @@ import json
 from typing import Any
 
 from cascade_sched.errors import CascadeError, ScheduleError
-from cascade_sched.schedule import Schedule, Task, build_schedule
+from cascade_sched.schedule import RECACHE, Schedule, Task, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.validate import validate
 
-FORMAT = "cascade-schedule/1"
+FORMAT = "cascade-schedule/2"
+READABLE = ("cascade-schedule/1", FORMAT)
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     """The JSON-ready object: format, spec (every field), num_stages and the tasks in (tick, block) order."""
+
+    def task_dict(t: Task) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "block": t.block,
+            "stage": t.stage,
+            "tick": t.tick,
+            "timestep": t.timestep,
+            "kind": t.kind,
+            "device": t.device,
+            "prompt": t.prompt,
+            "reads": [[j, v] for j, v in t.reads],
+        }
+        if t.kind == RECACHE:
+            out["writes"] = [[j, v] for j, v in schedule.writes(t)]
+        return out
+
     return {
         "format": FORMAT,
         "spec": schedule.spec.to_dict(),
         "num_stages": schedule.num_stages,
-        "tasks": [
-            {
-                "block": t.block,
-                "stage": t.stage,
-                "tick": t.tick,
-                "timestep": t.timestep,
-                "kind": t.kind,
-                "device": t.device,
-                "reads": [[j, v] for j, v in t.reads],
-            }
-            for t in schedule.tasks
-        ],
+        "tasks": [task_dict(t) for t in schedule.tasks],
     }
 
 
 def dumps(schedule: Schedule, indent: int | None = None) -> str:
-    """The schedule as a ``cascade-schedule/1`` JSON string."""
+    """The schedule as a ``cascade-schedule/2`` JSON string."""
     return json.dumps(schedule_to_dict(schedule), indent=indent)
 
 
 def schedule_from_dict(data: Any) -> Schedule:
-    """Read a ``cascade-schedule/1`` object back and validate it.
+    """Read a ``cascade-schedule/2`` (or ``/1``) object back and validate it.
 
     The tasks are taken as written (not rebuilt from the spec), so a file edited by hand, with a
     custom placement say, is checked by :func:`validate` rather than silently replaced.
     """
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in READABLE:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ScheduleError(f"not a schedule: expected \"format\": \"{FORMAT}\", got {got!r}")
+        raise ScheduleError(f"not a schedule: expected \"format\" one of {list(READABLE)}, got {got!r}")
     try:
         spec = CascadeSpec.from_dict(data["spec"])
         if data["num_stages"] != spec.num_stages:
@@ -61,6 +72,7 @@ def schedule_from_dict(data: Any) -> Schedule:
                 str(t["kind"]),
                 t["timestep"],
                 tuple((int(j), int(v)) for j, v in t["reads"]),
+                int(t.get("prompt", 0)),
             )
             for t in data["tasks"]
         )
@@ -70,7 +82,8 @@ def schedule_from_dict(data: Any) -> Schedule:
         raise ScheduleError(f"malformed schedule JSON: {type(e).__name__}: {e}") from None
     # Start ticks and free ticks follow from the spec; the tasks are checked against them.
     reference = build_schedule(spec)
-    schedule = Schedule(spec=spec, tasks=tasks, starts=reference.starts, free_after=reference.free_after)
+    schedule = Schedule(spec=spec, tasks=tasks, starts=reference.starts, free_after=reference.free_after,
+                        recache_free_after=reference.recache_free_after)
     return validate(schedule)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
 
@@ -24,12 +24,16 @@ KVRef = tuple[int, int]
 
 DENOISE = "denoise"
 CACHE = "cache"
+RECACHE = "recache"
+RECACHE_STAGE = -1
+"""A recache task is ``(p, -1)``: it runs on the tick before block p's first stage."""
 
 
 class Task(NamedTuple):
     """One (block, stage) at a tick on a device, with the KV versions of other blocks it reads.
 
-    ``str(task)`` is the compact form ``B3S1@d2``; :func:`parse_task` reads it back.
+    ``str(task)`` is the compact form ``B3S1@d2`` (``B3R@d0`` for block 3's recache task);
+    :func:`parse_task` reads it back. ``prompt`` is the prompt id the task is conditioned on.
     """
 
     block: int
@@ -39,6 +43,7 @@ class Task(NamedTuple):
     kind: str
     timestep: float
     reads: tuple[KVRef, ...] = ()
+    prompt: int = 0
 
     @property
     def ref(self) -> KVRef:
@@ -46,10 +51,12 @@ class Task(NamedTuple):
         return (self.block, self.stage)
 
     def __str__(self) -> str:
+        if self.stage == RECACHE_STAGE:
+            return f"B{self.block}R@d{self.device}"
         return f"B{self.block}S{self.stage}@d{self.device}"
 
 
-_TASK_RE = re.compile(r"^B(\d+)S(\d+)@d(\d+)$")
+_TASK_RE = re.compile(r"^B(\d+)(?:S(\d+)|(R))@d(\d+)$")
 
 
 def parse_task(text: str, schedule: Schedule) -> Task:
@@ -62,7 +69,7 @@ def parse_task(text: str, schedule: Schedule) -> Task:
     m = _TASK_RE.match(text.strip())
     if not m:
         raise ScheduleError(f"not a task name: {text!r} (expected the form B<block>S<stage>@d<device>)")
-    block, stage, device = (int(g) for g in m.groups())
+    block, stage, device = int(m.group(1)), RECACHE_STAGE if m.group(3) else int(m.group(2)), int(m.group(4))
     task = schedule.task(block, stage)
     if task.device != device:
         raise ScheduleError(f"{text} names device {device}, but the schedule places it as {task}")
@@ -74,13 +81,15 @@ class Schedule:
     """A built cascade: ``tasks`` sorted by (tick, block), plus the per-block start and free ticks.
 
     ``free_after[b]`` is the last tick at which any task reads block b's committed KV (its commit tick
-    when nothing does): after it the KV pool may free the block.
+    when nothing does): after it the KV pool may free the block. ``recache_free_after`` does the same for
+    the re-encoded versions ``(j, S + q)`` that the recache task of switch q writes.
     """
 
     spec: CascadeSpec
     tasks: tuple[Task, ...]
     starts: tuple[int, ...]
     free_after: tuple[int, ...]
+    recache_free_after: Mapping[KVRef, int] = field(default_factory=dict)
 
     @property
     def num_stages(self) -> int:
@@ -112,11 +121,40 @@ class Schedule:
         return {t.ref: t for t in self.tasks}
 
     def task(self, block: int, stage: int) -> Task:
-        """The task (block, stage); ``ScheduleError`` if the schedule has none."""
+        """The task (block, stage) (stage -1: the block's recache task); ``ScheduleError`` if none."""
         try:
             return self._index[(block, stage)]
         except KeyError:
             raise ScheduleError(f"the schedule has no task B{block}S{stage}") from None
+
+    def writes(self, task: Task) -> tuple[KVRef, ...]:
+        """The KV versions ``task`` writes: its own ``(block, stage)``, or for a recache task of switch q
+        the re-encoded ``(j, S + q)`` of every block it reads."""
+        if task.stage != RECACHE_STAGE:
+            return (task.ref,)
+        q = next(q for q, at in self.spec.recache_switches if at == task.block)
+        return tuple((j, self.num_stages + q) for j, _ in task.reads)
+
+    @cached_property
+    def _producers(self) -> dict[KVRef, Task]:
+        out = {t.ref: t for t in self.tasks if t.stage != RECACHE_STAGE}
+        for t in self.tasks:
+            if t.stage == RECACHE_STAGE:
+                out.update((ref, t) for ref in self.writes(t))
+        return out
+
+    def producer(self, ref: KVRef) -> Task:
+        """The task that writes KV version ``ref``."""
+        try:
+            return self._producers[(ref[0], ref[1])]
+        except KeyError:
+            raise ScheduleError(f"no task writes KV version B{ref[0]}S{ref[1]}") from None
+
+    def version_tick(self, ref: KVRef) -> int:
+        """The tick at which KV version ``ref`` is written."""
+        if ref[1] < self.num_stages:
+            return self.starts[ref[0]] + ref[1]
+        return self.producer(ref).tick
 
     @cached_property
     def gangs(self) -> tuple[tuple[Task, ...], ...]:
@@ -144,15 +182,16 @@ class Schedule:
         return render_grid(self)
 
 
-def start_ticks(lags: tuple[int, ...]) -> tuple[int, ...]:
-    """``start(0) = 0`` and ``start(b+1) = start(b) + lag(b)``.
+def start_ticks(lags: tuple[int, ...], recache_blocks: frozenset[int] = frozenset()) -> tuple[int, ...]:
+    """``start(0) = 0`` and ``start(b+1) = start(b) + lag(b)``, plus one tick before every block that
+    a recache task precedes.
 
-    >>> start_ticks((1, 2, 5))
-    (0, 1, 3, 8)
+    >>> start_ticks((1, 2, 5)), start_ticks((1, 2, 5), frozenset({2}))
+    ((0, 1, 3, 8), (0, 1, 4, 9))
     """
     out = [0]
-    for lag in lags:
-        out.append(out[-1] + lag)
+    for b, lag in enumerate(lags):
+        out.append(out[-1] + lag + (1 if b + 1 in recache_blocks else 0))
     return tuple(out)
 
 
@@ -194,7 +233,8 @@ def _build(spec: CascadeSpec) -> Schedule:
     ((0, 1),)
     """
     n_blocks, n_stages = spec.num_blocks, spec.num_stages
-    starts = start_ticks(spec.lags)
+    recache = spec.recache_switches
+    starts = start_ticks(spec.lags, frozenset(at for _, at in recache))
     last = n_stages - 1
     kinds = [DENOISE] * spec.num_denoise + ([CACHE] if spec.cache_pass else [])
     stage_t = spec.stage_timesteps
@@ -202,14 +242,43 @@ def _build(spec: CascadeSpec) -> Schedule:
     n_dev = spec.num_devices
     window, sink, mode = spec.window, spec.sink, spec.attention
     stale, bidir = mode == "stale", mode == "bidirectional"
+    prompts = [spec.prompt_of(b) for b in range(n_blocks)]
     # Interned refs: every version tuple exists once, so reads share memory and compare fast.
     versions = [[(b, s) for s in range(n_stages)] for b in range(n_blocks)]
     free_after = [starts[b] + last for b in range(n_blocks)]
     by_tick: list[list[Task]] = [[] for _ in range(starts[-1] + n_stages)]
 
-    for b in range(n_blocks):
+    def visible_earlier(b: int) -> list[int]:
         lo = 0 if window is None else max(0, b - window + 1)
-        earlier = list(range(min(sink, lo))) + list(range(lo, b))
+        return list(range(min(sink, lo))) + list(range(lo, b))
+
+    # Recache tasks first (in switch order): each re-encodes the versions its block will read that are
+    # committed by then; later reads of those blocks see the newest re-encoded version.
+    reencoded: dict[int, list[tuple[int, KVRef]]] = {}  # block -> [(tick written, version)]
+    recache_free: dict[KVRef, int] = {}
+    recache_tasks: list[Task] = []
+
+    def committed_version(j: int, n: int) -> KVRef:
+        for tick, ref in reversed(reencoded.get(j, ())):
+            if tick < n:
+                if recache_free[ref] < n:
+                    recache_free[ref] = n
+                return ref
+        if free_after[j] < n:
+            free_after[j] = n
+        return versions[j][last]
+
+    for q, p in recache:
+        r = starts[p] - 1
+        reads = tuple(committed_version(j, r) for j in visible_earlier(p) if starts[j] + last < r)
+        for j, _ in reads:
+            ref = (j, n_stages + q)
+            reencoded.setdefault(j, []).append((r, ref))
+            recache_free[ref] = r
+        recache_tasks.append(Task(p, RECACHE_STAGE, r, place(p, 0, r + 1, n_dev), RECACHE, 0, reads, prompts[p]))
+
+    for b in range(n_blocks):
+        earlier = visible_earlier(b)
         sb = starts[b]
         for s in range(n_stages):
             n = sb + s
@@ -217,6 +286,9 @@ def _build(spec: CascadeSpec) -> Schedule:
             for j in earlier:
                 sj = starts[j]
                 if sj + last < n:  # committed strictly before this tick
+                    if reencoded:
+                        reads.append(committed_version(j, n))
+                        continue
                     reads.append(versions[j][last])
                     if free_after[j] < n:
                         free_after[j] = n
@@ -230,7 +302,24 @@ def _build(spec: CascadeSpec) -> Schedule:
                     reads.append(versions[j][n - starts[j]])
                     j += 1
             by_tick[n].append(
-                Task(b, s, n, place(b, s, n, n_dev), kinds[s], stage_t[s], tuple(reads))
+                Task(b, s, n, place(b, s, n, n_dev), kinds[s], stage_t[s], tuple(reads), prompts[b])
             )
+    for t in recache_tasks:  # its block starts next tick, so it sorts after every task of its tick
+        by_tick[t.tick].append(t)
     tasks = tuple(t for tick in by_tick for t in tick)
-    return Schedule(spec=spec, tasks=tasks, starts=starts, free_after=tuple(free_after))
+    return Schedule(spec=spec, tasks=tasks, starts=starts, free_after=tuple(free_after),
+                    recache_free_after=recache_free)
+
+
+def extend_schedule(schedule: Schedule, extra_blocks: int, switches: Sequence[tuple[int, int]] = ()) -> Schedule:
+    """The schedule with ``extra_blocks`` more blocks and more prompt switches, for streaming sessions.
+
+    Every task before the first new task (the first new block's first stage, or a new recache task) is
+    unchanged, so a run can switch to the extended schedule between ticks.
+
+    >>> s = build_schedule(CascadeSpec(num_blocks=3, lag=1))
+    >>> e = extend_schedule(s, 2, [(3, 1)])
+    >>> e.tasks[:len(s.gangs[0])] == s.tasks[:len(s.gangs[0])], e.task(4, 0).prompt
+    (True, 1)
+    """
+    return build_schedule(schedule.spec.extended(extra_blocks, switches))

@@ -14,6 +14,7 @@ from cascade_sched.errors import ConfigError, check_range
 
 Attention = Literal["causal", "bidirectional", "stale"]
 ATTENTION_MODES: tuple[str, ...] = ("causal", "bidirectional", "stale")
+SWITCH_POLICIES: tuple[str, ...] = ("none", "recache")
 DEFAULT_TIMESTEPS: tuple[float, ...] = (1000, 750, 500, 250)
 
 
@@ -25,6 +26,12 @@ class CascadeSpec:
     distance from block b's start to block b+1's), or None for the sequential baseline ``S``.
     ``window`` counts blocks including the block itself (None = unbounded); ``sink`` blocks
     ``0 .. sink-1`` stay visible to every later block.
+
+    ``switches`` are prompt switches ``(at_block, prompt)``: blocks from ``at_block`` on use prompt id
+    ``prompt`` for every stage (blocks before the first switch use prompt 0). ``switch_policy`` is
+    ``none`` (the cascade's: nothing added) or ``recache`` (the LongLive baseline's: one recache task
+    before the switching block's first stage re-encodes the committed KV the new block will read, under
+    the new prompt; it takes a tick, so the switching block starts one tick later).
 
     >>> spec = CascadeSpec(num_blocks=4, lag=1, num_devices=5)
     >>> spec.num_stages, spec.lags
@@ -42,6 +49,8 @@ class CascadeSpec:
     placement: str = "block"
     frames_per_block: int = 3
     seed: int = 0
+    switches: tuple[tuple[int, int], ...] = ()
+    switch_policy: str = "none"
     lags: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +84,46 @@ class CascadeSpec:
                 "placement", f"`placement` must be one of {', '.join(sorted(PLACEMENTS))}, got {self.placement!r}"
             )
         object.__setattr__(self, "lags", self._resolve_lags())
+        object.__setattr__(self, "switches", self._check_switches())
+        if self.switch_policy not in SWITCH_POLICIES:
+            raise ConfigError(
+                "switch_policy",
+                f"`switch_policy` must be one of {', '.join(SWITCH_POLICIES)}, got {self.switch_policy!r}",
+            )
+
+    def _check_switches(self) -> tuple[tuple[int, int], ...]:
+        out: list[tuple[int, int]] = []
+        for item in self.switches:
+            if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
+                raise ConfigError("switches", f"a prompt switch is (at_block, prompt), got {item!r}")
+            at, prompt = item
+            check_range("at_block", at, 0, self.num_blocks - 1, f" (blocks 0..{self.num_blocks - 1})")
+            check_range("prompt", prompt, 0)
+            if out and at <= out[-1][0]:
+                raise ConfigError("switches", f"prompt switches must be in increasing at_block order, got {at} "
+                                  f"after {out[-1][0]}")
+            out.append((at, prompt))
+        return tuple(out)
+
+    def prompt_of(self, block: int) -> int:
+        """The prompt id block ``block`` uses: that of the last switch at or before it (0 before any).
+
+        >>> CascadeSpec(num_blocks=4, switches=((2, 7),)).prompt_of(1), CascadeSpec(num_blocks=4, switches=((2, 7),)).prompt_of(3)
+        (0, 7)
+        """
+        prompt = 0
+        for at, p in self.switches:
+            if at > block:
+                break
+            prompt = p
+        return prompt
+
+    @property
+    def recache_switches(self) -> tuple[tuple[int, int], ...]:
+        """The (index, at_block) of every switch that adds a recache task (policy recache, at_block >= 1)."""
+        if self.switch_policy != "recache":
+            return ()
+        return tuple((q, at) for q, (at, _) in enumerate(self.switches) if at >= 1)
 
     def _resolve_lags(self) -> tuple[int, ...]:
         s, n = self.num_stages, self.num_blocks - 1
@@ -116,6 +165,8 @@ class CascadeSpec:
             if not f.init:
                 continue
             value = getattr(self, f.name)
+            if f.name == "switches":
+                value = [list(sw) for sw in value]
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -131,7 +182,26 @@ class CascadeSpec:
             kwargs["timesteps"] = tuple(kwargs["timesteps"])
         if isinstance(kwargs.get("lag"), list):
             kwargs["lag"] = tuple(kwargs["lag"])
+        if "switches" in kwargs:
+            kwargs["switches"] = tuple(tuple(sw) for sw in kwargs["switches"])
         return cls(**kwargs)
+
+    def extended(self, extra_blocks: int, switches: Sequence[tuple[int, int]] = ()) -> CascadeSpec:
+        """This spec with ``extra_blocks`` more blocks and more prompt switches (at or after the new blocks'
+        start, in order): what an interactive session asks for while it streams. Per-block lags repeat
+        the last lag for the new blocks.
+
+        >>> CascadeSpec(num_blocks=3, lag=1).extended(2, [(3, 1)]).num_blocks
+        5
+        """
+        check_range("extra_blocks", extra_blocks, 0)
+        data = self.to_dict()
+        data["num_blocks"] = self.num_blocks + extra_blocks
+        if isinstance(self.lag, tuple):
+            last = self.lag[-1] if self.lag else self.num_stages
+            data["lag"] = [*self.lag, *([last] * extra_blocks)]
+        data["switches"] = [*map(list, self.switches), *map(list, switches)]
+        return CascadeSpec.from_dict(data)
 
 
 def paper_level(k: int, num_stages: int) -> int:

@@ -6,7 +6,8 @@ re-derives communication on its own. Three kinds of traffic:
 - *gang* K/V: a version produced at tick n and read at the same tick by a task on another device
   (joint attention; exchanged per layer inside the tick's forward);
 - *past* K/V: a version produced at tick n and read at a later tick by a task on another device
-  (committed KV, or last tick's version under ``stale`` attention); sent once, after tick n;
+  (committed KV, a re-encoded version written by a recache task, or last tick's version under
+  ``stale`` attention); sent once, after tick n;
 - *latents*: a block's latent moving to the device of its next stage, and each clean latent to the
   decode device when its last denoise stage ends.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cascade_sched.schedule import KVRef, Schedule
+from cascade_sched.schedule import RECACHE, KVRef, Schedule
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,22 @@ class KVSend:
     dst: int
 
 
+NEXT, DECODE, REENCODE = "next", "decode", "recache"
+
+
 @dataclass(frozen=True)
 class LatentSend:
-    """Send block ``block``'s latent from ``src`` to ``dst``: for stage ``stage``, or ``stage=-1`` to decode."""
+    """Send block ``block``'s latent from ``src`` to ``dst``.
+
+    ``purpose`` ``next``: the input of its stage ``stage`` on another device; ``decode``: its clean latent
+    to the decode device; ``recache``: its clean latent to the device of a recache task that re-encodes it.
+    """
 
     block: int
     stage: int
     src: int
     dst: int
+    purpose: str = NEXT
 
 
 @dataclass(frozen=True)
@@ -70,14 +79,20 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
     >>> p.gang_sends(1)  # block 1's first stage reads block 0's same-tick version, on another device
     (KVSend(ref=(0, 1), src=0, dst=1),)
     """
-    n_ticks, starts = schedule.num_ticks, schedule.starts
+    n_ticks = schedule.num_ticks
     device_of = {t.ref: t.device for t in schedule.tasks}
+    produced_at: dict[KVRef, int] = {}
+    for t in schedule.tasks:
+        if t.kind == RECACHE:  # one task writes a re-encoded version of every block it reads
+            for ref in schedule.writes(t):
+                device_of[ref], produced_at[ref] = t.device, t.tick
+    starts, S = schedule.starts, schedule.num_stages
     gang: list[set[KVSend]] = [set() for _ in range(n_ticks)]
     past: list[set[KVSend]] = [set() for _ in range(n_ticks)]
     keep_until: dict[tuple[int, KVRef], int] = {}
     for t in schedule.tasks:
         for ref in t.reads:
-            produced = starts[ref[0]] + ref[1]
+            produced = starts[ref[0]] + ref[1] if ref[1] < S else produced_at[ref]
             src = device_of[ref]
             if produced == t.tick:
                 if src != t.device:
@@ -90,13 +105,24 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
                 past[produced].add(KVSend(ref, src, t.device))
     latents: list[list[LatentSend]] = [[] for _ in range(n_ticks)]
     k = schedule.spec.num_denoise
+    reencoders: dict[int, set[int]] = {}  # block -> devices of recache tasks that need its clean latent
     for t in schedule.tasks:
+        if t.kind == RECACHE:
+            for j, _ in t.reads:
+                reencoders.setdefault(j, set()).add(t.device)
+    for t in schedule.tasks:
+        if t.kind == RECACHE:
+            continue
         if t.stage + 1 < schedule.num_stages:
             nxt = device_of[(t.block, t.stage + 1)]
             if nxt != t.device:
                 latents[t.tick].append(LatentSend(t.block, t.stage + 1, t.device, nxt))
-        if t.stage == k - 1 and t.device != decode_device:
-            latents[t.tick].append(LatentSend(t.block, -1, t.device, decode_device))
+        if t.stage == k - 1:
+            if t.device != decode_device:
+                latents[t.tick].append(LatentSend(t.block, k - 1, t.device, decode_device, DECODE))
+            for dst in sorted(reencoders.get(t.block, ())):
+                if dst != t.device:
+                    latents[t.tick].append(LatentSend(t.block, k - 1, t.device, dst, REENCODE))
 
     def order(sends: set[KVSend]) -> tuple[KVSend, ...]:
         return tuple(sorted(sends, key=lambda m: (m.ref, m.src, m.dst)))
@@ -104,7 +130,7 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
     return TransferPlan(
         gang=tuple(order(g) for g in gang),
         past=tuple(order(p) for p in past),
-        latents=tuple(tuple(sorted(x, key=lambda m: (m.block, m.stage))) for x in latents),
+        latents=tuple(tuple(sorted(x, key=lambda m: (m.block, m.stage, m.purpose, m.dst))) for x in latents),
         keep_until=keep_until,
         decode_device=decode_device,
     )

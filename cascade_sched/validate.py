@@ -10,7 +10,7 @@ from __future__ import annotations
 from cascade_sched.errors import ScheduleError
 from cascade_sched.placement import PLACEMENTS
 from cascade_sched.render import render_grid
-from cascade_sched.schedule import CACHE, DENOISE, KVRef, Schedule, Task, gc_paused, in_flight
+from cascade_sched.schedule import CACHE, DENOISE, RECACHE, RECACHE_STAGE, KVRef, Schedule, Task, gc_paused, in_flight
 
 
 def _fail(
@@ -72,7 +72,39 @@ def _explain_task(
         return f"tasks out of (tick, block) order: follows tick {prev[0]}, block {prev[1]}"
     if task.kind != kinds[s] or task.timestep != stage_t[s]:
         return f"stage {s} must be {kinds[s]} at t={stage_t[s]}, got {task.kind} at t={task.timestep}"
+    want = schedule.spec.prompt_of(b)
+    if task.prompt != want:
+        return f"block {b} uses prompt {want} (the spec's switches), but the task carries prompt {task.prompt}"
     return f"device {task.device} is out of range 0..{D - 1}"
+
+
+def _check_recache(
+    schedule: Schedule,
+    task: Task,
+    expected: dict[int, Task],
+    seen: set[int],
+    prev: tuple[int, int],
+) -> None:
+    """A recache task must be one the spec's switches ask for, exactly as the contract builds it."""
+    want = expected.get(task.block)
+    if want is None:
+        why = ("switch_policy is none" if schedule.spec.switch_policy == "none"
+               else f"no prompt switch at block {task.block} asks for one")
+        raise _fail(schedule, f"unexpected recache task: {why}", task)
+    if task.block in seen:
+        raise _fail(schedule, "recache task appears more than once", task)
+    if task.tick != want.tick:
+        raise _fail(schedule, f"the recache task of block {task.block} must run at tick {want.tick} "
+                    f"(the tick before the block's first stage), not {task.tick}", task)
+    if (task.tick, task.block) <= prev:
+        raise _fail(schedule, f"tasks out of (tick, block) order: follows tick {prev[0]}, block {prev[1]}", task)
+    if task.kind != RECACHE or task.timestep != 0 or task.prompt != want.prompt:
+        raise _fail(schedule, f"a recache task is kind recache at t=0 with the new prompt {want.prompt}, got "
+                    f"{task.kind} at t={task.timestep} with prompt {task.prompt}", task)
+    if not 0 <= task.device < schedule.num_devices:
+        raise _fail(schedule, f"device {task.device} is out of range 0..{schedule.num_devices - 1}", task)
+    if task.reads != want.reads:
+        raise _fail(schedule, f"the recache task must re-encode {list(want.reads)}, got {list(task.reads)}", task)
 
 
 def _explain_reads(schedule: Schedule, task: Task, expected: tuple[KVRef, ...]) -> str:
@@ -108,8 +140,9 @@ def _validate(schedule: Schedule) -> Schedule:
     starts = schedule.starts
     if len(starts) != B or starts[0] != 0:
         raise _fail(schedule, f"start ticks {list(starts[:8])}... must begin at 0 and name all {B} blocks")
+    recache_at = {at: q for q, at in spec.recache_switches}
     for b in range(B - 1):
-        lag = starts[b + 1] - starts[b]
+        lag = starts[b + 1] - starts[b] - (1 if b + 1 in recache_at else 0)
         if not 1 <= lag <= S or lag != spec.lags[b]:
             first = next((t for t in schedule.tasks if t.block == b + 1 and t.stage == 0), None)
             raise _fail(
@@ -120,12 +153,45 @@ def _validate(schedule: Schedule) -> Schedule:
 
     seen = bytearray(B * S)
     last_read = [starts[b] + S - 1 for b in range(B)]
+    prompts = [spec.prompt_of(b) for b in range(B)]
+
+    def visible_before(b: int) -> list[int]:  # sink 0..sink-1 and the window b-window < j < b
+        lo = 0 if spec.window is None else max(0, b - spec.window + 1)
+        return [j for j in range(min(spec.sink, b)) if j < lo] + list(range(lo, b))
+
+    # The re-encodes the contract asks for: switch q's recache task at the tick before block p starts
+    # reads the newest version of every block p will read that is committed by then, and writes (j, S+q).
+    reencoded: dict[int, list[tuple[int, KVRef]]] = {}
+    reenc_last: dict[KVRef, int] = {}
+
+    def newest(j: int, tick: int) -> KVRef:
+        ref = next((r for t, r in reversed(reencoded.get(j, ())) if t < tick), (j, S - 1))
+        if ref[1] >= S:
+            reenc_last[ref] = max(reenc_last[ref], tick)
+        elif last_read[j] < tick:
+            last_read[j] = tick
+        return ref
+
+    expected_recache: dict[int, Task] = {}
+    for q, p in spec.recache_switches:
+        r = starts[p] - 1
+        reads_r = tuple(newest(j, r) for j in visible_before(p) if starts[j] + S - 1 < r)
+        for j, _ in reads_r:
+            reencoded.setdefault(j, []).append((r, (j, S + q)))
+            reenc_last[(j, S + q)] = r
+        expected_recache[p] = Task(p, RECACHE_STAGE, r, -1, RECACHE, 0, reads_r, prompts[p])
+    seen_recache: set[int] = set()
     prev: tuple[int, int] = (-1, -1)
     kinds = [DENOISE] * spec.num_denoise + ([CACHE] if spec.cache_pass else [])
     stage_t = spec.stage_timesteps
     window, sink, mode = spec.window, spec.sink, spec.attention
     for task in schedule.tasks:
-        b, s, tick, device, kind, timestep, reads = task
+        b, s, tick, device, kind, timestep, reads, prompt = task
+        if s == RECACHE_STAGE:
+            _check_recache(schedule, task, expected_recache, seen_recache, prev)
+            seen_recache.add(b)
+            prev = (tick, b)
+            continue
         # One combined test on the hot path; the slow path below names the first broken rule.
         if not (
             0 <= b < B
@@ -136,6 +202,7 @@ def _validate(schedule: Schedule) -> Schedule:
             and kind == kinds[s]
             and timestep == stage_t[s]
             and 0 <= device < D
+            and prompt == prompts[b]
         ):
             raise _fail(schedule, _explain_task(schedule, task, seen, prev, kinds, stage_t), task)
         seen[b * S + s] = 1
@@ -149,7 +216,10 @@ def _validate(schedule: Schedule) -> Schedule:
         expected: list[KVRef] = []
         for j in visible:
             age = tick - starts[j]
-            if age >= S:  # committed before this tick
+            if age >= S:  # committed before this tick: the newest version (re-encoded or committed)
+                if reencoded:
+                    expected.append(newest(j, tick))
+                    continue
                 expected.append((j, S - 1))
                 if last_read[j] < tick:
                     last_read[j] = tick
@@ -166,6 +236,16 @@ def _validate(schedule: Schedule) -> Schedule:
         where = (starts[b] + s, PLACEMENTS[spec.placement](b, s, starts[b] + s, D))
         names = ", ".join(f"B{mb}S{ms}" for mb, ms in missing[:8])
         raise _fail(schedule, f"missing task(s) {names}", mark=where)
+    missing_recache = sorted(set(expected_recache) - seen_recache)
+    if missing_recache:
+        p = missing_recache[0]
+        raise _fail(schedule, f"missing the recache task of the prompt switch at block {p} "
+                    f"(switch_policy recache)", mark=(starts[p] - 1, 0))
+    for ref, tick in reenc_last.items():
+        if schedule.recache_free_after.get(ref, -1) < tick:
+            reader = next((t for t in schedule.tasks if t.tick == tick and ref in t.reads), None)
+            raise _fail(schedule, f"re-encoded KV B{ref[0]}S{ref[1]} is freed after tick "
+                        f"{schedule.recache_free_after.get(ref)}, but a task reads it at tick {tick}", reader)
     for b in range(B):
         if schedule.free_after[b] < last_read[b]:
             committed = (b, S - 1)

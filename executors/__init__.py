@@ -2,12 +2,29 @@
 
 ``reference`` runs every task in one process; ``distributed`` runs device d of the schedule on rank d of
 a torch.distributed group (gloo on CPU, NCCL on GPU). Both share :class:`executors.base.TickLoop`.
+
+The names below load lazily, so ``executors.cli`` (imported by the ``cascade`` command line to register
+its subcommands) does not pull in torch until a subcommand runs.
 """
 
 from __future__ import annotations
 
-from executors.base import Executor, RunOptions, RunResult, TickLoop
-from executors.distributed import DistributedExecutor
-from executors.reference import ReferenceExecutor
+import importlib
+from typing import Any
 
-__all__ = ["DistributedExecutor", "Executor", "ReferenceExecutor", "RunOptions", "RunResult", "TickLoop"]
+_EXPORTS = {
+    "Executor": "executors.base",
+    "RunOptions": "executors.base",
+    "RunResult": "executors.base",
+    "TickLoop": "executors.base",
+    "DistributedExecutor": "executors.distributed",
+    "ReferenceExecutor": "executors.reference",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'executors' has no attribute {name!r}")

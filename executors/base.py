@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from cascade_sched.errors import ExecutorError
-from cascade_sched.schedule import CACHE, KVRef, Schedule, Task
+from cascade_sched.schedule import CACHE, RECACHE, KVRef, Schedule, Task
 from cascade_sched.trace import TraceEvent
-from cascade_sched.transfers import TransferPlan, plan_transfers
+from cascade_sched.transfers import DECODE, NEXT, REENCODE, TransferPlan, plan_transfers
 from models.dit import CausalWanDiT, KVPair, TaskInput
 from models.kv import KVPool
 from models.sampler import FlowMatchSampler, noise
@@ -72,6 +72,7 @@ class RunOptions:
     """
 
     prompt: str = "a red ball bouncing"
+    prompts: dict[int, str] = field(default_factory=dict)  # prompt id -> text of each switch's prompt
     sampler: FlowMatchSampler = field(default_factory=FlowMatchSampler)
     kv_budget_bytes: int | None = None
     fail_at: tuple[int, int] | None = None  # (rank, tick): raise there, to test failure handling
@@ -131,21 +132,35 @@ class TickLoop:
                 self.keep[ref] = tick
         self.pool = KVPool(options.kv_budget_bytes)
         self.latent: dict[int, Tensor] = {}  # block -> input latent of its next local stage
-        self.outgoing: dict[tuple[int, int], Tensor] = {}  # (block, stage | -1) -> latent to send after tick
+        self.outgoing: dict[tuple[int, str], Tensor] = {}  # (block, purpose) -> latent to send after tick
         self.kv_out: dict[KVRef, list[KVPair]] = {}  # versions made this tick that leave this process
         self.clean: dict[int, Tensor] = {}  # block -> clean latent awaiting decode (decode device only)
+        # Clean latents that a local recache task will re-encode, kept until its last such task.
+        self.reencode_until: dict[int, int] = {}
+        for t in schedule.tasks:
+            if t.kind == RECACHE and t.device in self.local:
+                for j, _ in t.reads:
+                    self.reencode_until[j] = max(self.reencode_until.get(j, -1), t.tick)
+        self.reencode_src: dict[int, Tensor] = {}
         self.next_block = 0
         self.events: list[TraceEvent] = []
         self.block_done_s: list[float] = []
         self.latents_out: list[Tensor] = []
         self.forward_s = 0.0
         self.t0 = time.perf_counter()
-        model.register_prompt(0, self._prompt_embedding(options.prompt))
+        self.register_prompts()
 
-    def _prompt_embedding(self, prompt: str) -> Tensor:
+    def register_prompts(self) -> None:
+        """Make every prompt id the schedule uses known to the model (re-registering invalidates the
+        model's cross-attention cache of that id)."""
         from models.prompts import text_embedding
 
-        return text_embedding(prompt, self.model.config).to(self.model.device, self.model.dtype)
+        texts = {0: self.options.prompt, **self.options.prompts}
+        for pid in sorted({t.prompt for t in self.schedule.tasks} | {0}):
+            if pid not in texts:
+                raise ExecutorError(f"the schedule uses prompt id {pid}, but no prompt text was given for it")
+            emb = text_embedding(texts[pid], self.model.config)
+            self.model.register_prompt(pid, emb.to(self.model.device, self.model.dtype))
 
     @property
     def is_decode_device(self) -> bool:
@@ -175,6 +190,9 @@ class TickLoop:
             self.outgoing.clear()
             self._emit_ready()
             self.pool.release_through(tick)
+            for j in [j for j, until in self.reencode_until.items() if until <= tick]:
+                self.reencode_src.pop(j, None)
+                del self.reencode_until[j]
         self.transport.finish()
         self._emit_ready()
         if self.is_decode_device and self.next_block != self.schedule.num_blocks:
@@ -187,6 +205,24 @@ class TickLoop:
             events=self.events,
             peak_kv_bytes=self.pool.peak_bytes,
         )
+
+    def _inputs(self, task: Task) -> list[TaskInput]:
+        """The model inputs of one task: itself, or for a recache task one cache pass per block it
+        re-encodes, on the block's clean latent under the new prompt, each reading the re-encoded
+        versions of the earlier blocks of the same recache (one joint forward, causal among them)."""
+        if task.kind != RECACHE:
+            return [self._input(task)]
+        out: list[TaskInput] = []
+        for ref in self.schedule.writes(task):
+            j = ref[0]
+            try:
+                x0 = self.reencode_src[j]
+            except KeyError:
+                raise ExecutorError(f"rank {self.rank}: no clean latent of block {j} for {task}") from None
+            out.append(TaskInput(ref=ref, latent=x0.to(self.model.dtype), timestep=0.0,
+                                 frame_offset=j * self.schedule.spec.frames_per_block, prompt=task.prompt,
+                                 reads=[r.ref for r in out]))
+        return out
 
     def _input(self, task: Task) -> TaskInput:
         b, s = task.block, task.stage
@@ -203,7 +239,7 @@ class TickLoop:
             latent=x.to(self.model.dtype),
             timestep=t,
             frame_offset=b * self.schedule.spec.frames_per_block,
-            prompt=0,
+            prompt=task.prompt,
             reads=task.reads,
         )
 
@@ -213,14 +249,21 @@ class TickLoop:
 
     def _compute(self, tick: int, tasks: list[Task]) -> None:
         start = self.now()
-        inputs = [self._input(t) for t in tasks]
+        per_task = [self._inputs(t) for t in tasks]
+        inputs = [x for xs in per_task for x in xs]
         out = self.model.forward_tick(
             inputs, self._lookup, lambda layer, local: self.transport.exchange(tick, layer, local)
         )
         mid = self.now()
         self.forward_s += mid - start
-        for task, inp, v, kv in zip(tasks, inputs, out.velocity, out.kv, strict=True):
-            self._advance(task, inp.latent, v, kv)
+        i = 0
+        for task, xs in zip(tasks, per_task, strict=True):
+            if task.kind == RECACHE:
+                for x, kv in zip(xs, out.kv[i:i + len(xs)], strict=True):
+                    self._publish(x.ref, tick, kv)
+            else:
+                self._advance(task, xs[0].latent, out.velocity[i], out.kv[i])
+            i += len(xs)
         end = self.now()
         for d in sorted({t.device for t in tasks}):
             mine = [t for t in tasks if t.device == d]  # the device's batch in this tick
@@ -230,16 +273,19 @@ class TickLoop:
             ))
         self.events.append(TraceEvent("sample", tasks[0].device, "sample", mid, end - mid, {"tick": tick}))
 
+    def _publish(self, ref: KVRef, tick: int, kv: list[KVPair]) -> None:
+        """Keep a version this process reads later; queue it for the processes that read it."""
+        if ref in self.keep:
+            self.pool.commit(ref, kv, free_after_tick=self.keep[ref])
+        if any(m.ref == ref and m.dst not in self.local for m in self.plan.past_sends(tick)):
+            self.kv_out[ref] = kv
+
     def _advance(self, task: Task, x: Tensor, velocity: Tensor, kv: list[KVPair]) -> None:
         """The sampler update after one task, then where its latent and K/V go next."""
         b, s = task.block, task.stage
         spec, sched = self.schedule.spec, self.schedule
         k = spec.num_denoise
-        ref = task.ref
-        if ref in self.keep:
-            self.pool.commit(ref, kv, free_after_tick=self.keep[ref])
-        if any(m.ref == ref and m.dst not in self.local for m in self.plan.past_sends(task.tick)):
-            self.kv_out[ref] = kv
+        self._publish(task.ref, task.tick, kv)
         if task.kind == CACHE:
             self.latent.pop(b, None)
             return
@@ -253,20 +299,25 @@ class TickLoop:
             if self.is_decode_device:
                 self.clean[b] = x0
             else:
-                self.outgoing[(b, -1)] = x0
+                self.outgoing[(b, DECODE)] = x0
+            if b in self.reencode_until:
+                self.reencode_src[b] = x0
+            self.outgoing[(b, REENCODE)] = x0
         if s + 1 < sched.num_stages:
             if sched.task(b, s + 1).device in self.local:
                 self.latent[b] = nxt
             else:
-                self.outgoing[(b, s + 1)] = nxt
+                self.outgoing[(b, NEXT)] = nxt
                 self.latent.pop(b, None)
         else:
             self.latent.pop(b, None)
 
-    def receive_latent(self, block: int, stage: int, x: Tensor) -> None:
-        """A latent arrived: for a local stage, or (stage -1) a clean latent to decode."""
-        if stage < 0:
+    def receive_latent(self, block: int, purpose: str, x: Tensor) -> None:
+        """A latent arrived: the input of a local stage, a clean latent to decode, or one to re-encode."""
+        if purpose == DECODE:
             self.clean[block] = x
+        elif purpose == REENCODE:
+            self.reencode_src[block] = x
         else:
             self.latent[block] = x
 

@@ -87,14 +87,14 @@ class DistributedTransport:
                     kv_recv.append((m.ref, layer))
                 loop.pool.commit(m.ref, layers, free_after_tick=loop.keep[m.ref])
         n_kv = len(ops)
-        latents: list[tuple[int, int, Tensor]] = []
+        latents: list[tuple[int, str, Tensor]] = []
         for ls in loop.plan.latent_sends(tick):
             if ls.src == self.rank:
-                ops.append(dist.P2POp(dist.isend, loop.outgoing[(ls.block, ls.stage)].contiguous(), ls.dst))
+                ops.append(dist.P2POp(dist.isend, loop.outgoing[(ls.block, ls.purpose)].contiguous(), ls.dst))
             elif ls.dst == self.rank:
                 buf = torch.empty(loop.shape, dtype=loop.latent_dtype, device=self.device)
                 ops.append(dist.P2POp(dist.irecv, buf, ls.src))
-                latents.append((ls.block, ls.stage, buf))
+                latents.append((ls.block, ls.purpose, buf))
         if not ops:
             return
         start = loop.now()
@@ -111,8 +111,8 @@ class DistributedTransport:
                     self.pending_send.append(works[i])
             latent_works = works[n_kv:]
             self._wait(latent_works)  # latents are needed at the next tick: small, wait now
-        for block, stage, buf in latents:
-            loop.receive_latent(block, stage, buf)
+        for block, purpose, buf in latents:
+            loop.receive_latent(block, purpose, buf)
         self.pending_send = [w for w in self.pending_send if not w.is_completed()]
         self._record(tick, "send/recv", start, loop.now() - start)
 

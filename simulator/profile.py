@@ -211,6 +211,7 @@ class ProfileCost:
             geometry = MODELS[profile.model]
         self.geometry = geometry  # the simulator's default model for this cost
         self._curves = profile.curves()
+        self._marked: dict[str, None] = {}  # shapes priced off the measured grid, in first-seen order
         prov = ", ".join(f"{k}={v}" for k, v in profile.provenance.items())
         self.source = (f"profile {profile.path}: {len(profile.forward)} measured shapes of {profile.model}"
                        + (f" ({prov})" if prov else ""))
@@ -242,6 +243,7 @@ class ProfileCost:
         c = sum(contexts) / n
         by_batch = self._curve_at(query_tokens, n)
         if n in by_batch:
+            self._mark_context(n, c, by_batch[n][0])
             return _interp(*by_batch[n], c)
         sizes = sorted(by_batch)
         i = bisect.bisect_left(sizes, n)
@@ -251,8 +253,30 @@ class ProfileCost:
                 f"measured batches {sizes}); profile batch sizes up to {n}"
             )
         n0, n1 = sizes[i - 1], sizes[i]
+        self._mark(f"batch {n} interpolated between measured {n0} and {n1}")
+        self._mark_context(n0, c, by_batch[n0][0])
+        self._mark_context(n1, c, by_batch[n1][0])
         y0, y1 = _interp(*by_batch[n0], c), _interp(*by_batch[n1], c)
         return y0 + (y1 - y0) * (n - n0) / (n1 - n0)
+
+    def _mark(self, text: str) -> None:
+        self._marked.setdefault(text, None)
+
+    def _mark_context(self, n: int, c: float, xs: tuple[float, ...]) -> None:
+        if c < xs[0] or c > xs[-1]:
+            self._mark(f"batch {n}: context {c:g} tokens extrapolated beyond the measured {xs[0]:g}..{xs[-1]:g}")
+
+    def extrapolations(self) -> tuple[str, ...]:
+        """Every shape priced so far that the profile did not measure: a batch size interpolated between two
+        measured ones, or a context outside a batch's measured range (linear extrapolation). Empty when
+        every price came from inside the measured grid.
+
+        >>> c = ProfileCost(Profile("tiny", (ForwardPoint(1, 12, 12, 1.0), ForwardPoint(1, 12, 24, 2.0))))
+        >>> _ = c.forward_s(12, (48,))
+        >>> c.extrapolations()
+        ('batch 1: context 48 tokens extrapolated beyond the measured 12..24',)
+        """
+        return tuple(self._marked)
 
     def sample_s(self, n: int) -> float:
         return self.profile.sample_s_per_task * n

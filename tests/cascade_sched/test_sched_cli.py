@@ -68,7 +68,7 @@ def test_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> N
     code, out, err = run(argv, capsys)
     assert code == 0 and err == ""
     data = json.loads(out)
-    assert data["format"] == "cascade-schedule/1"
+    assert data["format"] == "cascade-schedule/2"
     assert data["num_stages"] == 2
     assert data["spec"] == {
         "num_blocks": 4,
@@ -82,10 +82,12 @@ def test_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> N
         "placement": "stage",
         "frames_per_block": 3,
         "seed": 0,
+        "switches": [],
+        "switch_policy": "none",
     }
     assert len(data["tasks"]) == 8
     for t in data["tasks"]:
-        assert set(t) == {"block", "stage", "tick", "timestep", "kind", "device", "reads"}
+        assert set(t) == {"block", "stage", "tick", "timestep", "kind", "device", "prompt", "reads"}
         assert all(isinstance(r, list) and len(r) == 2 for r in t["reads"])
         assert [r[0] for r in t["reads"]] == sorted(r[0] for r in t["reads"])
     assert [(t["tick"], t["block"]) for t in data["tasks"]] == sorted(

@@ -77,7 +77,7 @@ def test_every_golden_file_is_used() -> None:
 def test_golden_json_has_the_documented_shape() -> None:
     data = json.loads((GOLDEN / "lag1_3blocks_3dev_causal.json").read_text(encoding="utf-8"))
     assert list(data) == ["format", "spec", "num_stages", "tasks"]
-    assert data["format"] == "cascade-schedule/1"
+    assert data["format"] == "cascade-schedule/2"
     assert set(data["spec"]) == {
         "num_blocks",
         "timesteps",
@@ -90,8 +90,10 @@ def test_golden_json_has_the_documented_shape() -> None:
         "placement",
         "frames_per_block",
         "seed",
+        "switches",
+        "switch_policy",
     }
-    assert list(data["tasks"][0]) == ["block", "stage", "tick", "timestep", "kind", "device", "reads"]
+    assert list(data["tasks"][0]) == ["block", "stage", "tick", "timestep", "kind", "device", "prompt", "reads"]
     # The worked example of docs/schedule-format.md: tick 2 is a gang of three.
     gang = [t for t in data["tasks"] if t["tick"] == 2]
     assert [(t["block"], t["stage"], t["reads"]) for t in gang] == [

@@ -13,6 +13,13 @@ from executors.reference import ReferenceExecutor
 from models import CausalWanDiT, get_config
 
 
+PROMPTS = {1: "a blue cube spinning", 2: "a green field at dusk", 3: "waves on a beach"}
+
+
+def options() -> RunOptions:
+    return RunOptions(prompts=PROMPTS)
+
+
 def tiny_model(dtype: torch.dtype = torch.float32) -> CausalWanDiT:
     return CausalWanDiT(get_config("tiny"), seed=0).to(dtype)
 
@@ -20,7 +27,7 @@ def tiny_model(dtype: torch.dtype = torch.float32) -> CausalWanDiT:
 def run_reference(spec: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """All latent frames of ``spec`` from the reference executor."""
     schedule = build_schedule(CascadeSpec.from_dict(spec))
-    return ReferenceExecutor().run(schedule, tiny_model(dtype), RunOptions()).stacked()
+    return ReferenceExecutor().run(schedule, tiny_model(dtype), options()).stacked()
 
 
 def run_specs_on_rank(specs: list[dict[str, Any]], rank: int, world: int) -> list[Any]:
@@ -29,6 +36,6 @@ def run_specs_on_rank(specs: list[dict[str, Any]], rank: int, world: int) -> lis
     model = tiny_model()
     out = []
     for spec in specs:
-        result = DistributedExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model, RunOptions())
+        result = DistributedExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model, options())
         out.append(result.stacked().numpy() if rank == 0 else None)
     return out

@@ -106,3 +106,26 @@ def test_kv_pool_frees_by_the_schedule() -> None:
     assert r.peak_kv_bytes <= 3 * per_version
     unbounded = ReferenceExecutor().run(build_schedule(CascadeSpec(num_blocks=8, lag=1)), tiny_model(), RunOptions())
     assert unbounded.peak_kv_bytes > r.peak_kv_bytes
+
+
+def test_reference_and_distributed_agree_across_prompt_switches() -> None:
+    batch = [
+        CascadeSpec(num_blocks=6, lag=lag, attention=att, placement=pl, num_devices=2, window=3, sink=1,
+                    switches=((0, 2), (2, 1), (4, 3)), switch_policy=policy).to_dict()
+        for policy in ("none", "recache")
+        for lag, att, pl in ((5, "causal", "block"), (1, "bidirectional", "block"), (2, "stale", "stage"))
+    ]
+    for spec, latents in zip(batch, spawn(run_specs_on_rank, batch, 2, timeout_s=60, threads=1), strict=True):
+        assert_close(run_reference(spec).numpy(), latents)
+
+
+def test_a_switch_changes_only_the_blocks_after_it_and_recache_changes_their_context() -> None:
+    base = dict(num_blocks=5, window=3, sink=1)
+    plain = run_reference(CascadeSpec(**base).to_dict())
+    none = run_reference(CascadeSpec(**base, switches=((3, 1),)).to_dict())
+    recache = run_reference(CascadeSpec(**base, switches=((3, 1),), switch_policy="recache").to_dict())
+    f = 3 * 3  # blocks 0..2 come before the switch
+    assert torch.equal(plain[:f], none[:f]) and torch.equal(none[:f], recache[:f])
+    assert not torch.allclose(plain[f:], none[f:])
+    # recache re-encodes blocks 0..2 under the new prompt, so blocks 3, 4 see a different context
+    assert not torch.allclose(none[f:], recache[f:])

@@ -1,0 +1,407 @@
+"""``cascade calibrate``: measure the model and the links on the machine at hand and write a profile.
+
+What is measured, each with warm-up runs and the median of repeats:
+
+1. *The tick forward* (:func:`profile_forward`): ``CausalWanDiT.forward_tick`` exactly as the tick loop
+   calls it (task inputs, a K/V lookup per read version, one joint forward), for every batch size (local
+   tasks per device) and number of visible blocks in the grid. One entry per shape:
+   ``batch``, ``query_tokens`` (one block), ``context_tokens`` (own + visible blocks), ``seconds``.
+2. *The sampler step* (:func:`profile_sampler`): what the tick loop does after the forward for one
+   denoise task: ``x0 = x - sigma v``, the fresh noise of ``(seed, block, stage + 1)`` and the re-noising,
+   plus the stage-0 noise draw (1/K of the tasks). The K/V commit of a version is measured too and kept
+   in the provenance (it is well under 1% of a forward for every preset).
+3. *Decoding* (:func:`profile_decode`): the latent preview decoder's first block (9 frames) and later
+   blocks (12 frames).
+4. *The collectives* (:func:`measure_link`): on two spawned ranks of the backend the distributed executor
+   uses (gloo on CPU, NCCL on GPU), the per-layer joint-attention exchange (``batch_isend_irecv`` of a
+   stacked K/V both ways, then wait) and a point-to-point ping-pong (the committed-KV transfer), over a
+   range of message sizes; :func:`fit_alpha_beta` fits ``seconds = latency + bytes / bandwidth`` to each.
+   The exchange fit becomes the profile's ``link`` (the simulator prices gangs and transfers with it).
+
+Thread count matters on a CPU: calibrate with the thread count of the runs you will predict (the
+distributed executor gives each rank ``cores // ranks`` threads; ``validate`` runs one process with the
+profile's thread count). The provenance records device, torch version, dtype, threads and date.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cascade_sched.errors import ConfigError
+from models.dit import CausalWanDiT, KVPair, TaskInput
+from simulator.profile import ForwardPoint, Profile
+
+__all__ = [
+    "DEFAULT_CONTEXT_BLOCKS",
+    "DEFAULT_LINK_SIZES",
+    "CalibrateOptions",
+    "LinkFit",
+    "calibrate",
+    "fit_alpha_beta",
+    "measure_link",
+    "median_time",
+    "profile_decode",
+    "profile_forward",
+    "profile_sampler",
+]
+
+DEFAULT_CONTEXT_BLOCKS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)
+DEFAULT_LINK_SIZES: tuple[int, ...] = (1 << 10, 1 << 13, 1 << 16, 1 << 18, 1 << 20, 1 << 22)
+
+Progress = Callable[[str], None]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device | None = None) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs.
+
+    >>> median_time(lambda: None, 1, 3) >= 0.0
+    True
+    """
+    if repeats < 1:
+        raise ConfigError("repeats", f"`repeats` must be at least 1, got {repeats}")
+    dev = device or torch.device("cpu")
+    for _ in range(max(0, warmup)):
+        fn()
+    _sync(dev)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# -- the model ------------------------------------------------------------------------------------------
+def _register_prompt(model: CausalWanDiT) -> None:
+    from models.prompts import text_embedding
+
+    model.register_prompt(0, text_embedding("calibration", model.config).to(model.device, model.dtype))
+
+
+def _synthetic_tick(model: CausalWanDiT, batch: int, context_blocks: int) -> tuple[list[TaskInput], Any]:
+    """``batch`` tasks, each attending to its own block and the same ``context_blocks - 1`` earlier blocks
+    (as the tasks of one tick share the committed KV they read), and a K/V lookup for those blocks."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(1234)
+    act = torch.float64 if model.dtype == torch.float64 else torch.float32
+    kv_shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
+    visible = context_blocks - 1
+    store: dict[tuple[int, int], list[KVPair]] = {}
+    for j in range(visible):
+        store[(j, 4)] = [
+            (torch.randn(kv_shape, generator=g).to(model.device, model.dtype),
+             torch.randn(kv_shape, generator=g).to(model.device, model.dtype))
+            for _ in range(cfg.num_layers)
+        ]
+    reads = tuple(store)
+    tasks = []
+    for i in range(batch):
+        b = visible + i
+        latent = torch.randn(cfg.latent_shape(), generator=g).to(model.device, act)
+        tasks.append(TaskInput(ref=(b, i % 5), latent=latent.to(model.dtype), timestep=900.0,
+                               frame_offset=b * cfg.frames_per_block, prompt=0, reads=reads))
+
+    def lookup(ref: tuple[int, int], layer: int) -> KVPair:
+        return store[ref][layer]
+
+    return tasks, lookup
+
+
+def profile_forward(
+    model: CausalWanDiT,
+    batches: Sequence[int],
+    context_blocks: Sequence[int],
+    warmup: int = 2,
+    repeats: int = 5,
+    progress: Progress | None = None,
+) -> list[ForwardPoint]:
+    """Median seconds of one tick forward for every (batch, visible blocks) pair; see the module docstring."""
+    for name, values in (("batches", batches), ("context_blocks", context_blocks)):
+        if not values or min(values) < 1:
+            raise ConfigError(name, f"`{name}` must be positive integers, got {list(values)}")
+    _register_prompt(model)
+    q = model.config.tokens_per_block
+    points = []
+    with torch.inference_mode():
+        for n in sorted(set(batches)):
+            for c in sorted(set(context_blocks)):
+                tasks, lookup = _synthetic_tick(model, n, c)
+                s = median_time(lambda t=tasks, k=lookup: model.forward_tick(t, k), warmup, repeats, model.device)
+                points.append(ForwardPoint(n, q, q * c, s, repeats))
+                if progress is not None:
+                    progress(f"forward batch {n} context {c} blocks: {s * 1e3:.2f} ms")
+    return points
+
+
+def profile_sampler(model: CausalWanDiT, num_denoise: int = 4, warmup: int = 3, repeats: int = 21) -> tuple[float, float]:
+    """(seconds per denoise task of the tick loop's sampler step, seconds to commit one version's K/V)."""
+    from models.kv import KVPool
+    from models.sampler import FlowMatchSampler, noise
+
+    cfg = model.config
+    shape = cfg.latent_shape()
+    act = torch.float64 if model.dtype == torch.float64 else torch.float32
+    sampler = FlowMatchSampler()
+    x = torch.randn(shape).to(model.device, act)
+    v = torch.randn(shape).to(model.device, act)
+    counter = [0]
+
+    def step() -> None:
+        counter[0] += 1
+        b = counter[0]
+        x0 = sampler.x0_from_velocity(x, v, 0.8)
+        eps = noise(0, b, 1, shape).to(x0.device, act)
+        sampler.renoise(x0, eps, 0.6)
+        if b % num_denoise == 0:  # a block's stage-0 input noise, once per K denoise tasks
+            noise(0, b, 0, shape).to(model.device, act)
+
+    per_task = median_time(step, warmup, repeats, model.device)
+    tokens = cfg.tokens_per_block
+    batch_kv = [(torch.randn(2 * tokens, cfg.num_heads, cfg.head_dim).to(model.device, model.dtype),) * 2
+                for _ in range(cfg.num_layers)]
+    pool = KVPool()
+
+    def commit() -> None:
+        counter[0] += 1
+        pool.commit((counter[0], 4), [(k[:tokens], w[:tokens]) for k, w in batch_kv], free_after_tick=0)
+        pool.release_through(0)
+
+    return per_task, median_time(commit, warmup, repeats, model.device)
+
+
+def profile_decode(model: CausalWanDiT, warmup: int = 2, repeats: int = 9) -> tuple[float, float]:
+    """(seconds to decode the first block, seconds per later block) with the latent preview decoder."""
+    from models.decode import LatentPreviewDecoder
+
+    x = torch.randn(model.config.latent_shape())
+    dec = LatentPreviewDecoder(channels=model.config.in_channels)
+
+    def first() -> None:
+        dec.reset()
+        dec.decode_block(x)
+
+    first_s = median_time(first, warmup, repeats)
+    dec.decode_block(x)
+    return first_s, median_time(lambda: dec.decode_block(x), warmup, repeats)
+
+
+# -- the links ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinkFit:
+    """``seconds = latency_s + bytes / bandwidth_Bps`` fitted to ``(bytes, median seconds)`` points."""
+
+    latency_s: float
+    bandwidth_Bps: float
+    points: tuple[tuple[int, float], ...] = ()
+    residual_pct: float = 0.0  # worst relative error of the fit over the points
+
+    def predict(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bandwidth_Bps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"latency_s": self.latency_s, "bandwidth_Bps": self.bandwidth_Bps,
+                "worst_error_pct": round(self.residual_pct, 2),
+                "points": [{"bytes": b, "seconds": s} for b, s in self.points]}
+
+
+def fit_alpha_beta(sizes: Sequence[float], seconds: Sequence[float]) -> LinkFit:
+    """Least-squares fit of latency and bandwidth, weighted by 1/seconds (relative error), latency >= 0.
+
+    >>> f = fit_alpha_beta([1e3, 1e6, 1e7], [1e-5 + 1e3 / 2e9, 1e-5 + 1e6 / 2e9, 1e-5 + 1e7 / 2e9])
+    >>> round(f.latency_s * 1e6, 3), round(f.bandwidth_Bps / 1e9, 3)
+    (10.0, 2.0)
+    """
+    if len(sizes) != len(seconds) or len(sizes) < 2 or len(set(sizes)) < 2:
+        raise ConfigError("link_sizes", "a latency + bandwidth fit needs at least two distinct message sizes")
+    xs = [float(b) for b in sizes]
+    ys = [float(s) for s in seconds]
+    ws = [1.0 / max(y, 1e-12) ** 2 for y in ys]  # minimise the relative error: small messages count too
+
+    def solve(free_latency: bool) -> tuple[float, float]:
+        sw = sum(ws)
+        if free_latency:
+            mx = sum(w * x for w, x in zip(ws, xs, strict=True)) / sw
+            my = sum(w * y for w, y in zip(ws, ys, strict=True)) / sw
+            sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs, strict=True))
+            sxy = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys, strict=True))
+            slope = sxy / sxx
+            return my - slope * mx, slope
+        slope = sum(w * x * y for w, x, y in zip(ws, xs, ys, strict=True)) / sum(w * x * x for w, x in zip(ws, xs, strict=True))
+        return 0.0, slope
+
+    lat, slope = solve(True)
+    if lat < 0:
+        lat, slope = solve(False)
+    if not slope > 0:  # flat in size: the bandwidth is beyond what these sizes can show
+        slope = 1e-15
+    worst = max(abs(lat + x * slope - y) / y for x, y in zip(xs, ys, strict=True) if y > 0)
+    return LinkFit(lat, 1.0 / slope, tuple(zip((int(x) for x in xs), ys, strict=True)), 100.0 * worst)
+
+
+def _link_rank(payload: dict[str, Any], rank: int, world: int) -> dict[str, Any] | None:
+    """Rank function of :func:`measure_link` (module level so spawned ranks can import it)."""
+    import torch.distributed as dist
+
+    sizes, warmup, repeats, rounds = payload["sizes"], payload["warmup"], payload["repeats"], payload["rounds"]
+    device = torch.device(payload["device"])
+    dtype = getattr(torch, payload["dtype"])
+    peer = 1 - rank
+    elem = torch.empty((), dtype=dtype).element_size()
+    out: dict[str, dict[int, float]] = {"exchange": {}, "oneway": {}}
+    for nbytes in sizes:
+        half = max(1, nbytes // elem // 2)
+        k = torch.ones(half, dtype=dtype, device=device)
+        v = torch.ones(half, dtype=dtype, device=device)
+        recv = torch.empty(2 * half, dtype=dtype, device=device)
+
+        def exchange() -> None:  # the per-layer joint-attention exchange: stack, post both ways, wait
+            ops = [dist.P2POp(dist.isend, torch.stack((k, v)), peer), dist.P2POp(dist.irecv, recv, peer)]
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+
+        buf = torch.ones(2 * half, dtype=dtype, device=device)
+
+        def pingpong() -> None:  # the committed-KV transfer, there and back
+            if rank == 0:
+                dist.send(buf, peer)
+                dist.recv(recv, peer)
+            else:
+                dist.recv(recv, peer)
+                dist.send(buf, peer)
+
+        for name, fn, per in (("exchange", exchange, 1.0), ("oneway", pingpong, 0.5)):
+            for _ in range(warmup):
+                fn()
+            samples = []
+            for _ in range(repeats):
+                dist.barrier()
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(rounds):  # back to back: each round waits for the peer, so they stay paired
+                    fn()
+                _sync(device)
+                samples.append((time.perf_counter() - t0) / rounds * per)
+            out[name][2 * half * elem] = statistics.median(samples)
+    return {"rank": rank, **out} if rank == 0 else None
+
+
+def measure_link(
+    device: str = "cpu",
+    dtype: str = "float32",
+    sizes: Sequence[int] = DEFAULT_LINK_SIZES,
+    warmup: int = 3,
+    repeats: int = 7,
+    rounds: int = 10,
+    timeout_s: float = 120.0,
+) -> dict[str, LinkFit]:
+    """Spawn two ranks of the executor's backend and fit ``{"exchange": ..., "oneway": ...}``."""
+    from executors.launch import spawn
+
+    if device.startswith("cuda") and torch.cuda.device_count() < 2:
+        raise ConfigError("device", "measuring NCCL links needs two CUDA devices; calibrate with --no-link")
+    payload = {"sizes": list(sizes), "warmup": warmup, "repeats": repeats, "rounds": rounds,
+               "device": device, "dtype": dtype}
+    result = spawn(_link_rank, payload, 2, device, timeout_s)
+    fits = {}
+    for name in ("exchange", "oneway"):
+        pts = sorted(result[name].items())
+        fits[name] = fit_alpha_beta([b for b, _ in pts], [s for _, s in pts])
+    return fits
+
+
+# -- the whole calibration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """What ``cascade calibrate`` measures (see the module docstring)."""
+
+    model: str = "small"
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = 1  # intra-op threads of the measuring process (None: leave torch's default)
+    batches: tuple[int, ...] = (1, 2, 3, 4, 5)
+    context_blocks: tuple[int, ...] = DEFAULT_CONTEXT_BLOCKS
+    warmup: int = 2
+    repeats: int = 5
+    link: bool = True
+    link_sizes: tuple[int, ...] = DEFAULT_LINK_SIZES
+    checkpoint: str | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def calibrate(options: CalibrateOptions, progress: Progress | None = None) -> Profile:
+    """Measure everything in the module docstring and return the profile (``Profile.save`` writes it)."""
+    from executors.generate import build_model
+
+    if options.threads is not None:
+        if options.threads < 1:
+            raise ConfigError("threads", f"`threads` must be at least 1, got {options.threads}")
+        torch.set_num_threads(options.threads)
+    model = build_model(options.model, options.checkpoint, options.dtype, options.device)
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    points = profile_forward(model, options.batches, options.context_blocks, options.warmup, options.repeats, say)
+    sample_s, commit_s = profile_sampler(model)
+    say(f"sampler step {sample_s * 1e6:.0f} us per denoise task; K/V commit {commit_s * 1e6:.0f} us per version")
+    decode_first, decode_rest = profile_decode(model)
+    say(f"preview decode {decode_first * 1e3:.2f} ms (first block), {decode_rest * 1e3:.2f} ms per later block")
+    link = None
+    prov: dict[str, Any] = {
+        "device": _device_name(options.device),
+        "torch": torch.__version__,
+        "dtype": options.dtype,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "warmup": options.warmup,
+        "repeats": options.repeats,
+        "statistic": "median",
+        "commit_s_per_version": commit_s,
+        "decoder": "latent preview",
+    }
+    if options.link:
+        fits = measure_link(options.device, options.dtype, options.link_sizes)
+        ex = fits["exchange"]
+        link = (ex.latency_s, ex.bandwidth_Bps)
+        backend = "nccl" if options.device.startswith("cuda") else "gloo"
+        prov["link_backend"] = backend
+        prov["link_fits"] = {k: f.to_dict() for k, f in fits.items()}
+        say(f"{backend} exchange: {ex.latency_s * 1e6:.1f} us + bytes / {ex.bandwidth_Bps / 1e9:.2f} GB/s "
+            f"(worst point off by {ex.residual_pct:.1f}%); one-way: {fits['oneway'].latency_s * 1e6:.1f} us + "
+            f"bytes / {fits['oneway'].bandwidth_Bps / 1e9:.2f} GB/s")
+    prov["calibration_s"] = round(time.perf_counter() - t0, 1)
+    if options.notes:
+        prov["notes"] = options.notes
+    prov.update(options.extra)
+    return Profile(model=options.model, forward=tuple(points), sample_s_per_task=sample_s,
+                   decode_s_per_block=decode_rest, decode_first_block_s=decode_first, link_fit=link,
+                   provenance=prov)
+
+
+def check_finite(profile: Profile) -> None:
+    """Raise ``ConfigError`` if a measurement is not a finite positive number (a broken timer)."""
+    for p in profile.forward:
+        if not (math.isfinite(p.seconds) and p.seconds > 0):
+            raise ConfigError("profile", f"forward batch {p.batch} context {p.context_tokens}: bad time {p.seconds}")

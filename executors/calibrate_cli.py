@@ -1,0 +1,162 @@
+"""``cascade calibrate`` and ``cascade validate``: registered into the ``cascade`` command through
+:func:`register`. Torch is imported inside the handlers, so ``cascade schedule`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from cascade_sched.errors import ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """``1,2,4`` or ``1-5`` (or a mix)."""
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4 or 1-5, got {text!r}") from None
+    return tuple(out)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _model_args(g: Any) -> None:
+    g.add_argument("--model", default="small", help="tiny | small | wan2.1-1.3b | wan2.1-14b (default small)")
+    g.add_argument("--checkpoint", default=None, help="model weights (default: seeded random weights)")
+    g.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
+
+
+def register(subparsers: Any) -> dict[str, Handler]:
+    """Add ``calibrate`` and ``validate`` to the ``cascade`` command; returns their handlers."""
+    p = subparsers.add_parser("calibrate", help="profile the model, sampler, decoder and links on this machine")
+    g = p.add_argument_group("calibration")
+    _model_args(g)
+    g.add_argument("--out", default="calib.json", help="profile file to write (default %(default)s)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads, as the runs to predict use (default 1: one rank per core; 0 = torch's default)")
+    g.add_argument("--batches", type=_ints, default=(1, 2, 3, 4, 5), help="local tasks per device (default 1-5)")
+    g.add_argument("--context-blocks", type=_ints, default=(1, 2, 3, 4, 6, 8, 12),
+                   help="blocks each task attends to, its own included (default 1,2,3,4,6,8,12)")
+    g.add_argument("--warmup", type=int, default=2, help="untimed runs per shape (default 2)")
+    g.add_argument("--repeats", type=int, default=5, help="timed runs per shape; the median is kept (default 5)")
+    g.add_argument("--no-link", action="store_true", help="skip the two-rank collective measurement")
+    g.add_argument("--notes", default="", help="free text kept in the provenance")
+
+    q = subparsers.add_parser("validate", help="compare executor runs with simulator predictions")
+    g = q.add_argument_group("matrix")
+    _model_args(g)
+    g.add_argument("--profile", default=None, metavar="PATH",
+                   help="a calibrated profile (default: calibrate now, one process, --threads threads)")
+    g.add_argument("--threads", type=int, default=1, help="threads of the world-1 runs and of calibration (default 1)")
+    g.add_argument("--blocks", type=int, default=16, help="blocks per run (default %(default)s)")
+    g.add_argument("--window", type=int, default=4, help="attention window in blocks, 0 = unbounded (default 4)")
+    g.add_argument("--lags", type=_ints, default=None, help="lags to run (default every lag 1..S)")
+    g.add_argument("--attentions", type=_names, default=("causal", "bidirectional", "stale"),
+                   help="attention modes (default causal,bidirectional,stale)")
+    g.add_argument("--worlds", type=_ints, default=None,
+                   help="process counts (default 1,2 on a machine with 2+ cores, else 1)")
+    g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds a rank waits on a peer (default 120)")
+    g.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    g.add_argument("--traces", default=None, metavar="DIR", help="write each row's measured and predicted trace")
+    g.add_argument("--save-profile", default=None, metavar="PATH", help="write the profile calibrated for this run")
+    return {"calibrate": _cmd_calibrate, "validate": _cmd_validate}
+
+
+def _options(args: argparse.Namespace, link: bool) -> Any:
+    from executors.calibrate import CalibrateOptions
+
+    for name in ("warmup", "repeats"):
+        value = getattr(args, name, 1)
+        if value < (0 if name == "warmup" else 1):
+            raise ConfigError(name, f"`--{name}` must be at least {0 if name == 'warmup' else 1}, got {value}")
+    if args.threads < 0:
+        raise ConfigError("threads", f"`--threads` must be 0 (torch's default) or more, got {args.threads}")
+    return CalibrateOptions(
+        model=args.model, device=args.device, dtype=args.dtype, threads=args.threads or None,
+        checkpoint=args.checkpoint, link=link, notes=getattr(args, "notes", ""),
+        **({"batches": args.batches, "context_blocks": args.context_blocks, "warmup": args.warmup,
+            "repeats": args.repeats} if hasattr(args, "batches") else {}),
+    )
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from executors.calibrate import calibrate
+
+    profile = calibrate(_options(args, link=not args.no_link), _say)
+    profile.save(args.out)
+    prov = profile.provenance
+    print(f"wrote {args.out}: {len(profile.forward)} forward shapes of {profile.model} on {prov['device']}, "
+          f"{prov['dtype']}, {prov['threads']} thread(s), torch {prov['torch']}"
+          + (", with a link fit" if profile.link_fit else ""))
+    return 0
+
+
+def _default_worlds(device: str) -> tuple[int, ...]:
+    import os
+
+    if device.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count()
+        return tuple(w for w in (1, 2, 4, 8) if w <= n) or (1,)
+    return (1, 2) if (os.cpu_count() or 1) >= 2 else (1,)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from executors.calibrate import calibrate
+    from executors.validation import MatrixOptions, format_table, run_matrix
+    from simulator.profile import Profile
+
+    if args.window < 0:
+        raise ConfigError("window", f"`--window` must be at least 1 block, or 0 for unbounded, got {args.window}")
+    if args.repeats < 1:
+        raise ConfigError("repeats", f"`--repeats` must be at least 1, got {args.repeats}")
+    worlds = args.worlds or _default_worlds(args.device)
+    options = MatrixOptions(
+        model=args.model, blocks=args.blocks, window=args.window or None, lags=args.lags,
+        attentions=tuple(args.attentions), worlds=tuple(worlds), repeats=args.repeats, device=args.device,
+        dtype=args.dtype, threads=args.threads or None, checkpoint=args.checkpoint, timeout_s=args.timeout,
+        traces=args.traces,
+    )
+    if args.profile:
+        profile = Profile.load(args.profile)
+    else:
+        _say(f"calibrating {args.model} in one process ({args.threads or 'default'} thread(s)) ...")
+        profile = calibrate(_options(args, link=max(worlds) > 1), _say)
+        if args.save_profile:
+            profile.save(args.save_profile)
+    rows = run_matrix(options, profile, _say)
+    if args.json:
+        print(json.dumps({"profile": profile.path or "calibrated in this run",
+                          "provenance": dict(profile.provenance), "rows": [r.to_dict() for r in rows]},
+                         indent=1, default=_json_default))
+    else:
+        prov = profile.provenance
+        print(f"profile: {profile.path or 'calibrated in this run'} ({prov.get('device')}, {prov.get('threads')} "
+              f"thread(s), torch {prov.get('torch')}, {prov.get('date')})")
+        print(format_table(rows))
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,354 @@
+"""``cascade validate``: run a matrix of schedules through the executors and the simulator, and compare.
+
+Every row is one schedule (lag, attention, world size) run for real and simulated with a calibrated
+profile (:mod:`executors.calibrate`). Both sides reduce one series of per-block times with the one
+definition of the metrics, :func:`cascade_sched.metrics.stream_metrics`:
+
+- *measured*: ``RunResult.block_done_s`` of the decode rank: when block b's clean latent is ready there
+  (its last denoise stage and sampler step done, and, on two ranks, the latent received by rank 0);
+  the element-wise median over ``repeats`` runs. No decoding on either side (the paper's FPS).
+- *predicted*: the simulator's ``block_decoded_s`` with decoding priced at zero and the decoder on device
+  0 (shared): when block b's clean latent is on device 0 and device 0 is between batches, which is when
+  the executor's tick loop hands it over. Forward and sampler costs come from the profile, the gloo (or
+  NCCL) link from its ``link`` fit, K/V bytes at the run's dtype.
+
+World 1 runs the reference executor in this process with the profile's thread count; world 2 and more
+spawn one rank per device (the distributed executor, ``cores // ranks`` threads each) once for the whole
+matrix, warm up, and synchronise with a barrier before every measured run. The world > 1 rows are the
+held-out check when the profile was measured in one process.
+
+Errors are ``100 * (predicted - measured) / measured`` for FPS, paper FPS, first-frame time and the p50
+and p95 of the steady-state block interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cascade_sched.errors import ConfigError
+from cascade_sched.metrics import StreamMetrics, stream_metrics, video_frames
+from cascade_sched.schedule import Schedule, build_schedule
+from cascade_sched.spec import CascadeSpec
+from cascade_sched.validate import validate as validate_schedule
+from simulator.catalog import GPU, Cluster, Link, get_model
+from simulator.profile import Profile, ProfileCost
+
+__all__ = [
+    "METRICS",
+    "ROW_FIELDS",
+    "MatrixOptions",
+    "Row",
+    "format_table",
+    "matrix_specs",
+    "measure",
+    "predict",
+    "run_matrix",
+]
+
+METRICS = ("fps", "paper_fps", "first_frame_s", "interval_p50_s", "interval_p95_s")
+ROW_FIELDS = ("name", "world", "lag", "attention", "window", "blocks", "held_out", "extrapolated",
+              "measured", "predicted", "error_pct")
+"""The keys of every row of ``cascade validate --json`` (``measured``/``predicted``: the METRICS plus
+``block_s``; ``error_pct``: the METRICS)."""
+
+TARGETS = {"fps": 10.0, "interval_p95_s": 15.0}  # issue 6: |error| at most, in percent
+CPU = GPU("cpu", 1e12, 1 << 40, 1e11, "ideal", "this machine's CPU (memory is not checked)")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MatrixOptions:
+    """The schedules of a validation matrix and how to run them."""
+
+    model: str = "small"
+    blocks: int = 16
+    window: int | None = 4
+    lags: tuple[int, ...] | None = None  # None: every lag 1..S
+    attentions: tuple[str, ...] = ("causal", "bidirectional", "stale")
+    worlds: tuple[int, ...] = (1, 2)
+    timesteps: tuple[float, ...] = (1000, 750, 500, 250)
+    repeats: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = None  # world 1: None takes the profile's thread count
+    checkpoint: str | None = None
+    timeout_s: float = 120.0
+    traces: str | None = None
+
+
+def matrix_specs(options: MatrixOptions) -> list[CascadeSpec]:
+    """Every (world, lag, attention) spec of the matrix, world-major.
+
+    >>> [ (s.num_devices, s.lag, s.attention) for s in matrix_specs(MatrixOptions(
+    ...     lags=(1, 5), attentions=("causal",), worlds=(1, 2)))]
+    [(1, 1, 'causal'), (1, 5, 'causal'), (2, 1, 'causal'), (2, 5, 'causal')]
+    """
+    if options.blocks < 2:
+        raise ConfigError("blocks", f"`blocks` must be at least 2 to have an interval, got {options.blocks}")
+    probe = CascadeSpec(num_blocks=options.blocks, timesteps=options.timesteps)
+    lags = options.lags or tuple(range(1, probe.num_stages + 1))
+    out = []
+    for world in options.worlds:
+        if world < 1:
+            raise ConfigError("worlds", f"world sizes must be positive, got {world}")
+        for lag in lags:
+            for attention in options.attentions:
+                out.append(CascadeSpec(num_blocks=options.blocks, timesteps=options.timesteps, lag=lag,
+                                       attention=attention, window=options.window, num_devices=world))
+    return out
+
+
+def _name(spec: CascadeSpec) -> str:
+    return f"w{spec.num_devices}-lag{spec.lag}-{spec.attention}"
+
+
+def _metrics(schedule: Schedule, series: Sequence[float]) -> StreamMetrics:
+    F = schedule.spec.frames_per_block
+    return stream_metrics(list(series), None, max_in_flight=schedule.max_in_flight(), window=schedule.spec.window,
+                          frames=video_frames(1, F), first_frames=video_frames(0, F))
+
+
+def _side(m: StreamMetrics, series: Sequence[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: getattr(m, k) for k in METRICS}
+    out["block_s"] = [round(t, 6) for t in series]
+    return out
+
+
+def _err(pred: float, meas: float) -> float | None:
+    if not (math.isfinite(pred) and math.isfinite(meas)) or meas == 0:
+        return None
+    return 100.0 * (pred - meas) / meas
+
+
+@dataclass
+class Row:
+    """One schedule, measured and predicted (see ``ROW_FIELDS``)."""
+
+    name: str
+    world: int
+    lag: int
+    attention: str
+    window: int | None
+    blocks: int
+    held_out: bool
+    extrapolated: list[str]
+    measured: dict[str, Any]
+    predicted: dict[str, Any]
+    error_pct: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def misses(self) -> list[str]:
+        """The targets this row misses, e.g. ``["fps +12.3%"]``."""
+        out = []
+        for k, limit in TARGETS.items():
+            e = self.error_pct.get(k)
+            if e is None or abs(e) > limit:
+                out.append(f"{k} {'n/a' if e is None else f'{e:+.1f}%'}")
+        return out
+
+
+# -- predictions ----------------------------------------------------------------------------------------
+def link_of(profile: Profile) -> Link:
+    """The profile's fitted link, or an ideal one (and a note) when it has none."""
+    link = profile.link()
+    if link is None:
+        return Link("ideal", math.inf, 0.0, "no link in the profile: ideal")
+    backend = profile.provenance.get("link_backend", "profile")
+    return dataclasses.replace(link, name=str(backend))
+
+
+def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4) -> tuple[Any, list[str]]:
+    """Simulate ``schedule`` with ``profile`` as the measured runs are set up (see the module docstring).
+
+    Returns the ``SimResult`` and the shapes the profile had to interpolate or extrapolate.
+    """
+    from simulator.engine import simulate
+
+    no_decode = dataclasses.replace(profile, decode_s_per_block=0.0, decode_first_block_s=None)
+    cost = ProfileCost(no_decode, get_model(profile.model))
+    cluster = Cluster(CPU, schedule.num_devices, gpus_per_node=max(8, schedule.num_devices), intra=link_of(profile))
+    result = simulate(schedule, cluster, cost, cost.geometry, decode=0, check_memory=False, dtype_bytes=dtype_bytes)
+    return result, list(cost.extrapolations())
+
+
+# -- measurements ---------------------------------------------------------------------------------------
+def _median_series(runs: Sequence[Sequence[float]]) -> list[float]:
+    return [statistics.median(ts) for ts in zip(*runs, strict=True)]
+
+
+def _warmup_spec(world: int, blocks: int = 3) -> CascadeSpec:
+    return CascadeSpec(num_blocks=blocks, lag=1, num_devices=world, window=2)
+
+
+def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_s: float,
+             distributed: bool) -> list[dict[str, Any]]:
+    """Run every spec ``repeats`` times on this process's share; per spec: block times and events."""
+    from executors.base import RunOptions
+    from executors.distributed import DistributedExecutor
+    from executors.reference import ReferenceExecutor
+
+    if distributed:
+        import torch.distributed as dist
+
+        executor: Any = DistributedExecutor()
+    else:
+        executor = ReferenceExecutor()
+    opts = RunOptions(timeout_s=timeout_s)
+    world = int(specs[0]["num_devices"]) if specs else 1
+    with torch.inference_mode():
+        for _ in range(2):
+            executor.run(validate_schedule(build_schedule(_warmup_spec(world))), model, opts)
+        out = []
+        for spec in specs:
+            schedule = validate_schedule(build_schedule(CascadeSpec.from_dict(spec)))
+            runs, events = [], []
+            for _ in range(repeats):
+                if distributed:
+                    dist.barrier()
+                result = executor.run(schedule, model, opts)
+                runs.append(result.block_done_s)
+                events = result.events
+            if distributed:
+                gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+                dist.gather_object(events, gathered, dst=0)
+                events = [e for evs in gathered for e in evs] if gathered is not None else []
+            out.append({"runs": runs, "events": events, "threads": torch.get_num_threads()})
+    return out
+
+
+def _rank_entry(payload: dict[str, Any], rank: int, world: int) -> list[dict[str, Any]] | None:
+    """Rank function for the world > 1 rows (module level so spawned ranks import it)."""
+    from executors.generate import build_model
+
+    if payload["threads"]:
+        torch.set_num_threads(payload["threads"])
+    model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
+    out = _run_all(payload["specs"], model, payload["repeats"], payload["timeout_s"], distributed=True)
+    return out if rank == 0 else None
+
+
+def measure(specs: Sequence[CascadeSpec], options: MatrixOptions, threads: int | None) -> list[dict[str, Any]]:
+    """Run ``specs`` (all of one world size) for real; per spec ``{"runs", "events", "threads"}``."""
+    from executors.generate import build_model
+    from executors.launch import spawn
+
+    if not specs:
+        return []
+    world = specs[0].num_devices
+    dicts = [s.to_dict() for s in specs]
+    if world == 1:
+        before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            model = build_model(options.model, options.checkpoint, options.dtype, options.device)
+            return _run_all(dicts, model, options.repeats, options.timeout_s, distributed=False)
+        finally:
+            torch.set_num_threads(before)
+    payload = {"specs": dicts, "model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
+               "device": options.device, "repeats": options.repeats, "timeout_s": options.timeout_s,
+               "threads": None}
+    result = spawn(_rank_entry, payload, world, options.device, options.timeout_s * (1 + len(specs)))
+    if not isinstance(result, list):
+        raise ConfigError("worlds", f"the world-{world} ranks returned no measurements")
+    return result
+
+
+# -- the matrix -----------------------------------------------------------------------------------------
+def run_matrix(options: MatrixOptions, profile: Profile, progress: Progress | None = None) -> list[Row]:
+    """Measure and predict every spec of the matrix; rows in matrix order."""
+    if profile.model != options.model:
+        raise ConfigError("model", f"the profile was measured with model {profile.model!r}, not {options.model!r}")
+    say = progress or (lambda _m: None)
+    dtype_bytes = torch.empty((), dtype=getattr(torch, options.dtype)).element_size()
+    prof_threads = profile.provenance.get("threads")
+    threads = options.threads or (int(prof_threads) if isinstance(prof_threads, int) else None)
+    specs = matrix_specs(options)
+    if options.traces:
+        os.makedirs(options.traces, exist_ok=True)
+    rows: list[Row] = []
+    for world in dict.fromkeys(s.num_devices for s in specs):
+        group = [s for s in specs if s.num_devices == world]
+        say(f"measuring {len(group)} schedules on {world} process(es) ...")
+        measured = measure(group, options, threads if world == 1 else None)
+        for spec, meas in zip(group, measured, strict=True):
+            schedule = validate_schedule(build_schedule(spec))
+            series = _median_series(meas["runs"])
+            sim, extrapolated = predict(schedule, profile, dtype_bytes)
+            pred_series = list(sim.block_decoded_s)
+            m, p = _metrics(schedule, series), _metrics(schedule, pred_series)
+            row = Row(_name(spec), world, int(spec.lags[0]) if spec.lags else spec.num_stages, spec.attention,
+                      spec.window, spec.num_blocks, held_out=world > 1 or meas["threads"] != prof_threads,
+                      extrapolated=extrapolated, measured=_side(m, series), predicted=_side(p, pred_series),
+                      error_pct={k: _err(getattr(p, k), getattr(m, k)) for k in METRICS})
+            rows.append(row)
+            say(f"  {row.name}: FPS measured {m.fps:.2f}, predicted {p.fps:.2f} "
+                f"({row.error_pct['fps'] or 0.0:+.1f}%)")
+            if options.traces:
+                _write_traces(options.traces, row, meas["events"], sim)
+    return rows
+
+
+def _write_traces(folder: str, row: Row, events: list[Any], sim: Any) -> None:
+    from cascade_sched.trace import write_chrome_trace
+    from simulator.visual import write_trace
+
+    base = os.path.join(folder, row.name)
+    write_chrome_trace(base + ".measured.json", events,
+                       metadata={"source": "measured", **{k: row.measured[k] for k in METRICS}})
+    write_trace(sim, base + ".predicted.json")
+
+
+def _fmt(v: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v * scale:.{digits}f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The human table: measured / predicted / error for FPS, first frame, interval p50 and p95."""
+    head = (f"{'row':<24} {'FPS meas':>8} {'pred':>7} {'err%':>6}  {'1st s meas':>10} {'pred':>6} {'err%':>6}  "
+            f"{'p50 ms meas':>11} {'pred':>6} {'err%':>6}  {'p95 ms meas':>11} {'pred':>6} {'err%':>6}  note")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        e, m, p = r.error_pct, r.measured, r.predicted
+        note = []
+        if r.held_out:
+            note.append("held-out")
+        if r.extrapolated:
+            note.append("extrapolated")
+        miss = r.misses()
+        if miss:
+            note.append("MISS " + ", ".join(miss))
+        lines.append(
+            f"{r.name:<24} {_fmt(m['fps']):>8} {_fmt(p['fps']):>7} {_fmt(e['fps'], digits=1):>6}  "
+            f"{_fmt(m['first_frame_s'], digits=3):>10} {_fmt(p['first_frame_s'], digits=3):>6} "
+            f"{_fmt(e['first_frame_s'], digits=1):>6}  "
+            f"{_fmt(m['interval_p50_s'], 1e3, 1):>11} {_fmt(p['interval_p50_s'], 1e3, 1):>6} "
+            f"{_fmt(e['interval_p50_s'], digits=1):>6}  "
+            f"{_fmt(m['interval_p95_s'], 1e3, 1):>11} {_fmt(p['interval_p95_s'], 1e3, 1):>6} "
+            f"{_fmt(e['interval_p95_s'], digits=1):>6}  {'; '.join(note)}"
+        )
+    lines.append(summary_line(rows))
+    return "\n".join(lines)
+
+
+def summary_line(rows: Sequence[Row]) -> str:
+    """Worst absolute error per metric and how many rows meet the targets."""
+    worst = {}
+    for k in METRICS:
+        vals = [abs(v) for r in rows if (v := r.error_pct.get(k)) is not None]
+        worst[k] = max(vals) if vals else math.nan
+    ok = sum(1 for r in rows if not r.misses())
+    return (f"worst |error|: FPS {worst['fps']:.1f}%, paper FPS {worst['paper_fps']:.1f}%, first frame "
+            f"{worst['first_frame_s']:.1f}%, p50 {worst['interval_p50_s']:.1f}%, p95 {worst['interval_p95_s']:.1f}%; "
+            f"{ok}/{len(rows)} rows within the targets (FPS <= {TARGETS['fps']:g}%, p95 <= "
+            f"{TARGETS['interval_p95_s']:g}%)")
