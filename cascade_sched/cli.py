@@ -27,6 +27,10 @@ FLAG_OF = {
     "placement": "--placement",
     "frames_per_block": "--frames-per-block",
     "seed": "--seed",
+    "switches": "--switch",
+    "at_block": "--switch",
+    "prompt": "--switch",
+    "switch_policy": "--switch-policy",
 }
 
 # Modules that add subcommands through `register(subparsers) -> {name: handler}`.
@@ -55,6 +59,14 @@ def _num_list(text: str) -> tuple[float, ...]:
     return tuple(int(v) if v.is_integer() else v for v in values)
 
 
+def _switch(text: str) -> tuple[int, int]:
+    try:
+        at, prompt = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AT_BLOCK:PROMPT_ID, got {text!r}") from None
+    return at, prompt
+
+
 def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8) -> None:
     """The flags that define a ``CascadeSpec``; shared by schedule, simulate, plan and generate."""
     g = p.add_argument_group("cascade")
@@ -74,6 +86,10 @@ def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8) -> No
     g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
     g.add_argument("--placement", default="block", help="block | stage (default block)")
     g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
+    g.add_argument("--switch", type=_switch, action="append", default=[], metavar="AT:PROMPT",
+                   help="prompt switch: blocks from AT on use prompt id PROMPT (repeatable)")
+    g.add_argument("--switch-policy", default="none",
+                   help="none (the cascade: nothing added) | recache (the baseline: re-encode the context)")
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
@@ -96,6 +112,8 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         num_devices=args.devices,
         placement=args.placement,
         seed=args.seed,
+        switches=tuple(args.switch),
+        switch_policy=args.switch_policy,
     )
     if args.level is not None:
         spec = CascadeSpec.from_dict({**spec.to_dict(), "lag": paper_level(args.level, spec.num_stages)})

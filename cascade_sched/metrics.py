@@ -20,6 +20,8 @@ prediction and in the measurement it is checked against. Times are seconds from 
   steady-state interval between consecutive denoised(b), decoding excluded.
 - *interval_pXX_s*: percentiles (linear interpolation) of the steady-state intervals between consecutive
   decoded(b), what a viewer sees; their spread is the jitter.
+- *switch stall*: at a prompt switch at block p, the largest interval among the blocks the switch can
+  touch against the steady median interval (:func:`switch_stalls` has the exact definition).
 """
 
 from __future__ import annotations
@@ -130,3 +132,78 @@ def stream_metrics(
         interval_p99_s=percentile(gaps, 99),
         steady_blocks=blocks,
     )
+
+
+@dataclass(frozen=True)
+class SwitchStall:
+    """The stall a prompt switch causes (see :func:`switch_stalls` for the exact definition)."""
+
+    at_block: int  # p: the first block under the new prompt
+    worst_block: int  # the block whose interval (from the block before it) is the largest around p
+    interval_s: float  # that largest interval
+    steady_s: float  # the steady median interval it is held against
+    stall_s: float  # interval_s - steady_s: how much longer the viewer waits than usual
+    ratio: float  # interval_s / steady_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def switch_touched(at_block: int, num_blocks: int, max_in_flight: int) -> range:
+    """The blocks whose interval a switch at ``at_block`` can change: ``p - W + 1 .. p + W - 1``, clipped
+    to ``1 .. B - 1`` (W = most blocks in flight).
+
+    >>> switch_touched(6, 12, 1), switch_touched(6, 12, 5), switch_touched(1, 4, 5)
+    (range(6, 7), range(2, 11), range(1, 4))
+    """
+    w = max(1, max_in_flight)
+    return range(max(1, at_block - w + 1), min(num_blocks - 1, at_block + w - 1) + 1)
+
+
+def switch_stalls(
+    denoised: Sequence[float],
+    decoded: Sequence[float] | None,
+    switches_at_blocks: Sequence[int],
+    *,
+    max_in_flight: int = 1,
+    window: int | None = None,
+) -> list[SwitchStall]:
+    """The stall at every prompt switch, from per-block times (one definition for predicted and measured).
+
+    Definitions (times as in the module docstring; *shown(b)* = decoded(b), or denoised(b) when
+    ``decoded`` is None; *interval(b)* = shown(b) - shown(b - 1) for b >= 1; W = ``max_in_flight``):
+
+    - the blocks a switch at block p can *touch* are ``p - W + 1 .. p + W - 1`` clipped to ``1 .. B-1``
+      (:func:`switch_touched`): the intervals ending at p .. p + W - 1 are those of the first W blocks
+      under the new prompt, and with W blocks in flight a recache pass inserted before block p also
+      delays the blocks p - W + 1 .. p - 1 still being denoised at that tick (with W = 1, the
+      sequential baseline, the touched set is exactly {p});
+    - *steady_s*: the median of the steady-state intervals (:func:`steady_range`) that no switch
+      touches; when every steady interval is touched, the median of all steady-state intervals;
+    - *interval_s*: the largest touched interval (*worst_block* the first block that has it);
+    - *stall_s* = interval_s - steady_s (it can be slightly negative in a measurement when nothing
+      stalls and the touched intervals happen to be fast); *ratio* = interval_s / steady_s.
+
+    A switch at block 0 (no block before it) and a run of one block give no entry.
+
+    >>> [s.stall_s for s in switch_stalls([1.0, 2.0, 3.0, 5.0, 6.0, 7.0], None, [3])]
+    [1.0]
+    """
+    shown = list(denoised if decoded is None else decoded)
+    n = len(shown)
+    if len(denoised) != n:
+        raise ValueError(f"need one time per block in both lists, got {len(denoised)} and {n}")
+    touched = {p: switch_touched(p, n, max_in_flight) for p in switches_at_blocks if 1 <= p < n}
+    hit = {b for r in touched.values() for b in r}
+    steady = steady_range(n, max_in_flight, window)
+    gaps = [shown[b] - shown[b - 1] for b in steady if b not in hit]
+    if not gaps:
+        gaps = [shown[b] - shown[b - 1] for b in steady]
+    med = percentile(gaps, 50)
+    out = []
+    for p, blocks in touched.items():
+        worst = max(blocks, key=lambda b: (shown[b] - shown[b - 1], -b))
+        interval = shown[worst] - shown[worst - 1]
+        out.append(SwitchStall(p, worst, interval, med, interval - med,
+                               interval / med if med > 0 else math.inf))
+    return out

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from cascade_sched.errors import ExecutorError
-from cascade_sched.schedule import CACHE, RECACHE, KVRef, Schedule, Task
+from cascade_sched.schedule import CACHE, RECACHE, KVRef, Schedule, Task, extend_schedule
 from cascade_sched.trace import TraceEvent
 from cascade_sched.transfers import DECODE, NEXT, REENCODE, TransferPlan, plan_transfers
 from models.dit import CausalWanDiT, KVPair, TaskInput
@@ -26,6 +26,9 @@ from models.sampler import FlowMatchSampler, noise
 
 BlockCallback = Callable[[int, Tensor], None]
 """Called on the decode device with ``(block, clean latent (C, F, H, W))``, in block order."""
+
+ExtendHook = Callable[[int, Schedule], "Schedule | None"]
+"""Called after each tick with ``(tick, schedule)``; returns an extended schedule to switch to, or None."""
 
 
 class Transport(Protocol):
@@ -108,11 +111,13 @@ class TickLoop:
         on_block: BlockCallback | None = None,
         rank: int = 0,
         plan: TransferPlan | None = None,
+        extend: ExtendHook | None = None,
     ) -> None:
         self.schedule, self.model, self.options = schedule, model, options
         self.local = frozenset(local_devices)
         self.transport, self.on_block, self.rank = transport, on_block, rank
         self.plan = plan if plan is not None else plan_transfers(schedule)
+        self.extend = extend
         cfg = model.config
         if schedule.spec.frames_per_block != cfg.frames_per_block:
             raise ExecutorError(
@@ -125,22 +130,13 @@ class TickLoop:
         spec = schedule.spec
         self.sigmas = [options.sampler.sigma(t) for t in spec.timesteps]
         self.eff_t = [options.sampler.effective_timestep(t) for t in spec.timesteps]
-        # Past versions this process keeps: until the last tick a local task reads them.
-        self.keep: dict[KVRef, int] = {}
-        for (dev, ref), tick in self.plan.keep_until.items():
-            if dev in self.local and self.keep.get(ref, -1) < tick:
-                self.keep[ref] = tick
+        self.keep = self._keep_ticks()
         self.pool = KVPool(options.kv_budget_bytes)
         self.latent: dict[int, Tensor] = {}  # block -> input latent of its next local stage
         self.outgoing: dict[tuple[int, str], Tensor] = {}  # (block, purpose) -> latent to send after tick
         self.kv_out: dict[KVRef, list[KVPair]] = {}  # versions made this tick that leave this process
         self.clean: dict[int, Tensor] = {}  # block -> clean latent awaiting decode (decode device only)
-        # Clean latents that a local recache task will re-encode, kept until its last such task.
-        self.reencode_until: dict[int, int] = {}
-        for t in schedule.tasks:
-            if t.kind == RECACHE and t.device in self.local:
-                for j, _ in t.reads:
-                    self.reencode_until[j] = max(self.reencode_until.get(j, -1), t.tick)
+        self.reencode_until = self._reencode_ticks()
         self.reencode_src: dict[int, Tensor] = {}
         self.next_block = 0
         self.events: list[TraceEvent] = []
@@ -148,6 +144,46 @@ class TickLoop:
         self.latents_out: list[Tensor] = []
         self.forward_s = 0.0
         self.t0 = time.perf_counter()
+        self.register_prompts()
+
+    def _keep_ticks(self) -> dict[KVRef, int]:
+        """Past versions this process keeps: until the last tick a local task reads them. A run that may
+        be extended keeps them as long as one more block would read them too (blocks are appended one
+        at a time and a later block reads a subset of what the block before it reads, plus that block)."""
+        plan = self.plan
+        if self.extend is not None:
+            plan = plan_transfers(extend_schedule(self.schedule, 1))
+        keep: dict[KVRef, int] = {}
+        for (dev, ref), tick in plan.keep_until.items():
+            if dev in self.local and keep.get(ref, -1) < tick:
+                keep[ref] = tick
+        return keep
+
+    def _reencode_ticks(self) -> dict[int, int]:
+        """Blocks whose clean latent a local recache task re-encodes -> the last such task's tick."""
+        until: dict[int, int] = {}
+        for t in self.schedule.tasks:
+            if t.kind == RECACHE and t.device in self.local:
+                for j, _ in t.reads:
+                    until[j] = max(until.get(j, -1), t.tick)
+        return until
+
+    def _adopt(self, schedule: Schedule, tick: int) -> None:
+        """Switch to an extended schedule between ticks: every task up to ``tick`` must be unchanged."""
+        old = [t for t in self.schedule.tasks if t.tick <= tick]
+        if [t for t in schedule.tasks if t.tick <= tick] != old:
+            raise ExecutorError(f"an extended schedule must keep every task up to tick {tick} unchanged")
+        if len(self.local) != self.schedule.num_devices or self.transport.__class__ is not LocalTransport:
+            raise ExecutorError("extending a schedule while it runs is supported in one process only")
+        self.schedule, self.plan = schedule, plan_transfers(schedule)
+        self.keep = self._keep_ticks()
+        for ref in self.pool.refs():
+            if ref in self.keep:
+                self.pool.retain_until(ref, self.keep[ref])
+        self.reencode_until = self._reencode_ticks()
+        for j in self.reencode_until:  # blocks already finished: their clean latents are in the output
+            if j < len(self.latents_out) and j not in self.reencode_src:
+                self.reencode_src[j] = self.latents_out[j].to(self.model.device)
         self.register_prompts()
 
     def register_prompts(self) -> None:
@@ -173,8 +209,10 @@ class TickLoop:
     def run(self) -> RunResult:
         """Run every tick; returns this process's :class:`RunResult`."""
         self.t0 = time.perf_counter()
-        for tick, gang in enumerate(self.schedule.gangs):
-            tasks = [t for t in gang if t.device in self.local]
+        tick = -1
+        while tick + 1 < self.schedule.num_ticks:
+            tick += 1
+            tasks = [t for t in self.schedule.gangs[tick] if t.device in self.local]
             try:
                 if self.options.fail_at == (self.rank, tick):
                     raise RuntimeError("injected failure (fail_at)")
@@ -193,6 +231,10 @@ class TickLoop:
             for j in [j for j, until in self.reencode_until.items() if until <= tick]:
                 self.reencode_src.pop(j, None)
                 del self.reencode_until[j]
+            if self.extend is not None:
+                extended = self.extend(tick, self.schedule)
+                if extended is not None:
+                    self._adopt(extended, tick)
         self.transport.finish()
         self._emit_ready()
         if self.is_decode_device and self.next_block != self.schedule.num_blocks:

@@ -264,6 +264,9 @@ def _link_rank(payload: dict[str, Any], rank: int, world: int) -> dict[str, Any]
     peer = 1 - rank
     elem = torch.empty((), dtype=dtype).element_size()
     out: dict[str, dict[int, float]] = {"exchange": {}, "oneway": {}}
+    big = torch.ones(max(sizes) // elem, dtype=dtype, device=device)
+    for _ in range(10):  # the first messages set up the connection and buffers: keep them out
+        dist.all_reduce(big)
     for nbytes in sizes:
         half = max(1, nbytes // elem // 2)
         k = torch.ones(half, dtype=dtype, device=device)
@@ -306,7 +309,7 @@ def measure_link(
     dtype: str = "float32",
     sizes: Sequence[int] = DEFAULT_LINK_SIZES,
     warmup: int = 3,
-    repeats: int = 7,
+    repeats: int = 9,
     rounds: int = 10,
     timeout_s: float = 120.0,
 ) -> dict[str, LinkFit]:
@@ -325,6 +328,51 @@ def measure_link(
     return fits
 
 
+# -- contention between processes ---------------------------------------------------------------------
+def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[float] | None:
+    """Rank function of :func:`measure_contention`: the same forward on every rank at once."""
+    import torch.distributed as dist
+
+    from executors.generate import build_model
+
+    model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
+    _register_prompt(model)
+    tasks, lookup = _synthetic_tick(model, 1, payload["context_blocks"])
+    with torch.inference_mode():
+        for _ in range(payload["warmup"]):
+            model.forward_tick(tasks, lookup)
+        dist.barrier()
+        s = median_time(lambda: model.forward_tick(tasks, lookup), 0, payload["repeats"], model.device)
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, s)
+    return [float(x) for x in out] if rank == 0 else None
+
+
+def measure_contention(model: CausalWanDiT, options: CalibrateOptions, processes: int = 2,
+                       context_blocks: int = 4) -> dict[str, Any]:
+    """How much slower one forward runs when ``processes`` ranks (spawned as the distributed executor
+    spawns them, ``cores // processes`` threads each) run it at the same time, than in this process alone.
+
+    On a CPU the ranks share cores, caches and memory bandwidth (and whatever else runs on the machine);
+    the simulator applies the ratio to every device of a run with that many processes.
+    """
+    from executors.launch import spawn
+
+    tasks, lookup = _synthetic_tick(model, 1, context_blocks)
+    reps = max(9, options.repeats)
+    with torch.inference_mode():
+        alone = [median_time(lambda: model.forward_tick(tasks, lookup), options.warmup, reps, model.device)]
+        payload = {"model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
+                   "device": options.device, "context_blocks": context_blocks, "warmup": options.warmup + 2,
+                   "repeats": 3 * reps}
+        together = spawn(_contention_rank, payload, processes, options.device, 300.0)
+        alone.append(median_time(lambda: model.forward_tick(tasks, lookup), options.warmup, reps, model.device))
+    base = statistics.mean(alone)
+    slow = statistics.mean(together)
+    return {"processes": processes, "slowdown": max(1.0, slow / base), "alone_s": base, "together_s": slow,
+            "threads_per_process": max(1, (os.cpu_count() or 1) // processes)}
+
+
 # -- the whole calibration ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CalibrateOptions:
@@ -339,6 +387,7 @@ class CalibrateOptions:
     warmup: int = 2
     repeats: int = 5
     link: bool = True
+    contention: bool = True  # with ``link``: also measure two ranks computing at once
     link_sizes: tuple[int, ...] = DEFAULT_LINK_SIZES
     checkpoint: str | None = None
     notes: str = ""
@@ -391,6 +440,10 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None) -> Pr
         say(f"{backend} exchange: {ex.latency_s * 1e6:.1f} us + bytes / {ex.bandwidth_Bps / 1e9:.2f} GB/s "
             f"(worst point off by {ex.residual_pct:.1f}%); one-way: {fits['oneway'].latency_s * 1e6:.1f} us + "
             f"bytes / {fits['oneway'].bandwidth_Bps / 1e9:.2f} GB/s")
+    if options.link and options.contention and not options.device.startswith("cuda"):
+        prov["contention"] = c = measure_contention(model, options)
+        say(f"contention: a forward takes {c['together_s'] * 1e3:.2f} ms with {c['processes']} processes at once, "
+            f"{c['alone_s'] * 1e3:.2f} ms alone (x{c['slowdown']:.3f})")
     prov["calibration_s"] = round(time.perf_counter() - t0, 1)
     if options.notes:
         prov["notes"] = options.notes

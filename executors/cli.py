@@ -30,8 +30,19 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt) or a "
                    "cascade model folder; default: seeded random weights")
     g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
-    g.add_argument("--executor", default="reference", choices=("reference", "distributed"),
-                   help="reference (one process) or distributed (one rank per device)")
+    g.add_argument("--prompts", default=None, metavar="PATH",
+                   help="prompt timeline: a JSON or YAML list of {at_block, prompt} (switches mid-stream)")
+    g.add_argument("--interactive", action="store_true",
+                   help="read new prompts from standard input while streaming; each applies from the first "
+                        "block not yet started, and the stream goes on until input ends")
+    g.add_argument("--max-blocks", type=int, default=1000, help="with --interactive: stop growing here")
+    g.add_argument("--executor", default="reference", choices=("reference", "distributed", "compiled"),
+                   help="reference (one process), distributed (one rank per device) or compiled (graphs "
+                   "compiled per forward shape; one process, or one rank per device with --nproc/torchrun)")
+    g.add_argument("--backend", default=None, choices=("inductor", "tensorrt"),
+                   help="compiled executor's backend (default inductor; tensorrt needs torch-tensorrt and CUDA)")
+    g.add_argument("--engine-cache", default=None, metavar="DIR",
+                   help="compiled executor: save compiled artifacts under DIR/rank{r}/, load them when present")
     g.add_argument("--nproc", type=int, default=None,
                    help="ranks to spawn when not under torchrun (default and required: --devices)")
     g.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
@@ -59,12 +70,32 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ConfigError("timeout", f"`--timeout` must be positive seconds, got {args.timeout}")
     if args.nproc is not None and args.executor == "reference":
-        raise ConfigError("nproc", "`--nproc` needs `--executor distributed`")
+        raise ConfigError("nproc", "`--nproc` needs `--executor distributed` or `--executor compiled`")
+    for flag, value in (("backend", args.backend), ("engine_cache", args.engine_cache)):
+        if value is not None and args.executor != "compiled":
+            raise ConfigError(flag, f"`--{flag.replace('_', '-')}` needs `--executor compiled`")
+    prompts: tuple[tuple[int, str], ...] = ()
+    if args.prompts:
+        from executors.interactive import read_timeline
+
+        if args.switch:
+            raise ConfigError("prompts", "give prompt switches either with `--prompts` or with `--switch`")
+        texts, switches = read_timeline(args.prompts, args.prompt)
+        spec = type(spec).from_dict({**spec.to_dict(), "switches": [list(sw) for sw in switches]})
+        prompts = tuple((pid, text) for pid, text in texts.items() if pid)
+    elif args.switch:
+        prompts = tuple((pid, f"{args.prompt} (prompt {pid})") for _, pid in args.switch if pid)
+    if args.interactive and args.executor != "reference":
+        raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
+    if args.max_blocks < spec.num_blocks:
+        raise ConfigError("max_blocks", f"`--max-blocks` must be at least `--blocks` {spec.num_blocks}, got "
+                          f"{args.max_blocks}")
     job = GenerateJob(
         spec=spec.to_dict(), model=args.model, checkpoint=args.checkpoint, prompt=args.prompt,
         dtype=args.dtype, device=args.device, out=args.out, save_latents=args.save_latents,
         trace=args.trace, fail_at=args.fail_at, timeout_s=args.timeout, progress=not args.no_progress,
-        executor=args.executor,
+        executor=args.executor, prompts=prompts, interactive=args.interactive, max_blocks=args.max_blocks,
+        backend=args.backend or "inductor", engine_cache=args.engine_cache,
     )
     summary = run_generate(job, args.nproc)
     if summary:
@@ -84,6 +115,7 @@ def _print_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
         f"{s['interval_p99_s']:.3f} s",
         f"  blocks ready at (s): {times}{more}",
     ]
+    lines += [f"  prompt switch at block {at}: {text!r}" for at, text in s.get("switches", [])]
     for path, what in ((args.out, "video"), (args.save_latents, "latents"), (args.trace, "trace")):
         if path:
             lines.append(f"  wrote {what}: {path}")

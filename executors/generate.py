@@ -38,6 +38,11 @@ class GenerateJob:
     progress: bool = True
     executor: str = "reference"
     return_latents: bool = False
+    prompts: tuple[tuple[int, str], ...] = ()  # (id, text) of the switches' prompts; id 0 is `prompt`
+    interactive: bool = False  # read new prompts from standard input while streaming
+    max_blocks: int = 1000  # an interactive stream stops growing here
+    backend: str = "inductor"  # compiled executor: inductor | tensorrt
+    engine_cache: str | None = None  # compiled executor: artifacts under DIR/rank{r}/, loaded when present
 
     def schedule(self) -> Schedule:
         return validate(build_schedule(CascadeSpec.from_dict(self.spec)))
@@ -120,16 +125,29 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
 
     schedule = job.schedule()
     model = build_model(job.model, job.checkpoint, job.dtype, job.device)
-    options = RunOptions(prompt=job.prompt, fail_at=job.fail_at, timeout_s=job.timeout_s)
-    pipeline = _Pipeline(job, schedule, model) if rank == 0 else None
+    options = RunOptions(prompt=job.prompt, prompts=dict(job.prompts), fail_at=job.fail_at,
+                         timeout_s=job.timeout_s)
     distributed = dist.is_initialized()
-    executor = DistributedExecutor() if distributed else ReferenceExecutor()
+    executor: Any = DistributedExecutor() if distributed else ReferenceExecutor()
+    if job.executor == "compiled":  # in-process, or this rank's share: each rank compiles its own graphs
+        from executors.compiled import CompiledExecutor
+
+        executor = CompiledExecutor(job.backend, job.engine_cache, progress=job.progress and rank == 0)
+    pipeline = _Pipeline(job, schedule, model) if rank == 0 else None
     if distributed and world != schedule.num_devices:
         raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")
     _ABORT_HOOK[0] = pipeline.close if pipeline is not None else None
+    stream = _Stream(job, options) if job.interactive else None
     try:
         with torch.inference_mode():
-            result = executor.run(schedule, model, options, pipeline.on_block if pipeline else None)
+            if stream is not None:
+                if distributed:
+                    raise ConfigError("interactive", "`--interactive` runs with the reference executor only")
+                result = ReferenceExecutor().run(schedule, model, options, pipeline.on_block if pipeline else None,
+                                                 extend=stream.extend)
+                schedule = stream.schedule or schedule
+            else:
+                result = executor.run(schedule, model, options, pipeline.on_block if pipeline else None)
     finally:
         if pipeline is not None:
             pipeline.close()
@@ -142,9 +160,38 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
     if pipeline is None:
         return None
     summary = _summary(job, schedule, result, pipeline.shown_s)
+    texts = {0: job.prompt, **options.prompts}
+    summary["switches"] = [(at, texts[pid]) for at, pid in schedule.spec.switches]
     if job.trace:
         write_chrome_trace(job.trace, events, metadata={"source": "measured", **summary})
     return summary
+
+
+class _Stream:
+    """The extend hook of an interactive run: prompts typed on standard input switch the stream."""
+
+    def __init__(self, job: GenerateJob, options: RunOptions) -> None:
+        from executors.interactive import PromptFeed
+
+        self.job, self.options = job, options
+        self.feed = PromptFeed(sys.stdin)
+        self.schedule: Schedule | None = None
+        self.switched: list[tuple[int, str]] = []
+
+    def extend(self, tick: int, schedule: Schedule) -> Schedule | None:
+        from executors.interactive import next_schedule
+
+        ids = []
+        for text in self.feed.poll():
+            pid = max(self.options.prompts, default=0) + 1
+            self.options.prompts[pid] = text
+            ids.append(pid)
+        new = next_schedule(schedule, tick, ids, streaming=self.feed.open, max_blocks=self.job.max_blocks)
+        if new is not None:
+            self.schedule = new
+            texts = {0: self.options.prompt, **self.options.prompts}
+            self.switched = [(at, texts[pid]) for at, pid in new.spec.switches]
+        return new
 
 
 # The decode rank's close(), for the launcher to call when another rank's failure stops this one.
@@ -177,17 +224,23 @@ def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: l
 
 def run_generate(job: GenerateJob, nproc: int | None = None) -> dict[str, Any]:
     """Run ``job``: the reference executor in-process, or the distributed one under torchrun or on
-    ``nproc`` spawned local ranks (default: the schedule's device count)."""
+    ``nproc`` spawned local ranks (default: the schedule's device count). The compiled executor runs
+    in-process, or like the distributed one under torchrun or with ``nproc``."""
     from executors.launch import run_rank, spawn, under_torchrun
 
     devices = int(job.spec.get("num_devices", 1))
-    if job.executor == "reference":
+    if job.executor == "compiled":
+        from executors.compiled import check_backend
+
+        check_backend(job.backend, job.device)  # one clear line before any rank starts
+    if job.executor == "reference" or (job.executor == "compiled" and nproc is None and not under_torchrun()):
         summary = run_job(job)
         if summary is None:
-            raise ExecutorError("the reference run returned no summary")
+            raise ExecutorError(f"the {job.executor} run returned no summary")
         return summary
-    if job.executor != "distributed":
-        raise ConfigError("executor", f"`--executor` must be reference or distributed, got {job.executor!r}")
+    if job.executor not in ("distributed", "compiled"):
+        raise ConfigError("executor",
+                          f"`--executor` must be reference, distributed or compiled, got {job.executor!r}")
     if under_torchrun():
         result = run_rank(_rank_entry, job, job.device, job.timeout_s, on_abort=abort_hook)
         return result if result is not None else {}

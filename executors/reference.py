@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, LocalTransport, RunOptions, RunResult, TickLoop
+from executors.base import BlockCallback, ExtendHook, LocalTransport, RunOptions, RunResult, TickLoop
 from models.dit import CausalWanDiT
 
 
@@ -26,6 +26,9 @@ class ReferenceExecutor:
         model: CausalWanDiT,
         options: RunOptions,
         on_block: BlockCallback | None = None,
+        extend: ExtendHook | None = None,
     ) -> RunResult:
-        loop = TickLoop(schedule, model, options, range(schedule.num_devices), LocalTransport(), on_block)
+        """Run ``schedule``; ``extend`` may switch to an extended schedule between ticks (interactive)."""
+        loop = TickLoop(schedule, model, options, range(schedule.num_devices), LocalTransport(), on_block,
+                        extend=extend)
         return loop.run()

@@ -167,7 +167,16 @@ def link_of(profile: Profile) -> Link:
     return dataclasses.replace(link, name=str(backend))
 
 
-def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4) -> tuple[Any, list[str]]:
+def contention(profile: Profile, processes: int) -> float:
+    """The profile's measured slowdown of ``processes`` ranks computing at once (1.0 when not measured
+    for that many, and always for one process)."""
+    c = profile.provenance.get("contention")
+    if processes < 2 or not isinstance(c, dict) or c.get("processes") != processes:
+        return 1.0
+    return float(c.get("slowdown", 1.0))
+
+
+def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4, contend: bool = True) -> tuple[Any, list[str]]:
     """Simulate ``schedule`` with ``profile`` as the measured runs are set up (see the module docstring).
 
     Returns the ``SimResult`` and the shapes the profile had to interpolate or extrapolate.
@@ -176,7 +185,10 @@ def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4) -> tuple
 
     no_decode = dataclasses.replace(profile, decode_s_per_block=0.0, decode_first_block_s=None)
     cost = ProfileCost(no_decode, get_model(profile.model))
-    cluster = Cluster(CPU, schedule.num_devices, gpus_per_node=max(8, schedule.num_devices), intra=link_of(profile))
+    n = schedule.num_devices
+    slow = contention(profile, n) if contend else 1.0
+    stragglers = tuple((d, slow) for d in range(n)) if slow > 1.0 else ()
+    cluster = Cluster(CPU, n, gpus_per_node=max(8, n), intra=link_of(profile), stragglers=stragglers)
     result = simulate(schedule, cluster, cost, cost.geometry, decode=0, check_memory=False, dtype_bytes=dtype_bytes)
     return result, list(cost.extrapolations())
 

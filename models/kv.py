@@ -94,6 +94,16 @@ class KVPool:
         self.get(ref, 0)
         return self._store[(ref[0], ref[1])]
 
+    def retain_until(self, ref: KVRef, tick: int | None) -> None:
+        """Keep a held version at least until ``tick`` (None: forever): a schedule extended while it runs
+        may read a version later than first planned."""
+        ref = (ref[0], ref[1])
+        if ref not in self._store:
+            raise ExecutorError(f"KV pool: cannot retain {ref}: not held; held: {sorted(self._store)}")
+        old = self._free_after[ref]
+        if old is not None and (tick is None or tick > old):
+            self._free_after[ref] = tick
+
     def release_through(self, tick: int) -> list[KVRef]:
         """Free every version whose `free_after_tick <= tick`; returns them in block order."""
         done = sorted(r for r, t in self._free_after.items() if t is not None and t <= tick)

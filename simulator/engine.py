@@ -30,7 +30,7 @@ from collections.abc import Generator
 from typing import Any
 
 from cascade_sched.errors import ConfigError, SimulationError
-from cascade_sched.metrics import stream_metrics
+from cascade_sched.metrics import stream_metrics, switch_stalls
 from cascade_sched.schedule import KVRef, Schedule, gc_paused
 from simulator.catalog import Cluster, ModelGeometry, get_model
 from simulator.cost import CostModel
@@ -98,7 +98,7 @@ def simulate(
             raise report.error(cluster.gpu.name)
         check = getattr(cost, "check_shapes", None)
         if check is not None:
-            check(geometry.tokens_per_block, {len(b.refs) for b in workload.batches})
+            check(geometry.tokens_per_block, {len(b.contexts) for b in workload.batches if b.contexts})
         timeline, busy, comm, executed = _run(workload, cluster, cost, overlap)
     F = spec.frames_per_block
     frames = video_frames if video_frames is not None else 4 * F
@@ -139,8 +139,8 @@ def _run(
     for i, b in enumerate(batches):
         key = b.contexts if len(b.contexts) == 1 else tuple(sorted(b.contexts))
         f = fwd_cache.get(key)
-        if f is None:
-            f = fwd_cache[key] = cost.forward_s(q, key)
+        if f is None:  # a recache task with nothing to re-encode, alone on its device, costs nothing
+            f = fwd_cache[key] = cost.forward_s(q, key) if key else 0.0
         s = smp_cache.get(b.n_denoise)
         if s is None:
             s = smp_cache[b.n_denoise] = cost.sample_s(b.n_denoise) if b.n_denoise else 0.0
@@ -223,6 +223,9 @@ def _run(
                 yield env.timeout(ready - now)
             req = None
             if lock is not None and d == dec:
+                # Let a decode made ready by the batch that just ended ask for the device first (rule 6):
+                # its request is queued behind this instant's earlier events, so step aside once.
+                yield env.timeout(0)
                 req = lock.request(priority=1)
                 yield req
             n = b.tick
@@ -333,6 +336,8 @@ def _result(
     makespan = max(max(tl.batch_end), max(decoded))
     m = stream_metrics(denoised, decoded, max_in_flight=sched.max_in_flight(), window=sched.spec.window,
                        frames=frames, first_frames=first_frames, makespan_s=makespan)
+    stalls = switch_stalls(denoised, decoded, [at for at, _ in sched.spec.switches],
+                           max_in_flight=sched.max_in_flight(), window=sched.spec.window)
     n_dev = sched.num_devices
     by_link: dict[str, int] = {}
     by_kind: dict[str, int] = {"kv": 0, "exchange": 0, "latent": 0}
@@ -363,6 +368,7 @@ def _result(
         interval_p95_s=m.interval_p95_s,
         interval_p99_s=m.interval_p99_s,
         steady_blocks=m.steady_blocks,
+        switch_stalls=tuple(stalls),
         block_started_s=started,
         block_denoised_s=denoised,
         block_committed_s=committed,

@@ -5,11 +5,14 @@ Accounted per device and tick (bytes; the peak over ticks is what must fit):
 - *weights*: the whole model on every denoising device (Block Cascading replicates it);
 - *committed KV*: block j's committed version is held by its producer and by every device that reads
   it, from its commit tick to that device's last read (the schedule's reads decide; ``free_after`` is
-  the last read anywhere);
+  the last read anywhere); a re-encoded version ``(j, S + q)`` that a recache task writes counts here
+  too, held from the recache tick to its last read on each device (``recache_free_after`` is the last
+  read anywhere);
 - *in-flight KV*: a non-committed version read at a later tick (``stale`` attention reads last tick's),
   held the same way, plus one layer of the peers' K/V received per joint-attention exchange (two with
   overlap, double-buffered);
-- *activations*: one layer's working set of the device's batch (tokens x (4 dim + ffn dim) x 2 bytes);
+- *activations*: one layer's working set of the device's batch (tokens x (4 dim + ffn dim) x 2 bytes),
+  one block's tokens per forward member (a recache task has one member per block it re-encodes);
 - *decode cache*: the streaming VAE's cache on a denoising device that also decodes.
 
 A decoder on a device of its own is not checked (its VAE and cache fit any catalog GPU).
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cascade_sched.errors import SimulationError
+from cascade_sched.schedule import RECACHE_STAGE
 from simulator.catalog import Cluster
 from simulator.workload import Workload
 
@@ -85,32 +89,39 @@ def memory_report(
     n_dev, n_ticks = schedule.num_devices, schedule.num_ticks
     S = schedule.num_stages
     span = n_dev + 1
+    vtick = workload.version_tick
     kv = geometry.kv_bytes_per_block(dtype_bytes)
     layer_kv = kv // geometry.num_layers * (2 if overlap else 1)
     last = S - 1
-    starts = schedule.starts
     act_per_task = geometry.tokens_per_block * (4 * geometry.dim + geometry.ffn_dim) * dtype_bytes
 
     exchange = [[0] * n_ticks for _ in range(n_dev)]
     act = [[0] * n_ticks for _ in range(n_dev)]
     for bi, b in enumerate(workload.batches):
-        act[b.device][b.tick] += act_per_task * len(b.refs)
+        act[b.device][b.tick] += act_per_task * len(b.contexts)
         exchange[b.device][b.tick] += layer_kv * workload.exchange_in[bi]
     committed = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     inflight = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     held = workload.held
     for key, until in held.items():
         k, d = divmod(key, span)
-        j, v = divmod(k, S)
-        arr = committed[d] if v == last else inflight[d]
-        arr[starts[j] + v] += kv
+        _, v = workload.version(k)
+        arr = committed[d] if v >= last else inflight[d]  # v >= S: a re-encoded version
+        arr[vtick[k]] += kv
         arr[until + 1] -= kv
-    # A committed version nobody reads later still exists on its producer during its commit tick.
+    # A committed (or re-encoded) version nobody reads later still exists on its producer during its tick.
     for b in workload.batches:
         for j, v in b.refs:
-            if v == last and (j * S + v) * span + b.device not in held:
-                committed[b.device][b.tick] += kv
-                committed[b.device][b.tick + 1] -= kv
+            if v == RECACHE_STAGE:
+                made = schedule.writes(schedule.task(j, v))
+            elif v == last:
+                made = ((j, v),)
+            else:
+                continue
+            for ref in made:
+                if workload.vindex(*ref) * span + b.device not in held:
+                    committed[b.device][b.tick] += kv
+                    committed[b.device][b.tick + 1] -= kv
 
     cache = geometry.decode_cache_bytes
     out = []

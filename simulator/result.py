@@ -19,6 +19,10 @@ prediction and a measurement mean the same thing. Definitions (simulated time in
   steady-state interval between consecutive denoised(b), decoding excluded.
 - *interval_pXX_s*: percentiles (linear interpolation) of the steady-state intervals between consecutive
   decoded(b), what a viewer sees; *jitter_s* = p99 - p50.
+- *switch_stalls*: per prompt switch at block p >= 1 (:func:`cascade_sched.metrics.switch_stalls`): the
+  largest interval between consecutive decoded(b) among the blocks ``p - W + 1 .. p + W - 1`` the switch
+  can touch (W = most blocks in flight), its excess over the median steady-state interval (``stall_s``)
+  and their ratio.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cascade_sched.metrics import SwitchStall
     from cascade_sched.schedule import KVRef
     from simulator.memory import MemoryReport
     from simulator.workload import Workload
@@ -65,6 +70,7 @@ class SimResult:
     interval_p95_s: float
     interval_p99_s: float
     steady_blocks: tuple[int, int]  # first and last block whose interval counts (inclusive)
+    switch_stalls: tuple[SwitchStall, ...]  # one per prompt switch at a block >= 1
     block_started_s: tuple[float, ...]
     block_denoised_s: tuple[float, ...]
     block_committed_s: tuple[float, ...]
@@ -120,6 +126,7 @@ class SimResult:
             "interval_p99_s": self.interval_p99_s,
             "jitter_s": self.jitter_s,
             "steady_blocks": list(self.steady_blocks),
+            "switch_stalls": [s.to_dict() for s in self.switch_stalls],
             "num_tasks": self.num_tasks,
             "block_started_s": list(self.block_started_s),
             "block_denoised_s": list(self.block_denoised_s),
@@ -147,6 +154,10 @@ class SimResult:
             f"  block interval p50 {self.interval_p50_s * 1e3:.1f} ms  p95 {self.interval_p95_s * 1e3:.1f} ms  "
             f"p99 {self.interval_p99_s * 1e3:.1f} ms  (jitter {self.jitter_s * 1e3:.1f} ms)",
         ]
+        for st in self.switch_stalls:
+            lines.append(f"  switch at block {st.at_block}: stall {st.stall_s * 1e3:.1f} ms (interval "
+                         f"{st.interval_s * 1e3:.1f} ms ending at block {st.worst_block} vs steady "
+                         f"{st.steady_s * 1e3:.1f} ms, x{st.ratio:.2f})")
         for d, s in enumerate(self.shares()):
             mem = (f"  peak {self.peak_memory_bytes[d] / gb:.1f} of {self.memory_capacity_bytes / gb:.0f} GB"
                    if d < len(self.peak_memory_bytes) else "  (decoder)")

@@ -2,7 +2,8 @@
 planner's FPS-against-GPU-count plot. Matplotlib is imported only when a picture is drawn.
 
 Trace layout (the executors write the same): every device is a process, its tracks are threads —
-``compute`` (one slice per task, named ``B3S1``, spanning the device's batched forward), ``sample``
+``compute`` (one slice per task, named ``B3S1``, or ``B3R`` for block 3's recache task, spanning the
+device's batched forward), ``sample``
 (the sampler steps), ``comm`` (joint-attention exchanges and outgoing transfers) and ``decode``
 (``B3``: decoding block 3). Flow arrows join a task to the first task that waits for data it sent
 to another device, and a block's last denoise task to its decoding.
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 MAX_FLOWS = 20000
 
 
+def task_name(block: int, stage: int) -> str:
+    """``B3S1``, or ``B3R`` for block 3's recache task (stage -1), as ``str(Task)`` without the device."""
+    return f"B{block}R" if stage < 0 else f"B{block}S{stage}"
+
+
 def _timeline(result: SimResult) -> Timeline:
     if result.timeline is None:
         raise SimulationError("this result keeps no timeline (it was not produced by simulate)")
@@ -38,10 +44,13 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
     for bi, b in enumerate(w.batches):
         start, cend, end = tl.batch_start[bi], tl.batch_compute_end[bi], tl.batch_end[bi]
         for j, v in b.refs:
-            ev = TraceEvent(f"B{j}S{v}", b.device, "compute", start, cend - start,
+            ev = TraceEvent(task_name(j, v), b.device, "compute", start, cend - start,
                             {"tick": b.tick, "batch": len(b.refs)})
             events.append(ev)
             task_event[(j, v)] = ev
+            if v < 0:  # the re-encoded versions a recache task writes start from its slice
+                for ref in w.schedule.writes(w.schedule.task(j, v)):
+                    task_event[ref] = ev
         if b.n_denoise:  # the sampler steps fill the time between the forward's end and the batch's
             f_end = cend
             if b.tick in tl.gang_comm:
@@ -50,7 +59,7 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
             step = (end - f_end) / b.n_denoise
             t = f_end
             if step > 0:
-                for j, v in (r for r in b.refs if r[1] < w.schedule.spec.num_denoise):
+                for j, v in (r for r in b.refs if 0 <= r[1] < w.schedule.spec.num_denoise):
                     events.append(TraceEvent(f"B{j}S{v}", b.device, "sample", t, step, {"tick": b.tick}))
                     t += step
     for tick, (start, dur) in tl.gang_comm.items():
@@ -73,7 +82,8 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
     for ti, tr in enumerate(w.transfers):
         start, dur = tl.transfer_span[ti]
         j, v = tr.ref
-        events.append(TraceEvent(f"{tr.kind} B{j}S{v}->d{tr.dst}", tr.src, "comm", start, dur,
+        name = f"B{j}S{v}" if v < w.schedule.num_stages else f"B{j}S{v} (re-encoded)"
+        events.append(TraceEvent(f"{tr.kind} {name}->d{tr.dst}", tr.src, "comm", start, dur,
                                  {"bytes": tr.nbytes}))
         if len(flows) >= MAX_FLOWS:
             continue
@@ -117,7 +127,7 @@ def draw_gantt(result: SimResult, path: str, max_ticks: int | None = 60) -> None
         blk = b.refs[0][0]
         ax.broken_barh([(start, cend - start)], (b.device - 0.4, 0.5), facecolors=cmap(blk % 10), edgecolor="k",
                        linewidth=0.3)
-        label = "+".join(f"B{j}S{v}" for j, v in b.refs)
+        label = "+".join(task_name(j, v) for j, v in b.refs)
         if cend - start > horizon / 60:
             ax.text(start + (cend - start) / 2, b.device - 0.15, label, ha="center", va="center", fontsize=6)
     for tick, (start, dur) in tl.gang_comm.items():

@@ -12,6 +12,21 @@ it never re-derives which task runs where or what it reads. From the reads it de
 - *exchanges*: a version read in the same tick by a task on another device (joint ``causal`` /
   ``bidirectional`` attention) is exchanged per layer inside that tick's gang. A device that got a
   version by exchange keeps it, so a later read there moves nothing again.
+
+Prompt switches with policy ``recache``: a recache task ``(p, -1)`` is one member of its (tick, device)
+batch, but its forward is one cache pass per block it re-encodes (what the executors' tick loop runs:
+each re-encoded block's clean latent at t=0 under the new prompt, causal among them). It is costed as
+that many forward members in the batch: the i-th re-encoded block (0-based, in ``Schedule.writes``
+order) has ``tokens_per_block`` query tokens over ``tokens_per_block x (i + 1)`` context tokens (itself
+and the earlier re-encoded blocks; nothing else). It depends on the batches that made the clean latents
+it re-encodes (their last denoise stage) and, like any task, on the versions it reads (their committed
+KV, which the core's transfer plan sends to its device). Each clean latent made on another device moves
+to it (``cascade_sched.transfers.plan_transfers``' latent sends with purpose ``recache``). The
+re-encoded versions ``(j, S + q)`` it writes are versions like any other: read later by block p and its
+successors, moved once to every other device that reads them, held until their last read there.
+
+Versions are indexed ``k = block * V + stage % V`` with ``V = S + len(switches) + 1``: stages ``0 .. S-1``,
+re-encoded versions ``S + q``, and the recache task's own ref ``(p, -1)`` in the last slot.
 """
 
 from __future__ import annotations
@@ -19,7 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from cascade_sched.schedule import KVRef, Schedule
+from cascade_sched.schedule import RECACHE, KVRef, Schedule
+from cascade_sched.transfers import REENCODE, plan_transfers
+from cascade_sched.errors import SimulationError
 from simulator.catalog import ModelGeometry
 
 KV = "kv"
@@ -44,7 +61,8 @@ class Batch(NamedTuple):
     tick: int
     device: int
     refs: tuple[KVRef, ...]
-    contexts: tuple[int, ...]  # tokens each task attends to: its own plus every version it reads
+    contexts: tuple[int, ...]  # per forward member, the tokens it attends to: a task's own plus every
+    #                            version it reads; a recache task has one member per block it re-encodes
     n_denoise: int  # tasks followed by a sampler step
     deps: tuple[int, ...]  # producer batches at earlier ticks
     inputs: tuple[int, ...]  # transfers that must arrive first
@@ -62,17 +80,29 @@ class Workload:
     tick_batches: tuple[tuple[int, ...], ...]  # per tick, its batches
     exchanges: tuple[tuple[tuple[int, int, int], ...], ...]  # per tick: (src, dst, bytes) of joint attention
     transfers: tuple[Transfer, ...]
-    batch_index: list[int]  # version k = block * S + stage -> its batch
+    batch_index: list[int]  # version k = block * vstride + stage % vstride -> its batch
     decode_device: int  # the device that decodes (== num_devices for a decoder of its own)
     decode_inputs: tuple[int, ...]  # per block: the transfer of its latent to the decoder, or -1
     held: dict[int, int]  # (k * (num_devices + 1) + device) -> last tick a version read later is needed there
     exchange_in: tuple[int, ...]  # per batch: versions it receives by same-tick exchange
     kv_bytes: int  # one block's KV over all layers
     latent_bytes: int
+    vstride: int  # V: version slots per block (see the module docstring)
+    version_tick: tuple[int, ...]  # version k -> the tick that writes it
+
+    def vindex(self, block: int, stage: int) -> int:
+        """The index k of version (or task) ``(block, stage)``; stage -1 is a recache task."""
+        return block * self.vstride + stage % self.vstride
+
+    def version(self, k: int) -> KVRef:
+        """The version ``(block, stage)`` of index k (the inverse of :meth:`vindex` for stage >= 0)."""
+        j, v = divmod(k, self.vstride)
+        return (j, v)
 
     def batch_of(self, block: int, stage: int) -> int:
-        """The batch that runs task (block, stage)."""
-        return self.batch_index[block * self.schedule.num_stages + stage]
+        """The batch that runs task (block, stage) (stage -1: the block's recache task), or that writes
+        the re-encoded version (block, S + q)."""
+        return self.batch_index[self.vindex(block, stage)]
 
     def bytes_total(self) -> int:
         """Every byte the schedule moves between devices: transfers plus joint-attention exchanges."""
@@ -104,11 +134,12 @@ def build_workload(
     K = spec.num_denoise
     denoise = "denoise"
 
-    # 1. Batches: the tasks of each (tick, device), in tick order. Versions are indexed k = b * S + s.
+    # 1. Batches: the tasks of each (tick, device), in tick order. Versions are indexed k = b * V + s % V.
     S = schedule.num_stages
+    V = S + len(spec.switches) + 1
     tasks = schedule.tasks
-    dev = [0] * (schedule.num_blocks * S)
-    bat = [0] * (schedule.num_blocks * S)
+    dev = [0] * (schedule.num_blocks * V)
+    bat = [0] * (schedule.num_blocks * V)
     members: list[list[int]] = []
     b_tick: list[int] = []
     b_dev: list[int] = []
@@ -116,7 +147,8 @@ def build_workload(
     index: dict[int, int] = {}
     span = n_dev + 1
     kidx: dict[KVRef, int] = {}  # version -> k; the schedule interns its version tuples
-    prod = [0] * (schedule.num_blocks * S)  # version k -> the tick that writes it
+    prod = [0] * (schedule.num_blocks * V)  # version k -> the tick that writes it
+    writes: dict[int, tuple[KVRef, ...]] = {}  # task index of a recache task -> the versions it writes
     for i, t in enumerate(tasks):
         key = t.tick * span + t.device
         bi = index.get(key)
@@ -127,11 +159,22 @@ def build_workload(
             b_dev.append(t.device)
             tick_batches[t.tick].append(bi)
         members[bi].append(i)
-        k = t.block * S + t.stage
+        k = t.block * V + t.stage % V
         dev[k] = t.device
         bat[k] = bi
         prod[k] = t.tick
         kidx[(t.block, t.stage)] = k
+        if t.kind == RECACHE:
+            writes[i] = schedule.writes(t)
+            for ref in writes[i]:
+                kw = ref[0] * V + ref[1]
+                dev[kw], bat[kw], prod[kw] = t.device, bi, t.tick
+                kidx[ref] = kw
+    # Clean latents to recache tasks on other devices: the core's transfer plan names them.
+    reencode_in: set[tuple[int, int, int]] = set()  # (block, src, dst)
+    if writes:
+        for sends_n in plan_transfers(schedule).latents:
+            reencode_in.update((ls.block, ls.src, ls.dst) for ls in sends_n if ls.purpose == REENCODE)
 
     # 2. Who reads what where. A (version, device) pair moves once: by exchange (a same-tick read) or by
     #    transfer (the first later read), keyed k * span + device.
@@ -155,13 +198,33 @@ def build_workload(
         refs: list[KVRef] = []
         n_den = 0
         for i in group:
-            block, stage, _, _, kind, _, reads = tasks[i]
+            block, stage, _, _, kind, _, reads, _ = tasks[i]
             refs.append((block, stage))
-            contexts.append(tpb * (1 + len(reads)))
+            if kind == RECACHE:  # one cache pass per re-encoded block, causal among them
+                contexts.extend(tpb * (1 + m) for m in range(len(writes[i])))
+                for j, _ in reads:  # its inputs: the clean latents (last denoise stage) it re-encodes
+                    k = j * V + K - 1
+                    pb = bat[k]
+                    deps.add(pb)
+                    src = dev[k]
+                    if src == device:
+                        continue
+                    if (j, src, device) not in reencode_in:
+                        raise SimulationError(f"the transfer plan sends no clean latent of block {j} to "
+                                              f"d{device} for {tasks[i]}")
+                    key = -(k * span + device) - 1 - len(bat) * span  # apart from the latent chain's keys
+                    ti = moved.get(key)
+                    if ti is None:
+                        ti = moved[key] = len(transfers)
+                        transfers.append(Transfer(LATENT, (j, K - 1), src, device, latent_bytes, pb))
+                        sends[pb].append(ti)
+                    inputs.append(ti)
+            else:
+                contexts.append(tpb * (1 + len(reads)))
             if kind == denoise:
                 n_den += 1
             if stage > 0:  # the latent chain
-                k = block * S + stage - 1
+                k = block * V + stage - 1
                 pb = bat[k]
                 deps.add(pb)
                 src = dev[k]
@@ -207,7 +270,7 @@ def build_workload(
     # 3. The decoder: block b's clean latent (its last denoise stage) moves to the decode device.
     decode_inputs: list[int] = []
     for b in range(schedule.num_blocks):
-        k = b * S + K - 1
+        k = b * V + K - 1
         src = dev[k]
         if src == dec:
             decode_inputs.append(-1)
@@ -239,4 +302,6 @@ def build_workload(
         decode_inputs=tuple(decode_inputs),
         kv_bytes=kv_bytes,
         latent_bytes=latent_bytes,
+        vstride=V,
+        version_tick=tuple(prod),
     )

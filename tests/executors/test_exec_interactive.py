@@ -1,0 +1,88 @@
+"""Prompt switches while streaming: extension between ticks, timeline files, and the --interactive CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from exec_support import PROMPTS, tiny_model
+
+from cascade_sched import CascadeSpec, ConfigError, build_schedule
+from cascade_sched.schedule import Schedule
+from executors.base import RunOptions
+from executors.interactive import next_schedule, read_timeline
+from executors.reference import ReferenceExecutor
+
+
+@pytest.mark.parametrize("policy", ["none", "recache"])
+@pytest.mark.parametrize("lag", [1, 2, 5])
+def test_a_stream_extended_while_running_equals_the_final_schedule_built_whole(policy: str, lag: int) -> None:
+    spec = CascadeSpec(num_blocks=3, lag=lag, window=3, sink=1, switch_policy=policy)
+    arrivals = {2: [1], 9: [2], 10: [3]}
+    final: list[Schedule] = [build_schedule(spec)]
+
+    def extend(tick: int, schedule: Schedule) -> Schedule | None:
+        new = next_schedule(schedule, tick, arrivals.get(tick, []), streaming=tick < 15, max_blocks=50)
+        if new is not None:
+            final.append(new)
+        return new
+
+    model = tiny_model()
+    streamed = ReferenceExecutor().run(final[0], model, RunOptions(prompts=PROMPTS), extend=extend)
+    whole = ReferenceExecutor().run(build_schedule(final[-1].spec), model, RunOptions(prompts=PROMPTS))
+    assert len(streamed.latents) == final[-1].num_blocks > 3
+    assert [p for _, p in final[-1].spec.switches] == [1, 2, 3] or final[-1].spec.switches[-1][1] == 3
+    assert torch.equal(streamed.stacked(), whole.stacked())
+
+
+def test_timeline_files(tmp_path: Path) -> None:
+    good = tmp_path / "t.yaml"
+    good.write_text("- {at_block: 2, prompt: a cat}\n- {at_block: 4, prompt: a dog}\n- {at_block: 6, prompt: a cat}\n")
+    texts, switches = read_timeline(str(good), "first")
+    assert texts == {0: "first", 1: "a cat", 2: "a dog"} and switches == ((2, 1), (4, 2), (6, 1))
+    js = tmp_path / "t.json"
+    js.write_text('[{"at_block": 1, "prompt": "x"}]')
+    assert read_timeline(str(js), "first")[1] == ((1, 1),)
+    for body in ("[]", "{}", '[{"at_block": "2", "prompt": "x"}]', '[{"at_block": 1}]', "not json", "[1]"):
+        js.write_text(body)
+        with pytest.raises(ConfigError) as e:
+            read_timeline(str(js), "first")
+        assert e.value.param == "prompts"
+
+
+CASCADE = [sys.executable, "-m", "cascade_sched.cli"]
+
+
+def test_prompts_file_through_the_cli(tmp_path: Path) -> None:
+    timeline = tmp_path / "t.json"
+    timeline.write_text('[{"at_block": 2, "prompt": "a blue cube"}]')
+    common = ["generate", "--blocks", "4", "--no-progress", "--save-latents"]
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    r = subprocess.run([*CASCADE, *common, str(a), "--prompts", str(timeline)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert subprocess.run([*CASCADE, *common, str(b)], capture_output=True, text=True).returncode == 0
+    x, y = np.load(a)["latents"], np.load(b)["latents"]
+    assert np.array_equal(x[:6], y[:6]) and not np.allclose(x[6:], y[6:])  # blocks 2, 3 changed
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"at_block": 9, "prompt": "x"}]')
+    r = subprocess.run([*CASCADE, *common, str(a), "--prompts", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("policy", ["none", "recache"])
+def test_a_scripted_interactive_session_through_a_pipe(tmp_path: Path, policy: str) -> None:
+    lat = tmp_path / "l.npz"
+    r = subprocess.run(
+        [*CASCADE, "generate", "--interactive", "--blocks", "3", "--lag", "1", "--switch-policy", policy,
+         "--no-progress", "--save-latents", str(lat), "--out", str(tmp_path / "v.mp4")],
+        input="a blue cube\n\na red sphere\n", capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if "prompt switch" in ln]
+    assert len(lines) >= 1 and ("a red sphere" in r.stdout)
+    blocks = np.load(lat)["latents"].shape[0] // 3
+    assert blocks >= 3
