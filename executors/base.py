@@ -118,6 +118,8 @@ class TickLoop:
         self.transport, self.on_block, self.rank = transport, on_block, rank
         self.plan = plan if plan is not None else plan_transfers(schedule)
         self.extend = extend
+        if extend is not None and not isinstance(transport, LocalTransport):
+            raise ExecutorError("extending a schedule while it runs is supported in one process only")
         cfg = model.config
         if schedule.spec.frames_per_block != cfg.frames_per_block:
             raise ExecutorError(
@@ -173,8 +175,6 @@ class TickLoop:
         old = [t for t in self.schedule.tasks if t.tick <= tick]
         if [t for t in schedule.tasks if t.tick <= tick] != old:
             raise ExecutorError(f"an extended schedule must keep every task up to tick {tick} unchanged")
-        if len(self.local) != self.schedule.num_devices or self.transport.__class__ is not LocalTransport:
-            raise ExecutorError("extending a schedule while it runs is supported in one process only")
         self.schedule, self.plan = schedule, plan_transfers(schedule)
         self.keep = self._keep_ticks()
         for ref in self.pool.refs():
