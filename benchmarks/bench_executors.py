@@ -17,10 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
+import torch
 
-from cascade_sched import CascadeSpec  # noqa: E402
-from executors.generate import GenerateJob, run_generate  # noqa: E402
+from cascade_sched import CascadeSpec
+from executors.generate import GenerateJob, run_generate
 
 
 def run(spec: CascadeSpec, model: str, executor: str) -> dict:

@@ -6,14 +6,15 @@ from typing import Any
 
 import networkx as nx
 
-from cascade_sched.schedule import KVRef, Schedule
+from cascade_sched.schedule import RECACHE, KVRef, Schedule
 
 
 def to_networkx(schedule: Schedule) -> nx.DiGraph:
     """A DiGraph whose nodes are task refs ``(block, stage)``.
 
-    Edges: the latent chain ``(b, s) -> (b, s+1)`` (kind ``latent``), and every KV read of a version
-    produced at an earlier tick (kind ``kv``). Same-tick reads are joint attention inside a gang, not
+    Edges: the latent chain ``(b, s) -> (b, s+1)`` (kind ``latent``), every KV read of a version
+    produced at an earlier tick (kind ``kv``, from the task that wrote it: a recache task ``(p, -1)`` for
+    re-encoded versions), and a recache task's clean-latent inputs (kind ``latent``). Same-tick reads are joint attention inside a gang, not
     dependencies; each node carries ``tick``, ``device``, ``kind``, ``timestep`` and ``gang`` (= tick).
 
     >>> from cascade_sched import CascadeSpec, build_schedule
@@ -24,13 +25,18 @@ def to_networkx(schedule: Schedule) -> nx.DiGraph:
     g = nx.DiGraph()
     for t in schedule.tasks:
         g.add_node(t.ref, tick=t.tick, device=t.device, kind=t.kind, timestep=t.timestep, gang=t.tick)
-    starts = schedule.starts
+    k = schedule.spec.num_denoise
     for t in schedule.tasks:
+        if t.kind == RECACHE:  # it runs on the clean latents of the blocks it re-encodes
+            for j, _ in t.reads:
+                g.add_edge((j, k - 1), t.ref, kind="latent")
+            continue
         if t.stage > 0:
             g.add_edge((t.block, t.stage - 1), t.ref, kind="latent")
-        for j, v in t.reads:
-            if starts[j] + v < t.tick:
-                g.add_edge((j, v), t.ref, kind="kv")
+        for ref in t.reads:
+            producer = schedule.producer(ref)
+            if producer.tick < t.tick:
+                g.add_edge(producer.ref, t.ref, kind="kv")
     return g
 
 

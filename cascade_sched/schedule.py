@@ -169,8 +169,8 @@ class Schedule:
         return in_flight(self.starts, self.num_stages, tick)
 
     def max_in_flight(self) -> int:
-        """The largest number of blocks in flight at any tick."""
-        return max((len(g) for g in self.gangs), default=0)
+        """The largest number of blocks in flight at any tick (recache tasks are not blocks in flight)."""
+        return max((sum(1 for t in g if t.stage != RECACHE_STAGE) for g in self.gangs), default=0)
 
     def device_tasks(self, device: int) -> Iterator[Task]:
         """The tasks placed on ``device``, in (tick, block) order."""
@@ -258,24 +258,28 @@ def _build(spec: CascadeSpec) -> Schedule:
     recache_free: dict[KVRef, int] = {}
     recache_tasks: list[Task] = []
 
-    def committed_version(j: int, n: int) -> KVRef:
+    def committed_version(j: int, n: int, keep: bool = True) -> KVRef:
         for tick, ref in reversed(reencoded.get(j, ())):
             if tick < n:
-                if recache_free[ref] < n:
+                if keep and recache_free[ref] < n:
                     recache_free[ref] = n
                 return ref
-        if free_after[j] < n:
+        if keep and free_after[j] < n:
             free_after[j] = n
         return versions[j][last]
 
     for q, p in recache:
         r = starts[p] - 1
-        reads = tuple(committed_version(j, r) for j in visible_earlier(p) if starts[j] + last < r)
-        for j, _ in reads:
+        # A recache task names the versions it replaces, but computes from the blocks' clean latents:
+        # its reads move no K/V and keep nothing alive.
+        replaced = tuple(committed_version(j, r, keep=False) for j in visible_earlier(p) if starts[j] + last < r)
+        for j, _ in replaced:
             ref = (j, n_stages + q)
             reencoded.setdefault(j, []).append((r, ref))
             recache_free[ref] = r
-        recache_tasks.append(Task(p, RECACHE_STAGE, r, place(p, 0, r + 1, n_dev), RECACHE, 0, reads, prompts[p]))
+        recache_tasks.append(
+            Task(p, RECACHE_STAGE, r, place(p, 0, r + 1, n_dev), RECACHE, 0, replaced, prompts[p])
+        )
 
     for b in range(n_blocks):
         earlier = visible_earlier(b)

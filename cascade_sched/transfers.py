@@ -91,6 +91,8 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
     past: list[set[KVSend]] = [set() for _ in range(n_ticks)]
     keep_until: dict[tuple[int, KVRef], int] = {}
     for t in schedule.tasks:
+        if t.kind == RECACHE:  # it re-encodes from clean latents (sent below), not from the K/V it replaces
+            continue
         for ref in t.reads:
             produced = starts[ref[0]] + ref[1] if ref[1] < S else produced_at[ref]
             src = device_of[ref]

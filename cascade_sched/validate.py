@@ -10,7 +10,17 @@ from __future__ import annotations
 from cascade_sched.errors import ScheduleError
 from cascade_sched.placement import PLACEMENTS
 from cascade_sched.render import render_grid
-from cascade_sched.schedule import CACHE, DENOISE, RECACHE, RECACHE_STAGE, KVRef, Schedule, Task, gc_paused, in_flight
+from cascade_sched.schedule import (
+    CACHE,
+    DENOISE,
+    RECACHE,
+    RECACHE_STAGE,
+    KVRef,
+    Schedule,
+    Task,
+    gc_paused,
+    in_flight,
+)
 
 
 def _fail(
@@ -164,8 +174,10 @@ def _validate(schedule: Schedule) -> Schedule:
     reencoded: dict[int, list[tuple[int, KVRef]]] = {}
     reenc_last: dict[KVRef, int] = {}
 
-    def newest(j: int, tick: int) -> KVRef:
+    def newest(j: int, tick: int, keep: bool = True) -> KVRef:
         ref = next((r for t, r in reversed(reencoded.get(j, ())) if t < tick), (j, S - 1))
+        if not keep:  # a recache task's reads name what it replaces; they keep nothing alive
+            return ref
         if ref[1] >= S:
             reenc_last[ref] = max(reenc_last[ref], tick)
         elif last_read[j] < tick:
@@ -175,7 +187,7 @@ def _validate(schedule: Schedule) -> Schedule:
     expected_recache: dict[int, Task] = {}
     for q, p in spec.recache_switches:
         r = starts[p] - 1
-        reads_r = tuple(newest(j, r) for j in visible_before(p) if starts[j] + S - 1 < r)
+        reads_r = tuple(newest(j, r, keep=False) for j in visible_before(p) if starts[j] + S - 1 < r)
         for j, _ in reads_r:
             reencoded.setdefault(j, []).append((r, (j, S + q)))
             reenc_last[(j, S + q)] = r

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from cascade_sched.errors import ConfigError
 from models.dit import CausalWanDiT, KVPair, TaskInput
@@ -131,21 +132,38 @@ def profile_forward(
     repeats: int = 5,
     progress: Progress | None = None,
 ) -> list[ForwardPoint]:
-    """Median seconds of one tick forward for every (batch, visible blocks) pair; see the module docstring."""
+    """Median seconds of one tick forward for every (batch, visible blocks) pair; see the module docstring.
+
+    The shapes are measured in interleaved rounds (every shape once per round), so a burst of other work
+    on the machine spoils one sample of many shapes, which the median drops, rather than every sample of one.
+    """
     for name, values in (("batches", batches), ("context_blocks", context_blocks)):
         if not values or min(values) < 1:
             raise ConfigError(name, f"`{name}` must be positive integers, got {list(values)}")
+    if repeats < 1:
+        raise ConfigError("repeats", f"`repeats` must be at least 1, got {repeats}")
     _register_prompt(model)
     q = model.config.tokens_per_block
-    points = []
+    shapes = [(n, c) for n in sorted(set(batches)) for c in sorted(set(context_blocks))]
+    ticks = {shape: _synthetic_tick(model, *shape) for shape in shapes}
+    samples: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
     with torch.inference_mode():
-        for n in sorted(set(batches)):
-            for c in sorted(set(context_blocks)):
-                tasks, lookup = _synthetic_tick(model, n, c)
-                s = median_time(lambda t=tasks, k=lookup: model.forward_tick(t, k), warmup, repeats, model.device)
-                points.append(ForwardPoint(n, q, q * c, s, repeats))
-                if progress is not None:
-                    progress(f"forward batch {n} context {c} blocks: {s * 1e3:.2f} ms")
+        for r in range(max(0, warmup) + repeats):
+            for shape in shapes:
+                tasks, lookup = ticks[shape]
+                _sync(model.device)
+                t0 = time.perf_counter()
+                model.forward_tick(tasks, lookup)
+                _sync(model.device)
+                if r >= warmup:
+                    samples[shape].append(time.perf_counter() - t0)
+            if progress is not None and r >= warmup:
+                progress(f"forward: round {r - warmup + 1} of {repeats} over {len(shapes)} shapes")
+    points = []
+    for (n, c), xs in samples.items():
+        points.append(ForwardPoint(n, q, q * c, statistics.median(xs), len(xs)))
+        if progress is not None:
+            progress(f"forward batch {n} context {c} blocks: {points[-1].seconds * 1e3:.2f} ms")
     return points
 
 
@@ -273,14 +291,15 @@ def _link_rank(payload: dict[str, Any], rank: int, world: int) -> dict[str, Any]
         v = torch.ones(half, dtype=dtype, device=device)
         recv = torch.empty(2 * half, dtype=dtype, device=device)
 
-        def exchange() -> None:  # the per-layer joint-attention exchange: stack, post both ways, wait
+        buf = torch.ones(2 * half, dtype=dtype, device=device)
+
+        def exchange(k: Tensor = k, v: Tensor = v, recv: Tensor = recv) -> None:
+            # the per-layer joint-attention exchange: stack, post both ways, wait
             ops = [dist.P2POp(dist.isend, torch.stack((k, v)), peer), dist.P2POp(dist.irecv, recv, peer)]
             for w in dist.batch_isend_irecv(ops):
                 w.wait()
 
-        buf = torch.ones(2 * half, dtype=dtype, device=device)
-
-        def pingpong() -> None:  # the committed-KV transfer, there and back
+        def pingpong(buf: Tensor = buf, recv: Tensor = recv) -> None:  # the committed-KV transfer, both ways
             if rank == 0:
                 dist.send(buf, peer)
                 dist.recv(recv, peer)

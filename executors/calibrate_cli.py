@@ -75,6 +75,7 @@ def register(subparsers: Any) -> dict[str, Handler]:
     g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds a rank waits on a peer (default 120)")
     g.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    g.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     g.add_argument("--traces", default=None, metavar="DIR", help="write each row's measured and predicted trace")
     g.add_argument("--save-profile", default=None, metavar="PATH", help="write the profile calibrated for this run")
     return {"calibrate": _cmd_calibrate, "validate": _cmd_validate}
@@ -122,7 +123,7 @@ def _default_worlds(device: str) -> tuple[int, ...]:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from executors.calibrate import calibrate
-    from executors.validation import MatrixOptions, format_table, run_matrix
+    from executors.validation import MatrixOptions, format_markdown, format_table, run_matrix
     from simulator.profile import Profile
 
     if args.window < 0:
@@ -145,18 +146,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             profile.save(args.save_profile)
     rows = run_matrix(options, profile, _say)
     if args.json:
-        print(json.dumps({"profile": profile.path or "calibrated in this run",
-                          "provenance": dict(profile.provenance), "rows": [r.to_dict() for r in rows]},
-                         indent=1, default=_json_default))
+        doc = {"format": "cascade-validate/1", "profile": profile.path or "calibrated in this run",
+               "provenance": dict(profile.provenance), "rows": [r.to_dict() for r in rows]}
+        print(json.dumps(_finite(doc), indent=1))
     else:
         prov = profile.provenance
         print(f"profile: {profile.path or 'calibrated in this run'} ({prov.get('device')}, {prov.get('threads')} "
               f"thread(s), torch {prov.get('torch')}, {prov.get('date')})")
-        print(format_table(rows))
+        print(format_markdown(rows) if args.markdown else format_table(rows))
     return 0
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -88,7 +88,7 @@ def load_tensorrt() -> Any:
     so both are caught; nothing falls back to another backend.
     """
     try:
-        import torch_tensorrt  # type: ignore[import-not-found]
+        import torch_tensorrt
     except Exception as e:
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}"
         raise ConfigError(
@@ -159,7 +159,8 @@ def _post(blk: WanBlock, x: Tensor, y: Tensor, e0: Tensor, pk: Tensor, pv: Tenso
     out = out.transpose(1, 2).flatten(2).flatten(0, 1)  # (N, dim)
     x = x + _linear(ca.o, out).to(act).view_as(x)
     h = torch.addcmul(shift_mlp, blk.norm2(x), 1 + scale_mlp)  # (G, P, dim)
-    f = _linear(blk.ffn[2], blk.ffn[1](_linear(blk.ffn[0], h)))
+    ffn0, ffn2 = cast(nn.Linear, blk.ffn[0]), cast(nn.Linear, blk.ffn[2])
+    f = _linear(ffn2, blk.ffn[1](_linear(ffn0, h)))
     return torch.addcmul(x, f.to(act), gate_mlp)
 
 
@@ -209,7 +210,8 @@ class Piece(nn.Module):
     def forward(self, *args: Tensor) -> Any:
         acts, ws = args[: self.n_inputs], args[self.n_inputs:]
         params = {"m." + k: w for k, w in zip(self.weight_names, ws, strict=True)}
-        return torch.func.functional_call(self._bound, params, tuple(acts), strict=False)
+        bound = cast(nn.Module, self._bound)
+        return torch.func.functional_call(bound, params, tuple(acts), strict=False)
 
 
 # --- compiling and loading ---------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ class CompiledModel:
             "post": Piece("post", blk0, _post, 5),
             "attend": Piece("attend", nn.Module(), _attention, 3),
         }
-        self._weights = {
+        self._weights: dict[str, list[tuple[Tensor, ...]]] = {
             "embed": [self.pieces["embed"].weights(model)],
             "pre": [self.pieces["pre"].weights(b) for b in model.blocks],
             "post": [self.pieces["post"].weights(b) for b in model.blocks],
@@ -398,7 +400,7 @@ class CompiledModel:
             return m.forward_tick(tasks, kv, exchange)  # no compute: only the per-layer exchange calls
         device, tpb = m.device, self.tokens_per_block
         keys = [m._check_task(i, t) for i, t in enumerate(tasks)]
-        refs = [tuple(t.ref) for t in tasks]
+        refs: list[KVRef] = [(t.ref[0], t.ref[1]) for t in tasks]
         if len(set(refs)) != len(refs):
             raise ExecutorError(f"a tick cannot compute one version twice: {refs}")
         if any(t.latent.shape[1] != cfg.frames_per_block for t in tasks):
@@ -510,7 +512,7 @@ class CompiledExecutor:
         self.backend, self.progress = backend, progress
         self.engine_cache = Path(engine_cache) if engine_cache is not None else None
         self._compiled: dict[int, CompiledModel] = {}
-        self.compile_s: dict[Bucket, float] = {}  # of the last run's new buckets
+        self.compile_s: dict[Bucket, float] = {}  # seconds per bucket of the last prepare that compiled any
 
     def compiled_model(self, model: CausalWanDiT, rank: int = 0) -> CompiledModel:
         """The :class:`CompiledModel` of ``model`` on this rank (created once, then reused)."""
@@ -521,12 +523,10 @@ class CompiledExecutor:
             self._compiled[id(model)] = cm
         return cm
 
-    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
-            on_block: BlockCallback | None = None) -> RunResult:
+    def prepare(self, schedule: Schedule, model: CausalWanDiT) -> CompiledModel:
+        """Compile (or load) every bucket this process needs for ``schedule``; :meth:`run` calls it, and
+        calling it first keeps compile time out of the run's clock. Returns the compiled model."""
         import torch.distributed as dist
-
-        from executors.distributed import DistributedExecutor
-        from executors.reference import ReferenceExecutor
 
         if self.backend == "tensorrt":
             check_backend(self.backend, model.device)
@@ -534,9 +534,20 @@ class CompiledExecutor:
         rank = dist.get_rank() if distributed else 0
         devices = [rank] if distributed else range(schedule.num_devices)
         cm = self.compiled_model(model, rank)
-        with torch.inference_mode(torch.is_inference_mode_enabled()):
-            self.compile_s = cm.prepare(forward_buckets(schedule, devices, cm.tokens_per_block))
-        inner = DistributedExecutor() if distributed else ReferenceExecutor()
+        new = cm.prepare(forward_buckets(schedule, devices, cm.tokens_per_block))
+        if new:
+            self.compile_s = new
+        return cm
+
+    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None) -> RunResult:
+        import torch.distributed as dist
+
+        from executors.distributed import DistributedExecutor
+        from executors.reference import ReferenceExecutor
+
+        cm = self.prepare(schedule, model)
+        inner = DistributedExecutor() if dist.is_initialized() else ReferenceExecutor()
         return inner.run(schedule, cast(CausalWanDiT, cm), options, on_block)
 
 

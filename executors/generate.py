@@ -133,6 +133,8 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
         from executors.compiled import CompiledExecutor
 
         executor = CompiledExecutor(job.backend, job.engine_cache, progress=job.progress and rank == 0)
+        with torch.inference_mode():
+            executor.prepare(schedule, model)  # compile before the stream's clock starts
     pipeline = _Pipeline(job, schedule, model) if rank == 0 else None
     if distributed and world != schedule.num_devices:
         raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")

@@ -12,8 +12,8 @@ import os
 import pickle
 import signal
 import socket
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable

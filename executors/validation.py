@@ -46,6 +46,7 @@ __all__ = [
     "ROW_FIELDS",
     "MatrixOptions",
     "Row",
+    "format_markdown",
     "format_table",
     "matrix_specs",
     "measure",
@@ -55,7 +56,7 @@ __all__ = [
 
 METRICS = ("fps", "paper_fps", "first_frame_s", "interval_p50_s", "interval_p95_s")
 ROW_FIELDS = ("name", "world", "lag", "attention", "window", "blocks", "held_out", "extrapolated",
-              "measured", "predicted", "error_pct")
+              "measured", "predicted", "error_pct", "load")
 """The keys of every row of ``cascade validate --json`` (``measured``/``predicted``: the METRICS plus
 ``block_s``; ``error_pct``: the METRICS)."""
 
@@ -143,6 +144,7 @@ class Row:
     measured: dict[str, Any]
     predicted: dict[str, Any]
     error_pct: dict[str, float | None] = field(default_factory=dict)
+    load: float = math.nan  # the machine's 1-minute load average while the row ran (max over repeats)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -217,24 +219,28 @@ def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_
         executor = ReferenceExecutor()
     opts = RunOptions(timeout_s=timeout_s)
     world = int(specs[0]["num_devices"]) if specs else 1
+    schedules = [validate_schedule(build_schedule(CascadeSpec.from_dict(spec))) for spec in specs]
+    out: list[dict[str, Any]] = [{"runs": [], "events": [], "threads": torch.get_num_threads(), "load": []}
+                                 for _ in specs]
     with torch.inference_mode():
         for _ in range(2):
             executor.run(validate_schedule(build_schedule(_warmup_spec(world))), model, opts)
-        out = []
-        for spec in specs:
-            schedule = validate_schedule(build_schedule(CascadeSpec.from_dict(spec)))
-            runs, events = [], []
-            for _ in range(repeats):
+        # Repeats go round the whole matrix, so a burst of other work on the machine spoils one run of
+        # several rows (the median drops it) rather than every run of one row.
+        for r in range(repeats):
+            for i, schedule in enumerate(schedules):
                 if distributed:
                     dist.barrier()
                 result = executor.run(schedule, model, opts)
-                runs.append(result.block_done_s)
-                events = result.events
-            if distributed:
+                out[i]["runs"].append(result.block_done_s)
+                out[i]["load"].append(os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan)
+                if r == repeats - 1:
+                    out[i]["events"] = result.events
+        if distributed:
+            for row in out:
                 gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-                dist.gather_object(events, gathered, dst=0)
-                events = [e for evs in gathered for e in evs] if gathered is not None else []
-            out.append({"runs": runs, "events": events, "threads": torch.get_num_threads()})
+                dist.gather_object(row["events"], gathered, dst=0)
+                row["events"] = [e for evs in gathered for e in evs] if gathered is not None else []
     return out
 
 
@@ -302,7 +308,8 @@ def run_matrix(options: MatrixOptions, profile: Profile, progress: Progress | No
             row = Row(_name(spec), world, int(spec.lags[0]) if spec.lags else spec.num_stages, spec.attention,
                       spec.window, spec.num_blocks, held_out=world > 1 or meas["threads"] != prof_threads,
                       extrapolated=extrapolated, measured=_side(m, series), predicted=_side(p, pred_series),
-                      error_pct={k: _err(getattr(p, k), getattr(m, k)) for k in METRICS})
+                      error_pct={k: _err(getattr(p, k), getattr(m, k)) for k in METRICS},
+                      load=max(meas["load"], default=math.nan))
             rows.append(row)
             say(f"  {row.name}: FPS measured {m.fps:.2f}, predicted {p.fps:.2f} "
                 f"({row.error_pct['fps'] or 0.0:+.1f}%)")
@@ -332,7 +339,7 @@ def format_table(rows: Sequence[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         e, m, p = r.error_pct, r.measured, r.predicted
-        note = []
+        note = [f"load {r.load:.1f}"] if math.isfinite(r.load) else []
         if r.held_out:
             note.append("held-out")
         if r.extrapolated:
@@ -351,6 +358,26 @@ def format_table(rows: Sequence[Row]) -> str:
         )
     lines.append(summary_line(rows))
     return "\n".join(lines)
+
+
+def format_markdown(rows: Sequence[Row]) -> str:
+    """The table as Markdown (what docs/validation.md carries)."""
+    lines = ["| row | FPS meas | pred | err % | 1st frame s meas | pred | err % | p50 ms meas | pred | err % "
+             "| p95 ms meas | pred | err % | note |", "|" + "---|" * 14]
+    for r in rows:
+        e, m, p = r.error_pct, r.measured, r.predicted
+        note = ["held-out"] if r.held_out else []
+        if r.extrapolated:
+            note.append("extrapolated")
+        note += ["MISS " + ", ".join(r.misses())] if r.misses() else []
+        cells = [r.name, _fmt(m["fps"]), _fmt(p["fps"]), _fmt(e["fps"], digits=1),
+                 _fmt(m["first_frame_s"], digits=3), _fmt(p["first_frame_s"], digits=3),
+                 _fmt(e["first_frame_s"], digits=1), _fmt(m["interval_p50_s"], 1e3, 1),
+                 _fmt(p["interval_p50_s"], 1e3, 1), _fmt(e["interval_p50_s"], digits=1),
+                 _fmt(m["interval_p95_s"], 1e3, 1), _fmt(p["interval_p95_s"], 1e3, 1),
+                 _fmt(e["interval_p95_s"], digits=1), "; ".join(note)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + summary_line(rows)
 
 
 def summary_line(rows: Sequence[Row]) -> str:

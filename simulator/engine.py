@@ -18,13 +18,16 @@ events as the calendar; every cost is computed once in plain Python before the r
    layer plus one layer's worth of bytes); a latent leaves after the sampler step. Arrival adds the
    link's latency once.
 6. The decoder takes blocks in order as their clean latent arrives; on a denoising device it holds that
-   device between batches (it goes first when both are ready).
+   device between batches (it goes first when both are ready), and that device receives a clean latent
+   at the end of the tick that made it, as the executors' tick loop does: its first batch after that
+   tick waits for the latent's arrival.
 7. A straggler's forward, sampler and decode times are multiplied by its factor; a degraded port divides
    the bandwidth of every transfer touching it.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Generator
 from typing import Any
@@ -205,10 +208,28 @@ def _run(
     lock = simpy.PriorityResource(env, capacity=1) if dec < n_dev else None
     transfers = w.transfers
 
+    # A clean latent bound for a denoising decode device is received there at the end of the tick that
+    # made it (the executors' tick loop waits for a tick's latents before its next tick, rule 6): the
+    # decode device's first batch after that tick waits for the producer and the latent's arrival.
+    late_deps: dict[int, list[int]] = {}
+    late_inputs: dict[int, list[int]] = {}
+    if dec < n_dev:
+        own = w.device_batches[dec]
+        own_ticks = [batches[bi].tick for bi in own]
+        for ti in w.decode_inputs:
+            if ti < 0:
+                continue
+            pb = transfers[ti].producer
+            j = bisect.bisect_right(own_ticks, batches[pb].tick)
+            if j < len(own):
+                late_deps.setdefault(own[j], []).append(pb)
+                late_inputs.setdefault(own[j], []).append(ti)
+
     def device(d: int) -> Proc:
         for bi in w.device_batches[d]:
             b = batches[bi]
-            for p in b.deps:
+            deps = (*b.deps, *late_deps[bi]) if bi in late_deps else b.deps
+            for p in deps:
                 if end[p] < 0:
                     ev = waiters.get(p)
                     if ev is None:
@@ -216,7 +237,7 @@ def _run(
                     yield ev
             now = env.now
             ready = now
-            for ti in b.inputs:
+            for ti in (*b.inputs, *late_inputs[bi]) if bi in late_inputs else b.inputs:
                 if arrival[ti] > ready:
                     ready = arrival[ti]
             if ready > now:

@@ -23,7 +23,8 @@ task (one block), ``context_tokens`` the tokens each task attends to (its own pl
 ``seconds`` the wall time of that whole batched forward. Interpolation (:meth:`Profile.forward_s`):
 query tokens must match exactly; for a batch size, linear in context tokens between measured points and
 linear extrapolation beyond them from the nearest segment (one point: constant); batch sizes between two
-measured ones are interpolated linearly, batch sizes outside the measured range are an error.
+measured ones are interpolated linearly, batch sizes outside the measured range are an error. Shapes
+priced off the measured grid are recorded (:meth:`ProfileCost.extrapolations`) so a prediction can say so.
 """
 
 from __future__ import annotations

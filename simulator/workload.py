@@ -34,9 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from cascade_sched.errors import SimulationError
 from cascade_sched.schedule import RECACHE, KVRef, Schedule
 from cascade_sched.transfers import REENCODE, plan_transfers
-from cascade_sched.errors import SimulationError
 from simulator.catalog import ModelGeometry
 
 KV = "kv"
@@ -236,7 +236,7 @@ def build_workload(
                         transfers.append(Transfer(LATENT, (block, stage - 1), src, device, latent_bytes, pb))
                         sends[pb].append(ti)
                     inputs.append(ti)
-            for ref in reads:
+            for ref in () if kind == RECACHE else reads:  # a recache computes from clean latents
                 k = kidx[ref]
                 src = dev[k]
                 key = k * span + device

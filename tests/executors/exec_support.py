@@ -12,7 +12,6 @@ from executors.distributed import DistributedExecutor
 from executors.reference import ReferenceExecutor
 from models import CausalWanDiT, get_config
 
-
 PROMPTS = {1: "a blue cube spinning", 2: "a green field at dusk", 3: "waves on a beach"}
 
 
