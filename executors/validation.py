@@ -189,8 +189,7 @@ def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4, contend:
     cost = ProfileCost(no_decode, get_model(profile.model))
     n = schedule.num_devices
     slow = contention(profile, n) if contend else 1.0
-    stragglers = tuple((d, slow) for d in range(n)) if slow > 1.0 else ()
-    cluster = Cluster(CPU, n, gpus_per_node=max(8, n), intra=link_of(profile), stragglers=stragglers)
+    cluster = Cluster(CPU, n, gpus_per_node=max(8, n), intra=link_of(profile), contention=slow)
     result = simulate(schedule, cluster, cost, cost.geometry, decode=0, check_memory=False, dtype_bytes=dtype_bytes)
     return result, list(cost.extrapolations())
 

@@ -234,6 +234,9 @@ class Cluster:
 
     What-if faults: ``stragglers`` maps a device to a slowdown factor (its compute takes that many times
     longer); ``degraded`` maps a device to a factor dividing the bandwidth of every transfer touching it.
+    ``contention`` (>= 1) is how much slower a device computes while another device has work in the same
+    tick: devices that share one host's cores, caches and memory bandwidth, such as the ranks of the
+    distributed executor on a CPU (``cascade calibrate`` measures it); 1.0 for GPUs.
 
     >>> c = Cluster.of("h100-sxm", 16)
     >>> c.intra.name, c.link(0, 9).name, c.link(0, 7).name
@@ -247,8 +250,12 @@ class Cluster:
     inter: Link = field(default_factory=lambda: LINKS["ib-ndr"])
     stragglers: tuple[tuple[int, float], ...] = ()
     degraded: tuple[tuple[int, float], ...] = ()
+    contention: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.contention, (int, float)) and math.isfinite(self.contention)
+                and self.contention >= 1.0):
+            raise ConfigError("contention", f"`contention` must be a factor of at least 1, got {self.contention!r}")
         for param, value in (("num_gpus", self.num_gpus), ("gpus_per_node", self.gpus_per_node)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(param, f"`{param}` must be a positive integer, got {value!r}")
@@ -308,4 +315,6 @@ class Cluster:
             text += f", straggler d{d} x{f:g}"
         for d, f in self.degraded:
             text += f", degraded link d{d} /{f:g}"
+        if self.contention > 1.0:
+            text += f", shared-host contention x{self.contention:.3g}"
         return text

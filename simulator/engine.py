@@ -22,7 +22,9 @@ events as the calendar; every cost is computed once in plain Python before the r
    at the end of the tick that made it, as the executors' tick loop does: its first batch after that
    tick waits for the latent's arrival.
 7. A straggler's forward, sampler and decode times are multiplied by its factor; a degraded port divides
-   the bandwidth of every transfer touching it.
+   the bandwidth of every transfer touching it. With ``cluster.contention`` > 1 (devices sharing one
+   host, e.g. CPU ranks), a batch's forward and sampler times are multiplied by it when another device
+   has a batch in the same tick.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def _run(
     q = w.geometry.tokens_per_block
     layers = w.geometry.num_layers
     slow = [cluster.slowdown(d) for d in range(n_dev)] + [1.0]
+    shared = cluster.contention
 
     # 1. Costs, once per distinct shape.
     fwd_cache: dict[tuple[int, ...], float] = {}
@@ -147,8 +150,11 @@ def _run(
         s = smp_cache.get(b.n_denoise)
         if s is None:
             s = smp_cache[b.n_denoise] = cost.sample_s(b.n_denoise) if b.n_denoise else 0.0
-        dur[i] = f * slow[b.device]
-        smp[i] = s * slow[b.device]
+        factor = slow[b.device]
+        if shared > 1.0 and len(w.tick_batches[b.tick]) > 1:  # another device computes this tick too
+            factor *= shared
+        dur[i] = f * factor
+        smp[i] = s * factor
 
     # Bandwidth and latency between every pair of devices (the decoder's included).
     pair_bw = [[cluster.bandwidth(a, b) for b in range(n_dev + 1)] for a in range(n_dev + 1)]

@@ -13,7 +13,7 @@ from cascade_sched.cli import main
 from cascade_sched.errors import ConfigError, SimulationError
 from executors.calibrate import CalibrateOptions, calibrate, fit_alpha_beta
 from executors.validation import METRICS, ROW_FIELDS, MatrixOptions, matrix_specs, predict, run_matrix
-from simulator import Cluster, UniformCost, simulate
+from simulator import GPU, Cluster, UniformCost, simulate
 from simulator.profile import ForwardPoint, Profile, ProfileCost
 
 
@@ -96,6 +96,23 @@ def test_clean_latent_is_received_at_the_end_of_its_tick() -> None:
     r = simulate(s, slow_d1, UniformCost(0.1), "tiny", decode=0)
     for b in range(1, 6, 2):  # blocks made on the slower d1: d0 waits for them rather than running ahead
         assert r.block_decoded_s[b] == pytest.approx(r.block_denoised_s[b], abs=1e-3)
+
+
+def test_contention_slows_only_ticks_shared_by_devices() -> None:
+    """Shared-host contention applies when two devices compute in one tick, never to a sequential chain."""
+    seq = build_schedule(CascadeSpec(num_blocks=4, num_devices=2))  # lag S: one device busy per tick
+    par = build_schedule(CascadeSpec(num_blocks=4, lag=1, num_devices=2))
+    for sched, expect in ((seq, 1.0), (par, 1.5)):
+        base = simulate(sched, Cluster.of("h100-sxm", 2, interconnect="ideal"), UniformCost(0.1), "tiny")
+        shared = Cluster(base_gpu(), 2, intra=Cluster.of("h100-sxm", 2, interconnect="ideal").intra, contention=1.5)
+        r = simulate(sched, shared, UniformCost(0.1), "tiny")
+        assert r.makespan_s == pytest.approx(base.makespan_s * expect, rel=0.2 if expect > 1 else 1e-9)
+    with pytest.raises(ConfigError, match="contention"):
+        Cluster(base_gpu(), 2, contention=0.5)
+
+
+def base_gpu() -> GPU:
+    return Cluster.of("h100-sxm", 1).gpu
 
 
 # -- calibrate and validate on the tiny model -------------------------------------------------------------
