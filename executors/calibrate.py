@@ -15,8 +15,11 @@ What is measured, each with warm-up runs and the median of repeats:
 4. *The collectives* (:func:`measure_link`): on two spawned ranks of the backend the distributed executor
    uses (gloo on CPU, NCCL on GPU), the per-layer joint-attention exchange (``batch_isend_irecv`` of a
    stacked K/V both ways, then wait) and a point-to-point ping-pong (the committed-KV transfer), over a
-   range of message sizes; :func:`fit_alpha_beta` fits ``seconds = latency + bytes / bandwidth`` to each.
-   The exchange fit becomes the profile's ``link`` (the simulator prices gangs and transfers with it).
+   range of message sizes (per size the least of several timed bursts: other work on the machine only
+   ever adds time); :func:`fit_alpha_beta` fits ``seconds = latency + bytes / bandwidth`` to each. The
+   exchange fit becomes the profile's ``link`` (the simulator prices gangs and transfers with it).
+5. *Contention* (:func:`measure_contention`): the same forward on two spawned ranks at once against rank
+   0 alone, in alternating turns; the least ratio is the profile's ``provenance.contention.slowdown``.
 
 Thread count matters on a CPU: calibrate with the thread count of the runs you will predict (the
 distributed executor gives each rank ``cores // ranks`` threads; ``validate`` runs one process with the
@@ -319,7 +322,7 @@ def _link_rank(payload: dict[str, Any], rank: int, world: int) -> dict[str, Any]
                     fn()
                 _sync(device)
                 samples.append((time.perf_counter() - t0) / rounds * per)
-            out[name][2 * half * elem] = statistics.median(samples)
+            out[name][2 * half * elem] = min(samples)  # other work on the machine only ever adds time
     return {"rank": rank, **out} if rank == 0 else None
 
 
@@ -348,8 +351,8 @@ def measure_link(
 
 
 # -- contention between processes ---------------------------------------------------------------------
-def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[float] | None:
-    """Rank function of :func:`measure_contention`: the same forward on every rank at once."""
+def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[tuple[float, float]] | None:
+    """Rank function of :func:`measure_contention`: rank 0 alone, then every rank at once, in turns."""
     import torch.distributed as dist
 
     from executors.generate import build_model
@@ -357,38 +360,40 @@ def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[flo
     model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
     _register_prompt(model)
     tasks, lookup = _synthetic_tick(model, 1, payload["context_blocks"])
+    reps = payload["repeats"]
+    pairs = []
     with torch.inference_mode():
         for _ in range(payload["warmup"]):
             model.forward_tick(tasks, lookup)
-        dist.barrier()
-        s = median_time(lambda: model.forward_tick(tasks, lookup), 0, payload["repeats"], model.device)
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, s)
-    return [float(x) for x in out] if rank == 0 else None
+        for _ in range(payload["turns"]):
+            dist.barrier()
+            alone = median_time(lambda: model.forward_tick(tasks, lookup), 0, reps) if rank == 0 else 0.0
+            dist.barrier()
+            together = median_time(lambda: model.forward_tick(tasks, lookup), 0, reps)
+            pairs.append((alone, together))
+    return pairs if rank == 0 else None
 
 
-def measure_contention(model: CausalWanDiT, options: CalibrateOptions, processes: int = 2,
-                       context_blocks: int = 4) -> dict[str, Any]:
+def measure_contention(options: CalibrateOptions, processes: int = 2,
+                       context_blocks: int = 4, turns: int = 5) -> dict[str, Any]:
     """How much slower one forward runs when ``processes`` ranks (spawned as the distributed executor
-    spawns them, ``cores // processes`` threads each) run it at the same time, than in this process alone.
+    spawns them, ``cores // processes`` threads each) run it at the same time than when rank 0 runs it
+    alone, in alternating turns; the least ratio of a turn is kept (other work on the machine only ever
+    adds time, and a turn measures both sides within a second).
 
-    On a CPU the ranks share cores, caches and memory bandwidth (and whatever else runs on the machine);
-    the simulator applies the ratio to every device of a run with that many processes.
+    On a CPU the ranks share cores, caches and memory bandwidth; the simulator applies the factor to a
+    device's batch while another device has a batch in the same tick (``Cluster.contention``).
     """
     from executors.launch import spawn
 
-    tasks, lookup = _synthetic_tick(model, 1, context_blocks)
-    reps = max(9, options.repeats)
-    with torch.inference_mode():
-        alone = [median_time(lambda: model.forward_tick(tasks, lookup), options.warmup, reps, model.device)]
-        payload = {"model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
-                   "device": options.device, "context_blocks": context_blocks, "warmup": options.warmup + 2,
-                   "repeats": 3 * reps}
-        together = spawn(_contention_rank, payload, processes, options.device, 300.0)
-        alone.append(median_time(lambda: model.forward_tick(tasks, lookup), options.warmup, reps, model.device))
-    base = statistics.mean(alone)
-    slow = statistics.mean(together)
-    return {"processes": processes, "slowdown": max(1.0, slow / base), "alone_s": base, "together_s": slow,
+    payload = {"model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
+               "device": options.device, "context_blocks": context_blocks, "warmup": options.warmup + 2,
+               "repeats": max(5, options.repeats), "turns": turns}
+    pairs = spawn(_contention_rank, payload, processes, options.device, 300.0)
+    ratios = [t / a for a, t in pairs]
+    best = min(range(len(ratios)), key=ratios.__getitem__)
+    return {"processes": processes, "slowdown": max(1.0, ratios[best]), "alone_s": pairs[best][0],
+            "together_s": pairs[best][1], "ratios": [round(r, 4) for r in ratios],
             "threads_per_process": max(1, (os.cpu_count() or 1) // processes)}
 
 
@@ -460,7 +465,7 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None) -> Pr
             f"(worst point off by {ex.residual_pct:.1f}%); one-way: {fits['oneway'].latency_s * 1e6:.1f} us + "
             f"bytes / {fits['oneway'].bandwidth_Bps / 1e9:.2f} GB/s")
     if options.link and options.contention and not options.device.startswith("cuda"):
-        prov["contention"] = c = measure_contention(model, options)
+        prov["contention"] = c = measure_contention(options)
         say(f"contention: a forward takes {c['together_s'] * 1e3:.2f} ms with {c['processes']} processes at once, "
             f"{c['alone_s'] * 1e3:.2f} ms alone (x{c['slowdown']:.3f})")
     prov["calibration_s"] = round(time.perf_counter() - t0, 1)

@@ -128,6 +128,8 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
     options = RunOptions(prompt=job.prompt, prompts=dict(job.prompts), fail_at=job.fail_at,
                          timeout_s=job.timeout_s)
     distributed = dist.is_initialized()
+    if distributed and world != schedule.num_devices:
+        raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")
     executor: Any = DistributedExecutor() if distributed else ReferenceExecutor()
     if job.executor == "compiled":  # in-process, or this rank's share: each rank compiles its own graphs
         from executors.compiled import CompiledExecutor
@@ -136,8 +138,6 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
         with torch.inference_mode():
             executor.prepare(schedule, model)  # compile before the stream's clock starts
     pipeline = _Pipeline(job, schedule, model) if rank == 0 else None
-    if distributed and world != schedule.num_devices:
-        raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")
     _ABORT_HOOK[0] = pipeline.close if pipeline is not None else None
     stream = _Stream(job, options) if job.interactive else None
     try:
