@@ -19,7 +19,7 @@ What is measured, each with warm-up runs and the median of repeats:
    ever adds time); :func:`fit_alpha_beta` fits ``seconds = latency + bytes / bandwidth`` to each. The
    exchange fit becomes the profile's ``link`` (the simulator prices gangs and transfers with it).
 5. *Contention* (:func:`measure_contention`): the same forward on two spawned ranks at once against rank
-   0 alone, in alternating turns; the least ratio is the profile's ``provenance.contention.slowdown``.
+   0 alone, in alternating turns; the median ratio is the profile's ``provenance.contention.slowdown``.
 
 Thread count matters on a CPU: calibrate with the thread count of the runs you will predict (the
 distributed executor gives each rank ``cores // ranks`` threads; ``validate`` runs one process with the
@@ -57,6 +57,7 @@ __all__ = [
     "profile_decode",
     "profile_forward",
     "profile_sampler",
+    "wait_idle",
 ]
 
 DEFAULT_CONTEXT_BLOCKS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)
@@ -89,6 +90,40 @@ def median_time(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.
         _sync(dev)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat, or None where there is no such file."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields)
+
+
+def idle_share(window_s: float = 0.3) -> float:
+    """The share of all CPUs left idle over the next ``window_s`` seconds (NaN where unknown)."""
+    a = _cpu_times()
+    time.sleep(window_s)
+    b = _cpu_times()
+    if a is None or b is None or b[1] <= a[1]:
+        return math.nan
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+def wait_idle(min_idle: float = 0.8, timeout_s: float = 20.0, window_s: float = 0.3) -> float:
+    """Wait until at least ``min_idle`` of the machine's CPUs are idle (other work on a shared machine has
+    paused), at most ``timeout_s``; returns the idle share last seen (NaN where it cannot be read).
+
+    Measurements on a shared CI machine start only in quiet moments; a row measured after the timeout
+    carries the low idle share so the table can say so.
+    """
+    end = time.perf_counter() + timeout_s
+    share = idle_share(window_s)
+    while not (math.isnan(share) or share >= min_idle) and time.perf_counter() < end:
+        share = idle_share(window_s)
+    return share
 
 
 # -- the model ------------------------------------------------------------------------------------------
@@ -134,11 +169,13 @@ def profile_forward(
     warmup: int = 2,
     repeats: int = 5,
     progress: Progress | None = None,
+    quiet: bool = True,
 ) -> list[ForwardPoint]:
     """Median seconds of one tick forward for every (batch, visible blocks) pair; see the module docstring.
 
     The shapes are measured in interleaved rounds (every shape once per round), so a burst of other work
-    on the machine spoils one sample of many shapes, which the median drops, rather than every sample of one.
+    on the machine spoils one sample of many shapes, which the median drops, rather than every sample of one;
+    with ``quiet`` a round starts only once the machine is idle (:func:`wait_idle`).
     """
     for name, values in (("batches", batches), ("context_blocks", context_blocks)):
         if not values or min(values) < 1:
@@ -152,6 +189,8 @@ def profile_forward(
     samples: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
     with torch.inference_mode():
         for r in range(max(0, warmup) + repeats):
+            if quiet and r >= warmup:
+                wait_idle()
             for shape in shapes:
                 tasks, lookup = ticks[shape]
                 _sync(model.device)
@@ -313,6 +352,8 @@ def _link_rank(payload: dict[str, Any], rank: int, world: int) -> dict[str, Any]
         for name, fn, per in (("exchange", exchange, 1.0), ("oneway", pingpong, 0.5)):
             for _ in range(warmup):
                 fn()
+            if rank == 0:
+                wait_idle(0.9, timeout_s=3.0)
             samples = []
             for _ in range(repeats):
                 dist.barrier()
@@ -366,6 +407,8 @@ def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[tup
         for _ in range(payload["warmup"]):
             model.forward_tick(tasks, lookup)
         for _ in range(payload["turns"]):
+            if rank == 0:
+                wait_idle(0.9, timeout_s=5.0)  # rank 1 sleeps in the barrier: the machine should be all but idle
             dist.barrier()
             alone = median_time(lambda: model.forward_tick(tasks, lookup), 0, reps) if rank == 0 else 0.0
             dist.barrier()
@@ -378,8 +421,7 @@ def measure_contention(options: CalibrateOptions, processes: int = 2,
                        context_blocks: int = 4, turns: int = 5) -> dict[str, Any]:
     """How much slower one forward runs when ``processes`` ranks (spawned as the distributed executor
     spawns them, ``cores // processes`` threads each) run it at the same time than when rank 0 runs it
-    alone, in alternating turns; the least ratio of a turn is kept (other work on the machine only ever
-    adds time, and a turn measures both sides within a second).
+    alone, in alternating turns (each measures both sides within a second); the median turn is kept.
 
     On a CPU the ranks share cores, caches and memory bandwidth; the simulator applies the factor to a
     device's batch while another device has a batch in the same tick (``Cluster.contention``).
@@ -391,9 +433,10 @@ def measure_contention(options: CalibrateOptions, processes: int = 2,
                "repeats": max(5, options.repeats), "turns": turns}
     pairs = spawn(_contention_rank, payload, processes, options.device, 300.0)
     ratios = [t / a for a, t in pairs]
-    best = min(range(len(ratios)), key=ratios.__getitem__)
-    return {"processes": processes, "slowdown": max(1.0, ratios[best]), "alone_s": pairs[best][0],
-            "together_s": pairs[best][1], "ratios": [round(r, 4) for r in ratios],
+    order = sorted(range(len(ratios)), key=ratios.__getitem__)
+    mid = order[len(order) // 2]  # the median turn: steady other work is part of the machine, bursts are not
+    return {"processes": processes, "slowdown": max(1.0, ratios[mid]), "alone_s": pairs[mid][0],
+            "together_s": pairs[mid][1], "ratios": [round(r, 4) for r in ratios],
             "threads_per_process": max(1, (os.cpu_count() or 1) // processes)}
 
 
@@ -424,8 +467,11 @@ def _device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def calibrate(options: CalibrateOptions, progress: Progress | None = None) -> Profile:
-    """Measure everything in the module docstring and return the profile (``Profile.save`` writes it)."""
+def calibrate(options: CalibrateOptions, progress: Progress | None = None, quiet: bool = True) -> Profile:
+    """Measure everything in the module docstring and return the profile (``Profile.save`` writes it).
+
+    With ``quiet``, every round of forward shapes starts once the machine is idle (:func:`wait_idle`).
+    """
     from executors.generate import build_model
 
     if options.threads is not None:
@@ -435,7 +481,8 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None) -> Pr
     model = build_model(options.model, options.checkpoint, options.dtype, options.device)
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
-    points = profile_forward(model, options.batches, options.context_blocks, options.warmup, options.repeats, say)
+    points = profile_forward(model, options.batches, options.context_blocks, options.warmup, options.repeats, say,
+                             quiet=quiet)
     sample_s, commit_s = profile_sampler(model)
     say(f"sampler step {sample_s * 1e6:.0f} us per denoise task; K/V commit {commit_s * 1e6:.0f} us per version")
     decode_first, decode_rest = profile_decode(model)

@@ -74,6 +74,8 @@ def register(subparsers: Any) -> dict[str, Handler]:
                    help="process counts (default 1,2 on a machine with 2+ cores, else 1)")
     g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds a rank waits on a peer (default 120)")
+    g.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="before each run, wait up to this long for the machine's CPUs to be idle (default 30)")
     g.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
     g.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     g.add_argument("--traces", default=None, metavar="DIR", help="write each row's measured and predicted trace")
@@ -135,7 +137,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         model=args.model, blocks=args.blocks, window=args.window or None, lags=args.lags,
         attentions=tuple(args.attentions), worlds=tuple(worlds), repeats=args.repeats, device=args.device,
         dtype=args.dtype, threads=args.threads or None, checkpoint=args.checkpoint, timeout_s=args.timeout,
-        traces=args.traces,
+        traces=args.traces, quiet_s=max(0.0, args.quiet_wait),
     )
     if args.profile:
         profile = Profile.load(args.profile)

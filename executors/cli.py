@@ -26,7 +26,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p = sub.add_parser("generate", help="generate a video by running the schedule with a model")
     add_schedule_args(p, default_blocks=6)
     g = p.add_argument_group("generation")
-    g.add_argument("--model", default="tiny", help="tiny | small | wan2.1-1.3b | wan2.1-14b (default tiny)")
+    g.add_argument("--model", default="tiny", help="tiny | small | toy | wan2.1-1.3b | wan2.1-14b (default tiny; toy loads the "
+                   "shipped trained weights: bouncing balls, see docs/quality.md)")
     g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt) or a "
                    "cascade model folder; default: seeded random weights")
     g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")

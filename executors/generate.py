@@ -49,7 +49,8 @@ class GenerateJob:
 
 
 def build_model(name: str, checkpoint: str | None, dtype: str, device: str) -> CausalWanDiT:
-    """The model a job names: a checkpoint when given, else the preset with seeded random weights."""
+    """The model a job names: a checkpoint when given, the shipped trained weights for ``toy``, else the
+    preset with seeded random weights."""
     from models.checkpoints import load_checkpoint
     from models.config import get_config
 
@@ -59,6 +60,11 @@ def build_model(name: str, checkpoint: str | None, dtype: str, device: str) -> C
         raise ConfigError("device", "`--device cuda` was asked for, but torch sees no CUDA device here")
     if checkpoint:
         model = load_checkpoint(checkpoint, get_config(name))
+    elif name == "toy":  # the trained toy model ships its weights (models/weights/toy.safetensors)
+        from models.checkpoints import load_model
+        from models.train_toy import WEIGHTS
+
+        model = load_model(WEIGHTS)
     else:
         model = CausalWanDiT(get_config(name), seed=0)  # same seed on every rank: identical weights
     return model.to(device=device, dtype=DTYPES[dtype]).eval()
@@ -69,10 +75,11 @@ class _Pipeline:
 
     def __init__(self, job: GenerateJob, schedule: Schedule, model: CausalWanDiT) -> None:
         from executors.output import VideoSink
-        from models.decode import LatentPreviewDecoder
+        from models.decode import LatentPreviewDecoder, PixelDecoder
 
         self.job, self.schedule = job, schedule
-        self.decoder = LatentPreviewDecoder(channels=model.config.in_channels)
+        self.decoder: Any = (PixelDecoder() if model.config.name == "toy"  # its latent is the pixels
+                             else LatentPreviewDecoder(channels=model.config.in_channels))
         self.sink = VideoSink(job.out, frames_per_block=schedule.spec.frames_per_block) if job.out else None
         if self.sink is not None:
             self.sink.open()  # start the encoder now, not inside the first block's timing

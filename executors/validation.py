@@ -14,8 +14,9 @@ definition of the metrics, :func:`cascade_sched.metrics.stream_metrics`:
 
 World 1 runs the reference executor in this process with the profile's thread count; world 2 and more
 spawn one rank per device (the distributed executor, ``cores // ranks`` threads each) once for the whole
-matrix, warm up, and synchronise with a barrier before every measured run. The world > 1 rows are the
-held-out check when the profile was measured in one process.
+matrix, warm up, and synchronise with a barrier before every measured run. Every run starts once the
+machine's CPUs are idle (at most ``quiet_s`` of waiting; rows that had to start on a busy machine say so).
+The world > 1 rows are the held-out check when the profile was measured in one process.
 
 Errors are ``100 * (predicted - measured) / measured`` for FPS, paper FPS, first-frame time and the p50
 and p95 of the steady-state block interval.
@@ -56,7 +57,7 @@ __all__ = [
 
 METRICS = ("fps", "paper_fps", "first_frame_s", "interval_p50_s", "interval_p95_s")
 ROW_FIELDS = ("name", "world", "lag", "attention", "window", "blocks", "held_out", "extrapolated",
-              "measured", "predicted", "error_pct", "load")
+              "measured", "predicted", "error_pct", "idle")
 """The keys of every row of ``cascade validate --json`` (``measured``/``predicted``: the METRICS plus
 ``block_s``; ``error_pct``: the METRICS)."""
 
@@ -83,6 +84,7 @@ class MatrixOptions:
     checkpoint: str | None = None
     timeout_s: float = 120.0
     traces: str | None = None
+    quiet_s: float = 30.0  # before each run, wait up to this long for the machine to be idle
 
 
 def matrix_specs(options: MatrixOptions) -> list[CascadeSpec]:
@@ -144,7 +146,7 @@ class Row:
     measured: dict[str, Any]
     predicted: dict[str, Any]
     error_pct: dict[str, float | None] = field(default_factory=dict)
-    load: float = math.nan  # the machine's 1-minute load average while the row ran (max over repeats)
+    idle: float = math.nan  # the least share of idle CPU seen just before the row's runs (0..1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -204,9 +206,10 @@ def _warmup_spec(world: int, blocks: int = 3) -> CascadeSpec:
 
 
 def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_s: float,
-             distributed: bool) -> list[dict[str, Any]]:
+             distributed: bool, quiet_s: float = 30.0) -> list[dict[str, Any]]:
     """Run every spec ``repeats`` times on this process's share; per spec: block times and events."""
     from executors.base import RunOptions
+    from executors.calibrate import wait_idle
     from executors.distributed import DistributedExecutor
     from executors.reference import ReferenceExecutor
 
@@ -219,7 +222,7 @@ def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_
     opts = RunOptions(timeout_s=timeout_s)
     world = int(specs[0]["num_devices"]) if specs else 1
     schedules = [validate_schedule(build_schedule(CascadeSpec.from_dict(spec))) for spec in specs]
-    out: list[dict[str, Any]] = [{"runs": [], "events": [], "threads": torch.get_num_threads(), "load": []}
+    out: list[dict[str, Any]] = [{"runs": [], "events": [], "threads": torch.get_num_threads(), "idle": []}
                                  for _ in specs]
     with torch.inference_mode():
         for _ in range(2):
@@ -228,11 +231,13 @@ def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_
         # several rows (the median drops it) rather than every run of one row.
         for r in range(repeats):
             for i, schedule in enumerate(schedules):
+                # Start in a quiet moment: with ours idle, the machine should be (other work paused).
+                idle = wait_idle(0.8, timeout_s=quiet_s) if not distributed or dist.get_rank() == 0 else 0.0
                 if distributed:
                     dist.barrier()
                 result = executor.run(schedule, model, opts)
                 out[i]["runs"].append(result.block_done_s)
-                out[i]["load"].append(os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan)
+                out[i]["idle"].append(idle)
                 if r == repeats - 1:
                     out[i]["events"] = result.events
         if distributed:
@@ -250,7 +255,8 @@ def _rank_entry(payload: dict[str, Any], rank: int, world: int) -> list[dict[str
     if payload["threads"]:
         torch.set_num_threads(payload["threads"])
     model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
-    out = _run_all(payload["specs"], model, payload["repeats"], payload["timeout_s"], distributed=True)
+    out = _run_all(payload["specs"], model, payload["repeats"], payload["timeout_s"], distributed=True,
+                   quiet_s=payload["quiet_s"])
     return out if rank == 0 else None
 
 
@@ -269,12 +275,13 @@ def measure(specs: Sequence[CascadeSpec], options: MatrixOptions, threads: int |
             torch.set_num_threads(threads)
         try:
             model = build_model(options.model, options.checkpoint, options.dtype, options.device)
-            return _run_all(dicts, model, options.repeats, options.timeout_s, distributed=False)
+            return _run_all(dicts, model, options.repeats, options.timeout_s, distributed=False,
+                            quiet_s=options.quiet_s)
         finally:
             torch.set_num_threads(before)
     payload = {"specs": dicts, "model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
                "device": options.device, "repeats": options.repeats, "timeout_s": options.timeout_s,
-               "threads": None}
+               "threads": None, "quiet_s": options.quiet_s}
     result = spawn(_rank_entry, payload, world, options.device, options.timeout_s * (1 + len(specs)))
     if not isinstance(result, list):
         raise ConfigError("worlds", f"the world-{world} ranks returned no measurements")
@@ -308,7 +315,7 @@ def run_matrix(options: MatrixOptions, profile: Profile, progress: Progress | No
                       spec.window, spec.num_blocks, held_out=world > 1 or meas["threads"] != prof_threads,
                       extrapolated=extrapolated, measured=_side(m, series), predicted=_side(p, pred_series),
                       error_pct={k: _err(getattr(p, k), getattr(m, k)) for k in METRICS},
-                      load=max(meas["load"], default=math.nan))
+                      idle=min(meas["idle"], default=math.nan))
             rows.append(row)
             say(f"  {row.name}: FPS measured {m.fps:.2f}, predicted {p.fps:.2f} "
                 f"({row.error_pct['fps'] or 0.0:+.1f}%)")
@@ -338,7 +345,7 @@ def format_table(rows: Sequence[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         e, m, p = r.error_pct, r.measured, r.predicted
-        note = [f"load {r.load:.1f}"] if math.isfinite(r.load) else []
+        note = [f"busy machine (idle {r.idle:.0%})"] if math.isfinite(r.idle) and r.idle < 0.8 else []
         if r.held_out:
             note.append("held-out")
         if r.extrapolated:
@@ -366,6 +373,8 @@ def format_markdown(rows: Sequence[Row]) -> str:
     for r in rows:
         e, m, p = r.error_pct, r.measured, r.predicted
         note = ["held-out"] if r.held_out else []
+        if math.isfinite(r.idle) and r.idle < 0.8:
+            note.append(f"busy machine (idle {r.idle:.0%})")
         if r.extrapolated:
             note.append("extrapolated")
         note += ["MISS " + ", ".join(r.misses())] if r.misses() else []

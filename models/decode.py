@@ -4,6 +4,9 @@
   nearest-neighbour upsampling (x8 in space, x4 in time), like the latent previews of common UIs. It keeps
   the Wan VAE's frame counts: the first block gives ``1 + 4 * (F - 1)`` frames (9 for F = 3; the VAE's
   causal first chunk), every later block ``4 * F`` (12), so frame rates and timelines match the real decoder.
+- `PixelDecoder` is the toy model's decoder (models/toy_world.py): its latent *is* RGB pixels in [-1, 1],
+  so decoding is a clip to uint8 and a nearest-neighbour upsampling for viewing (x8 in space by default),
+  one video frame per latent frame.
 - `WanVAEDecoder` wraps diffusers' ``AutoencoderKLWan`` (optional extra ``vae``) and decodes in streaming
   mode: its causal feature cache is kept across blocks, so blocks must come in order (REFERENCE.md:
   decoding is a chain in block order).
@@ -21,7 +24,7 @@ from torch import Tensor
 
 from cascade_sched.errors import CascadeError, CheckpointError, ConfigError
 
-__all__ = ["LatentPreviewDecoder", "WanVAEDecoder", "default_preview_factors", "to_uint8"]
+__all__ = ["LatentPreviewDecoder", "PixelDecoder", "WanVAEDecoder", "default_preview_factors", "to_uint8"]
 
 
 def default_preview_factors(channels: int = 16) -> Tensor:
@@ -76,6 +79,33 @@ class LatentPreviewDecoder:
         if self.blocks_decoded == 0:
             reps[0] = 1  # the VAE's causal first chunk: one frame for the first latent frame
         rgb = rgb.repeat_interleave(reps, dim=0)
+        rgb = rgb.repeat_interleave(self.spatial, dim=1).repeat_interleave(self.spatial, dim=2)
+        self.blocks_decoded += 1
+        return to_uint8(rgb)
+
+
+class PixelDecoder:
+    """Pixel-space latents (3, F, H, W) in [-1, 1] to uint8 frames (F, sH, sW, 3): the toy model's decoder.
+
+    >>> PixelDecoder(spatial=2).decode_block(torch.zeros(3, 3, 4, 4)).shape
+    (3, 8, 8, 3)
+    """
+
+    def __init__(self, spatial: int = 8) -> None:
+        if spatial < 1:
+            raise ConfigError("spatial", f"`spatial` must be >= 1, got {spatial}")
+        self.spatial = spatial
+        self.blocks_decoded = 0
+
+    def reset(self) -> None:
+        """Start a new video (stateless apart from the block count)."""
+        self.blocks_decoded = 0
+
+    def decode_block(self, latent: Tensor) -> np.ndarray:
+        """Decode one block's pixels (3, F, H, W) to uint8 frames (F, spatial*H, spatial*W, 3)."""
+        if latent.ndim != 4 or latent.shape[0] != 3:
+            raise ConfigError("latent", f"pixel latent must be (3, F, H, W), got {tuple(latent.shape)}")
+        rgb = latent.detach().float().cpu().permute(1, 2, 3, 0)  # (F, H, W, 3)
         rgb = rgb.repeat_interleave(self.spatial, dim=1).repeat_interleave(self.spatial, dim=2)
         self.blocks_decoded += 1
         return to_uint8(rgb)

@@ -120,7 +120,7 @@ def base_gpu() -> GPU:
 def tiny_profile() -> Profile:
     opts = CalibrateOptions(model="tiny", threads=1, batches=(1, 2, 3, 4, 5), context_blocks=(1, 2, 4, 8),
                             warmup=1, repeats=3, link=False)
-    return calibrate(opts)
+    return calibrate(opts, quiet=False)
 
 
 def test_calibration_writes_provenance(tiny_profile: Profile, tmp_path: object) -> None:
@@ -143,7 +143,8 @@ def test_matrix_specs_cover_every_lag() -> None:
 
 
 def test_run_matrix_world_one(tiny_profile: Profile) -> None:
-    opts = MatrixOptions(model="tiny", blocks=5, window=2, lags=(1, 5), attentions=("causal",), worlds=(1,))
+    opts = MatrixOptions(model="tiny", blocks=5, window=2, lags=(1, 5), attentions=("causal",), worlds=(1,),
+                         quiet_s=0.0)
     rows = run_matrix(opts, tiny_profile)
     assert [r.name for r in rows] == ["w1-lag1-causal", "w1-lag5-causal"]
     for r in rows:
@@ -166,7 +167,7 @@ def test_cli_validate_json_has_the_documented_fields(tiny_profile: Profile, tmp_
     tiny_profile.save(path)
     traces = f"{tmp_path}/traces"
     rc = main(["validate", "--model", "tiny", "--profile", path, "--blocks", "4", "--window", "2", "--lags", "1",
-               "--attentions", "causal", "--worlds", "1,2", "--json", "--traces", traces])
+               "--attentions", "causal", "--worlds", "1,2", "--json", "--traces", traces, "--quiet-wait", "0"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["format"] == "cascade-validate/1"

@@ -49,7 +49,7 @@ def test_tiny_and_small() -> None:
     tiny, small = get_config("tiny"), get_config("small")
     assert (tiny.num_layers, tiny.num_heads, tiny.tokens_per_frame, tiny.tokens_per_block) == (2, 2, 4, 12)
     assert 150 <= small.tokens_per_block <= 260
-    assert set(PRESETS) == {"tiny", "small", "wan2.1-1.3b", "wan2.1-14b"}
+    assert set(PRESETS) == {"tiny", "small", "toy", "wan2.1-1.3b", "wan2.1-14b"}
 
 
 def test_unknown_and_invalid() -> None:

@@ -1,0 +1,1 @@
+"""Shipped weights: ``toy.safetensors`` + ``toy.json`` (the trained toy model; see docs/quality.md)."""
