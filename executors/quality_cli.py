@@ -15,7 +15,7 @@ from typing import Any
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p = sub.add_parser("quality", help="measure physics error, block jumps and distance to sequential for "
                        "every lag and attention mode, on the trained toy model")
-    p.add_argument("--seeds", type=int, default=4, help="videos per setting, seeds 0..N-1 (default 4)")
+    p.add_argument("--seeds", type=int, default=8, help="videos per setting, seeds 0..N-1 (default 8)")
     p.add_argument("--blocks", type=int, default=6, help="blocks per video (default 6)")
     p.add_argument("--lags", default=None, help="comma-separated lags (default 1..S)")
     p.add_argument("--attention", default="causal,bidirectional,stale",
