@@ -1,6 +1,8 @@
 """Train the toy block-causal model on the bouncing-balls world (models/toy_world.py); rerun with
 
-    python -m models.train_toy --steps 3000 --max-minutes 19   # the shipped weights (one CPU thread)
+    python -m models.train_toy                     # 3000 steps, about 17 min on one CPU thread, then
+    python -m models.train_toy --init models/weights/toy.safetensors --seed 2 --steps 1700 --lr 5e-4 \
+        --plot docs/img/toy_loss_cont.png          # about 10 min more: the shipped weights (docs/quality.md)
     python -m models.train_toy --steps 3 --out /tmp/t.safetensors --no-plot   # a smoke run
 
 Latent = pixels: a block is (3, 3, 16, 16) in [-1, 1]. The prompt is not used: the cross-attention output
@@ -181,7 +183,7 @@ def plot_losses(losses: list[float], path: str | Path, wall_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train_toy", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default %(default)s)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default %(default)s)")
     p.add_argument("--batch", type=int, default=4, help="clips per step (default %(default)s)")
     p.add_argument("--blocks", type=int, default=4, help="blocks per clip (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
