@@ -51,6 +51,23 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def int_ranges(text: str) -> tuple[int, ...]:
+    """An argparse type for ``1,2,4`` or ``1-8`` (or a mix: ``1-4,8``)."""
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4 or 1-8, got {text!r}") from None
+    return tuple(out)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """An argparse type for comma-separated names, lower-cased."""
+    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
+
+
 def _num_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())

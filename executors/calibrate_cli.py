@@ -11,25 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cascade_sched.cli import int_ranges, name_list
 from cascade_sched.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    """``1,2,4`` or ``1-5`` (or a mix)."""
-    out: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            lo, sep, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4 or 1-5, got {text!r}") from None
-    return tuple(out)
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
 
 
 def _say(message: str) -> None:
@@ -51,8 +36,8 @@ def register(subparsers: Any) -> dict[str, Handler]:
     g.add_argument("--out", default="calib.json", help="profile file to write (default %(default)s)")
     g.add_argument("--threads", type=int, default=1,
                    help="intra-op threads, as the runs to predict use (default 1: one rank per core; 0 = torch's default)")
-    g.add_argument("--batches", type=_ints, default=(1, 2, 3, 4, 5), help="local tasks per device (default 1-5)")
-    g.add_argument("--context-blocks", type=_ints, default=(1, 2, 3, 4, 6, 8, 12),
+    g.add_argument("--batches", type=int_ranges, default=(1, 2, 3, 4, 5), help="local tasks per device (default 1-5)")
+    g.add_argument("--context-blocks", type=int_ranges, default=(1, 2, 3, 4, 6, 8, 12),
                    help="blocks each task attends to, its own included (default 1,2,3,4,6,8,12)")
     g.add_argument("--warmup", type=int, default=2, help="untimed runs per shape (default 2)")
     g.add_argument("--repeats", type=int, default=5, help="timed runs per shape; the median is kept (default 5)")
@@ -67,10 +52,10 @@ def register(subparsers: Any) -> dict[str, Handler]:
     g.add_argument("--threads", type=int, default=1, help="threads of the world-1 runs and of calibration (default 1)")
     g.add_argument("--blocks", type=int, default=16, help="blocks per run (default %(default)s)")
     g.add_argument("--window", type=int, default=4, help="attention window in blocks, 0 = unbounded (default 4)")
-    g.add_argument("--lags", type=_ints, default=None, help="lags to run (default every lag 1..S)")
-    g.add_argument("--attentions", type=_names, default=("causal", "bidirectional", "stale"),
+    g.add_argument("--lags", type=int_ranges, default=None, help="lags to run (default every lag 1..S)")
+    g.add_argument("--attentions", type=name_list, default=("causal", "bidirectional", "stale"),
                    help="attention modes (default causal,bidirectional,stale)")
-    g.add_argument("--worlds", type=_ints, default=None,
+    g.add_argument("--worlds", type=int_ranges, default=None,
                    help="process counts (default 1,2 on a machine with 2+ cores, else 1)")
     g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds a rank waits on a peer (default 120)")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cascade_sched.cli import add_schedule_args, spec_from_args
+from cascade_sched.cli import add_schedule_args, int_ranges, name_list, spec_from_args
 from cascade_sched.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -28,22 +28,6 @@ def _pairs(text: str) -> tuple[int, float]:
         return int(device), float(factor)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected DEVICE:FACTOR such as 2:1.5, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    """``1,2,4`` or ``1-8`` (or a mix: ``1-4,8``)."""
-    out: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            lo, sep, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4 or 1-8, got {text!r}") from None
-    return tuple(out)
 
 
 def _nums(text: str) -> tuple[float, ...]:
@@ -92,11 +76,11 @@ def register(subparsers: Any) -> dict[str, Handler]:
     q = subparsers.add_parser("plan", help="sweep GPU count x lag x attention and recommend a configuration")
     _hardware_args(q, "model(s), comma-separated (default: wan2.1-1.3b,wan2.1-14b)", "")
     c = q.add_argument_group("sweep")
-    c.add_argument("--gpu-counts", type=_ints, default=tuple(range(1, 9)), help="e.g. 1-8 or 1,2,4 (default 1-8)")
-    c.add_argument("--lags", type=_ints, default=None, help="lags to try (default all, 1..S)")
-    c.add_argument("--attentions", type=_names, default=("causal", "bidirectional", "stale"),
+    c.add_argument("--gpu-counts", type=int_ranges, default=tuple(range(1, 9)), help="e.g. 1-8 or 1,2,4 (default 1-8)")
+    c.add_argument("--lags", type=int_ranges, default=None, help="lags to try (default all, 1..S)")
+    c.add_argument("--attentions", type=name_list, default=("causal", "bidirectional", "stale"),
                    help="attention modes to try (default causal,bidirectional,stale)")
-    c.add_argument("--interconnects", type=_names, default=None,
+    c.add_argument("--interconnects", type=name_list, default=None,
                    help="links to try, e.g. nvlink4,pcie5 (default the GPU's usual one)")
     c.add_argument("--blocks", type=int, default=32, help="blocks per simulated run (default %(default)s)")
     c.add_argument("--window", type=int, default=7, help="attention window in blocks, 0 = unbounded (default 7)")
@@ -184,7 +168,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if not args.gpu_counts or min(args.gpu_counts) < 1:
         raise ConfigError("gpu_counts", f"`gpu-counts` must be positive integers, got {list(args.gpu_counts)}")
     space = SweepSpace(
-        models=_names(args.model) if args.model else ("wan2.1-1.3b", "wan2.1-14b"),
+        models=name_list(args.model) if args.model else ("wan2.1-1.3b", "wan2.1-14b"),
         gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lags, attentions=tuple(args.attentions),
         interconnects=args.interconnects, gpus_per_node=args.gpus_per_node, blocks=args.blocks,
         window=args.window or None, sink=args.sink, timesteps=tuple(args.timesteps), cache_pass=args.cache_pass,
