@@ -57,6 +57,7 @@ from models.dit import (
     WanBlock,
     _attend,
     _linear,
+    gather_kv,
     sinusoidal_embedding,
 )
 
@@ -471,19 +472,9 @@ class CompiledModel:
     @staticmethod
     def _gather(key_refs: Sequence[KVRef], layer: int, local: dict[KVRef, KVPair], peers: dict[KVRef, KVPair],
                 kv: KVLookup, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """K and V of ``key_refs`` in block order, resolved local > peers > lookup (as the eager model)."""
-        ks, vs = [], []
-        for ref in key_refs:
-            pair = local.get(ref)
-            if pair is None:
-                pair = peers.get(ref)
-            if pair is None:
-                pair = kv(ref, layer)
-            ks.append(pair[0])
-            vs.append(pair[1])
-        if len(ks) == 1:
-            return ks[0].contiguous(), vs[0].contiguous()
-        return torch.cat(ks).to(dtype), torch.cat(vs).to(dtype)
+        """The eager model's gather (``models.dit.gather_kv``), contiguous for a compiled graph's input."""
+        k, v = gather_kv(key_refs, layer, local, peers, kv, dtype)
+        return k.contiguous(), v.contiguous()
 
 
 # --- the executor ------------------------------------------------------------------------------------------

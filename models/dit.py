@@ -42,6 +42,7 @@ __all__ = [
     "TaskInput",
     "TickOutput",
     "WanBlock",
+    "gather_kv",
     "sinusoidal_embedding",
 ]
 
@@ -139,6 +140,26 @@ def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     out = F.scaled_dot_product_attention(q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2))
     return out[0].transpose(0, 1).flatten(1)  # (T, H*D)
+
+
+def gather_kv(
+    key_refs: Sequence[KVRef], layer: int, local: dict[KVRef, KVPair], peers: dict[KVRef, KVPair],
+    kv: KVLookup, dtype: torch.dtype,
+) -> KVPair:
+    """K and V (L, H, D) of `key_refs` concatenated in block order; each version resolved from this tick's
+    local tasks, then the peers' exchange, then the lookup of earlier versions (the attention rule)."""
+    ks, vs = [], []
+    for ref in key_refs:
+        pair = local.get(ref)
+        if pair is None:
+            pair = peers.get(ref)
+        if pair is None:
+            pair = kv(ref, layer)
+        ks.append(pair[0])
+        vs.append(pair[1])
+    if len(ks) == 1:
+        return ks[0], vs[0]
+    return torch.cat(ks).to(dtype), torch.cat(vs).to(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -520,18 +541,7 @@ class CausalWanDiT(nn.Module):
         local: dict[KVRef, KVPair], peers: dict[KVRef, KVPair], kv: KVLookup,
     ) -> Tensor:
         """SDPA of q (T, H, D) on the K/V of `key_refs` (block order), resolved local > peers > lookup."""
-        ks, vs = [], []
-        for ref in key_refs:
-            pair = local.get(ref)
-            if pair is None:
-                pair = peers.get(ref)
-            if pair is None:
-                pair = kv(ref, layer)
-            ks.append(pair[0])
-            vs.append(pair[1])
-        if len(ks) == 1:
-            return _attend(q, ks[0], vs[0])
-        return _attend(q, torch.cat(ks).to(q.dtype), torch.cat(vs).to(q.dtype))
+        return _attend(q, *gather_kv(key_refs, layer, local, peers, kv, q.dtype))
 
     def forward(self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None) -> TickOutput:
         """Alias of `forward_tick`, so the module is callable."""
