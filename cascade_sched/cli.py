@@ -76,12 +76,17 @@ def _num_list(text: str) -> tuple[float, ...]:
     return tuple(int(v) if v.is_integer() else v for v in values)
 
 
-def _switch(text: str) -> tuple[int, int]:
-    try:
-        at, prompt = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected AT_BLOCK:PROMPT_ID, got {text!r}") from None
-    return at, prompt
+def int_pair(form: str) -> Callable[[str], tuple[int, int]]:
+    """An argparse type for two integers ``A:B``; ``form`` names them in the error (``RANK:TICK``)."""
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            a, b = (int(x) for x in text.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}") from None
+        return a, b
+
+    return parse
 
 
 def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8) -> None:
@@ -103,7 +108,7 @@ def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8) -> No
     g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
     g.add_argument("--placement", default="block", help="block | stage (default block)")
     g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
-    g.add_argument("--switch", type=_switch, action="append", default=[], metavar="AT:PROMPT",
+    g.add_argument("--switch", type=int_pair("AT_BLOCK:PROMPT_ID"), action="append", default=[], metavar="AT:PROMPT",
                    help="prompt switch: blocks from AT on use prompt id PROMPT (repeatable)")
     g.add_argument("--switch-policy", default="none",
                    help="none (the cascade: nothing added) | recache (the baseline: re-encode the context)")

@@ -110,13 +110,12 @@ class TickLoop:
         transport: Transport,
         on_block: BlockCallback | None = None,
         rank: int = 0,
-        plan: TransferPlan | None = None,
         extend: ExtendHook | None = None,
     ) -> None:
         self.schedule, self.model, self.options = schedule, model, options
         self.local = frozenset(local_devices)
         self.transport, self.on_block, self.rank = transport, on_block, rank
-        self.plan = plan if plan is not None else plan_transfers(schedule)
+        self.plan: TransferPlan = plan_transfers(schedule)
         self.extend = extend
         if extend is not None and not isinstance(transport, LocalTransport):
             raise ExecutorError("extending a schedule while it runs is supported in one process only")

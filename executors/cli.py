@@ -12,16 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _fail_at(text: str) -> tuple[int, int]:
-    try:
-        rank, tick = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected RANK:TICK, got {text!r}") from None
-    return rank, tick
-
-
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
-    from cascade_sched.cli import add_schedule_args
+    from cascade_sched.cli import add_schedule_args, int_pair
 
     p = sub.add_parser("generate", help="generate a video by running the schedule with a model")
     add_schedule_args(p, default_blocks=6)
@@ -53,7 +45,7 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     g.add_argument("--trace", default=None, metavar="PATH.json", help="write the measured Chrome trace")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds a rank waits on a peer (default 60)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--fail-at", type=_fail_at, default=None, help=argparse.SUPPRESS)  # tests: RANK:TICK
+    g.add_argument("--fail-at", type=int_pair("RANK:TICK"), default=None, help=argparse.SUPPRESS)  # tests: RANK:TICK
     return {"generate": _cmd_generate}
 
 

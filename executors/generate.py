@@ -185,7 +185,6 @@ class _Stream:
         self.job, self.options = job, options
         self.feed = PromptFeed(sys.stdin)
         self.schedule: Schedule | None = None
-        self.switched: list[tuple[int, str]] = []
 
     def extend(self, tick: int, schedule: Schedule) -> Schedule | None:
         from executors.interactive import next_schedule
@@ -198,8 +197,6 @@ class _Stream:
         new = next_schedule(schedule, tick, ids, streaming=self.feed.open, max_blocks=self.job.max_blocks)
         if new is not None:
             self.schedule = new
-            texts = {0: self.options.prompt, **self.options.prompts}
-            self.switched = [(at, texts[pid]) for at, pid in new.spec.switches]
         return new
 
 

@@ -190,6 +190,16 @@ def build_workload(
     b_den: list[int] = []
     b_deps: list[tuple[int, ...]] = []
     b_inputs: list[tuple[int, ...]] = []
+
+    def transfer(key: int, kind: str, ref: KVRef, src: int, dst: int, nbytes: int, pb: int) -> int:
+        """The index of the one transfer keyed ``key`` (created, and sent after batch ``pb``, on first use)."""
+        ti = moved.get(key)
+        if ti is None:
+            ti = moved[key] = len(transfers)
+            transfers.append(Transfer(kind, ref, src, dst, nbytes, pb))
+            sends[pb].append(ti)
+        return ti
+
     for bi, group in enumerate(members):
         tick, device = b_tick[bi], b_dev[bi]
         deps: set[int] = set()
@@ -213,12 +223,7 @@ def build_workload(
                         raise SimulationError(f"the transfer plan sends no clean latent of block {j} to "
                                               f"d{device} for {tasks[i]}")
                     key = -(k * span + device) - 1 - len(bat) * span  # apart from the latent chain's keys
-                    ti = moved.get(key)
-                    if ti is None:
-                        ti = moved[key] = len(transfers)
-                        transfers.append(Transfer(LATENT, (j, K - 1), src, device, latent_bytes, pb))
-                        sends[pb].append(ti)
-                    inputs.append(ti)
+                    inputs.append(transfer(key, LATENT, (j, K - 1), src, device, latent_bytes, pb))
             else:
                 contexts.append(tpb * (1 + len(reads)))
             if kind == denoise:
@@ -230,12 +235,7 @@ def build_workload(
                 src = dev[k]
                 if src != device:
                     key = -(k * span + device) - 1
-                    ti = moved.get(key)
-                    if ti is None:
-                        ti = moved[key] = len(transfers)
-                        transfers.append(Transfer(LATENT, (block, stage - 1), src, device, latent_bytes, pb))
-                        sends[pb].append(ti)
-                    inputs.append(ti)
+                    inputs.append(transfer(key, LATENT, (block, stage - 1), src, device, latent_bytes, pb))
             for ref in () if kind == RECACHE else reads:  # a recache computes from clean latents
                 k = kidx[ref]
                 src = dev[k]
@@ -254,13 +254,7 @@ def build_workload(
                 held[k * span + src] = tick
                 if key in exchanged:
                     continue
-                ti = moved.get(key)
-                if ti is None:
-                    pb = bat[k]
-                    ti = moved[key] = len(transfers)
-                    transfers.append(Transfer(KV, ref, src, device, kv_bytes, pb))
-                    sends[pb].append(ti)
-                inputs.append(ti)
+                inputs.append(transfer(key, KV, ref, src, device, kv_bytes, bat[k]))
         b_refs.append(tuple(refs))
         b_ctx.append(tuple(contexts))
         b_den.append(n_den)
