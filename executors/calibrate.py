@@ -43,6 +43,7 @@ from torch import Tensor
 
 from cascade_sched.errors import ConfigError
 from models.dit import CausalWanDiT, KVPair, TaskInput
+from simulator.catalog import HOST_CPU, Cluster
 from simulator.profile import ForwardPoint, Profile
 
 __all__ = [
@@ -391,53 +392,153 @@ def measure_link(
     return fits
 
 
-# -- contention between processes ---------------------------------------------------------------------
-def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[tuple[float, float]] | None:
-    """Rank function of :func:`measure_contention`: rank 0 alone, then every rank at once, in turns."""
+# -- the joint-attention exchange inside a forward ------------------------------------------------------
+def _gang_rank(payload: dict[str, Any], rank: int, world: int) -> list[tuple[int, float, float]] | None:
+    """Rank function of :func:`measure_gang_exchange`: per batch size, the tick forward of every rank at
+    once without and with the executor's per-layer K/V exchange."""
     import torch.distributed as dist
 
     from executors.generate import build_model
 
     model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
     _register_prompt(model)
-    tasks, lookup = _synthetic_tick(model, 1, payload["context_blocks"])
+    cfg = model.config
+    kv_shape = (2, cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
+    peers = [p for p in range(world) if p != rank]
     reps = payload["repeats"]
-    pairs = []
+    out = []
     with torch.inference_mode():
-        for _ in range(payload["warmup"]):
-            model.forward_tick(tasks, lookup)
+        for n in payload["batches"]:
+            tasks, lookup = _synthetic_tick(model, n, payload["context_blocks"])
+
+            def exchange(layer: int, local: dict[Any, KVPair], n: int = n) -> dict[Any, KVPair]:
+                # As DistributedTransport.exchange: one stacked (K, V) message per local task to every peer,
+                # a fresh buffer per message received, post all, wait all.
+                ops = []
+                for peer in peers:
+                    for k, v in local.values():
+                        ops.append(dist.P2POp(dist.isend, torch.stack((k, v)), peer))
+                    for _ in range(n):
+                        buf = torch.empty(kv_shape, dtype=model.dtype, device=model.device)
+                        ops.append(dist.P2POp(dist.irecv, buf, peer))
+                for w in dist.batch_isend_irecv(ops):
+                    w.wait()
+                return {}
+
+            for _ in range(payload["warmup"]):
+                model.forward_tick(tasks, lookup, exchange)
+            for _ in range(payload["turns"]):
+                if rank == 0:
+                    wait_idle(0.9, timeout_s=5.0)
+                dist.barrier()
+                plain = median_time(lambda t=tasks, lk=lookup: model.forward_tick(t, lk), 0, reps)
+                dist.barrier()
+                joint = median_time(lambda t=tasks, lk=lookup, ex=exchange: model.forward_tick(t, lk, ex), 0, reps)
+                out.append((n, plain, joint))
+    return out if rank == 0 else None
+
+
+def measure_gang_exchange(options: CalibrateOptions, processes: int = 2, context_blocks: int = 4,
+                          turns: int = 3) -> dict[str, Any]:
+    """The per-layer joint-attention exchange as the executor meets it: two spawned ranks run the same
+    tick forward at once, without and with the exchange (one message per task and peer each way, every
+    layer); ``(with - without) / layers`` against the bytes each rank sends per layer, over batch sizes
+    ``options.batches``, fitted to ``latency + bytes / bandwidth``. Inside a forward the exchange costs
+    more than between idle ranks (``measure_link``): the ranks arrive a little apart at every layer, and
+    the messages contend with the peer's compute for the cores."""
+    from executors.launch import spawn
+
+    model_cfg = _config_of(options)
+    kv_bytes = 2 * model_cfg.tokens_per_block * model_cfg.dim * torch.empty((), dtype=getattr(
+        torch, options.dtype)).element_size()
+    payload = {"model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
+               "device": options.device, "context_blocks": context_blocks, "warmup": options.warmup + 1,
+               "repeats": max(5, options.repeats), "turns": turns, "batches": list(options.batches)}
+    rows = spawn(_gang_rank, payload, processes, options.device, 600.0)
+    points = []
+    for n in options.batches:
+        extra = sorted((j - p) / model_cfg.num_layers for m, p, j in rows if m == n)
+        points.append((n * kv_bytes * (processes - 1), max(1e-7, extra[len(extra) // 2])))
+    fit = fit_alpha_beta([b for b, _ in points], [t for _, t in points])
+    return {"processes": processes, "context_blocks": context_blocks, "fit": fit.to_dict(),
+            "latency_s": fit.latency_s, "bandwidth_Bps": fit.bandwidth_Bps}
+
+
+def _config_of(options: CalibrateOptions) -> Any:
+    from models.config import get_config
+
+    return get_config(options.model)
+
+
+# -- contention between processes ---------------------------------------------------------------------
+def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[tuple[int, float, float, float]] | None:
+    """Rank function of :func:`measure_contention`: per turn and batch size, rank 0 alone, then every rank
+    at once."""
+    import torch.distributed as dist
+
+    from executors.generate import build_model
+
+    model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
+    _register_prompt(model)
+    ticks = {n: _synthetic_tick(model, n, payload["context_blocks"]) for n in payload["batches"]}
+    reps = payload["repeats"]
+    out = []
+    with torch.inference_mode():
+        for tasks, lookup in ticks.values():
+            for _ in range(payload["warmup"]):
+                model.forward_tick(tasks, lookup)
         for _ in range(payload["turns"]):
-            if rank == 0:
-                wait_idle(0.9, timeout_s=5.0)  # rank 1 sleeps in the barrier: the machine should be all but idle
-            dist.barrier()
-            alone = median_time(lambda: model.forward_tick(tasks, lookup), 0, reps) if rank == 0 else 0.0
-            dist.barrier()
-            together = median_time(lambda: model.forward_tick(tasks, lookup), 0, reps)
-            pairs.append((alone, together))
-    return pairs if rank == 0 else None
+            for n, (tasks, lookup) in ticks.items():
+                idle = math.nan
+                if rank == 0:  # rank 1 sleeps in the barrier: the machine should be all but idle
+                    idle = wait_idle(0.9, timeout_s=5.0)
+                dist.barrier()
+                alone = (median_time(lambda t=tasks, lk=lookup: model.forward_tick(t, lk), 0, reps)
+                         if rank == 0 else 0.0)
+                dist.barrier()
+                together = median_time(lambda t=tasks, lk=lookup: model.forward_tick(t, lk), 0, reps)
+                out.append((n, alone, together, idle))
+    return out if rank == 0 else None
 
 
-def measure_contention(options: CalibrateOptions, processes: int = 2,
-                       context_blocks: int = 4, turns: int = 5) -> dict[str, Any]:
-    """How much slower one forward runs when ``processes`` ranks (spawned as the distributed executor
-    spawns them, ``cores // processes`` threads each) run it at the same time than when rank 0 runs it
-    alone, in alternating turns (each measures both sides within a second); the median turn is kept.
+def measure_contention(options: CalibrateOptions, processes: int = 2, context_blocks: int = 4,
+                       turns: int = 5, batches: Sequence[int] = (1, 3, 5)) -> dict[str, Any]:
+    """How much slower a forward runs when ``processes`` ranks (spawned as the distributed executor spawns
+    them, ``cores // processes`` threads each) run it at the same time than when rank 0 runs it alone,
+    per batch size (larger batches touch more memory), in alternating turns (each measures both sides
+    within a second); per batch the median turn is kept.
 
-    On a CPU the ranks share cores, caches and memory bandwidth; the simulator applies the factor to a
-    device's batch while another device has a batch in the same tick (``Cluster.contention``).
+    The share of cores explains part of a slowdown (processor sharing, :mod:`simulator.sharing`, with the
+    idle share seen before the turn as background load); what it leaves is the interference of caches
+    and memory bandwidth, recorded per batch (``interference_by_batch``) for ``Cluster.contention_by_batch``.
+    ``slowdown`` (batch 1, the whole ratio) is the per-tick factor of ``Cluster.contention``.
     """
     from executors.launch import spawn
 
     payload = {"model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
                "device": options.device, "context_blocks": context_blocks, "warmup": options.warmup + 2,
-               "repeats": max(5, options.repeats), "turns": turns}
-    pairs = spawn(_contention_rank, payload, processes, options.device, 300.0)
-    ratios = [t / a for a, t in pairs]
-    order = sorted(range(len(ratios)), key=ratios.__getitem__)
-    mid = order[len(order) // 2]  # the median turn: steady other work is part of the machine, bursts are not
-    return {"processes": processes, "slowdown": max(1.0, ratios[mid]), "alone_s": pairs[mid][0],
-            "together_s": pairs[mid][1], "ratios": [round(r, 4) for r in ratios],
-            "threads_per_process": max(1, (os.cpu_count() or 1) // processes)}
+               "repeats": max(5, options.repeats), "turns": turns, "batches": list(batches)}
+    rows = spawn(_contention_rank, payload, processes, options.device, 600.0)
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // processes)
+    per_batch: dict[int, dict[str, Any]] = {}
+    for n in batches:
+        turns_n = [r for r in rows if r[0] == n]
+        ratios = [t / a for _, a, t, _ in turns_n]
+        mid = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]  # the median turn
+        idle = turns_n[mid][3]
+        background = 0.0 if math.isnan(idle) else max(0.0, cores * (1.0 - idle))
+        host = Cluster(HOST_CPU, processes, host_cores=cores, threads_per_device=threads,
+                       background_load=background)
+        shared = host.host_slowdown(processes) / host.host_slowdown(1)
+        per_batch[n] = {"ratio": ratios[mid], "ratios": [round(r, 4) for r in ratios], "alone_s": turns_n[mid][1],
+                        "together_s": turns_n[mid][2], "idle": idle, "interference": max(1.0, ratios[mid] / shared)}
+    first = per_batch[min(batches)]
+    return {"processes": processes, "slowdown": max(1.0, first["ratio"]), "alone_s": first["alone_s"],
+            "together_s": first["together_s"], "ratios": first["ratios"], "threads_per_process": threads,
+            "cores": cores, "context_blocks": context_blocks, "interference": first["interference"],
+            "interference_by_batch": [[n, per_batch[n]["interference"]] for n in batches],
+            "by_batch": {str(n): v for n, v in per_batch.items()}}
 
 
 # -- the whole calibration ------------------------------------------------------------------------------
@@ -455,6 +556,7 @@ class CalibrateOptions:
     repeats: int = 5
     link: bool = True
     contention: bool = True  # with ``link``: also measure two ranks computing at once
+    gang: bool = True  # with ``link``: measure the exchange inside a two-rank forward (the profile's link)
     link_sizes: tuple[int, ...] = DEFAULT_LINK_SIZES
     checkpoint: str | None = None
     notes: str = ""
@@ -500,6 +602,7 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None, quiet
         "statistic": "median",
         "commit_s_per_version": commit_s,
         "decoder": "latent preview",
+        "cores": os.cpu_count() or 1,
     }
     if options.link:
         fits = measure_link(options.device, options.dtype, options.link_sizes)
@@ -511,10 +614,17 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None, quiet
         say(f"{backend} exchange: {ex.latency_s * 1e6:.1f} us + bytes / {ex.bandwidth_Bps / 1e9:.2f} GB/s "
             f"(worst point off by {ex.residual_pct:.1f}%); one-way: {fits['oneway'].latency_s * 1e6:.1f} us + "
             f"bytes / {fits['oneway'].bandwidth_Bps / 1e9:.2f} GB/s")
+    if options.link and options.gang:
+        prov["gang_exchange"] = g = measure_gang_exchange(options)
+        link = (g["latency_s"], g["bandwidth_Bps"])  # what the simulator prices an exchange with
+        prov["link_source"] = "gang_exchange"
+        say(f"exchange inside a two-rank forward: {g['latency_s'] * 1e6:.1f} us + bytes / "
+            f"{g['bandwidth_Bps'] / 1e9:.2f} GB/s per layer (worst point off by {g['fit']['worst_error_pct']:.1f}%)")
     if options.link and options.contention and not options.device.startswith("cuda"):
         prov["contention"] = c = measure_contention(options)
         say(f"contention: a forward takes {c['together_s'] * 1e3:.2f} ms with {c['processes']} processes at once, "
-            f"{c['alone_s'] * 1e3:.2f} ms alone (x{c['slowdown']:.3f})")
+            f"{c['alone_s'] * 1e3:.2f} ms alone (x{c['slowdown']:.3f}); interference by batch: "
+            + ", ".join(f"{n}: x{f:.3f}" for n, f in c["interference_by_batch"]))
     prov["calibration_s"] = round(time.perf_counter() - t0, 1)
     if options.notes:
         prov["notes"] = options.notes

@@ -61,6 +61,10 @@ def register(subparsers: Any) -> dict[str, Handler]:
     g.add_argument("--timeout", type=float, default=120.0, help="seconds a rank waits on a peer (default 120)")
     g.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
                    help="before each run, wait up to this long for the machine's CPUs to be idle (default 30)")
+    g.add_argument("--contention-model", default="sharing", choices=("sharing", "tick"),
+                   help="how the prediction prices ranks sharing the CPU: sharing = processor sharing of the "
+                        "host's cores with the measured background load (default); tick = one measured factor "
+                        "per tick in which two ranks compute")
     g.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
     g.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     g.add_argument("--traces", default=None, metavar="DIR", help="write each row's measured and predicted trace")
@@ -122,7 +126,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         model=args.model, blocks=args.blocks, window=args.window or None, lags=args.lags,
         attentions=tuple(args.attentions), worlds=tuple(worlds), repeats=args.repeats, device=args.device,
         dtype=args.dtype, threads=args.threads or None, checkpoint=args.checkpoint, timeout_s=args.timeout,
-        traces=args.traces, quiet_s=max(0.0, args.quiet_wait),
+        traces=args.traces, quiet_s=max(0.0, args.quiet_wait), sharing=args.contention_model == "sharing",
     )
     if args.profile:
         profile = Profile.load(args.profile)

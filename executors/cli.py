@@ -18,10 +18,13 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p = sub.add_parser("generate", help="generate a video by running the schedule with a model")
     add_schedule_args(p, default_blocks=6)
     g = p.add_argument_group("generation")
-    g.add_argument("--model", default="tiny", help="tiny | small | toy | wan2.1-1.3b | wan2.1-14b (default tiny; toy loads the "
-                   "shipped trained weights: bouncing balls, see docs/quality.md)")
+    g.add_argument("--model", default="toy", help="toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default toy: the "
+                   "shipped trained weights, bouncing balls, unconditional, see docs/quality.md; the others take "
+                   "seeded random weights or --checkpoint)")
     g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt) or a "
                    "cascade model folder; default: seeded random weights")
+    g.add_argument("--shift", type=float, default=None,
+                   help="sampler shift (default: the one saved with the weights: toy 1, else 5)")
     g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
     g.add_argument("--prompts", default=None, metavar="PATH",
                    help="prompt timeline: a JSON or YAML list of {at_block, prompt} (switches mid-stream)")
@@ -60,6 +63,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         check_video_path(args.out)
     if args.save_latents and not args.save_latents.endswith(".npz"):
         raise ConfigError("save_latents", f"`--save-latents` must end in .npz, got {args.save_latents!r}")
+    if args.shift is not None and not args.shift > 0:
+        raise ConfigError("shift", f"`--shift` must be positive, got {args.shift}")
     if args.timeout <= 0:
         raise ConfigError("timeout", f"`--timeout` must be positive seconds, got {args.timeout}")
     if args.nproc is not None and args.executor == "reference":
@@ -88,8 +93,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         dtype=args.dtype, device=args.device, out=args.out, save_latents=args.save_latents,
         trace=args.trace, fail_at=args.fail_at, timeout_s=args.timeout, progress=not args.no_progress,
         executor=args.executor, prompts=prompts, interactive=args.interactive, max_blocks=args.max_blocks,
-        backend=args.backend or "inductor", engine_cache=args.engine_cache,
+        backend=args.backend or "inductor", engine_cache=args.engine_cache, shift=args.shift,
     )
+    if args.model == "toy" and (args.prompts or args.switch or args.interactive):
+        print("note: the toy model is unconditional: prompt switches change the schedule (and recache tasks), "
+              "not the pictures; use --model tiny or a Wan checkpoint to see prompts matter", file=sys.stderr)
     summary = run_generate(job, args.nproc)
     if summary:
         _print_summary(summary, args)

@@ -16,6 +16,7 @@ from cascade_sched.trace import write_chrome_trace
 from cascade_sched.validate import validate
 from executors.base import RunOptions, RunResult
 from models.dit import CausalWanDiT
+from models.sampler import FlowMatchSampler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -43,6 +44,7 @@ class GenerateJob:
     max_blocks: int = 1000  # an interactive stream stops growing here
     backend: str = "inductor"  # compiled executor: inductor | tensorrt
     engine_cache: str | None = None  # compiled executor: artifacts under DIR/rank{r}/, loaded when present
+    shift: float | None = None  # sampler shift; None: the one the weights were trained for (toy: 1), else 5
 
     def schedule(self) -> Schedule:
         return validate(build_schedule(CascadeSpec.from_dict(self.spec)))
@@ -68,6 +70,23 @@ def build_model(name: str, checkpoint: str | None, dtype: str, device: str) -> C
     else:
         model = CausalWanDiT(get_config(name), seed=0)  # same seed on every rank: identical weights
     return model.to(device=device, dtype=DTYPES[dtype]).eval()
+
+
+def build_sampler(name: str, checkpoint: str | None, shift: float | None) -> FlowMatchSampler:
+    """The job's sampler: `shift` when given, else the one saved with the weights (the shipped toy model,
+    or a cascade model folder), else the Self-Forcing default (shift 5)."""
+    from models.checkpoints import load_sampler
+
+    if shift is not None:
+        return FlowMatchSampler(shift=shift)
+    saved = None
+    if checkpoint:
+        saved = load_sampler(checkpoint)
+    elif name == "toy":
+        from models.train_toy import WEIGHTS
+
+        saved = load_sampler(WEIGHTS)
+    return saved or FlowMatchSampler()
 
 
 class _Pipeline:
@@ -133,7 +152,7 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
     schedule = job.schedule()
     model = build_model(job.model, job.checkpoint, job.dtype, job.device)
     options = RunOptions(prompt=job.prompt, prompts=dict(job.prompts), fail_at=job.fail_at,
-                         timeout_s=job.timeout_s)
+                         timeout_s=job.timeout_s, sampler=build_sampler(job.model, job.checkpoint, job.shift))
     distributed = dist.is_initialized()
     if distributed and world != schedule.num_devices:
         raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")
@@ -211,9 +230,12 @@ def abort_hook() -> None:
 
 def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: list[float]) -> dict[str, Any]:
     spec = schedule.spec
+    F = spec.frames_per_block
+    # Wan's VAE makes 4 video frames of a latent frame (the first block: 1 + 4 (F - 1)); the toy's latent
+    # is the pixels, one video frame per latent frame.
+    frames, first = (F, F) if job.model == "toy" else (video_frames(1, F), video_frames(0, F))
     metrics = stream_metrics(result.block_done_s, shown_s or None, max_in_flight=schedule.max_in_flight(),
-                             window=spec.window, frames=video_frames(1, spec.frames_per_block),
-                             first_frames=video_frames(0, spec.frames_per_block), makespan_s=result.wall_s)
+                             window=spec.window, frames=frames, first_frames=first, makespan_s=result.wall_s)
     return {
         "executor": job.executor,
         "model": job.model,

@@ -37,8 +37,9 @@ from torch import Tensor
 from cascade_sched import CascadeSpec, build_schedule
 from executors.base import RunOptions
 from executors.reference import ReferenceExecutor
-from models.checkpoints import load_model
+from models.checkpoints import load_model, load_sampler
 from models.dit import CausalWanDiT
+from models.sampler import FlowMatchSampler
 from models.toy_world import RADIUS, SIZE, ball_present, find_balls
 
 ATTENTIONS = ("causal", "bidirectional", "stale")
@@ -65,11 +66,20 @@ def toy_model(path: str | Path | None = None) -> CausalWanDiT:
     return load_model(path or WEIGHTS).float().eval()
 
 
-def generate(model: CausalWanDiT, seed: int, blocks: int, lag: int, attention: str) -> Tensor:
-    """One video's frames (3, T, H, W) in the model's latent (= pixel) space."""
+def toy_sampler(path: str | Path | None = None) -> FlowMatchSampler:
+    """The sampler the toy weights were trained for (saved beside them; shift 1 for the shipped ones)."""
+    from models.train_toy import WEIGHTS
+
+    return load_sampler(path or WEIGHTS) or FlowMatchSampler()
+
+
+def generate(model: CausalWanDiT, seed: int, blocks: int, lag: int, attention: str,
+             sampler: FlowMatchSampler | None = None) -> Tensor:
+    """One video's frames (3, T, H, W) in the model's latent (= pixel) space (default: the shipped sampler)."""
     spec = CascadeSpec(num_blocks=blocks, lag=lag, attention=attention, seed=seed)
+    options = RunOptions(prompt="", sampler=sampler or toy_sampler())
     with torch.inference_mode():
-        result = ReferenceExecutor().run(build_schedule(spec), model, RunOptions(prompt=""))
+        result = ReferenceExecutor().run(build_schedule(spec), model, options)
     return torch.cat(result.latents, dim=1).float()
 
 
@@ -117,9 +127,12 @@ def measure(
     attentions: Sequence[str] = ATTENTIONS,
     progress: bool = False,
     videos: dict[tuple[int, str, int], Tensor] | None = None,
+    sampler: FlowMatchSampler | None = None,
 ) -> list[Row]:
-    """Quality rows for every (lag, attention); `videos`, if given, receives every generated video."""
+    """Quality rows for every (lag, attention); `videos`, if given, receives every generated video.
+    `sampler` defaults to the one saved with the shipped weights."""
     model = toy_model() if model is None else model
+    sampler = sampler or toy_sampler()
     stages = CascadeSpec(num_blocks=blocks).num_stages
     lags = list(range(1, stages + 1)) if lags is None else list(lags)
     settings = [(lag, att) for lag in lags for att in attentions]
@@ -133,14 +146,14 @@ def measure(
                    dynamic_ncols=True)
     base: dict[int, Tensor] = {}
     for s in range(seeds):
-        base[s] = generate(model, s, blocks, stages, "causal")
+        base[s] = generate(model, s, blocks, stages, "causal", sampler)
         if bar is not None:
             bar.update(1)
     rows = []
     for lag, att in settings:
         phys, miss, jump, dist = [], [], [], []
         for s in range(seeds):
-            v = base[s] if lag == stages else generate(model, s, blocks, lag, att)
+            v = base[s] if lag == stages else generate(model, s, blocks, lag, att, sampler)
             if videos is not None:
                 videos[(lag, att, s)] = v
             p, m = physics_error(v)

@@ -21,6 +21,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--attention", default="causal,bidirectional,stale",
                    help="comma-separated attention modes (default causal,bidirectional,stale)")
     p.add_argument("--checkpoint", default=None, help="toy weights (.safetensors with its .json); default: shipped")
+    p.add_argument("--shift", type=float, default=None,
+                   help="sampler shift (default: the one saved with the weights, 1 for the shipped toy)")
     p.add_argument("--frames", default=None, metavar="PATH.png",
                    help="also draw seed 0's frames: sequential, lag 1 causal, lag 1 bidirectional")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -41,7 +43,9 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         rows_json,
         save_strip,
         toy_model,
+        toy_sampler,
     )
+    from models.sampler import FlowMatchSampler
 
     if args.seeds < 1 or args.blocks < 2:
         raise ConfigError("seeds", f"need `--seeds` >= 1 and `--blocks` >= 2, got {args.seeds}, {args.blocks}")
@@ -53,11 +57,14 @@ def _cmd_quality(args: argparse.Namespace) -> int:
         lags = None if args.lags is None else [int(x) for x in args.lags.split(",") if x.strip()]
     except ValueError:
         raise ConfigError("lag", f"`--lags` must be comma-separated integers, got {args.lags!r}") from None
+    if args.shift is not None and not args.shift > 0:
+        raise ConfigError("shift", f"`--shift` must be positive, got {args.shift}")
     torch.set_num_threads(max(1, args.threads))
     model = toy_model(args.checkpoint)
+    sampler = FlowMatchSampler(shift=args.shift) if args.shift is not None else toy_sampler(args.checkpoint)
     videos: dict[tuple[int, str, int], Any] = {}
     rows = measure(model, seeds=args.seeds, blocks=args.blocks, lags=lags, attentions=atts,
-                   progress=not args.no_progress, videos=videos)
+                   progress=not args.no_progress, videos=videos, sampler=sampler)
     rows.insert(0, data_row(args.seeds, args.blocks))
     if args.frames:
         from models.toy_world import make_clip
@@ -72,7 +79,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows_json(rows), indent=1))
     else:
-        print(f"toy model, {args.seeds} seed(s) x {args.blocks} blocks per setting; physics err: mean "
+        print(f"toy model (sampler shift {sampler.shift:g}), {args.seeds} seed(s) x {args.blocks} blocks per setting; physics err: mean "
               "constant-velocity(+bounce) residual of ball centroids; jump ratio: frame difference across "
               "block boundaries / inside blocks; dist to seq: mean |pixel difference| to lag S, same seed")
         print(format_table(rows))

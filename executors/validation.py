@@ -39,7 +39,7 @@ from cascade_sched.metrics import StreamMetrics, stream_metrics, video_frames
 from cascade_sched.schedule import Schedule, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.validate import validate as validate_schedule
-from simulator.catalog import GPU, Cluster, Link, get_model
+from simulator.catalog import HOST_CPU, Cluster, Link, get_model
 from simulator.profile import Profile, ProfileCost
 
 __all__ = [
@@ -62,7 +62,6 @@ ROW_FIELDS = ("name", "world", "lag", "attention", "window", "blocks", "held_out
 ``block_s``; ``error_pct``: the METRICS)."""
 
 TARGETS = {"fps": 10.0, "interval_p95_s": 15.0}  # issue 6: |error| at most, in percent
-CPU = GPU("cpu", 1e12, 1 << 40, 1e11, "ideal", "this machine's CPU (memory is not checked)")
 Progress = Callable[[str], None]
 
 
@@ -85,6 +84,7 @@ class MatrixOptions:
     timeout_s: float = 120.0
     traces: str | None = None
     quiet_s: float = 30.0  # before each run, wait up to this long for the machine to be idle
+    sharing: bool = True  # predict with processor sharing (False: one contention factor per tick)
 
 
 def matrix_specs(options: MatrixOptions) -> list[CascadeSpec]:
@@ -180,18 +180,54 @@ def contention(profile: Profile, processes: int) -> float:
     return float(c.get("slowdown", 1.0))
 
 
-def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4, contend: bool = True) -> tuple[Any, list[str]]:
+def interference(profile: Profile, processes: int) -> float:
+    """What the measured slowdown leaves once the share of cores is accounted for (caches, memory
+    bandwidth): the per-instant factor of the processor-sharing model. Profiles written before it was
+    recorded give their whole slowdown (measured on an idle machine, the share of cores explains none)."""
+    c = profile.provenance.get("contention")
+    if processes < 2 or not isinstance(c, dict) or c.get("processes") != processes:
+        return 1.0
+    return float(c.get("interference", c.get("slowdown", 1.0)))
+
+
+def interference_by_batch(profile: Profile, processes: int) -> tuple[tuple[int, float], ...]:
+    """The measured interference per batch size (``Cluster.contention_by_batch``); empty when the profile
+    has none for that many processes."""
+    c = profile.provenance.get("contention")
+    if processes < 2 or not isinstance(c, dict) or c.get("processes") != processes:
+        return ()
+    return tuple((int(n), float(f)) for n, f in c.get("interference_by_batch", ()))
+
+
+def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4, contend: bool = True,
+            background: float = 0.0, sharing: bool = True, threads: int | None = None) -> tuple[Any, list[str]]:
     """Simulate ``schedule`` with ``profile`` as the measured runs are set up (see the module docstring).
 
-    Returns the ``SimResult`` and the shapes the profile had to interpolate or extrapolate.
+    ``sharing`` (default) models the ranks as processes sharing the host's cores (``Cluster.host_cores``,
+    :mod:`simulator.sharing`) next to ``background`` cores' worth of other work, each rank with ``threads``
+    threads (default: the profile's for one process, ``cores // ranks`` for more); without it one
+    contention factor applies per tick in which two devices compute. Returns the ``SimResult`` and the
+    shapes the profile had to interpolate or extrapolate.
     """
     from simulator.engine import simulate
 
     no_decode = dataclasses.replace(profile, decode_s_per_block=0.0, decode_first_block_s=None)
     cost = ProfileCost(no_decode, get_model(profile.model))
     n = schedule.num_devices
-    slow = contention(profile, n) if contend else 1.0
-    cluster = Cluster(CPU, n, gpus_per_node=max(8, n), intra=link_of(profile), contention=slow)
+    link = link_of(profile)
+    if sharing:
+        cores = profile.provenance.get("cores")
+        cores = int(cores) if isinstance(cores, int) and cores > 0 else (os.cpu_count() or 1)
+        prof_threads = profile.provenance.get("threads")
+        if threads is None:
+            threads = (int(prof_threads) if n == 1 and isinstance(prof_threads, int) else max(1, cores // n))
+        cluster = Cluster(HOST_CPU, n, gpus_per_node=max(8, n), intra=link,
+                          contention=interference(profile, n) if contend else 1.0, host_cores=float(cores),
+                          threads_per_device=threads, background_load=max(0.0, background),
+                          contention_by_batch=interference_by_batch(profile, n) if contend else ())
+    else:
+        cluster = Cluster(HOST_CPU, n, gpus_per_node=max(8, n), intra=link,
+                          contention=contention(profile, n) if contend else 1.0)
     result = simulate(schedule, cluster, cost, cost.geometry, decode=0, check_memory=False, dtype_bytes=dtype_bytes)
     return result, list(cost.extrapolations())
 
@@ -308,7 +344,10 @@ def run_matrix(options: MatrixOptions, profile: Profile, progress: Progress | No
         for spec, meas in zip(group, measured, strict=True):
             schedule = validate_schedule(build_schedule(spec))
             series = _median_series(meas["runs"])
-            sim, extrapolated = predict(schedule, profile, dtype_bytes)
+            idle = [x for x in meas["idle"] if math.isfinite(x)]
+            background = (os.cpu_count() or 1) * (1.0 - statistics.median(idle)) if idle else 0.0
+            sim, extrapolated = predict(schedule, profile, dtype_bytes, background=background,
+                                        sharing=options.sharing, threads=meas["threads"])
             pred_series = list(sim.block_decoded_s)
             m, p = _metrics(schedule, series), _metrics(schedule, pred_series)
             row = Row(_name(spec), world, int(spec.lags[0]) if spec.lags else spec.num_stages, spec.attention,

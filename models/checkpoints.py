@@ -33,6 +33,7 @@ from cascade_sched.errors import CheckpointError
 
 from .config import ModelConfig, get_config
 from .dit import CausalWanDiT
+from .sampler import FlowMatchSampler
 
 __all__ = ["load_checkpoint", "load_model", "load_state_dict", "map_wan_keys", "save_model"]
 
@@ -167,17 +168,40 @@ def _own_paths(path: str | Path) -> tuple[Path, Path]:
     return path / "model.safetensors", path / "config.json"
 
 
-def save_model(model: CausalWanDiT, dir_or_path: str | Path) -> Path:
-    """Save weights (safetensors) and config (JSON); returns the weights path."""
+def save_model(model: CausalWanDiT, dir_or_path: str | Path, *, sampler: dict[str, Any] | None = None) -> Path:
+    """Save weights (safetensors) and config (JSON); returns the weights path.
+
+    `sampler` (e.g. ``{"shift": 1.0}``) records the sampler settings the weights were trained for, the way
+    a diffusers scheduler config travels with its model; `load_sampler` gives them back.
+    """
     from safetensors.torch import save_file
 
     weights, cfg_path = _own_paths(dir_or_path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": FORMAT})
-    cfg_path.write_text(json.dumps({"format": FORMAT, "config": model.config.to_dict(),
-                                    "dtype": str(model.dtype).removeprefix("torch.")}, indent=2) + "\n")
+    meta: dict[str, Any] = {"format": FORMAT, "config": model.config.to_dict(),
+                            "dtype": str(model.dtype).removeprefix("torch.")}
+    if sampler:
+        meta["sampler"] = dict(sampler)
+    cfg_path.write_text(json.dumps(meta, indent=2) + "\n")
     return weights
+
+
+def load_sampler(path: str | Path) -> FlowMatchSampler | None:
+    """The sampler a model saved by `save_model` was trained for, or None when its config names none."""
+    _, cfg_path = _own_paths(path)
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    settings = meta.get("sampler")
+    if not isinstance(settings, dict):
+        return None
+    try:
+        return FlowMatchSampler(**settings)
+    except TypeError as exc:
+        raise CheckpointError(f"{str(cfg_path)!r}: bad `sampler` settings {settings!r}: {exc}") from exc
 
 
 def load_model(path: str | Path) -> CausalWanDiT:

@@ -1,12 +1,16 @@
 """Train the toy block-causal model on the bouncing-balls world (models/toy_world.py); rerun with
 
-    python -m models.train_toy                     # 3000 steps, about 17 min on one CPU thread, then
-    python -m models.train_toy --init models/weights/toy.safetensors --seed 2 --steps 1700 --lr 5e-4 \
-        --plot docs/img/toy_loss_cont.png          # about 10 min more: the shipped weights (docs/quality.md)
+    python -m models.train_toy --steps 4200                # the shipped weights: 23 min on one CPU thread
     python -m models.train_toy --steps 3 --out /tmp/t.safetensors --no-plot   # a smoke run
 
 Latent = pixels: a block is (3, 3, 16, 16) in [-1, 1]. The prompt is not used: the cross-attention output
 projections are zero and frozen, so every prompt gives the same video.
+
+Sampler: the weights are trained for (and saved with, see ``models.checkpoints.load_sampler``) shift 1,
+so the default steps 1000/750/500/250 are sigmas 1, 0.75, 0.5, 0.25. The Wan presets' shift 5 (sigmas 1,
+0.9375, 0.833, 0.625) suits *distilled* students, whose first x0 prediction is already a sample; this
+model is a plain flow-matching model, whose x0 prediction from a very noisy input is the blurred average
+of what the input allows, so it needs the last step at a lower sigma to draw sharp balls.
 
 Objective (flow matching with one noise level per block, diffusion-forcing style, in the exact attention
 pattern the executors run): a training clip is 4 blocks; every block b gets its own sigma_b, its input is
@@ -15,8 +19,8 @@ joint ``forward_tick`` in which block b reads the same-tick K/V of every earlier
 a cascade tick; a block at sigma 0 is a cache pass, i.e. committed clean context). The loss is the MSE of
 the predicted velocity against ``eps - x0`` on the blocks with sigma > 0. The per-block sigmas come from
   - 60%: a real schedule's tick: a random lag L in 1..S and tick n; block b sits at stage n - b*L with the
-    sampler's sigma for that stage (1, 0.9375, 0.833, 0.625 for 1000/750/500/250 at shift 5; the cache
-    stage and committed blocks at 0); blocks not started yet are left out;
+    sampler's sigma for that stage (the cache stage and committed blocks at 0); blocks not started yet are
+    left out;
   - 40%: independent levels: half from that table (cache level included), half ``shift(u)``, u uniform.
 Adam (lr 1e-3, 100-step warm-up, cosine decay to 5%), batch 4 clips, gradient clip 1.0; the weights saved
 are an EMA (decay 0.995) of the trained ones. Fresh clips every step (seeded by the step), so no epochs.
@@ -43,6 +47,7 @@ from models.toy_world import make_batch
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
 STEPS = (1000, 750, 500, 250)  # the default schedule's nominal denoise steps
+TOY_SHIFT = 1.0  # the toy's sampler shift: sigmas 1, 0.75, 0.5, 0.25 for STEPS (see the module docstring)
 PROMPT = 0
 _TICK = CausalWanDiT.forward_tick.__wrapped__  # type: ignore[attr-defined]  # forward_tick without no_grad
 
@@ -105,7 +110,7 @@ def training_loss(model: CausalWanDiT, x0: Tensor, sigmas: list[list[float | Non
 
 def train(steps: int, batch: int = 4, blocks: int = 6, lr: float = 1e-3, seed: int = 0,
           max_minutes: float | None = None, progress: bool = True,
-          init: str | Path | None = None) -> tuple[CausalWanDiT, list[float], float]:
+          init: str | Path | None = None, shift: float = TOY_SHIFT) -> tuple[CausalWanDiT, list[float], float]:
     """Train; returns (EMA model, per-step losses, wall seconds). Stops early past `max_minutes`.
     `init` continues from saved toy weights (data seeds then differ from the first run's through `seed`)."""
     torch.manual_seed(seed)
@@ -122,7 +127,7 @@ def train(steps: int, batch: int = 4, blocks: int = 6, lr: float = 1e-3, seed: i
     warm = min(100, max(1, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(i / steps, 1)))))
-    sampler = FlowMatchSampler()
+    sampler = FlowMatchSampler(shift=shift)
     table = [sampler.sigma(t) for t in STEPS] + [0.0]
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -173,7 +178,8 @@ def plot_losses(losses: list[float], path: str | Path, wall_s: float) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("velocity MSE")
-    ax.set_title(f"toy model training ({len(losses)} steps, {wall_s / 60:.1f} min, 1 CPU thread)")
+    ax.set_title(f"toy model training ({len(losses)} steps, {wall_s / 60:.1f} min, "
+                 f"{torch.get_num_threads()} CPU thread(s))")
     ax.legend()
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the data, noise and init (default 0)")
     p.add_argument("--init", default=None, help="continue from these toy weights (.safetensors)")
+    p.add_argument("--shift", type=float, default=TOY_SHIFT, help="sampler shift trained for (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this long")
     p.add_argument("--out", default=str(WEIGHTS), help="weights path (.safetensors; config .json beside it)")
@@ -200,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps, --batch and --blocks must be positive")
     torch.set_num_threads(args.threads)
     model, losses, wall = train(args.steps, args.batch, args.blocks, args.lr, args.seed, args.max_minutes,
-                                progress=not args.no_progress, init=args.init)
-    path = save_model(model, args.out)
+                                progress=not args.no_progress, init=args.init, shift=args.shift)
+    path = save_model(model, args.out, sampler={"shift": args.shift})
     if not args.no_plot:
         plot_losses(losses, args.plot, wall)
     tail = losses[-100:]

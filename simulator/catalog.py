@@ -14,6 +14,7 @@ them equal).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ class GPU:
     mem_bw_Bps: float  # HBM bandwidth, bytes/s
     default_link: str  # the link a node of these GPUs usually has
     source: str
+
+
+HOST_CPU = GPU("cpu", 1e12, 1 << 40, 1e11, "ideal",
+               "a CPU rank of the distributed executor: profile-priced, memory not checked")
 
 
 @dataclass(frozen=True)
@@ -238,6 +243,16 @@ class Cluster:
     tick: devices that share one host's cores, caches and memory bandwidth, such as the ranks of the
     distributed executor on a CPU (``cascade calibrate`` measures it); 1.0 for GPUs.
 
+    Processor sharing (CPU ranks on one host): with ``host_cores`` set, every device is a process of
+    ``threads_per_device`` threads on one host of that many cores, next to ``background_load`` cores' worth
+    of other work. While n devices compute at one instant, each computes at speed
+    ``1 / (max(1, (n * threads_per_device + background_load) / host_cores) * (contention if n > 1 else 1))``,
+    re-evaluated whenever a device starts or stops computing (``contention`` is then the interference of
+    caches and memory bandwidth beyond the share of cores, per instant rather than per tick).
+    ``contention_by_batch`` ((tasks in the forward, factor) pairs, measured by ``cascade calibrate``)
+    replaces that one factor by one that depends on the size of the job: larger batches touch more memory
+    and suffer more from a neighbour.
+
     >>> c = Cluster.of("h100-sxm", 16)
     >>> c.intra.name, c.link(0, 9).name, c.link(0, 7).name
     ('nvlink4', 'ib-ndr', 'nvlink4')
@@ -251,8 +266,27 @@ class Cluster:
     stragglers: tuple[tuple[int, float], ...] = ()
     degraded: tuple[tuple[int, float], ...] = ()
     contention: float = 1.0
+    host_cores: float | None = None
+    threads_per_device: int = 1
+    background_load: float = 0.0
+    contention_by_batch: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.host_cores is not None and not (isinstance(self.host_cores, (int, float))
+                                                and math.isfinite(self.host_cores) and self.host_cores > 0):
+            raise ConfigError("host_cores", f"`host_cores` must be a positive number of cores, got {self.host_cores!r}")
+        if isinstance(self.threads_per_device, bool) or not isinstance(self.threads_per_device, int) \
+                or self.threads_per_device < 1:
+            raise ConfigError("threads_per_device",
+                              f"`threads_per_device` must be a positive integer, got {self.threads_per_device!r}")
+        for batch, factor in self.contention_by_batch:
+            if batch < 1 or not (math.isfinite(factor) and factor >= 1.0):
+                raise ConfigError("contention_by_batch", f"`contention_by_batch` needs (batch >= 1, factor >= 1) "
+                                                         f"pairs, got ({batch}, {factor})")
+        if not (isinstance(self.background_load, (int, float)) and math.isfinite(self.background_load)
+                and self.background_load >= 0):
+            raise ConfigError("background_load",
+                              f"`background_load` must be a non-negative number of cores, got {self.background_load!r}")
         if not (isinstance(self.contention, (int, float)) and math.isfinite(self.contention)
                 and self.contention >= 1.0):
             raise ConfigError("contention", f"`contention` must be a factor of at least 1, got {self.contention!r}")
@@ -315,6 +349,42 @@ class Cluster:
             text += f", straggler d{d} x{f:g}"
         for d, f in self.degraded:
             text += f", degraded link d{d} /{f:g}"
-        if self.contention > 1.0:
+        if self.host_cores is not None:
+            text += (f", one host of {self.host_cores:g} cores ({self.threads_per_device} thread(s) per device, "
+                     f"background load {self.background_load:.2g} cores, interference "
+                     + (", ".join(f"x{f:.3g} at batch {b}" for b, f in sorted(self.contention_by_batch))
+                        if self.contention_by_batch else f"x{self.contention:.3g}") + ")")
+        elif self.contention > 1.0:
             text += f", shared-host contention x{self.contention:.3g}"
         return text
+
+    def interference(self, batch: int) -> float:
+        """The interference factor of a forward of ``batch`` tasks while other devices compute:
+        ``contention_by_batch`` interpolated (held flat outside its range) when given, else ``contention``.
+
+        >>> c = Cluster(Cluster.of("h100-sxm", 2).gpu, 2, host_cores=2, contention_by_batch=((1, 1.0), (3, 1.2)))
+        >>> c.interference(1), round(c.interference(2), 3), c.interference(5)
+        (1.0, 1.1, 1.2)
+        """
+        pts = sorted(self.contention_by_batch)
+        if not pts:
+            return self.contention
+        if batch <= pts[0][0]:
+            return pts[0][1]
+        for (b0, f0), (b1, f1) in itertools.pairwise(pts):
+            if batch <= b1:
+                return f0 + (f1 - f0) * (batch - b0) / (b1 - b0)
+        return pts[-1][1]
+
+    def host_slowdown(self, computing: int) -> float:
+        """Processor sharing: how many times slower each of ``computing`` devices computes at one instant
+        (1.0 without ``host_cores``; see the class docstring).
+
+        >>> c = Cluster.of("h100-sxm", 2)
+        >>> Cluster(c.gpu, 2, host_cores=2, background_load=1.0).host_slowdown(2)
+        1.5
+        """
+        if self.host_cores is None or computing < 1:
+            return 1.0
+        share = max(1.0, (computing * self.threads_per_device + self.background_load) / self.host_cores)
+        return share * (self.contention if computing > 1 else 1.0)

@@ -64,6 +64,15 @@ def register(subparsers: Any) -> dict[str, Handler]:
                    help="what-if: device D computes F times slower (repeatable)")
     p.add_argument("--degrade", type=_pairs, action="append", default=[], metavar="D:F",
                    help="what-if: device D's link has 1/F of its bandwidth (repeatable)")
+    p.add_argument("--host-cores", type=float, default=None, metavar="C",
+                   help="CPU ranks: the devices are processes sharing one host of C cores (processor sharing; "
+                        "use with --cost profile:PATH measured on that host)")
+    p.add_argument("--threads-per-device", type=int, default=1, help="with --host-cores: threads per rank (default 1)")
+    p.add_argument("--background-load", type=float, default=0.0, metavar="CORES",
+                   help="with --host-cores: cores' worth of other work on the host (default 0)")
+    p.add_argument("--contention", type=float, default=1.0,
+                   help="slowdown while ranks compute at once beyond the share of cores (caches, memory "
+                        "bandwidth; `cascade calibrate` measures it; default 1)")
     p.add_argument("--video-frames", type=int, default=None, help="video frames per block (default 4 x 3 = 12)")
     p.add_argument("--first-block-frames", type=int, default=None, help="video frames of block 0 (default 9)")
     p.add_argument("--allow-oom", action="store_true",
@@ -116,8 +125,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             raise ConfigError("interconnect", "`--interconnect profile` needs --cost profile:PATH with a `link` fit")
     else:
         link = get_link(link_name)
+    if args.host_cores is None and (args.background_load or args.threads_per_device != 1):
+        raise ConfigError("host_cores", "`--background-load` and `--threads-per-device` need `--host-cores`")
     cluster = Cluster(gpu, schedule.num_devices, args.gpus_per_node, link, get_link(args.inter_node, "inter_node"),
-                      tuple(args.straggler), tuple(args.degrade))
+                      tuple(args.straggler), tuple(args.degrade), contention=args.contention,
+                      host_cores=args.host_cores, threads_per_device=args.threads_per_device,
+                      background_load=args.background_load)
     decode: str | int = args.decode if args.decode == "own" else args.decode.removeprefix("d")
     result = simulate(schedule, cluster, cost, geometry, decode=decode, overlap=args.overlap,
                       check_memory=not args.allow_oom, video_frames=args.video_frames,

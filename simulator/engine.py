@@ -25,6 +25,10 @@ events as the calendar; every cost is computed once in plain Python before the r
    the bandwidth of every transfer touching it. With ``cluster.contention`` > 1 (devices sharing one
    host, e.g. CPU ranks), a batch's forward and sampler times are multiplied by it when another device
    has a batch in the same tick.
+8. With ``cluster.host_cores`` set, compute is processor-shared instead (:mod:`simulator.sharing`): a
+   forward, a sampler step or a decode is work that advances at the speed the host gives the devices
+   computing at that instant. A gang's members then compute at their own pace; the gang ends when the
+   last member's forward is done plus the exchange that compute did not hide.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from simulator.catalog import Cluster, ModelGeometry, get_model
 from simulator.cost import CostModel
 from simulator.memory import memory_report
 from simulator.result import SimResult, Timeline
+from simulator.sharing import SharedHost
 from simulator.workload import KV, Workload, build_workload
 
 Proc = Generator[Any, Any, None]
@@ -135,7 +140,8 @@ def _run(
     q = w.geometry.tokens_per_block
     layers = w.geometry.num_layers
     slow = [cluster.slowdown(d) for d in range(n_dev)] + [1.0]
-    shared = cluster.contention
+    sharing = cluster.host_cores is not None  # rule 8: processor sharing replaces the per-tick factor
+    shared = 1.0 if sharing else cluster.contention
 
     # 1. Costs, once per distinct shape.
     fwd_cache: dict[tuple[int, ...], float] = {}
@@ -197,6 +203,9 @@ def _run(
         tr_lat.append(pair_lat[tr.src][tr.dst])
 
     env = simpy.Environment()
+    host = SharedHost(env, cluster) if sharing else None
+    gang_left = [len(w.tick_batches[n]) for n in range(n_ticks)]  # rule 8: members still computing
+    gang_done: dict[int, Any] = {}
     end = [-1.0] * nb
     start = [0.0] * nb
     fwd_end = [0.0] * nb
@@ -268,18 +277,46 @@ def _run(
                         ev = gang_ev[n] = env.event()
                     yield ev
                 t0 = env.now
-                f_end = t0 + gang_len[n]
-                if n not in gang_span:
-                    gang_span[n] = (t0 + gang_len[n] - exposed[n], exposed[n])
-                comm[d] += exposed[n]
+                if host is None:
+                    f_end = t0 + gang_len[n]
+                    if n not in gang_span:
+                        gang_span[n] = (t0 + gang_len[n] - exposed[n], exposed[n])
+                    comm[d] += exposed[n]
             else:
                 t0 = env.now
                 f_end = t0 + dur[bi]
             start[bi] = t0
-            fwd_end[bi] = t0 + dur[bi]
-            t_end = f_end + smp[bi]
-            busy[d] += dur[bi] + smp[bi]
-            yield env.timeout(t_end - t0)
+            if host is None:
+                fwd_end[bi] = t0 + dur[bi]
+                t_end = f_end + smp[bi]
+                busy[d] += dur[bi] + smp[bi]
+                yield env.timeout(t_end - t0)
+            else:  # rule 8: processor-shared compute
+                yield host.run(dur[bi], len(b.contexts))
+                fwd_end[bi] = env.now
+                busy[d] += env.now - t0
+                if joint[n]:
+                    gang_left[n] -= 1
+                    if gang_left[n]:
+                        ev = gang_done.get(n)
+                        if ev is None:
+                            ev = gang_done[n] = env.event()
+                        yield ev
+                    else:
+                        compute = env.now - t0
+                        c = gang_comm[n]
+                        extra = max(compute, c) + c / layers - compute if overlap else c
+                        gang_span[n] = (env.now, extra)
+                        ev = gang_done.pop(n, None)
+                        if ev is not None:
+                            ev.succeed()
+                    extra = gang_span[n][1]
+                    comm[d] += extra
+                    yield env.timeout(extra)
+                t1 = env.now
+                yield host.run(smp[bi], len(b.contexts))
+                t_end = env.now
+                busy[d] += t_end - t1
             for ti in b.sends:
                 tr = transfers[ti]
                 if tr.kind == KV:  # streamed layer by layer as the producer computes
@@ -323,7 +360,11 @@ def _run(
             frames = 4 * (F - 1) + 1 if blk == 0 else 4 * F
             t = cost.decode_s(blk, frames) * dec_slow
             t0 = env.now
-            yield env.timeout(t)
+            if host is not None and dec < n_dev:  # rule 8: decoding on a host device shares its cores
+                yield host.run(t)
+                t = env.now - t0
+            else:
+                yield env.timeout(t)
             busy[dec] += t
             decode_span[blk] = (t0, t)
             if req is not None and lock is not None:

@@ -3,6 +3,7 @@ small ``cascade validate`` on the tiny model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -109,6 +110,37 @@ def test_contention_slows_only_ticks_shared_by_devices() -> None:
         assert r.makespan_s == pytest.approx(base.makespan_s * expect, rel=0.2 if expect > 1 else 1e-9)
     with pytest.raises(ConfigError, match="contention"):
         Cluster(base_gpu(), 2, contention=0.5)
+
+
+def test_predict_shares_the_host_with_the_measured_background_and_interference() -> None:
+    """``validate``'s prediction: ranks as processes on the profile's cores, other work from the idle
+    share, interference per batch size from the calibration."""
+    sched = build_schedule(CascadeSpec(num_blocks=6, lag=1, num_devices=2, window=None))
+    prof = _profile()
+    prof = dataclasses.replace(prof, provenance={**prof.provenance, "cores": 2, "contention": {
+        "processes": 2, "slowdown": 1.0, "interference": 1.0, "interference_by_batch": [[1, 1.0], [3, 1.5]]}})
+    idle, _ = predict(sched, prof, contend=False)
+    shared, _ = predict(sched, prof)
+    loaded, _ = predict(sched, prof, background=1.0)
+    assert "one host of 2 cores" in shared.cluster and "x1.5 at batch 3" in shared.cluster
+    assert idle.makespan_s < shared.makespan_s < loaded.makespan_s
+    # the per-tick factor of the old model, for comparison: 1.0 measured, so no slowdown at all
+    tick, _ = predict(sched, prof, sharing=False)
+    assert tick.makespan_s == pytest.approx(idle.makespan_s)
+    one, _ = predict(build_schedule(CascadeSpec(num_blocks=6, lag=2, window=None)), prof, background=1.0)
+    alone, _ = predict(build_schedule(CascadeSpec(num_blocks=6, lag=2, window=None)), prof)
+    assert one.makespan_s == pytest.approx(alone.makespan_s)  # 1 rank + 1 core of load fit on 2 cores
+
+
+def test_exchange_inside_a_forward_is_measured_and_fitted() -> None:
+    """Two gloo ranks, the tiny model: the per-layer exchange cost inside a forward, fitted per byte."""
+    from executors.calibrate import measure_gang_exchange
+
+    g = measure_gang_exchange(CalibrateOptions(model="tiny", batches=(1, 2, 4), warmup=1, repeats=3), turns=1)
+    pts = g["fit"]["points"]
+    assert [p["bytes"] for p in pts] == [n * 2 * 12 * 32 * 4 for n in (1, 2, 4)]  # K and V, 12 tokens, dim 32
+    assert all(p["seconds"] > 0 for p in pts)
+    assert g["latency_s"] >= 0 and g["bandwidth_Bps"] > 0
 
 
 def base_gpu() -> GPU:

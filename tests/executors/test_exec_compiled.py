@@ -316,7 +316,7 @@ def test_cli_backend_needs_the_compiled_executor() -> None:
 
 @pytest.mark.slow
 def test_cli_compiled_generate_matches_reference(tmp_path: Path) -> None:
-    common = ["--blocks", "2", "--timesteps", "1000", "--no-progress"]
+    common = ["--model", "tiny", "--blocks", "2", "--timesteps", "1000", "--no-progress"]
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     cli = [sys.executable, "-m", "cascade_sched.cli", "generate"]
     assert subprocess.run([*cli, *common, "--save-latents", str(a)], timeout=120).returncode == 0

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -24,15 +25,22 @@ def frames_of(blocks: int) -> int:
     return sum(video_frames(b) for b in range(blocks))
 
 
-def test_generate_default_writes_video_latents_and_trace(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("model", "frames", "pixels", "latent"), [
+    (None, lambda b: 3 * b, 128, (3, 16, 16)),  # the default: the trained toy, pixel latents x8 for viewing
+    ("tiny", frames_of, 32, (16, 4, 4)),  # Wan-style 16-channel latents through the preview decoder
+])
+def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | None, frames: Any, pixels: int,
+                                                 latent: tuple[int, ...]) -> None:
     out, lat, trace = tmp_path / "v.mp4", tmp_path / "l.npz", tmp_path / "t.json"
-    r = run("generate", "--out", str(out), "--save-latents", str(lat), "--trace", str(trace), "--no-progress")
+    r = run("generate", *(["--model", model] if model else []), "--out", str(out), "--save-latents", str(lat),
+            "--trace", str(trace), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "paper FPS" in r.stdout and "first frame" in r.stdout
+    assert f"model {model or 'toy'}" in r.stdout
     blocks = 6  # the default clip
-    assert iio.imread(out).shape == (frames_of(blocks), 32, 32, 3)
+    assert iio.imread(out).shape == (frames(blocks), pixels, pixels, 3)
     latents = np.load(lat)["latents"]
-    assert latents.shape == (blocks * 3, 16, 4, 4) and latents.dtype == np.float32
+    assert latents.shape == (blocks * 3, *latent) and latents.dtype == np.float32
     import json
 
     events = json.loads(trace.read_text())["traceEvents"]
@@ -42,7 +50,8 @@ def test_generate_default_writes_video_latents_and_trace(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_distributed_generate_matches_reference_latents(tmp_path: Path) -> None:
-    common = ["--blocks", "5", "--lag", "1", "--devices", "2", "--attention", "bidirectional", "--no-progress"]
+    common = ["--model", "tiny", "--blocks", "5", "--lag", "1", "--devices", "2", "--attention", "bidirectional",
+              "--no-progress"]
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     assert run("generate", *common, "--save-latents", str(a)).returncode == 0
     r = run("generate", *common, "--executor", "distributed", "--save-latents", str(b))
@@ -56,7 +65,7 @@ def test_distributed_generate_matches_reference_latents(tmp_path: Path) -> None:
 def test_a_failing_rank_stops_every_rank_and_keeps_finished_frames(tmp_path: Path, failing_rank: int) -> None:
     out = tmp_path / "v.mp4"
     start = time.monotonic()
-    r = run("generate", "--blocks", "8", "--lag", "1", "--devices", "2", "--executor", "distributed",
+    r = run("generate", "--model", "tiny", "--blocks", "8", "--lag", "1", "--devices", "2", "--executor", "distributed",
             "--out", str(out), "--timeout", "20", "--no-progress", "--fail-at", f"{failing_rank}:6")
     elapsed = time.monotonic() - start
     assert r.returncode != 0

@@ -60,7 +60,7 @@ CASCADE = [sys.executable, "-m", "cascade_sched.cli"]
 def test_prompts_file_through_the_cli(tmp_path: Path) -> None:
     timeline = tmp_path / "t.json"
     timeline.write_text('[{"at_block": 2, "prompt": "a blue cube"}]')
-    common = ["generate", "--blocks", "4", "--no-progress", "--save-latents"]
+    common = ["generate", "--model", "tiny", "--blocks", "4", "--no-progress", "--save-latents"]
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     r = subprocess.run([*CASCADE, *common, str(a), "--prompts", str(timeline)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -77,7 +77,7 @@ def test_prompts_file_through_the_cli(tmp_path: Path) -> None:
 def test_a_scripted_interactive_session_through_a_pipe(tmp_path: Path, policy: str) -> None:
     lat = tmp_path / "l.npz"
     r = subprocess.run(
-        [*CASCADE, "generate", "--interactive", "--blocks", "3", "--lag", "1", "--switch-policy", policy,
+        [*CASCADE, "generate", "--model", "tiny", "--interactive", "--blocks", "3", "--lag", "1", "--switch-policy", policy,
          "--no-progress", "--save-latents", str(lat), "--out", str(tmp_path / "v.mp4")],
         input="a blue cube\n\na red sphere\n", capture_output=True, text=True, timeout=120,
     )

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cascade_sched.errors import CheckpointError
 from models import get_config
-from models.checkpoints import load_model
+from models.checkpoints import load_model, load_sampler, save_model
 from models.decode import PixelDecoder
 from models.toy_world import RADIUS, SIZE, ball_present, find_balls, make_clip, render, simulate
 from models.train_toy import WEIGHTS, main, sample_sigmas, train
@@ -72,6 +73,9 @@ def test_shipped_weights_load_as_the_toy_preset() -> None:
     assert model.config == get_config("toy")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(float(b.cross_attn.o.weight.detach().abs().max()) == 0 for b in model.blocks)  # prompt unused
+    sampler = load_sampler(WEIGHTS)  # trained for shift 1: sigmas 1, 0.75, 0.5, 0.25 (docs/quality.md)
+    assert sampler is not None and sampler.shift == 1.0
+    assert [sampler.sigma(t) for t in (1000, 750, 500, 250)] == [1.0, 0.75, 0.5, 0.25]
 
 
 def test_training_runs_a_few_steps_and_saves(tmp_path: Path) -> None:
@@ -83,3 +87,17 @@ def test_training_runs_a_few_steps_and_saves(tmp_path: Path) -> None:
                  str(tmp_path / "loss.png"), "--no-progress"]) == 0
     assert (tmp_path / "loss.png").is_file()
     assert load_model(out).config.name == "toy"
+    saved = load_sampler(out)
+    assert saved is not None and saved.shift == 1.0  # the sampler it was trained for travels with it
+
+
+def test_saved_sampler_settings_round_trip_and_bad_ones_are_named(tmp_path: Path) -> None:
+    model = load_model(WEIGHTS)
+    path = save_model(model, tmp_path / "m.safetensors", sampler={"shift": 3.0})
+    assert load_sampler(path).shift == 3.0  # type: ignore[union-attr]
+    assert load_sampler(save_model(model, tmp_path / "plain.safetensors")) is None  # none saved
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["sampler"] = {"shfit": 3.0}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="sampler"):
+        load_sampler(path)
