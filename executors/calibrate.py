@@ -530,7 +530,7 @@ def measure_contention(options: CalibrateOptions, processes: int = 2, context_bl
         background = 0.0 if math.isnan(idle) else max(0.0, cores * (1.0 - idle))
         host = Cluster(HOST_CPU, processes, host_cores=cores, threads_per_device=threads,
                        background_load=background)
-        shared = host.host_slowdown(processes) / host.host_slowdown(1)
+        shared = host.host_share(processes) / host.host_share(1)
         per_batch[n] = {"ratio": ratios[mid], "ratios": [round(r, 4) for r in ratios], "alone_s": turns_n[mid][1],
                         "together_s": turns_n[mid][2], "idle": idle, "interference": max(1.0, ratios[mid] / shared)}
     first = per_batch[min(batches)]

@@ -171,32 +171,31 @@ def link_of(profile: Profile) -> Link:
     return dataclasses.replace(link, name=str(backend))
 
 
+def _contention_entry(profile: Profile, processes: int) -> dict[str, Any]:
+    """The profile's two-rank contention measurement when it was made with ``processes`` ranks, else {}."""
+    c = profile.provenance.get("contention")
+    return c if processes >= 2 and isinstance(c, dict) and c.get("processes") == processes else {}
+
+
 def contention(profile: Profile, processes: int) -> float:
     """The profile's measured slowdown of ``processes`` ranks computing at once (1.0 when not measured
     for that many, and always for one process)."""
-    c = profile.provenance.get("contention")
-    if processes < 2 or not isinstance(c, dict) or c.get("processes") != processes:
-        return 1.0
-    return float(c.get("slowdown", 1.0))
+    return float(_contention_entry(profile, processes).get("slowdown", 1.0))
 
 
 def interference(profile: Profile, processes: int) -> float:
     """What the measured slowdown leaves once the share of cores is accounted for (caches, memory
     bandwidth): the per-instant factor of the processor-sharing model. Profiles written before it was
     recorded give their whole slowdown (measured on an idle machine, the share of cores explains none)."""
-    c = profile.provenance.get("contention")
-    if processes < 2 or not isinstance(c, dict) or c.get("processes") != processes:
-        return 1.0
+    c = _contention_entry(profile, processes)
     return float(c.get("interference", c.get("slowdown", 1.0)))
 
 
 def interference_by_batch(profile: Profile, processes: int) -> tuple[tuple[int, float], ...]:
     """The measured interference per batch size (``Cluster.contention_by_batch``); empty when the profile
     has none for that many processes."""
-    c = profile.provenance.get("contention")
-    if processes < 2 or not isinstance(c, dict) or c.get("processes") != processes:
-        return ()
-    return tuple((int(n), float(f)) for n, f in c.get("interference_by_batch", ()))
+    pairs = _contention_entry(profile, processes).get("interference_by_batch", ())
+    return tuple((int(n), float(f)) for n, f in pairs)
 
 
 def predict(schedule: Schedule, profile: Profile, dtype_bytes: int = 4, contend: bool = True,

@@ -384,7 +384,11 @@ class Cluster:
         >>> Cluster(c.gpu, 2, host_cores=2, background_load=1.0).host_slowdown(2)
         1.5
         """
+        return self.host_share(computing) * (self.contention if computing > 1 else 1.0)
+
+    def host_share(self, computing: int) -> float:
+        """Processor sharing without interference: how many times slower each of ``computing`` devices
+        computes because the host's cores are shared, ``max(1, (n * threads + background) / cores)``."""
         if self.host_cores is None or computing < 1:
             return 1.0
-        share = max(1.0, (computing * self.threads_per_device + self.background_load) / self.host_cores)
-        return share * (self.contention if computing > 1 else 1.0)
+        return max(1.0, (computing * self.threads_per_device + self.background_load) / self.host_cores)

@@ -23,7 +23,6 @@ next to its peer for the rest is priced as such (a per-tick factor cannot expres
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from simulator.catalog import Cluster
@@ -37,9 +36,8 @@ class SharedHost:
     def __init__(self, env: Any, cluster: Cluster) -> None:
         self.env = env
         self.cluster = cluster
-        # The share of cores alone (interference 1): one entry per number of jobs computing at once.
-        plain = dataclasses.replace(cluster, contention=1.0, contention_by_batch=())
-        self._share = [1.0] + [plain.host_slowdown(n) for n in range(1, cluster.num_gpus + 2)]
+        # The share of cores (interference apart): one entry per number of jobs computing at once.
+        self._share = [cluster.host_share(n) for n in range(cluster.num_gpus + 2)]
         self._jobs: dict[int, list[Any]] = {}  # id -> [work left, interference, event]
         self._next_id = 0
         self._last = 0.0
