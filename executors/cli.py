@@ -110,7 +110,8 @@ def _print_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
     lines = [
         f"{s['executor']} executor, model {s['model']}, {s['blocks']} blocks on {s['devices']} device(s)",
         f"  FPS {s['fps']:.2f} (video frames shown per second, steady state, decoding included)",
-        f"  paper FPS {s['paper_fps']:.2f} (12 frames over the median interval between blocks denoised)",
+        f"  paper FPS {s['paper_fps']:.2f} ({s['video_frames_per_block']} frames over the median interval between "
+        "blocks denoised)",
         f"  first frame {s['first_frame_s']:.3f} s, wall {s['wall_s']:.3f} s, in model forwards "
         f"{s['forward_s']:.3f} s, interval p50/p95/p99 {s['interval_p50_s']:.3f}/{s['interval_p95_s']:.3f}/"
         f"{s['interval_p99_s']:.3f} s",

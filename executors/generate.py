@@ -241,6 +241,7 @@ def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: l
         "model": job.model,
         "blocks": schedule.num_blocks,
         "devices": schedule.num_devices,
+        "video_frames_per_block": frames,
         **metrics.to_dict(),
         "block_done_s": result.block_done_s,
         "forward_s": result.forward_s,

@@ -37,6 +37,7 @@ def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | No
     assert r.returncode == 0, r.stderr
     assert "paper FPS" in r.stdout and "first frame" in r.stdout
     assert f"model {model or 'toy'}" in r.stdout
+    assert ("(3 frames over" if model is None else "(12 frames over") in r.stdout  # pixels vs Wan VAE x4
     blocks = 6  # the default clip
     assert iio.imread(out).shape == (frames(blocks), pixels, pixels, 3)
     latents = np.load(lat)["latents"]
