@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_sim_properties import cluster_with, specs
 
 from cascade_sched import CascadeSpec, build_schedule
 from cascade_sched.cli import main
@@ -18,23 +19,17 @@ from cascade_sched.metrics import switch_stalls, switch_touched
 from cascade_sched.schedule import RECACHE, KVRef, Schedule
 from cascade_sched.trace import read_chrome_trace
 from cascade_sched.transfers import REENCODE, plan_transfers
-from simulator import Cluster, UniformCost, get_gpu, get_link, get_model, make_cost, simulate
-from simulator.catalog import Link
+from simulator import Cluster, UniformCost, get_gpu, get_model, make_cost, simulate
 from simulator.profile import ForwardPoint, Profile, ProfileCost
 from simulator.visual import draw_gantt, write_trace
 from simulator.workload import KV, build_workload
 
 T = 0.1
-ALL_STEPS = (1000, 750, 500, 250)
 G13 = get_model("wan2.1-1.3b")
 
 
 def ideal(n: int) -> Cluster:
     return Cluster.of("h100-sxm", n, interconnect="ideal")
-
-
-def cluster_with(n: int, bandwidth: float, latency: float = 5e-6) -> Cluster:
-    return Cluster(get_gpu("h200"), n, 4, Link("test", bandwidth, latency, "test"), get_link("ib-ndr"))
 
 
 def n_reencoded(s: Schedule, block: int) -> int:
@@ -132,24 +127,11 @@ def test_switch_stall_definition() -> None:
 # -- every task once, bytes, memory -----------------------------------------------------------------------
 @st.composite
 def switched_specs(draw: Any, max_devices: int = 6) -> CascadeSpec:
-    k = draw(st.integers(1, 4))
-    cache = draw(st.booleans())
-    s = k + (1 if cache else 0)
-    blocks = draw(st.integers(1, 9))
-    ats = sorted(draw(st.sets(st.integers(0, blocks - 1), max_size=3)))
-    return CascadeSpec(
-        num_blocks=blocks,
-        timesteps=ALL_STEPS[:k],
-        cache_pass=cache,
-        lag=draw(st.integers(1, s)),
-        attention=draw(st.sampled_from(["causal", "bidirectional", "stale"])),
-        window=draw(st.sampled_from([None, 1, 2, 3, 5])),
-        sink=draw(st.integers(0, 2)),
-        num_devices=draw(st.integers(1, max_devices)),
-        placement=draw(st.sampled_from(["block", "stage"])),
-        switches=tuple((at, q + 1) for q, at in enumerate(ats)),
-        switch_policy=draw(st.sampled_from(["recache", "recache", "none"])),
-    )
+    """The simulator's spec space (test_sim_properties.specs) with up to three prompt switches."""
+    base = draw(specs(max_devices))
+    ats = sorted(draw(st.sets(st.integers(0, base.num_blocks - 1), max_size=3)))
+    return CascadeSpec.from_dict({**base.to_dict(), "switches": [[at, q + 1] for q, at in enumerate(ats)],
+                                  "switch_policy": draw(st.sampled_from(["recache", "recache", "none"]))})
 
 
 @given(switched_specs())
