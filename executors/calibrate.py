@@ -447,8 +447,9 @@ def measure_gang_exchange(options: CalibrateOptions, processes: int = 2, context
     more than between idle ranks (``measure_link``): the ranks arrive a little apart at every layer, and
     the messages contend with the peer's compute for the cores."""
     from executors.launch import spawn
+    from models.config import get_config
 
-    model_cfg = _config_of(options)
+    model_cfg = get_config(options.model)
     kv_bytes = 2 * model_cfg.tokens_per_block * model_cfg.dim * torch.empty((), dtype=getattr(
         torch, options.dtype)).element_size()
     payload = {"model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
@@ -462,12 +463,6 @@ def measure_gang_exchange(options: CalibrateOptions, processes: int = 2, context
     fit = fit_alpha_beta([b for b, _ in points], [t for _, t in points])
     return {"processes": processes, "context_blocks": context_blocks, "fit": fit.to_dict(),
             "latency_s": fit.latency_s, "bandwidth_Bps": fit.bandwidth_Bps}
-
-
-def _config_of(options: CalibrateOptions) -> Any:
-    from models.config import get_config
-
-    return get_config(options.model)
 
 
 # -- contention between processes ---------------------------------------------------------------------

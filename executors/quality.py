@@ -37,7 +37,7 @@ from torch import Tensor
 from cascade_sched import CascadeSpec, build_schedule
 from executors.base import RunOptions
 from executors.reference import ReferenceExecutor
-from models.checkpoints import load_model, load_sampler
+from models.checkpoints import load_model
 from models.dit import CausalWanDiT
 from models.sampler import FlowMatchSampler
 from models.toy_world import RADIUS, SIZE, ball_present, find_balls
@@ -68,9 +68,9 @@ def toy_model(path: str | Path | None = None) -> CausalWanDiT:
 
 def toy_sampler(path: str | Path | None = None) -> FlowMatchSampler:
     """The sampler the toy weights were trained for (saved beside them; shift 1 for the shipped ones)."""
-    from models.train_toy import WEIGHTS
+    from executors.generate import build_sampler
 
-    return load_sampler(path or WEIGHTS) or FlowMatchSampler()
+    return build_sampler("toy", str(path) if path else None, None)
 
 
 def generate(model: CausalWanDiT, seed: int, blocks: int, lag: int, attention: str,

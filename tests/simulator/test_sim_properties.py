@@ -14,6 +14,7 @@ from cascade_sched.graph import critical_path, to_networkx
 from cascade_sched.schedule import Schedule
 from simulator import Cluster, RooflineCost, UniformCost, get_gpu, get_link, get_model, simulate
 from simulator.catalog import Link
+from simulator.result import SimResult
 
 ALL_STEPS = (1000, 750, 500, 250)
 
@@ -78,14 +79,20 @@ def test_makespan_is_at_least_the_critical_path(spec: CascadeSpec) -> None:
     assert r2.makespan_s >= _solo_longest_path(s, cost) - 1e-12
 
 
-@given(specs())
-def test_every_task_is_simulated_exactly_once(spec: CascadeSpec) -> None:
+def simulate_every_task_once(spec: CascadeSpec) -> SimResult:
+    """Simulate ``spec`` and check that every task of its schedule ran exactly once."""
     s = build_schedule(spec)
     r = simulate(s, cluster_with(spec.num_devices, 100e9), UniformCost(0.01), "tiny")
     counts = Counter(r.executed)
     assert set(counts) == {t.ref for t in s.tasks}
     assert set(counts.values()) == {1}
     assert r.num_tasks == len(s.tasks)
+    return r
+
+
+@given(specs())
+def test_every_task_is_simulated_exactly_once(spec: CascadeSpec) -> None:
+    simulate_every_task_once(spec)
 
 
 def _implied_bytes(s: Schedule, kv: int, latent: int, decoder: int) -> int:

@@ -4,14 +4,13 @@ at a switch (``cascade_sched.metrics.switch_stalls``) in closed form."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_sim_properties import cluster_with, specs
+from test_sim_properties import cluster_with, simulate_every_task_once, specs
 
 from cascade_sched import CascadeSpec, build_schedule
 from cascade_sched.cli import main
@@ -136,12 +135,7 @@ def switched_specs(draw: Any, max_devices: int = 6) -> CascadeSpec:
 
 @given(switched_specs())
 def test_every_task_including_recache_is_simulated_exactly_once(spec: CascadeSpec) -> None:
-    s = build_schedule(spec)
-    r = simulate(s, cluster_with(spec.num_devices, 100e9), UniformCost(0.01), "tiny")
-    counts = Counter(r.executed)
-    assert set(counts) == {t.ref for t in s.tasks}
-    assert set(counts.values()) == {1}
-    assert r.num_tasks == len(s.tasks)
+    r = simulate_every_task_once(spec)
     assert len(r.switch_stalls) == sum(1 for at, _ in spec.switches if at >= 1 and spec.num_blocks > 1)
 
 
