@@ -17,10 +17,10 @@ from models.toy_world import make_clip
 CASCADE = [sys.executable, "-m", "cascade_sched.cli"]
 
 # Loose bounds around what the shipped weights give on seed 0, 4 blocks (docs/quality.md): sequential
-# 0.87 px with 69% of (frame, ball) pairs missing, lag 1 causal 0.77 px with 72% missing. The missing
-# share is high: the toy model draws one or two of the three balls most of the time (see docs/quality.md).
+# 0.66 px with 53% of (frame, ball) pairs missing, lag 1 causal 0.52 px with 64% missing. The first,
+# undistilled toy model missed 69% sequentially on this seed, so the missing bound separates the two.
 PHYSICS_BOUND_PX = 1.2
-MISSING_BOUND_PCT = 85.0
+MISSING_BOUND_PCT = 65.0
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +51,7 @@ def test_shipped_weights_keep_the_documented_quality_on_seed_0() -> None:
     seq, lag1 = rows
     assert (seq.lag, lag1.lag) == (5, 1) and seq.dist_to_seq == 0
     assert seq.physics_px < PHYSICS_BOUND_PX and seq.missing_pct < MISSING_BOUND_PCT
-    assert lag1.physics_px < 2 * PHYSICS_BOUND_PX and lag1.missing_pct < 95.0
+    assert lag1.physics_px < 2 * PHYSICS_BOUND_PX and lag1.missing_pct < 80.0
     assert 0 < lag1.dist_to_seq < 0.5
 
 
