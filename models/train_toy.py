@@ -19,8 +19,8 @@ Stages (the objectives, and why there are two models: `models/toy_training.py`):
 The student is saved with the sampler it was trained for: shift 1, so the default steps 1000/750/500/250
 are exactly those sigmas.
 `--teacher PATH` skips stage 1 and distils from saved teacher weights; `--save-teacher PATH` keeps the
-teacher. Both stages: Adam with a linear warm-up and cosine decay to 5%, batch `--batch` clips of
-`--blocks` blocks, gradient clip 1; the weights kept are an EMA of the trained ones.
+teacher. Every training stage: Adam with a linear warm-up and cosine decay to 5%, `--batch` clips per
+step, gradient clip 1; the weights kept are an EMA of the trained ones.
 """
 
 from __future__ import annotations
