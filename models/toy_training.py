@@ -45,10 +45,11 @@ from torch import Tensor
 
 from models.config import get_config
 from models.dit import CausalWanDiT, TaskInput
-from models.sampler import noise
+from models.sampler import SELF_FORCING, FlowMatchSampler, noise
 
 __all__ = [
     "PROMPT",
+    "SHIFT",
     "SIGMAS",
     "OdeVideos",
     "clip_velocity",
@@ -62,7 +63,8 @@ __all__ = [
 ]
 
 PROMPT = 0  # the one prompt key the toy registers (its prompt path is switched off)
-SIGMAS = (1.0, 0.75, 0.5, 0.25)  # the student's sampler: steps 1000/750/500/250 at shift 1
+SHIFT = 1.0  # the student's sampler shift (saved with the weights)
+SIGMAS = tuple(FlowMatchSampler(shift=SHIFT).sigmas(SELF_FORCING["steps"]))  # steps 1000..250: 1, 0.75, 0.5, 0.25
 TICK_SHARE = 0.6  # share of clips whose per-block stages follow a cascade tick
 VIDEO_SEED0 = 1_000_000  # ODE rollout seeds start here, away from the seeds `cascade quality` samples
 
@@ -114,6 +116,13 @@ def _per_frame(per_block: Tensor, frames_per_block: int) -> Tensor:
     return per_block.repeat_interleave(frames_per_block, 1)[:, None, :, None, None]
 
 
+def _masked_mse(pred: Tensor, target: Tensor, sigma: Tensor, started: Tensor, frames_per_block: int) -> Tensor:
+    """MSE over the blocks (N, B) that have started and are noisy (sigma > 0); 0 when there are none."""
+    w = ((_per_frame(sigma, frames_per_block) > 0) & _per_frame(started, frames_per_block)).to(pred.dtype)
+    w = w.expand_as(pred)
+    return (((pred - target) ** 2) * w).sum() / w.sum().clamp(min=1)
+
+
 def teacher_sigmas(rng: random.Random, blocks: int) -> list[float | None]:
     """Per-block sigmas of one teacher clip (None: not started); see the module docstring."""
     table = [*SIGMAS, 0.0]
@@ -131,10 +140,8 @@ def teacher_loss(model: CausalWanDiT, x0: Tensor, rng: random.Random, gen: torch
     sigma = torch.tensor([[1.0 if x is None else x for x in d] for d in draws])  # (N, B)
     started = torch.tensor([[x is not None for x in d] for d in draws])
     eps = torch.randn(x0.shape, generator=gen)
-    s = _per_frame(sigma, fpb)
-    v = clip_velocity(model, (1 - s) * x0 + s * eps, 1000.0 * sigma)
-    w = ((s > 0) & _per_frame(started, fpb)).to(x0.dtype).expand_as(x0)
-    return (((v - (eps - x0)) ** 2) * w).sum() / w.sum().clamp(min=1)
+    v = clip_velocity(model, FlowMatchSampler.renoise(x0, eps, _per_frame(sigma, fpb)), 1000.0 * sigma)
+    return _masked_mse(v, eps - x0, sigma, started, fpb)
 
 
 def ode_grid(substeps: int) -> list[float]:
@@ -212,10 +219,10 @@ def ode_videos(teacher: CausalWanDiT, seeds: Sequence[int], blocks: int, substep
             for now, nxt in itertools.pairwise(path):
                 end = end + (nxt - now) * rollers[0].velocity(end, b, now)
             targets[:, k, :, frames] = end
-            x0 = end if student is None else x - sigma * rollers[1].velocity(x, b, sigma)
+            x0 = end if student is None else FlowMatchSampler.x0_from_velocity(x, rollers[1].velocity(x, b, sigma), sigma)
             if k + 1 < len(SIGMAS):  # the sampler's re-noising
-                nxt_sigma = SIGMAS[k + 1]
-                x = (1 - nxt_sigma) * x0 + nxt_sigma * torch.stack([noise(s, b, k + 1, shape) for s in seeds])
+                eps = torch.stack([noise(s, b, k + 1, shape) for s in seeds])
+                x = FlowMatchSampler.renoise(x0, eps, SIGMAS[k + 1])
         committed[:, :, frames] = x0
         for roller in rollers:
             roller.commit(x0, b)
@@ -253,6 +260,4 @@ def student_loss(model: CausalWanDiT, videos: OdeVideos, index: Sequence[int], r
     x_in, target = at_stage(videos.inputs), at_stage(videos.targets)
     sig = torch.tensor([*SIGMAS, 0.0])[stage]  # (N, B)
     v = clip_velocity(model, x_in, 1000.0 * sig)
-    s = _per_frame(sig, fpb)
-    w = ((s > 0) & _per_frame(started, fpb)).to(x_in.dtype).expand_as(x_in)
-    return ((((x_in - s * v) - target) ** 2) * w).sum() / w.sum().clamp(min=1)
+    return _masked_mse(FlowMatchSampler.x0_from_velocity(x_in, v, _per_frame(sig, fpb)), target, sig, started, fpb)

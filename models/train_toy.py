@@ -39,11 +39,18 @@ from torch import Tensor
 
 from models.checkpoints import load_model, save_model
 from models.dit import CausalWanDiT
-from models.toy_training import VIDEO_SEED0, OdeVideos, ode_videos, student_loss, teacher_loss, toy_model
+from models.toy_training import (
+    SHIFT,
+    VIDEO_SEED0,
+    OdeVideos,
+    ode_videos,
+    student_loss,
+    teacher_loss,
+    toy_model,
+)
 from models.toy_world import make_batch
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
-TOY_SHIFT = 1.0  # the student's sampler shift: steps 1000/750/500/250 are `toy_training.SIGMAS`
 
 
 @dataclass
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         student, st = train_student(student, OdeVideos.cat([videos, more]), args.on_policy_steps, args.batch,
                                     args.student_lr, args.seed, progress, name="student (on-policy)")
         stages.append(st)
-    path = save_model(student, args.out, sampler={"shift": TOY_SHIFT})
+    path = save_model(student, args.out, sampler={"shift": SHIFT})
     if not args.no_plot:
         plot_losses(stages, args.plot)
     for st in stages:
