@@ -6,7 +6,7 @@ from typing import Any
 
 import networkx as nx
 
-from cascade_sched.schedule import RECACHE, KVRef, Schedule
+from cascade_sched.schedule import KVRef, Schedule, TaskKind
 
 
 def to_networkx(schedule: Schedule) -> nx.DiGraph:
@@ -24,11 +24,11 @@ def to_networkx(schedule: Schedule) -> nx.DiGraph:
     """
     g = nx.DiGraph()
     for t in schedule.tasks:
-        g.add_node(t.ref, tick=t.tick, device=t.device, kind=t.kind, timestep=t.timestep, gang=t.tick)
+        g.add_node(t.ref, tick=t.tick, device=t.device, kind=str(t.kind), timestep=t.timestep, gang=t.tick)
     k = schedule.spec.num_denoise
     for t in schedule.tasks:
-        if t.kind == RECACHE:  # it runs on the clean latents of the blocks it re-encodes
-            for j, _ in t.reads:
+        if t.kind == TaskKind.RECACHE:  # it runs on the clean latents of the blocks it re-encodes
+            for j, _ in t.replaces:
                 g.add_edge((j, k - 1), t.ref, kind="latent")
             continue
         if t.stage > 0:

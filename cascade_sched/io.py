@@ -1,8 +1,9 @@
-"""The schedule's JSON form, ``cascade-schedule/2`` (documented in docs/schedule-format.md).
+"""The schedule's JSON form, ``cascade-schedule/3`` (documented in docs/schedule-format.md).
 
-Version 2 adds prompt switches: the spec's ``switches`` and ``switch_policy``, each task's ``prompt``,
-and recache tasks (``"kind": "recache"``, ``"stage": -1``, with the versions they write). Version 1
-files (no switches) are still read.
+Version 3 gives a recache task the versions it re-encodes in a field of its own, ``replaces``; its
+``reads`` is empty, as ``reads`` means "attends to" for every task. Version 2 (prompt switches: the spec's
+``switches`` and ``switch_policy``, each task's ``prompt``, recache tasks with the replaced versions in
+``reads``) and version 1 (no switches) are still read.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import json
 from typing import Any
 
 from cascade_sched.errors import CascadeError, ScheduleError
-from cascade_sched.schedule import RECACHE, Schedule, Task, build_schedule
+from cascade_sched.schedule import Schedule, Task, TaskKind, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.validate import validate
 
-FORMAT = "cascade-schedule/2"
-READABLE = ("cascade-schedule/1", FORMAT)
+FORMAT = "cascade-schedule/3"
+READABLE = ("cascade-schedule/1", "cascade-schedule/2", FORMAT)
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
@@ -28,12 +29,13 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
             "stage": t.stage,
             "tick": t.tick,
             "timestep": t.timestep,
-            "kind": t.kind,
+            "kind": str(t.kind),
             "device": t.device,
             "prompt": t.prompt,
             "reads": [[j, v] for j, v in t.reads],
         }
-        if t.kind == RECACHE:
+        if t.kind == TaskKind.RECACHE:
+            out["replaces"] = [[j, v] for j, v in t.replaces]
             out["writes"] = [[j, v] for j, v in schedule.writes(t)]
         return out
 
@@ -46,12 +48,12 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
 
 
 def dumps(schedule: Schedule, indent: int | None = None) -> str:
-    """The schedule as a ``cascade-schedule/2`` JSON string."""
+    """The schedule as a ``cascade-schedule/3`` JSON string."""
     return json.dumps(schedule_to_dict(schedule), indent=indent)
 
 
 def schedule_from_dict(data: Any) -> Schedule:
-    """Read a ``cascade-schedule/2`` (or ``/1``) object back and validate it.
+    """Read a ``cascade-schedule/3`` (or ``/2``, ``/1``) object back and validate it.
 
     The tasks are taken as written (not rebuilt from the spec), so a file edited by hand, with a
     custom placement say, is checked by :func:`validate` rather than silently replaced.
@@ -63,19 +65,8 @@ def schedule_from_dict(data: Any) -> Schedule:
         spec = CascadeSpec.from_dict(data["spec"])
         if data["num_stages"] != spec.num_stages:
             raise ScheduleError(f"num_stages is {data['num_stages']}, but the spec has {spec.num_stages} stages")
-        tasks = tuple(
-            Task(
-                int(t["block"]),
-                int(t["stage"]),
-                int(t["tick"]),
-                int(t["device"]),
-                str(t["kind"]),
-                t["timestep"],
-                tuple((int(j), int(v)) for j, v in t["reads"]),
-                int(t.get("prompt", 0)),
-            )
-            for t in data["tasks"]
-        )
+        v2 = data["format"] != FORMAT  # before version 3 a recache task named what it replaces in "reads"
+        tasks = tuple(_task(t, v2) for t in data["tasks"])
     except CascadeError:
         raise
     except (KeyError, TypeError, ValueError) as e:
@@ -87,8 +78,25 @@ def schedule_from_dict(data: Any) -> Schedule:
     return validate(schedule)
 
 
+def _task(t: dict[str, Any], old: bool) -> Task:
+    kind = _kind(t["kind"])
+    reads = tuple((int(j), int(v)) for j, v in t["reads"])
+    replaces = tuple((int(j), int(v)) for j, v in t.get("replaces", ()))
+    if old and kind == TaskKind.RECACHE:
+        reads, replaces = (), reads
+    return Task(int(t["block"]), int(t["stage"]), int(t["tick"]), int(t["device"]), kind, t["timestep"], reads,
+                int(t.get("prompt", 0)), replaces)
+
+
+def _kind(value: Any) -> TaskKind:
+    try:
+        return TaskKind(value)
+    except ValueError:
+        raise ScheduleError(f"unknown task kind {value!r}; valid: {', '.join(k.value for k in TaskKind)}") from None
+
+
 def loads(text: str) -> Schedule:
-    """Parse and validate a ``cascade-schedule/1`` JSON string."""
+    """Parse and validate a ``cascade-schedule/3`` (or older) JSON string."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 def _cells(schedule: Schedule) -> dict[tuple[int, int], str]:
     cells: dict[tuple[int, int], list[str]] = {}
     for t in schedule.tasks:
-        cells.setdefault((t.tick, t.device), []).append(str(t).split("@")[0])
+        cells.setdefault((t.tick, t.device), []).append(t.name)
     return {k: "+".join(v) for k, v in cells.items()}
 
 

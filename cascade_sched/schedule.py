@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
 from typing import NamedTuple
 
@@ -22,9 +23,23 @@ from cascade_sched.spec import CascadeSpec
 KVRef = tuple[int, int]
 """A KV version: ``(block, stage)`` = the K/V block ``block`` wrote at stage ``stage``."""
 
-DENOISE = "denoise"
-CACHE = "cache"
-RECACHE = "recache"
+class TaskKind(str, Enum):
+    """What a task computes. A ``str`` enum: it compares equal to its value and is written as it in JSON.
+
+    - ``denoise``: one denoise stage of a block (a forward, then the sampler step);
+    - ``cache``: the block's cache pass at t=0 on its clean latent (writes the committed KV);
+    - ``recache``: before a prompt switch (policy ``recache``), one cache pass under the new prompt per
+      block it *replaces* (``Task.replaces``), on their clean latents, causal among them.
+    """
+
+    DENOISE = "denoise"
+    CACHE = "cache"
+    RECACHE = "recache"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 RECACHE_STAGE = -1
 """A recache task is ``(p, -1)``: it runs on the tick before block p's first stage."""
 
@@ -34,26 +49,49 @@ class Task(NamedTuple):
 
     ``str(task)`` is the compact form ``B3S1@d2`` (``B3R@d0`` for block 3's recache task);
     :func:`parse_task` reads it back. ``prompt`` is the prompt id the task is conditioned on.
+    ``reads`` are the versions whose K/V the task attends to (empty for a recache task, which computes
+    from clean latents); ``replaces`` are, for a recache task only, the committed versions it re-encodes.
     """
 
     block: int
     stage: int
     tick: int
     device: int
-    kind: str
+    kind: TaskKind
     timestep: float
     reads: tuple[KVRef, ...] = ()
     prompt: int = 0
+    replaces: tuple[KVRef, ...] = ()
 
     @property
     def ref(self) -> KVRef:
-        """The KV version this task writes."""
+        """The KV version this task writes (``(p, -1)`` names a recache task; it writes :meth:`Schedule.writes`)."""
         return (self.block, self.stage)
 
+    @property
+    def name(self) -> str:
+        """The compact name without the device: ``B3S1``, or ``B3R`` for block 3's recache task."""
+        return task_name(self.block, self.stage)
+
     def __str__(self) -> str:
-        if self.stage == RECACHE_STAGE:
-            return f"B{self.block}R@d{self.device}"
-        return f"B{self.block}S{self.stage}@d{self.device}"
+        return f"{self.name}@d{self.device}"
+
+
+def task_name(block: int, stage: int) -> str:
+    """``B3S1`` for (3, 1); ``B3R`` for block 3's recache task (stage -1). Every trace and grid uses it.
+
+    >>> task_name(3, 1), task_name(3, RECACHE_STAGE)
+    ('B3S1', 'B3R')
+    """
+    return f"B{block}R" if stage == RECACHE_STAGE else f"B{block}S{stage}"
+
+
+class ForwardInput(NamedTuple):
+    """One member of a forward: the version it writes and the versions it attends to (see
+    :meth:`Schedule.forward_inputs`)."""
+
+    ref: KVRef
+    reads: tuple[KVRef, ...]
 
 
 _TASK_RE = re.compile(r"^B(\d+)(?:S(\d+)|(R))@d(\d+)$")
@@ -108,10 +146,6 @@ class Schedule:
         """Ticks from the first task to the last commit, inclusive."""
         return max(t.tick for t in self.tasks) + 1 if self.tasks else 0
 
-    def commit_tick(self, block: int) -> int:
-        """The tick of the block's last stage, whose KV is the block's committed KV."""
-        return self.starts[block] + self.num_stages - 1
-
     def decode_ready_tick(self, block: int) -> int:
         """The tick of the block's last denoise stage: after it the clean latent can be decoded."""
         return self.starts[block] + self.spec.num_denoise - 1
@@ -129,18 +163,32 @@ class Schedule:
 
     def writes(self, task: Task) -> tuple[KVRef, ...]:
         """The KV versions ``task`` writes: its own ``(block, stage)``, or for a recache task of switch q
-        the re-encoded ``(j, S + q)`` of every block it reads."""
-        if task.stage != RECACHE_STAGE:
+        the re-encoded ``(j, S + q)`` of every block it replaces."""
+        if task.kind != TaskKind.RECACHE:
             return (task.ref,)
         q = next(q for q, at in self.spec.recache_switches if at == task.block)
-        return tuple((j, self.num_stages + q) for j, _ in task.reads)
+        return tuple((j, self.num_stages + q) for j, _ in task.replaces)
+
+    def forward_inputs(self, task: Task) -> tuple[ForwardInput, ...]:
+        """The members ``task`` adds to its device's forward: the task itself (its version and reads), or
+        for a recache task one cache pass per version it writes, each reading the re-encoded versions
+        before it (causal among them, nothing else). Executors, compiled buckets and the simulator all
+        expand a task through this one function.
+
+        >>> s = build_schedule(CascadeSpec(num_blocks=3, switches=((2, 1),), switch_policy="recache"))
+        >>> s.forward_inputs(s.task(2, RECACHE_STAGE))
+        (ForwardInput(ref=(0, 5), reads=()), ForwardInput(ref=(1, 5), reads=((0, 5),)))
+        """
+        if task.kind != TaskKind.RECACHE:
+            return (ForwardInput(task.ref, task.reads),)
+        refs = self.writes(task)
+        return tuple(ForwardInput(ref, refs[:i]) for i, ref in enumerate(refs))
 
     @cached_property
     def _producers(self) -> dict[KVRef, Task]:
-        out = {t.ref: t for t in self.tasks if t.stage != RECACHE_STAGE}
+        out: dict[KVRef, Task] = {}
         for t in self.tasks:
-            if t.stage == RECACHE_STAGE:
-                out.update((ref, t) for ref in self.writes(t))
+            out.update((ref, t) for ref in self.writes(t))
         return out
 
     def producer(self, ref: KVRef) -> Task:
@@ -170,16 +218,21 @@ class Schedule:
 
     def max_in_flight(self) -> int:
         """The largest number of blocks in flight at any tick (recache tasks are not blocks in flight)."""
-        return max((sum(1 for t in g if t.stage != RECACHE_STAGE) for g in self.gangs), default=0)
-
-    def device_tasks(self, device: int) -> Iterator[Task]:
-        """The tasks placed on ``device``, in (tick, block) order."""
-        return (t for t in self.tasks if t.device == device)
+        return max((sum(1 for t in g if t.kind != TaskKind.RECACHE) for g in self.gangs), default=0)
 
     def __str__(self) -> str:
         from cascade_sched.render import render_grid
 
         return render_grid(self)
+
+
+def stage_kinds(spec: CascadeSpec) -> tuple[TaskKind, ...]:
+    """The kind of every stage: ``K`` denoise stages, then the cache stage when ``cache_pass`` is on.
+
+    >>> [str(k) for k in stage_kinds(CascadeSpec(num_blocks=1, timesteps=(1000, 500)))]
+    ['denoise', 'denoise', 'cache']
+    """
+    return (TaskKind.DENOISE,) * spec.num_denoise + ((TaskKind.CACHE,) if spec.cache_pass else ())
 
 
 def start_ticks(lags: tuple[int, ...], recache_blocks: frozenset[int] = frozenset()) -> tuple[int, ...]:
@@ -236,7 +289,7 @@ def _build(spec: CascadeSpec) -> Schedule:
     recache = spec.recache_switches
     starts = start_ticks(spec.lags, frozenset(at for _, at in recache))
     last = n_stages - 1
-    kinds = [DENOISE] * spec.num_denoise + ([CACHE] if spec.cache_pass else [])
+    kinds = stage_kinds(spec)
     stage_t = spec.stage_timesteps
     place = PLACEMENTS[spec.placement]
     n_dev = spec.num_devices
@@ -277,9 +330,8 @@ def _build(spec: CascadeSpec) -> Schedule:
             ref = (j, n_stages + q)
             reencoded.setdefault(j, []).append((r, ref))
             recache_free[ref] = r
-        recache_tasks.append(
-            Task(p, RECACHE_STAGE, r, place(p, 0, r + 1, n_dev), RECACHE, 0, replaced, prompts[p])
-        )
+        recache_tasks.append(Task(p, RECACHE_STAGE, r, place(p, 0, r + 1, n_dev), TaskKind.RECACHE, 0, (),
+                                  prompts[p], replaced))
 
     for b in range(n_blocks):
         earlier = visible_earlier(b)

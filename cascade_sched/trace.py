@@ -1,8 +1,17 @@
 """One Chrome trace format for predicted and measured timelines (opens in Perfetto and chrome://tracing).
 
-The simulator, the dry run and every executor write events through :func:`write_chrome_trace`, with the
-same task names (``B3S1``), so a predicted and a measured run can be laid side by side. Devices are
-processes, tracks (compute, comm, decode, ...) are threads, times are seconds in and microseconds out.
+The simulator and every executor write events through :func:`write_chrome_trace` and name them with the
+functions below, so a predicted and a measured run of one schedule have the same event names, categories
+and tracks and can be laid side by side. Devices are processes, tracks are threads (the category of an
+event is its track), times are seconds in and microseconds out:
+
+- ``compute``: one slice per task, named :func:`~cascade_sched.schedule.task_name` (``B3S1``, ``B3R``),
+  spanning its device's batched forward of the tick;
+- ``sample``: the sampler step after each denoise task, named like the task;
+- ``comm``: ``exchange t5`` (the per-layer joint-attention exchange inside tick 5's forward) and
+  ``transfer t5`` (the K/V and latents tick 5 produced, sent to other devices after it);
+- ``decode``: ``decode B3`` (block 3's frames);
+- ``host``: anything else a process does (compiling, loading).
 """
 
 from __future__ import annotations
@@ -12,7 +21,30 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-TRACKS: tuple[str, ...] = ("compute", "comm", "sample", "decode", "host")
+from cascade_sched.schedule import task_name
+
+COMPUTE, COMM, SAMPLE, DECODE, HOST = "compute", "comm", "sample", "decode", "host"
+TRACKS: tuple[str, ...] = (COMPUTE, COMM, SAMPLE, DECODE, HOST)
+
+__all__ = [
+    "COMM", "COMPUTE", "DECODE", "HOST", "SAMPLE", "TRACKS", "TraceEvent", "TraceFlow", "chrome_trace",
+    "decode_name", "exchange_name", "read_chrome_trace", "task_name", "transfer_name", "write_chrome_trace",
+]
+
+
+def decode_name(block: int) -> str:
+    """The decode slice of ``block``: ``decode B3``."""
+    return f"decode B{block}"
+
+
+def exchange_name(tick: int) -> str:
+    """The joint-attention exchange inside ``tick``'s forward: ``exchange t5``."""
+    return f"exchange t{tick}"
+
+
+def transfer_name(tick: int) -> str:
+    """What ``tick`` produced for other devices (K/V, latents), sent after it: ``transfer t5``."""
+    return f"transfer t{tick}"
 
 
 @dataclass(frozen=True)

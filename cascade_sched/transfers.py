@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cascade_sched.schedule import RECACHE, KVRef, Schedule
+from cascade_sched.schedule import KVRef, Schedule, TaskKind
 
 
 @dataclass(frozen=True)
@@ -80,21 +80,13 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
     (KVSend(ref=(0, 1), src=0, dst=1),)
     """
     n_ticks = schedule.num_ticks
-    device_of = {t.ref: t.device for t in schedule.tasks}
-    produced_at: dict[KVRef, int] = {}
-    for t in schedule.tasks:
-        if t.kind == RECACHE:  # one task writes a re-encoded version of every block it reads
-            for ref in schedule.writes(t):
-                device_of[ref], produced_at[ref] = t.device, t.tick
-    starts, S = schedule.starts, schedule.num_stages
+    device_of = {ref: t.device for t in schedule.tasks for ref in schedule.writes(t)}
     gang: list[set[KVSend]] = [set() for _ in range(n_ticks)]
     past: list[set[KVSend]] = [set() for _ in range(n_ticks)]
     keep_until: dict[tuple[int, KVRef], int] = {}
-    for t in schedule.tasks:
-        if t.kind == RECACHE:  # it re-encodes from clean latents (sent below), not from the K/V it replaces
-            continue
+    for t in schedule.tasks:  # a recache task reads no K/V: it re-encodes clean latents (sent below)
         for ref in t.reads:
-            produced = starts[ref[0]] + ref[1] if ref[1] < S else produced_at[ref]
+            produced = schedule.version_tick(ref)
             src = device_of[ref]
             if produced == t.tick:
                 if src != t.device:
@@ -109,11 +101,10 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
     k = schedule.spec.num_denoise
     reencoders: dict[int, set[int]] = {}  # block -> devices of recache tasks that need its clean latent
     for t in schedule.tasks:
-        if t.kind == RECACHE:
-            for j, _ in t.reads:
-                reencoders.setdefault(j, set()).add(t.device)
+        for j, _ in t.replaces:
+            reencoders.setdefault(j, set()).add(t.device)
     for t in schedule.tasks:
-        if t.kind == RECACHE:
+        if t.kind == TaskKind.RECACHE:  # its inputs are other blocks' clean latents; it sends none
             continue
         if t.stage + 1 < schedule.num_stages:
             nxt = device_of[(t.block, t.stage + 1)]

@@ -11,15 +11,14 @@ from cascade_sched.errors import ScheduleError
 from cascade_sched.placement import PLACEMENTS
 from cascade_sched.render import render_grid
 from cascade_sched.schedule import (
-    CACHE,
-    DENOISE,
-    RECACHE,
     RECACHE_STAGE,
     KVRef,
     Schedule,
     Task,
+    TaskKind,
     gc_paused,
     in_flight,
+    stage_kinds,
 )
 
 
@@ -48,7 +47,7 @@ def _explain_read(schedule: Schedule, task: Task, ref: object, expected: tuple[K
         return f"reads KV version B{j}S{v}, which does not exist (blocks 0..{B - 1}, stages 0..{S - 1})"
     if j == task.block:
         return f"reads its own block's version B{j}S{v}; a block's own tokens are not a read"
-    produced = schedule.starts[j] + v
+    produced = schedule.version_tick(ref)
     if produced > task.tick:
         return f"reads B{j}S{v}, produced at tick {produced}, after the reading tick {task.tick}"
     if produced == task.tick and schedule.spec.attention == "stale":
@@ -67,7 +66,7 @@ def _explain_task(
     task: Task,
     seen: bytearray,
     prev: tuple[int, int],
-    kinds: list[str],
+    kinds: tuple[TaskKind, ...],
     stage_t: tuple[float, ...],
 ) -> str:
     b, s = task.block, task.stage
@@ -85,6 +84,8 @@ def _explain_task(
     want = schedule.spec.prompt_of(b)
     if task.prompt != want:
         return f"block {b} uses prompt {want} (the spec's switches), but the task carries prompt {task.prompt}"
+    if task.replaces:
+        return f"only a recache task replaces versions, but this {task.kind} task replaces {list(task.replaces)}"
     return f"device {task.device} is out of range 0..{D - 1}"
 
 
@@ -103,18 +104,25 @@ def _check_recache(
         raise _fail(schedule, f"unexpected recache task: {why}", task)
     if task.block in seen:
         raise _fail(schedule, "recache task appears more than once", task)
+    if task.stage != RECACHE_STAGE:
+        raise _fail(schedule, f"a recache task is stage {RECACHE_STAGE} (B{task.block}R), got stage {task.stage}",
+                    task)
     if task.tick != want.tick:
         raise _fail(schedule, f"the recache task of block {task.block} must run at tick {want.tick} "
                     f"(the tick before the block's first stage), not {task.tick}", task)
     if (task.tick, task.block) <= prev:
         raise _fail(schedule, f"tasks out of (tick, block) order: follows tick {prev[0]}, block {prev[1]}", task)
-    if task.kind != RECACHE or task.timestep != 0 or task.prompt != want.prompt:
+    if task.timestep != 0 or task.prompt != want.prompt:
         raise _fail(schedule, f"a recache task is kind recache at t=0 with the new prompt {want.prompt}, got "
                     f"{task.kind} at t={task.timestep} with prompt {task.prompt}", task)
     if not 0 <= task.device < schedule.num_devices:
         raise _fail(schedule, f"device {task.device} is out of range 0..{schedule.num_devices - 1}", task)
-    if task.reads != want.reads:
-        raise _fail(schedule, f"the recache task must re-encode {list(want.reads)}, got {list(task.reads)}", task)
+    if task.replaces != want.replaces:
+        raise _fail(schedule, f"the recache task must re-encode {list(want.replaces)}, got "
+                    f"{list(task.replaces)}", task)
+    if task.reads:
+        raise _fail(schedule, f"a recache task computes from clean latents and reads no K/V, got reads "
+                    f"{list(task.reads)}", task)
 
 
 def _explain_reads(schedule: Schedule, task: Task, expected: tuple[KVRef, ...]) -> str:
@@ -191,15 +199,15 @@ def _validate(schedule: Schedule) -> Schedule:
         for j, _ in reads_r:
             reencoded.setdefault(j, []).append((r, (j, S + q)))
             reenc_last[(j, S + q)] = r
-        expected_recache[p] = Task(p, RECACHE_STAGE, r, -1, RECACHE, 0, reads_r, prompts[p])
+        expected_recache[p] = Task(p, RECACHE_STAGE, r, -1, TaskKind.RECACHE, 0, (), prompts[p], reads_r)
     seen_recache: set[int] = set()
     prev: tuple[int, int] = (-1, -1)
-    kinds = [DENOISE] * spec.num_denoise + ([CACHE] if spec.cache_pass else [])
+    kinds = stage_kinds(spec)
     stage_t = spec.stage_timesteps
     window, sink, mode = spec.window, spec.sink, spec.attention
     for task in schedule.tasks:
-        b, s, tick, device, kind, timestep, reads, prompt = task
-        if s == RECACHE_STAGE:
+        b, s, tick, device, kind, timestep, reads, prompt, replaces = task
+        if kind == TaskKind.RECACHE:
             _check_recache(schedule, task, expected_recache, seen_recache, prev)
             seen_recache.add(b)
             prev = (tick, b)
@@ -215,6 +223,7 @@ def _validate(schedule: Schedule) -> Schedule:
             and timestep == stage_t[s]
             and 0 <= device < D
             and prompt == prompts[b]
+            and not replaces
         ):
             raise _fail(schedule, _explain_task(schedule, task, seen, prev, kinds, stage_t), task)
         seen[b * S + s] = 1

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from cascade_sched.errors import ExecutorError
-from cascade_sched.schedule import CACHE, RECACHE, KVRef, Schedule, Task, extend_schedule
-from cascade_sched.trace import TraceEvent
+from cascade_sched.schedule import KVRef, Schedule, Task, TaskKind, extend_schedule
+from cascade_sched.trace import COMPUTE, SAMPLE, TraceEvent, decode_name
+from cascade_sched.trace import DECODE as DECODE_TRACK
 from cascade_sched.transfers import DECODE, NEXT, REENCODE, TransferPlan, plan_transfers
 from models.dit import CausalWanDiT, KVPair, TaskInput
 from models.kv import KVPool
@@ -129,7 +130,6 @@ class TickLoop:
         # The sampler's arithmetic runs in float32 (float64 for a float64 model), whatever the weights.
         self.latent_dtype = torch.float64 if model.dtype == torch.float64 else torch.float32
         spec = schedule.spec
-        self.sigmas = [options.sampler.sigma(t) for t in spec.timesteps]
         self.eff_t = [options.sampler.effective_timestep(t) for t in spec.timesteps]
         self.keep = self._keep_ticks()
         self.pool = KVPool(options.kv_budget_bytes)
@@ -164,8 +164,8 @@ class TickLoop:
         """Blocks whose clean latent a local recache task re-encodes -> the last such task's tick."""
         until: dict[int, int] = {}
         for t in self.schedule.tasks:
-            if t.kind == RECACHE and t.device in self.local:
-                for j, _ in t.reads:
+            if t.device in self.local:
+                for j, _ in t.replaces:  # only a recache task replaces versions
                     until[j] = max(until.get(j, -1), t.tick)
         return until
 
@@ -248,13 +248,13 @@ class TickLoop:
         )
 
     def _inputs(self, task: Task) -> list[TaskInput]:
-        """The model inputs of one task: itself, or for a recache task one cache pass per block it
-        re-encodes, on the block's clean latent under the new prompt, each reading the re-encoded
-        versions of the earlier blocks of the same recache (one joint forward, causal among them)."""
-        if task.kind != RECACHE:
+        """The model inputs of one task (``Schedule.forward_inputs``): itself, or for a recache task one
+        cache pass per block it re-encodes, on the block's clean latent under the new prompt, causal
+        among them (one joint forward)."""
+        if task.kind != TaskKind.RECACHE:
             return [self._input(task)]
         out: list[TaskInput] = []
-        for ref in self.schedule.writes(task):
+        for ref, reads in self.schedule.forward_inputs(task):
             j = ref[0]
             try:
                 x0 = self.reencode_src[j]
@@ -262,7 +262,7 @@ class TickLoop:
                 raise ExecutorError(f"rank {self.rank}: no clean latent of block {j} for {task}") from None
             out.append(TaskInput(ref=ref, latent=x0.to(self.model.dtype), timestep=0.0,
                                  frame_offset=j * self.schedule.spec.frames_per_block, prompt=task.prompt,
-                                 reads=[r.ref for r in out]))
+                                 reads=reads))
         return out
 
     def _input(self, task: Task) -> TaskInput:
@@ -274,7 +274,7 @@ class TickLoop:
                 x = self.latent[b]
             except KeyError:
                 raise ExecutorError(f"rank {self.rank}: no latent for {task} (it never arrived)") from None
-        t = 0.0 if task.kind == CACHE else self.eff_t[s]
+        t = 0.0 if task.kind == TaskKind.CACHE else self.eff_t[s]
         return TaskInput(
             ref=task.ref,
             latent=x.to(self.model.dtype),
@@ -297,22 +297,22 @@ class TickLoop:
         )
         mid = self.now()
         self.forward_s += mid - start
+        for task in tasks:  # one slice per task over its device's batched forward (cascade_sched.trace)
+            batch = [t.name for t in tasks if t.device == task.device]
+            self.events.append(TraceEvent(task.name, task.device, COMPUTE, start, mid - start,
+                                          {"tick": tick, "batch": batch, "rank": self.rank}))
         i = 0
         for task, xs in zip(tasks, per_task, strict=True):
-            if task.kind == RECACHE:
+            if task.kind == TaskKind.RECACHE:
                 for x, kv in zip(xs, out.kv[i:i + len(xs)], strict=True):
                     self._publish(x.ref, tick, kv)
             else:
+                t0 = self.now()
                 self._advance(task, xs[0].latent, out.velocity[i], out.kv[i])
+                if task.kind == TaskKind.DENOISE:
+                    self.events.append(TraceEvent(task.name, task.device, SAMPLE, t0, self.now() - t0,
+                                                  {"tick": tick}))
             i += len(xs)
-        end = self.now()
-        for d in sorted({t.device for t in tasks}):
-            mine = [t for t in tasks if t.device == d]  # the device's batch in this tick
-            self.events.append(TraceEvent(
-                "+".join(f"B{t.block}S{t.stage}" for t in mine), d, "compute", start, mid - start,
-                {"tick": tick, "tasks": [str(t) for t in mine], "rank": self.rank},
-            ))
-        self.events.append(TraceEvent("sample", tasks[0].device, "sample", mid, end - mid, {"tick": tick}))
 
     def _publish(self, ref: KVRef, tick: int, kv: list[KVPair]) -> None:
         """Keep a version this process reads later; queue it for the processes that read it."""
@@ -327,16 +327,15 @@ class TickLoop:
         spec, sched = self.schedule.spec, self.schedule
         k = spec.num_denoise
         self._publish(task.ref, task.tick, kv)
-        if task.kind == CACHE:
+        if task.kind == TaskKind.CACHE:
             self.latent.pop(b, None)
             return
-        x0 = self.options.sampler.x0_from_velocity(x.to(self.latent_dtype), velocity.to(self.latent_dtype),
-                                                   self.sigmas[s])
-        if s + 1 < k:
-            eps = noise(spec.seed, b, s + 1, self.shape).to(x0.device, self.latent_dtype)
-            nxt = self.options.sampler.renoise(x0, eps, self.sigmas[s + 1])
-        else:
-            nxt = x0
+        steps = spec.timesteps
+        last = s + 1 == k
+        eps = None if last else noise(spec.seed, b, s + 1, self.shape).to(x.device, self.latent_dtype)
+        x0, nxt = self.options.sampler.step(x.to(self.latent_dtype), velocity.to(self.latent_dtype), steps[s],
+                                            None if last else steps[s + 1], eps)
+        if last:
             if self.is_decode_device:
                 self.clean[b] = x0
             else:
@@ -372,7 +371,7 @@ class TickLoop:
             if self.on_block is not None:
                 start = self.now()
                 self.on_block(b, x0)
-                self.events.append(TraceEvent(f"decode B{b}", self.plan.decode_device, "decode", start,
+                self.events.append(TraceEvent(decode_name(b), self.plan.decode_device, DECODE_TRACK, start,
                                               self.now() - start, {"block": b}))
             self.next_block += 1
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from cascade_sched.errors import ConfigError
-from cascade_sched.schedule import RECACHE, KVRef, Schedule, Task
+from cascade_sched.schedule import ForwardInput, KVRef, Schedule, Task
 
 TOKENS = "tokens"
 ATTENTION = "attention"
@@ -42,22 +42,13 @@ class Bucket(NamedTuple):
         return f"tokens{self.queries}" if self.kind == TOKENS else f"attn{self.queries}x{self.keys}"
 
 
-ModelInput = tuple[KVRef, tuple[KVRef, ...]]  # (version it writes, versions of other blocks it reads)
+ModelInput = ForwardInput  # (version it writes, versions of other blocks it reads)
 
 
 def model_inputs(schedule: Schedule, tasks: Sequence[Task]) -> list[ModelInput]:
-    """The model inputs of a tick's local ``tasks``, in the order the tick loop builds them: a task is
-    itself, a recache task one cache pass per version it writes, each reading the earlier ones."""
-    out: list[ModelInput] = []
-    for t in tasks:
-        if t.kind != RECACHE:
-            out.append((t.ref, tuple(t.reads)))
-            continue
-        mine: list[KVRef] = []
-        for ref in schedule.writes(t):
-            out.append((ref, tuple(mine)))
-            mine.append(ref)
-    return out
+    """The model inputs of a tick's local ``tasks``, in the order the tick loop builds them
+    (``Schedule.forward_inputs``: a task is itself, a recache task one cache pass per version it writes)."""
+    return [x for t in tasks for x in schedule.forward_inputs(t)]
 
 
 def attention_groups(inputs: Sequence[ModelInput]) -> list[tuple[tuple[KVRef, ...], list[int]]]:
@@ -108,13 +99,3 @@ def forward_buckets(schedule: Schedule, devices: Iterable[int], tokens_per_block
     for tick in range(schedule.num_ticks):
         out |= bucket_of(schedule, tick, devs, tokens_per_block)
     return out
-
-
-def bucket_uses(schedule: Schedule, devices: Iterable[int], tokens_per_block: int) -> dict[Bucket, list[int]]:
-    """For each bucket, the ticks that use it (for progress and docs: what each compiled graph serves)."""
-    devs = frozenset(devices)
-    uses: dict[Bucket, list[int]] = {}
-    for tick in range(schedule.num_ticks):
-        for b in bucket_of(schedule, tick, devs, tokens_per_block):
-            uses.setdefault(b, []).append(tick)
-    return uses

@@ -226,9 +226,8 @@ def profile_sampler(model: CausalWanDiT, num_denoise: int = 4, warmup: int = 3, 
     def step() -> None:
         counter[0] += 1
         b = counter[0]
-        x0 = sampler.x0_from_velocity(x, v, 0.8)
-        eps = noise(0, b, 1, shape).to(x0.device, act)
-        sampler.renoise(x0, eps, 0.6)
+        eps = noise(0, b, 1, shape).to(x.device, act)
+        sampler.step(x, v, 750, 500, eps)
         if b % num_denoise == 0:  # a block's stage-0 input noise, once per K denoise tasks
             noise(0, b, 0, shape).to(model.device, act)
 
@@ -450,8 +449,7 @@ def measure_gang_exchange(options: CalibrateOptions, processes: int = 2, context
     from models.config import get_config
 
     model_cfg = get_config(options.model)
-    kv_bytes = 2 * model_cfg.tokens_per_block * model_cfg.dim * torch.empty((), dtype=getattr(
-        torch, options.dtype)).element_size()
+    kv_bytes = model_cfg.kv_bytes_per_block_layer(torch.empty((), dtype=getattr(torch, options.dtype)).element_size())
     payload = {"model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
                "device": options.device, "context_blocks": context_blocks, "warmup": options.warmup + 1,
                "repeats": max(5, options.repeats), "turns": turns, "batches": list(options.batches)}
@@ -627,10 +625,3 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None, quiet
     return Profile(model=options.model, forward=tuple(points), sample_s_per_task=sample_s,
                    decode_s_per_block=decode_rest, decode_first_block_s=decode_first, link_fit=link,
                    provenance=prov)
-
-
-def check_finite(profile: Profile) -> None:
-    """Raise ``ConfigError`` if a measurement is not a finite positive number (a broken timer)."""
-    for p in profile.forward:
-        if not (math.isfinite(p.seconds) and p.seconds > 0):
-            raise ConfigError("profile", f"forward batch {p.batch} context {p.context_tokens}: bad time {p.seconds}")

@@ -6,7 +6,6 @@ Imports torch only when the command runs, so ``cascade schedule`` stays light.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -123,8 +122,3 @@ def _print_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
             lines.append(f"  wrote {what}: {path}")
     print("\n".join(lines))
     sys.stdout.flush()
-
-
-def summary_json(s: dict[str, Any]) -> str:
-    """The summary without arrays, as JSON."""
-    return json.dumps({k: v for k, v in s.items() if k != "latents"})

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cascade_sched.errors import ExecutorError
 from cascade_sched.schedule import KVRef, Schedule
-from cascade_sched.trace import TraceEvent
+from cascade_sched.trace import COMM, TraceEvent, exchange_name, transfer_name
 from executors.base import BlockCallback, RunOptions, RunResult, TickLoop
 from models.dit import CausalWanDiT, KVPair
 
@@ -64,7 +64,7 @@ class DistributedTransport:
             return {}
         start = loop.now()
         self._wait(self._post(ops))
-        self._record(tick, "exchange", start, loop.now() - start)
+        self._record(exchange_name(tick), tick, start, loop.now() - start)
         return {ref: (buf[0], buf[1]) for ref, buf in received.items()}
 
     def after_tick(self, tick: int, loop: TickLoop) -> None:
@@ -114,18 +114,16 @@ class DistributedTransport:
         for block, purpose, buf in latents:
             loop.receive_latent(block, purpose, buf)
         self.pending_send = [w for w in self.pending_send if not w.is_completed()]
-        self._record(tick, "send/recv", start, loop.now() - start)
+        self._record(transfer_name(tick), tick, start, loop.now() - start)
 
-    def _record(self, tick: int, what: str, start: float, duration: float) -> None:
+    def _record(self, name: str, tick: int, start: float, duration: float) -> None:
         """One comm event per tick and kind: per-layer exchanges of a tick merge into one slice."""
         last = self.events[-1] if self.events else None
-        if last is not None and last.name == f"{what} t{tick}":
-            self.events[-1] = TraceEvent(last.name, self.rank, "comm", last.start_s,
-                                         start + duration - last.start_s,
+        if last is not None and last.name == name:
+            self.events[-1] = TraceEvent(name, self.rank, COMM, last.start_s, start + duration - last.start_s,
                                          {"tick": tick, "busy_s": last.args["busy_s"] + duration})
         else:
-            self.events.append(TraceEvent(f"{what} t{tick}", self.rank, "comm", start, duration,
-                                          {"tick": tick, "busy_s": duration}))
+            self.events.append(TraceEvent(name, self.rank, COMM, start, duration, {"tick": tick, "busy_s": duration}))
 
     def wait_kv(self, ref: KVRef, layer: int) -> None:
         works = self.pending_kv.pop((ref, layer), None)

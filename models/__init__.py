@@ -3,44 +3,50 @@
 >>> from models import CausalWanDiT, get_config
 >>> CausalWanDiT(get_config("tiny")).config.tokens_per_block
 12
+
+The names below load lazily, so ``import models.config`` (the model geometry, which the simulator reads)
+imports no torch.
 """
 
 from __future__ import annotations
 
-from .checkpoints import load_checkpoint, load_model, load_state_dict, map_wan_keys, save_model
-from .config import PRESETS, ModelConfig, get_config
-from .decode import LatentPreviewDecoder, WanVAEDecoder
-from .dit import CausalWanDiT, Exchange, KVLookup, KVRef, TaskInput, TickOutput, WanBlock
-from .kv import KVPool
-from .prompts import load_embeddings, text_embedding, umt5_embedding
-from .sampler import CAUSVID, SELF_FORCING, SELF_FORCING_SIGMA_MIN, FlowMatchSampler, noise, noise_seed
+import importlib
+from typing import Any
 
-__all__ = [
-    "CAUSVID",
-    "PRESETS",
-    "SELF_FORCING",
-    "SELF_FORCING_SIGMA_MIN",
-    "CausalWanDiT",
-    "Exchange",
-    "FlowMatchSampler",
-    "KVLookup",
-    "KVPool",
-    "KVRef",
-    "LatentPreviewDecoder",
-    "ModelConfig",
-    "TaskInput",
-    "TickOutput",
-    "WanBlock",
-    "WanVAEDecoder",
-    "get_config",
-    "load_checkpoint",
-    "load_embeddings",
-    "load_model",
-    "load_state_dict",
-    "map_wan_keys",
-    "noise",
-    "noise_seed",
-    "save_model",
-    "text_embedding",
-    "umt5_embedding",
-]
+_EXPORTS = {
+    "load_checkpoint": "models.checkpoints",
+    "load_model": "models.checkpoints",
+    "load_state_dict": "models.checkpoints",
+    "map_wan_keys": "models.checkpoints",
+    "save_model": "models.checkpoints",
+    "PRESETS": "models.config",
+    "ModelConfig": "models.config",
+    "get_config": "models.config",
+    "LatentPreviewDecoder": "models.decode",
+    "WanVAEDecoder": "models.decode",
+    "CausalWanDiT": "models.dit",
+    "Exchange": "models.dit",
+    "KVLookup": "models.dit",
+    "KVRef": "models.dit",
+    "TaskInput": "models.dit",
+    "TickOutput": "models.dit",
+    "WanBlock": "models.dit",
+    "KVPool": "models.kv",
+    "load_embeddings": "models.prompts",
+    "text_embedding": "models.prompts",
+    "umt5_embedding": "models.prompts",
+    "CAUSVID": "models.sampler",
+    "SELF_FORCING": "models.sampler",
+    "SELF_FORCING_SIGMA_MIN": "models.sampler",
+    "FlowMatchSampler": "models.sampler",
+    "noise": "models.sampler",
+    "noise_seed": "models.sampler",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ __all__ = [
     "SELF_FORCING",
     "SELF_FORCING_SIGMA_MIN",
     "FlowMatchSampler",
+    "StepOutput",
     "noise",
     "noise_seed",
 ]
@@ -38,6 +39,13 @@ __all__ = [
 SELF_FORCING: dict[str, Any] = dict(shift=5.0, steps=(1000, 750, 500, 250))
 CAUSVID: dict[str, Any] = dict(shift=8.0, steps=(1000, 757, 522))
 SELF_FORCING_SIGMA_MIN = 0.003 / 1.002  # the `sigma_min` of Self-Forcing's FlowMatchScheduler
+
+
+class StepOutput(NamedTuple):
+    """What one sampler step returns."""
+
+    x0: Tensor  # the clean-sample prediction of this step
+    next: Tensor  # the input of the next denoise stage (``x0`` itself after the last one)
 
 
 class FlowMatchSampler:
@@ -116,6 +124,25 @@ class FlowMatchSampler:
     def renoise(x0: Tensor, eps: Tensor, sigma_next: float | Tensor) -> Tensor:
         """Input of the next step: ``(1 - sigma_next) * x0 + sigma_next * eps``."""
         return (1 - sigma_next) * x0 + sigma_next * eps
+
+    def step(self, x_t: Tensor, velocity: Tensor, t: float, t_next: float | None = None,
+             eps: Tensor | None = None) -> StepOutput:
+        """One few-step update after the pass at nominal step ``t`` (diffusers' schedulers own this in
+        ``step()`` too): ``x0 = x_t - sigma(t) * v``, then, when a next step ``t_next`` follows, its input
+        ``renoise(x0, eps, sigma(t_next))`` with the fresh noise ``eps``. Every executor and calibration
+        calls this one function.
+
+        >>> s = FlowMatchSampler(shift=1.0)
+        >>> out = s.step(torch.ones(2), torch.ones(2), 1000, 500, eps=torch.zeros(2))
+        >>> out.x0.tolist(), out.next.tolist()
+        ([0.0, 0.0], [0.0, 0.0])
+        """
+        x0 = self.x0_from_velocity(x_t, velocity, self.sigma(t))
+        if t_next is None:
+            return StepOutput(x0, x0)
+        if eps is None:
+            raise ConfigError("eps", "a step with a next timestep needs its fresh noise `eps`")
+        return StepOutput(x0, self.renoise(x0, eps, self.sigma(t_next)))
 
 
 def noise_seed(seed: int, block: int, stage: int) -> int:

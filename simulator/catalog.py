@@ -2,9 +2,8 @@
 
 Names are lower case (``h100-sxm``, ``nvlink4``, ``wan2.1-1.3b``). Figures come from
 /work/shared/REFERENCE.md (datasheets and the public Wan2.1 configurations) unless the source says
-``est`` (arithmetic or an estimate to calibrate). The simulator never imports torch or ``models``:
-the ``tiny`` and ``small`` geometries are copies of the presets in ``models/config.py`` (a test keeps
-them equal).
+``est`` (arithmetic or an estimate to calibrate). Model geometry (sizes, tokens, KV bytes) is read from
+``models.config``, the one torch-free definition the executors use too; the simulator imports no torch.
 
 >>> get_gpu("h100-sxm").hbm_bytes
 80000000000
@@ -20,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cascade_sched.errors import ConfigError
+from models.config import PRESETS, ModelConfig
 
 GB = 1e9
 REF = "REFERENCE.md"
@@ -107,23 +107,14 @@ class Baseline:
 
 @dataclass(frozen=True)
 class ModelGeometry:
-    """What the simulator needs to know about a block-causal Wan-style DiT.
+    """What the simulator knows about a block-causal Wan-style DiT: its geometry (``config``, the one
+    definition in ``models.config``, which imports no torch) plus what a run costs beyond the DiT.
 
-    ``tokens_per_frame`` = latent_h * latent_w / 4 (patch 1x2x2). ``decode_s_per_frame`` is the VAE
-    decoding time per video frame on an H100 SXM (scaled by peak FLOP/s on other GPUs).
+    ``decode_s_per_frame`` is the VAE decoding time per video frame on an H100 SXM (scaled by peak FLOP/s
+    on other GPUs).
     """
 
-    name: str
-    dim: int
-    ffn_dim: int
-    num_layers: int
-    num_heads: int
-    text_len: int
-    text_dim: int
-    latent_h: int
-    latent_w: int
-    frames_per_block: int = 3
-    latent_channels: int = 16
+    config: ModelConfig
     weight_bytes: int = 0  # 0: estimated from the geometry in bf16
     decode_s_per_frame: float = 0.0
     decode_cache_bytes: int = 0
@@ -135,27 +126,64 @@ class ModelGeometry:
         if self.weight_bytes == 0:
             object.__setattr__(self, "weight_bytes", 2 * estimated_params(self))
 
+    # The geometry, read from the config: sizes are defined once, in models.config.
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.config.ffn_dim
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_heads
+
+    @property
+    def text_len(self) -> int:
+        return self.config.text_len
+
+    @property
+    def text_dim(self) -> int:
+        return self.config.text_dim
+
+    @property
+    def frames_per_block(self) -> int:
+        return self.config.frames_per_block
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.in_channels
+
     @property
     def tokens_per_frame(self) -> int:
-        """Tokens of one latent frame (patch 2x2 in space)."""
-        return (self.latent_h // 2) * (self.latent_w // 2)
+        """Tokens of one latent frame (``ModelConfig.tokens_per_frame``)."""
+        return self.config.tokens_per_frame
 
     @property
     def tokens_per_block(self) -> int:
-        """Tokens of one block (``frames_per_block`` latent frames)."""
-        return self.tokens_per_frame * self.frames_per_block
+        """Tokens of one block (``ModelConfig.tokens_per_block``)."""
+        return self.config.tokens_per_block
 
     def kv_bytes_per_block(self, dtype_bytes: int = 2) -> int:
-        """K and V of one block over all layers: tokens x layers x 2 x dim x dtype bytes.
+        """K and V of one block over all layers (``ModelConfig.kv_bytes_per_block``).
 
         >>> round(get_model("wan2.1-1.3b").kv_bytes_per_block() / 1e9, 3)
         0.863
         """
-        return self.tokens_per_block * self.num_layers * 2 * self.dim * dtype_bytes
+        return self.config.kv_bytes_per_block(dtype_bytes)
 
     def latent_bytes_per_block(self, dtype_bytes: int = 2) -> int:
         """One block's latent (channels x frames x h x w), what moves between stages on two devices."""
-        return self.latent_channels * self.frames_per_block * self.latent_h * self.latent_w * dtype_bytes
+        return math.prod(self.config.latent_shape()) * dtype_bytes
 
 
 def estimated_params(g: ModelGeometry) -> int:
@@ -164,11 +192,12 @@ def estimated_params(g: ModelGeometry) -> int:
     >>> round(estimated_params(get_model("wan2.1-1.3b")) / 1e9, 2)
     1.42
     """
-    d, f = g.dim, g.ffn_dim
+    c = g.config
+    d, f = c.dim, c.ffn_dim
     per_layer = 8 * d * d + 2 * d * f + 6 * d + 10 * d  # self+cross attention, FFN, modulation, norms
-    text = g.text_dim * d + d * d
-    time = 256 * d + d * d + 6 * d * d
-    patch = 2 * g.latent_channels * 4 * d
+    text = c.text_dim * d + d * d
+    time = c.freq_dim * d + d * d + 6 * d * d
+    patch = 2 * c.patch_dim * d
     return g.num_layers * per_layer + text + time + patch
 
 
@@ -182,7 +211,7 @@ MODELS: dict[str, ModelGeometry] = {
     m.name: m
     for m in (
         ModelGeometry(
-            "wan2.1-1.3b", 1536, 8960, 30, 12, 512, 4096, 60, 104,
+            PRESETS["wan2.1-1.3b"],
             weight_bytes=2_840_000_000,
             baseline=Baseline(16.0, "h100-sxm", 7, 4, True,
                               "arXiv 2511.20426: sequential 1.3B on one H100 (FA3), 16 FPS; window 21 frames "
@@ -193,7 +222,7 @@ MODELS: dict[str, ModelGeometry] = {
             decode_cache_bytes=_WAN_DECODE_CACHE,
         ),
         ModelGeometry(
-            "wan2.1-14b", 5120, 13824, 40, 40, 512, 4096, 60, 104,
+            PRESETS["wan2.1-14b"],
             weight_bytes=28_600_000_000,
             baseline=Baseline(4.5, "h100-sxm", 7, 4, True,
                               "arXiv 2511.20426: sequential 14B on one H100 (FA3), 4.5 FPS; window 21 frames "
@@ -203,9 +232,8 @@ MODELS: dict[str, ModelGeometry] = {
             decode_s_per_frame=_WAN_DECODE_S_PER_FRAME,
             decode_cache_bytes=_WAN_DECODE_CACHE,
         ),
-        # Copies of models/config.py presets (tests/simulator checks they stay equal).
-        ModelGeometry("tiny", 32, 64, 2, 2, 8, 32, 4, 4, source="models/config.py preset `tiny`"),
-        ModelGeometry("small", 384, 1536, 4, 4, 16, 64, 16, 16, source="models/config.py preset `small`"),
+        # The CPU test and demo models: their geometry, weights estimated from it, nothing else priced.
+        *(ModelGeometry(PRESETS[n], source=f"models/config.py preset `{n}`") for n in ("tiny", "small", "toy")),
     )
 }
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cascade_sched.errors import SimulationError
-from cascade_sched.schedule import RECACHE_STAGE
+from cascade_sched.schedule import TaskKind
 from simulator.catalog import Cluster
 from simulator.workload import Workload
 
@@ -112,13 +112,10 @@ def memory_report(
     # A committed (or re-encoded) version nobody reads later still exists on its producer during its tick.
     for b in workload.batches:
         for j, v in b.refs:
-            if v == RECACHE_STAGE:
-                made = schedule.writes(schedule.task(j, v))
-            elif v == last:
-                made = ((j, v),)
-            else:
+            task = schedule.task(j, v)
+            if task.kind != TaskKind.RECACHE and v != last:  # an in-flight version, counted above
                 continue
-            for ref in made:
+            for ref in schedule.writes(task):  # the committed version, or a recache task's re-encodes
                 if workload.vindex(*ref) * span + b.device not in held:
                     committed[b.device][b.tick] += kv
                     committed[b.device][b.tick + 1] -= kv

@@ -1,32 +1,36 @@
 """Pictures of a simulated run: the Chrome trace (through ``cascade_sched.trace``), a Gantt PNG, and the
 planner's FPS-against-GPU-count plot. Matplotlib is imported only when a picture is drawn.
 
-Trace layout (the executors write the same): every device is a process, its tracks are threads —
-``compute`` (one slice per task, named ``B3S1``, or ``B3R`` for block 3's recache task, spanning the
-device's batched forward), ``sample``
-(the sampler steps), ``comm`` (joint-attention exchanges and outgoing transfers) and ``decode``
-(``B3``: decoding block 3). Flow arrows join a task to the first task that waits for data it sent
-to another device, and a block's last denoise task to its decoding.
+Trace layout and event names: :mod:`cascade_sched.trace` (the executors write the same). Flow arrows join
+a task to the first task that waits for data it sent to another device, and a block's last denoise task
+to its decoding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cascade_sched.errors import SimulationError
-from cascade_sched.trace import TraceEvent, TraceFlow, write_chrome_trace
+from cascade_sched.schedule import task_name
+from cascade_sched.trace import (
+    COMM,
+    COMPUTE,
+    DECODE,
+    SAMPLE,
+    TraceEvent,
+    TraceFlow,
+    decode_name,
+    exchange_name,
+    transfer_name,
+    write_chrome_trace,
+)
 
 if TYPE_CHECKING:
     from simulator.plan import PlanPoint
     from simulator.result import SimResult, Timeline
 
 MAX_FLOWS = 20000
-
-
-def task_name(block: int, stage: int) -> str:
-    """``B3S1``, or ``B3R`` for block 3's recache task (stage -1), as ``str(Task)`` without the device."""
-    return f"B{block}R" if stage < 0 else f"B{block}S{stage}"
 
 
 def _timeline(result: SimResult) -> Timeline:
@@ -44,13 +48,12 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
     for bi, b in enumerate(w.batches):
         start, cend, end = tl.batch_start[bi], tl.batch_compute_end[bi], tl.batch_end[bi]
         for j, v in b.refs:
-            ev = TraceEvent(task_name(j, v), b.device, "compute", start, cend - start,
+            ev = TraceEvent(task_name(j, v), b.device, COMPUTE, start, cend - start,
                             {"tick": b.tick, "batch": len(b.refs)})
             events.append(ev)
             task_event[(j, v)] = ev
-            if v < 0:  # the re-encoded versions a recache task writes start from its slice
-                for ref in w.schedule.writes(w.schedule.task(j, v)):
-                    task_event[ref] = ev
+            for ref in w.schedule.writes(w.schedule.task(j, v)):  # a recache task writes several
+                task_event[ref] = ev
         if b.n_denoise:  # the sampler steps fill the time between the forward's end and the batch's
             f_end = cend
             if b.tick in tl.gang_comm:
@@ -60,13 +63,13 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
             t = f_end
             if step > 0:
                 for j, v in (r for r in b.refs if 0 <= r[1] < w.schedule.spec.num_denoise):
-                    events.append(TraceEvent(f"B{j}S{v}", b.device, "sample", t, step, {"tick": b.tick}))
+                    events.append(TraceEvent(task_name(j, v), b.device, SAMPLE, t, step, {"tick": b.tick}))
                     t += step
     for tick, (start, dur) in tl.gang_comm.items():
         if dur <= 0:
             continue
         for bi in w.tick_batches[tick]:
-            events.append(TraceEvent(f"exchange t{tick}", w.batches[bi].device, "comm", start, dur,
+            events.append(TraceEvent(exchange_name(tick), w.batches[bi].device, COMM, start, dur,
                                      {"tick": tick}))
     consumer: dict[int, int] = {}
     for bi, b in enumerate(w.batches):
@@ -75,16 +78,16 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
     flows: list[TraceFlow] = []
     decode_event: dict[int, TraceEvent] = {}
     for blk, (start, dur) in enumerate(tl.decode_span):
-        ev = TraceEvent(f"B{blk}", w.decode_device, "decode", start, dur)
+        ev = TraceEvent(decode_name(blk), w.decode_device, DECODE, start, dur, {"block": blk})
         events.append(ev)
         decode_event[blk] = ev
     K = w.schedule.spec.num_denoise
     for ti, tr in enumerate(w.transfers):
         start, dur = tl.transfer_span[ti]
         j, v = tr.ref
-        name = f"B{j}S{v}" if v < w.schedule.num_stages else f"B{j}S{v} (re-encoded)"
-        events.append(TraceEvent(f"{tr.kind} {name}->d{tr.dst}", tr.src, "comm", start, dur,
-                                 {"bytes": tr.nbytes}))
+        tick = w.batches[tr.producer].tick
+        events.append(TraceEvent(transfer_name(tick), tr.src, COMM, start, dur,
+                                 {"tick": tick, "what": f"{tr.kind} B{j}S{v}", "dst": tr.dst, "bytes": tr.nbytes}))
         if len(flows) >= MAX_FLOWS:
             continue
         src_ev = task_event[tr.ref]
@@ -182,8 +185,3 @@ def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None =
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def plan_rows(points: Sequence[PlanPoint]) -> list[dict[str, Any]]:
-    """Every plan point as a flat dict (the CSV and JSON rows)."""
-    return [p.row() for p in points]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from cascade_sched.errors import SimulationError
-from cascade_sched.schedule import RECACHE, KVRef, Schedule
+from cascade_sched.schedule import KVRef, Schedule, TaskKind
 from cascade_sched.transfers import REENCODE, plan_transfers
 from simulator.catalog import ModelGeometry
 
@@ -132,7 +132,6 @@ def build_workload(
     kv_bytes = geometry.kv_bytes_per_block(dtype_bytes)
     latent_bytes = geometry.latent_bytes_per_block(dtype_bytes)
     K = spec.num_denoise
-    denoise = "denoise"
 
     # 1. Batches: the tasks of each (tick, device), in tick order. Versions are indexed k = b * V + s % V.
     S = schedule.num_stages
@@ -164,7 +163,7 @@ def build_workload(
         bat[k] = bi
         prod[k] = t.tick
         kidx[(t.block, t.stage)] = k
-        if t.kind == RECACHE:
+        if t.kind == TaskKind.RECACHE:
             writes[i] = schedule.writes(t)
             for ref in writes[i]:
                 kw = ref[0] * V + ref[1]
@@ -208,11 +207,13 @@ def build_workload(
         refs: list[KVRef] = []
         n_den = 0
         for i in group:
-            block, stage, _, _, kind, _, reads, _ = tasks[i]
+            task = tasks[i]
+            block, stage, kind, reads = task.block, task.stage, task.kind, task.reads
             refs.append((block, stage))
-            if kind == RECACHE:  # one cache pass per re-encoded block, causal among them
-                contexts.extend(tpb * (1 + m) for m in range(len(writes[i])))
-                for j, _ in reads:  # its inputs: the clean latents (last denoise stage) it re-encodes
+            # One forward member per model input: a task, or one cache pass per block a recache re-encodes.
+            contexts.extend(tpb * (1 + len(x.reads)) for x in schedule.forward_inputs(task))
+            if kind == TaskKind.RECACHE:
+                for j, _ in task.replaces:  # its inputs: the clean latents (last denoise stage) it re-encodes
                     k = j * V + K - 1
                     pb = bat[k]
                     deps.add(pb)
@@ -224,9 +225,7 @@ def build_workload(
                                               f"d{device} for {tasks[i]}")
                     key = -(k * span + device) - 1 - len(bat) * span  # apart from the latent chain's keys
                     inputs.append(transfer(key, LATENT, (j, K - 1), src, device, latent_bytes, pb))
-            else:
-                contexts.append(tpb * (1 + len(reads)))
-            if kind == denoise:
+            if kind == TaskKind.DENOISE:
                 n_den += 1
             if stage > 0:  # the latent chain
                 k = block * V + stage - 1
@@ -236,7 +235,7 @@ def build_workload(
                 if src != device:
                     key = -(k * span + device) - 1
                     inputs.append(transfer(key, LATENT, (block, stage - 1), src, device, latent_bytes, pb))
-            for ref in () if kind == RECACHE else reads:  # a recache computes from clean latents
+            for ref in reads:  # a recache task reads none: it computes from clean latents
                 k = kidx[ref]
                 src = dev[k]
                 key = k * span + device

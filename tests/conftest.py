@@ -1,8 +1,8 @@
-"""Hypothesis profiles shared by the whole test tree.
+"""The one registry of Hypothesis profiles for the whole test tree, and the markers' behaviour.
 
-``ci`` (the default, and what CI gets): derandomized, a bounded number of examples, no deadline, so a run
-is reproducible and its time is predictable. ``thorough`` (``HYPOTHESIS_PROFILE=thorough``): many more
-random examples for a local hunt. Any other registered profile name may be given the same way.
+``ci`` (the default, and what CI gets): derandomized, 40 examples per property, no deadline, so a run is
+reproducible and its time predictable. ``thorough`` (``HYPOTHESIS_PROFILE=thorough``): many more random
+examples for a local hunt. A test that needs a different count says so in its own ``@settings``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "ci",
-    max_examples=100,
+    max_examples=40,
     derandomize=True,
     deadline=None,
     print_blob=True,
@@ -21,3 +21,4 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=2_000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+

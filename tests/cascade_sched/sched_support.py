@@ -1,4 +1,4 @@
-"""Shared pieces of the cascade_sched tests: hypothesis strategies over the spec space and an oracle.
+"""Shared pieces of the cascade_sched tests: their spec strategy and an oracle.
 
 The oracle restates DESIGN.md section 2 in the most literal way (for each task, loop over every block and
 decide visibility and version), deliberately sharing no code with ``build_schedule`` or ``validate``.
@@ -9,57 +9,15 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from cascade_sched import CascadeSpec, Schedule, Task
-
-ATTENTION = ("causal", "bidirectional", "stale")
-PLACEMENT = ("block", "stage")
+from tests import strategies
 
 
-@st.composite
-def timesteps(draw: st.DrawFn, min_k: int = 1, max_k: int = 6) -> tuple[float, ...]:
-    """1..6 distinct timesteps in (0, 1000], strictly decreasing; mostly integers, sometimes floats."""
-    k = draw(st.integers(min_k, max_k))
-    value = st.integers(1, 1000) | st.floats(0.5, 1000.0, allow_nan=False, allow_infinity=False)
-    values = draw(st.lists(value, min_size=k, max_size=k, unique=True))
-    return tuple(sorted(values, reverse=True))
-
-
-@st.composite
-def specs(
-    draw: st.DrawFn,
-    min_blocks: int = 1,
-    max_blocks: int = 10,
-    attention: str | None = None,
-    max_lag_below_s: bool = False,
-    windowed: bool = False,
-) -> CascadeSpec:
-    """A valid spec anywhere in the space: 1 block, 1 device, lag S or 1, per-block lags, window 1,
-    sink covering every block, no cache pass, all attention modes, both placements."""
-    steps = draw(timesteps())
-    cache_pass = draw(st.booleans())
-    s = len(steps) + cache_pass
-    top = s - 1 if max_lag_below_s and s > 1 else s
-    n = draw(st.integers(min_blocks, max_blocks))
-    lag_kind = draw(st.sampled_from(("none", "uniform", "per_block")))
-    lag: int | tuple[int, ...] | None
-    if lag_kind == "none" and not max_lag_below_s:
-        lag = None
-    elif lag_kind == "per_block":
-        lag = tuple(draw(st.lists(st.integers(1, top), min_size=n - 1, max_size=n - 1)))
-    else:
-        lag = draw(st.integers(1, top))
-    window = draw(st.integers(1, n + 1)) if windowed else draw(st.none() | st.integers(1, n + 1))
-    return CascadeSpec(
-        num_blocks=n,
-        timesteps=steps,
-        cache_pass=cache_pass,
-        lag=lag,
-        attention=attention or draw(st.sampled_from(ATTENTION)),
-        window=window,
-        sink=draw(st.integers(0, n + 1)),
-        num_devices=draw(st.integers(1, 6)),
-        placement=draw(st.sampled_from(PLACEMENT)),
-        seed=draw(st.integers(0, 2**31)),
-    )
+def specs(min_blocks: int = 1, max_blocks: int = 10, attention: str | None = None,
+          max_lag_below_s: bool = False, windowed: bool = False) -> st.SearchStrategy[CascadeSpec]:
+    """The core tests' spec space: :func:`tests.strategies.specs` over all of it (random timesteps,
+    per-block lags, any window and sink)."""
+    return strategies.specs(blocks=(min_blocks, max_blocks), attention=attention,
+                            max_lag_below_s=max_lag_below_s, windowed=windowed)
 
 
 def oracle_starts(spec: CascadeSpec) -> list[int]:

@@ -68,7 +68,7 @@ def test_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> N
     code, out, err = run(argv, capsys)
     assert code == 0 and err == ""
     data = json.loads(out)
-    assert data["format"] == "cascade-schedule/2"
+    assert data["format"] == "cascade-schedule/3"
     assert data["num_stages"] == 2
     assert data["spec"] == {
         "num_blocks": 4,

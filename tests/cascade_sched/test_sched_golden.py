@@ -77,7 +77,7 @@ def test_every_golden_file_is_used() -> None:
 def test_golden_json_has_the_documented_shape() -> None:
     data = json.loads((GOLDEN / "lag1_3blocks_3dev_causal.json").read_text(encoding="utf-8"))
     assert list(data) == ["format", "spec", "num_stages", "tasks"]
-    assert data["format"] == "cascade-schedule/2"
+    assert data["format"] == "cascade-schedule/3"
     assert set(data["spec"]) == {
         "num_blocks",
         "timesteps",

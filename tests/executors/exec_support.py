@@ -38,3 +38,15 @@ def run_specs_on_rank(specs: list[dict[str, Any]], rank: int, world: int) -> lis
         result = DistributedExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model, options())
         out.append(result.stacked().numpy() if rank == 0 else None)
     return out
+
+
+def trace_events_on_rank(spec: dict[str, Any], rank: int, world: int) -> list[Any] | None:
+    """Rank function: run ``spec`` with the distributed executor; rank 0 returns every rank's trace events."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    events = DistributedExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), tiny_model(), options(),
+                                       on_block=lambda b, x: None).events
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(events, gathered, dst=0)
+    return [e for evs in gathered for e in evs] if gathered is not None else None

@@ -26,6 +26,7 @@ from executors.buckets import ATTENTION, TOKENS, Bucket, bucket_of, forward_buck
 from executors.compiled import CompiledExecutor, CompiledModel, load_tensorrt
 from executors.reference import ReferenceExecutor
 from models import CausalWanDiT, TaskInput, get_config
+from tests import strategies
 
 TPB = get_config("tiny").tokens_per_block  # 12
 T2 = (1000, 500)  # two denoise stages + the cache pass: S = 3
@@ -79,22 +80,11 @@ def test_buckets_of_a_canonical_schedule() -> None:
         forward_buckets(s3, [3], TPB)
 
 
-@st.composite
-def specs(draw: st.DrawFn) -> CascadeSpec:
-    k = draw(st.integers(1, 3))
-    cache = draw(st.booleans())
-    s = k + int(cache)
-    blocks = draw(st.integers(1, 5))
-    switches: tuple[tuple[int, int], ...] = ()
-    if blocks > 1 and draw(st.booleans()):
-        switches = ((draw(st.integers(1, blocks - 1)), 1),)
-    return CascadeSpec(
-        num_blocks=blocks, timesteps=(1000, 750, 500)[:k], cache_pass=cache, lag=draw(st.integers(1, s)),
-        attention=draw(st.sampled_from(["causal", "bidirectional", "stale"])),
-        window=draw(st.none() | st.integers(1, 3)), sink=draw(st.integers(0, 2)),
-        num_devices=draw(st.integers(1, 3)), placement=draw(st.sampled_from(["block", "stage"])),
-        switches=switches, switch_policy=draw(st.sampled_from(["none", "recache"])),
-    )
+def specs() -> st.SearchStrategy[CascadeSpec]:
+    """Small specs with up to one prompt switch (the compiled buckets of recache tasks too)."""
+    return strategies.specs(blocks=(1, 5), devices=(1, 3), steps="nominal", max_denoise=3, lags="uniform",
+                            window=st.none() | st.integers(1, 3), max_sink=2, switches=1, max_prompt=1,
+                            seeds=(0, 0))
 
 
 def observed_shapes(model: CausalWanDiT, inputs: list[TaskInput]) -> set[Bucket]:
@@ -133,13 +123,9 @@ def test_every_tick_shape_is_a_compiled_bucket(spec: CascadeSpec, data: st.DataO
         tasks = local_tasks(s, tick, devices)
         inputs = []
         for t in tasks:  # the tick loop's inputs: a recache task is one cache pass per version it writes
-            refs = s.writes(t) if t.stage < 0 else (t.ref,)
-            mine: list[tuple[int, int]] = []
-            for ref in refs:
-                reads = tuple(mine) if t.stage < 0 else t.reads
+            for ref, reads in s.forward_inputs(t):
                 inputs.append(TaskInput(ref=ref, latent=torch.zeros(model.config.latent_shape()), timestep=500.0,
                                         frame_offset=ref[0] * 3, prompt=t.prompt, reads=reads))
-                mine.append(ref)
         got = observed_shapes(model, inputs) if inputs else set()
         assert got == set(bucket_of(s, tick, devices, TPB)), (tick, [str(t) for t in tasks])
         assert got <= derived
@@ -151,8 +137,8 @@ _SHAPES_MODEL: list[CausalWanDiT] = []
 def _tiny_for_shapes() -> CausalWanDiT:
     if not _SHAPES_MODEL:
         m = CausalWanDiT(get_config("tiny"), seed=0)
-        m.register_prompt(0, torch.zeros(3, 32))
-        m.register_prompt(1, torch.ones(3, 32))
+        for pid in range(6):  # every prompt id the spec strategy draws
+            m.register_prompt(pid, torch.full((3, 32), float(pid)))
         _SHAPES_MODEL.append(m)
     return _SHAPES_MODEL[0]
 

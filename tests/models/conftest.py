@@ -10,9 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from hypothesis import settings
-
-settings.register_profile("models-ci", max_examples=25, deadline=None, derandomize=True)
 
 
 @pytest.fixture(autouse=True)

@@ -15,26 +15,14 @@ from cascade_sched.schedule import Schedule
 from simulator import Cluster, RooflineCost, UniformCost, get_gpu, get_link, get_model, simulate
 from simulator.catalog import Link
 from simulator.result import SimResult
+from tests import strategies
 
-ALL_STEPS = (1000, 750, 500, 250)
 
-
-@st.composite
-def specs(draw: Any, max_devices: int = 6) -> CascadeSpec:
-    k = draw(st.integers(1, 4))
-    cache = draw(st.booleans())
-    s = k + (1 if cache else 0)
-    return CascadeSpec(
-        num_blocks=draw(st.integers(1, 9)),
-        timesteps=ALL_STEPS[:k],
-        cache_pass=cache,
-        lag=draw(st.integers(1, s)),
-        attention=draw(st.sampled_from(["causal", "bidirectional", "stale"])),
-        window=draw(st.sampled_from([None, 1, 2, 3, 5])),
-        sink=draw(st.integers(0, 2)),
-        num_devices=draw(st.integers(1, max_devices)),
-        placement=draw(st.sampled_from(["block", "stage"])),
-    )
+def specs(max_devices: int = 6, switches: int = 0) -> st.SearchStrategy[CascadeSpec]:
+    """The simulator tests' spec space: nominal steps, uniform lags, a few windows and sinks."""
+    return strategies.specs(blocks=(1, 9), devices=(1, max_devices), steps="nominal", max_denoise=4,
+                            lags="uniform", window=st.sampled_from([None, 1, 2, 3, 5]), max_sink=2,
+                            switches=switches, seeds=(0, 0))
 
 
 def cluster_with(n: int, bandwidth: float, latency: float = 5e-6) -> Cluster:

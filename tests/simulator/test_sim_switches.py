@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,7 +14,7 @@ from test_sim_properties import cluster_with, simulate_every_task_once, specs
 from cascade_sched import CascadeSpec, build_schedule
 from cascade_sched.cli import main
 from cascade_sched.metrics import switch_stalls, switch_touched
-from cascade_sched.schedule import RECACHE, KVRef, Schedule
+from cascade_sched.schedule import KVRef, Schedule, TaskKind
 from cascade_sched.trace import read_chrome_trace
 from cascade_sched.transfers import REENCODE, plan_transfers
 from simulator import Cluster, UniformCost, get_gpu, get_model, make_cost, simulate
@@ -84,7 +83,7 @@ def test_cascade_with_policy_none_has_no_stall(attention: str) -> None:
     spec = CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=5, attention=attention,
                        switches=((7, 1),), switch_policy="none")
     s = build_schedule(spec)
-    assert not any(t.kind == RECACHE for t in s.tasks)
+    assert not any(t.kind == TaskKind.RECACHE for t in s.tasks)
     r = simulate(s, ideal(5), UniformCost(T), "tiny")
     d = r.block_decoded_s
     assert all(d[b] - d[b - 1] == pytest.approx(T) for b in range(1, 14))
@@ -101,7 +100,7 @@ def test_cascade_with_recache_has_a_one_tick_bubble() -> None:
     # member, one tick on its own device) and block p starts one tick late: one tick of stall.
     s = build_schedule(CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=5, switches=((7, 1),),
                                    switch_policy="recache"))
-    assert s.task(7, -1).reads == ((0, 4),)
+    assert s.task(7, -1).replaces == ((0, 4),)
     r = simulate(s, ideal(5), UniformCost(T), "tiny")
     assert r.switch_stalls[0].stall_s == pytest.approx(T)
     assert r.switch_stalls[0].worst_block == 7
@@ -124,13 +123,9 @@ def test_switch_stall_definition() -> None:
 
 
 # -- every task once, bytes, memory -----------------------------------------------------------------------
-@st.composite
-def switched_specs(draw: Any, max_devices: int = 6) -> CascadeSpec:
+def switched_specs(max_devices: int = 6) -> st.SearchStrategy[CascadeSpec]:
     """The simulator's spec space (test_sim_properties.specs) with up to three prompt switches."""
-    base = draw(specs(max_devices))
-    ats = sorted(draw(st.sets(st.integers(0, base.num_blocks - 1), max_size=3)))
-    return CascadeSpec.from_dict({**base.to_dict(), "switches": [[at, q + 1] for q, at in enumerate(ats)],
-                                  "switch_policy": draw(st.sampled_from(["recache", "recache", "none"]))})
+    return specs(max_devices, switches=3)
 
 
 @given(switched_specs())
@@ -141,18 +136,18 @@ def test_every_task_including_recache_is_simulated_exactly_once(spec: CascadeSpe
 
 def _implied_bytes(s: Schedule, kv: int, latent: int, decoder: int) -> int:
     """From the schedule alone: each KV version (re-encoded ones included) once to every other device that
-    reads it (a recache task's reads name what it replaces and move nothing), each latent to the next stage's device when it changes, every block's clean latent to the
+    reads it (a recache task reads no K/V; what it replaces moves nothing), each latent to the next stage's device when it changes, every block's clean latent to the
     decoder, and to every recache task on another device that re-encodes it."""
     pairs = set()
     moves = 0
     k = s.spec.num_denoise
     recache_latents = set()
     for t in s.tasks:
-        for ref in () if t.kind == RECACHE else t.reads:  # a recache reads clean latents, not K/V
+        for ref in t.reads:  # a recache task reads none: it re-encodes clean latents
             if s.producer(ref).device != t.device:
                 pairs.add((ref, t.device))
-        if t.kind == RECACHE:
-            for j, _ in t.reads:
+        if t.kind == TaskKind.RECACHE:
+            for j, _ in t.replaces:
                 if s.task(j, k - 1).device != t.device:
                     recache_latents.add((j, t.device))
         elif t.stage > 0 and s.task(t.block, t.stage - 1).device != t.device:
@@ -176,8 +171,8 @@ def test_bytes_moved_include_reencoded_versions(spec: CascadeSpec, decode: str |
     assert {(t.ref, t.src, t.dst) for t in w.transfers if t.kind == KV and t.ref[1] >= S} == planned_kv
     planned_lat = {(m.block, m.src, m.dst) for sends in plan.latents for m in sends if m.purpose == REENCODE}
     K = spec.num_denoise
-    implied_lat = {(j, s.task(j, K - 1).device, t.device) for t in s.tasks if t.kind == RECACHE
-                   for j, _ in t.reads if s.task(j, K - 1).device != t.device}
+    implied_lat = {(j, s.task(j, K - 1).device, t.device) for t in s.tasks if t.kind == TaskKind.RECACHE
+                   for j, _ in t.replaces if s.task(j, K - 1).device != t.device}
     assert planned_lat == implied_lat
 
 
@@ -209,10 +204,10 @@ def test_makespan_is_at_least_the_critical_path_with_recache(spec: CascadeSpec) 
     K = spec.num_denoise
     best: dict[KVRef, float] = {}
     for t in sorted(s.tasks, key=lambda t: t.tick):
-        w = 0.05 * (len(s.writes(t)) if t.kind == RECACHE else 1)
+        w = 0.05 * (len(s.writes(t)) if t.kind == TaskKind.RECACHE else 1)
         preds = [s.producer(ref) for ref in t.reads if s.version_tick(ref) < t.tick]
-        if t.kind == RECACHE:
-            preds += [s.task(j, K - 1) for j, _ in t.reads]
+        if t.kind == TaskKind.RECACHE:
+            preds += [s.task(j, K - 1) for j, _ in t.replaces]
         elif t.stage > 0:
             preds.append(s.task(t.block, t.stage - 1))
         best[t.ref] = w + max((best[p.ref] for p in preds), default=0.0)
