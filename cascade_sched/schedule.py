@@ -1,6 +1,6 @@
 """Tasks and schedules: the cascade as small immutable values, built by a pure function of the spec.
 
-``build_schedule(spec)`` implements DESIGN.md section 2 exactly: start ticks from the lags, every
+``build_schedule(spec)`` implements the semantic contract (docs/contract.md) exactly: start ticks from the lags, every
 (block, stage) task at ``start(b) + s``, the KV versions each task reads, gangs per tick, commit and
 decode-ready ticks, and the tick after which each committed block may be freed.
 """
@@ -277,7 +277,7 @@ def gc_paused() -> Iterator[None]:
 
 
 def _build(spec: CascadeSpec) -> Schedule:
-    """Build the schedule of ``spec``: every task, its tick, device and KV reads (DESIGN.md section 2).
+    """Build the schedule of ``spec``: every task, its tick, device and KV reads (docs/contract.md).
 
     >>> s = build_schedule(CascadeSpec(num_blocks=3, lag=1, num_devices=3))
     >>> [str(t) for t in s.gangs[1]]

@@ -1,4 +1,4 @@
-"""``validate(schedule)``: check a schedule against the semantic contract of DESIGN.md section 2.
+"""``validate(schedule)``: check a schedule against the semantic contract (docs/contract.md).
 
 The checks are written from the contract's definitions, independently of ``build_schedule``, so a bug
 in one is caught by the other. A failure raises ``ScheduleError`` with the tick x device grid and the

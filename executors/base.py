@@ -100,7 +100,7 @@ class RunResult:
 
 
 class TickLoop:
-    """Run the tasks of ``schedule`` placed on ``local_devices``, tick by tick (DESIGN.md section 2)."""
+    """Run the tasks of ``schedule`` placed on ``local_devices``, tick by tick (docs/contract.md)."""
 
     def __init__(
         self,

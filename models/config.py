@@ -1,6 +1,6 @@
 """Model geometry: one frozen dataclass and the named presets.
 
-The real presets follow the public Wan2.1 configurations (see /work/shared/REFERENCE.md):
+The real presets follow the public Wan2.1 configurations (Wan-AI/Wan2.1 `wan/configs/`; sources in docs/references.md):
 1.3B is dim 1536 / FFN 8960 / 30 layers / 12 heads, 14B is dim 5120 / FFN 13824 / 40 layers / 40 heads,
 both with patch (1, 2, 2), 16 latent channels, umT5 text of 512 x 4096 and a 256-dim timestep embedding.
 `tiny` exists for tests (milliseconds on a CPU) and `small` for CPU benchmarks (compute dominates).

@@ -1,6 +1,6 @@
 """Shared pieces of the cascade_sched tests: their spec strategy and an oracle.
 
-The oracle restates DESIGN.md section 2 in the most literal way (for each task, loop over every block and
+The oracle restates docs/contract.md in the most literal way (for each task, loop over every block and
 decide visibility and version), deliberately sharing no code with ``build_schedule`` or ``validate``.
 """
 

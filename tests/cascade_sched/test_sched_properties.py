@@ -1,6 +1,6 @@
 """Property tests of ``build_schedule`` over the whole spec space (hypothesis; see tests/conftest.py).
 
-Every invariant is checked against a literal reading of DESIGN.md section 2 (``sched_support.oracle_*``),
+Every invariant is checked against a literal reading of docs/contract.md (``sched_support.oracle_*``),
 never against the builder's own helpers.
 """
 
