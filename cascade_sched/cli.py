@@ -173,7 +173,10 @@ def _lag_text(lags: tuple[int, ...]) -> str:
 
 
 def build_parser() -> tuple[ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    from cascade_sched import __version__
+
     parser = ArgumentParser(prog="cascade", description="Block Cascading: schedules, simulation, generation.")
+    parser.add_argument("--version", action="version", version=f"cascade-sched {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
     p = sub.add_parser("schedule", help="build, validate and print a cascade schedule")
@@ -193,22 +196,39 @@ def build_parser() -> tuple[ArgumentParser, dict[str, Callable[[argparse.Namespa
     return parser, handlers
 
 
+def flag_of(param: str) -> str:
+    """The flag a ``ConfigError`` parameter names: as given when it is already a flag (``--out``)."""
+    if param.startswith("-"):
+        return param
+    return FLAG_OF.get(param, f"--{param.replace('_', '-')}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascade`` console script."""
-    parser, handlers = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        # The main job on a built-in default: the planner where it is installed, else a schedule.
-        return main(["plan"] if "plan" in handlers else ["schedule"])
+    from cascade_sched import interrupts
+
+    interrupts.install()
+    command = "cascade"
     try:
+        parser, handlers = build_parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            # The main job on a built-in default: the planner where it is installed, else a schedule.
+            return main(["plan"] if "plan" in handlers else ["schedule"])
+        command = f"cascade {args.command}"
         return handlers[args.command](args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cascade_sched.interrupts)
+        kept = interrupts.what_was_kept()
+        print(f"{command}: interrupted ({interrupts.signal_name(e)})" + (f": {kept}" if kept else ""),
+              file=sys.stderr, flush=True)
+        return interrupts.exit_code(e)
     except ConfigError as e:
-        flag = FLAG_OF.get(e.param, f"--{e.param.replace('_', '-')}")
-        print(f"cascade {args.command}: error: {flag}: {e}", file=sys.stderr)
+        flag = flag_of(e.param)
+        print(f"{command}: error: {flag}: {e}", file=sys.stderr)
         return 2
     except CascadeError as e:
-        print(f"cascade {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
