@@ -63,7 +63,9 @@ def rope_inv_freqs(head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """
     d = head_dim
     dims = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
-    f, h, w = (1.0 / torch.pow(10000.0, torch.arange(0, n, 2, dtype=torch.float64) / n) for n in dims)
+    # device="cpu" even inside `with torch.device("meta")` (loaders build the model there): the table is real
+    f, h, w = (1.0 / torch.pow(10000.0, torch.arange(0, n, 2, dtype=torch.float64, device="cpu") / n)
+               for n in dims)
     return f, h, w
 
 

@@ -141,3 +141,12 @@ def test_forward_tick_takes_its_attention_kernel() -> None:
     assert kernels.calls == [(2 * tpb, 4 * tpb), (tpb, 2 * tpb)] * CFG.num_layers
     for a, b in zip(got.velocity, want.velocity, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_rope_tables_of_a_model_built_on_meta() -> None:
+    """Loaders build the model under `torch.device("meta")` and then allocate it: its RoPE tables are real."""
+    with torch.device("meta"):
+        model = CausalWanDiT(CFG, seed=None)
+    model = model.to_empty(device="cpu")
+    cos, sin = model.rope(torch.arange(3, dtype=torch.float64), real=True)
+    assert cos.device.type == "cpu" and torch.allclose(cos**2 + sin**2, torch.ones_like(cos))
