@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from cascade_sched.errors import ScheduleError
 from cascade_sched.placement import PLACEMENTS
@@ -92,6 +92,40 @@ class ForwardInput(NamedTuple):
 
     ref: KVRef
     reads: tuple[KVRef, ...]
+
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+def share_groups(keys: Iterable[_K]) -> list[tuple[_K, list[int]]]:
+    """The batching rule of attention: members of one forward whose keys are identical share one attention
+    call. Returns ``[(key, member indices)]`` in first-seen order (members in order within a group).
+
+    The model applies it to key sets (:func:`attention_groups`) and to prompts (cross-attention).
+
+    >>> share_groups(["a", "b", "a"])
+    [('a', [0, 2]), ('b', [1])]
+    """
+    groups: dict[_K, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.items())
+
+
+def attention_groups(
+    inputs: Iterable[tuple[Sequence[int], Iterable[Sequence[int]]]],
+) -> list[tuple[tuple[KVRef, ...], list[int]]]:
+    """Members of one forward that share one self-attention call: those whose key sets (the version a
+    member writes plus the versions it reads, in block order) are identical. ``inputs`` are
+    ``(ref, reads)`` pairs (a :class:`ForwardInput`, or the model's task inputs); returns
+    ``[(key set in block order, member indices)]`` in first-seen order. The model's tick forward batches
+    its SDPA by it, and the compiled executor derives its attention shapes from it.
+
+    >>> attention_groups([((1, 0), [(0, 1)]), ((0, 1), [(1, 0)]), ((2, 0), [(0, 4)])])
+    [(((0, 1), (1, 0)), [0, 1]), (((0, 4), (2, 0)), [2])]
+    """
+    return share_groups(tuple(sorted([(ref[0], ref[1]), *((r[0], r[1]) for r in reads)]))
+                        for ref, reads in inputs)
 
 
 _TASK_RE = re.compile(r"^B(\d+)(?:S(\d+)|(R))@d(\d+)$")

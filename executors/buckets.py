@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from cascade_sched.errors import ConfigError
-from cascade_sched.schedule import ForwardInput, KVRef, Schedule, Task
+from cascade_sched.schedule import ForwardInput, Schedule, Task, attention_groups
 
 TOKENS = "tokens"
 ATTENTION = "attention"
@@ -51,23 +51,15 @@ def model_inputs(schedule: Schedule, tasks: Sequence[Task]) -> list[ModelInput]:
     return [x for t in tasks for x in schedule.forward_inputs(t)]
 
 
-def attention_groups(inputs: Sequence[ModelInput]) -> list[tuple[tuple[KVRef, ...], list[int]]]:
-    """Inputs that attend to the same key set, in first-seen order (as ``CausalWanDiT.forward_tick``
-    groups them): ``[(key refs in block order, member indices)]``.
+def tick_buckets(inputs: Sequence[ModelInput], tokens_per_block: int) -> frozenset[Bucket]:
+    """The buckets one forward of ``inputs`` (one tick's local model inputs) uses; empty for none. Its
+    attention groups are the model's (:func:`~cascade_sched.schedule.attention_groups`).
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> s = build_schedule(CascadeSpec(num_blocks=2, lag=1, attention="bidirectional"))
-    >>> attention_groups(model_inputs(s, s.gangs[1]))  # both tasks see (0, 1) and (1, 0): one group
-    [(((0, 1), (1, 0)), [0, 1])]
+    >>> sorted(map(str, tick_buckets(model_inputs(s, s.gangs[1]), 12)))  # B0S1 + B1S0 see each other
+    ['attn24x24', 'tokens24']
     """
-    groups: dict[tuple[KVRef, ...], list[int]] = {}
-    for i, (ref, reads) in enumerate(inputs):
-        groups.setdefault(tuple(sorted([ref, *reads])), []).append(i)
-    return list(groups.items())
-
-
-def tick_buckets(inputs: Sequence[ModelInput], tokens_per_block: int) -> frozenset[Bucket]:
-    """The buckets one forward of ``inputs`` (one tick's local model inputs) uses; empty for none."""
     if not inputs:
         return frozenset()
     out = {Bucket(TOKENS, len(inputs) * tokens_per_block)}

@@ -10,13 +10,16 @@ and one backend turns the exported programs into kernels:
   module's dtype (cast the model to bf16/fp16), engines cached on disk and compiled programs saved and
   reloaded with ``torch_tensorrt.save`` / ``torch_tensorrt.load``.
 
-Pieces per bucket (the model's own per-layer pieces, so the numbers are the eager model's):
+The tick is the model's own ``CausalWanDiT.forward_tick``; this executor only swaps its pieces
+(:class:`GraphKernels`, a :class:`models.dit.TickKernels`) for graphs exported from the model's own
+methods, in the forms graphs need (``graph_forms``: RoPE as real cos/sin, since TensorRT has no complex
+tensors; cross-attention batched over inputs, so any mix of prompts runs one graph). Pieces per bucket:
 
-    embed     tokens   latents (n, C, F, H, W), timestep sinusoid (n, 256) -> stream x, e, e0
-    pre       tokens   x, e0, RoPE cos/sin -> q, k, v            (adaLN, norms, projections, RoPE)
-    attend    attn     q (Tq, H, D), k/v (Tk, H, D) -> (Tq, dim)  (SDPA, no mask, never is_causal)
-    post      tokens   x, y, e0, per-input prompt k/v -> x       (out proj, cross-attention, FFN)
-    head      tokens   x, e -> velocity (n, C, F, H, W)
+    embed     tokens   CausalWanDiT.embed_tick: latents (n, C, F, H, W), sinusoid (n, freq_dim) -> x, e, e0
+    pre       tokens   WanBlock.modulate + pre_attention: x, e0, RoPE cos/sin -> q, k, v
+    attend    attn     models.attention.attend: q (Tq, H, D), k/v (Tk, H, D) -> (Tq, dim)  (no mask)
+    post      tokens   WanBlock.modulate + post_attention: x, y, e0, per-input prompt k/v -> x
+    head      tokens   Head + CausalWanDiT.unpatchify: x, e -> velocity (n, C, F, H, W)
 
 Weights are graph *inputs*, not constants: one ``pre`` graph serves every layer, so a run compiles
 ``#token buckets x 4 + #attention buckets`` graphs whatever the depth, and a cached artifact holds no
@@ -35,31 +38,20 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cascade_sched.errors import ConfigError, ExecutorError
-from cascade_sched.schedule import KVRef, Schedule
+from cascade_sched.schedule import Schedule
 from executors.base import BlockCallback, RunOptions, RunResult
 from executors.buckets import ATTENTION, TOKENS, Bucket, forward_buckets
-from models.dit import (
-    CausalWanDiT,
-    Exchange,
-    KVLookup,
-    KVPair,
-    TaskInput,
-    TickOutput,
-    WanBlock,
-    _attend,
-    _linear,
-    gather_kv,
-    sinusoidal_embedding,
-)
+from models.attention import CrossKV, KVLookup, KVPair, Rope, attend
+from models.dit import CausalWanDiT, Exchange, TaskInput, TickOutput
+from models.layers import WanBlock, _act_dtype
 
 BACKENDS = ("inductor", "tensorrt")
 # `eager` runs the exported pieces uncompiled: the compiled executor's routing and decomposition without a
@@ -115,65 +107,31 @@ def _check_name(backend: str) -> None:
         raise ConfigError("backend", f"`--backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-# --- the pieces: the model's math, as fixed-shape tensor functions --------------------------------------
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """``models.dit._apply_rope`` in real arithmetic (no complex tensors: TensorRT has none)."""
-    xr = x.to(cos.dtype).unflatten(-1, (-1, 2))  # (N, H, D/2, 2)
-    a, b = xr[..., 0], xr[..., 1]
-    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)  # (N, H, D)
-
-
+# --- the pieces: the model's own methods, with flat tensor inputs for export ---------------------------------
 def _embed(m: CausalWanDiT, latents: Tensor, temb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """latents (n, C, F, H, W), sinusoid (n, freq_dim) -> x (G, P, dim), e (G, dim), e0 (G, 6, dim)."""
-    x = m.embed(list(latents.unbind(0)))  # (G, P, dim), activation dtype
-    e = m.time_embedding(temb)  # (n, dim)
-    e0 = m.time_projection(e).unflatten(1, (6, -1))  # (n, 6, dim)
-    frames = latents.shape[2] // m.config.patch_size[0]
-    return x, e.to(x.dtype).repeat_interleave(frames, 0), e0.to(x.dtype).repeat_interleave(frames, 0)
+    """``CausalWanDiT.embed_tick``: latents (n, C, F, H, W), sinusoids (n, freq_dim) -> x, e, e0."""
+    return m.embed_tick(list(latents.unbind(0)), temb)
 
 
 def _pre(blk: WanBlock, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``WanBlock.pre_attention`` (with its modulation) on x (G, P, dim); q, k, v each (N, H, D)."""
-    shift, scale = blk.modulate(e0)[:2]
-    h = torch.addcmul(shift, blk.norm1(x), 1 + scale).flatten(0, 1)  # (N, dim)
-    attn = blk.self_attn
-    wdtype = attn.q.weight.dtype
-    q = attn.norm_q(_linear(attn.q, h)).unflatten(-1, (blk.num_heads, -1))  # (N, H, D)
-    k = attn.norm_k(_linear(attn.k, h)).unflatten(-1, (blk.num_heads, -1))  # (N, H, D)
-    v = _linear(attn.v, h).unflatten(-1, (blk.num_heads, -1))  # (N, H, D)
-    return _rope(q, cos, sin).to(wdtype), _rope(k, cos, sin).to(wdtype), v.to(wdtype)
+    """``WanBlock.pre_attention`` with its modulation, RoPE in the real form: q, k, v each (N, H, D)."""
+    return blk.pre_attention(x, blk.modulate(e0), (cos, sin))
 
 
 def _post(blk: WanBlock, x: Tensor, y: Tensor, e0: Tensor, pk: Tensor, pv: Tensor) -> Tensor:
-    """``WanBlock.post_attention`` on x (G, P, dim) and the self-attention output y (N, dim), with each
-    input's own prompt: pk, pv (n, L_text, H, D). The cross-attention is one batched SDPA over inputs
-    (each query row sees its prompt's keys, as the eager per-prompt SDPA), so any mix of prompts in a
-    tick runs the same graph."""
-    _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = blk.modulate(e0)
-    act, n = x.dtype, pk.shape[0]
-    x = torch.addcmul(x, _linear(blk.self_attn.o, y).to(act).view_as(x), gate_msa)
-    ca = blk.cross_attn
-    c = blk.norm3(x).flatten(0, 1)  # (N, dim)
-    q = ca.norm_q(_linear(ca.q, c)).unflatten(-1, (blk.num_heads, -1)).to(ca.q.weight.dtype)  # (N, H, D)
-    q = q.unflatten(0, (n, -1)).transpose(1, 2)  # (n, H, T, D)
-    out = F.scaled_dot_product_attention(q, pk.transpose(1, 2), pv.transpose(1, 2))  # (n, H, T, D)
-    out = out.transpose(1, 2).flatten(2).flatten(0, 1)  # (N, dim)
-    x = x + _linear(ca.o, out).to(act).view_as(x)
-    h = torch.addcmul(shift_mlp, blk.norm2(x), 1 + scale_mlp)  # (G, P, dim)
-    ffn0, ffn2 = cast(nn.Linear, blk.ffn[0]), cast(nn.Linear, blk.ffn[2])
-    f = _linear(ffn2, blk.ffn[1](_linear(ffn0, h)))
-    return torch.addcmul(x, f.to(act), gate_mlp)
+    """``WanBlock.post_attention`` with its modulation, cross-attention batched over the inputs (pk, pv:
+    (n, L_text, H, D), each input's own prompt), so any mix of prompts in a tick runs the same graph."""
+    return blk.post_attention(x, y, blk.modulate(e0), (pk, pv))
 
 
 def _head(m: CausalWanDiT, x: Tensor, e: Tensor, *, n: int) -> Tensor:
-    """Head and unpatchify: x (G, P, dim), e (G, dim) -> velocity (n, C, F, H, W), activation dtype."""
-    frames = x.shape[0] // n
-    return torch.stack(m.unpatchify(m.head(x, e), [frames] * n)).to(x.dtype)
+    """Head and unpatchify of n equal inputs: x (G, P, dim), e (G, dim) -> velocity (n, C, F, H, W)."""
+    return torch.stack(m.unpatchify(m.head(x, e), [x.shape[0] // n] * n))
 
 
 def _attention(_: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """SDPA of q (Tq, H, D) on k, v (Tk, H, D), no mask: (Tq, H*D), the eager model's ``_attend``."""
-    return _attend(q, k, v)
+    """The model's attention kernel (``models.attention.attend``): q (Tq, H, D) on k, v (Tk, H, D)."""
+    return attend(q, k, v)
 
 
 class _Bound(nn.Module):
@@ -232,10 +190,9 @@ class CompiledModel:
         self.graphs: dict[tuple[str, Bucket], Callable[..., Any]] = {}
         self.compile_s: dict[Bucket, float] = {}  # export + compile (or load) seconds per bucket
         self.loaded: set[Bucket] = set()  # buckets whose every artifact came from the cache
-        self._prompt_cache: dict[tuple[int, ...], tuple[list[list[KVPair]], list[KVPair]]] = {}
         cfg = model.config
         self.tokens_per_block = cfg.tokens_per_block
-        blk0 = cast(WanBlock, model.blocks[0])
+        blk0 = model.block(0)
         self.pieces = {
             "embed": Piece("embed", model, _embed, 2),
             "pre": Piece("pre", blk0, _pre, 4),
@@ -249,6 +206,7 @@ class CompiledModel:
             "head": [self._head_piece(1).weights(model)],
             "attend": [()],
         }
+        self.kernels = GraphKernels(self)
         if backend == "tensorrt":
             self._trt = load_tensorrt()
 
@@ -263,7 +221,7 @@ class CompiledModel:
         """Inputs of ``piece`` at ``bucket`` (zeros; shapes and dtypes are what matter), weights included."""
         m, cfg = self.model, self.model.config
         dev, wd = m.device, m.dtype
-        act = torch.float32 if wd in (torch.bfloat16, torch.float16) else wd
+        act = _act_dtype(wd)
         h, d = cfg.num_heads, cfg.head_dim
         if piece == "attend":
             return (torch.zeros(bucket.queries, h, d, dtype=wd, device=dev),
@@ -389,92 +347,52 @@ class CompiledModel:
     # -- the tick -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def forward_tick(self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None) -> TickOutput:
-        """``CausalWanDiT.forward_tick`` with the same arguments, results and exchange calls."""
+        """``CausalWanDiT.forward_tick`` with the same arguments, results and exchange calls: the model's
+        own tick, its pieces run by this model's graphs (:class:`GraphKernels`)."""
         if self.backend == "inductor" and self.cache_dir is None:
             with torch._dynamo.config.patch(error_on_recompile=True):
-                return self._forward_tick(tasks, kv, exchange)
-        return self._forward_tick(tasks, kv, exchange)
+                return self.model.forward_tick(tasks, kv, exchange, kernels=self.kernels)
+        return self.model.forward_tick(tasks, kv, exchange, kernels=self.kernels)
 
-    def _forward_tick(self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None) -> TickOutput:
-        m, cfg = self.model, self.model.config
-        if not tasks:
-            return m.forward_tick(tasks, kv, exchange)  # no compute: only the per-layer exchange calls
-        device, tpb = m.device, self.tokens_per_block
-        keys = [m._check_task(i, t) for i, t in enumerate(tasks)]
-        refs: list[KVRef] = [(t.ref[0], t.ref[1]) for t in tasks]
-        if len(set(refs)) != len(refs):
-            raise ExecutorError(f"a tick cannot compute one version twice: {refs}")
-        if any(t.latent.shape[1] != cfg.frames_per_block for t in tasks):
+
+class GraphKernels:
+    """The tick's pieces (:class:`models.dit.TickKernels`) as a :class:`CompiledModel`'s graphs: each
+    call looks up the graph of its shape's bucket (an uncompiled shape raises, never compiles) and passes
+    that layer's weights. The forms are the graphs' (``graph_forms``): RoPE as (cos, sin), batched
+    cross-attention."""
+
+    graph_forms = True
+
+    def __init__(self, cm: CompiledModel) -> None:
+        self.cm = cm
+
+    def _stream(self, piece: str, x: Tensor) -> Callable[..., Any]:
+        return self.cm._graph(piece, Bucket(TOKENS, x.shape[0] * x.shape[1]))
+
+    def embed(self, latents: Sequence[Tensor], temb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        cfg = self.cm.model.config
+        if any(lat.shape[1] != cfg.frames_per_block for lat in latents):
             raise ExecutorError(f"the compiled executor runs whole blocks of {cfg.frames_per_block} latent frames, "
-                                f"got {[tuple(t.latent.shape) for t in tasks]}")
-        ranges = [(i * tpb, (i + 1) * tpb) for i in range(len(tasks))]
-        groups: dict[tuple[KVRef, ...], list[int]] = {}
-        for i, key in enumerate(keys):
-            groups.setdefault(tuple(key), []).append(i)
-        stream = Bucket(TOKENS, len(tasks) * tpb)
-        attn = {ks: self._graph("attend", Bucket(ATTENTION, len(mem) * tpb, len(ks) * tpb))
-                for ks, mem in groups.items()}
-        embed, pre, post = self._graph("embed", stream), self._graph("pre", stream), self._graph("post", stream)
-        head = self._graph("head", stream)
-        prompt_kv = self._prompt_kv([t.prompt for t in tasks])
+                                f"got {[tuple(lat.shape) for lat in latents]}")
+        graph = self.cm._graph("embed", Bucket(TOKENS, len(latents) * self.cm.tokens_per_block))
+        out = graph(torch.stack(list(latents)), temb, *self.cm._weights["embed"][0])
+        return cast(tuple[Tensor, Tensor, Tensor], out)
 
-        # 1. Embeddings: the sinusoid (float64) and RoPE angles are tables computed outside the graphs.
-        latents = torch.stack([t.latent.to(device) for t in tasks])  # (n, C, F, H, W)
-        t64 = torch.tensor([float(t.timestep) for t in tasks], dtype=torch.float64, device=device)
-        temb = sinusoidal_embedding(cfg.freq_dim, t64).to(m.dtype)  # (n, freq_dim)
-        x, e, e0 = embed(latents, temb, *self._weights["embed"][0])
-        pt = cfg.patch_size[0]
-        pos = torch.cat([torch.arange(cfg.frames_per_block // pt, dtype=torch.float64) + t.frame_offset // pt
-                         for t in tasks])  # (G,)
-        freqs = m.rope(pos)  # (N, 1, D/2) complex
-        cos, sin = freqs.real.contiguous(), freqs.imag.contiguous()
+    def pre(self, layer: int, x: Tensor, e0: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        cos, sin = rope
+        q, k, v = self._stream("pre", x)(x, e0, cos, sin, *self.cm._weights["pre"][layer])
+        return q.contiguous(), k, v
 
-        # 2. Layers: compiled pre, K/V routing and exchange in Python, compiled attention per group, post.
-        out_kv: list[list[KVPair]] = [[] for _ in tasks]
-        for layer in range(len(m.blocks)):
-            q, k, v = pre(x, e0, cos, sin, *self._weights["pre"][layer])
-            q = q.contiguous()
-            local = {refs[i]: (k[a:b], v[a:b]) for i, (a, b) in enumerate(ranges)}
-            for i in range(len(tasks)):
-                out_kv[i].append(local[refs[i]])
-            peers = exchange(layer, local) if exchange is not None else {}
-            if len(groups) == 1:
-                (ks, _), = groups.items()
-                y = attn[ks](q, *self._gather(ks, layer, local, peers, kv, q.dtype))
-            else:
-                y = q.new_empty(q.shape[0], cfg.dim)
-                for ks, members in groups.items():
-                    qs = torch.cat([q[ranges[i][0]:ranges[i][1]] for i in members])
-                    o = attn[ks](qs, *self._gather(ks, layer, local, peers, kv, q.dtype))
-                    for j, i in enumerate(members):
-                        y[ranges[i][0]:ranges[i][1]] = o[j * tpb:(j + 1) * tpb]
-            x = post(x, y, e0, *prompt_kv[layer], *self._weights["post"][layer])
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        graph = self.cm._graph("attend", Bucket(ATTENTION, q.shape[0], k.shape[0]))
+        return cast(Tensor, graph(q.contiguous(), k.contiguous(), v.contiguous()))
 
-        # 3. Head and unpatchify, in one graph.
-        velocity = head(x, e, *self._weights["head"][0])
-        return TickOutput(velocity=list(velocity.unbind(0)), kv=out_kv)
+    def post(self, layer: int, x: Tensor, y: Tensor, e0: Tensor, cross: CrossKV) -> Tensor:
+        pk, pv = cast(KVPair, cross)
+        return cast(Tensor, self._stream("post", x)(x, y, e0, pk, pv, *self.cm._weights["post"][layer]))
 
-    def _prompt_kv(self, prompts: Sequence[Hashable]) -> list[KVPair]:
-        """Per layer, the inputs' prompt K/V stacked (n, L_text, H, D); reused while the prompts of the
-        tick and the model's cached prompt K/V stay the same (re-registering a prompt makes new ones)."""
-        sources = [self.model.prompt_kv(p) for p in prompts]
-        key = tuple(id(s) for s in sources)
-        hit = self._prompt_cache.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], sources, strict=True)):
-            return hit[1]
-        stacked = [(torch.stack([s[layer][0] for s in sources]), torch.stack([s[layer][1] for s in sources]))
-                   for layer in range(len(self.model.blocks))]
-        if len(self._prompt_cache) >= 4:
-            self._prompt_cache.pop(next(iter(self._prompt_cache)))
-        self._prompt_cache[key] = (sources, stacked)  # holding `sources` keeps their ids from being reused
-        return stacked
-
-    @staticmethod
-    def _gather(key_refs: Sequence[KVRef], layer: int, local: dict[KVRef, KVPair], peers: dict[KVRef, KVPair],
-                kv: KVLookup, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """The eager model's gather (``models.dit.gather_kv``), contiguous for a compiled graph's input."""
-        k, v = gather_kv(key_refs, layer, local, peers, kv, dtype)
-        return k.contiguous(), v.contiguous()
+    def head(self, x: Tensor, e: Tensor, frames: Sequence[int]) -> Sequence[Tensor]:
+        return cast(Tensor, self._stream("head", x)(x, e, *self.cm._weights["head"][0])).unbind(0)
 
 
 # --- the executor ------------------------------------------------------------------------------------------
