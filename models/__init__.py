@@ -13,13 +13,12 @@ from .decode import LatentPreviewDecoder, WanVAEDecoder
 from .dit import CausalWanDiT, Exchange, KVLookup, KVRef, TaskInput, TickOutput, WanBlock
 from .kv import KVPool
 from .prompts import load_embeddings, text_embedding, umt5_embedding
-from .sampler import CAUSVID, SELF_FORCING, SELF_FORCING_SIGMA_MIN, FlowMatchSampler, noise, noise_seed
+from .sampler import CAUSVID, SELF_FORCING, FlowMatchSampler, noise, noise_seed
 
 __all__ = [
     "CAUSVID",
     "PRESETS",
     "SELF_FORCING",
-    "SELF_FORCING_SIGMA_MIN",
     "CausalWanDiT",
     "Exchange",
     "FlowMatchSampler",
