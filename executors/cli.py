@@ -202,6 +202,12 @@ def _check_sources(args: argparse.Namespace, preset: Any) -> None:
         raise ConfigError("weights", "`--weights` picks an entry of `--checkpoint`, and none was given")
     if args.lora and not args.checkpoint:
         raise ConfigError("lora", "`--lora` needs `--checkpoint` (the base weights it adapts)")
+    name = args.model or (preset.model if preset is not None else None)
+    if name is not None and emb is None and args.text_encoder is None and args.model_dir is None:
+        from models.config import get_config
+        from models.prompts import default_text_encoder
+
+        default_text_encoder(get_config(name))  # refused here, before any rank starts, unless a test model
     if preset is not None and args.model is not None and args.model != preset.model:
         print(f"note: --model {args.model} overrides preset {preset.name}'s {preset.model}", file=sys.stderr)
 

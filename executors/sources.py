@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -92,18 +91,24 @@ def encode_prompts(encoder: TextEncoder, texts: Mapping[int, str], config: Model
 
 
 def share_from_rank0(value: Any, rank: int, world: int) -> Any:
-    """Rank 0's `value` on every rank of the initialised group (through the group's store, so the wait is
-    not bounded by the collectives' timeout while rank 0 encodes)."""
+    """Rank 0's `value` on every rank of the initialised group.
+
+    The others first wait on the group's store (up to ``SHARE_WAIT_S``, not the collectives' timeout, while
+    rank 0 loads its encoder and encodes), then take the value in one ``broadcast_object_list`` (the store
+    caps a value at 8 MiB; one umT5-XXL prompt is 8 MiB).
+    """
     if world == 1:
         return value
     import torch.distributed as dist
 
     store = dist.distributed_c10d._get_default_store()
     if rank == 0:
-        store.set(SHARE_KEY, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-        return value
-    store.wait([SHARE_KEY], timedelta(seconds=SHARE_WAIT_S))
-    return pickle.loads(store.get(SHARE_KEY))
+        store.set(SHARE_KEY, b"ready")
+    else:
+        store.wait([SHARE_KEY], timedelta(seconds=SHARE_WAIT_S))
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def decoder_for(job: Any, config: ModelConfig, device: str) -> Any:

@@ -162,8 +162,8 @@ class WanVAEDecoder:
         self.frames_decoded = 0
 
     @torch.no_grad()
-    def decode_block(self, latent: Tensor) -> np.ndarray:
-        """Decode one block (C, F, H, W), continuing the causal cache of the previous blocks."""
+    def decode_frames(self, latent: Tensor) -> Tensor:
+        """Decode one block (C, F, H, W) to RGB in [-1, 1] (3, T, 8H, 8W), continuing the causal cache."""
         vae = self.vae
         z = latent.to(self.device, self.dtype)[None] * self.std + self.mean  # (1, C, F, H, W)
         try:
@@ -176,8 +176,11 @@ class WanVAEDecoder:
                 self.frames_decoded += 1
         except (AttributeError, TypeError) as exc:  # diffusers changed its streaming internals
             raise CascadeError(f"this diffusers version's AutoencoderKLWan cannot stream-decode: {exc}") from exc
-        video = torch.cat(outs, dim=2)[0]  # (3, T, H, W)
-        return to_uint8(video.permute(1, 2, 3, 0).float())
+        return torch.cat(outs, dim=2)[0].clamp(-1, 1)  # (3, T, H, W)
+
+    def decode_block(self, latent: Tensor) -> np.ndarray:
+        """Decode one block (C, F, H, W) to uint8 frames (T, 8H, 8W, 3): 9 for the first 3-frame block, then 12."""
+        return to_uint8(self.decode_frames(latent).permute(1, 2, 3, 0).float())
 
 
 def open_decoder(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
