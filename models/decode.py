@@ -144,11 +144,13 @@ class WanVAEDecoder:
                 raise CheckpointError(f"Wan VAE folder {str(vae)!r} has no config.json (expected an AutoencoderKLWan "
                                       "saved by diffusers, or a Wan2.1 folder with vae/)")
             try:
-                vae = AutoencoderKLWan.from_pretrained(str(sub))
+                vae = AutoencoderKLWan.from_pretrained(str(sub), torch_dtype=dtype)
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"Wan VAE {str(vae)!r} cannot be loaded: {exc}") from exc
             self.name = f"Wan VAE ({root})"
-        self.vae = vae.to(device=device, dtype=dtype).eval()
+        elif vae.dtype != dtype:
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.to(device=device).eval()
         cfg = self.vae.config
         z = int(cfg.z_dim)
         self.mean = torch.tensor(cfg.latents_mean, dtype=dtype, device=device).view(1, z, 1, 1, 1)
