@@ -11,6 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+# models.presets.PRESETS, spelled here so that building the parser imports no torch (a test keeps them equal).
+PRESET_NAMES = "self-forcing | causvid | causvid-warp4 | longlive | krea-14b"
+
 
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     from cascade_sched.cli import add_schedule_args, int_pair
@@ -23,8 +26,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
                    "balls, see docs/quality.md; without --checkpoint the others take seeded random weights)")
     g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
                    "CausVid, LongLive, Krea) or a cascade model folder; default: seeded random weights")
-    g.add_argument("--preset", default=None, help="a published pipeline's settings: " + " | ".join(_presets()) +
-                   " (sampler, steps, window, sink, weights entry, LoRA alpha; see docs/models.md)")
+    g.add_argument("--preset", default=None, help=f"a published pipeline's settings: {PRESET_NAMES} (sampler, steps, "
+                   "window, sink, weights entry, LoRA alpha; see docs/models.md)")
     g.add_argument("--weights", default=None, choices=("generator", "ema"),
                    help="checkpoint entry to load: generator | ema (generator_ema); default: the preset's, or the "
                    "file's only one (a file with both needs this or --preset)")
@@ -147,12 +150,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _presets() -> list[str]:
-    from models.presets import PRESETS
-
-    return list(PRESETS)
-
-
 def _apply_preset(args: argparse.Namespace) -> Any:
     """Set the schedule flags a preset names (timesteps, window, sink) where the user left the defaults;
     a flag the user set wins, with a note."""
@@ -162,10 +159,9 @@ def _apply_preset(args: argparse.Namespace) -> Any:
     from models.presets import get_preset
 
     preset = get_preset(args.preset)
-    defaults = {"timesteps": (1000, 750, 500, 250), "window": 0, "sink": 0, "switch_policy": "none"}
-    wanted = {"timesteps": tuple(preset.steps), "window": preset.window or 0, "sink": preset.sink,
-              "switch_policy": preset.switch_policy}
-    for name, value in wanted.items():
+    defaults = {"timesteps": (1000, 750, 500, 250), "window": 0, "sink": 0, "switch_policy": "none"}  # the flags'
+    for name, value in preset.spec_fields().items():
+        value = tuple(value) if name == "timesteps" else (value or 0) if name == "window" else value
         current = tuple(getattr(args, name)) if name == "timesteps" else getattr(args, name)
         if current == defaults[name]:
             setattr(args, name, value)

@@ -52,9 +52,10 @@ class PipelinePreset:
         return FlowMatchSampler(shift=self.shift, steps=self.steps, warp=self.warp)
 
     def spec_fields(self) -> dict[str, Any]:
-        """The CascadeSpec fields the preset sets."""
-        return {"timesteps": self.steps, "frames_per_block": self.frames_per_block, "window": self.window,
-                "sink": self.sink}
+        """The CascadeSpec fields the preset sets (``frames_per_block`` is 3 in every published pipeline,
+        the spec's default)."""
+        return {"timesteps": self.steps, "window": self.window, "sink": self.sink,
+                "switch_policy": self.switch_policy}
 
 
 _SF = "guandeh17/Self-Forcing"

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 
-WORDS = "a red ball bouncing blue cube rolling fox in the snow green".split()
+WORDS = ["a", "red", "ball", "bouncing", "blue", "cube", "rolling", "fox", "in", "the", "snow", "green"]
 PROMPT, OTHER = "a red fox in the snow", "a blue cube rolling"
 
 
@@ -148,3 +148,27 @@ def test_a_checkpoint_of_the_wrong_size_lists_its_keys(folder: Path, capsys: pyt
     err = capsys.readouterr().err
     assert "does not match model 'small'" in err and "shape mismatches" in err
     assert "its shapes are those of 'tiny'" in err and "Traceback" not in err
+
+
+def test_taehv_is_the_fast_option(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """TAEHV weights in the public layout (random here) decode the same run, on its own thread."""
+    import json
+
+    from models.taehv import TAEHVDecoder
+
+    torch.save(TAEHVDecoder().state_dict(), tmp_path / "taew2_1.pth")
+    trace = tmp_path / "t.json"
+    out = run_in_process(generate(folder, "--text-embeddings", "stand-in", "--vae", str(tmp_path / "taew2_1.pth"),
+                                  "--out", str(tmp_path / "t.mp4"), "--trace", str(trace)), capsys)
+    assert "TAEHV" in out
+    assert iio.imread(tmp_path / "t.mp4").shape == (33, 32, 32, 3)
+    decodes = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "decode"]
+    assert [e["name"] for e in decodes] == ["decode B0", "decode B1", "decode B2"]
+    assert [e["args"]["frames"] for e in decodes] == [9, 12, 12] and "TAEHV" in decodes[0]["args"]["decoder"]
+
+
+def test_the_help_names_every_preset() -> None:
+    from executors.cli import PRESET_NAMES
+    from models.presets import PRESETS
+
+    assert PRESET_NAMES.split(" | ") == list(PRESETS)

@@ -78,5 +78,5 @@ def test_taehv_loads_the_public_layout(tmp_path: Path) -> None:
         TAEHVDecoder.from_file(tmp_path / "bad.pth")
     with pytest.raises(ConfigError, match="--vae"):
         open_decoder(tmp_path / "nothing.bin")
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         open_decoder(tmp_path)
