@@ -40,6 +40,7 @@ from .config import PRESETS, ModelConfig, get_config
 from .dit import CausalWanDiT
 from .lora import LoRAAdapter, merge_lora
 from .sampler import FlowMatchSampler
+from .tensorfile import read_tensor_file
 
 __all__ = ["LoadReport", "guess_config", "load_checkpoint", "load_dit", "load_model", "load_state_dict",
            "map_wan_keys", "read_state_dict", "save_model"]
@@ -63,23 +64,7 @@ def read_state_dict(path: str | Path, key: str | None = None) -> tuple[dict[str,
     ``generator_ema, generator, state_dict, model, module, ema`` that holds tensors, except that a file
     with both generator entries is refused (see the module docstring).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
-        else:
-            raise CheckpointError(f"checkpoint {str(path)!r}: unknown format {suffix!r}; use .safetensors, .pt or .pth")
-    except CheckpointError:
-        raise
-    except Exception as exc:  # corrupt file, non-tensor pickle, ...
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
+    obj = read_tensor_file(path, "checkpoint")
     trail = []
     if key is not None:
         if not isinstance(obj, Mapping) or not isinstance(obj.get(key), Mapping):

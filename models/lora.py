@@ -29,6 +29,8 @@ from torch import Tensor, nn
 
 from cascade_sched.errors import CheckpointError
 
+from .tensorfile import read_tensor_file
+
 __all__ = ["LoRAAdapter", "LoRALayer", "load_lora", "merge_lora"]
 
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.(?P<adapter>[^.]+))?\.(?P<what>weight|bias)$")
@@ -62,15 +64,7 @@ class LoRAAdapter:
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"LoRA {str(path)!r} cannot be read: {exc}") from exc
+    obj = read_tensor_file(path, "LoRA")
     if isinstance(obj, dict) and isinstance(obj.get("generator_lora"), dict):
         obj = obj["generator_lora"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -66,6 +66,25 @@ _KR = "krea-ai/realtime-video"
 # 1560 tokens) when local_attn_size is -1; CausVid's causal_inference.py the same.
 _CACHE_21 = "pipeline/causal_inference.py: kv_cache_size = 32760 tokens = 21 latent frames = 7 blocks"
 
+
+def _causvid(name: str, title: str, steps: tuple[float, ...], warp: bool, config: str) -> PipelinePreset:
+    """CausVid's two released configs differ only in their steps and warp (shift 8, 3 frames per block)."""
+    cfg = f"{_CV} configs/{config}"
+    return PipelinePreset(
+        name=name, title=f"{title}, Wan2.1-T2V-1.3B", model="wan2.1-1.3b", shift=8.0, steps=steps, warp=warp,
+        frames_per_block=3, window=7, sink=0, weights_entry="generator",
+        sources={
+            "shift": f"{cfg}: timestep_shift",
+            "steps": f"{cfg}: denoising_step_list (the trailing 0 is the cache pass)",
+            "warp": f"{cfg}: warp_denoising_step" + ("" if warp else " absent (false); the wrapper's "
+                                                     "_convert_flow_pred_to_x0 takes sigma of the nearest table entry"),
+            "frames_per_block": f"{cfg}: num_frame_per_block",
+            "window": f"{_CV} causvid/models/wan/causal_inference.py: kv cache of 32760 tokens (7 blocks)",
+            "weights_entry": f"{_CV} minimal_inference/autoregressive_inference.py: torch.load(...)['generator']",
+        },
+    )
+
+
 PRESETS: dict[str, PipelinePreset] = {
     "self-forcing": PipelinePreset(
         name="self-forcing", title="Self-Forcing (DMD), Wan2.1-T2V-1.3B", model="wan2.1-1.3b",
@@ -82,33 +101,9 @@ PRESETS: dict[str, PipelinePreset] = {
         },
         unstated=("The cache holds 21 latent frames; past 7 blocks it rolls by tokens, here by whole blocks.",),
     ),
-    "causvid": PipelinePreset(
-        name="causvid", title="CausVid (DMD, 3 steps), Wan2.1-T2V-1.3B", model="wan2.1-1.3b",
-        shift=8.0, steps=(1000, 757, 522), warp=False, frames_per_block=3, window=7, sink=0,
-        weights_entry="generator",
-        sources={
-            "shift": f"{_CV} configs/wan_causal_dmd.yaml: timestep_shift",
-            "steps": f"{_CV} configs/wan_causal_dmd.yaml: denoising_step_list (the trailing 0 is the cache pass)",
-            "warp": f"{_CV} configs/wan_causal_dmd.yaml: no warp_denoising_step (false); the wrapper's "
-                    "_convert_flow_pred_to_x0 takes sigma of the nearest table entry",
-            "frames_per_block": f"{_CV} configs/wan_causal_dmd.yaml: num_frame_per_block",
-            "window": f"{_CV} causvid/models/wan/causal_inference.py: kv cache of 32760 tokens (7 blocks)",
-            "weights_entry": f"{_CV} minimal_inference/autoregressive_inference.py: torch.load(...)['generator']",
-        },
-    ),
-    "causvid-warp4": PipelinePreset(
-        name="causvid-warp4", title="CausVid (DMD, 4 warped steps, cfg 2), Wan2.1-T2V-1.3B", model="wan2.1-1.3b",
-        shift=8.0, steps=(1000, 750, 500, 250), warp=True, frames_per_block=3, window=7, sink=0,
-        weights_entry="generator",
-        sources={
-            "shift": f"{_CV} configs/wan_causal_dmd_warp_4step_cfg2.yaml: timestep_shift",
-            "steps": f"{_CV} configs/wan_causal_dmd_warp_4step_cfg2.yaml: denoising_step_list",
-            "warp": f"{_CV} configs/wan_causal_dmd_warp_4step_cfg2.yaml: warp_denoising_step",
-            "frames_per_block": f"{_CV} configs/wan_causal_dmd_warp_4step_cfg2.yaml: num_frame_per_block",
-            "window": f"{_CV} causvid/models/wan/causal_inference.py: kv cache of 32760 tokens (7 blocks)",
-            "weights_entry": f"{_CV} minimal_inference/autoregressive_inference.py: torch.load(...)['generator']",
-        },
-    ),
+    "causvid": _causvid("causvid", "CausVid (DMD, 3 steps)", (1000, 757, 522), False, "wan_causal_dmd.yaml"),
+    "causvid-warp4": _causvid("causvid-warp4", "CausVid (DMD, 4 warped steps, cfg 2)", (1000, 750, 500, 250), True,
+                              "wan_causal_dmd_warp_4step_cfg2.yaml"),
     "longlive": PipelinePreset(
         name="longlive", title="LongLive v1 (base + LoRA r256), Wan2.1-T2V-1.3B", model="wan2.1-1.3b",
         shift=5.0, steps=(1000, 750, 500, 250), warp=True, frames_per_block=3, window=3, sink=1,

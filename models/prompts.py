@@ -30,6 +30,7 @@ from torch import Tensor
 from cascade_sched.errors import CascadeError, CheckpointError, ConfigError
 
 from .config import ModelConfig
+from .tensorfile import read_tensor_file
 
 __all__ = [
     "STAND_IN_MODELS",
@@ -141,18 +142,7 @@ def load_embeddings(path: str | Path) -> dict[str, Tensor]:
 
     A file holding a single tensor gives ``{"prompt": tensor}``; a (1, L, D) batch of one is squeezed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"prompt embeddings {str(path)!r} do not exist")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"prompt embeddings {str(path)!r} cannot be read: {exc}") from exc
+    obj = read_tensor_file(path, "prompt embeddings")
     items = {"prompt": obj} if isinstance(obj, Tensor) else obj
     if not isinstance(items, dict) or not items or not all(isinstance(v, Tensor) for v in items.values()):
         raise CheckpointError(f"prompt embeddings {str(path)!r}: expected a tensor or a dict of tensors")

@@ -18,7 +18,6 @@ sources, not measured here).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from cascade_sched.errors import CheckpointError, ConfigError
 
 from .decode import to_uint8
+from .tensorfile import read_tensor_file
 
 __all__ = ["TAEHVDecoder"]
 
@@ -93,18 +93,7 @@ class TAEHVDecoder(nn.Module):
     def from_file(cls, path: str | Path, *, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> TAEHVDecoder:
         """Load ``taew2_1.pth`` / ``.safetensors`` (the decoder half; CheckpointError listing any mismatch)."""
-        p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"TAEHV weights {str(path)!r} do not exist")
-        try:
-            if p.suffix.lower() == ".safetensors":
-                from safetensors.torch import load_file
-
-                state: Any = load_file(str(p))
-            else:
-                state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"TAEHV weights {str(path)!r} cannot be read: {exc}") from exc
+        state = read_tensor_file(path, "TAEHV weights")
         if not isinstance(state, dict):
             raise CheckpointError(f"TAEHV weights {str(path)!r}: expected a state dict")
         decoder = {k: v for k, v in state.items() if k.startswith("decoder.")}
