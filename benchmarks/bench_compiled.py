@@ -32,6 +32,7 @@ from executors.buckets import forward_buckets
 from executors.compiled import CompiledExecutor, load_tensorrt
 from executors.reference import ReferenceExecutor
 from models import CausalWanDiT, get_config
+from models.prompts import StandInEncoder
 
 
 def _interleaved(fns: dict[str, Callable[[], RunResult]], repeats: int) -> dict[str, tuple[float, float, RunResult]]:
@@ -64,8 +65,9 @@ def bench(model: CausalWanDiT, spec: CascadeSpec, backend: str, repeats: int, la
             graphs = 4 if bucket.kind == "tokens" else 1
             print(f"  compile {bucket!s:>12}: {secs:6.2f} s ({graphs} graph{'s' if graphs > 1 else ''})")
         print(f"  compile total: {total:.1f} s")
-        res = _interleaved({"eager": lambda: ReferenceExecutor().run(schedule, model, RunOptions()),
-                            backend: lambda: ex.run(schedule, model, RunOptions())}, repeats)
+        opts = RunOptions(text_encoder=StandInEncoder(model.config))  # timing: the stand-in for any geometry
+        res = _interleaved({"eager": lambda: ReferenceExecutor().run(schedule, model, opts),
+                            backend: lambda: ex.run(schedule, model, opts)}, repeats)
     (e_best, e_med, e_res), (c_best, c_med, c_res) = res["eager"], res[backend]
     a, b = e_res.stacked().float(), c_res.stacked().float()
     err = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-30)

@@ -24,7 +24,8 @@ from executors.generate import GenerateJob, run_generate
 
 
 def run(spec: CascadeSpec, model: str, executor: str) -> dict:
-    return run_generate(GenerateJob(spec=spec.to_dict(), model=model, executor=executor, progress=False))
+    return run_generate(GenerateJob(spec=spec.to_dict(), model=model, executor=executor, progress=False,
+                                    text_embeddings="stand-in"))  # timing: any text will do
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from cascade_sched.trace import DECODE as DECODE_TRACK
 from cascade_sched.transfers import DECODE, NEXT, REENCODE, TransferPlan, plan_transfers
 from models.dit import CausalWanDiT, KVPair, TaskInput
 from models.kv import KVPool
+from models.prompts import TextEncoder, default_text_encoder
 from models.sampler import FlowMatchSampler, noise
 
 BlockCallback = Callable[[int, Tensor], None]
@@ -70,13 +71,19 @@ class LocalTransport:
 
 @dataclass
 class RunOptions:
-    """How to run a schedule: sampler, prompt, memory budget, timeout, and a failure to inject (tests).
+    """How to run a schedule: sampler, prompts and their conditioning, memory budget, timeout, and a
+    failure to inject (tests).
 
-    Device and dtype are the model's: move the model first.
+    Conditioning of prompt id ``p``: ``embeddings[p]`` when given (pre-encoded, e.g. by the rank that
+    encoded for everyone), else ``text_encoder.encode(text)`` (prompts that arrive while streaming), else
+    :func:`models.prompts.default_text_encoder` of the model (the stand-in for test models; a refusal
+    otherwise). Device and dtype are the model's: move the model first.
     """
 
     prompt: str = "a red ball bouncing"
     prompts: dict[int, str] = field(default_factory=dict)  # prompt id -> text of each switch's prompt
+    embeddings: dict[int, Tensor] = field(default_factory=dict)  # prompt id -> (L, text_dim) float32 CPU
+    text_encoder: TextEncoder | None = None  # encodes ids without an embedding; None: the model's default
     sampler: FlowMatchSampler = field(default_factory=FlowMatchSampler)
     kv_budget_bytes: int | None = None
     fail_at: tuple[int, int] | None = None  # (rank, tick): raise there, to test failure handling
@@ -145,6 +152,9 @@ class TickLoop:
         self.latents_out: list[Tensor] = []
         self.forward_s = 0.0
         self.t0 = time.perf_counter()
+        self._registered: dict[int, str] = {}  # prompt id -> the text it is registered with
+        self._encoded: dict[str, Tensor] = {}  # text -> its embedding, so a text is encoded once
+        self._encoder: TextEncoder | None = None
         self.register_prompts()
 
     def _keep_ticks(self) -> dict[KVRef, int]:
@@ -186,16 +196,28 @@ class TickLoop:
         self.register_prompts()
 
     def register_prompts(self) -> None:
-        """Make every prompt id the schedule uses known to the model (re-registering invalidates the
-        model's cross-attention cache of that id)."""
-        from models.prompts import text_embedding
+        """Make every prompt id the schedule uses known to the model, conditioned as ``RunOptions`` says.
 
+        An id already registered by this loop with the same text is left alone (its cross-attention
+        cache stays valid); each distinct text is encoded at most once per loop.
+        """
         texts = {0: self.options.prompt, **self.options.prompts}
         for pid in sorted({t.prompt for t in self.schedule.tasks} | {0}):
             if pid not in texts:
                 raise ExecutorError(f"the schedule uses prompt id {pid}, but no prompt text was given for it")
-            emb = text_embedding(texts[pid], self.model.config)
+            text = texts[pid]
+            if self._registered.get(pid) == text:
+                continue
+            emb = self.options.embeddings.get(pid)
+            if emb is None:
+                emb = self._encoded.get(text)
+            if emb is None:
+                if self._encoder is None:
+                    self._encoder = self.options.text_encoder or default_text_encoder(self.model.config)
+                emb = self._encoder.encode(text)
+            self._encoded[text] = emb
             self.model.register_prompt(pid, emb.to(self.model.device, self.model.dtype))
+            self._registered[pid] = text
 
     @property
     def is_decode_device(self) -> bool:

@@ -10,6 +10,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+# models.presets.PRESETS, spelled here so that building the parser imports no torch (a test keeps them equal).
+PRESET_NAMES = "self-forcing | causvid | causvid-warp4 | longlive | krea-14b"
+
 
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     from cascade_sched.cli import add_schedule_args, int_pair
@@ -17,13 +20,38 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p = sub.add_parser("generate", help="generate a video by running the schedule with a model")
     add_schedule_args(p, default_blocks=6)
     g = p.add_argument_group("generation")
-    g.add_argument("--model", default="toy", help="toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default toy: the "
-                   "shipped trained weights, bouncing balls, unconditional, see docs/quality.md; the others take "
-                   "seeded random weights or --checkpoint)")
-    g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt) or a "
-                   "cascade model folder; default: seeded random weights")
+    g.add_argument("--model", default=None, help="toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default: the "
+                   "preset's, else the --checkpoint's own shapes, else toy: the shipped trained weights, bouncing "
+                   "balls, see docs/quality.md; without --checkpoint the others take seeded random weights)")
+    g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
+                   "CausVid, LongLive, Krea) or a cascade model folder; default: seeded random weights")
+    g.add_argument("--preset", default=None, help=f"a published pipeline's settings: {PRESET_NAMES} (sampler, steps, "
+                   "window, sink, weights entry, LoRA alpha; see docs/models.md)")
+    g.add_argument("--weights", default=None, choices=("generator", "ema"),
+                   help="checkpoint entry to load: generator | ema (generator_ema); default: the preset's, or the "
+                   "file's only one (a file with both needs this or --preset)")
+    g.add_argument("--lora", default=None, metavar="PATH", help="PEFT LoRA adapter merged into the weights at load "
+                   "(a save_pretrained folder, .safetensors, or LongLive's lora.pt)")
     g.add_argument("--shift", type=float, default=None,
-                   help="sampler shift (default: the one saved with the weights: toy 1, else 5)")
+                   help="sampler shift (default: the preset's, else the one saved with the weights: toy 1, else 5)")
+    t = p.add_argument_group("text and decoding")
+    t.add_argument("--model-dir", default=None, metavar="DIR", help="a diffusers-style Wan2.1 folder: its "
+                   "text_encoder/ + tokenizer/ condition the model and its vae/ decodes (the DiT weights come "
+                   "from --checkpoint)")
+    t.add_argument("--text-encoder", default=None, metavar="DIR",
+                   help="umT5 encoder folder (or a Wan2.1 folder), run through transformers")
+    t.add_argument("--text-encoder-device", default="cpu",
+                   help="where the text encoder runs (default cpu: umT5-XXL alone is ~11 GB); freed after encoding")
+    t.add_argument("--text-embeddings", default=None, metavar="FILE|stand-in",
+                   help="precomputed embeddings, one per prompt text (as --save-text-embeddings writes them), or "
+                   "'stand-in' for hashed-noise prompts (default: the stand-in only for toy/tiny/small)")
+    t.add_argument("--save-text-embeddings", default=None, metavar="FILE.safetensors",
+                   help="write the embeddings of every prompt of the run")
+    t.add_argument("--vae", default=None, metavar="PATH", help="decoder: an AutoencoderKLWan folder (the Wan VAE, "
+                   "streaming) or TAEHV weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, "
+                   "else the latent preview")
+    t.add_argument("--vae-device", default=None, help="where decoding runs, on its own thread and CUDA stream "
+                   "(default: the denoising device)")
     g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
     g.add_argument("--prompts", default=None, metavar="PATH",
                    help="prompt timeline: a JSON or YAML list of {at_block, prompt} (switches mid-stream)")
@@ -55,9 +83,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from cascade_sched.cli import spec_from_args
     from cascade_sched.errors import ConfigError
     from executors.generate import GenerateJob, run_generate
+    from executors.launch import check_device
     from executors.output import check_video_path
 
+    for flag, device in (("device", args.device), ("text_encoder_device", args.text_encoder_device),
+                         ("vae_device", args.vae_device)):
+        if device is not None:
+            try:
+                check_device(device)
+            except ConfigError as e:
+                raise ConfigError(flag, str(e).replace("--device", f"--{flag.replace('_', '-')}")) from None
+    preset = _apply_preset(args)
     spec = spec_from_args(args)
+    _check_sources(args, preset)
     if args.out:
         check_video_path(args.out)
     if args.save_latents and not args.save_latents.endswith(".npz"):
@@ -88,19 +126,85 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError("max_blocks", f"`--max-blocks` must be at least `--blocks` {spec.num_blocks}, got "
                           f"{args.max_blocks}")
     job = GenerateJob(
+        preset=args.preset, weights=args.weights, lora=args.lora, model_dir=args.model_dir,
+        text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
+        text_embeddings=args.text_embeddings, save_text_embeddings=args.save_text_embeddings, vae=args.vae,
+        vae_device=args.vae_device,
         spec=spec.to_dict(), model=args.model, checkpoint=args.checkpoint, prompt=args.prompt,
         dtype=args.dtype, device=args.device, out=args.out, save_latents=args.save_latents,
         trace=args.trace, fail_at=args.fail_at, timeout_s=args.timeout, progress=not args.no_progress,
         executor=args.executor, prompts=prompts, interactive=args.interactive, max_blocks=args.max_blocks,
         backend=args.backend or "inductor", engine_cache=args.engine_cache, shift=args.shift,
     )
-    if args.model == "toy" and (args.prompts or args.switch or args.interactive):
+    if (args.model or "toy") == "toy" and not args.checkpoint and (args.prompts or args.switch or args.interactive):
         print("note: the toy model is unconditional: prompt switches change the schedule (and recache tasks), "
               "not the pictures; use --model tiny or a Wan checkpoint to see prompts matter", file=sys.stderr)
+    if args.out and not (args.vae or args.model_dir) and (args.model or args.checkpoint or args.preset) and \
+            args.model != "toy":
+        print("note: no --vae: decoding with the latent preview (a fixed projection, not the Wan VAE); pass "
+              "--vae DIR or --model-dir DIR for the real video", file=sys.stderr)
     summary = run_generate(job, args.nproc)
     if summary:
         _print_summary(summary, args)
     return 0
+
+
+def _apply_preset(args: argparse.Namespace) -> Any:
+    """Set the schedule flags a preset names (timesteps, window, sink) where the user left the defaults;
+    a flag the user set wins, with a note."""
+    if args.preset is None:
+        return None
+    from cascade_sched.errors import ConfigError
+    from models.presets import get_preset
+
+    preset = get_preset(args.preset)
+    defaults = {"timesteps": (1000, 750, 500, 250), "window": 0, "sink": 0, "switch_policy": "none"}  # the flags'
+    for name, value in preset.spec_fields().items():
+        value = tuple(value) if name == "timesteps" else (value or 0) if name == "window" else value
+        current = tuple(getattr(args, name)) if name == "timesteps" else getattr(args, name)
+        if current == defaults[name]:
+            setattr(args, name, value)
+        elif current != value:
+            print(f"note: --{name.replace('_', '-')} {current} overrides preset {preset.name}'s {value}",
+                  file=sys.stderr)
+    if preset.lora is not None and not args.lora:
+        raise ConfigError("lora", f"preset {preset.name} merges a LoRA (rank {preset.lora.rank}): pass --lora PATH "
+                                  "(its lora.pt)")
+    return preset
+
+
+def _check_sources(args: argparse.Namespace, preset: Any) -> None:
+    """Paths checked before any work, each problem in one line naming its flag."""
+    from pathlib import Path
+
+    from cascade_sched.errors import ConfigError
+    from executors.sources import model_folder
+
+    for flag in ("checkpoint", "lora", "text_encoder", "vae"):
+        value = getattr(args, flag)
+        if value is not None and not Path(value).exists():
+            raise ConfigError(flag, f"`--{flag.replace('_', '-')}` {value!r} does not exist")
+    emb = args.text_embeddings
+    if emb is not None and emb != "stand-in" and not Path(emb).is_file():
+        raise ConfigError("text_embeddings", f"`--text-embeddings` {emb!r} is neither a file nor 'stand-in'")
+    if emb is not None and args.text_encoder is not None:
+        raise ConfigError("text_embeddings", "give either `--text-embeddings` or `--text-encoder`, not both")
+    if args.save_text_embeddings and not args.save_text_embeddings.endswith(".safetensors"):
+        raise ConfigError("save_text_embeddings", f"`--save-text-embeddings` must end in .safetensors, got "
+                                                  f"{args.save_text_embeddings!r}")
+    model_folder(args.model_dir, need_text=emb is None and args.text_encoder is None, need_vae=args.vae is None)
+    if args.weights and not args.checkpoint:
+        raise ConfigError("weights", "`--weights` picks an entry of `--checkpoint`, and none was given")
+    if args.lora and not args.checkpoint:
+        raise ConfigError("lora", "`--lora` needs `--checkpoint` (the base weights it adapts)")
+    name = args.model or (preset.model if preset is not None else None)
+    if name is not None and emb is None and args.text_encoder is None and args.model_dir is None:
+        from models.config import get_config
+        from models.prompts import default_text_encoder
+
+        default_text_encoder(get_config(name))  # refused here, before any rank starts, unless a test model
+    if preset is not None and args.model is not None and args.model != preset.model:
+        print(f"note: --model {args.model} overrides preset {preset.name}'s {preset.model}", file=sys.stderr)
 
 
 def _print_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
@@ -117,6 +221,7 @@ def _print_summary(s: dict[str, Any], args: argparse.Namespace) -> None:
         f"  blocks ready at (s): {times}{more}",
     ]
     lines += [f"  prompt switch at block {at}: {text!r}" for at, text in s.get("switches", [])]
+    lines += [f"  {what}: {line}" for what, line in s.get("sources", {}).items()]
     for path, what in ((args.out, "video"), (args.save_latents, "latents"), (args.trace, "trace")):
         if path:
             lines.append(f"  wrote {what}: {path}")

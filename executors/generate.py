@@ -16,6 +16,7 @@ from cascade_sched.trace import write_chrome_trace
 from cascade_sched.validate import validate
 from executors.base import RunOptions, RunResult
 from models.dit import CausalWanDiT
+from models.prompts import TextEncoder
 from models.sampler import FlowMatchSampler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -26,7 +27,7 @@ class GenerateJob:
     """Everything a rank needs to run one generation (plain values, so it pickles to spawned ranks)."""
 
     spec: dict[str, Any]
-    model: str = "tiny"
+    model: str | None = "tiny"  # None: the preset's, else the checkpoint's shapes, else toy
     checkpoint: str | None = None
     prompt: str = "a red ball bouncing"
     dtype: str = "float32"
@@ -44,39 +45,95 @@ class GenerateJob:
     max_blocks: int = 1000  # an interactive stream stops growing here
     backend: str = "inductor"  # compiled executor: inductor | tensorrt
     engine_cache: str | None = None  # compiled executor: artifacts under DIR/rank{r}/, loaded when present
-    shift: float | None = None  # sampler shift; None: the one the weights were trained for (toy: 1), else 5
+    shift: float | None = None  # sampler shift; None: the preset's, or the one the weights were trained for
+    preset: str | None = None  # models/presets.py: sampler, weights entry, LoRA alpha (the spec is set by the CLI)
+    weights: str | None = None  # generator | ema: the checkpoint entry; None: the preset's, or the only one
+    lora: str | None = None  # PEFT LoRA adapter merged at load
+    model_dir: str | None = None  # diffusers-style Wan2.1 folder: text_encoder/, tokenizer/, vae/
+    text_encoder: str | None = None  # umT5 folder (or Wan2.1 folder)
+    text_encoder_device: str = "cpu"
+    text_embeddings: str | None = None  # FILE of precomputed embeddings, or "stand-in"
+    save_text_embeddings: str | None = None
+    vae: str | None = None  # AutoencoderKLWan folder, or TAEHV weights file
+    vae_device: str | None = None  # None: the denoising device
 
     def schedule(self) -> Schedule:
         return validate(build_schedule(CascadeSpec.from_dict(self.spec)))
 
 
+WEIGHT_ENTRIES = {"generator": "generator", "ema": "generator_ema"}
+
+
+def model_name(job: GenerateJob) -> str | None:
+    """The geometry a job names: ``--model``, else the preset's, else None (the checkpoint's own shapes),
+    and ``toy`` when nothing at all is given."""
+    if job.model is not None:
+        return job.model
+    if job.preset is not None:
+        from models.presets import get_preset
+
+        return get_preset(job.preset).model
+    return None if job.checkpoint else "toy"
+
+
+def load_job_model(job: GenerateJob) -> tuple[CausalWanDiT, str]:
+    """The job's model on its device and dtype, and a line saying which weights it has."""
+    from models.lora import load_lora
+
+    name = model_name(job)
+    key = WEIGHT_ENTRIES[job.weights] if job.weights else None
+    alpha = None
+    if job.preset is not None:
+        from models.presets import get_preset
+
+        preset = get_preset(job.preset)
+        key = key or preset.weights_entry
+        alpha = preset.lora.alpha if preset.lora else None
+    lora = load_lora(job.lora, alpha=alpha) if job.lora else None
+    return _build(name, job.checkpoint, job.dtype, job.device, key=key, lora=lora)
+
+
 def build_model(name: str, checkpoint: str | None, dtype: str, device: str) -> CausalWanDiT:
     """The model a job names: a checkpoint when given, the shipped trained weights for ``toy``, else the
     preset with seeded random weights."""
-    from models.checkpoints import load_checkpoint
+    return _build(name, checkpoint, dtype, device)[0]
+
+
+def _build(name: str | None, checkpoint: str | None, dtype: str, device: str, *, key: str | None = None,
+           lora: Any = None) -> tuple[CausalWanDiT, str]:
+    from executors.launch import check_device
+    from models.checkpoints import load_dit
     from models.config import get_config
 
     if dtype not in DTYPES:
         raise ConfigError("dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", "`--device cuda` was asked for, but torch sees no CUDA device here")
+    check_device(device)
     if checkpoint:
-        model = load_checkpoint(checkpoint, get_config(name))
+        model, report = load_dit(checkpoint, get_config(name) if name else None, key=key, lora=lora)
+        what = report.describe()
     elif name == "toy":  # the trained toy model ships its weights (models/weights/toy.safetensors)
         from models.checkpoints import load_model
         from models.train_toy import WEIGHTS
 
-        model = load_model(WEIGHTS)
+        model, what = load_model(WEIGHTS), f"the shipped toy weights ({WEIGHTS})"
     else:
-        model = CausalWanDiT(get_config(name), seed=0)  # same seed on every rank: identical weights
-    return model.to(device=device, dtype=DTYPES[dtype]).eval()
+        if lora is not None:
+            raise ConfigError("lora", "`--lora` needs `--checkpoint` (the base weights it adapts)")
+        model, what = CausalWanDiT(get_config(name or "toy"), seed=0), "seeded random weights (seed 0)"
+    return model.to(device=device, dtype=DTYPES[dtype]).eval(), what  # same seed on every rank: same weights
 
 
-def build_sampler(name: str, checkpoint: str | None, shift: float | None) -> FlowMatchSampler:
-    """The job's sampler: `shift` when given, else the one saved with the weights (the shipped toy model,
-    or a cascade model folder), else the Self-Forcing default (shift 5)."""
+def build_sampler(name: str, checkpoint: str | None, shift: float | None,
+                  preset: str | None = None) -> FlowMatchSampler:
+    """The job's sampler: the preset's (with `shift` overriding its shift), else `shift`, else the one
+    saved with the weights (the shipped toy model, or a cascade model folder), else Self-Forcing's."""
     from models.checkpoints import load_sampler
 
+    if preset is not None:
+        from models.presets import get_preset
+
+        p = get_preset(preset)
+        return FlowMatchSampler(shift=p.shift if shift is None else shift, steps=p.steps, warp=p.warp)
     if shift is not None:
         return FlowMatchSampler(shift=shift)
     saved = None
@@ -90,53 +147,93 @@ def build_sampler(name: str, checkpoint: str | None, shift: float | None) -> Flo
 
 
 class _Pipeline:
-    """Decode, write and report blocks as they finish (runs on the decode rank)."""
+    """Hand finished blocks to the decode thread, write them, and report (runs on the decode rank)."""
 
     def __init__(self, job: GenerateJob, schedule: Schedule, model: CausalWanDiT) -> None:
+        import time
+
+        from executors.decode_thread import DecodeWorker
         from executors.output import VideoSink
-        from models.decode import LatentPreviewDecoder, PixelDecoder
+        from executors.sources import decoder_for
 
         self.job, self.schedule = job, schedule
-        self.decoder: Any = (PixelDecoder() if model.config.name == "toy"  # its latent is the pixels
-                             else LatentPreviewDecoder(channels=model.config.in_channels))
+        device = job.vae_device or str(model.device)
+        self.decoder: Any = decoder_for(job, model.config, device)
         self.sink = VideoSink(job.out, frames_per_block=schedule.spec.frames_per_block) if job.out else None
         if self.sink is not None:
             self.sink.open()  # start the encoder now, not inside the first block's timing
+        self.worker = DecodeWorker(self.decoder, self._write, device)
         self.latents: list[Any] = []
-        self.shown_s: list[float] = []
+        self.handed: dict[int, float] = {}  # block -> perf_counter when the tick loop handed it over
         self.bar: Any = None
         if job.progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=schedule.num_blocks, unit="block", desc="generate", file=sys.stderr,
                             dynamic_ncols=True)
-        import time
-
         self._clock = time.perf_counter
         self._t0 = self._clock()
 
     def on_block(self, block: int, x0: torch.Tensor) -> None:
+        self.handed[block] = self._clock()
         self.latents.append(x0.float().numpy())
+        self.worker.submit(block, x0)
+
+    def _write(self, frames: Any) -> None:  # on the decode thread, in block order
         if self.sink is not None:
-            self.sink.add_block(self.decoder.decode_block(x0))
-        self.shown_s.append(self._clock() - self._t0)
+            self.sink.add_block(frames)
         if self.bar is not None:
-            fpb = self.schedule.spec.frames_per_block
-            frames = sum(video_frames(b, fpb) for b in range(block + 1))
-            self.bar.set_postfix(fps=f"{frames / max(self.shown_s[-1], 1e-9):.1f}")
             self.bar.update(1)
 
     def close(self) -> None:
-        """Make everything written durable: the video, the latents so far. Safe to call twice."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if self.sink is not None:
-            self.sink.close()
-        if self.job.save_latents and self.latents:
-            from executors.output import save_latents
+        """Decode what is queued, make everything written durable (video, latents). Safe to call twice."""
+        try:
+            self.worker.close()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            if self.sink is not None:
+                self.sink.close()
+            if self.job.save_latents and self.latents:
+                from executors.output import save_latents
 
-            save_latents(self.job.save_latents, self.latents)
+                save_latents(self.job.save_latents, self.latents)
+
+    def clock_offset(self, block_done_s: list[float]) -> float:
+        """perf_counter -> the run's clock: the tick loop stamps block_done_s[b] just before handing b over."""
+        import statistics
+
+        pairs = [done - self.handed[b] for b, done in enumerate(block_done_s) if b in self.handed]
+        return statistics.median(pairs) if pairs else -self._t0
+
+    def shown_s(self, offset: float) -> list[float]:
+        """When each block's frames were decoded and written, on the run's clock."""
+        return [self.worker.decoded[b][1] + offset for b in sorted(self.worker.decoded)]
+
+
+def _conditioning(job: GenerateJob, texts: dict[int, str], config: Any, rank: int, world: int,
+                  ) -> tuple[dict[int, torch.Tensor], TextEncoder | None, str]:
+    """Rank 0 encodes every prompt of the timeline (each text once), frees the encoder unless prompts may
+    still arrive, and shares the embeddings with the other ranks. Returns (embeddings by prompt id, the
+    encoder kept for streaming or None, its name)."""
+    from executors.sources import encode_prompts, share_from_rank0, text_source
+    from models.prompts import save_embeddings
+
+    encoder: TextEncoder | None = None
+    payload: tuple[dict[int, torch.Tensor], str] | None = None
+    if rank == 0:
+        encoder = text_source(job, config, list(texts.values()))
+        name = encoder.name
+        embeddings = encode_prompts(encoder, texts, config)
+        if job.save_text_embeddings:
+            save_embeddings(job.save_text_embeddings, {texts[p]: e for p, e in embeddings.items()})
+        if not job.interactive:
+            encoder.close()  # every prompt is encoded: free the weights before the DiT loads
+            encoder = None
+        payload = (embeddings, name)
+    embeddings, name = share_from_rank0(payload, rank, world)
+    return embeddings, encoder, name
 
 
 def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] | None:
@@ -148,14 +245,23 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
 
     from executors.distributed import DistributedExecutor
     from executors.reference import ReferenceExecutor
+    from models.config import get_config
 
     schedule = job.schedule()
-    model = build_model(job.model, job.checkpoint, job.dtype, job.device)
-    options = RunOptions(prompt=job.prompt, prompts=dict(job.prompts), fail_at=job.fail_at,
-                         timeout_s=job.timeout_s, sampler=build_sampler(job.model, job.checkpoint, job.shift))
     distributed = dist.is_initialized()
     if distributed and world != schedule.num_devices:
         raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")
+    texts = {0: job.prompt, **dict(job.prompts)}
+    name = model_name(job)
+    if name is None:  # the geometry comes from the checkpoint's shapes: load first, then encode
+        model, weights = load_job_model(job)
+        embeddings, encoder, text_name = _conditioning(job, texts, model.config, rank, world)
+    else:  # encode first, so the text encoder's memory is free before the DiT loads
+        embeddings, encoder, text_name = _conditioning(job, texts, get_config(name), rank, world)
+        model, weights = load_job_model(job)
+    options = RunOptions(prompt=job.prompt, prompts=dict(job.prompts), embeddings=embeddings, text_encoder=encoder,
+                         fail_at=job.fail_at, timeout_s=job.timeout_s,
+                         sampler=build_sampler(model.config.name, job.checkpoint, job.shift, job.preset))
     executor: Any = DistributedExecutor() if distributed else ReferenceExecutor()
     if job.executor == "compiled":  # in-process, or this rank's share: each rank compiles its own graphs
         from executors.compiled import CompiledExecutor
@@ -179,7 +285,12 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
     finally:
         if pipeline is not None:
             pipeline.close()
+        if encoder is not None:
+            encoder.close()
     events = result.events
+    if pipeline is not None:  # the decodes ran on their own thread: their events replace the hand-offs
+        offset = pipeline.clock_offset(result.block_done_s)
+        events = [e for e in events if e.track != "decode"] + pipeline.worker.events(offset, 0)
     if distributed:
         gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(events, gathered, dst=0)
@@ -187,12 +298,25 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
             events = [e for evs in gathered for e in evs]
     if pipeline is None:
         return None
-    summary = _summary(job, schedule, result, pipeline.shown_s)
-    texts = {0: job.prompt, **options.prompts}
-    summary["switches"] = [(at, texts[pid]) for at, pid in schedule.spec.switches]
+    summary = _summary(job, schedule, result, pipeline.shown_s(offset), pipeline.decoder)
+    summary["model"] = model.config.name
+    all_texts = {0: job.prompt, **options.prompts}
+    summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
+    summary["sources"] = {"weights": weights, "text": text_name, "decoder": _decoder_line(pipeline),
+                          "sampler": _sampler_line(options.sampler, schedule.spec.timesteps)}
     if job.trace:
         write_chrome_trace(job.trace, events, metadata={"source": "measured", **summary})
     return summary
+
+
+def _sampler_line(sampler: FlowMatchSampler, steps: tuple[float, ...]) -> str:
+    eff = ", ".join(f"{t:g}" for t in (round(x, 1) for x in sampler.effective_timesteps(steps)))
+    how = "warped" if sampler.warp else "not warped"
+    return f"shift {sampler.shift:g}, steps {', '.join(f'{t:g}' for t in steps)} {how}: the model sees t = {eff}"
+
+
+def _decoder_line(pipeline: _Pipeline) -> str:
+    return f"{getattr(pipeline.decoder, 'name', type(pipeline.decoder).__name__)} on {pipeline.worker.device}"
 
 
 class _Stream:
@@ -228,12 +352,15 @@ def abort_hook() -> None:
         _ABORT_HOOK[0]()
 
 
-def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: list[float]) -> dict[str, Any]:
+def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: list[float],
+             decoder: Any) -> dict[str, Any]:
     spec = schedule.spec
     F = spec.frames_per_block
     # Wan's VAE makes 4 video frames of a latent frame (the first block: 1 + 4 (F - 1)); the toy's latent
     # is the pixels, one video frame per latent frame.
-    frames, first = (F, F) if job.model == "toy" else (video_frames(1, F), video_frames(0, F))
+    from models.decode import PixelDecoder
+
+    frames, first = (F, F) if isinstance(decoder, PixelDecoder) else (video_frames(1, F), video_frames(0, F))
     metrics = stream_metrics(result.block_done_s, shown_s or None, max_in_flight=schedule.max_in_flight(),
                              window=spec.window, frames=frames, first_frames=first, makespan_s=result.wall_s)
     return {
@@ -244,6 +371,7 @@ def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: l
         "video_frames_per_block": frames,
         **metrics.to_dict(),
         "block_done_s": result.block_done_s,
+        "shown_s": shown_s,
         "forward_s": result.forward_s,
         "wall_s": result.wall_s,
         "peak_kv_bytes": result.peak_kv_bytes,

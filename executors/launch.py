@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cascade_sched.errors import ExecutorError
+from cascade_sched.errors import ConfigError, ExecutorError
 
 ABORT_KEY = "cascade/abort"
 POLL_S = 0.2
@@ -42,11 +42,37 @@ def backend_for(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
+def check_device(device: str, local_rank: int | None = None, ranks_here: int | None = None) -> None:
+    """Refuse, in one ``ConfigError`` naming ``--device``, a device this machine cannot give: a name other
+    than cpu / cuda / cuda:N, CUDA where torch sees none (a CPU build, no driver, no GPU), a GPU index past
+    the count, NCCL missing from this torch build, or more local ranks than GPUs (NCCL cannot put two
+    ranks on one GPU). Every rank runs it before touching CUDA, so every rank stops with the same line."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError("device", f"`--device` must be cpu, cuda or cuda:N, got {device!r}")
+    if kind == "cpu":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA device here"
+        raise ConfigError("device", f"`--device {device}` was asked for, but {why}; use --device cpu")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ConfigError("device", f"`--device {device}`: there are {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    if local_rank is not None:
+        if not dist.is_nccl_available():
+            raise ConfigError("device", f"`--device {device}` across ranks needs NCCL, which this torch build lacks")
+        if local_rank >= count or (ranks_here or 0) > count:
+            raise ConfigError("device", f"`--device {device}`: {max(ranks_here or 0, local_rank + 1)} ranks on this "
+                                        f"node but {count} GPU(s); NCCL needs one GPU per rank")
+
+
 def init_group(device: str, timeout_s: float) -> tuple[int, int]:
     """Initialise the default process group from the environment (``env://``); returns (rank, world)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    check_device(device, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or None)
     if device.startswith("cuda"):
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend_for(device), rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
     # NCCL's first point-to-point batch must involve every rank: a collective sets the communicators up.
@@ -166,6 +192,7 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     """
     import torch.multiprocessing as mp
 
+    check_device(device, nproc - 1, nproc)  # one line here, before any rank starts
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // nproc)
     port = _free_port()

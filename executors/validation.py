@@ -254,7 +254,9 @@ def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_
         executor: Any = DistributedExecutor()
     else:
         executor = ReferenceExecutor()
-    opts = RunOptions(timeout_s=timeout_s)
+    from models.prompts import StandInEncoder
+
+    opts = RunOptions(timeout_s=timeout_s, text_encoder=StandInEncoder(model.config))  # timing: any text will do
     world = int(specs[0]["num_devices"]) if specs else 1
     schedules = [validate_schedule(build_schedule(CascadeSpec.from_dict(spec))) for spec in specs]
     out: list[dict[str, Any]] = [{"runs": [], "events": [], "threads": torch.get_num_threads(), "idle": []}

@@ -7,13 +7,17 @@ norm_q,norm_k}``, ``blocks.N.norm3``, ``blocks.N.cross_attn.{...}``, ``blocks.N.
 unwrapping it:
 
 - nesting: Self-Forcing and CausVid training checkpoints hold the state dict under ``generator_ema`` /
-  ``generator`` (EMA preferred), others under ``state_dict``, ``model`` or ``module``;
+  ``generator``, others under ``state_dict``, ``model`` or ``module``. A file holding both generator
+  entries is refused unless the caller names one (``key=``, ``--weights``, or a preset): the pipelines
+  disagree (Self-Forcing's README loads EMA, LongLive and CausVid load ``generator``), so there is no
+  safe default. The load report says which entry was read;
 - prefixes: ``model.`` (Self-Forcing's ``WanDiffusionWrapper.model``), ``module.`` (DDP),
   ``diffusion_model.``, and the wrapper components ``_fsdp_wrapped_module`` / ``_orig_mod`` /
   ``_checkpoint_wrapped_module`` anywhere in a name.
 
 Missing keys, unexpected keys and shape mismatches are collected and raised together as one
-CheckpointError; the model is only touched when everything matches.
+CheckpointError (with the preset the checkpoint's shapes do match, if any); the model is only touched
+when everything matches. A PEFT LoRA adapter (models/lora.py) is merged after the base weights load.
 
 Own format: a directory with ``model.safetensors`` and ``config.json`` (``{"format": "cascade-model/1",
 "config": {...}}``), or a ``NAME.safetensors`` file with ``NAME.json`` beside it.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +36,18 @@ from torch import Tensor
 
 from cascade_sched.errors import CheckpointError
 
-from .config import ModelConfig, get_config
+from .config import PRESETS, ModelConfig, get_config
 from .dit import CausalWanDiT
+from .lora import LoRAAdapter, merge_lora
 from .sampler import FlowMatchSampler
+from .tensorfile import read_tensor_file
 
-__all__ = ["load_checkpoint", "load_model", "load_state_dict", "map_wan_keys", "save_model"]
+__all__ = ["LoadReport", "guess_config", "load_checkpoint", "load_dit", "load_model", "load_state_dict",
+           "map_wan_keys", "read_state_dict", "save_model"]
 
 FORMAT = "cascade-model/1"
 NEST_KEYS = ("generator_ema", "generator", "state_dict", "model", "module", "ema")
+GENERATOR_ENTRIES = ("generator", "generator_ema")
 PREFIXES = ("model.", "module.", "diffusion_model.")
 WRAPPERS = ("_fsdp_wrapped_module", "_orig_mod", "_checkpoint_wrapped_module")
 
@@ -47,29 +56,15 @@ def _is_flat(d: Mapping[str, Any]) -> bool:
     return bool(d) and all(isinstance(v, Tensor) for v in d.values())
 
 
-def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, Tensor]:
-    """Read a flat {name: tensor} dict from .safetensors or .pt/.pth, unwrapping nested checkpoints.
+def read_state_dict(path: str | Path, key: str | None = None) -> tuple[dict[str, Tensor], str]:
+    """Read a flat {name: tensor} dict from .safetensors or .pt/.pth, unwrapping nested checkpoints;
+    returns it with the entry it came from (``"'generator_ema'"``, ``"top level"``, ...).
 
-    `key` picks the nested entry explicitly (e.g. ``"generator"`` to skip the EMA weights); by default the
-    first of ``generator_ema, generator, state_dict, model, module, ema`` that holds tensors is used.
+    `key` picks the nested entry explicitly (``"generator"``, ``"generator_ema"``); otherwise the first of
+    ``generator_ema, generator, state_dict, model, module, ema`` that holds tensors, except that a file
+    with both generator entries is refused (see the module docstring).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
-        else:
-            raise CheckpointError(f"checkpoint {str(path)!r}: unknown format {suffix!r}; use .safetensors, .pt or .pth")
-    except CheckpointError:
-        raise
-    except Exception as exc:  # corrupt file, non-tensor pickle, ...
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
+    obj = read_tensor_file(path, "checkpoint")
     trail = []
     if key is not None:
         if not isinstance(obj, Mapping) or not isinstance(obj.get(key), Mapping):
@@ -78,6 +73,11 @@ def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, Tenso
         trail.append(key)
         obj = obj[key]
     while isinstance(obj, Mapping) and not _is_flat(obj):
+        if all(isinstance(obj.get(k), Mapping) and obj[k] for k in GENERATOR_ENTRIES):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds both 'generator' and 'generator_ema': pass --weights generator "
+                "or --weights ema (or a --preset that names its entry)"
+            )
         pick = next((k for k in NEST_KEYS if isinstance(obj.get(k), Mapping) and obj[k]), None)
         if pick is None:
             break
@@ -89,7 +89,12 @@ def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, Tenso
             f"checkpoint {str(path)!r}: no state dict of tensors found (looked under {trail or 'top level'}; "
             f"keys there: {found}); pass `key=` to name the entry"
         )
-    return dict(obj)
+    return dict(obj), ("/".join(repr(t) for t in trail) or "top level")
+
+
+def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, Tensor]:
+    """:func:`read_state_dict` without the entry name."""
+    return read_state_dict(path, key)[0]
 
 
 def map_wan_keys(state: Mapping[str, Tensor], expected: set[str] | None = None) -> dict[str, Tensor]:
@@ -124,6 +129,27 @@ def _resolve(model_or_config: CausalWanDiT | ModelConfig | str) -> CausalWanDiT:
     return model.to_empty(device="cpu")  # every tensor is then overwritten by the load
 
 
+def _listing(title: str, items: list[str], limit: int = 8) -> str:
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {len(items)} {title}: " + ", ".join(items[:limit]) + more
+
+
+def guess_config(state: Mapping[str, Tensor]) -> ModelConfig | None:
+    """The preset whose DiT shapes a (mapped) state dict has: dim, FFN, layers, text width; else None."""
+    try:
+        dim, in_ch = state["patch_embedding.weight"].shape[:2]
+        ffn = state["blocks.0.ffn.0.weight"].shape[0]
+        text_dim = state["text_embedding.0.weight"].shape[1]
+    except (KeyError, IndexError, ValueError):
+        return None
+    layers = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()),
+                     default=-1)
+    for cfg in PRESETS.values():
+        if (cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.text_dim, cfg.in_channels) == (dim, ffn, layers, text_dim, in_ch):
+            return cfg
+    return None
+
+
 def _load_into(model: CausalWanDiT, state: Mapping[str, Tensor], source: str) -> CausalWanDiT:
     """Copy `state` into `model` if and only if names and shapes match exactly; else one CheckpointError."""
     own = model.state_dict()
@@ -139,7 +165,11 @@ def _load_into(model: CausalWanDiT, state: Mapping[str, Tensor], source: str) ->
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
                              ("shape mismatches", mismatched)):
             if items:
-                lines.append(f"  {len(items)} {title}: " + ", ".join(items))
+                lines.append(_listing(title, items))
+        guess = guess_config(mapped)
+        if guess is not None and guess.name != model.config.name:
+            lines.append(f"  its shapes are those of {guess.name!r} (dim {guess.dim}, {guess.num_layers} layers): "
+                         f"pass --model {guess.name}")
         err = CheckpointError("\n".join(lines))
         err.missing, err.unexpected, err.mismatched = missing, unexpected, mismatched  # type: ignore[attr-defined]
         raise err
@@ -150,15 +180,56 @@ def _load_into(model: CausalWanDiT, state: Mapping[str, Tensor], source: str) ->
     return model
 
 
-def load_checkpoint(
-    path: str | Path, model_or_config: CausalWanDiT | ModelConfig | str, *, key: str | None = None
-) -> CausalWanDiT:
-    """Load Wan2.1 / Self-Forcing / CausVid / LongLive DiT weights into a model (built from a config or name).
+@dataclass(frozen=True)
+class LoadReport:
+    """What a load read: the file, the entry inside it, and the LoRA merged (for the run to say)."""
 
-    Example: ``model = load_checkpoint("self_forcing_dmd.pt", "wan2.1-1.3b")``.
+    path: str
+    entry: str
+    lora: str | None = None
+
+    def describe(self) -> str:
+        text = f"{self.path}, entry {self.entry}"
+        return f"{text}; {self.lora}" if self.lora else text
+
+
+def load_dit(
+    path: str | Path,
+    model_or_config: CausalWanDiT | ModelConfig | str | None = None,
+    *,
+    key: str | None = None,
+    lora: LoRAAdapter | None = None,
+) -> tuple[CausalWanDiT, LoadReport]:
+    """Load DiT weights (and merge `lora`); returns the model and what was loaded.
+
+    With no model or config, the preset whose shapes the checkpoint has is used (CheckpointError if none).
     """
-    model = _resolve(model_or_config)
-    return _load_into(model, load_state_dict(path, key), repr(str(path)))
+    state, entry = read_state_dict(path, key)
+    if model_or_config is None:
+        guess = guess_config(map_wan_keys(state))
+        if guess is None:
+            raise CheckpointError(f"checkpoint {str(path)!r} matches no preset geometry ({', '.join(PRESETS)}); "
+                                  "pass --model")
+        model_or_config = guess
+    model = _load_into(_resolve(model_or_config), state, repr(str(path)))
+    del state
+    merged = None
+    if lora is not None:
+        n = merge_lora(model, lora)
+        merged = lora.describe().replace(f"into {len(lora.layers)} layers", f"into {n} layers")
+    return model, LoadReport(str(path), entry, merged)
+
+
+def load_checkpoint(
+    path: str | Path, model_or_config: CausalWanDiT | ModelConfig | str, *, key: str | None = None,
+    lora: LoRAAdapter | None = None,
+) -> CausalWanDiT:
+    """Load Wan2.1 / Self-Forcing / CausVid / LongLive / Krea DiT weights into a model (built from a config
+    or name), merging `lora` if given.
+
+    Example: ``model = load_checkpoint("self_forcing_dmd.pt", "wan2.1-1.3b", key="generator_ema")``.
+    """
+    return load_dit(path, model_or_config, key=key, lora=lora)[0]
 
 
 def _own_paths(path: str | Path) -> tuple[Path, Path]:

@@ -8,8 +8,13 @@
   so decoding is a clip to uint8 and a nearest-neighbour upsampling for viewing (x8 in space by default),
   one video frame per latent frame.
 - `WanVAEDecoder` wraps diffusers' ``AutoencoderKLWan`` (optional extra ``vae``) and decodes in streaming
-  mode: its causal feature cache is kept across blocks, so blocks must come in order (REFERENCE.md:
-  decoding is a chain in block order).
+  mode: its causal feature cache is kept across blocks, so blocks must come in order (decoding is a
+  chain in block order): 9 frames for the first 3-frame block (its first latent frame is the causal
+  first chunk), 12 for later blocks, 8x the latent in space.
+- `TAEHVDecoder` (models/taehv.py) is the tiny decoder, the fast option; `open_decoder(path)` picks a
+  Wan VAE for a folder and TAEHV for a weights file.
+
+Every decoder has a ``name`` (what a run reports) and ``decode_block(latent)``, called in block order.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from torch import Tensor
 
 from cascade_sched.errors import CascadeError, CheckpointError, ConfigError
 
-__all__ = ["LatentPreviewDecoder", "PixelDecoder", "WanVAEDecoder", "default_preview_factors", "to_uint8"]
+__all__ = ["LatentPreviewDecoder", "PixelDecoder", "WanVAEDecoder", "default_preview_factors", "open_decoder",
+           "to_uint8"]
 
 
 def default_preview_factors(channels: int = 16) -> Tensor:
@@ -42,6 +48,8 @@ def to_uint8(frames: Tensor) -> np.ndarray:
 
 class LatentPreviewDecoder:
     """Cheap preview: per-pixel linear projection of the latent channels, upsampled by repetition."""
+
+    name = "latent preview (fixed 16 -> 3 projection, not the Wan VAE)"
 
     def __init__(
         self,
@@ -91,6 +99,8 @@ class PixelDecoder:
     (3, 8, 8, 3)
     """
 
+    name = "pixels (the toy's latent is RGB)"
+
     def __init__(self, spatial: int = 8) -> None:
         if spatial < 1:
             raise ConfigError("spatial", f"`spatial` must be >= 1, got {spatial}")
@@ -126,13 +136,21 @@ class WanVAEDecoder:
                 "the Wan VAE decoder needs `diffusers` (pip install 'cascade-sched[vae]'); "
                 "use LatentPreviewDecoder to run without it"
             ) from exc
+        self.name = "Wan VAE (AutoencoderKLWan)"
         if isinstance(vae, (str, Path)):
             root = Path(vae)
             sub = root / "vae" if (root / "vae").is_dir() else root
-            if not sub.is_dir():
-                raise CheckpointError(f"Wan VAE folder {str(vae)!r} does not exist")
-            vae = AutoencoderKLWan.from_pretrained(str(sub), torch_dtype=dtype)
-        self.vae = vae.to(device=device, dtype=dtype).eval()
+            if not (sub / "config.json").is_file():
+                raise CheckpointError(f"Wan VAE folder {str(vae)!r} has no config.json (expected an AutoencoderKLWan "
+                                      "saved by diffusers, or a Wan2.1 folder with vae/)")
+            try:
+                vae = AutoencoderKLWan.from_pretrained(str(sub), torch_dtype=dtype)
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"Wan VAE {str(vae)!r} cannot be loaded: {exc}") from exc
+            self.name = f"Wan VAE ({root})"
+        elif vae.dtype != dtype:
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.to(device=device).eval()
         cfg = self.vae.config
         z = int(cfg.z_dim)
         self.mean = torch.tensor(cfg.latents_mean, dtype=dtype, device=device).view(1, z, 1, 1, 1)
@@ -146,8 +164,8 @@ class WanVAEDecoder:
         self.frames_decoded = 0
 
     @torch.no_grad()
-    def decode_block(self, latent: Tensor) -> np.ndarray:
-        """Decode one block (C, F, H, W), continuing the causal cache of the previous blocks."""
+    def decode_frames(self, latent: Tensor) -> Tensor:
+        """Decode one block (C, F, H, W) to RGB in [-1, 1] (3, T, 8H, 8W), continuing the causal cache."""
         vae = self.vae
         z = latent.to(self.device, self.dtype)[None] * self.std + self.mean  # (1, C, F, H, W)
         try:
@@ -160,5 +178,23 @@ class WanVAEDecoder:
                 self.frames_decoded += 1
         except (AttributeError, TypeError) as exc:  # diffusers changed its streaming internals
             raise CascadeError(f"this diffusers version's AutoencoderKLWan cannot stream-decode: {exc}") from exc
-        video = torch.cat(outs, dim=2)[0]  # (3, T, H, W)
-        return to_uint8(video.permute(1, 2, 3, 0).float())
+        return torch.cat(outs, dim=2)[0].clamp(-1, 1)  # (3, T, H, W)
+
+    def decode_block(self, latent: Tensor) -> np.ndarray:
+        """Decode one block (C, F, H, W) to uint8 frames (T, 8H, 8W, 3): 9 for the first 3-frame block, then 12."""
+        return to_uint8(self.decode_frames(latent).permute(1, 2, 3, 0).float())
+
+
+def open_decoder(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """The decoder at `path`: a folder is a diffusers ``AutoencoderKLWan`` (or a Wan2.1 folder with ``vae/``),
+    a ``.pth`` / ``.safetensors`` file is TAEHV weights (``taew2_1``)."""
+    p = Path(path)
+    if p.is_dir():
+        return WanVAEDecoder(p, device=device, dtype=dtype)
+    if p.is_file() and p.suffix.lower() in (".pth", ".pt", ".safetensors"):
+        from .taehv import TAEHVDecoder
+
+        dec = TAEHVDecoder.from_file(p, device=device, dtype=dtype)
+        dec.name = f"TAEHV ({p})"
+        return dec
+    raise ConfigError("vae", f"`--vae` {str(path)!r} is neither a VAE folder nor TAEHV weights (.pth/.safetensors)")

@@ -1,11 +1,20 @@
-"""Few-step flow-matching sampler of Self-Forcing / CausVid / LongLive, and the project's noise function.
+"""Few-step flow-matching sampler of Self-Forcing / CausVid / LongLive / Krea, and the project's noise function.
 
-The sigma table (REFERENCE.md): ``sigma(s) = shift * s / (1 + (shift - 1) * s)`` over a 1000-entry table of
-``s`` falling linearly from 1 to ``sigma_min``. A nominal step ``t`` (1000, 750, ...) is *warped* through the
-table: it picks entry ``1000 - t``, whose effective timestep is ``1000 * sigma``. At shift 5 and
-``sigma_min = 0`` the steps 1000/750/500/250 become 1000, 937.5, 833.3, 625.0 (the published figures).
-Self-Forcing's own scheduler uses ``sigma_min = 0.003 / 1.002``, which moves them by less than 3
-(937.7, 834.2, 627.8); pass ``sigma_min=SELF_FORCING_SIGMA_MIN`` to reproduce its numbers exactly.
+The sigma table (Self-Forcing's ``utils/wan_wrapper.py``: ``FlowMatchScheduler(shift, sigma_min=0.0,
+extra_one_step=True).set_timesteps(1000)``): ``sigma(s) = shift * s / (1 + (shift - 1) * s)`` over a
+1000-entry table of ``s`` falling linearly from 1 (``s_i = 1 - i / 1000``), with timesteps ``1000 * sigma``.
+
+A nominal step ``t`` (1000, 750, ...) reaches the model in one of two ways, as the public pipelines do:
+
+- *warped* (``warp=True``; ``warp_denoising_step: true`` in Self-Forcing, LongLive, Krea and CausVid's
+  4-step config): entry ``1000 - t`` of the table is used, so the model is conditioned on ``1000 * sigma``.
+  At shift 5 the steps 1000/750/500/250 become 1000, 937.5, 833.3, 625.0.
+- *not warped* (``warp=False``; CausVid's ``wan_causal_dmd.yaml``): the model is conditioned on ``t`` itself,
+  and sigma is that of the table entry whose timestep is nearest ``t`` (the wrapper's ``argmin`` lookup):
+  at shift 8 the steps 1000/757/522 keep t = 1000, 757, 522 at sigma 1, 0.7568, 0.5217.
+
+``sigma_min`` stays 0 for every published pipeline: the wrappers pass ``sigma_min=0.0`` over the
+scheduler class's own default of ``0.003 / 1.002``.
 
 A pass predicts the velocity ``v``; ``x0 = x_t - sigma * v``; the next input is
 ``(1 - sigma_next) * x0 + sigma_next * eps`` with fresh ``eps = noise(seed, block, stage + 1, ...)``.
@@ -13,6 +22,9 @@ A pass predicts the velocity ``v``; ``x0 = x_t - sigma * v``; the next input is
 >>> s = FlowMatchSampler(shift=5.0)
 >>> [round(s.effective_timestep(t), 2) for t in (1000, 750, 500, 250)]
 [1000.0, 937.5, 833.33, 625.0]
+>>> c = FlowMatchSampler(**CAUSVID)
+>>> [round(c.effective_timestep(t), 1) for t in c.steps], [round(x, 4) for x in c.sigmas()]
+([1000.0, 757.0, 522.0], [1.0, 0.7568, 0.5217])
 """
 
 from __future__ import annotations
@@ -29,16 +41,15 @@ from cascade_sched.errors import ConfigError
 __all__ = [
     "CAUSVID",
     "SELF_FORCING",
-    "SELF_FORCING_SIGMA_MIN",
     "FlowMatchSampler",
     "StepOutput",
     "noise",
     "noise_seed",
 ]
 
-SELF_FORCING: dict[str, Any] = dict(shift=5.0, steps=(1000, 750, 500, 250))
-CAUSVID: dict[str, Any] = dict(shift=8.0, steps=(1000, 757, 522))
-SELF_FORCING_SIGMA_MIN = 0.003 / 1.002  # the `sigma_min` of Self-Forcing's FlowMatchScheduler
+# Sampler settings of the published configs (models/presets.py has the whole pipelines, with sources).
+SELF_FORCING: dict[str, Any] = dict(shift=5.0, steps=(1000, 750, 500, 250), warp=True)
+CAUSVID: dict[str, Any] = dict(shift=8.0, steps=(1000, 757, 522), warp=False)
 
 
 class StepOutput(NamedTuple):
@@ -52,7 +63,8 @@ class FlowMatchSampler:
     """Shifted flow-matching sigma table with warped nominal steps.
 
     `steps` (optional) records the nominal denoising steps of a preset, so ``FlowMatchSampler(**CAUSVID)``
-    works; the methods take any nominal step.
+    works; the methods take any nominal step. `warp` says how a nominal step reaches the model (see the
+    module docstring).
     """
 
     def __init__(
@@ -63,6 +75,7 @@ class FlowMatchSampler:
         sigma_min: float = 0.0,
         sigma_max: float = 1.0,
         steps: Sequence[float] | None = None,
+        warp: bool = True,
     ) -> None:
         if not shift > 0:
             raise ConfigError("shift", f"`shift` must be positive, got {shift}")
@@ -74,6 +87,8 @@ class FlowMatchSampler:
         self.num_train_timesteps = num_train_timesteps
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
+        self.warp = bool(warp)
+        self._table: tuple[float, ...] | None = None
         self.steps: tuple[float, ...] = tuple(steps) if steps is not None else ()
         for t in self.steps:
             self._check(t)
@@ -82,7 +97,7 @@ class FlowMatchSampler:
 
     def __repr__(self) -> str:
         return (f"FlowMatchSampler(shift={self.shift}, num_train_timesteps={self.num_train_timesteps}, "
-                f"sigma_min={self.sigma_min}, steps={self.steps})")
+                f"sigma_min={self.sigma_min}, steps={self.steps}, warp={self.warp})")
 
     def _check(self, nominal_t: float) -> float:
         n = self.num_train_timesteps
@@ -90,21 +105,39 @@ class FlowMatchSampler:
             raise ConfigError("steps", f"nominal timestep must be in [0, {n}], got {nominal_t}")
         return float(nominal_t)
 
-    def sigma(self, nominal_t: float) -> float:
-        """Sigma of the warped table entry for nominal step `nominal_t` (1000 -> 1.0; 0 -> 0.0, the cache pass).
+    def _shifted(self, index: float) -> float:
+        """Sigma of table entry ``index``: ``s = sigma_max + (sigma_min - sigma_max) * index / N``, shifted."""
+        s = self.sigma_max + (self.sigma_min - self.sigma_max) * index / self.num_train_timesteps
+        return self.shift * s / (1.0 + (self.shift - 1.0) * s)
 
-        Entry ``i = N - t`` of the table: ``s = sigma_max + (sigma_min - sigma_max) * i / N``, then shifted.
-        Nominal 0 is past the table's last entry; Self-Forcing appends 0 there, and so do we.
+    def table(self) -> tuple[float, ...]:
+        """The N sigmas of the table, entry 0 first (sigma_max)."""
+        if self._table is None:
+            self._table = tuple(self._shifted(i) for i in range(self.num_train_timesteps))
+        return self._table
+
+    def sigma(self, nominal_t: float) -> float:
+        """Sigma the sampler uses at nominal step `nominal_t` (1000 -> 1.0; 0 -> 0.0, the cache pass).
+
+        Warped: entry ``N - t`` of the table. Not warped: the entry whose timestep ``N * sigma`` is
+        nearest ``t`` (the first on a tie, as ``torch.argmin``). Nominal 0 is past the table's last
+        entry; the pipelines append 0 there, and so do we.
         """
         t = self._check(nominal_t)
         n = self.num_train_timesteps
         if t == 0:
             return 0.0
-        s = self.sigma_max + (self.sigma_min - self.sigma_max) * (n - t) / n
-        return self.shift * s / (1.0 + (self.shift - 1.0) * s)
+        if self.warp:
+            return self._shifted(n - t)
+        table = self.table()
+        best = min(range(n), key=lambda i: abs(n * table[i] - t))
+        return table[best]
 
     def effective_timestep(self, nominal_t: float) -> float:
-        """The timestep the model is conditioned on: ``N * sigma(nominal_t)`` (1000, 937.5, 833.3, 625 at shift 5)."""
+        """The timestep the model is conditioned on: ``N * sigma(t)`` when warped (1000, 937.5, 833.3, 625 at
+        shift 5), else ``t`` itself."""
+        if not self.warp:
+            return self._check(nominal_t)
         return self.num_train_timesteps * self.sigma(nominal_t)
 
     def sigmas(self, steps: Sequence[float] | None = None) -> list[float]:

@@ -99,3 +99,22 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], flag: str, tmp_path: 
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], r.stderr
+
+
+@pytest.mark.slow
+def test_a_cuda_request_without_cuda_under_torchrun_is_one_line_per_rank(tmp_path: Path) -> None:
+    """The README's torchrun GPU line on a machine without CUDA: every rank refuses in one line and exits 2
+    before touching CUDA (torchrun's agent then reports the exit code in its own words)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "cascade_sched.cli", "generate", "--executor",
+                        "distributed", "--devices", "2", "--lag", "1", "--model", "tiny", "--device", "cuda",
+                        "--dtype", "bfloat16", "--no-progress"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("cascade generate: error:")]
+    assert ours and all("--device" in line and "no CUDA" in line for line in ours)
+    assert "exitcode: 2" in r.stderr and "_cuda_setDevice" not in r.stderr and "cascade_sched/" not in r.stderr

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from cascade_sched.errors import CheckpointError
 from models import CausalWanDiT, get_config, load_checkpoint, load_model, save_model
+from models.checkpoints import guess_config, load_dit, map_wan_keys
 
 CFG = get_config("tiny")
 
@@ -70,10 +71,16 @@ def test_nested_generator_ema_with_model_prefix(tmp_path: Path, suffix: str) -> 
             "generator": {f"model.{k}": v for k, v in raw.items()}, "step": 100}
     path = tmp_path / f"self_forcing{suffix}"
     torch.save(ckpt, path)
-    _assert_loaded(load_checkpoint(path, CFG), ema)  # EMA preferred
+    with pytest.raises(CheckpointError, match="holds both 'generator' and 'generator_ema': pass --weights"):
+        load_checkpoint(path, CFG)  # never a silent pick: the pipelines disagree
+    model, report = load_dit(path, CFG, key="generator_ema")
+    _assert_loaded(model, ema)
+    assert report.entry == "'generator_ema'" and "entry 'generator_ema'" in report.describe()
     _assert_loaded(load_checkpoint(path, CFG, key="generator"), raw)
     with pytest.raises(CheckpointError, match="no entry 'critic'"):
         load_checkpoint(path, CFG, key="critic")
+    torch.save({"generator": ckpt["generator"]}, tmp_path / "one.pt")  # one entry: taken, and said
+    assert load_dit(tmp_path / "one.pt", CFG)[1].entry == "'generator'"
 
 
 def test_generator_and_wrappers(tmp_path: Path) -> None:
@@ -112,6 +119,22 @@ def test_wrong_geometry(tmp_path: Path) -> None:
     save_file(wan_state_dict(), str(tmp_path / "w.safetensors"))
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_checkpoint(tmp_path / "w.safetensors", CFG.replace(ffn_dim=48))
+
+
+def test_a_checkpoint_of_another_size_names_its_preset(tmp_path: Path) -> None:
+    """A 14B-on-1.3B mistake in miniature: small weights into the tiny config list the keys, capped, and
+    say which preset the shapes are; with no config the loader picks that preset itself."""
+    small = CausalWanDiT(get_config("small"), seed=1)
+    save_file({f"model.{k}": v for k, v in small.state_dict().items()}, str(tmp_path / "small.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "small.safetensors", "tiny")
+    msg = str(info.value)
+    assert "unexpected keys" in msg and "shape mismatches" in msg and "... and " in msg
+    assert "its shapes are those of 'small' (dim 384, 4 layers): pass --model small" in msg
+    assert len(msg.splitlines()) <= 5
+    model, report = load_dit(tmp_path / "small.safetensors")
+    assert model.config.name == "small" and report.entry == "top level"
+    assert guess_config(map_wan_keys(wan_state_dict())) == CFG
 
 
 def test_unreadable_files(tmp_path: Path) -> None:

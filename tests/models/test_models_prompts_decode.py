@@ -45,7 +45,7 @@ def test_load_embeddings(tmp_path: Path) -> None:
     torch.save(torch.zeros(2, 3, 4), tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="expected"):
         load_embeddings(tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="do not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_embeddings(tmp_path / "none.pt")
 
 
