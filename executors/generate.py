@@ -89,16 +89,24 @@ def build_sampler(name: str, checkpoint: str | None, shift: float | None) -> Flo
     return saved or FlowMatchSampler()
 
 
+def build_decoder(model: CausalWanDiT) -> Any:
+    """The decoder of a model's latents: the toy's latent is its pixels, every other model gets the latent
+    preview (uint8 frames (T, H, W, 3) per block, in block order)."""
+    from models.decode import LatentPreviewDecoder, PixelDecoder
+
+    if model.config.name == "toy":
+        return PixelDecoder()
+    return LatentPreviewDecoder(channels=model.config.in_channels)
+
+
 class _Pipeline:
     """Decode, write and report blocks as they finish (runs on the decode rank)."""
 
     def __init__(self, job: GenerateJob, schedule: Schedule, model: CausalWanDiT) -> None:
         from executors.output import VideoSink
-        from models.decode import LatentPreviewDecoder, PixelDecoder
 
         self.job, self.schedule = job, schedule
-        self.decoder: Any = (PixelDecoder() if model.config.name == "toy"  # its latent is the pixels
-                             else LatentPreviewDecoder(channels=model.config.in_channels))
+        self.decoder = build_decoder(model)
         self.sink = VideoSink(job.out, frames_per_block=schedule.spec.frames_per_block) if job.out else None
         if self.sink is not None:
             self.sink.open()  # start the encoder now, not inside the first block's timing
