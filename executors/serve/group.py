@@ -82,8 +82,10 @@ class LocalGroup:
         loop = self.loop
         return loop.pool.bytes_in_use if loop is not None else 0
 
-    def fail(self, message: str) -> None:
-        """A stream failed: in one process the group lives on (the next stream starts clean)."""
+    def fail(self, message: str) -> tuple[str, str]:
+        """A stream failed with ``message``: the error code and message to tell its clients. In one process
+        the group lives on (the next stream starts clean)."""
+        return "generation_failed", message
 
     def close(self) -> None:
         """Nothing to tell: no other process."""
@@ -122,12 +124,21 @@ class RankGroup(LocalGroup):
         loop = getattr(self._executor, "loop", None)
         return loop.pool.bytes_in_use if loop is not None else 0
 
-    def fail(self, message: str) -> None:
-        """Rank 0's own stream failed: the other ranks may wait on it, so stop the whole group."""
-        from executors.launch import ABORT_KEY
+    def fail(self, message: str) -> tuple[str, str]:
+        """Rank 0's stream failed. If another rank failed first, rank 0's error is only the echo of it
+        (a peer gone mid-message): report that rank's own message. Else stop the whole group with ours."""
+        from executors.launch import ABORT_KEY, POLL_S
 
-        self.alive, self.failure = False, message
+        self.alive = False
+        deadline = time.monotonic() + 5 * POLL_S
+        while time.monotonic() < deadline:
+            if self.store.check([ABORT_KEY]):
+                self.failure = self.store.get(ABORT_KEY).decode()
+                return "rank_failed", self.failure
+            time.sleep(POLL_S / 4)
+        self.failure = message
         self.store.set(ABORT_KEY, message)
+        return "generation_failed", message
 
     def close(self) -> None:
         self.store.set(STOP_KEY, b"1")

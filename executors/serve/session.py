@@ -222,6 +222,7 @@ class Stream:
 
         group, control = self.group, self.control
         error: str | None = None
+        code = "generation_failed"
         pipe: FramePipe | None = None
         try:
             from executors.serve.stream import stream_schedule
@@ -236,15 +237,14 @@ class Stream:
                              control)
             group.run(self.start, schedule, options, hook, pipe.on_block)
         except Exception as e:  # one line to the client; the group decides whether it survives
-            error = str(e) or type(e).__name__
-            group.fail(error)
+            code, error = group.fail(str(e) or type(e).__name__)
         finally:
             if pipe is not None:
                 try:
                     pipe.close()
                 except Exception as e:
                     error = error or f"encoding frames failed: {e}"
-            self._call(self._generation_ended, error)
+            self._call(self._generation_ended, error, code)
 
     def _on_tick(self, tick: int, schedule: Schedule) -> None:
         self.in_flight = len(schedule.in_flight(tick))
@@ -252,9 +252,9 @@ class Stream:
         self.metrics.kv_bytes.set(self.group.kv_bytes())
 
     # -- on the event loop -----------------------------------------------------------------------------
-    def _generation_ended(self, error: str | None) -> None:
+    def _generation_ended(self, error: str | None, code: str) -> None:
         if error is not None and self.error is None and not self.discard:
-            self.fail(error)
+            self.fail(error, code)
         elif error is not None and self.error is None:
             self.error = error  # nobody is watching any more: keep it for the log
         self.generation_done.set()

@@ -13,11 +13,11 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("websockets")
 
-from serve_support import FPS, StreamClient, config, offline_frames, running_server, scrape, tiny_job  # noqa: E402
+from serve_support import FPS, StreamClient, config, offline_frames, running_server, scrape, tiny_job
 
-from executors.base import TickLoop  # noqa: E402
-from executors.serve.protocol import Limits  # noqa: E402
-from models.kv import KVPool  # noqa: E402
+from executors.base import TickLoop
+from executors.serve.protocol import Limits
+from models.kv import KVPool
 
 SWITCH_TO = "/etc/passwd is only text here"  # a prompt that names a path: it is conditioning, never read
 
