@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cascade_sched.errors import ConfigError
+from cascade_sched.errors import CascadeError, ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -50,8 +50,8 @@ def register(sub: Any) -> dict[str, Handler]:
     g.add_argument("--max-blocks", type=int, default=600, help="a stream's length in blocks (default 600)")
     g.add_argument("--fps", type=float, default=16.0, help="video frames per second the stream is paced to "
                    "(default 16, Wan2.1's rate)")
-    g.add_argument("--lead-blocks", type=int, default=2,
-                   help="decoded blocks generation may run ahead of the display (default 2)")
+    g.add_argument("--lead-blocks", type=int, default=1,
+                   help="decoded blocks generation may run ahead of the display (default 1; more absorbs jitter and adds switch latency)")
     g.add_argument("--client-buffer", type=int, default=48,
                    help="frames buffered per client before the oldest are dropped (default 48)")
     g.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of the frames, 1-95 (default 85)")
@@ -110,8 +110,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.token is not None and not args.token.strip():
         raise ConfigError("token", "`--token` must not be empty")
     if not args.prompt.strip() or len(args.prompt.strip()) > args.max_prompt_chars:
-        raise ConfigError("prompt", f"`--prompt` must be non-empty text of at most `--max-prompt-chars` "
-                                    f"{args.max_prompt_chars} characters")
+        # Not ConfigError("prompt"): the CLI maps that parameter name to --switch (the spec's switch prompt id).
+        raise CascadeError(f"--prompt: `--prompt` must be non-empty text of at most `--max-prompt-chars` "
+                           f"{args.max_prompt_chars} characters")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

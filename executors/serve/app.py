@@ -14,6 +14,7 @@ browser cannot drive the stream; message size, prompt length and prompt rate are
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import sys
 import threading
@@ -199,7 +200,7 @@ class Guard:
         origin = headers.get(b"origin")
         if origin is None:  # not a browser: nothing to protect against
             return True
-        return urlsplit(origin.decode("latin-1")).netloc == headers.get(b"host", b"").decode("latin-1")
+        return bool(urlsplit(origin.decode("latin-1")).netloc == headers.get(b"host", b"").decode("latin-1"))
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "http" and not self._token_ok(scope):
@@ -282,6 +283,10 @@ def serve(config: ServeConfig, group: LocalGroup, ready: Callable[[str], None] |
           on_server: Callable[[Server], None] | None = None) -> None:
     """Serve until interrupted (blocking; uvicorn handles SIGINT and SIGTERM by shutting down cleanly)."""
     uv, server = make_server(config, group)
+    # The model and imports are long-lived: take them out of the cyclic collector's full passes, which
+    # otherwise land inside a prompt switch's schedule rebuild (hundreds of ms between two ticks).
+    gc.collect()
+    gc.freeze()
     if on_server is not None:
         on_server(server)
     _announce(uv, config, ready)

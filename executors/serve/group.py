@@ -112,7 +112,7 @@ class RankGroup(LocalGroup):
             hook: Callable[[int, Schedule], Schedule | None], on_block: BlockCallback) -> None:
         from executors.distributed import DistributedExecutor
 
-        self.store.set(START_KEY.format(start.number), pickle.dumps(start))
+        self.store.set(START_KEY.format(start.number), pickle.dumps(start))  # type: ignore[arg-type]  # bytes work
         self._executor = DistributedExecutor()
         try:
             with torch.inference_mode():
@@ -141,7 +141,7 @@ class RankGroup(LocalGroup):
         return "generation_failed", message
 
     def close(self) -> None:
-        self.store.set(STOP_KEY, b"1")
+        self.store.set(STOP_KEY, "1")
 
 
 def follow(job: StreamJob, rank: int, world: int) -> None:

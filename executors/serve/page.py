@@ -15,15 +15,15 @@ PAGE = """<!doctype html>
 <style>
  body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#111;color:#ddd}
  main{display:flex;gap:20px;padding:16px;flex-wrap:wrap}
- h1{font-size:16px;margin:0 0 8px} #info{color:#999;font-size:12px;margin-bottom:8px}
- canvas{width:512px;height:512px;background:#000;image-rendering:pixelated;border:1px solid #333}
+ .view{width:482px} h1{font-size:16px;margin:0 0 8px} #info{color:#999;font-size:12px;margin-bottom:8px}
+ canvas{width:480px;height:480px;background:#000;image-rendering:pixelated;border:1px solid #333}
  form{display:flex;gap:6px;margin-top:10px} input{flex:1;padding:6px;background:#222;color:#eee;border:1px solid #444}
  button,select{padding:6px 10px;background:#333;color:#eee;border:1px solid #555}
  table{border-collapse:collapse;min-width:300px} td{padding:3px 8px;border-bottom:1px solid #2a2a2a}
  td.v{text-align:right;font-variant-numeric:tabular-nums;color:#fff} .warn{color:#f90} .bad{color:#f55}
  #log{font:12px monospace;color:#aaa;max-height:220px;overflow:auto;white-space:pre-wrap;margin-top:10px;width:420px}
 </style></head><body><main>
-<section><h1>cascade serve</h1><div id="info">connecting&hellip;</div>
+<section class="view"><h1>cascade serve</h1><div id="info">connecting&hellip;</div>
 <canvas id="view" width="512" height="512"></canvas>
 <form id="form"><input id="prompt" maxlength="500" placeholder="type a prompt, press Enter" autocomplete="off">
 <select id="policy" title="switch policy"><option value="none">none (cascade)</option>

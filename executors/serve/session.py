@@ -46,7 +46,7 @@ class ServeConfig:
     sharing: str = "watch"  # watch: a second client watches the stream; exclusive: it is told busy
     idle_timeout_s: float = 300.0  # 0: never
     fps: float = 16.0
-    lead_blocks: int = 2
+    lead_blocks: int = 1
     client_buffer: int = 48  # frames
     jpeg_quality: int = 85
     prompt: str = "a red ball bouncing"

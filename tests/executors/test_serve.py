@@ -217,3 +217,19 @@ def test_fifty_connect_disconnect_cycles_release_everything() -> None:
     assert after["cascade_serve_sessions_started_total"] == 53 and after["cascade_serve_sessions"] == 0
     assert after["cascade_serve_kv_bytes"] == 0 and after["cascade_serve_clients"] == 0
     assert grown < 32 << 20, f"resident memory grew by {grown / 2**20:.1f} MiB over 50 sessions"
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--blocks", "5"], "--blocks"), (["--switch", "1:1"], "--switch"), (["--max-blocks", "0"], "--max-blocks"),
+    (["--window", "0"], "--window"), (["--port", "70000"], "--port"), (["--fps", "0"], "--fps"),
+    (["--idle-timeout", "-1"], "--idle-timeout"), (["--lead-blocks", "0"], "--lead-blocks"),
+    (["--jpeg-quality", "100"], "--jpeg-quality"), (["--executor", "distributed"], "--executor"),
+    (["--token", " "], "--token"), (["--prompt", ""], "--prompt"), (["--model", "nope"], "--model"),
+    (["--lag", "9"], "--lag"), (["--timeout", "0"], "--timeout"),
+])
+def test_bad_flags_get_one_line_naming_the_flag(flags: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cascade_sched.cli import main
+
+    assert main(["serve", "--port", "0", *flags]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("cascade serve: loading")]
+    assert len(err) == 1 and err[0].startswith(f"cascade serve: error: {named}:"), err
