@@ -34,22 +34,33 @@ def config(**changes: Any) -> ServeConfig:
 
 
 @contextmanager
-def running_server(cfg: ServeConfig, job: StreamJob) -> Iterator[tuple[str, Server]]:
-    """Serve ``job`` on 127.0.0.1 (a free port) until the block ends; yields ``(host:port, server)``."""
+def running_server(cfg: ServeConfig, job: StreamJob, sndbuf: int | None = None) -> Iterator[tuple[str, Server]]:
+    """Serve ``job`` on 127.0.0.1 (a free port) until the block ends; yields ``(host:port, server)``.
+
+    ``sndbuf`` fixes the kernel send buffer of every accepted connection (Linux copies it from the listening
+    socket), as a slow link would: without it the kernel grows the buffer to megabytes."""
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    listener.bind(("127.0.0.1", 0))
     uv, server = make_server(cfg, LocalGroup(job))
-    thread = threading.Thread(target=uv.run, name="test-uvicorn", daemon=True)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [listener]}, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not uv.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
-    port = uv.servers[0].sockets[0].getsockname()[1]
+    port = listener.getsockname()[1]
     try:
         yield f"127.0.0.1:{port}", server
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+        listener.close()
 
 
 class StreamClient:

@@ -24,7 +24,8 @@ SWITCH_TO = "/etc/passwd is only text here"  # a prompt that names a path: it is
 
 @pytest.mark.parametrize("policy", ["none", "recache"])
 def test_a_stream_is_paced_and_a_switch_changes_it_from_the_announced_block(policy: str) -> None:
-    job = tiny_job(max_blocks=10)
+    blocks = 14  # room for the switch past the blocks in flight and the lead
+    job = tiny_job(max_blocks=blocks)
     with running_server(config(policy=policy), job) as (address, _):
         c = StreamClient(address)
         c.pump(lambda c: c.block >= 1)
@@ -34,17 +35,17 @@ def test_a_stream_is_paced_and_a_switch_changes_it_from_the_announced_block(poli
     hello, (switch,), (switched,), (end,) = c.of("hello")[0], c.of("switch"), c.of("switched"), c.of("end")
     assert hello["policy"] == policy and switch["applied"] and switch["policy"] == policy
     at = switch["at_block"]
-    assert seen < at < 10 and switched["at_block"] == at and switched["latency_blocks"] == at - switch["shown_block"]
-    assert end["blocks"] == 10 and sorted(c.frames) == list(range(10))
+    assert seen < at < blocks and switched["at_block"] == at and switched["latency_blocks"] == at - switch["shown_block"]
+    assert end["blocks"] == blocks and sorted(c.frames) == list(range(blocks))
     # The stream is exactly the whole run of its final schedule, frame for frame, JPEG byte for byte ...
-    assert [c.frames[b] for b in range(10)] == offline_frames(job, hello["prompt"], policy, [(at, SWITCH_TO)], 10)
+    assert [c.frames[b] for b in range(blocks)] == offline_frames(job, hello["prompt"], policy, [(at, SWITCH_TO)], blocks)
     # ... and it changed from the switch block on, not before.
-    plain = offline_frames(job, hello["prompt"], policy, [], 10)
+    plain = offline_frames(job, hello["prompt"], policy, [], blocks)
     assert [c.frames[b] for b in range(at)] == plain[:at]
-    assert all(c.frames[b] != plain[b] for b in range(at, 10))
+    assert all(c.frames[b] != plain[b] for b in range(at, blocks))
     # Paced: frames never come faster than the frame rate (a slow machine can only make them later).
     n = len(c.frame_times)
-    assert n == 9 + 12 * 9 and c.frame_times[-1] - c.frame_times[0] >= 0.9 * (n - 1) / FPS
+    assert n == 9 + 12 * (blocks - 1) and c.frame_times[-1] - c.frame_times[0] >= 0.9 * (n - 1) / FPS
 
 
 def test_metrics_parse_and_move() -> None:
@@ -233,3 +234,30 @@ def test_bad_flags_get_one_line_naming_the_flag(flags: list[str], named: str, ca
     assert main(["serve", "--port", "0", *flags]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("cascade serve: loading")]
     assert len(err) == 1 and err[0].startswith(f"cascade serve: error: {named}:"), err
+
+
+def test_a_client_that_stops_reading_loses_its_oldest_frames_and_stalls_nobody() -> None:
+    import base64
+    import os
+    import socket
+
+    with running_server(config(fps=120.0, client_buffer=8), tiny_job(max_blocks=400), sndbuf=4096) as (address, srv):
+        host, port = address.split(":")
+        slow = socket.create_connection((host, int(port)))  # completes the handshake, then never reads
+        key = base64.b64encode(os.urandom(16)).decode()
+        slow.sendall(f"GET /ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        fast = StreamClient(address)
+        deadline = time.monotonic() + 60
+        while scrape(address)["cascade_serve_frames_dropped_total"] < 24:
+            assert time.monotonic() < deadline, "the stalled client never lost a frame"
+            n = len(fast.frame_times)
+            fast.pump(lambda c, n=n: len(c.frame_times) >= n + 24)
+        stalled = next(c for c in srv.stream.clients if c.dropped)
+        buffered, dropped, sent, shown = stalled.frames_queued, stalled.dropped, stalled.sent, srv.stream.frames_shown
+        fast.close()
+        slow.close()
+    assert buffered == 8 and dropped >= 24 and shown - 1 <= sent + buffered + dropped <= shown  # 1: being sent
+    # The reading client was paced all along: nothing dropped on its side, no gap of a stall.
+    gaps = sorted(b - a for a, b in zip(fast.frame_times, fast.frame_times[1:], strict=False))
+    assert gaps[int(0.9 * len(gaps))] < 0.5, "a stalled client held up the stream"

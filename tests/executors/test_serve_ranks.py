@@ -35,11 +35,10 @@ SCRIPT = {2: "a blue cube spinning", 6: "a green field at dusk", 7: "waves on a 
 def _cases() -> list[tuple[dict[str, Any], int]]:
     cases = []
     for policy in ("none", "recache"):
-        for lag in (1, 2, 5):
-            for attention in ("causal", "bidirectional", "stale"):
-                spec = CascadeSpec(num_blocks=12, lag=lag, attention=attention, window=3, sink=1, num_devices=2,
-                                   switch_policy=policy)
-                cases.append((spec.to_dict(), 8 * lag + 2))  # block 8 has started
+        for lag, attention in ((1, "causal"), (1, "bidirectional"), (2, "stale"), (5, "causal")):
+            spec = CascadeSpec(num_blocks=12, lag=lag, attention=attention, window=3, sink=1, num_devices=2,
+                               switch_policy=policy)
+            cases.append((spec.to_dict(), 8 * lag + 2))  # block 8 has started
     spec = CascadeSpec(num_blocks=10, lag=2, window=3, sink=1, num_devices=2, placement="stage",
                        switch_policy="recache")
     cases.append((spec.to_dict(), 14))
@@ -109,7 +108,7 @@ def _torchrun(*flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "cascade_sched.cli", "serve", "--executor", "distributed", "--devices", "2", "--model", "tiny",
-         "--lag", "1", "--sink", "1", "--port", "0", "--fps", "60", "--max-blocks", "8", *flags],
+         "--lag", "1", "--sink", "1", "--port", "0", "--fps", "60", "--max-blocks", "14", *flags],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
 
 
@@ -162,9 +161,9 @@ def test_torchrun_serves_from_rank_0_and_a_prompt_reaches_every_rank_at_the_same
         _stop(proc)
     hello, (switch,) = c.of("hello")[0], c.of("switch")
     assert hello["executor"] == "distributed" and hello["devices"] == 2 and switch["applied"]
-    job = StreamJob(spec=CascadeSpec(num_blocks=8, lag=1, window=4, sink=1, num_devices=2).to_dict(), model="tiny")
-    expected = offline_frames(job, hello["prompt"], policy, [(switch["at_block"], "a blue cube spinning")], 8)
-    assert [c.frames[b] for b in range(8)] == expected
+    job = StreamJob(spec=CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=2).to_dict(), model="tiny")
+    expected = offline_frames(job, hello["prompt"], policy, [(switch["at_block"], "a blue cube spinning")], 14)
+    assert [c.frames[b] for b in range(14)] == expected
     assert d.of("hello")[0]["stream"] == 1 and health["alive"] and health["devices"] == 2
 
 
@@ -183,5 +182,6 @@ def test_a_rank_that_dies_ends_the_session_with_one_error_and_the_server_exits_w
     errors = c.of("error")
     assert len(errors) == 1 and errors[0]["code"] == "rank_failed", c.messages
     assert "rank 1 failed at tick 7" in errors[0]["message"]
-    assert proc.returncode != 0 and "rank 0: stopping: rank 1 failed at tick 7" in err, err
+    # Rank 0 stops on the abort key or on torchrun's SIGTERM, whichever comes first; either way it says so.
+    assert proc.returncode != 0 and "rank 1 failed at tick 7" in err and "rank 0: stopping:" in err, err
     assert not [m for m in c.messages if m["type"] == "end"] and json.dumps(errors[0])
