@@ -116,6 +116,9 @@ class Server:
         if stream is None or client not in stream.clients:
             return
         stream.last_activity = time.monotonic()
+        if req.kind != "ping" and stream.end_reason is not None:
+            client.send_text(message("error", code="ending", message=f"the stream is ending ({stream.end_reason})"))
+            return
         if req.kind == "ping":
             client.send_text(message("pong"))
             return
@@ -155,7 +158,9 @@ class Server:
         self.group.alive, self.group.failure = False, reason
         self.metrics.group_alive.set(0)
         done = threading.Event()
-        loop = self.loop
+        loop = getattr(self, "loop", None)
+        if loop is None:  # not serving yet: nobody to tell
+            return
 
         def tell() -> None:
             if self.stream is not None:
