@@ -34,7 +34,7 @@ FLAG_OF = {
 }
 
 # Modules that add subcommands through `register(subparsers) -> {name: handler}`.
-PLUGINS = ("simulator.cli", "executors.cli", "executors.calibrate_cli", "executors.quality_cli")
+PLUGINS = ("simulator.cli", "executors.cli", "executors.calibrate_cli", "executors.quality_cli", "executors.serve_cli")
 
 
 class ArgumentParser(argparse.ArgumentParser):

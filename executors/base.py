@@ -30,7 +30,10 @@ BlockCallback = Callable[[int, Tensor], None]
 """Called on the decode device with ``(block, clean latent (C, F, H, W))``, in block order."""
 
 ExtendHook = Callable[[int, Schedule], "Schedule | None"]
-"""Called after each tick with ``(tick, schedule)``; returns an extended schedule to switch to, or None."""
+"""Called after each tick with ``(tick, schedule)``; returns an extended schedule to switch to, or None.
+
+On N processes every rank passes a hook and every rank must adopt the same schedule after the same tick:
+the distributed executor calls rank 0's hook and broadcasts its answer (``executors.distributed``)."""
 
 
 class Transport(Protocol):
@@ -52,6 +55,11 @@ class Transport(Protocol):
         """Complete every outstanding message."""
         ...
 
+    def adopted(self, tick: int, old: TransferPlan, loop: TickLoop) -> None:
+        """The run switched to ``loop.schedule`` after ``tick`` (its plan was ``old``): move what the new
+        schedule needs from ticks already run, or refuse an extension that cannot be honoured."""
+        ...
+
 
 class LocalTransport:
     """Everything in one process: nothing moves."""
@@ -66,6 +74,9 @@ class LocalTransport:
         return None
 
     def finish(self) -> None:
+        return None
+
+    def adopted(self, tick: int, old: TransferPlan, loop: TickLoop) -> None:
         return None
 
 
@@ -125,8 +136,6 @@ class TickLoop:
         self.transport, self.on_block, self.rank = transport, on_block, rank
         self.plan: TransferPlan = plan_transfers(schedule)
         self.extend = extend
-        if extend is not None and not isinstance(transport, LocalTransport):
-            raise ExecutorError("extending a schedule while it runs is supported in one process only")
         cfg = model.config
         if schedule.spec.frames_per_block != cfg.frames_per_block:
             raise ExecutorError(
@@ -184,6 +193,7 @@ class TickLoop:
         old = [t for t in self.schedule.tasks if t.tick <= tick]
         if [t for t in schedule.tasks if t.tick <= tick] != old:
             raise ExecutorError(f"an extended schedule must keep every task up to tick {tick} unchanged")
+        old_plan = self.plan
         self.schedule, self.plan = schedule, plan_transfers(schedule)
         self.keep = self._keep_ticks()
         for ref in self.pool.refs():
@@ -193,6 +203,7 @@ class TickLoop:
         for j in self.reencode_until:  # blocks already finished: their clean latents are in the output
             if j < len(self.latents_out) and j not in self.reencode_src:
                 self.reencode_src[j] = self.latents_out[j].to(self.model.device)
+        self.transport.adopted(tick, old_plan, self)
         self.register_prompts()
 
     def register_prompts(self) -> None:

@@ -9,6 +9,13 @@ its canonical order on both ends (NCCL matches by order, not tag):
   per layer; the receiver waits for a layer only when a task first reads it, so the transfer overlaps
   the computation in between (for ``stale`` that is the next tick's earlier layers);
 - latents: to the next stage's rank, and clean latents to the decode rank (0).
+
+A run may switch schedules while it goes (a served stream's prompt switches, or its early end): rank 0's
+extend hook decides after each tick and :class:`AgreedExtension` broadcasts its answer on a gloo control
+group, so every rank adopts the same schedule after the same tick. What the new schedule needs from ticks
+already run is moved then (:meth:`DistributedTransport.adopted`): the clean latents a new recache task
+re-encodes come from the decode rank, which holds every finished block. An extension that would need K/V
+already sent elsewhere (a schedule that grows on N ranks) is refused with one ``ExecutorError``.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from cascade_sched.errors import ExecutorError
-from cascade_sched.schedule import KVRef, Schedule
+from cascade_sched.schedule import KVRef, Schedule, TaskKind, build_schedule
+from cascade_sched.spec import CascadeSpec
 from cascade_sched.trace import COMM, TraceEvent, exchange_name, transfer_name
-from executors.base import BlockCallback, RunOptions, RunResult, TickLoop
+from cascade_sched.transfers import REENCODE, TransferPlan
+from executors.base import BlockCallback, ExtendHook, RunOptions, RunResult, TickLoop
 from models.dit import CausalWanDiT, KVPair
 
 if TYPE_CHECKING:
@@ -137,7 +146,72 @@ class DistributedTransport:
         self._wait(self.pending_send)
         self.pending_send.clear()
 
+    def adopted(self, tick: int, old: TransferPlan, loop: TickLoop) -> None:
+        for t in range(tick + 1):
+            missed = set(loop.plan.past_sends(t)) - set(old.past_sends(t))
+            if missed:
+                m = min(missed, key=lambda m: (m.ref, m.src, m.dst))
+                raise ExecutorError(
+                    f"the schedule adopted after tick {tick} needs version {m.ref} on rank {m.dst}, which was "
+                    f"sent at tick {t} only where the old schedule read it; on N ranks a running schedule may "
+                    "switch prompts and end early, not grow"
+                )
+        # A recache task added now re-encodes blocks whose clean latents were made (and sent only to the
+        # decode rank) before it existed: the decode rank sends them again, in one canonical order.
+        decode, k = loop.plan.decode_device, loop.schedule.spec.num_denoise
+        ops: list[dist.P2POp] = []
+        received: list[tuple[int, Tensor]] = []
+        for task in loop.schedule.tasks:
+            if task.kind != TaskKind.RECACHE or task.tick <= tick or task.device == decode:
+                continue
+            for j in sorted({j for j, _ in task.replaces}):
+                if loop.schedule.starts[j] + k - 1 > tick:  # still to be made: the plan sends it
+                    continue
+                if self.rank == decode:
+                    ops.append(dist.P2POp(dist.isend, loop.latents_out[j].to(self.device).contiguous(), task.device))
+                elif self.rank == task.device:
+                    buf = torch.empty(loop.shape, dtype=loop.latent_dtype, device=self.device)
+                    ops.append(dist.P2POp(dist.irecv, buf, decode))
+                    received.append((j, buf))
+        self._wait(self._post(ops))
+        for j, buf in received:
+            loop.receive_latent(j, REENCODE, buf)
+
     loop: TickLoop  # set by DistributedExecutor before the run
+
+
+class AgreedExtension:
+    """The extend hook of every rank of a distributed run: rank 0's ``hook`` decides after each tick and
+    its answer is broadcast, with the prompt texts rank 0 added to its ``RunOptions.prompts``, so every
+    rank adopts the same schedule after the same tick (the other ranks rebuild it from its spec).
+
+    One small broadcast per tick on ``group`` (a gloo group, so NCCL runs move no Python objects on the
+    GPU stream). Rank 0's hook may block (a served stream waits for its display there); the others wait
+    in the broadcast, within the group's timeout.
+    """
+
+    def __init__(self, hook: ExtendHook | None, options: RunOptions, rank: int, group: Any) -> None:
+        if rank == 0 and hook is None:
+            raise ExecutorError("rank 0 of an extendable distributed run needs the extend hook")
+        self.hook, self.options, self.rank, self.group = hook, options, rank, group
+        self.sent = dict(options.prompts)
+
+    def __call__(self, tick: int, schedule: Schedule) -> Schedule | None:
+        msg: list[Any] = [None]
+        new: Schedule | None = None
+        if self.rank == 0:
+            assert self.hook is not None
+            new = self.hook(tick, schedule)
+            added = {pid: text for pid, text in self.options.prompts.items() if self.sent.get(pid) != text}
+            self.sent.update(added)
+            if new is not None or added:
+                msg = [(None if new is None else new.spec.to_dict(), added)]
+        dist.broadcast_object_list(msg, src=0, group=self.group)
+        if self.rank == 0 or msg[0] is None:
+            return new
+        spec, added = msg[0]
+        self.options.prompts.update(added)
+        return None if spec is None else build_schedule(CascadeSpec.from_dict(spec))
 
 
 class DistributedExecutor:
@@ -148,6 +222,7 @@ class DistributedExecutor:
     """
 
     name = "distributed"
+    loop: TickLoop | None = None  # this rank's loop while a run goes on (a server reads its K/V pool)
 
     def run(
         self,
@@ -155,7 +230,11 @@ class DistributedExecutor:
         model: CausalWanDiT,
         options: RunOptions,
         on_block: BlockCallback | None = None,
+        extend: ExtendHook | None = None,
+        extendable: bool = False,
     ) -> RunResult:
+        """Run this rank's share. A run that may switch schedules while it goes passes ``extendable``
+        on every rank and rank 0's ``extend`` hook (see :class:`AgreedExtension`)."""
         if not dist.is_initialized():
             raise ExecutorError("the distributed executor needs an initialised process group (use launch.py)")
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -165,8 +244,16 @@ class DistributedExecutor:
                 f"(`--devices` and `--nproc` must agree)"
             )
         transport = DistributedTransport(rank, model, model.device, options.timeout_s)
-        loop = TickLoop(schedule, model, options, [rank], transport, on_block if rank == 0 else None, rank=rank)
-        transport.loop = loop
-        result = loop.run()
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=options.timeout_s)) if extendable else None
+        agreed = AgreedExtension(extend, options, rank, group) if extendable else None
+        try:
+            loop = TickLoop(schedule, model, options, [rank], transport, on_block if rank == 0 else None,
+                            rank=rank, extend=agreed)
+            transport.loop = self.loop = loop
+            result = loop.run()
+        finally:
+            self.loop = None
+            if group is not None:
+                dist.destroy_process_group(group)
         result.events.extend(transport.events)
         return result

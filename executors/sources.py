@@ -111,16 +111,24 @@ def share_from_rank0(value: Any, rank: int, world: int) -> Any:
     return box[0]
 
 
+def preview_decoder(config: ModelConfig) -> Any:
+    """The decoder of a model without a VAE: the toy's latent is its pixels; any other model gets the
+    latent preview (uint8 frames (T, H, W, 3) per block, in block order)."""
+    from models.decode import LatentPreviewDecoder, PixelDecoder
+
+    return PixelDecoder() if config.name == "toy" else LatentPreviewDecoder(channels=config.in_channels)
+
+
 def decoder_for(job: Any, config: ModelConfig, device: str) -> Any:
     """The decoder of a run, on `device` (Wan VAE / TAEHV / preview / the toy's pixels)."""
-    from models.decode import LatentPreviewDecoder, PixelDecoder, open_decoder
+    from models.decode import open_decoder
 
     path = job.vae
     if path is None and job.model_dir is not None:
         found = model_folder(job.model_dir, need_text=False, need_vae=True)
         path = str(found.vae) if found is not None and found.vae is not None else None
     if path is None:
-        return PixelDecoder() if config.name == "toy" else LatentPreviewDecoder(channels=config.in_channels)
+        return preview_decoder(config)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float32}[job.dtype]
     decoder = open_decoder(path, device=device, dtype=dtype if device.startswith("cuda") else torch.float32)
     z = int(decoder.vae.config.z_dim) if hasattr(decoder, "vae") else int(decoder.latent_channels)
