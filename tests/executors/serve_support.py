@@ -13,12 +13,13 @@ from typing import Any
 
 from cascade_sched import CascadeSpec, build_schedule
 from executors.base import RunOptions
-from executors.generate import build_decoder, build_model, build_sampler
+from executors.generate import build_model, build_sampler
 from executors.reference import ReferenceExecutor
 from executors.serve.app import Server, make_server
 from executors.serve.group import LocalGroup
 from executors.serve.session import ServeConfig
 from executors.serve.stream import StreamJob, encode_jpeg
+from executors.sources import preview_decoder
 
 FPS = 60.0
 
@@ -120,7 +121,7 @@ def offline_frames(job: StreamJob, prompt: str, policy: str, switches: list[tupl
     model = build_model(job.model, job.checkpoint, job.dtype, job.device)
     options = RunOptions(prompt=prompt, prompts={i + 1: text for i, (_, text) in enumerate(switches)},
                          sampler=build_sampler(job.model, job.checkpoint, job.shift))
-    decoder = build_decoder(model)
+    decoder = preview_decoder(model.config)
     out: list[list[bytes]] = []
     ReferenceExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model, options,
                             lambda b, x: out.append([encode_jpeg(f, job.jpeg_quality) for f in decoder.decode_block(x)]))
