@@ -180,7 +180,16 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
             kept.add((dst, ref))  # exchanged in its own tick: the receiver keeps it, nothing is resent
         else:
             past[produced].append((ref, src, dst))
-    gang_sends = [sorted((ref_of(key // span), dev_of[key // span], key % span) for key in g) for g in gang]
+    # A gang never carries a re-encoded version (those are read at later ticks only), so its integer keys
+    # sort exactly as (ref, dst): no tuple comparisons needed.
+    make = KVSend._make
+    gang_sends = []
+    for g in gang:
+        sends = []
+        for key in sorted(g):
+            k, dst = divmod(key, span)
+            sends.append(make((divmod(k, n_stages), dev_of[k], dst)))
+        gang_sends.append(tuple(sends))
 
     latents: list[list[LatentSend]] = [[] for _ in range(n_ticks)]
     k = schedule.spec.num_denoise
@@ -202,9 +211,8 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
                 if dst != t.device:
                     latents[t.tick].append(LatentSend(t.block, k - 1, t.device, dst, REENCODE))
 
-    make = KVSend._make
     return TransferPlan(
-        gang=tuple(tuple(map(make, g)) for g in gang_sends),
+        gang=tuple(gang_sends),
         past=tuple(tuple(map(make, sorted(p))) for p in past),
         latents=tuple(tuple(sorted(x, key=lambda m: (m.block, m.stage, m.purpose, m.dst))) for x in latents),
         keep_until=keep_until,

@@ -37,6 +37,7 @@ The rules (what the executors' tick loop does; docs/simulator.md has the long fo
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Generator
 from typing import Any
 
@@ -147,7 +148,6 @@ class Engine:
         self.start = [0.0] * nb
         self.fwd_end = [0.0] * nb
         self.end = [-1.0] * nb
-        self.done: dict[int, Any] = {}  # batch -> event, made when someone waits
         self.reach_time: dict[tuple[int, int], float] = {}
         self.reached: dict[tuple[int, int], Any] = {}
         self.gang_left = {t: len(g.devices) for t, g in w.gangs.items()}
@@ -163,10 +163,11 @@ class Engine:
         self.decode_span = [(0, 0.0, 0.0)] * w.schedule.num_blocks
         self.past_span = [(0.0, 0.0)] * len(w.past)
         self.latent_span = [(0.0, 0.0)] * len(w.latents)
-        self.parts: list[tuple[float, float, float, float, float]] = [(0.0, 0.0, 0.0, 0.0, 0.0)] * nb
+        self.raw: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * nb  # forward, exchange, sampler
         self.host = SharedHost(env, cluster) if cluster.host_cores is not None else None
         self.device_share = SharedDevice(env, stream_contention) if plan.placement == "stream" else None
         self.executed = 0
+        self.left: list[list[float]] = [[] for _ in range(w.num_devices)]  # per agenda item: when it was done
 
     # -- named events -----------------------------------------------------------------------------------
     def _event(self, table: dict[Any, Any], key: Any) -> Any:
@@ -176,10 +177,11 @@ class Engine:
         return ev
 
     def _fire(self, table: dict[Any, Any], key: Any) -> None:
-        ev = table.get(key)
-        if ev is None:
-            table[key] = self.env.event().succeed()
-        elif not ev.triggered:
+        """Trigger ``table[key]`` for whoever waits on it. A process waits only after checking that what it
+        waits for has not happened yet (a time recorded, a counter not yet at zero), so an event nobody asked
+        for is never made: most of what happens has no waiter, and each event would cost the calendar a step."""
+        ev = table.pop(key, None)
+        if ev is not None:
             ev.succeed()
 
     def _reach(self, device: int, tick: int) -> Any:
@@ -193,7 +195,15 @@ class Engine:
         self._fire(self.reached, (device, tick))
 
     def _reach_at(self, device: int, tick: int) -> float:
-        return self.reach_time.get((device, tick), 0.0) if device < self.w.num_devices and tick >= 0 else 0.0
+        """When ``device`` passed ``tick``, which it has: at that tick's agenda item, or, at a tick with
+        nothing to do, when it left its last item before it (a sorted search over its agenda's ticks)."""
+        if device >= self.w.num_devices or tick < 0:
+            return 0.0
+        t = self.reach_time.get((device, tick))
+        if t is not None:
+            return t
+        i = bisect.bisect_left(self.p.agenda_ticks[device], tick)
+        return self.left[device][i - 1] if i > 0 else 0.0
 
     # -- compute ----------------------------------------------------------------------------------------
     def _compute(self, device: int, seconds: float, batch: int = 1) -> Any:
@@ -217,25 +227,31 @@ class Engine:
         if self.executed != len(w.batches):
             raise SimulationError(f"simulation stalled after {self.executed} of {len(w.batches)} batches")
         return Timeline(w, self.start, self.fwd_end, self.end, dict(sorted(self.gang_span.items())),
-                        self.past_span, self.latent_span, self.decode_span, self.text_span, self.parts)
+                        self.past_span, self.latent_span, self.decode_span, self.text_span, self.raw, self.p.split)
 
     def device(self, d: int) -> Proc:
         """Device ``d`` walks its agenda: per tick, its text jobs, its batch, its latent meetings, its
         inline decodes."""
         p = self.p
+        left = self.left[d]
+        reach_time, reached = self.reach_time, self.reached
         for item in p.agenda[d]:
             tick, bi = item.tick, item.batch
             for job in item.texts:
                 yield from self._encode(d, job)
             if bi >= 0:
                 yield from self._batch(d, bi)
-            self._pass(d, tick)
+            reach_time[(d, tick)] = self.env.now  # inline _pass: this runs once per agenda item
+            ev = reached.pop((d, tick), None)
+            if ev is not None:
+                ev.succeed()
             for mi in item.latents:
                 yield from self._meet(d, mi)
             for blk in item.ready:
                 self._latent_arrived(blk)
             for blk in item.decodes:
                 yield from self._decode(d, blk)
+            left.append(self.env.now)
 
     def _batch(self, d: int, bi: int) -> Proc:
         env, p, w = self.env, self.p, self.w
@@ -244,11 +260,11 @@ class Engine:
             yield self._event(self.text, b.text)
         need = env.now
         for pi in b.kv_inputs:  # past sends: both ends posted them when they passed the tick
-            ps = w.past[pi]
-            ev = self._reach(ps.src, ps.tick)
+            ps, at = w.past[pi], w.past_tick[pi]
+            ev = self._reach(ps.src, at)
             if ev is not None:
                 yield ev
-            t0 = max(self._reach_at(ps.src, ps.tick), self._reach_at(ps.dst, ps.tick))
+            t0 = max(self._reach_at(ps.src, at), self._reach_at(ps.dst, at))
             span = p.past_s[pi]
             self.past_span[pi] = (t0, span)
             need = max(need, t0 + span - p.compute[bi] * p.layer_overlap)
@@ -268,22 +284,27 @@ class Engine:
         t0 = env.now
         self.start[bi] = t0
         compute = p.compute[bi]
-        if member and self.host is None and self.device_share is None:
-            yield self._compute(d, p.gang_len[tick])
+        if self.host is None and self.device_share is None:  # dedicated compute: one calendar step
+            length = p.gang_len[tick] if member else compute
+            yield env.timeout(length + p.sample[bi])
             self.fwd_end[bi] = t0 + compute
-            self.gang_span[tick] = (t0 + p.gang_len[tick] - p.exposed[tick], p.exposed[tick])
-        else:
-            yield self._compute(d, compute, len(b.contexts))
-            self.fwd_end[bi] = env.now
-            if member:  # processor sharing: the gang ends with its last member plus the unhidden exchange
-                yield from self._gang_tail(tick, env.now - t0)
+            if member:
+                self.gang_span[tick] = (t0 + length - p.exposed[tick], p.exposed[tick])
+            self.end[bi] = env.now
+            self.raw[bi] = (compute, length - compute, p.sample[bi])
+            self.executed += 1
+            return
+        # processor sharing (CPU ranks on one host, or a second stream): compute advances with the others
+        yield self._compute(d, compute, len(b.contexts))
+        self.fwd_end[bi] = env.now
+        if member:  # processor sharing: the gang ends with its last member plus the unhidden exchange
+            yield from self._gang_tail(tick, env.now - t0)
         t1 = env.now
         if p.sample[bi] > 0:
             yield self._compute(d, p.sample[bi], len(b.contexts))
         self.end[bi] = env.now
-        self.parts[bi] = p.split(bi, self.fwd_end[bi] - t0, t1 - self.fwd_end[bi], env.now - t1)
+        self.raw[bi] = (self.fwd_end[bi] - t0, t1 - self.fwd_end[bi], env.now - t1)
         self.executed += 1
-        self._fire(self.done, bi)
 
     def _gang_tail(self, tick: int, compute: float) -> Proc:
         """Processor sharing: members compute at their own pace; the last one fixes the gang's end."""

@@ -112,11 +112,11 @@ def memory_report(
     act = [[0] * n_ticks for _ in range(n_dev)]
     for b in workload.batches:
         act[b.device][b.tick] += act_per_member * len(b.contexts)
-        for j, v in b.refs:
-            task = schedule.task(j, v)
-            for ref in schedule.writes(task):
-                if (b.device, ref) not in keep:
-                    transient[b.device][b.tick] += kv
+    for t in schedule.tasks:  # each task's K/V (all layers) exists until its tick's end
+        refs = schedule.writes(t) if t.kind == TaskKind.RECACHE else (t.ref,)
+        for ref in refs:
+            if (t.device, ref) not in keep:
+                transient[t.device][t.tick] += kv
     for tick, g in workload.gangs.items():
         for (_, dst), n in g.sends.items():
             transient[dst][tick] += n * layer_kv

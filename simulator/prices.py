@@ -11,7 +11,7 @@ Where decoding runs is a :class:`DecodePlan` (:func:`decode_plan` parses the use
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cascade_sched.errors import ConfigError
 from simulator.cluster import Cluster
@@ -127,8 +127,12 @@ class Prices:
         self.gang_len: dict[int, float] = {}
         self.exposed: dict[int, float] = {}
         size = w.layer_kv_bytes
+        per_layer: dict[tuple[tuple[tuple[int, int], int], ...], float] = {}  # many ticks share one pattern
         for tick, g in w.gangs.items():
-            c = layers * self._layer_exchange(cluster, g.sends, size)
+            pattern = tuple(sorted(g.sends.items()))
+            c = per_layer.get(pattern)
+            if c is None:
+                c = per_layer[pattern] = layers * self._layer_exchange(cluster, g.sends, size)
             compute = max(self.compute[w.batch_at[(tick, d)]] for d in g.devices)
             length = max(compute, c) + c / layers if overlap else compute + c
             self.gang_comm[tick] = c
@@ -136,26 +140,42 @@ class Prices:
             self.exposed[tick] = length - compute
 
         # 3. Messages after a tick: past sends grouped by sender and tick (they share its port), latents.
-        group: dict[tuple[int, int], float] = {}
-        for ps in w.past:
-            group[(ps.src, ps.tick)] = group.get((ps.src, ps.tick), 0.0) + ps.nbytes
+        #    Per pair of devices, (latency, per-pair and per-port seconds per byte) once.
         msg = size // 2
+        pairs: dict[tuple[int, int], tuple[float, float, float]] = {}
+
+        def pair(src: int, dst: int, nbytes: int) -> tuple[float, float, float]:
+            got = pairs.get((src, dst))
+            if got is None:
+                link = cluster.link(src, dst)
+                deg = max(cluster.degradation(src) if src < n_dev else 1.0,
+                          cluster.degradation(dst) if dst < n_dev else 1.0)
+                if link.bandwidth_Bps == math.inf:
+                    got = (0.0, 0.0, 0.0)
+                else:
+                    got = (link.latency_s, deg / link.achieved_Bps(nbytes), deg / link.port_rate)
+                pairs[(src, dst)] = got
+            return got
+
+        group: dict[tuple[int, int], float] = {}
+        nbytes = w.past_bytes
+        for ps, tick in zip(w.past, w.past_tick, strict=True):
+            key = (ps.src, tick)
+            group[key] = group.get(key, 0.0) + nbytes
         self.past_s = []
-        for ps in w.past:
-            link = cluster.link(ps.src, ps.dst)
-            deg = max(cluster.degradation(ps.src), cluster.degradation(ps.dst))
-            if link.bandwidth_Bps == math.inf:
-                self.past_s.append(0.0)
-                continue
-            pair = ps.nbytes / (link.achieved_Bps(msg) / deg)
-            port = group[(ps.src, ps.tick)] / (link.port_rate / deg)
-            self.past_s.append(link.latency_s + max(pair, port))
+        for ps, tick in zip(w.past, w.past_tick, strict=True):
+            lat, per_pair, per_port = pair(ps.src, ps.dst, msg)
+            self.past_s.append(lat + max(nbytes * per_pair, group[(ps.src, tick)] * per_port))
+        latent_pairs: dict[tuple[int, int], float] = {}
         self.latent_s = []
         for m in w.latents:
-            link = cluster.link(m.src, m.dst)
-            deg = max(cluster.degradation(m.src) if m.src < n_dev else 1.0,
-                      cluster.degradation(m.dst) if m.dst < n_dev else 1.0)
-            self.latent_s.append(link.latency_s + link.wire_s(w.latent_bytes) * deg)
+            t = latent_pairs.get((m.src, m.dst))
+            if t is None:
+                link = cluster.link(m.src, m.dst)
+                deg = max(cluster.degradation(m.src) if m.src < n_dev else 1.0,
+                          cluster.degradation(m.dst) if m.dst < n_dev else 1.0)
+                t = latent_pairs[(m.src, m.dst)] = link.latency_s + link.wire_s(w.latent_bytes) * deg
+            self.latent_s.append(t)
 
         # 4. Decoding and prompts.
         dec_slow = slow[plan.device] if plan.device < n_dev else 1.0
@@ -165,13 +185,14 @@ class Prices:
         cfg = geometry.config
         emb = cfg.text_len * cfg.text_dim * 2
         self.text_move_s = []
-        for t in w.texts:
-            if t.device == plan.device:
+        for job in w.texts:
+            if job.device == plan.device:
                 self.text_move_s.append(0.0)
                 continue
-            link = cluster.link(plan.device, t.device)
+            link = cluster.link(plan.device, job.device)
             self.text_move_s.append(link.latency_s + link.wire_s(emb))
         self.agenda = self._agenda(w, plan)
+        self.agenda_ticks = [[item.tick for item in a] for a in self.agenda]
 
     def _layer_exchange(self, cluster: Cluster, sends: dict[tuple[int, int], int], size: int) -> float:
         """Seconds of one layer's exchange: one message group, the slowest of every device's per-peer and
@@ -197,44 +218,47 @@ class Prices:
     def _agenda(w: Workload, plan: DecodePlan) -> list[list[AgendaItem]]:
         n_dev = w.num_devices
         sched = w.schedule
-        items: list[dict[int, dict[str, list[int]]]] = [{} for _ in range(n_dev)]
+        # per device: tick -> [batch, texts, latents, ready, decodes]; a list is made on its first entry
+        items: list[dict[int, list[Any]]] = [{} for _ in range(n_dev)]
 
-        def at(d: int, tick: int) -> dict[str, list[int]]:
-            slot = items[d].get(tick)
-            if slot is None:
-                slot = items[d][tick] = {"batch": [], "texts": [], "latents": [], "ready": [], "decodes": []}
-            return slot
+        def add(d: int, tick: int, slot: int, value: int) -> None:
+            """Add ``value`` to slot ``slot`` of ``d``'s item at ``tick`` (slot 0: only make the item)."""
+            entry = items[d].get(tick)
+            if entry is None:
+                entry = items[d][tick] = [-1, None, None, None, None]
+            if slot:
+                if entry[slot] is None:
+                    entry[slot] = [value]
+                else:
+                    entry[slot].append(value)
 
-        for bi, b in enumerate(w.batches):
-            at(b.device, b.tick)["batch"].append(bi)
+        for d, batches in enumerate(w.device_batches[:n_dev]):
+            mine = items[d]
+            for bi in batches:
+                mine[w.batches[bi].tick] = [bi, None, None, None, None]
         for mi, m in enumerate(w.latents):
             for d in (m.src, m.dst):
                 if d < n_dev:
-                    at(d, m.tick)["latents"].append(mi)
-        for ps in w.past:
-            at(ps.dst, ps.tick)  # the receiver posts it when it passes that tick
+                    add(d, m.tick, 2, mi)
         for job, t in enumerate(w.texts):
             if t.tick > 0:
-                at(t.device, t.tick - 1)
+                add(t.device, t.tick - 1, 0, -1)
             if plan.placement != "gpu":
-                at(plan.device, t.tick)["texts"].append(job)
+                add(plan.device, t.tick, 1, job)
+        k = sched.spec.num_denoise
         for blk in range(sched.num_blocks):
             tick = sched.decode_ready_tick(blk)
-            src = sched.task(blk, sched.spec.num_denoise - 1).device
             if plan.placement == "inline":
-                at(plan.device, tick)["decodes"].append(blk)
+                add(plan.device, tick, 4, blk)
             elif plan.placement == "stream":
-                at(plan.device, tick)["ready"].append(blk)
+                add(plan.device, tick, 3, blk)
             else:  # the latent reaches the decoder's GPU when its sender's message is done
-                at(src, tick)["ready"].append(blk)
+                add(sched.task(blk, k - 1).device, tick, 3, blk)
         out = []
         for d in range(n_dev):
-            agenda = []
-            for tick in sorted(items[d]):
-                s = items[d][tick]
-                agenda.append(AgendaItem(tick, s["batch"][0] if s["batch"] else -1, tuple(s["texts"]),
-                                         tuple(s["latents"]), tuple(s["ready"]), tuple(s["decodes"])))
-            out.append(agenda)
+            mine = items[d]
+            out.append([AgendaItem(tick, e[0], tuple(e[1] or ()), tuple(e[2] or ()), tuple(e[3] or ()),
+                                   tuple(e[4] or ())) for tick, e in sorted(mine.items())])
         return out
 
     BATCH_PARTS = ("tick", "forward", "cache", "exchange", "sample")

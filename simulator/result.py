@@ -17,6 +17,7 @@ the same thing. Simulated time is in seconds from the run's start (all devices i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,13 @@ class Timeline:
     latent_span: list[tuple[float, float]]
     decode_span: list[tuple[int, float, float]]  # per block: (device, start, seconds)
     text_span: list[tuple[int, float, float]]  # per prompt: (device, start, seconds)
-    batch_parts: list[tuple[float, float, float, float, float]]  # tick, forward, cache, exchange, sample
+    batch_raw: list[tuple[float, float, float]]  # per batch: forward, exchange (and waiting), sampler seconds
+    splitter: Callable[[int, float, float, float], tuple[float, float, float, float, float]]
+
+    @property
+    def batch_parts(self) -> list[tuple[float, float, float, float, float]]:
+        """Per batch: tick overhead, denoise forwards, cache passes, exchange, sampler (``Prices.split``)."""
+        return [self.splitter(bi, *raw) for bi, raw in enumerate(self.batch_raw)]
 
     def busy(self, device: int, t0: float = 0.0, t1: float = float("inf"), decode: bool = True) -> dict[str, float]:
         """Seconds ``device`` spent on each part (``PARTS`` less ``wait``) in work that started in [t0, t1)
@@ -58,7 +65,7 @@ class Timeline:
         bats = w.device_batches[device] if device < len(w.device_batches) else ()
         for bi in bats:
             if t0 <= self.batch_start[bi] < t1:
-                for name, v in zip(names, self.batch_parts[bi], strict=True):
+                for name, v in zip(names, self.splitter(bi, *self.batch_raw[bi]), strict=True):
                     out[name] += v
         for d, s, dur in self.decode_span:
             if decode and d == device and t0 <= s < t1:

@@ -76,7 +76,7 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
             events.append(TraceEvent(exchange_name(tick), d, COMM, start, dur, {"tick": tick}))
     # One comm slice per (sending device, tick) for everything it sent after that tick, as the executor writes.
     sent: dict[tuple[int, int], list[float]] = {}
-    ends = [(m.src, m.tick) for m in w.past] + [(m.src, m.tick) for m in w.latents]
+    ends = [(m.src, t) for m, t in zip(w.past, w.past_tick, strict=True)] + [(m.src, m.tick) for m in w.latents]
     for (s0, dur), key in zip(tl.past_span + tl.latent_span, ends, strict=True):
         slot = sent.setdefault(key, [s0, s0 + dur])
         slot[0], slot[1] = min(slot[0], s0), max(slot[1], s0 + dur)
@@ -93,7 +93,7 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
     for pi, ps in enumerate(w.past):
         if len(flows) >= MAX_FLOWS:
             break
-        reader = next((bi for bi in w.device_batches[ps.dst] if w.batches[bi].tick > ps.tick), None)
+        reader = next((bi for bi in w.device_batches[ps.dst] if w.batches[bi].tick > w.past_tick[pi]), None)
         if reader is not None and ps.ref in task_event and pi < len(tl.past_span):
             flows.append(TraceFlow(task_event[ps.ref], task_event[w.batches[reader].refs[0]], "kv"))
     K = sched.spec.num_denoise

@@ -9,7 +9,7 @@ re-derives nothing:
   to its own tokens plus the versions it reads;
 - a *gang* per tick with gang sends: the devices that exchange K/V in that tick's forward, with the bytes
   each sends to and receives from each peer per layer (one message per version and layer);
-- *past sends*: K/V versions sent after the tick that produced them (two messages per layer), each waited
+- *past sends*: the plan's K/V versions sent after the tick that produced them (two messages per layer), each waited
   for by the batch on the receiving device that first reads it (``TransferPlan.first_read``);
 - *latent messages*: posted after a tick and waited for by both ends before their next tick (the tick
   loop waits for its latent sends and receives), so each is a synchronisation of its two devices;
@@ -22,14 +22,17 @@ received in an earlier tick's gang, is there before any later batch of that devi
 
 from __future__ import annotations
 
+import collections
+import itertools
+import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from cascade_sched.schedule import KVRef, Schedule, TaskKind
-from cascade_sched.transfers import TransferPlan, message_bytes, plan_transfers
+from cascade_sched.transfers import KVSend, TransferPlan, message_bytes, plan_transfers
 from simulator.catalog import ModelGeometry
 
-__all__ = ["Batch", "Gang", "LatentMessage", "PastSend", "TextJob", "Workload", "build_workload"]
+__all__ = ["Batch", "Gang", "LatentMessage", "TextJob", "Workload", "build_workload"]
 
 
 class Batch(NamedTuple):
@@ -51,16 +54,6 @@ class Gang(NamedTuple):
     tick: int
     devices: tuple[int, ...]
     sends: dict[tuple[int, int], int]
-
-
-class PastSend(NamedTuple):
-    """Version ``ref`` (all layers, ``2 * layers`` messages) from ``src`` to ``dst`` after ``tick``."""
-
-    ref: KVRef
-    src: int
-    dst: int
-    tick: int
-    nbytes: int
 
 
 class LatentMessage(NamedTuple):
@@ -93,7 +86,9 @@ class Workload:
     tick_batches: tuple[tuple[int, ...], ...]
     batch_at: dict[tuple[int, int], int]  # (tick, device) -> batch
     gangs: dict[int, Gang]  # tick -> its exchange
-    past: tuple[PastSend, ...]
+    past: tuple[KVSend, ...]  # the plan's past sends, every tick's in order (all layers: 2 x layers messages)
+    past_tick: tuple[int, ...]  # per past send, the tick after which it is posted
+    past_bytes: int  # bytes of one past send (one version, all layers)
     latents: tuple[LatentMessage, ...]
     texts: tuple[TextJob, ...]
     decode_device: int  # == num_devices for a decoder GPU of its own
@@ -117,21 +112,22 @@ class Workload:
         """Bytes per kind of message: ``exchange`` (gangs), ``kv`` (past sends), ``latent``."""
         layers = self.geometry.num_layers
         ex = sum(n for g in self.gangs.values() for n in g.sends.values()) * layers * self.layer_kv_bytes
-        return {"kv": sum(p.nbytes for p in self.past), "exchange": ex,
+        return {"kv": len(self.past) * self.past_bytes, "exchange": ex,
                 "latent": len(self.latents) * self.latent_bytes}
 
     def bytes_by_link(self) -> dict[str, int]:
         """Bytes per (sender, receiver) pair, keyed ``d0->d1``."""
-        out: dict[str, int] = {}
-        layer = self.geometry.num_layers * self.layer_kv_bytes
-        for g in self.gangs.values():
-            for (src, dst), n in g.sends.items():
-                out[f"d{src}->d{dst}"] = out.get(f"d{src}->d{dst}", 0) + n * layer
-        for p in self.past:
-            out[f"d{p.src}->d{p.dst}"] = out.get(f"d{p.src}->d{p.dst}", 0) + p.nbytes
-        for m in self.latents:
-            out[f"d{m.src}->d{m.dst}"] = out.get(f"d{m.src}->d{m.dst}", 0) + self.latent_bytes
-        return dict(sorted(out.items()))
+        pair = operator.itemgetter(1, 2)
+        out: collections.Counter[tuple[int, int]] = collections.Counter()
+        for counts, nbytes in (
+            (collections.Counter(map(pair, itertools.chain.from_iterable(self.plan.gang))),
+             self.geometry.num_layers * self.layer_kv_bytes),
+            (collections.Counter(map(pair, self.past)), self.past_bytes),
+            (collections.Counter((m.src, m.dst) for m in self.latents), self.latent_bytes),
+        ):
+            for key, n in counts.items():
+                out[key] += n * nbytes
+        return {f"d{s}->d{d}": out[(s, d)] for s, d in sorted(out)}
 
 
 def build_workload(
@@ -158,31 +154,56 @@ def build_workload(
     tpb = geometry.tokens_per_block
     prompts_at = _segment_starts(schedule)
 
-    # 1. Batches: the tasks of each (tick, device), in tick order.
+    # 1. Batches: the tasks of each (tick, device), in tick order, in one pass over the tasks. A batch's
+    #    members are its tasks' forward inputs (Schedule.forward_inputs: a recache task has one per block
+    #    it re-encodes), each attending to its own tokens plus the versions it reads.
     batch_at: dict[tuple[int, int], int] = {}
-    members: list[list[int]] = []
     tick_batches: list[list[int]] = [[] for _ in range(schedule.num_ticks)]
     device_batches: list[list[int]] = [[] for _ in range(n_dev + 1)]
-    tasks = schedule.tasks
-    for i, t in enumerate(tasks):
+    b_tick: list[int] = []
+    b_dev: list[int] = []
+    b_refs: list[list[KVRef]] = []
+    b_ctx: list[list[int]] = []
+    b_den: list[int] = []
+    b_cache: list[int] = []
+    denoise, recache = TaskKind.DENOISE, TaskKind.RECACHE
+    for t in schedule.tasks:
         key = (t.tick, t.device)
         bi = batch_at.get(key)
         if bi is None:
-            bi = batch_at[key] = len(members)
-            members.append([])
+            bi = batch_at[key] = len(b_tick)
             tick_batches[t.tick].append(bi)
             device_batches[t.device].append(bi)
-        members[bi].append(i)
+            b_tick.append(t.tick)
+            b_dev.append(t.device)
+            b_refs.append([])
+            b_ctx.append([])
+            b_den.append(0)
+            b_cache.append(0)
+        b_refs[bi].append((t.block, t.stage))
+        kind = t.kind
+        if kind == denoise:
+            b_ctx[bi].append(tpb * (1 + len(t.reads)))
+            b_den[bi] += 1
+        elif kind == recache:
+            inputs = schedule.forward_inputs(t)
+            b_ctx[bi].extend(tpb * (1 + len(x.reads)) for x in inputs)
+            b_cache[bi] += len(inputs)
+        else:
+            b_ctx[bi].append(tpb * (1 + len(t.reads)))
+            b_cache[bi] += 1
 
     # 2. Past sends, each with its first reader's batch.
-    past: list[PastSend] = []
+    past: list[KVSend] = []
+    past_tick: list[int] = []
     first_reader: dict[int, list[int]] = {}
-    past_bytes = 2 * sizes.layers * sizes.past
+    first_read = plan.first_read
     for tick, sends in enumerate(plan.past):
-        for m in sends:
-            reader = batch_at[(plan.first_read[(m.dst, m.ref)], m.dst)]
-            first_reader.setdefault(reader, []).append(len(past))
-            past.append(PastSend(m.ref, m.src, m.dst, tick, past_bytes))
+        for i, m in enumerate(sends, len(past)):
+            reader = batch_at[(first_read[(m.dst, m.ref)], m.dst)]
+            first_reader.setdefault(reader, []).append(i)
+        past.extend(sends)
+        past_tick.extend([tick] * len(sends))
 
     texts: list[TextJob] = []
     text_of: dict[int, int] = {}
@@ -191,44 +212,24 @@ def build_workload(
         text_of[batch_at[(t.tick, t.device)]] = len(texts)
         texts.append(TextJob(p, t.tick, t.device))
 
-    batches = []
-    for bi, group in enumerate(members):
-        first = tasks[group[0]]
-        refs: list[KVRef] = []
-        contexts: list[int] = []
-        n_den = n_cache = 0
-        for i in group:
-            task = tasks[i]
-            refs.append((task.block, task.stage))
-            kind = task.kind
-            if kind == TaskKind.RECACHE:
-                inputs = schedule.forward_inputs(task)
-                contexts.extend(tpb * (1 + len(x.reads)) for x in inputs)
-                n_cache += len(inputs)
-                continue
-            contexts.append(tpb * (1 + len(task.reads)))
-            if kind == TaskKind.DENOISE:
-                n_den += 1
-            else:
-                n_cache += 1
-        batches.append(Batch(first.tick, first.device, tuple(refs), tuple(contexts), n_den, n_cache,
-                             tuple(first_reader.get(bi, ())), text_of.get(bi, -1)))
+    fr_get, tx_get = first_reader.get, text_of.get
+    batches = tuple(Batch(b_tick[bi], b_dev[bi], tuple(b_refs[bi]), tuple(b_ctx[bi]), b_den[bi], b_cache[bi],
+                          tuple(fr_get(bi, ())), tx_get(bi, -1)) for bi in range(len(b_tick)))
 
     # 3. Gangs and latent messages, straight from the plan.
     gangs: dict[int, Gang] = {}
+    pair_of = operator.itemgetter(1, 2)  # (src, dst) of a KVSend
     for tick, sends in enumerate(plan.gang):
         if sends:
-            pairs: dict[tuple[int, int], int] = {}
-            for m in sends:
-                pairs[(m.src, m.dst)] = pairs.get((m.src, m.dst), 0) + 1
-            devices = sorted({d for pair in pairs for d in pair})
-            gangs[tick] = Gang(tick, tuple(devices), pairs)
+            pairs = dict(collections.Counter(map(pair_of, sends)))
+            gangs[tick] = Gang(tick, tuple(sorted(set(itertools.chain.from_iterable(pairs)))), pairs)
     latents = tuple(LatentMessage(m.block, m.src, m.dst, tick, m.purpose)
                     for tick, sends in enumerate(plan.latents) for m in sends)
     return Workload(
-        schedule=schedule, geometry=geometry, plan=plan, batches=tuple(batches),
+        schedule=schedule, geometry=geometry, plan=plan, batches=batches,
         device_batches=tuple(tuple(d) for d in device_batches), tick_batches=tuple(tuple(t) for t in tick_batches),
-        batch_at=batch_at, gangs=gangs, past=tuple(past), latents=latents, texts=tuple(texts),
+        batch_at=batch_at, gangs=gangs, past=tuple(past), past_tick=tuple(past_tick),
+        past_bytes=2 * sizes.layers * sizes.past, latents=latents, texts=tuple(texts),
         decode_device=decode_device, layer_kv_bytes=sizes.gang, latent_bytes=sizes.latent,
     )
 

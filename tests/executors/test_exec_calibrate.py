@@ -239,5 +239,6 @@ def test_gpu_kit_runs_its_whole_path_at_tiny_geometry(tmp_path: object) -> None:
     assert {(p.batch, p.context_tokens // 12) for p in prof.forward} == {(1, 1), (1, 3), (2, 1), (2, 3)}
     assert report["sequential_fps"]["measured"] > 0 and report["sequential_fps"]["profile"] > 0
     assert "measured" in format_report(report)
-    assert json.load(open(out + ".report.json"))["model"] == "tiny"
+    with open(out + ".report.json", encoding="utf-8") as f:
+        assert json.load(f)["model"] == "tiny"
     assert catalog_gpu("NVIDIA H100 80GB HBM3") == "h100-sxm" and catalog_gpu("NVIDIA H200") == "h200"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from exec_support import run_reference, run_specs_on_rank
 from hypothesis import given
+from test_exec_semantics import assert_close
 
 from cascade_sched import CascadeSpec, build_schedule
 from cascade_sched.transfers import plan_transfers
 from executors.launch import spawn
 from tests import strategies
-from test_exec_semantics import assert_close
 
 
 @given(strategies.specs(blocks=(1, 8), devices=(1, 5)))

@@ -183,7 +183,13 @@ def test_the_simulator_costs_the_core_transfer_plan(spec: CascadeSpec) -> None:
     plan = plan_transfers(s)
     w = r.timeline.workload if r.timeline is not None else None
     assert w is not None
-    assert {(p.ref, p.src, p.dst, p.tick) for p in w.past} == {
+    assert {(p.ref, p.src, p.dst, t) for p, t in zip(w.past, w.past_tick, strict=True)} == {
         (m.ref, m.src, m.dst, t) for t, sends in enumerate(plan.past) for m in sends}
     assert sum(sum(g.sends.values()) for g in w.gangs.values()) == sum(map(len, plan.gang))
+    readers = [i for b in w.batches for i in b.kv_inputs]  # each past send waited for once, later, at its dst
+    assert sorted(readers) == list(range(len(w.past)))
+    for b in w.batches:
+        for i in b.kv_inputs:
+            assert w.past[i].dst == b.device and w.past_tick[i] < b.tick and w.past[i].ref in {
+                r for j, v in b.refs for r in s.task(j, v).reads}
     assert len(w.latents) == sum(map(len, plan.latents))
