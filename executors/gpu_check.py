@@ -151,7 +151,7 @@ def run_kit(options: KitOptions, progress: Progress | None = None) -> dict[str, 
     points = profile_forward(model, options.batches, options.context_blocks, options.warmup, options.repeats, say,
                              quiet=options.quiet)
     sample_s, commit_s = profile_sampler(model)
-    tick = profile_tick(model, repeats=2)
+    tick = profile_tick(model, points, repeats=2, window=min(options.context_blocks[-1], 7))
     say(f"  sampler {sample_s * 1e6:.0f} us per task; tick overhead {tick['tick_overhead_s'] * 1e3:.2f} ms")
     decode_first = decode_rest = 0.0
     decoder = "none"
