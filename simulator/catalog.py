@@ -365,29 +365,22 @@ def estimated_params(g: ModelGeometry) -> int:
 _PAPER = "arXiv 2511.20426 (Block Cascading)"
 _WAN_DECODERS = {"vae": WAN_VAE, "taehv": TAEHV}
 
+def _wan(preset: str, weights: int, fps: float, size: str) -> ModelGeometry:
+    """A Wan2.1 model with its decoders, text encoder and the paper's sequential baseline."""
+    return ModelGeometry(
+        PRESETS[preset], weight_bytes=weights, decoders=_WAN_DECODERS, text_encoder=UMT5_XXL,
+        baseline=Baseline(fps, "h100-sxm", 7, 4, True,
+                          f"{_PAPER}: sequential {size} on one H100 (FlashAttention 3), {fps:g} FPS; window 21 frames "
+                          "(Self-Forcing's default cache)"),
+        source=f"Wan2.1-T2V-{size.upper()} config (public Wan2.1 repo); weights ~{weights / 1e9:.2g} GB bf16 (est)",
+    )
+
+
 MODELS: dict[str, ModelGeometry] = {
     m.name: m
     for m in (
-        ModelGeometry(
-            PRESETS["wan2.1-1.3b"],
-            weight_bytes=2_840_000_000,
-            decoders=_WAN_DECODERS,
-            text_encoder=UMT5_XXL,
-            baseline=Baseline(16.0, "h100-sxm", 7, 4, True,
-                              f"{_PAPER}: sequential 1.3B on one H100 (FlashAttention 3), 16 FPS; window 21 frames "
-                              "(Self-Forcing's default cache)"),
-            source="Wan2.1-T2V-1.3B config (public Wan2.1 repo); weights ~2.8 GB bf16 (est)",
-        ),
-        ModelGeometry(
-            PRESETS["wan2.1-14b"],
-            weight_bytes=28_600_000_000,
-            decoders=_WAN_DECODERS,
-            text_encoder=UMT5_XXL,
-            baseline=Baseline(4.5, "h100-sxm", 7, 4, True,
-                              f"{_PAPER}: sequential 14B on one H100 (FlashAttention 3), 4.5 FPS; window 21 frames "
-                              "(Self-Forcing's default cache)"),
-            source="Wan2.1-T2V-14B config (public Wan2.1 repo); weights ~28 GB bf16 (est)",
-        ),
+        _wan("wan2.1-1.3b", 2_840_000_000, 16.0, "1.3B"),
+        _wan("wan2.1-14b", 28_600_000_000, 4.5, "14B"),
         # The CPU test and demo models: their geometry, weights estimated from it; their decoders and text
         # embeddings are the executors' own (a profile measures them).
         *(ModelGeometry(PRESETS[n], source=f"models/config.py preset `{n}`") for n in ("tiny", "small", "toy")),

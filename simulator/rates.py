@@ -74,7 +74,7 @@ def conv_efficiency() -> float:
     chunk (one latent frame) at 480x832 on an RTX 5090 (168 ms), with the decoder's FLOPs and bytes counted.
 
     >>> round(conv_efficiency(), 3)
-    0.693
+    0.695
     """
     gpu = get_gpu("rtx5090")
     target = figure("sdv2-vae-5090").mid / 1e3

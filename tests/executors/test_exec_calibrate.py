@@ -163,7 +163,9 @@ def test_calibration_writes_provenance(tiny_profile: Profile, tmp_path: object) 
         assert key in prov
     assert prov["threads"] == 1 and prov["dtype"] == "float32"
     assert tiny_profile.sample_s_per_task > 0 and tiny_profile.decode_s_per_block > 0
-    assert tiny_profile.tick_overhead_s > 0 and prov["tick"]["ticks"] > 0  # the tick loop's own time
+    # the tick loop's own time: the least run less the least forwards (it can round to 0 on a loaded machine)
+    tick = prov["tick"]
+    assert tiny_profile.tick_overhead_s >= 0 and tick["ticks"] > 0 and tick["wall_s"] > tick["forwards_s"] > 0
     assert {(p.batch, p.context_tokens // 12) for p in tiny_profile.forward} == {
         (n, c) for n in range(1, 6) for c in (1, 2, 4, 8)}
     path = f"{tmp_path}/p.json"
@@ -235,7 +237,8 @@ def test_gpu_kit_runs_its_whole_path_at_tiny_geometry(tmp_path: object) -> None:
     report = run_kit(KitOptions(model="tiny", device="cpu", dtype="float32", batches=(1, 2), context_blocks=(1, 3),
                                 repeats=1, vae_config={"base_dim": 8}, sequential_blocks=5, window=3, out=out))
     prof = Profile.load(out)
-    assert prof.model == "tiny" and prof.decode_s_per_block > 0 and prof.tick_overhead_s > 0
+    assert prof.model == "tiny" and prof.decode_s_per_block > 0 and prof.tick_overhead_s >= 0
+    assert prof.provenance["tick"]["forwards_s"] > 0 and prof.provenance["decoder"].startswith("wan-vae")
     assert {(p.batch, p.context_tokens // 12) for p in prof.forward} == {(1, 1), (1, 3), (2, 1), (2, 3)}
     assert report["sequential_fps"]["measured"] > 0 and report["sequential_fps"]["profile"] > 0
     assert "measured" in format_report(report)

@@ -49,7 +49,7 @@ def test_wan_geometry_matches_the_reference() -> None:
         1536, 8960, 30, 12, 1560)
     assert (big.dim, big.ffn_dim, big.num_layers, big.num_heads) == (5120, 13824, 40, 40)
     assert big.kv_bytes_per_block() / 1e9 == pytest.approx(3.83, abs=0.01)
-    # REFERENCE.md: one block with 7 visible blocks ~40 TFLOP (1.3B) and ~239 TFLOP (14B).
+    # One block with 7 visible blocks: ~40 TFLOP (1.3B) and ~239 TFLOP (14B), docs/references.md.
     for g, tflop in ((small, 40), (big, 239)):
         cost = RooflineCost(g, get_gpu("h100-sxm"))
         q = g.tokens_per_block
