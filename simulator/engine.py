@@ -120,7 +120,7 @@ def simulate(
             check(geometry.tokens_per_block, {len(b.contexts) for b in workload.batches if b.contexts})
         prices = Prices(workload, cluster, cost, plan, overlap, frames, first)
         timeline = Engine(workload, cluster, prices, plan, stream_contention).run()
-    return _result(workload, cluster, cost, prices, timeline, report, plan, frames, first)
+        return _result(workload, cluster, cost, prices, timeline, report, plan, frames, first)
 
 
 def _geometry(model: ModelGeometry | str | None, cost: CostModel) -> ModelGeometry:
