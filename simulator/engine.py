@@ -152,7 +152,6 @@ class Engine:
         self.reached: dict[tuple[int, int], Any] = {}
         self.gang_left = {t: len(g.devices) for t, g in w.gangs.items()}
         self.gang: dict[int, Any] = {}
-        self.gang_start: dict[int, float] = {}
         self.gang_span: dict[int, tuple[float, float]] = {}
         self.gang_compute: dict[int, float] = {}
         self.latent_ready: dict[int, Any] = {}
@@ -189,10 +188,6 @@ class Engine:
         if device >= self.w.num_devices or tick < 0 or (device, tick) in self.reach_time:
             return None
         return self._event(self.reached, (device, tick))
-
-    def _pass(self, device: int, tick: int) -> None:
-        self.reach_time[(device, tick)] = self.env.now
-        self._fire(self.reached, (device, tick))
 
     def _reach_at(self, device: int, tick: int) -> float:
         """When ``device`` passed ``tick``, which it has: at that tick's agenda item, or, at a tick with
@@ -241,7 +236,7 @@ class Engine:
                 yield from self._encode(d, job)
             if bi >= 0:
                 yield from self._batch(d, bi)
-            reach_time[(d, tick)] = self.env.now  # inline _pass: this runs once per agenda item
+            reach_time[(d, tick)] = self.env.now  # passed: this runs once per agenda item
             ev = reached.pop((d, tick), None)
             if ev is not None:
                 ev.succeed()
