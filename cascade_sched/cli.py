@@ -89,7 +89,7 @@ def int_pair(form: str) -> Callable[[str], tuple[int, int]]:
     return parse
 
 
-def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8) -> None:
+def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8, default_window: int = 0) -> None:
     """The flags that define a ``CascadeSpec``; shared by schedule, simulate, plan and generate."""
     g = p.add_argument_group("cascade")
     g.add_argument("--blocks", type=int, default=default_blocks, help="number of blocks (default %(default)s)")
@@ -103,7 +103,8 @@ def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8) -> No
     lag.add_argument("--level", type=int, default=None,
                      help="the paper's parallelism level P(k): lag = S - k (0 = sequential, S-1 = fully parallel)")
     g.add_argument("--attention", default="causal", help="causal | bidirectional | stale (default causal)")
-    g.add_argument("--window", type=int, default=0, help="attention window in blocks incl. itself (0 = unbounded)")
+    g.add_argument("--window", type=int, default=default_window,
+                   help="attention window in blocks incl. itself, 0 = unbounded (default %(default)s)")
     g.add_argument("--sink", type=int, default=0, help="sink blocks always visible (default 0)")
     g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
     g.add_argument("--placement", default="block", help="block | stage (default block)")

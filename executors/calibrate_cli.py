@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -21,32 +22,50 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _model_args(g: Any) -> None:
-    g.add_argument("--model", default="small", help="tiny | small | wan2.1-1.3b | wan2.1-14b (default small)")
+def _model_args(g: Any, kit: bool = False) -> None:
+    more = "; wan2.1-1.3b with --gpu-kit" if kit else ""
+    g.add_argument("--model", default=None, help=f"tiny | small | toy | wan2.1-1.3b | wan2.1-14b (default small{more})")
     g.add_argument("--checkpoint", default=None, help="model weights (default: seeded random weights)")
-    g.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
+    g.add_argument("--device", default=None, help=f"cpu | cuda (default cpu{'; cuda with --gpu-kit' if kit else ''})")
+    g.add_argument("--dtype", default=None,
+                   help=f"float32 | bfloat16 (default float32{'; bfloat16 with --gpu-kit' if kit else ''})")
+
+
+def _resolve(args: argparse.Namespace, kit: bool) -> None:
+    """Fill the model flags' defaults, which differ for the GPU kit."""
+    for name, cpu, gpu in (("model", "small", "wan2.1-1.3b"), ("device", "cpu", "cuda"), ("dtype", "float32", "bfloat16")):
+        if getattr(args, name) is None:
+            setattr(args, name, gpu if kit else cpu)
 
 
 def register(subparsers: Any) -> dict[str, Handler]:
     """Add ``calibrate`` and ``validate`` to the ``cascade`` command; returns their handlers."""
     p = subparsers.add_parser("calibrate", help="profile the model, sampler, decoder and links on this machine")
     g = p.add_argument_group("calibration")
-    _model_args(g)
-    g.add_argument("--out", default="calib.json", help="profile file to write (default %(default)s)")
+    _model_args(g, kit=True)
+    g.add_argument("--out", default=None, help="profile file to write (default calib.json; gpu-profile.json with --gpu-kit)")
+    g.add_argument("--gpu-kit", action="store_true",
+                   help="the one-shot GPU calibration: forward vs batch 1-5 and context 1-11 blocks at 480x832 with "
+                        "random weights, the Wan VAE decode, peak memory, the tick overhead; writes the profile and "
+                        "prints measured vs predicted sequential FPS (a few minutes on one GPU)")
+    g.add_argument("--no-vae", action="store_true", help="with --gpu-kit: skip the Wan VAE (needs diffusers)")
     g.add_argument("--threads", type=int, default=1,
                    help="intra-op threads, as the runs to predict use (default 1: one rank per core; 0 = torch's default)")
     g.add_argument("--batches", type=int_ranges, default=(1, 2, 3, 4, 5), help="local tasks per device (default 1-5)")
-    g.add_argument("--context-blocks", type=int_ranges, default=(1, 2, 3, 4, 6, 8, 12),
-                   help="blocks each task attends to, its own included (default 1,2,3,4,6,8,12)")
-    g.add_argument("--warmup", type=int, default=2, help="untimed runs per shape (default 2)")
-    g.add_argument("--repeats", type=int, default=5, help="timed runs per shape; the median is kept (default 5)")
+    g.add_argument("--context-blocks", type=int_ranges, default=None,
+                   help="blocks each task attends to, its own included (default 1,2,3,4,6,8,12; 1-11 with --gpu-kit)")
+    g.add_argument("--warmup", type=int, default=None, help="untimed runs per shape (default 2; 1 with --gpu-kit)")
+    g.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per shape; the median is kept (default 5; 3 with --gpu-kit)")
     g.add_argument("--no-link", action="store_true", help="skip the two-rank collective measurement")
     g.add_argument("--notes", default="", help="free text kept in the provenance")
 
     q = subparsers.add_parser("validate", help="compare executor runs with simulator predictions")
     g = q.add_argument_group("matrix")
     _model_args(g)
+    g.add_argument("--public", action="store_true",
+                   help="print the table of public measurements the simulator reproduces (no runs; with --markdown "
+                        "the table docs/validation.md carries)")
     g.add_argument("--profile", default=None, metavar="PATH",
                    help="a calibrated profile (default: calibrate now, one process, --threads threads)")
     g.add_argument("--threads", type=int, default=1, help="threads of the world-1 runs and of calibration (default 1)")
@@ -73,8 +92,13 @@ def register(subparsers: Any) -> dict[str, Handler]:
 
 
 def _options(args: argparse.Namespace, link: bool) -> Any:
-    from executors.calibrate import CalibrateOptions
+    from executors.calibrate import DEFAULT_CONTEXT_BLOCKS, CalibrateOptions
 
+    if hasattr(args, "batches"):
+        args.warmup = 2 if args.warmup is None else args.warmup
+        args.repeats = 5 if args.repeats is None else args.repeats
+    if hasattr(args, "context_blocks") and args.context_blocks is None:
+        args.context_blocks = DEFAULT_CONTEXT_BLOCKS
     for name in ("warmup", "repeats"):
         value = getattr(args, name, 1)
         if value < (0 if name == "warmup" else 1):
@@ -92,12 +116,35 @@ def _options(args: argparse.Namespace, link: bool) -> Any:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from executors.calibrate import calibrate
 
+    _resolve(args, args.gpu_kit)
+    args.out = args.out or ("gpu-profile.json" if args.gpu_kit else "calib.json")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder) or os.path.isdir(args.out):
+        raise ConfigError("out", f"`--out` {args.out!r} must be a file in an existing folder")
+    if args.gpu_kit:
+        return _cmd_kit(args)
     profile = calibrate(_options(args, link=not args.no_link), _say)
     profile.save(args.out)
     prov = profile.provenance
     print(f"wrote {args.out}: {len(profile.forward)} forward shapes of {profile.model} on {prov['device']}, "
           f"{prov['dtype']}, {prov['threads']} thread(s), torch {prov['torch']}"
           + (", with a link fit" if profile.link_fit else ""))
+    return 0
+
+
+def _cmd_kit(args: argparse.Namespace) -> int:
+    from executors.gpu_check import KitOptions, run_kit
+
+    for name in ("warmup", "repeats"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            raise ConfigError(name, f"`--{name}` must be at least {0 if name == 'warmup' else 1}, got {value}")
+    options = KitOptions(model=args.model, device=args.device, dtype=args.dtype, batches=tuple(args.batches),
+                         context_blocks=tuple(args.context_blocks or range(1, 12)),
+                         warmup=1 if args.warmup is None else args.warmup,
+                         repeats=3 if args.repeats is None else args.repeats, vae=not args.no_vae,
+                         out=args.out)
+    run_kit(options, _say)
     return 0
 
 
@@ -113,9 +160,16 @@ def _default_worlds(device: str) -> tuple[int, ...]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.public:
+        from simulator.reproduce import format_public, public_rows
+
+        print(format_public(public_rows(), markdown=args.markdown))
+        return 0
     from executors.calibrate import calibrate
     from executors.validation import MatrixOptions, format_markdown, format_table, run_matrix
     from simulator.profile import Profile
+
+    _resolve(args, False)
 
     if args.window < 0:
         raise ConfigError("window", f"`--window` must be at least 1 block, or 0 for unbounded, got {args.window}")

@@ -4,7 +4,8 @@ Messages are exactly those of :func:`cascade_sched.transfers.plan_transfers`, po
 its canonical order on both ends (NCCL matches by order, not tag):
 
 - joint attention: per layer, inside the tick's forward, each same-tick version goes to the ranks whose
-  tasks read it (``batch_isend_irecv``, completed before attention of that layer);
+  tasks read it (``batch_isend_irecv``, completed before attention of that layer); a rank that reads the
+  version again at a later tick keeps every layer it received (the plan sends it no second time);
 - past K/V (committed KV, or last tick's version under ``stale``): sent once after the producing tick,
   per layer; the receiver waits for a layer only when a task first reads it, so the transfer overlaps
   the computation in between (for ``stale`` that is the next tick's earlier layers);
@@ -50,6 +51,7 @@ class DistributedTransport:
         self.pending_kv: dict[tuple[KVRef, int], list[Any]] = {}
         self.pending_send: list[Any] = []
         self.events: list[TraceEvent] = []
+        self.gang_kept: dict[KVRef, list[KVPair]] = {}  # versions received in a gang and read again later
 
     def _post(self, ops: list[dist.P2POp]) -> list[Any]:
         return list(dist.batch_isend_irecv(ops)) if ops else []
@@ -74,7 +76,15 @@ class DistributedTransport:
         start = loop.now()
         self._wait(self._post(ops))
         self._record(exchange_name(tick), tick, start, loop.now() - start)
-        return {ref: (buf[0], buf[1]) for ref, buf in received.items()}
+        peers = {ref: (buf[0], buf[1]) for ref, buf in received.items()}
+        last = layer + 1 == len(loop.model.blocks)
+        for ref, kv in peers.items():
+            if (self.rank, ref) in loop.plan.kept_from_gang:
+                layers = self.gang_kept.setdefault(ref, [])
+                layers.append(kv)
+                if last:
+                    loop.pool.commit(ref, self.gang_kept.pop(ref), free_after_tick=loop.keep[ref])
+        return peers
 
     def after_tick(self, tick: int, loop: TickLoop) -> None:
         ops: list[dist.P2POp] = []

@@ -39,7 +39,8 @@ from cascade_sched.metrics import StreamMetrics, stream_metrics, video_frames
 from cascade_sched.schedule import Schedule, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.validate import validate as validate_schedule
-from simulator.catalog import HOST_CPU, Cluster, Link, get_model
+from simulator.catalog import HOST_CPU, Link, get_model
+from simulator.cluster import Cluster
 from simulator.profile import Profile, ProfileCost
 
 __all__ = [
@@ -61,7 +62,7 @@ ROW_FIELDS = ("name", "world", "lag", "attention", "window", "blocks", "held_out
 """The keys of every row of ``cascade validate --json`` (``measured``/``predicted``: the METRICS plus
 ``block_s``; ``error_pct``: the METRICS)."""
 
-TARGETS = {"fps": 10.0, "interval_p95_s": 15.0}  # issue 6: |error| at most, in percent
+TARGETS = {"fps": 10.0, "interval_p95_s": 15.0}  # |error| at most, in percent
 Progress = Callable[[str], None]
 
 
@@ -244,9 +245,9 @@ def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_
              distributed: bool, quiet_s: float = 30.0) -> list[dict[str, Any]]:
     """Run every spec ``repeats`` times on this process's share; per spec: block times and events."""
     from executors.base import RunOptions
-    from executors.calibrate import wait_idle
     from executors.distributed import DistributedExecutor
     from executors.reference import ReferenceExecutor
+    from executors.timing import wait_idle
 
     if distributed:
         import torch.distributed as dist

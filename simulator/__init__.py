@@ -1,4 +1,4 @@
-"""The SimPy simulator of Block Cascading: predict FPS, first frame, jitter, memory and traffic of a
+"""The SimPy simulator of Block Cascading: predict FPS, first frame, stalls, memory and traffic of a
 ``Schedule`` on a cluster before buying GPUs, and plan the GPU count.
 
 >>> from cascade_sched import CascadeSpec, build_schedule
@@ -7,7 +7,8 @@
 >>> round(r.makespan_s, 6)  # one device: the sum of all task times
 1.5
 
-The simulator consumes a schedule and never re-derives its tasks or reads; see docs/simulator.md.
+The simulator costs the core's ``TransferPlan`` and re-derives nothing from the schedule; every cost
+names its source. See docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from simulator.catalog import (
     LINKS,
     MODELS,
     Baseline,
-    Cluster,
+    Decoder,
     Link,
     ModelGeometry,
+    TextEncoder,
     get_gpu,
     get_link,
     get_model,
 )
-from simulator.cost import CostModel, Efficiency, RooflineCost, UniformCost, fit_baseline, make_cost
+from simulator.cluster import Cluster, MemoryMargin
+from simulator.cost import CostModel, Overhead, RooflineCost, UniformCost, fit_baseline, make_cost
 from simulator.engine import simulate
 from simulator.memory import MemoryReport, memory_report
+from simulator.prices import DecodePlan, decode_plan
 from simulator.profile import FORMAT as PROFILE_FORMAT
 from simulator.profile import ForwardPoint, Profile, ProfileCost
 from simulator.result import SimResult
@@ -42,18 +46,23 @@ __all__ = [
     "Baseline",
     "Cluster",
     "CostModel",
-    "Efficiency",
+    "DecodePlan",
+    "Decoder",
     "ForwardPoint",
     "Link",
+    "MemoryMargin",
     "MemoryReport",
     "ModelGeometry",
+    "Overhead",
     "Profile",
     "ProfileCost",
     "RooflineCost",
     "SimResult",
+    "TextEncoder",
     "UniformCost",
     "Workload",
     "build_workload",
+    "decode_plan",
     "fit_baseline",
     "get_gpu",
     "get_link",

@@ -1,9 +1,10 @@
 """Catalogs of hardware and models, each figure with the source it came from.
 
-Names are lower case (``h100-sxm``, ``nvlink4``, ``wan2.1-1.3b``). Figures come from
-/work/shared/REFERENCE.md (datasheets and the public Wan2.1 configurations) unless the source says
-``est`` (arithmetic or an estimate to calibrate). Model geometry (sizes, tokens, KV bytes) is read from
-``models.config``, the one torch-free definition the executors use too; the simulator imports no torch.
+Names are lower case (``h100-sxm``, ``nvlink4``, ``wan2.1-1.3b``). Every figure names its source: a
+datasheet, a public measurement (docs/references.md lists each with its original source), a count on
+public code (``benchmarks/count_flops.py`` redoes it), or ``est`` (an estimate, to calibrate). Model
+geometry (sizes, tokens, KV bytes) is read from ``models.config``, the one torch-free definition the
+executors use too; the simulator imports no torch.
 
 >>> get_gpu("h100-sxm").hbm_bytes
 80000000000
@@ -13,7 +14,7 @@ Names are lower case (``h100-sxm``, ``nvlink4``, ``wan2.1-1.3b``). Figures come 
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,19 +23,33 @@ from cascade_sched.errors import ConfigError
 from models.config import PRESETS, ModelConfig
 
 GB = 1e9
-REF = "REFERENCE.md"
+MiB = 1 << 20
+GiB = 1 << 30
+
+# The H100 SXM's measured dense bf16 GEMM rate (8192^3 matmul, 798 of 989 TFLOP/s): other GPUs reach the
+# same fraction of their peak (est).
+H100_GEMM_FLOPS = 798e12
+GEMM_FRACTION = H100_GEMM_FLOPS / 989e12
 
 
 @dataclass(frozen=True)
 class GPU:
-    """One GPU kind: dense bf16 peak, memory size and bandwidth, its usual GPU-GPU link."""
+    """One GPU kind: dense bf16 peak, memory size and bandwidth, its usual GPU-GPU link, and the dense
+    bf16 GEMM rate it reaches (``gemm_flops``; 0 = ``GEMM_FRACTION`` of the peak, an estimate)."""
 
     name: str
-    bf16_flops: float  # dense peak, FLOP/s
+    bf16_flops: float  # dense peak, FLOP/s (FP32 accumulate)
     hbm_bytes: int  # device memory
     mem_bw_Bps: float  # HBM bandwidth, bytes/s
     default_link: str  # the link a node of these GPUs usually has
     source: str
+    gemm_flops: float = 0.0
+    gemm_source: str = ""
+
+    @property
+    def gemm_rate(self) -> float:
+        """Achieved dense bf16 GEMM FLOP/s."""
+        return self.gemm_flops or GEMM_FRACTION * self.bf16_flops
 
 
 HOST_CPU = GPU("cpu", 1e12, 1 << 40, 1e11, "ideal",
@@ -43,48 +58,110 @@ HOST_CPU = GPU("cpu", 1e12, 1 << 40, 1e11, "ideal",
 
 @dataclass(frozen=True)
 class Link:
-    """A GPU-GPU link in the alpha-beta model: ``latency_s + bytes / bandwidth_Bps`` per message.
+    """A GPU-GPU link: per message ``latency_s + bytes / achieved_Bps(bytes)``.
 
-    ``bandwidth_Bps`` is per direction and per GPU port; ``math.inf`` with zero latency is ``ideal``.
+    ``bandwidth_Bps`` is what point-to-point messages between one pair of GPUs reach at large sizes
+    (per direction); ``curve`` gives the achieved bandwidth at smaller messages ((bytes, B/s) points,
+    interpolated in log size, flat outside; empty: ``bandwidth_Bps`` at every size). ``port_Bps`` caps
+    what one GPU sends (or receives) to all its peers at once (0: ``bandwidth_Bps``, one peer at a time).
+    ``datasheet_Bps`` is the nominal figure, kept for the record. ``math.inf`` with zero latency is
+    ``ideal``.
+
+    >>> nv = get_link("nvlink4")
+    >>> round(nv.achieved_Bps(28.75e6) / 1e9), round(nv.achieved_Bps(4 * GiB) / 1e9)
+    (80, 180)
     """
 
     name: str
     bandwidth_Bps: float
     latency_s: float
     source: str
+    curve: tuple[tuple[float, float], ...] = ()
+    port_Bps: float = 0.0
+    datasheet_Bps: float = 0.0
+
+    def achieved_Bps(self, nbytes: float) -> float:
+        """Bytes/s a message of ``nbytes`` reaches between two GPUs."""
+        pts = self.curve
+        if not pts or nbytes >= pts[-1][0]:
+            return self.bandwidth_Bps
+        if nbytes <= pts[0][0]:
+            return pts[0][1]
+        i = bisect.bisect_left([p[0] for p in pts], nbytes)
+        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+        f = (math.log(nbytes) - math.log(x0)) / (math.log(x1) - math.log(x0))
+        return y0 + (y1 - y0) * f
+
+    @property
+    def port_rate(self) -> float:
+        """Bytes/s one GPU moves to (or from) all its peers at once."""
+        return self.port_Bps or self.bandwidth_Bps
+
+    def wire_s(self, nbytes: float) -> float:
+        """Seconds one message of ``nbytes`` spends on the wire (its latency apart)."""
+        if nbytes <= 0 or self.bandwidth_Bps == math.inf:
+            return 0.0
+        return nbytes / self.achieved_Bps(nbytes)
 
     def time_s(self, nbytes: float, messages: int = 1) -> float:
-        """Seconds to move ``nbytes`` in ``messages`` messages (0 for nothing to move).
+        """Seconds to move ``nbytes`` as ``messages`` equal messages, one after another (0 for nothing).
 
-        >>> get_link("ideal").time_s(1e9), round(get_link("pcie5").time_s(64e9), 3)
-        (0.0, 1.0)
+        >>> get_link("ideal").time_s(1e9), round(get_link("pcie5").time_s(64e9) * 1e3)
+        (0.0, 1250)
         """
         if nbytes <= 0:
             return 0.0
-        return messages * self.latency_s + nbytes / self.bandwidth_Bps
+        return messages * (self.latency_s + self.wire_s(nbytes / messages))
+
+
+def _scaled(name: str, datasheet: float, like: Link, latency: float, why: str) -> Link:
+    """A link whose achieved figures are ``like``'s scaled by the ratio of datasheet bandwidths (est)."""
+    r = datasheet / like.datasheet_Bps
+    return Link(name, like.bandwidth_Bps * r, latency,
+                f"{why}; achieved bandwidth = nvlink4's measured curve x {r:.3g} (est)",
+                tuple((b, v * r) for b, v in like.curve), like.port_Bps * r, datasheet)
 
 
 GPUS: dict[str, GPU] = {
     g.name: g
     for g in (
-        GPU("h100-sxm", 989e12, 80_000_000_000, 3.35e12, "nvlink4", f"{REF}: H100 SXM datasheet"),
-        GPU("h100-pcie", 756e12, 80_000_000_000, 2.0e12, "pcie5", f"{REF}: H100 PCIe datasheet"),
-        GPU("h200", 989e12, 141_000_000_000, 4.8e12, "nvlink4", f"{REF}: H200 datasheet"),
-        GPU("a100-sxm", 312e12, 80_000_000_000, 2.0e12, "nvlink3", f"{REF}: A100 SXM datasheet"),
-        GPU("l40s", 362e12, 48_000_000_000, 0.86e12, "pcie4", f"{REF}: L40S datasheet"),
-        GPU("b200", 2250e12, 192_000_000_000, 8.0e12, "nvlink5", f"{REF}: B200 datasheet"),
+        GPU("h100-sxm", 989e12, 80_000_000_000, 3.35e12, "nvlink4", "NVIDIA H100 datasheet (SXM5)",
+            H100_GEMM_FLOPS, "measured: bf16 8192^3 matmul 798 TFLOP/s on an H100 SXM"),
+        GPU("h100-pcie", 756e12, 80_000_000_000, 2.0e12, "pcie5", "NVIDIA H100 datasheet (PCIe)"),
+        GPU("h200", 989e12, 141_000_000_000, 4.8e12, "nvlink4", "NVIDIA H200 datasheet"),
+        GPU("a100-sxm", 312e12, 80_000_000_000, 2.0e12, "nvlink3", "NVIDIA A100 datasheet (SXM4 80GB)"),
+        GPU("l40s", 362e12, 48_000_000_000, 0.86e12, "pcie4", "NVIDIA L40S datasheet"),
+        GPU("b200", 2250e12, 192_000_000_000, 8.0e12, "nvlink5", "NVIDIA B200 datasheet (HGX B200)"),
+        GPU("gb200", 2500e12, 186_000_000_000, 8.0e12, "nvlink5", "NVIDIA GB200 NVL72 datasheet, per GPU"),
+        GPU("rtx5090", 209.5e12, 32_000_000_000, 1.792e12, "pcie5",
+            "NVIDIA RTX Blackwell architecture whitepaper: RTX 5090 FP16/BF16 tensor 209.5 TFLOP/s dense with "
+            "FP32 accumulate, 32 GB GDDR7 at 1.792 TB/s"),
     )
 }
+
+_NVLINK4 = Link(
+    "nvlink4", 180e9, 15e-6,
+    "NCCL point-to-point between two H100s over NVLink 4: ~80 GB/s at nccl-tests' default 32 MiB messages, "
+    "rising to a ~180 GB/s plateau at large messages (NVIDIA/nccl-tests issue 268; plateau size 1 GiB est); "
+    "latency 15 us per message group (per-collective latency 10-20 us); one GPU's port to all peers 380 GB/s "
+    "(raw GPU-to-GPU copy one way, NVIDIA/nccl issue 1264); datasheet 450 GB/s per direction",
+    ((32 * MiB, 80e9), (1 * GiB, 180e9)), 380e9, 450e9,
+)
 
 LINKS: dict[str, Link] = {
     k.name: k
     for k in (
-        Link("nvlink3", 300e9, 6e-6, f"{REF}: NVLink 3 per direction; latency as NVLink 4 (est)"),
-        Link("nvlink4", 450e9, 6e-6, f"{REF}: NVLink 4 per direction; P2P latency ~6 us"),
-        Link("nvlink5", 900e9, 6e-6, f"{REF}: NVLink 5 per direction; latency as NVLink 4 (est)"),
-        Link("pcie4", 32e9, 10e-6, f"{REF}: PCIe Gen4 x16 per direction; latency 10 us (est)"),
-        Link("pcie5", 64e9, 10e-6, f"{REF}: PCIe Gen5 x16 per direction; latency 10 us (est)"),
-        Link("ib-ndr", 50e9, 5e-6, f"{REF}: InfiniBand NDR 400 Gb/s per port; latency 5 us (est)"),
+        _scaled("nvlink3", 300e9, _NVLINK4, 15e-6, "NVLink 3 (A100), 300 GB/s per direction datasheet"),
+        _NVLINK4,
+        _scaled("nvlink5", 900e9, _NVLINK4, 15e-6, "NVLink 5 (B200), 900 GB/s per direction datasheet"),
+        Link("pcie4", 0.8 * 32e9, 20e-6, "PCIe Gen4 x16, 32 GB/s per direction datasheet; NCCL reaches 80% of it "
+             "(est), with nvlink4's small-message ramp (est); latency 20 us (est)",
+             ((32 * MiB, 0.8 * 32e9 * 80 / 180), (1 * GiB, 0.8 * 32e9)), 0.8 * 32e9, 32e9),
+        Link("pcie5", 0.8 * 64e9, 20e-6, "PCIe Gen5 x16, 64 GB/s per direction datasheet; NCCL reaches 80% of it "
+             "(est), with nvlink4's small-message ramp (est); latency 20 us (est)",
+             ((32 * MiB, 0.8 * 64e9 * 80 / 180), (1 * GiB, 0.8 * 64e9)), 0.8 * 64e9, 64e9),
+        Link("ib-ndr", 0.9 * 50e9, 15e-6, "InfiniBand NDR 400 Gb/s, 50 GB/s per port datasheet; NCCL reaches 90% "
+             "of it (est); latency 15 us (est)", (), 0.9 * 50e9, 50e9),
         Link("ideal", math.inf, 0.0, "ideal: infinite bandwidth, zero latency (a bound, not hardware)"),
     )
 }
@@ -92,9 +169,11 @@ LINKS: dict[str, Link] = {
 
 @dataclass(frozen=True)
 class Baseline:
-    """A measured sequential FPS (the paper's definition: 12 frames over one block's denoising).
+    """A measured sequential FPS (the paper's definition: 12 frames over one block's denoising: its K
+    denoise forwards, the cache pass and the sampler steps; no decoding, no text encoding).
 
-    ``window`` and ``num_denoise`` describe the sequential setting it was measured in.
+    ``window`` and ``num_denoise`` describe the sequential setting it was measured in; ``attention`` is
+    the attention kernel of that run (``fa3`` or ``fa2``, :mod:`simulator.rates`).
     """
 
     fps: float
@@ -103,21 +182,91 @@ class Baseline:
     num_denoise: int
     cache_pass: bool
     source: str
+    attention: str = "fa3"
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """A latent-to-video decoder priced from its counted work: ``flops(frames)`` and ``bytes(frames)`` are
+    affine in the video frames a block decodes to (the first block of the Wan VAE makes 9, later 12)."""
+
+    name: str
+    flops_fixed: float
+    flops_per_frame: float
+    bytes_fixed: float  # memory traffic, every op's inputs and outputs unfused
+    bytes_per_frame: float
+    weight_bytes: int
+    cache_bytes: int  # the streaming state kept across blocks
+    source: str
+
+    def flops(self, frames: int) -> float:
+        return self.flops_fixed + self.flops_per_frame * frames
+
+    def bytes(self, frames: int) -> float:
+        return self.bytes_fixed + self.bytes_per_frame * frames
+
+
+def _affine(first: float, later: float, f0: int = 9, f1: int = 12) -> tuple[float, float]:
+    per = (later - first) / (f1 - f0)
+    return later - per * f1, per
+
+
+# Counted by benchmarks/count_flops.py on the public decoders at 60x104 latent -> 480x832 (meta device,
+# torch.utils.flop_counter.FlopCounterMode; bytes = inputs + outputs of every aten op, unfused).
+_VAE_FLOPS = _affine(31.452e12, 40.650e12)
+_VAE_BYTES = _affine(271.73e9, 360.97e9)
+WAN_VAE = Decoder(
+    "wan-vae", *_VAE_FLOPS, *_VAE_BYTES, weight_bytes=147_000_000, cache_bytes=1_800_000_000,
+    source="Wan2.1 VAE decoder (diffusers AutoencoderKLWan, same weights as wan/modules/vae.py), streaming "
+           "decode, counted: 31.45 TFLOP / 271.7 GB for the first block (9 frames), 40.65 TFLOP / 361.0 GB per "
+           "later block (12 frames), 73.3 M decoder parameters; streaming cache ~1.8 GB fp16",
+)
+# TAEHV computes 4 frames per latent frame, the first block included (it drops the 3 start-up frames), so
+# its work is per latent frame and does not depend on the frame count.
+TAEHV = Decoder(
+    "taehv", 3 * 0.5442e12, 0.0, 3 * 3.725e9, 0.0, weight_bytes=20_000_000, cache_bytes=100_000_000,
+    source="TAEHV tiny decoder for Wan 2.1 latents (madebyollin/taehv taehv.py, taew2_1), counted from its "
+           "layer list: 0.544 TFLOP and 3.7 GB of activations per latent frame, 9.8 M parameters; streaming "
+           "state ~0.1 GB (est)",
+)
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """The prompt encoder run once per prompt: ``flops()`` for ``tokens`` tokens, weights ``weight_bytes``."""
+
+    name: str
+    layers: int
+    dim: int
+    ffn_dim: int
+    tokens: int
+    matmul_params: int  # parameters in the matmuls a token goes through (embeddings excluded)
+    weight_bytes: int
+    source: str
+
+    def flops(self) -> float:
+        return 2.0 * self.matmul_params * self.tokens + 4.0 * self.layers * self.tokens**2 * self.dim
+
+
+UMT5_XXL = TextEncoder(
+    "umt5-xxl", layers=24, dim=4096, ffn_dim=10240, tokens=512,
+    matmul_params=24 * (4 * 4096 * 4096 + 3 * 4096 * 10240), weight_bytes=11_360_000_000,
+    source="umT5-XXL encoder of Wan2.1 (public wan/modules/t5.py: 24 layers, dim 4096, gated FFN 10240, "
+           "64 heads; 512 text tokens); weights 5.68 B parameters in bf16 (models_t5_umt5-xxl-enc-bf16.pth)",
+)
 
 
 @dataclass(frozen=True)
 class ModelGeometry:
     """What the simulator knows about a block-causal Wan-style DiT: its geometry (``config``, the one
-    definition in ``models.config``, which imports no torch) plus what a run costs beyond the DiT.
-
-    ``decode_s_per_frame`` is the VAE decoding time per video frame on an H100 SXM (scaled by peak FLOP/s
-    on other GPUs).
+    definition in ``models.config``, which imports no torch) plus what a run needs beyond the DiT: the
+    decoders that can turn its latents into video, its text encoder, and a published sequential baseline.
     """
 
     config: ModelConfig
     weight_bytes: int = 0  # 0: estimated from the geometry in bf16
-    decode_s_per_frame: float = 0.0
-    decode_cache_bytes: int = 0
+    decoders: Mapping[str, Decoder] = field(default_factory=dict)
+    text_encoder: TextEncoder | None = None
     baseline: Baseline | None = None
     source: str = ""
     notes: tuple[str, ...] = field(default=())
@@ -181,9 +330,21 @@ class ModelGeometry:
         """
         return self.config.kv_bytes_per_block(dtype_bytes)
 
+    def kv_bytes_per_layer(self, dtype_bytes: int = 2) -> int:
+        """K and V of one block in one layer: one gang message (``ModelConfig.kv_bytes_per_block_layer``)."""
+        return self.config.kv_bytes_per_block_layer(dtype_bytes)
+
     def latent_bytes_per_block(self, dtype_bytes: int = 2) -> int:
         """One block's latent (channels x frames x h x w), what moves between stages on two devices."""
         return math.prod(self.config.latent_shape()) * dtype_bytes
+
+    def decoder(self, name: str) -> Decoder | None:
+        """The decoder called ``name`` (None: this model has no priced decoder; a profile must price it)."""
+        key = name.strip().lower()
+        if self.decoders and key not in self.decoders:
+            raise ConfigError("decoder", f"unknown decoder {name!r} for {self.name}; known: "
+                                         f"{', '.join(sorted(self.decoders))}")
+        return self.decoders.get(key)
 
 
 def estimated_params(g: ModelGeometry) -> int:
@@ -201,38 +362,27 @@ def estimated_params(g: ModelGeometry) -> int:
     return g.num_layers * per_layer + text + time + patch
 
 
-_WAN_DECODE_S_PER_FRAME = 0.008  # est, see _WAN_NOTE
-_WAN_DECODE_CACHE = 1_800_000_000  # REFERENCE.md: streaming Wan VAE cache ~1.8 GB fp16
-_WAN_NOTE = (
-    "VAE decode 8 ms per video frame on H100 is an estimate (no public per-block timing); calibrate it",
-)
+_PAPER = "arXiv 2511.20426 (Block Cascading)"
+_WAN_DECODERS = {"vae": WAN_VAE, "taehv": TAEHV}
+
+def _wan(preset: str, weights: int, fps: float, size: str) -> ModelGeometry:
+    """A Wan2.1 model with its decoders, text encoder and the paper's sequential baseline."""
+    return ModelGeometry(
+        PRESETS[preset], weight_bytes=weights, decoders=_WAN_DECODERS, text_encoder=UMT5_XXL,
+        baseline=Baseline(fps, "h100-sxm", 7, 4, True,
+                          f"{_PAPER}: sequential {size} on one H100 (FlashAttention 3), {fps:g} FPS; window 21 frames "
+                          "(Self-Forcing's default cache)"),
+        source=f"Wan2.1-T2V-{size.upper()} config (public Wan2.1 repo); weights ~{weights / 1e9:.2g} GB bf16 (est)",
+    )
+
 
 MODELS: dict[str, ModelGeometry] = {
     m.name: m
     for m in (
-        ModelGeometry(
-            PRESETS["wan2.1-1.3b"],
-            weight_bytes=2_840_000_000,
-            baseline=Baseline(16.0, "h100-sxm", 7, 4, True,
-                              "arXiv 2511.20426: sequential 1.3B on one H100 (FA3), 16 FPS; window 21 frames "
-                              "(Self-Forcing default)"),
-            source=f"{REF}: Wan2.1-T2V-1.3B config; weights ~2.8 GB bf16 (est)",
-            notes=_WAN_NOTE,
-            decode_s_per_frame=_WAN_DECODE_S_PER_FRAME,
-            decode_cache_bytes=_WAN_DECODE_CACHE,
-        ),
-        ModelGeometry(
-            PRESETS["wan2.1-14b"],
-            weight_bytes=28_600_000_000,
-            baseline=Baseline(4.5, "h100-sxm", 7, 4, True,
-                              "arXiv 2511.20426: sequential 14B on one H100 (FA3), 4.5 FPS; window 21 frames "
-                              "(Self-Forcing default)"),
-            source=f"{REF}: Wan2.1-T2V-14B config; weights ~28 GB bf16 (est)",
-            notes=_WAN_NOTE,
-            decode_s_per_frame=_WAN_DECODE_S_PER_FRAME,
-            decode_cache_bytes=_WAN_DECODE_CACHE,
-        ),
-        # The CPU test and demo models: their geometry, weights estimated from it, nothing else priced.
+        _wan("wan2.1-1.3b", 2_840_000_000, 16.0, "1.3B"),
+        _wan("wan2.1-14b", 28_600_000_000, 4.5, "14B"),
+        # The CPU test and demo models: their geometry, weights estimated from it; their decoders and text
+        # embeddings are the executors' own (a profile measures them).
         *(ModelGeometry(PRESETS[n], source=f"models/config.py preset `{n}`") for n in ("tiny", "small", "toy")),
     )
 }
@@ -258,165 +408,3 @@ def get_link(name: str, param: str = "interconnect") -> Link:
 def get_model(name: str) -> ModelGeometry:
     """The model geometry called ``name``; ``ConfigError`` (param ``model``) otherwise."""
     return MODELS[_key("model", MODELS, name)]
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """The hardware a schedule runs on: ``num_gpus`` of one kind, ``gpus_per_node`` to a node, an
-    ``intra`` link inside a node and an ``inter`` link between nodes.
-
-    What-if faults: ``stragglers`` maps a device to a slowdown factor (its compute takes that many times
-    longer); ``degraded`` maps a device to a factor dividing the bandwidth of every transfer touching it.
-    ``contention`` (>= 1) is how much slower a device computes while another device has work in the same
-    tick: devices that share one host's cores, caches and memory bandwidth, such as the ranks of the
-    distributed executor on a CPU (``cascade calibrate`` measures it); 1.0 for GPUs.
-
-    Processor sharing (CPU ranks on one host): with ``host_cores`` set, every device is a process of
-    ``threads_per_device`` threads on one host of that many cores, next to ``background_load`` cores' worth
-    of other work. While n devices compute at one instant, each computes at speed
-    ``1 / (max(1, (n * threads_per_device + background_load) / host_cores) * (contention if n > 1 else 1))``,
-    re-evaluated whenever a device starts or stops computing (``contention`` is then the interference of
-    caches and memory bandwidth beyond the share of cores, per instant rather than per tick).
-    ``contention_by_batch`` ((tasks in the forward, factor) pairs, measured by ``cascade calibrate``)
-    replaces that one factor by one that depends on the size of the job: larger batches touch more memory
-    and suffer more from a neighbour.
-
-    >>> c = Cluster.of("h100-sxm", 16)
-    >>> c.intra.name, c.link(0, 9).name, c.link(0, 7).name
-    ('nvlink4', 'ib-ndr', 'nvlink4')
-    """
-
-    gpu: GPU
-    num_gpus: int
-    gpus_per_node: int = 8
-    intra: Link = field(default_factory=lambda: LINKS["nvlink4"])
-    inter: Link = field(default_factory=lambda: LINKS["ib-ndr"])
-    stragglers: tuple[tuple[int, float], ...] = ()
-    degraded: tuple[tuple[int, float], ...] = ()
-    contention: float = 1.0
-    host_cores: float | None = None
-    threads_per_device: int = 1
-    background_load: float = 0.0
-    contention_by_batch: tuple[tuple[int, float], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.host_cores is not None and not (isinstance(self.host_cores, (int, float))
-                                                and math.isfinite(self.host_cores) and self.host_cores > 0):
-            raise ConfigError("host_cores", f"`host_cores` must be a positive number of cores, got {self.host_cores!r}")
-        if isinstance(self.threads_per_device, bool) or not isinstance(self.threads_per_device, int) \
-                or self.threads_per_device < 1:
-            raise ConfigError("threads_per_device",
-                              f"`threads_per_device` must be a positive integer, got {self.threads_per_device!r}")
-        for batch, factor in self.contention_by_batch:
-            if batch < 1 or not (math.isfinite(factor) and factor >= 1.0):
-                raise ConfigError("contention_by_batch", f"`contention_by_batch` needs (batch >= 1, factor >= 1) "
-                                                         f"pairs, got ({batch}, {factor})")
-        if not (isinstance(self.background_load, (int, float)) and math.isfinite(self.background_load)
-                and self.background_load >= 0):
-            raise ConfigError("background_load",
-                              f"`background_load` must be a non-negative number of cores, got {self.background_load!r}")
-        if not (isinstance(self.contention, (int, float)) and math.isfinite(self.contention)
-                and self.contention >= 1.0):
-            raise ConfigError("contention", f"`contention` must be a factor of at least 1, got {self.contention!r}")
-        for param, value in (("num_gpus", self.num_gpus), ("gpus_per_node", self.gpus_per_node)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(param, f"`{param}` must be a positive integer, got {value!r}")
-        for param, pairs in (("straggler", self.stragglers), ("degrade", self.degraded)):
-            for device, factor in pairs:
-                if not 0 <= device < self.num_gpus:
-                    raise ConfigError(param, f"`{param}` names device {device}, but the cluster has "
-                                             f"devices 0..{self.num_gpus - 1}")
-                if not factor >= 1.0:
-                    raise ConfigError(param, f"`{param}` factor must be at least 1, got {factor}")
-
-    @classmethod
-    def of(
-        cls,
-        gpu: str,
-        num_gpus: int,
-        gpus_per_node: int = 8,
-        interconnect: str | None = None,
-        inter_node: str = "ib-ndr",
-        stragglers: tuple[tuple[int, float], ...] = (),
-        degraded: tuple[tuple[int, float], ...] = (),
-    ) -> Cluster:
-        """Build a cluster from catalog names; ``interconnect=None`` takes the GPU's usual link."""
-        g = get_gpu(gpu)
-        return cls(g, num_gpus, gpus_per_node, get_link(interconnect or g.default_link),
-                   get_link(inter_node, "inter_node"), stragglers, degraded)
-
-    def node(self, device: int) -> int:
-        """The node a device sits in."""
-        return device // self.gpus_per_node
-
-    def link(self, src: int, dst: int) -> Link:
-        """The link a transfer from ``src`` to ``dst`` crosses."""
-        return self.intra if self.node(src) == self.node(dst) else self.inter
-
-    def bandwidth(self, src: int, dst: int) -> float:
-        """Bytes/s from ``src`` to ``dst``, after any degraded port on either end."""
-        bw = self.link(src, dst).bandwidth_Bps
-        for device, factor in self.degraded:
-            if device in (src, dst):
-                bw /= factor
-        return bw
-
-    def slowdown(self, device: int) -> float:
-        """The straggler factor of ``device`` (1.0 for a healthy one)."""
-        for d, factor in self.stragglers:
-            if d == device:
-                return factor
-        return 1.0
-
-    def describe(self) -> str:
-        """One line: ``5 x h100-sxm, 8/node, nvlink4 (ib-ndr between nodes)``."""
-        text = f"{self.num_gpus} x {self.gpu.name}, {self.gpus_per_node}/node, {self.intra.name}"
-        if self.num_gpus > self.gpus_per_node:
-            text += f" ({self.inter.name} between nodes)"
-        for d, f in self.stragglers:
-            text += f", straggler d{d} x{f:g}"
-        for d, f in self.degraded:
-            text += f", degraded link d{d} /{f:g}"
-        if self.host_cores is not None:
-            text += (f", one host of {self.host_cores:g} cores ({self.threads_per_device} thread(s) per device, "
-                     f"background load {self.background_load:.2g} cores, interference "
-                     + (", ".join(f"x{f:.3g} at batch {b}" for b, f in sorted(self.contention_by_batch))
-                        if self.contention_by_batch else f"x{self.contention:.3g}") + ")")
-        elif self.contention > 1.0:
-            text += f", shared-host contention x{self.contention:.3g}"
-        return text
-
-    def interference(self, batch: int) -> float:
-        """The interference factor of a forward of ``batch`` tasks while other devices compute:
-        ``contention_by_batch`` interpolated (held flat outside its range) when given, else ``contention``.
-
-        >>> c = Cluster(Cluster.of("h100-sxm", 2).gpu, 2, host_cores=2, contention_by_batch=((1, 1.0), (3, 1.2)))
-        >>> c.interference(1), round(c.interference(2), 3), c.interference(5)
-        (1.0, 1.1, 1.2)
-        """
-        pts = sorted(self.contention_by_batch)
-        if not pts:
-            return self.contention
-        if batch <= pts[0][0]:
-            return pts[0][1]
-        for (b0, f0), (b1, f1) in itertools.pairwise(pts):
-            if batch <= b1:
-                return f0 + (f1 - f0) * (batch - b0) / (b1 - b0)
-        return pts[-1][1]
-
-    def host_slowdown(self, computing: int) -> float:
-        """Processor sharing: how many times slower each of ``computing`` devices computes at one instant
-        (1.0 without ``host_cores``; see the class docstring).
-
-        >>> c = Cluster.of("h100-sxm", 2)
-        >>> Cluster(c.gpu, 2, host_cores=2, background_load=1.0).host_slowdown(2)
-        1.5
-        """
-        return self.host_share(computing) * (self.contention if computing > 1 else 1.0)
-
-    def host_share(self, computing: int) -> float:
-        """Processor sharing without interference: how many times slower each of ``computing`` devices
-        computes because the host's cores are shared, ``max(1, (n * threads + background) / cores)``."""
-        if self.host_cores is None or computing < 1:
-            return 1.0
-        return max(1.0, (computing * self.threads_per_device + self.background_load) / self.host_cores)

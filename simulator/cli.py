@@ -1,6 +1,7 @@
 """``cascade simulate`` and ``cascade plan``: registered into the ``cascade`` command by
 ``cascade_sched.cli`` through :func:`register`. SimPy and matplotlib are imported inside the handlers,
-so ``cascade schedule`` stays light.
+so ``cascade schedule`` stays light. Both commands share one set of defaults (``DEFAULTS``): a point of the
+plan and ``simulate`` with the same flags are the same run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from cascade_sched.cli import add_schedule_args, int_ranges, name_list, spec_fro
 from cascade_sched.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
+
+DEFAULTS: dict[str, Any] = {
+    "model": "wan2.1-1.3b", "gpu": "h100-sxm", "cost": "parts", "decode": "inline", "decoder": "vae",
+    "blocks": 32, "window": 7, "stream_contention": 1.67, "memory_margin": 1.5, "allocator_overhead": 0.05,
+}
 
 
 def _pairs(text: str) -> tuple[int, float]:
@@ -37,26 +43,41 @@ def _nums(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: str) -> None:
+def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: str, sweep: bool) -> None:
     g = p.add_argument_group("hardware and costs")
     g.add_argument("--model", default=model_default, help=models_help)
-    g.add_argument("--gpu", default="h100-sxm",
-                   help="h100-sxm | h100-pcie | h200 | a100-sxm | l40s | b200 (default %(default)s)")
+    g.add_argument("--gpu", default=DEFAULTS["gpu"],
+                   help="h100-sxm | h100-pcie | h200 | a100-sxm | l40s | b200 | gb200 | rtx5090 (default %(default)s)")
     g.add_argument("--gpus-per-node", type=int, default=8, help="GPUs in one node (default %(default)s)")
     g.add_argument("--inter-node", default="ib-ndr", help="link between nodes (default %(default)s)")
-    g.add_argument("--cost", default="baseline-fps",
-                   help="profile:PATH | roofline | baseline-fps[:FPS] | uniform:SECONDS (default %(default)s)")
-    g.add_argument("--decode", default="own",
-                   help="where the VAE decodes: own (a GPU of its own) or a device index (default %(default)s)")
+    g.add_argument("--cost", default=DEFAULTS["cost"],
+                   help="parts | baseline-fps[:FPS] | roofline | profile:PATH | uniform:SECONDS (default %(default)s: "
+                        "every part priced from public measurements, the per-forward overhead fitted to the "
+                        "paper's sequential baselines)")
+    if not sweep:
+        g.add_argument("--decode", default=DEFAULTS["decode"],
+                       help="where blocks are decoded: inline (between ticks of a denoising GPU), stream (its "
+                            "second stream), gpu (a GPU of its own, counted), or a device index for inline "
+                            "(default %(default)s)")
+        g.add_argument("--decoder", default=DEFAULTS["decoder"],
+                       help="vae (the Wan2.1 VAE) | taehv (the tiny TAEHV decoder) (default %(default)s)")
+    g.add_argument("--decode-device", type=int, default=0, help="the denoising GPU that decodes (default 0)")
+    g.add_argument("--stream-contention", type=float, default=DEFAULTS["stream_contention"], metavar="F",
+                   help="with decode stream: how many times slower forwards and decode each run while both are "
+                        "active (1 = free overlap, 2 = time slicing; default %(default)s, an estimate)")
+    g.add_argument("--memory-margin", type=float, default=DEFAULTS["memory_margin"], metavar="GB",
+                   help="GB reserved on every GPU for the CUDA context and library workspaces (default %(default)s)")
+    g.add_argument("--allocator-overhead", type=float, default=DEFAULTS["allocator_overhead"], metavar="FRACTION",
+                   help="share of the allocated bytes lost to the caching allocator (default %(default)s)")
     g.add_argument("--overlap", action="store_true", help="overlap the joint-attention exchange with compute")
 
 
 def register(subparsers: Any) -> dict[str, Handler]:
     """Add ``simulate`` and ``plan`` to the ``cascade`` command; returns their handlers."""
-    p = subparsers.add_parser("simulate", help="predict FPS, latency, jitter, memory and traffic of a schedule")
-    add_schedule_args(p)
-    _hardware_args(p, "model geometry: wan2.1-1.3b | wan2.1-14b | tiny | small (default %(default)s)",
-                   "wan2.1-1.3b")
+    p = subparsers.add_parser("simulate", help="predict FPS, latency, stalls, memory and traffic of a schedule")
+    add_schedule_args(p, default_blocks=DEFAULTS["blocks"], default_window=DEFAULTS["window"])
+    _hardware_args(p, "model geometry: wan2.1-1.3b | wan2.1-14b | tiny | small | toy (default %(default)s)",
+                   DEFAULTS["model"], sweep=False)
     p.add_argument("--interconnect", default=None,
                    help="GPU link: nvlink3|nvlink4|nvlink5|pcie4|pcie5|ideal, or profile (the profile's fitted "
                         "link); default the GPU's usual one")
@@ -77,47 +98,74 @@ def register(subparsers: Any) -> dict[str, Handler]:
     p.add_argument("--first-block-frames", type=int, default=None, help="video frames of block 0 (default 9)")
     p.add_argument("--allow-oom", action="store_true",
                    help="simulate a plan that does not fit in memory anyway (the result says fits=false)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (with a top-level `gpus`)")
     p.add_argument("--trace", metavar="PATH", help="write a Chrome trace JSON (open in Perfetto)")
     p.add_argument("--gantt", metavar="PATH", help="write a Gantt chart PNG")
-    p.add_argument("--gantt-ticks", type=int, default=60, help="ticks the Gantt chart shows (0 = all)")
+    p.add_argument("--gantt-ticks", type=int, default=60, help="ticks the Gantt chart shows, 0 = all (default 60)")
+    p.add_argument("--intervals", metavar="PATH", help="write a PNG of the interval between decoded blocks")
 
-    q = subparsers.add_parser("plan", help="sweep GPU count x lag x attention and recommend a configuration")
-    _hardware_args(q, "model(s), comma-separated (default: wan2.1-1.3b,wan2.1-14b)", "")
+    q = subparsers.add_parser("plan", help="sweep GPUs x lag x attention x decode placement and recommend")
+    _hardware_args(q, "model(s), comma-separated (default: wan2.1-1.3b,wan2.1-14b)", "", sweep=True)
     c = q.add_argument_group("sweep")
-    c.add_argument("--gpu-counts", type=int_ranges, default=tuple(range(1, 9)), help="e.g. 1-8 or 1,2,4 (default 1-8)")
+    c.add_argument("--gpu-counts", type=int_ranges, default=tuple(range(1, 9)),
+                   help="GPUs in all, a decoder GPU included, e.g. 1-8 or 1,2,4 (default 1-8)")
     c.add_argument("--lags", type=int_ranges, default=None, help="lags to try (default all, 1..S)")
-    c.add_argument("--attentions", type=name_list, default=("causal", "bidirectional", "stale"),
-                   help="attention modes to try (default causal,bidirectional,stale)")
+    c.add_argument("--attentions", type=name_list, default=("causal", "bidirectional"),
+                   help="attention modes to try: the paper's causal,bidirectional (default); add stale for the "
+                        "extension")
+    c.add_argument("--decodes", type=name_list, default=("inline", "stream", "gpu"),
+                   help="decode placements to try (default inline,stream,gpu)")
+    c.add_argument("--decoders", type=name_list, default=(DEFAULTS["decoder"],),
+                   help="decoders to try: vae, taehv (default vae)")
+    c.add_argument("--windows", type=int_ranges, default=(DEFAULTS["window"],),
+                   help="attention windows in blocks to try, 0 = unbounded (default 7: Self-Forcing's 21 frames)")
     c.add_argument("--interconnects", type=name_list, default=None,
                    help="links to try, e.g. nvlink4,pcie5 (default the GPU's usual one)")
-    c.add_argument("--blocks", type=int, default=32, help="blocks per simulated run (default %(default)s)")
-    c.add_argument("--window", type=int, default=7, help="attention window in blocks, 0 = unbounded (default 7)")
+    c.add_argument("--blocks", type=int, default=DEFAULTS["blocks"], help="blocks per simulated run (default %(default)s)")
     c.add_argument("--sink", type=int, default=0, help="sink blocks (default 0)")
-    c.add_argument("--timesteps", type=_nums, default=(1000, 750, 500, 250), help="denoise timesteps")
-    c.add_argument("--cache-pass", action=argparse.BooleanOptionalAction, default=True, help="cache stage")
+    c.add_argument("--timesteps", type=_nums, default=(1000, 750, 500, 250),
+                   help="denoise timesteps (default 1000,750,500,250)")
+    c.add_argument("--cache-pass", action=argparse.BooleanOptionalAction, default=True, help="cache stage (default on)")
     c.add_argument("--placement", default="block", help="block | stage (default block)")
     k = q.add_argument_group("constraints and output")
-    k.add_argument("--target-fps", type=float, default=24.0, help="FPS to reach, decoding included (0 = none)")
+    k.add_argument("--target-fps", type=float, default=24.0, help="delivered FPS to reach, 0 = none (default 24)")
     k.add_argument("--max-first-frame", type=float, default=None, help="seconds to the first frame, at most")
     k.add_argument("--max-jitter", type=float, default=None, help="p99 - p50 block interval, seconds, at most")
     k.add_argument("--out", default="cascade-plan", help="folder for plan.csv, plan.json, plan.png (default %(default)s)")
-    k.add_argument("--top", type=int, default=10, help="rows per model in the table (0 = all)")
+    k.add_argument("--top", type=int, default=10, help="rows per model in the table, 0 = all (default 10)")
     k.add_argument("--json", action="store_true", help="print every point as JSON instead of the table")
     return {"simulate": _cmd_simulate, "plan": _cmd_plan}
+
+
+def _margin(args: argparse.Namespace) -> Any:
+    from simulator.cluster import MemoryMargin
+
+    for name, value in (("memory_margin", args.memory_margin), ("allocator_overhead", args.allocator_overhead),
+                        ("stream_contention", args.stream_contention - 1.0)):
+        if not (math.isfinite(value) and value >= 0):
+            low = "1" if name == "stream_contention" else "0"
+            raise ConfigError(name, f"`--{name.replace('_', '-')}` must be a finite number >= {low}")
+    if args.allocator_overhead >= 1:
+        raise ConfigError("allocator_overhead", "`--allocator-overhead` must be below 1")
+    default = MemoryMargin()
+    ctx = min(default.context_bytes, args.memory_margin * 1e9)
+    return MemoryMargin(ctx, args.memory_margin * 1e9 - ctx, args.allocator_overhead,
+                        f"{args.memory_margin:g} GB for the CUDA context and workspaces, allocator slack "
+                        f"{args.allocator_overhead:.0%} ({default.source})")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from cascade_sched.schedule import build_schedule
     from cascade_sched.validate import validate
-    from simulator.catalog import Cluster, get_gpu, get_link, get_model
+    from simulator.catalog import get_gpu, get_link, get_model
+    from simulator.cluster import Cluster
     from simulator.cost import make_cost
     from simulator.engine import simulate
 
     schedule = validate(build_schedule(spec_from_args(args)))
     geometry = get_model(args.model)
     gpu = get_gpu(args.gpu)
-    cost = make_cost(args.cost, geometry, gpu)
+    cost = make_cost(args.cost, geometry, gpu, args.decoder)
     link_name = args.interconnect or gpu.default_link
     if link_name == "profile":
         link = getattr(getattr(cost, "profile", None), "link", lambda: None)()
@@ -130,10 +178,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     cluster = Cluster(gpu, schedule.num_devices, args.gpus_per_node, link, get_link(args.inter_node, "inter_node"),
                       tuple(args.straggler), tuple(args.degrade), contention=args.contention,
                       host_cores=args.host_cores, threads_per_device=args.threads_per_device,
-                      background_load=args.background_load)
-    decode: str | int = args.decode if args.decode == "own" else args.decode.removeprefix("d")
-    result = simulate(schedule, cluster, cost, geometry, decode=decode, overlap=args.overlap,
-                      check_memory=not args.allow_oom, video_frames=args.video_frames,
+                      background_load=args.background_load, margin=_margin(args))
+    result = simulate(schedule, cluster, cost, geometry, decode=args.decode, decode_device=args.decode_device,
+                      stream_contention=args.stream_contention, overlap=args.overlap,
+                      check_memory=not args.allow_oom, video_frames_per_block=args.video_frames,
                       first_block_frames=args.first_block_frames)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=_json_default))
@@ -141,16 +189,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(result.summary())
         if not result.fits:
             print("  WARNING: this plan does not fit in GPU memory (simulated because of --allow-oom)")
-    if args.trace:
-        from simulator.visual import write_trace
+    from simulator import visual
 
-        write_trace(result, args.trace)
-        print(f"wrote {args.trace}", file=sys.stderr)
-    if args.gantt:
-        from simulator.visual import draw_gantt
-
-        draw_gantt(result, args.gantt, args.gantt_ticks or None)
-        print(f"wrote {args.gantt}", file=sys.stderr)
+    for path, draw in ((args.trace, visual.write_trace), (args.gantt, lambda r, p: visual.draw_gantt(
+            r, p, args.gantt_ticks or None)), (args.intervals, visual.draw_intervals)):
+        if path:
+            draw(result, path)
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -161,19 +206,12 @@ def _json_default(value: Any) -> Any:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from simulator.plan import (
-        Constraints,
-        SweepSpace,
-        format_table,
-        recommendation_text,
-        sweep,
-        write_points,
-    )
+    from simulator.plan import Constraints, SweepSpace, format_table, recommendation_text, sweep, write_points
     from simulator.visual import draw_plan
 
     t0 = time.perf_counter()
-    if args.window < 0:
-        raise ConfigError("window", f"`window` must be at least 1 block, or 0 for unbounded, got {args.window}")
+    if any(w < 0 for w in args.windows):
+        raise ConfigError("windows", f"`windows` must be at least 1 block, or 0 for unbounded, got {list(args.windows)}")
     for name, value in (("target_fps", args.target_fps), ("max_first_frame", args.max_first_frame),
                         ("max_jitter", args.max_jitter), ("top", args.top)):
         if value is not None and value < 0:
@@ -183,16 +221,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     space = SweepSpace(
         models=name_list(args.model) if args.model else ("wan2.1-1.3b", "wan2.1-14b"),
         gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lags, attentions=tuple(args.attentions),
-        interconnects=args.interconnects, gpus_per_node=args.gpus_per_node, blocks=args.blocks,
-        window=args.window or None, sink=args.sink, timesteps=tuple(args.timesteps), cache_pass=args.cache_pass,
-        placement=args.placement, cost=args.cost, decode=args.decode, overlap=args.overlap,
+        decodes=tuple(args.decodes), decoders=tuple(args.decoders),
+        windows=tuple(w or None for w in args.windows), interconnects=args.interconnects,
+        gpus_per_node=args.gpus_per_node, blocks=args.blocks, sink=args.sink, timesteps=tuple(args.timesteps),
+        cache_pass=args.cache_pass, placement=args.placement, cost=args.cost, overlap=args.overlap,
+        stream_contention=args.stream_contention, margin=_margin(args),
     )
     constraints = Constraints(args.target_fps or None, args.max_first_frame, args.max_jitter)
     points = sweep(space, constraints)
     os.makedirs(args.out, exist_ok=True)
     csv_path, json_path, png_path = (os.path.join(args.out, f"plan.{ext}") for ext in ("csv", "json", "png"))
-    meta = {"space": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(space).items()},
-            "constraints": vars(constraints), "cost_sources": sorted({p.cost for p in points})}
+    meta = {"space": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(space).items() if k != "margin"},
+            "memory_margin": space.margin.source, "constraints": vars(constraints),
+            "cost_sources": sorted({p.cost for p in points})}
     write_points(points, csv_path, json_path, meta)
     draw_plan(points, png_path, constraints.target_fps)
     if args.json:
@@ -202,14 +243,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     links = ", ".join(space.interconnects or ("the GPU's usual link",))
     print(f"cascade plan: {', '.join(space.models)} on {space.gpu} ({links}); {len(points)} points, "
-          f"{space.blocks} blocks each, window {space.window or 'unbounded'}, cost {space.cost}, decode {space.decode}")
+          f"{space.blocks} blocks each, windows {', '.join(str(w or 'unbounded') for w in space.windows)}, "
+          f"cost {space.cost}; GPUs counted in all (a decoder GPU included)")
     print(format_table(points, args.top or None))
     print()
-    target = [f"FPS >= {constraints.target_fps:g}" if constraints.target_fps else "",
+    target = [f"delivered FPS >= {constraints.target_fps:g}" if constraints.target_fps else "",
               f"first frame <= {constraints.max_first_frame_s:g} s" if constraints.max_first_frame_s else "",
               f"jitter <= {constraints.max_jitter_s:g} s" if constraints.max_jitter_s else ""]
     print(f"recommendation ({', '.join(t for t in target if t) or 'no constraints'}):")
-    for line in recommendation_text(points, constraints, space.decode):
+    for line in recommendation_text(points, constraints):
         print(f"  {line}")
     print(f"wrote {csv_path}, {json_path}, {png_path} in {wall:.1f} s")
     return 0

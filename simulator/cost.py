@@ -1,36 +1,58 @@
-"""Cost models: how long a device's batch of tasks, a sampler step and a block's decoding take.
+"""Cost models: how long each part of a block's time takes, each part priced on its own with its source.
 
-Every cost model is a small object with a ``name`` and a ``source`` (its provenance, copied into every
-result) and three methods, all in seconds:
+A cost model is a small object with a ``name`` and a ``source`` (its provenance, copied into every
+result) and, all in seconds:
 
-- ``forward_s(query_tokens, contexts)``: one batched forward of ``len(contexts)`` tasks on one device,
-  each with ``query_tokens`` new tokens attending to ``contexts[i]`` tokens (its own plus visible KV);
+- ``forward_s(query_tokens, contexts)``: one batched forward of ``len(contexts)`` members on one device,
+  each with ``query_tokens`` new tokens attending to ``contexts[i]`` tokens (its own plus visible KV); the
+  cache pass is a forward like any other (:meth:`RooflineCost.parts` splits one into its parts);
 - ``sample_s(n)``: the sampler steps of ``n`` denoise tasks after that forward;
-- ``decode_s(block, frames)``: VAE decoding of one block into ``frames`` video frames.
+- ``decode_s(block, frames)``: decoding one block into ``frames`` video frames (9 for the first block of
+  the Wan VAE, 12 after: ``cascade_sched.metrics.video_frames``);
+- ``text_s()``: encoding one prompt (at the start, and at every prompt switch);
+- ``tick_s()``: the executor's per-tick framework overhead on a device that has work in the tick.
 
-Built-in models: :class:`UniformCost` (``uniform:SECONDS``), :class:`RooflineCost` (``roofline``),
-``baseline-fps`` (a roofline whose efficiency is fitted by :func:`fit_baseline` so the sequential
-schedule reproduces a measured FPS) and ``profile:PATH`` (:class:`simulator.profile.ProfileCost`).
-:func:`make_cost` parses those strings.
+Built-in models (:func:`make_cost` parses the names):
+
+- ``parts`` (the default; ``baseline-fps`` is the same): :class:`RooflineCost` with linear layers at the
+  GPU's GEMM rate, attention at FlashAttention-3 rates for its key length, and a per-forward overhead
+  fitted once, jointly, to the paper's two sequential baselines (16 FPS for 1.3B, 4.5 FPS for 14B on one
+  H100): what those figures leave unknown once every other part is priced from its own measurement.
+  ``baseline-fps:FPS`` refits that overhead's scale to a sequential FPS measured on the chosen GPU.
+- ``roofline``: the same rates with no overhead (a bound: no implementation reaches it).
+- ``uniform:SECONDS``: every task costs the same (tests and teaching).
+- ``profile:PATH``: measured times (:class:`simulator.profile.ProfileCost`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from cascade_sched.errors import ConfigError
-from simulator.catalog import GPU, Baseline, ModelGeometry, get_gpu
+from simulator.catalog import GPU, Baseline, Decoder, ModelGeometry, get_gpu, get_model
+from simulator.public import figure
+from simulator.rates import (
+    CONV_SOURCE,
+    FA_SOURCE,
+    attention_rate,
+    conv_efficiency,
+    decode_seconds,
+    memory_rate,
+)
 
 __all__ = [
-    "DEFAULT_EFFICIENCY",
+    "NO_OVERHEAD",
     "CostModel",
-    "Efficiency",
+    "Overhead",
     "RooflineCost",
     "UniformCost",
     "fit_baseline",
     "make_cost",
+    "paper_overhead",
+    "sequential_interval",
 ]
 
 
@@ -40,16 +62,16 @@ class CostModel(Protocol):
 
     @property
     def name(self) -> str:
-        """Which kind of cost model: profile, roofline, baseline-fps or uniform."""
+        """Which kind of cost model: parts, roofline, baseline-fps, profile or uniform."""
         ...
 
     @property
     def source(self) -> str:
-        """Where its numbers came from (a file, a fit, datasheets)."""
+        """Where its numbers came from (a file, a fit, public measurements)."""
         ...
 
     def forward_s(self, query_tokens: int, contexts: tuple[int, ...]) -> float:
-        """Seconds for one device's batched forward of ``len(contexts)`` tasks."""
+        """Seconds for one device's batched forward of ``len(contexts)`` members."""
         ...
 
     def sample_s(self, n: int) -> float:
@@ -60,11 +82,19 @@ class CostModel(Protocol):
         """Seconds to decode ``block`` into ``frames`` video frames."""
         ...
 
+    def text_s(self) -> float:
+        """Seconds to encode one prompt."""
+        ...
+
+    def tick_s(self) -> float:
+        """Seconds of framework overhead per tick on a device with work in it."""
+        ...
+
 
 @dataclass(frozen=True)
 class UniformCost:
-    """Every task costs ``task_s`` (a batch of n costs n x ``task_s``: batching buys nothing);
-    decoding and sampling cost nothing unless given. For tests and teaching.
+    """Every task costs ``task_s`` (a batch of n costs n x ``task_s``: batching buys nothing); decoding,
+    sampling, text encoding and tick overhead cost nothing unless given. For tests and teaching.
 
     >>> UniformCost(0.1).forward_s(4680, (4680, 9360))
     0.2
@@ -73,17 +103,21 @@ class UniformCost:
     task_s: float
     decode_block_s: float = 0.0
     sample_task_s: float = 0.0
+    text_encode_s: float = 0.0
+    tick_overhead_s: float = 0.0
     name: str = "uniform"
 
     def __post_init__(self) -> None:
-        for label, v in (("task", self.task_s), ("decode", self.decode_block_s), ("sample", self.sample_task_s)):
+        for label, v in (("task", self.task_s), ("decode", self.decode_block_s), ("sample", self.sample_task_s),
+                         ("text", self.text_encode_s), ("tick", self.tick_overhead_s)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError("cost", f"`uniform` {label} seconds must be a finite number >= 0, got {v!r}")
 
     @property
     def source(self) -> str:
         return (f"uniform: {self.task_s:g} s per task, {self.sample_task_s:g} s per sampler step, "
-                f"{self.decode_block_s:g} s per decoded block")
+                f"{self.decode_block_s:g} s per decoded block, {self.text_encode_s:g} s per prompt, "
+                f"{self.tick_overhead_s:g} s per tick")
 
     def forward_s(self, query_tokens: int, contexts: tuple[int, ...]) -> float:
         return self.task_s * len(contexts)
@@ -94,197 +128,254 @@ class UniformCost:
     def decode_s(self, block: int, frames: int) -> float:
         return self.decode_block_s
 
+    def text_s(self) -> float:
+        return self.text_encode_s
+
+    def tick_s(self) -> float:
+        return self.tick_overhead_s
+
 
 @dataclass(frozen=True)
-class Efficiency:
-    """Fractions of the GPU's peaks a forward reaches, plus a fixed launch overhead per layer.
+class Overhead:
+    """What a forward costs beyond its GEMMs and attention: ``per_layer_s`` of fixed cost per layer
+    (kernel launches, Python) plus ``passes`` float32 elementwise passes over every token's hidden state
+    per layer (norms, modulation, RoPE, residuals) at the GPU's memory rate."""
 
-    ``linear`` applies to the matmuls, ``attention`` to attention FLOPs, ``memory`` to HBM traffic.
-    """
-
-    linear: float
-    attention: float
-    memory: float
-    overhead_s_per_layer: float
+    per_layer_s: float
+    passes: float
     source: str
 
+    def seconds(self, tokens: int, dim: int, layers: int, gpu: GPU) -> float:
+        return layers * (self.per_layer_s + self.passes * tokens * dim * 4 / memory_rate(gpu))
 
-DEFAULT_EFFICIENCY = Efficiency(
-    linear=0.81,
-    attention=0.5,
-    memory=0.9,
-    overhead_s_per_layer=30e-6,
-    source=("datasheet defaults: linear 0.81 (REFERENCE.md: 8192^3 bf16 matmul 798 of 989 TFLOP/s), "
-            "attention 0.5 (est), memory 0.9 (REFERENCE.md: D2D copy 3.0 of 3.35 TB/s), "
-            "30 us launch overhead per layer (est)"),
-)
+
+NO_OVERHEAD = Overhead(0.0, 0.0, "no per-forward overhead (a bound)")
 
 
 @dataclass(frozen=True)
 class RooflineCost:
-    """FLOPs and bytes per batch from the model geometry, over the GPU's peaks times efficiencies.
+    """Every part of a block's time from the model geometry and the GPU's measured rates
+    (:mod:`simulator.rates`).
 
-    Per task with q query tokens and c context tokens, in FLOPs (2 per multiply-add):
-    linear layers ``2 q L (6 d^2 + 2 d f)`` (self-attention QKVO, cross-attention Q and O, FFN),
-    cross-attention K/V over the text ``4 L T d^2``, self-attention ``4 L q c d``, cross-attention
-    ``4 L q T d``. Bytes: the weights once per batch plus every task's visible KV (``c L 2 d 2``).
-    Time = linear / (peak x linear eff) + attention / (peak x attention eff), at least bytes /
-    (bandwidth x memory eff), plus the launch overhead of every layer.
+    Per member with q query tokens over c context tokens, FLOPs (2 per multiply-add): linear layers
+    ``2 q L (6 d^2 + 2 d f)`` (self-attention QKVO, cross-attention Q and O, FFN) at the GEMM rate;
+    self-attention ``4 L q c d`` and cross-attention over the T text tokens ``4 L q T d`` at the attention
+    kernel's rate for c (resp. T) keys; the prompt's cross-attention K/V is computed once per prompt and
+    cached. At least the weights' and the visible KV's bytes at the memory rate. Plus ``overhead``.
+    The sampler is a few elementwise passes over the latent; the decoder its counted FLOPs at the fitted
+    convolution efficiency plus its counted bytes; the text encoder its matmuls at the GEMM rate plus the
+    per-layer overhead.
 
-    >>> from simulator.catalog import get_model
     >>> cost = RooflineCost(get_model("wan2.1-1.3b"), get_gpu("h100-sxm"))
-    >>> round(cost.flops(4680, (4680,)) / 1e12, 1)  # REFERENCE.md: ~16 TFLOP with 1 visible block
-    16.3
+    >>> round(cost.flops(4680, (4680,)) / 1e12, 1)  # ~16 TFLOP with 1 visible block
+    16.2
     """
 
     geometry: ModelGeometry
     gpu: GPU
-    efficiency: Efficiency = DEFAULT_EFFICIENCY
+    overhead: Overhead = NO_OVERHEAD
+    decoder_name: str = "vae"
+    attention_kernel: str = "fa3"
     name: str = "roofline"
     fitted: str = ""
 
     @property
+    def decoder(self) -> Decoder | None:
+        return self.geometry.decoder(self.decoder_name)
+
+    @property
     def source(self) -> str:
-        e = self.efficiency
-        text = (f"{self.name}: {self.geometry.name} on {self.gpu.name} ({self.gpu.source}); efficiency "
-                f"linear {e.linear:.3f}, attention {e.attention:.3f}, memory {e.memory:.2f}, "
-                f"{e.overhead_s_per_layer * 1e6:g} us/layer; {self.fitted or e.source}")
+        g = self.gpu
+        text = (f"{self.name}: {self.geometry.name} on {g.name} ({g.source}); linear layers at "
+                f"{g.gemm_rate / 1e12:.0f} TFLOP/s ({g.gemm_source or 'est: the H100 fraction of peak'}); "
+                f"attention {self.attention_kernel} ({FA_SOURCE}); overhead {self.overhead.per_layer_s * 1e3:.3g} ms "
+                f"per layer + {self.overhead.passes:.3g} fp32 passes per layer ({self.fitted or self.overhead.source})")
+        dec = self.decoder
+        if dec is not None:
+            text += f"; decoder {dec.name} ({dec.source}; {CONV_SOURCE})"
         return text
 
-    def _split_flops(self, q: int, contexts: tuple[int, ...]) -> tuple[float, float]:
-        g = self.geometry
-        d, L, n = g.dim, g.num_layers, len(contexts)
-        linear = n * (2.0 * q * L * (6 * d * d + 2 * d * g.ffn_dim) + 4.0 * L * g.text_len * d * d)
-        attention = 4.0 * L * q * d * (sum(contexts) + n * g.text_len)
-        return linear, attention
+    def _split(self, q: int, contexts: tuple[int, ...]) -> tuple[float, float, float]:
+        """(linear FLOPs, attention FLOPs, attention seconds) of one batched forward."""
+        g, gpu, kernel = self.geometry, self.gpu, self.attention_kernel
+        d, L, T = g.dim, g.num_layers, g.text_len
+        n = len(contexts)
+        linear = n * 2.0 * q * L * (6 * d * d + 2 * d * g.ffn_dim)
+        att_flops = 0.0
+        att_s = 0.0
+        per = 4.0 * L * q * d
+        cross = per * T
+        cross_s = cross / attention_rate(kernel, T, gpu)
+        for c in contexts:
+            f = per * c
+            att_flops += f + cross
+            att_s += f / attention_rate(kernel, c, gpu) + cross_s
+        return linear, att_flops, att_s
 
     def flops(self, query_tokens: int, contexts: tuple[int, ...]) -> float:
         """Total FLOPs of one batched forward."""
-        a, b = self._split_flops(query_tokens, contexts)
-        return a + b
+        linear, attention, _ = self._split(query_tokens, contexts)
+        return linear + attention
+
+    def parts(self, query_tokens: int, contexts: tuple[int, ...]) -> dict[str, float]:
+        """Seconds of one batched forward by part: ``linear``, ``attention``, ``overhead`` (a forward bound
+        by reading its weights and KV adds the difference to ``linear``)."""
+        g, gpu = self.geometry, self.gpu
+        linear, _, att_s = self._split(query_tokens, contexts)
+        lin_s = linear / gpu.gemm_rate
+        floor = (g.weight_bytes + sum(contexts) * g.num_layers * 4 * g.dim) / memory_rate(gpu)
+        if lin_s + att_s < floor:
+            lin_s = floor - att_s
+        tokens = query_tokens * len(contexts)
+        return {"linear": lin_s, "attention": att_s,
+                "overhead": self.overhead.seconds(tokens, g.dim, g.num_layers, gpu)}
 
     def forward_s(self, query_tokens: int, contexts: tuple[int, ...]) -> float:
-        g, e = self.geometry, self.efficiency
-        linear, attention = self._split_flops(query_tokens, contexts)
-        compute = linear / (self.gpu.bf16_flops * e.linear) + attention / (self.gpu.bf16_flops * e.attention)
-        nbytes = g.weight_bytes + sum(contexts) * g.num_layers * 2 * g.dim * 2
-        memory = nbytes / (self.gpu.mem_bw_Bps * e.memory)
-        return max(compute, memory) + e.overhead_s_per_layer * g.num_layers
+        return sum(self.parts(query_tokens, contexts).values())
 
     def sample_s(self, n: int) -> float:
-        # x0 = x - sigma v, then re-noise: a few elementwise passes over the latent, plus one launch.
-        latent = self.geometry.latent_bytes_per_block()
-        return n * (20e-6 + 6 * latent / (self.gpu.mem_bw_Bps * self.efficiency.memory))
+        # x0 = x - sigma v, fresh noise, re-noise: ~8 float32 passes over the latent, plus ~10 launches (est).
+        latent = self.geometry.latent_bytes_per_block(4)
+        return n * (10 * 5e-6 + 8 * latent / memory_rate(self.gpu))
 
     def decode_s(self, block: int, frames: int) -> float:
-        ref = get_gpu("h100-sxm").bf16_flops
-        return self.geometry.decode_s_per_frame * frames * ref / self.gpu.bf16_flops
+        dec = self.decoder
+        if dec is None:
+            return 0.0
+        return decode_seconds(dec.flops(frames), dec.bytes(frames), self.gpu, conv_efficiency())
+
+    def text_s(self) -> float:
+        enc = self.geometry.text_encoder
+        if enc is None:
+            return 0.0
+        compute = enc.flops() / self.gpu.gemm_rate
+        weights = enc.weight_bytes / memory_rate(self.gpu)
+        return max(compute, weights) + enc.layers * self.overhead.per_layer_s
+
+    def tick_s(self) -> float:
+        return 0.0  # the paper-fitted overhead per forward already holds the tick loop's own
 
 
-def _reference_interval(cost: RooflineCost, baseline: Baseline) -> float:
-    """Seconds between two steady-state blocks of the sequential schedule on one device: every stage of
-    one block with the baseline's window of visible blocks, plus its sampler steps (decoding excluded,
-    as in the paper's FPS)."""
-    g = cost.geometry
-    window = baseline.window or 7
+def sequential_interval(cost: CostModel, geometry: ModelGeometry, baseline: Baseline) -> float:
+    """Seconds between two steady-state blocks of the sequential schedule on one device: its K denoise
+    forwards and the cache pass with the baseline's window of visible blocks, the sampler steps and the
+    tick overhead (decoding and text encoding excluded, as in the paper's FPS)."""
+    q = geometry.tokens_per_block
     stages = baseline.num_denoise + (1 if baseline.cache_pass else 0)
-    ctx = (g.tokens_per_block * window,)
-    return stages * cost.forward_s(g.tokens_per_block, ctx) + baseline.num_denoise * cost.sample_s(1)
+    ctx = (q * (baseline.window or 7),)
+    return stages * (cost.forward_s(q, ctx) + cost.tick_s()) + baseline.num_denoise * cost.sample_s(1)
 
 
-def fit_baseline(
-    geometry: ModelGeometry,
-    gpu: GPU,
-    baseline: Baseline,
-    start: Efficiency = DEFAULT_EFFICIENCY,
-) -> RooflineCost:
-    """A roofline whose compute efficiencies are scaled so that the sequential schedule of ``baseline``
-    reproduces its FPS on ``baseline.gpu``; the returned model prices ``gpu`` with those efficiencies.
+@functools.cache
+def paper_overhead() -> Overhead:
+    """The reference implementation's per-forward overhead, fitted jointly to the paper's two sequential
+    baselines: the (per layer, per token) pair that makes both the 1.3B and the 14B sequential schedules
+    (4 denoise + cache pass, window 7 blocks, FlashAttention 3) reproduce 16 and 4.5 FPS on one H100.
+    Linear in both unknowns, so two equations solve it exactly.
 
-    >>> from simulator.catalog import get_model
+    >>> o = paper_overhead()
+    >>> round(o.per_layer_s * 1e3, 2), round(o.passes)
+    (2.23, 83)
+    """
+    rows = []
+    for name in ("wan2.1-1.3b", "wan2.1-14b"):
+        g = get_model(name)
+        base = g.baseline
+        assert base is not None
+        gpu = get_gpu(base.gpu)
+        bare = sequential_interval(RooflineCost(g, gpu, attention_kernel=base.attention), g, base)
+        stages = base.num_denoise + (1 if base.cache_pass else 0)
+        residual = (12.0 / base.fps - bare) / stages  # seconds per forward the rates leave unexplained
+        per_pass = g.tokens_per_block * g.dim * g.num_layers * 4 / memory_rate(gpu)
+        rows.append((g.num_layers, per_pass, residual))
+    (a1, b1, r1), (a2, b2, r2) = rows
+    det = a1 * b2 - a2 * b1
+    per_layer, passes = (r1 * b2 - r2 * b1) / det, (a1 * r2 - a2 * r1) / det
+    if per_layer < 0 or passes < 0:
+        raise ConfigError("cost", "the paper's baselines give a negative per-forward overhead; check the rates")
+    return Overhead(per_layer, passes,
+                    f"fitted jointly to the paper's sequential {figure('paper-1.3b-seq').mid:g} FPS (1.3B) and "
+                    f"{figure('paper-14b-seq').mid:g} FPS (14B) on one H100 ({figure('paper-1.3b-seq').source})")
+
+
+def fit_baseline(geometry: ModelGeometry, gpu: GPU, baseline: Baseline, decoder: str = "vae") -> RooflineCost:
+    """A parts model whose per-forward overhead is scaled so that the sequential schedule of ``baseline``
+    reproduces its FPS on ``baseline.gpu`` (the paper-fitted overhead's split between per-layer and
+    per-token cost is kept); the returned model prices ``gpu``.
+
     >>> m = get_model("wan2.1-1.3b")
     >>> c = fit_baseline(m, get_gpu("h100-sxm"), m.baseline)
-    >>> round(12 / _reference_interval(c, m.baseline), 3)
+    >>> round(12 / sequential_interval(c, m, m.baseline), 3)
     16.0
     """
     fit_gpu = get_gpu(baseline.gpu)
     target = 12.0 / baseline.fps
-
-    def interval(scale: float) -> float:
-        eff = replace(start, linear=start.linear * scale, attention=start.attention * scale)
-        return _reference_interval(RooflineCost(geometry, fit_gpu, eff), baseline)
-
-    lo, hi = 1e-4, 1e4
-    if interval(hi) > target:
-        raise ConfigError(
-            "cost", f"`baseline-fps` {baseline.fps:g} FPS is out of reach for {geometry.name} on {fit_gpu.name}: "
-                    f"even unlimited compute takes {interval(hi):.3g} s per block (memory or launch bound)"
-        )
-    for _ in range(200):  # bisection in log space; the interval falls monotonically with the scale
-        mid = math.sqrt(lo * hi)
-        if interval(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-        if hi / lo < 1 + 1e-12:
-            break
-    scale = hi
-    eff = replace(start, linear=start.linear * scale, attention=start.attention * scale,
-                  source=f"fitted from {start.source}")
-    note = (f"baseline-fps: compute efficiency fitted (x{scale:.3f} of the defaults) so the sequential schedule "
+    shape = paper_overhead()
+    bare = RooflineCost(geometry, fit_gpu, NO_OVERHEAD, decoder, baseline.attention)
+    unit = RooflineCost(geometry, fit_gpu, replace(shape, source=""), decoder, baseline.attention)
+    t0 = sequential_interval(bare, geometry, baseline)
+    t1 = sequential_interval(unit, geometry, baseline)
+    if t0 > target:
+        raise ConfigError("cost", f"`baseline-fps` {baseline.fps:g} FPS is out of reach for {geometry.name} on "
+                                  f"{fit_gpu.name}: its GEMMs and attention alone take {t0:.3g} s per block")
+    scale = (target - t0) / (t1 - t0)
+    over = Overhead(shape.per_layer_s * scale, shape.passes * scale, "")
+    note = (f"baseline-fps: per-forward overhead x{scale:.3f} of the paper-fitted one, so the sequential schedule "
             f"gives {baseline.fps:g} FPS on {fit_gpu.name} ({baseline.source})")
-    if eff.linear > 1 or eff.attention > 1:
-        note += "; WARNING: the fit needs more than the datasheet peak"
-    return RooflineCost(geometry, gpu, eff, name="baseline-fps", fitted=note)
+    return RooflineCost(geometry, gpu, over, decoder, baseline.attention, name="baseline-fps", fitted=note)
 
 
-def make_cost(text: str, geometry: ModelGeometry, gpu: GPU) -> CostModel:
-    """Parse ``--cost``: ``uniform:SECONDS[,decode=S][,sample=S]``, ``roofline``, ``baseline-fps``,
-    ``baseline-fps:FPS`` (measured on ``gpu`` itself) or ``profile:PATH``.
+def make_cost(text: str, geometry: ModelGeometry, gpu: GPU, decoder: str = "vae") -> CostModel:
+    """Parse ``--cost``: ``parts`` (default), ``baseline-fps``, ``baseline-fps:FPS`` (a sequential FPS
+    measured on ``gpu``), ``roofline``, ``uniform:SECONDS[,decode=S][,sample=S][,text=S][,tick=S]`` or
+    ``profile:PATH``. ``decoder`` names the decoder the parts models price (``vae`` or ``taehv``).
 
-    >>> from simulator.catalog import get_model
     >>> make_cost("uniform:0.1,decode=0.05", get_model("tiny"), get_gpu("h100-sxm")).decode_s(0, 12)
     0.05
     """
     kind, _, arg = text.strip().partition(":")
     kind = kind.lower()
     if kind == "uniform":
-        parts = [p.strip() for p in arg.split(",") if p.strip()]
-        if not parts:
-            raise ConfigError("cost", "`uniform` needs seconds per task, e.g. uniform:0.1")
-        try:
-            task_s = float(parts[0])
-            extra = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in parts[1:])}
-        except ValueError:
-            raise ConfigError("cost", f"`uniform` takes SECONDS[,decode=S][,sample=S], got {arg!r}") from None
-        unknown = sorted(set(extra) - {"decode", "sample"})
-        if unknown:
-            raise ConfigError("cost", f"`uniform` options are decode= and sample=, got {unknown}")
-        return UniformCost(task_s, extra.get("decode", 0.0), extra.get("sample", 0.0))
+        return _uniform(arg)
+    if kind in ("parts", "baseline-fps") and not arg:
+        geometry.decoder(decoder)  # ConfigError for an unknown decoder
+        return RooflineCost(geometry, gpu, paper_overhead(), decoder, name="parts")
     if kind == "roofline":
-        return RooflineCost(geometry, gpu)
+        geometry.decoder(decoder)
+        return RooflineCost(geometry, gpu, NO_OVERHEAD, decoder)
     if kind == "baseline-fps":
-        if arg:
-            try:
-                fps = float(arg)
-            except ValueError:
-                raise ConfigError("cost", f"`baseline-fps:FPS` needs a number, got {arg!r}") from None
-            if not fps > 0:
-                raise ConfigError("cost", f"`baseline-fps` must be positive, got {fps:g}")
-            ref = geometry.baseline
-            base = Baseline(fps, gpu.name, ref.window if ref else 7, ref.num_denoise if ref else 4, True,
-                            f"user-given sequential {fps:g} FPS on {gpu.name}")
-        elif geometry.baseline is None:
-            raise ConfigError("cost", f"{geometry.name} has no published baseline; give baseline-fps:FPS "
-                                      "(measured on this GPU) or use roofline")
-        else:
-            base = geometry.baseline
-        return fit_baseline(geometry, gpu, base)
+        try:
+            fps = float(arg)
+        except ValueError:
+            raise ConfigError("cost", f"`baseline-fps:FPS` needs a number, got {arg!r}") from None
+        if not (math.isfinite(fps) and fps > 0):
+            raise ConfigError("cost", f"`baseline-fps` must be a positive number, got {arg}")
+        ref = geometry.baseline
+        base = Baseline(fps, gpu.name, ref.window if ref else 7, ref.num_denoise if ref else 4, True,
+                        f"user-given sequential {fps:g} FPS on {gpu.name}")
+        return fit_baseline(geometry, gpu, base, decoder)
     if kind == "profile":
         if not arg:
             raise ConfigError("cost", "`profile` needs a path, e.g. profile:calib.json")
         from simulator.profile import ProfileCost
 
         return ProfileCost.load(arg, geometry)
-    raise ConfigError("cost", f"unknown cost model {text!r}; valid: profile:PATH, roofline, baseline-fps[:FPS], "
-                              "uniform:SECONDS")
+    raise ConfigError("cost", f"unknown cost model {text!r}; valid: parts, baseline-fps[:FPS], roofline, "
+                              "profile:PATH, uniform:SECONDS")
+
+
+def _uniform(arg: str) -> UniformCost:
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError("cost", "`uniform` needs seconds per task, e.g. uniform:0.1")
+    try:
+        task_s = float(parts[0])
+        extra = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in parts[1:])}
+    except ValueError:
+        raise ConfigError("cost", f"`uniform` takes SECONDS[,decode=S][,sample=S][,text=S][,tick=S], "
+                                  f"got {arg!r}") from None
+    unknown = sorted(set(extra) - {"decode", "sample", "text", "tick"})
+    if unknown:
+        raise ConfigError("cost", f"`uniform` options are decode=, sample=, text= and tick=, got {unknown}")
+    return UniformCost(task_s, extra.get("decode", 0.0), extra.get("sample", 0.0), extra.get("text", 0.0),
+                       extra.get("tick", 0.0))

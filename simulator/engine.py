@@ -1,67 +1,61 @@
 """The SimPy model of time: ``simulate(schedule, cluster, cost, model) -> SimResult``.
 
-One fresh ``simpy.Environment`` per run, one process per device plus one for the decoder, and SimPy
-events as the calendar; every cost is computed once in plain Python before the run (see
-:mod:`simulator.workload` for what moves where). The rules:
+One fresh ``simpy.Environment`` per run. Every cost is computed once, in plain Python, before the run
+(:class:`Prices`); the run itself is one process per device walking its *agenda* (the ticks at which it
+computes, sends or receives a latent, decodes or encodes a prompt), one process for a decoder or text
+encoder on a GPU of its own or on a second stream, and SimPy events named for what they mark:
+``done[batch]`` (a batch has ended), ``reached[(device, tick)]`` (a device has passed a tick),
+``gang[tick]`` (every member of a tick's exchange has arrived), ``latent[block]`` (a clean latent is on
+its decoder) and ``text[job]`` (a prompt is encoded). A process waits only on events it names.
 
-1. A device runs its batches (its tasks of one tick) in tick order, one at a time.
-2. A batch starts when the device is free, every batch it depends on has finished, and every transfer it
-   waits for has arrived.
-3. Joint attention (``causal``/``bidirectional``) with peers on other devices: the tick's gang starts when
-   its last member is ready and every member ends together, after the slowest member's forward plus the
-   per-layer K/V exchange (``bytes / bandwidth`` per port, in and out, plus one latency per layer). With
-   ``overlap`` the exchange hides behind compute: ``max(compute, exchange) + exchange / layers``.
-4. The sampler steps follow the forward on the same device.
-5. Asynchronous transfers (committed KV to its readers, ``stale`` last-tick KV, latents between devices
-   and to the decoder) leave the sender's port one after another in the sender's batch order. KV
-   streams layer by layer while the producer computes (it cannot finish before the producer's last
-   layer plus one layer's worth of bytes); a latent leaves after the sampler step. Arrival adds the
-   link's latency once.
-6. The decoder takes blocks in order as their clean latent arrives; on a denoising device it holds that
-   device between batches (it goes first when both are ready), and that device receives a clean latent
-   at the end of the tick that made it, as the executors' tick loop does: its first batch after that
-   tick waits for the latent's arrival.
-7. A straggler's forward, sampler and decode times are multiplied by its factor; a degraded port divides
-   the bandwidth of every transfer touching it. With ``cluster.contention`` > 1 (devices sharing one
-   host, e.g. CPU ranks), a batch's forward and sampler times are multiplied by it when another device
-   has a batch in the same tick.
-8. With ``cluster.host_cores`` set, compute is processor-shared instead (:mod:`simulator.sharing`): a
-   forward, a sampler step or a decode is work that advances at the speed the host gives the devices
-   computing at that instant. A gang's members then compute at their own pace; the gang ends when the
-   last member's forward is done plus the exchange that compute did not hide.
+The rules (what the executors' tick loop does; docs/simulator.md has the long form):
+
+1. A device runs its batches (its tasks of one tick) in tick order. A batch costs the tick overhead, one
+   batched forward and its sampler steps.
+2. *Gangs*: the devices that exchange K/V in a tick (the plan's gang sends) start that tick's forward
+   together and end it together, after the slowest member's forward plus the per-layer exchange; other
+   devices of the tick run on their own. The exchange of one layer is one message per version and peer,
+   all posted at once: it takes the link's latency plus the slowest of every device's per-peer and
+   per-port transfer (in or out), every layer. ``overlap`` hides it behind compute.
+3. *Past sends* (a version read at a later tick) are posted after the producing tick by both ends; the
+   first batch that reads one waits for it, layer by layer (it may start once all but its last layer's
+   worth of compute remains).
+4. *Latents* are posted after a tick and waited for by both ends before their next tick: a sender and
+   its receiver meet at the end of that tick.
+5. *Decoding* (``DecodePlan``): ``inline`` on a denoising device at the end of the tick that delivered the
+   clean latent, before that device's next tick (the default, what an N-GPU run does); ``stream`` on a
+   second stream of that device, sharing it with the forwards (``SharedDevice``); ``gpu`` on a GPU of its
+   own (counted). Blocks decode in order.
+6. *Text encoding*: a segment's prompt is encoded on the decoding device when the segment's first task's
+   device reaches the tick before it, and that task waits for it (and the embedding's transfer).
+7. A straggler's compute is multiplied by its factor; a degraded device divides the bandwidth of every
+   message touching it. ``cluster.contention`` (> 1) multiplies a batch's compute when another device has
+   a batch in the same tick; with ``cluster.host_cores`` compute is processor-shared instead
+   (:mod:`simulator.sharing`), and a gang ends when its last member's forward ends plus the exchange
+   that compute did not hide.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Generator
 from typing import Any
 
 from cascade_sched.errors import ConfigError, SimulationError
-from cascade_sched.metrics import stream_metrics, switch_stalls
-from cascade_sched.schedule import KVRef, Schedule, gc_paused
-from simulator.catalog import Cluster, ModelGeometry, get_model
+from cascade_sched.metrics import stream_metrics, switch_stalls, video_frames
+from cascade_sched.schedule import Schedule, gc_paused
+from simulator.catalog import ModelGeometry, get_model
+from simulator.cluster import Cluster
 from simulator.cost import CostModel
 from simulator.memory import memory_report
+from simulator.prices import DecodePlan, Prices, decode_plan
 from simulator.result import SimResult, Timeline
-from simulator.sharing import SharedHost
-from simulator.workload import KV, Workload, build_workload
+from simulator.sharing import SharedDevice, SharedHost
+from simulator.workload import Workload, build_workload
 
 Proc = Generator[Any, Any, None]
 
-
-def _decode_index(decode: str | int, n_dev: int) -> int | None:
-    if decode == "own":
-        return None
-    if isinstance(decode, str):
-        text = decode.removeprefix("d")
-        if not text.isdigit():
-            raise ConfigError("decode", f"`decode` must be 'own' or a device index, got {decode!r}")
-        decode = int(text)
-    if not 0 <= decode < n_dev:
-        raise ConfigError("decode", f"`decode` device must be between 0 and {n_dev - 1}, got {decode}")
-    return decode
+__all__ = ["simulate"]
 
 
 def simulate(
@@ -70,51 +64,63 @@ def simulate(
     cost: CostModel,
     model: ModelGeometry | str | None = None,
     *,
-    decode: str | int = "own",
+    decode: str | int = "inline",
+    decode_device: int = 0,
+    stream_contention: float = 1.67,
     overlap: bool = False,
     check_memory: bool = True,
-    video_frames: int | None = None,
+    video_frames_per_block: int | None = None,
     first_block_frames: int | None = None,
     dtype_bytes: int = 2,
+    **legacy: Any,
 ) -> SimResult:
     """Simulate ``schedule`` on ``cluster`` with ``cost``; see the module docstring for the rules and
     :mod:`simulator.result` for the metrics.
 
     ``model`` is a geometry or its name (default: the cost model's own geometry when it has one).
-    ``decode`` is ``"own"`` (a decoder GPU of its own, index ``num_devices``) or a denoising device.
-    ``check_memory`` raises ``SimulationError`` naming the device, needed and available bytes when the
-    plan does not fit; with False the run goes on and ``result.fits`` says so.
-    ``video_frames`` (default 4 x frames per block = 12) and ``first_block_frames`` (default 9) are the
-    video frames a decoded block yields.
+    ``decode`` is where decoding runs: ``inline`` (default), ``stream`` or ``gpu`` (a GPU of its own,
+    counted in ``SimResult.gpus``), on denoising device ``decode_device``; a device index is ``inline``
+    on that device (``own`` is ``gpu``). ``stream_contention`` is how many times slower the forwards and
+    an overlapped decode each run while both are active. ``check_memory`` raises ``SimulationError``
+    naming the device, needed and available bytes (the margin included) when the plan does not fit; with
+    False the run goes on and ``result.fits`` says so. ``video_frames_per_block`` (default
+    ``cascade_sched.metrics.video_frames``: 12) and ``first_block_frames`` (default 9) are the video
+    frames a decoded block yields, and what the decoder is priced for.
 
     >>> from cascade_sched import CascadeSpec, build_schedule
-    >>> from simulator.catalog import Cluster
     >>> from simulator.cost import UniformCost
     >>> s = build_schedule(CascadeSpec(num_blocks=6, lag=1, num_devices=5))
     >>> r = simulate(s, Cluster.of("h100-sxm", 5, interconnect="ideal"), UniformCost(0.1), "tiny")
     >>> round(r.makespan_s, 6), round(r.paper_fps, 6)  # (start(B-1) + S) x t; 12 frames per tick
     (1.0, 120.0)
     """
+    unknown = set(legacy) - {"video_frames"}
+    if unknown:
+        raise TypeError(f"simulate() got unexpected keyword arguments {sorted(unknown)}")
+    if video_frames_per_block is None:
+        video_frames_per_block = legacy.get("video_frames")
     geometry = _geometry(model, cost)
-    spec = schedule.spec
-    n_dev = spec.num_devices
+    n_dev = schedule.num_devices
     if cluster.num_gpus != n_dev:
         raise ConfigError("num_devices", f"the schedule has {n_dev} devices but the cluster {cluster.num_gpus} GPUs")
-    dec = _decode_index(decode, n_dev)
+    plan = decode_plan(decode, decode_device, n_dev)
+    F = schedule.spec.frames_per_block
+    frames = video_frames(1, F) if video_frames_per_block is None else video_frames_per_block
+    first = video_frames(0, F) if first_block_frames is None else first_block_frames
+    for name, v in (("video_frames", frames), ("first_block_frames", first)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(name, f"`{name}` must be a positive integer, got {v!r}")
     with gc_paused():  # many small acyclic tuples: the cyclic collector would only slow the run down
-        workload = build_workload(schedule, geometry, dec, dtype_bytes)
-        report = memory_report(workload, cluster, overlap, dtype_bytes)
+        workload = build_workload(schedule, geometry, plan.device, dtype_bytes)
+        report = memory_report(workload, cluster, plan, overlap, dtype_bytes, getattr(cost, "decoder_name", "vae"))
         if check_memory and not report.fits:
             raise report.error(cluster.gpu.name)
         check = getattr(cost, "check_shapes", None)
         if check is not None:
             check(geometry.tokens_per_block, {len(b.contexts) for b in workload.batches if b.contexts})
-        timeline, busy, comm, executed = _run(workload, cluster, cost, overlap)
-    F = spec.frames_per_block
-    frames = video_frames if video_frames is not None else 4 * F
-    first_frames = first_block_frames if first_block_frames is not None else 4 * (F - 1) + 1
-    return _result(workload, cluster, cost, timeline, busy, comm, executed, report, dec, overlap,
-                   frames, first_frames)
+        prices = Prices(workload, cluster, cost, plan, overlap, frames, first)
+        timeline = Engine(workload, cluster, prices, plan, stream_contention).run()
+        return _result(workload, cluster, cost, prices, timeline, report, plan, frames, first)
 
 
 def _geometry(model: ModelGeometry | str | None, cost: CostModel) -> ModelGeometry:
@@ -128,327 +134,280 @@ def _geometry(model: ModelGeometry | str | None, cost: CostModel) -> ModelGeomet
     raise ConfigError("model", "`model` is needed with this cost model (a name such as wan2.1-1.3b)")
 
 
-def _run(
-    w: Workload, cluster: Cluster, cost: CostModel, overlap: bool
-) -> tuple[Timeline, list[float], list[float], list[KVRef]]:
-    import simpy
+class Engine:
+    """One simulated run of a workload with its prices (see the module docstring)."""
 
-    sched = w.schedule
-    n_dev = sched.num_devices
-    batches = w.batches
-    nb = len(batches)
-    q = w.geometry.tokens_per_block
-    layers = w.geometry.num_layers
-    slow = [cluster.slowdown(d) for d in range(n_dev)] + [1.0]
-    sharing = cluster.host_cores is not None  # rule 8: processor sharing replaces the per-tick factor
-    shared = 1.0 if sharing else cluster.contention
+    def __init__(self, w: Workload, cluster: Cluster, prices: Prices, plan: DecodePlan,
+                 stream_contention: float) -> None:
+        import simpy
 
-    # 1. Costs, once per distinct shape.
-    fwd_cache: dict[tuple[int, ...], float] = {}
-    smp_cache: dict[int, float] = {}
-    dur = [0.0] * nb
-    smp = [0.0] * nb
-    for i, b in enumerate(batches):
-        key = b.contexts if len(b.contexts) == 1 else tuple(sorted(b.contexts))
-        f = fwd_cache.get(key)
-        if f is None:  # a recache task with nothing to re-encode, alone on its device, costs nothing
-            f = fwd_cache[key] = cost.forward_s(q, key) if key else 0.0
-        s = smp_cache.get(b.n_denoise)
-        if s is None:
-            s = smp_cache[b.n_denoise] = cost.sample_s(b.n_denoise) if b.n_denoise else 0.0
-        factor = slow[b.device]
-        if shared > 1.0 and len(w.tick_batches[b.tick]) > 1:  # another device computes this tick too
-            factor *= shared
-        dur[i] = f * factor
-        smp[i] = s * factor
+        self.simpy = simpy
+        self.w, self.cluster, self.p, self.plan = w, cluster, prices, plan
+        self.env = env = simpy.Environment()
+        nb = len(w.batches)
+        self.start = [0.0] * nb
+        self.fwd_end = [0.0] * nb
+        self.end = [-1.0] * nb
+        self.reach_time: dict[tuple[int, int], float] = {}
+        self.reached: dict[tuple[int, int], Any] = {}
+        self.gang_left = {t: len(g.devices) for t, g in w.gangs.items()}
+        self.gang: dict[int, Any] = {}
+        self.gang_span: dict[int, tuple[float, float]] = {}
+        self.gang_compute: dict[int, float] = {}
+        self.latent_ready: dict[int, Any] = {}
+        self.latent_time: dict[int, float] = {}
+        self.text: dict[int, Any] = {}
+        self.text_end = [-1.0] * len(w.texts)
+        self.text_span = [(0, 0.0, 0.0)] * len(w.texts)
+        self.decode_span = [(0, 0.0, 0.0)] * w.schedule.num_blocks
+        self.past_span = [(0.0, 0.0)] * len(w.past)
+        self.latent_span = [(0.0, 0.0)] * len(w.latents)
+        self.raw: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * nb  # forward, exchange, sampler
+        self.host = SharedHost(env, cluster) if cluster.host_cores is not None else None
+        self.device_share = SharedDevice(env, stream_contention) if plan.placement == "stream" else None
+        self.executed = 0
+        self.left: list[list[float]] = [[] for _ in range(w.num_devices)]  # per agenda item: when it was done
 
-    # Bandwidth and latency between every pair of devices (the decoder's included).
-    pair_bw = [[cluster.bandwidth(a, b) for b in range(n_dev + 1)] for a in range(n_dev + 1)]
-    pair_lat = [[cluster.link(a, b).latency_s for b in range(n_dev + 1)] for a in range(n_dev + 1)]
+    # -- named events -----------------------------------------------------------------------------------
+    def _event(self, table: dict[Any, Any], key: Any) -> Any:
+        ev = table.get(key)
+        if ev is None:
+            ev = table[key] = self.env.event()
+        return ev
 
-    # 2. Gangs: per tick, whether members synchronise, the exchange time and the gang's forward length.
-    n_ticks = sched.num_ticks
-    joint = [False] * n_ticks
-    gang_len = [0.0] * n_ticks
-    gang_comm = [0.0] * n_ticks
-    exposed = [0.0] * n_ticks
-    joint_mode = sched.spec.attention != "stale"
-    for n in range(n_ticks):
-        ex = w.exchanges[n]
-        if not ex or not joint_mode:
-            continue
-        t_in = [0.0] * n_dev
-        t_out = [0.0] * n_dev
-        lat = 0.0
-        for src, dst, nbytes in ex:
-            bw = pair_bw[src][dst]
-            t = nbytes / bw if bw != math.inf else 0.0
-            t_in[dst] += t
-            t_out[src] += t
-            if pair_lat[src][dst] > lat:
-                lat = pair_lat[src][dst]
-        c = max(max(t_in), max(t_out)) + layers * lat
-        compute = max(dur[i] for i in w.tick_batches[n])
-        joint[n] = True
-        gang_comm[n] = c
-        gang_len[n] = max(compute, c) + c / layers if overlap else compute + c
-        exposed[n] = gang_len[n] - compute
+    def _fire(self, table: dict[Any, Any], key: Any) -> None:
+        """Trigger ``table[key]`` for whoever waits on it. A process waits only after checking that what it
+        waits for has not happened yet (a time recorded, a counter not yet at zero), so an event nobody asked
+        for is never made: most of what happens has no waiter, and each event would cost the calendar a step."""
+        ev = table.pop(key, None)
+        if ev is not None:
+            ev.succeed()
 
-    # 3. Transfers: seconds on the wire and latency per transfer, fixed before the run.
-    tr_time = []
-    tr_lat = []
-    for tr in w.transfers:
-        bw = pair_bw[tr.src][tr.dst]
-        tr_time.append(tr.nbytes / bw if bw != math.inf else 0.0)
-        tr_lat.append(pair_lat[tr.src][tr.dst])
+    def _reach(self, device: int, tick: int) -> Any:
+        """Wait until ``device`` has passed ``tick`` (a GPU without batches has always passed it)."""
+        if device >= self.w.num_devices or tick < 0 or (device, tick) in self.reach_time:
+            return None
+        return self._event(self.reached, (device, tick))
 
-    env = simpy.Environment()
-    host = SharedHost(env, cluster) if sharing else None
-    gang_left = [len(w.tick_batches[n]) for n in range(n_ticks)]  # rule 8: members still computing
-    gang_done: dict[int, Any] = {}
-    end = [-1.0] * nb
-    start = [0.0] * nb
-    fwd_end = [0.0] * nb
-    waiters: dict[int, Any] = {}
-    gang_wait = [len(w.tick_batches[n]) for n in range(n_ticks)]
-    gang_ev: dict[int, Any] = {}
-    gang_span: dict[int, tuple[float, float]] = {}
-    arrival = [0.0] * len(w.transfers)
-    tr_span = [(0.0, 0.0)] * len(w.transfers)
-    egress = [0.0] * (n_dev + 1)
-    busy = [0.0] * (n_dev + 1)
-    comm = [0.0] * (n_dev + 1)
-    executed: list[KVRef] = []
-    dec = w.decode_device
-    lock = simpy.PriorityResource(env, capacity=1) if dec < n_dev else None
-    transfers = w.transfers
+    def _reach_at(self, device: int, tick: int) -> float:
+        """When ``device`` passed ``tick``, which it has: at that tick's agenda item, or, at a tick with
+        nothing to do, when it left its last item before it (a sorted search over its agenda's ticks)."""
+        if device >= self.w.num_devices or tick < 0:
+            return 0.0
+        t = self.reach_time.get((device, tick))
+        if t is not None:
+            return t
+        i = bisect.bisect_left(self.p.agenda_ticks[device], tick)
+        return self.left[device][i - 1] if i > 0 else 0.0
 
-    # A clean latent bound for a denoising decode device is received there at the end of the tick that
-    # made it (the executors' tick loop waits for a tick's latents before its next tick, rule 6): the
-    # decode device's first batch after that tick waits for the producer and the latent's arrival.
-    late_deps: dict[int, list[int]] = {}
-    late_inputs: dict[int, list[int]] = {}
-    if dec < n_dev:
-        own = w.device_batches[dec]
-        own_ticks = [batches[bi].tick for bi in own]
-        for ti in w.decode_inputs:
-            if ti < 0:
-                continue
-            pb = transfers[ti].producer
-            j = bisect.bisect_right(own_ticks, batches[pb].tick)
-            if j < len(own):
-                late_deps.setdefault(own[j], []).append(pb)
-                late_inputs.setdefault(own[j], []).append(ti)
+    # -- compute ----------------------------------------------------------------------------------------
+    def _compute(self, device: int, seconds: float, batch: int = 1) -> Any:
+        """An event after ``seconds`` of alone-speed compute on ``device``."""
+        if self.host is not None and device < self.w.num_devices:
+            return self.host.run(seconds, batch)
+        if self.device_share is not None and device == self.plan.device:
+            return self.device_share.run(seconds)
+        return self.env.timeout(seconds)
 
-    def device(d: int) -> Proc:
-        for bi in w.device_batches[d]:
-            b = batches[bi]
-            deps = (*b.deps, *late_deps[bi]) if bi in late_deps else b.deps
-            for p in deps:
-                if end[p] < 0:
-                    ev = waiters.get(p)
-                    if ev is None:
-                        ev = waiters[p] = env.event()
-                    yield ev
-            now = env.now
-            ready = now
-            for ti in (*b.inputs, *late_inputs[bi]) if bi in late_inputs else b.inputs:
-                if arrival[ti] > ready:
-                    ready = arrival[ti]
-            if ready > now:
-                yield env.timeout(ready - now)
-            req = None
-            if lock is not None and d == dec:
-                # Let a decode made ready by the batch that just ended ask for the device first (rule 6):
-                # its request is queued behind this instant's earlier events, so step aside once.
-                yield env.timeout(0)
-                req = lock.request(priority=1)
-                yield req
-            n = b.tick
-            if joint[n]:
-                gang_wait[n] -= 1
-                if gang_wait[n] == 0:
-                    ev = gang_ev.pop(n, None)
-                    if ev is not None:
-                        ev.succeed()
-                else:
-                    ev = gang_ev.get(n)
-                    if ev is None:
-                        ev = gang_ev[n] = env.event()
-                    yield ev
-                t0 = env.now
-                if host is None:
-                    f_end = t0 + gang_len[n]
-                    if n not in gang_span:
-                        gang_span[n] = (t0 + gang_len[n] - exposed[n], exposed[n])
-                    comm[d] += exposed[n]
-            else:
-                t0 = env.now
-                f_end = t0 + dur[bi]
-            start[bi] = t0
-            if host is None:
-                fwd_end[bi] = t0 + dur[bi]
-                t_end = f_end + smp[bi]
-                busy[d] += dur[bi] + smp[bi]
-                yield env.timeout(t_end - t0)
-            else:  # rule 8: processor-shared compute
-                yield host.run(dur[bi], len(b.contexts))
-                fwd_end[bi] = env.now
-                busy[d] += env.now - t0
-                if joint[n]:
-                    gang_left[n] -= 1
-                    if gang_left[n]:
-                        ev = gang_done.get(n)
-                        if ev is None:
-                            ev = gang_done[n] = env.event()
-                        yield ev
-                    else:
-                        compute = env.now - t0
-                        c = gang_comm[n]
-                        extra = max(compute, c) + c / layers - compute if overlap else c
-                        gang_span[n] = (env.now, extra)
-                        ev = gang_done.pop(n, None)
-                        if ev is not None:
-                            ev.succeed()
-                    extra = gang_span[n][1]
-                    comm[d] += extra
-                    yield env.timeout(extra)
-                t1 = env.now
-                yield host.run(smp[bi], len(b.contexts))
-                t_end = env.now
-                busy[d] += t_end - t1
-            for ti in b.sends:
-                tr = transfers[ti]
-                if tr.kind == KV:  # streamed layer by layer as the producer computes
-                    s0 = max(t0, egress[d])
-                    done = max(s0 + tr_time[ti], fwd_end[bi] + tr_time[ti] / layers)
-                else:
-                    s0 = max(t_end, egress[d])
-                    done = s0 + tr_time[ti]
-                egress[d] = done
-                arrival[ti] = done + tr_lat[ti]
-                tr_span[ti] = (s0, done - s0)
-            executed.extend(b.refs)
-            end[bi] = t_end
-            ev = waiters.pop(bi, None)
+    # -- the processes ----------------------------------------------------------------------------------
+    def run(self) -> Timeline:
+        env, w = self.env, self.w
+        for d in range(w.num_devices):
+            env.process(self.device(d))
+        if self.plan.placement != "inline":
+            env.process(self.decoder())
+        if self.plan.placement == "gpu" and w.texts:
+            env.process(self.text_gpu())
+        env.run()
+        if self.executed != len(w.batches):
+            raise SimulationError(f"simulation stalled after {self.executed} of {len(w.batches)} batches")
+        return Timeline(w, self.start, self.fwd_end, self.end, dict(sorted(self.gang_span.items())),
+                        self.past_span, self.latent_span, self.decode_span, self.text_span, self.raw, self.p.split)
+
+    def device(self, d: int) -> Proc:
+        """Device ``d`` walks its agenda: per tick, its text jobs, its batch, its latent meetings, its
+        inline decodes."""
+        p = self.p
+        left = self.left[d]
+        reach_time, reached = self.reach_time, self.reached
+        for item in p.agenda[d]:
+            tick, bi = item.tick, item.batch
+            for job in item.texts:
+                yield from self._encode(d, job)
+            if bi >= 0:
+                yield from self._batch(d, bi)
+            reach_time[(d, tick)] = self.env.now  # passed: this runs once per agenda item
+            ev = reached.pop((d, tick), None)
             if ev is not None:
                 ev.succeed()
-            if req is not None and lock is not None:
-                lock.release(req)
+            for mi in item.latents:
+                yield from self._meet(d, mi)
+            for blk in item.ready:
+                self._latent_arrived(blk)
+            for blk in item.decodes:
+                yield from self._decode(d, blk)
+            left.append(self.env.now)
 
-    K = sched.spec.num_denoise
-    decode_span = [(0.0, 0.0)] * sched.num_blocks
-    F = sched.spec.frames_per_block
-    dec_slow = slow[dec] if dec < n_dev else 1.0
-
-    def decoder() -> Proc:
-        for blk in range(sched.num_blocks):
-            pb = w.batch_of(blk, K - 1)
-            if end[pb] < 0:
-                ev = waiters.get(pb)
-                if ev is None:
-                    ev = waiters[pb] = env.event()
+    def _batch(self, d: int, bi: int) -> Proc:
+        env, p, w = self.env, self.p, self.w
+        b = w.batches[bi]
+        if b.text >= 0 and self.text_end[b.text] < 0:
+            yield self._event(self.text, b.text)
+        need = env.now
+        for pi in b.kv_inputs:  # past sends: both ends posted them when they passed the tick
+            ps, at = w.past[pi], w.past_tick[pi]
+            ev = self._reach(ps.src, at)
+            if ev is not None:
                 yield ev
-            ti = w.decode_inputs[blk]
-            ready = arrival[ti] if ti >= 0 else end[pb]
-            if ready > env.now:
-                yield env.timeout(ready - env.now)
-            req = None
-            if lock is not None:
-                req = lock.request(priority=0)
-                yield req
-            frames = 4 * (F - 1) + 1 if blk == 0 else 4 * F
-            t = cost.decode_s(blk, frames) * dec_slow
-            t0 = env.now
-            if host is not None and dec < n_dev:  # rule 8: decoding on a host device shares its cores
-                yield host.run(t)
-                t = env.now - t0
+            t0 = max(self._reach_at(ps.src, at), self._reach_at(ps.dst, at))
+            span = p.past_s[pi]
+            self.past_span[pi] = (t0, span)
+            need = max(need, t0 + span - p.compute[bi] * p.layer_overlap)
+        if b.text >= 0:
+            need = max(need, self.text_end[b.text] + p.text_move_s[b.text])
+        if need > env.now:
+            yield env.timeout(need - env.now)
+        tick = b.tick
+        gang = w.gangs.get(tick)
+        member = gang is not None and d in gang.devices and p.joint
+        if member:
+            self.gang_left[tick] -= 1
+            if self.gang_left[tick]:
+                yield self._event(self.gang, tick)
             else:
-                yield env.timeout(t)
-            busy[dec] += t
-            decode_span[blk] = (t0, t)
+                self._fire(self.gang, tick)
+        t0 = env.now
+        self.start[bi] = t0
+        compute = p.compute[bi]
+        if self.host is None and self.device_share is None:  # dedicated compute: one calendar step
+            length = p.gang_len[tick] if member else compute
+            yield env.timeout(length + p.sample[bi])
+            self.fwd_end[bi] = t0 + compute
+            if member:
+                self.gang_span[tick] = (t0 + length - p.exposed[tick], p.exposed[tick])
+            self.end[bi] = env.now
+            self.raw[bi] = (compute, length - compute, p.sample[bi])
+            self.executed += 1
+            return
+        # processor sharing (CPU ranks on one host, or a second stream): compute advances with the others
+        yield self._compute(d, compute, len(b.contexts))
+        self.fwd_end[bi] = env.now
+        if member:  # processor sharing: the gang ends with its last member plus the unhidden exchange
+            yield from self._gang_tail(tick, env.now - t0)
+        t1 = env.now
+        if p.sample[bi] > 0:
+            yield self._compute(d, p.sample[bi], len(b.contexts))
+        self.end[bi] = env.now
+        self.raw[bi] = (self.fwd_end[bi] - t0, t1 - self.fwd_end[bi], env.now - t1)
+        self.executed += 1
+
+    def _gang_tail(self, tick: int, compute: float) -> Proc:
+        """Processor sharing: members compute at their own pace; the last one fixes the gang's end."""
+        env, p = self.env, self.p
+        self.gang_compute[tick] = max(self.gang_compute.get(tick, 0.0), compute)
+        key = -tick - 1  # a second event per tick: every member's forward is done
+        self.gang_left.setdefault(key, len(self.w.gangs[tick].devices))
+        self.gang_left[key] -= 1
+        if self.gang_left[key]:
+            yield self._event(self.gang, key)
+        else:
+            slow = self.gang_compute[tick]
+            c = p.gang_comm[tick]
+            extra = max(slow, c) + c / p.layers - slow if p.overlap else c
+            self.gang_span[tick] = (env.now, extra)
+            self._fire(self.gang, key)
+        yield env.timeout(self.gang_span[tick][1])
+
+    def _meet(self, d: int, mi: int) -> Proc:
+        """A latent message of this device's tick: both ends post it after the tick and wait for it."""
+        env, m = self.env, self.w.latents[mi]
+        peer = m.dst if d == m.src else m.src
+        ev = self._reach(peer, m.tick)
+        if ev is not None:
+            yield ev
+        t0 = max(self._reach_at(m.src, m.tick), self._reach_at(m.dst, m.tick))
+        span = self.p.latent_s[mi]
+        self.latent_span[mi] = (t0, span)
+        if t0 + span > env.now:
+            yield env.timeout(t0 + span - env.now)
+
+    def _latent_arrived(self, block: int) -> None:
+        self.latent_time[block] = self.env.now
+        self._fire(self.latent_ready, block)
+
+    def _decode(self, d: int, block: int) -> Proc:
+        t0 = self.env.now
+        yield self._compute(d, self.p.decode[block])
+        self.decode_span[block] = (d, t0, self.env.now - t0)
+
+    def _encode(self, d: int, job: int) -> Proc:
+        t = self.w.texts[job]
+        ev = self._reach(t.device, t.tick - 1)
+        if ev is not None:
+            yield ev
+        t0 = self.env.now
+        yield self._compute(d, self.p.text)
+        self.text_end[job] = self.env.now
+        self.text_span[job] = (d, t0, self.env.now - t0)
+        self._fire(self.text, job)
+
+    def decoder(self) -> Proc:
+        """Decoding on a second stream or on a GPU of its own: blocks in order, as their latents arrive."""
+        d = self.plan.device
+        lock = self.gpu_lock
+        for blk in range(self.w.schedule.num_blocks):
+            if blk not in self.latent_time:
+                yield self._event(self.latent_ready, blk)
+            req = lock.request(priority=1) if lock is not None else None
+            if req is not None:
+                yield req
+            yield from self._decode(d, blk)
             if req is not None and lock is not None:
                 lock.release(req)
 
-    for d in range(n_dev):
-        env.process(device(d))
-    env.process(decoder())
-    env.run()
-    if len(executed) != len(sched.tasks):
-        raise SimulationError(f"simulation stalled after {len(executed)} of {len(sched.tasks)} tasks")
-    timeline = Timeline(w, start, fwd_end, end, {n: gang_span[n] for n in sorted(gang_span)}, tr_span, decode_span)
-    return timeline, busy, comm, executed
+    def text_gpu(self) -> Proc:
+        """Prompt encoding on the decoder's own GPU, each prompt as soon as it is released."""
+        lock = self.gpu_lock
+        assert lock is not None
+        for job in range(len(self.w.texts)):
+            t = self.w.texts[job]
+            ev = self._reach(t.device, t.tick - 1)
+            if ev is not None:
+                yield ev
+            req = lock.request(priority=0)
+            yield req
+            yield from self._encode(self.plan.device, job)
+            lock.release(req)
+
+    @property
+    def gpu_lock(self) -> Any:
+        if self.plan.placement != "gpu":
+            return None
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            lock = self._lock = self.simpy.PriorityResource(self.env, capacity=1)
+        return lock
 
 
-def _result(
-    w: Workload,
-    cluster: Cluster,
-    cost: CostModel,
-    tl: Timeline,
-    busy: list[float],
-    comm: list[float],
-    executed: list[KVRef],
-    report: Any,
-    dec: int | None,
-    overlap: bool,
-    frames: int,
-    first_frames: int,
-) -> SimResult:
+def _result(w: Workload, cluster: Cluster, cost: CostModel, prices: Prices, tl: Timeline, report: Any,
+            plan: DecodePlan, frames: int, first_frames: int) -> SimResult:
     sched = w.schedule
     B, S, K = sched.num_blocks, sched.num_stages, sched.spec.num_denoise
     bo = w.batch_of
     started = tuple(tl.batch_start[bo(b, 0)] for b in range(B))
     denoised = tuple(tl.batch_end[bo(b, K - 1)] for b in range(B))
     committed = tuple(tl.batch_end[bo(b, S - 1)] for b in range(B))
-    decoded = tuple(s + d for s, d in tl.decode_span)
+    decoded = tuple(s + dur for _, s, dur in tl.decode_span)
     makespan = max(max(tl.batch_end), max(decoded))
-    m = stream_metrics(denoised, decoded, max_in_flight=sched.max_in_flight(), window=sched.spec.window,
-                       frames=frames, first_frames=first_frames, makespan_s=makespan)
+    metrics = stream_metrics(denoised, decoded, max_in_flight=sched.max_in_flight(), window=sched.spec.window,
+                             frames=frames, first_frames=first_frames, makespan_s=makespan)
     stalls = switch_stalls(denoised, decoded, [at for at, _ in sched.spec.switches],
                            max_in_flight=sched.max_in_flight(), window=sched.spec.window)
-    n_dev = sched.num_devices
-    by_link: dict[str, int] = {}
-    by_kind: dict[str, int] = {"kv": 0, "exchange": 0, "latent": 0}
-    for tr in w.transfers:
-        key = f"d{tr.src}->d{tr.dst}"
-        by_link[key] = by_link.get(key, 0) + tr.nbytes
-        by_kind[tr.kind] += tr.nbytes
-    for ex in w.exchanges:
-        for src, dst, nbytes in ex:
-            key = f"d{src}->d{dst}"
-            by_link[key] = by_link.get(key, 0) + nbytes
-            by_kind["exchange"] += nbytes
-    n_rows = n_dev + (1 if dec is None else 0)
     return SimResult(
-        model=w.geometry.name,
-        cluster=cluster.describe(),
-        cost=cost.name,
-        cost_source=cost.source,
-        spec=sched.spec.to_dict(),
-        decode_device=f"own GPU (d{n_dev})" if dec is None else f"d{dec} (shared)",
-        overlap=overlap,
-        fits=report.fits,
-        makespan_s=m.makespan_s,
-        fps=m.fps,
-        paper_fps=m.paper_fps,
-        first_frame_s=m.first_frame_s,
-        interval_p50_s=m.interval_p50_s,
-        interval_p95_s=m.interval_p95_s,
-        interval_p99_s=m.interval_p99_s,
-        steady_blocks=m.steady_blocks,
-        switch_stalls=tuple(stalls),
-        block_started_s=started,
-        block_denoised_s=denoised,
-        block_committed_s=committed,
-        block_decoded_s=decoded,
-        device_busy_s=tuple(busy[:n_rows]),
-        device_comm_s=tuple(comm[:n_rows]),
-        bytes_by_link=dict(sorted(by_link.items())),
-        bytes_by_kind=by_kind,
-        peak_memory_bytes=tuple(d.peak_bytes for d in report.devices),
-        memory_capacity_bytes=report.capacity_bytes,
-        num_tasks=len(sched.tasks),
-        executed=tuple(executed),
-        memory=report,
-        timeline=tl,
+        model=w.geometry.name, cluster=cluster.describe(), cost=cost.name, cost_source=cost.source,
+        spec=sched.spec.to_dict(), decode=plan, overlap=prices.overlap, fits=report.fits, metrics=metrics,
+        switch_stalls=tuple(stalls), block_started_s=started, block_denoised_s=denoised,
+        block_committed_s=committed, block_decoded_s=decoded, bytes_by_link=w.bytes_by_link(),
+        bytes_by_kind=w.bytes_by_kind(), memory=report, num_tasks=len(sched.tasks), timeline=tl,
+        gpu=cluster.gpu.name,
     )

@@ -1,21 +1,23 @@
-"""GPU memory per device over the ticks of a schedule, checked against the GPU's memory.
+"""GPU memory per device over the ticks of a schedule, checked against the GPU's memory less a margin.
 
-Accounted per device and tick (bytes; the peak over ticks is what must fit):
+Accounted per device and tick (bytes; the peak over ticks is what must fit), from the core's
+``TransferPlan`` and the schedule's tasks:
 
-- *weights*: the whole model on every denoising device (Block Cascading replicates it);
-- *committed KV*: block j's committed version is held by its producer and by every device that reads
-  it, from its commit tick to that device's last read (the schedule's reads decide; ``free_after`` is
-  the last read anywhere); a re-encoded version ``(j, S + q)`` that a recache task writes counts here
-  too, held from the recache tick to its last read on each device (``recache_free_after`` is the last
-  read anywhere);
-- *in-flight KV*: a non-committed version read at a later tick (``stale`` attention reads last tick's),
-  held the same way, plus one layer of the peers' K/V received per joint-attention exchange (two with
-  overlap, double-buffered);
+- *weights*: the whole DiT on every denoising device (Block Cascading replicates it);
+- *committed KV*: a committed (or re-encoded) version held by every device that reads it at a later tick,
+  from the tick that writes it to its last read there (``TransferPlan.keep_until``: the producer, the
+  receivers of past sends, the devices that keep it from a gang exchange);
+- *in-flight KV*: non-committed versions read at a later tick (``stale`` attention), held the same way;
+  the K/V every forward member of a tick computes (all layers, until the tick's end), when no later read
+  keeps it; and one layer of the peers' K/V received per joint-attention exchange (two with overlap);
 - *activations*: one layer's working set of the device's batch (tokens x (4 dim + ffn dim) x 2 bytes),
-  one block's tokens per forward member (a recache task has one member per block it re-encodes);
-- *decode cache*: the streaming VAE's cache on a denoising device that also decodes.
+  one block's tokens per forward member;
+- *decoder*: the decoder's weights and streaming cache on the device that decodes;
+- *text encoder*: its weights on the device that encodes prompts (the decoding device);
+- *reserved*: the cluster's :class:`~simulator.cluster.MemoryMargin` (CUDA context, workspaces, the
+  allocator's slack) on every GPU.
 
-A decoder on a device of its own is not checked (its VAE and cache fit any catalog GPU).
+A decoder GPU of its own is checked too (decoder, text encoder, margin).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from dataclasses import dataclass
 
 from cascade_sched.errors import SimulationError
 from cascade_sched.schedule import TaskKind
-from simulator.catalog import Cluster
+from simulator.cluster import Cluster
+from simulator.prices import DecodePlan
 from simulator.workload import Workload
 
-PARTS = ("weights", "committed_kv", "inflight_kv", "activations", "decode_cache")
+PARTS = ("weights", "committed_kv", "inflight_kv", "activations", "decoder", "text_encoder", "reserved")
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,15 @@ class DeviceMemory:
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """Peak memory of every denoising device against ``capacity_bytes`` (one GPU's memory)."""
+    """Peak memory of every GPU of the run (the margin included) against ``capacity_bytes``."""
 
     devices: tuple[DeviceMemory, ...]
     capacity_bytes: int
+    margin: str = ""
 
     @property
     def fits(self) -> bool:
-        """Whether every device's peak fits in its GPU."""
+        """Whether every device's peak, margin included, fits in its GPU."""
         return all(d.peak_bytes <= self.capacity_bytes for d in self.devices)
 
     @property
@@ -58,87 +62,94 @@ class MemoryReport:
         return max(self.devices, key=lambda d: d.peak_bytes)
 
     def error(self, gpu: str) -> SimulationError:
-        """The one-line error for a plan that does not fit."""
+        """The one-line error for a plan that does not fit, with the numbers."""
         w = self.worst
         parts = ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in w.parts.items() if v)
         return SimulationError(
             f"plan does not fit: device {w.device} needs {w.peak_bytes / 1e9:.1f} GB at tick {w.peak_tick} "
-            f"({parts} GB) but a {gpu} has {self.capacity_bytes / 1e9:.1f} GB; "
-            "use a smaller --window, more devices or a larger GPU"
+            f"({parts} GB; reserved = {self.margin}) but a {gpu} has {self.capacity_bytes / 1e9:.1f} GB; "
+            "use a smaller --window, more devices, another --decode placement or a larger GPU"
         )
 
 
 def memory_report(
     workload: Workload,
     cluster: Cluster,
+    plan: DecodePlan | None = None,
     overlap: bool = False,
     dtype_bytes: int = 2,
+    decoder: str = "vae",
 ) -> MemoryReport:
-    """Peak memory per denoising device (see the module docstring), from the workload's reads.
+    """Peak memory per GPU (see the module docstring), from the workload's plan and batches.
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from simulator.catalog import get_model
     >>> from simulator.workload import build_workload
     >>> w = build_workload(build_schedule(CascadeSpec(num_blocks=4, window=2)), get_model("wan2.1-1.3b"))
     >>> r = memory_report(w, Cluster.of("h100-sxm", 1))
-    >>> r.fits, round(r.worst.parts["committed_kv"] / 1e9, 2)  # the block itself plus one in the window
-    (True, 1.73)
+    >>> r.fits, round(r.worst.parts["committed_kv"] / 1e9, 2)  # the block read later and the one in flight
+    (True, 0.86)
     """
+    plan = plan or DecodePlan("inline", workload.decode_device)
     schedule, geometry = workload.schedule, workload.geometry
-    decode_device = workload.decode_device
     n_dev, n_ticks = schedule.num_devices, schedule.num_ticks
     S = schedule.num_stages
-    span = n_dev + 1
-    vtick = workload.version_tick
+    starts = schedule.starts
     kv = geometry.kv_bytes_per_block(dtype_bytes)
-    layer_kv = kv // geometry.num_layers * (2 if overlap else 1)
-    last = S - 1
-    act_per_task = geometry.tokens_per_block * (4 * geometry.dim + geometry.ffn_dim) * dtype_bytes
+    layer_kv = geometry.kv_bytes_per_layer(dtype_bytes) * (2 if overlap else 1)
+    act_per_member = geometry.tokens_per_block * (4 * geometry.dim + geometry.ffn_dim) * dtype_bytes
+    recache_tick = {ref: t.tick for t in schedule.tasks if t.kind == TaskKind.RECACHE for ref in schedule.writes(t)}
 
-    exchange = [[0] * n_ticks for _ in range(n_dev)]
-    act = [[0] * n_ticks for _ in range(n_dev)]
-    for bi, b in enumerate(workload.batches):
-        act[b.device][b.tick] += act_per_task * len(b.contexts)
-        exchange[b.device][b.tick] += layer_kv * workload.exchange_in[bi]
     committed = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     inflight = [[0] * (n_ticks + 1) for _ in range(n_dev)]
-    held = workload.held
-    for key, until in held.items():
-        k, d = divmod(key, span)
-        _, v = workload.version(k)
-        arr = committed[d] if v >= last else inflight[d]  # v >= S: a re-encoded version
-        arr[vtick[k]] += kv
+    keep = workload.plan.keep_until
+    for (d, (j, s)), until in keep.items():
+        written = starts[j] + s if s < S else recache_tick[(j, s)]
+        arr = committed[d] if s >= S - 1 else inflight[d]  # s >= S: a re-encoded version
+        arr[written] += kv
         arr[until + 1] -= kv
-    # A committed (or re-encoded) version nobody reads later still exists on its producer during its tick.
+    transient = [[0] * n_ticks for _ in range(n_dev)]  # per tick: exchange buffers, outputs not kept
+    act = [[0] * n_ticks for _ in range(n_dev)]
     for b in workload.batches:
-        for j, v in b.refs:
-            task = schedule.task(j, v)
-            if task.kind != TaskKind.RECACHE and v != last:  # an in-flight version, counted above
-                continue
-            for ref in schedule.writes(task):  # the committed version, or a recache task's re-encodes
-                if workload.vindex(*ref) * span + b.device not in held:
-                    committed[b.device][b.tick] += kv
-                    committed[b.device][b.tick + 1] -= kv
+        act[b.device][b.tick] += act_per_member * len(b.contexts)
+    for t in schedule.tasks:  # each task's K/V (all layers) exists until its tick's end
+        refs = schedule.writes(t) if t.kind == TaskKind.RECACHE else (t.ref,)
+        for ref in refs:
+            if (t.device, ref) not in keep:
+                transient[t.device][t.tick] += kv
+    for tick, g in workload.gangs.items():
+        for (_, dst), n in g.sends.items():
+            transient[dst][tick] += n * layer_kv
 
-    cache = geometry.decode_cache_bytes
+    dec = geometry.decoder(decoder)
+    dec_bytes = (dec.weight_bytes + dec.cache_bytes) if dec is not None else 0
+    text = geometry.text_encoder.weight_bytes if geometry.text_encoder is not None else 0
+    margin = cluster.margin
     out = []
     for d in range(n_dev):
-        fixed = geometry.weight_bytes + (cache if d == decode_device else 0)
+        on_dec = d == plan.device
+        fixed = geometry.weight_bytes + (dec_bytes + text if on_dec else 0)
         best_total, best_tick, best_c, best_f = -1, 0, 0, 0
         c = f = 0
-        com, inf, ex, ac = committed[d], inflight[d], exchange[d], act[d]
+        com, inf, tr, ac = committed[d], inflight[d], transient[d], act[d]
         for n in range(n_ticks):
             c += com[n]
             f += inf[n]
-            total = c + f + ex[n] + ac[n]
+            total = c + f + tr[n] + ac[n]
             if total > best_total:
                 best_total, best_tick, best_c, best_f = total, n, c, f
-        parts = {
-            "weights": geometry.weight_bytes,
-            "committed_kv": best_c,
-            "inflight_kv": best_f + ex[best_tick],
-            "activations": ac[best_tick],
-            "decode_cache": cache if d == decode_device else 0,
-        }
-        out.append(DeviceMemory(d, fixed + max(best_total, 0), best_tick, parts))
-    return MemoryReport(tuple(out), cluster.gpu.hbm_bytes)
+        allocated = fixed + max(best_total, 0)
+        reserved = int(margin.reserve_bytes(allocated))
+        parts = {"weights": geometry.weight_bytes, "committed_kv": best_c, "inflight_kv": best_f + tr[best_tick],
+                 "activations": ac[best_tick], "decoder": dec_bytes if on_dec else 0,
+                 "text_encoder": text if on_dec else 0, "reserved": reserved}
+        out.append(DeviceMemory(d, allocated + reserved, best_tick, parts))
+    if plan.placement == "gpu":
+        allocated = dec_bytes + text
+        reserved = int(margin.reserve_bytes(allocated))
+        parts = dict.fromkeys(PARTS, 0)
+        parts.update(decoder=dec_bytes, text_encoder=text, reserved=reserved)
+        out.append(DeviceMemory(n_dev, allocated + reserved, 0, parts))
+    worst = max(out, key=lambda m: m.peak_bytes)
+    return MemoryReport(tuple(out), cluster.gpu.hbm_bytes,
+                        margin.describe(worst.peak_bytes - worst.parts["reserved"]))

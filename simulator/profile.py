@@ -1,22 +1,28 @@
-"""Measured cost tables: the ``cascade-profile/1`` file format and the cost model that interpolates it.
+"""Measured cost tables: the ``cascade-profile/2`` file format and the cost model that interpolates it.
 
 A profile is what a calibration run measures on one device kind with one model (``cascade calibrate``
 writes it; docs/simulator.md documents it)::
 
     {
-      "format": "cascade-profile/1",
+      "format": "cascade-profile/2",
       "model": "small",                       # the geometry it was measured with
       "provenance": {"device": "cpu", "torch": "2.11.0", "dtype": "float32", "threads": 2,
                      "date": "2025-11-25", "notes": "..."},
       "forward": [                            # one entry per measured shape
-        {"batch": 1, "query_tokens": 192, "context_tokens": 384, "seconds": 0.0121, "samples": 20},
+        {"batch": 1, "query_tokens": 192, "context_tokens": 384, "seconds": 0.0121, "samples": 20,
+         "peak_bytes": 0},                    # optional: the forward's peak memory (GPU calibration)
         ...
       ],
       "sample_s_per_task": 0.0002,            # sampler step of one denoise task
       "decode_s_per_block": 0.0011,           # decoding one block (12 video frames)
       "decode_first_block_s": 0.0009,         # optional: the first block (9 frames); default as above
+      "tick_overhead_s": 0.0004,              # optional: the tick loop's own time per tick with work
+      "text_encode_s": 0.0,                   # optional: encoding one prompt
+      "peak_memory_bytes": 0,                 # optional: the largest forward's peak (GPU calibration)
       "link": {"latency_s": 5e-05, "bandwidth_Bps": 2.0e9}   # optional alpha-beta fit of the backend
     }
+
+Version 1 files (without the three optional fields of version 2) still read.
 
 ``batch`` is the number of tasks one device runs in one forward, ``query_tokens`` the new tokens of each
 task (one block), ``context_tokens`` the tokens each task attends to (its own plus the visible KV), and
@@ -39,7 +45,8 @@ from typing import Any
 from cascade_sched.errors import SimulationError
 from simulator.catalog import MODELS, Link, ModelGeometry
 
-FORMAT = "cascade-profile/1"
+FORMAT = "cascade-profile/2"
+READS = ("cascade-profile/1", FORMAT)
 
 __all__ = ["FORMAT", "ForwardPoint", "Profile", "ProfileCost"]
 
@@ -53,6 +60,7 @@ class ForwardPoint:
     context_tokens: int
     seconds: float
     samples: int = 1
+    peak_bytes: int = 0  # the forward's peak device memory (GPU calibration), 0 where not measured
 
 
 def _num(data: Mapping[str, Any], key: str, where: str, integer: bool = False, optional: bool = False) -> Any:
@@ -80,6 +88,9 @@ class Profile:
     link_fit: tuple[float, float] | None = None  # (latency_s, bandwidth_Bps)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     path: str = ""
+    tick_overhead_s: float = 0.0
+    text_encode_s: float = 0.0
+    peak_memory_bytes: int = 0
 
     # -- I/O --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -90,12 +101,16 @@ class Profile:
             "provenance": dict(self.provenance),
             "forward": [
                 {"batch": p.batch, "query_tokens": p.query_tokens, "context_tokens": p.context_tokens,
-                 "seconds": p.seconds, "samples": p.samples}
+                 "seconds": p.seconds, "samples": p.samples, **({"peak_bytes": p.peak_bytes} if p.peak_bytes else {})}
                 for p in self.forward
             ],
             "sample_s_per_task": self.sample_s_per_task,
             "decode_s_per_block": self.decode_s_per_block,
+            "tick_overhead_s": self.tick_overhead_s,
+            "text_encode_s": self.text_encode_s,
         }
+        if self.peak_memory_bytes:
+            out["peak_memory_bytes"] = self.peak_memory_bytes
         if self.decode_first_block_s is not None:
             out["decode_first_block_s"] = self.decode_first_block_s
         if self.link_fit is not None:
@@ -112,8 +127,9 @@ class Profile:
         """Parse and check a profile object; every problem is one ``SimulationError`` line naming ``path``."""
         if not isinstance(data, dict):
             raise SimulationError(f"profile {path}: expected a JSON object")
-        if data.get("format") != FORMAT:
-            raise SimulationError(f"profile {path}: `format` must be {FORMAT!r}, got {data.get('format')!r}")
+        if data.get("format") not in READS:
+            raise SimulationError(f"profile {path}: `format` must be one of {', '.join(READS)}, "
+                                  f"got {data.get('format')!r}")
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise SimulationError(f"profile {path}: missing `model` (the geometry it was measured with)")
@@ -129,6 +145,7 @@ class Profile:
                 _num(e, "batch", where, integer=True), _num(e, "query_tokens", where, integer=True),
                 _num(e, "context_tokens", where, integer=True), float(_num(e, "seconds", where)),
                 _num(e, "samples", where, integer=True, optional=True) or 1,
+                _num(e, "peak_bytes", where, integer=True, optional=True) or 0,
             ))
             if points[-1].batch < 1:
                 raise SimulationError(f"{where}: `batch` must be at least 1")
@@ -153,6 +170,9 @@ class Profile:
             link_fit=link_fit,
             provenance=dict(prov) if isinstance(prov, dict) else {"notes": str(prov)},
             path=path,
+            tick_overhead_s=float(_num(data, "tick_overhead_s", where, optional=True) or 0.0),
+            text_encode_s=float(_num(data, "text_encode_s", where, optional=True) or 0.0),
+            peak_memory_bytes=int(_num(data, "peak_memory_bytes", where, integer=True, optional=True) or 0),
         )
 
     @classmethod
@@ -287,6 +307,12 @@ class ProfileCost:
         if block == 0 and p.decode_first_block_s is not None:
             return p.decode_first_block_s
         return p.decode_s_per_block
+
+    def text_s(self) -> float:
+        return self.profile.text_encode_s
+
+    def tick_s(self) -> float:
+        return self.profile.tick_overhead_s
 
     def check_shapes(self, query_tokens: int, batches: set[int]) -> None:
         """Raise one ``SimulationError`` line if a needed (query tokens, batch) shape is not covered."""

@@ -1,53 +1,79 @@
 """``SimResult``: what one simulated run predicts.
 
-The metrics are computed by :func:`cascade_sched.metrics.stream_metrics`, shared with the executors so a
-prediction and a measurement mean the same thing. Definitions (simulated time in seconds from the run's start, all devices idle with weights loaded):
+The stream metrics are a :class:`cascade_sched.metrics.StreamMetrics`, computed by the one definition the
+executors use too (:func:`cascade_sched.metrics.stream_metrics`), so a prediction and a measurement mean
+the same thing. Simulated time is in seconds from the run's start (all devices idle, weights loaded):
 
-- *denoised(b)*: the end of the batch that runs block b's last denoise stage
-  (``schedule.decode_ready_tick(b)``), its sampler step included: b's clean latent exists.
-- *decoded(b)*: the end of b's VAE decoding; the decoder takes blocks in order, so it is a chain.
-- *first_frame_s*: decoded(0), when the first video frames (9 for the Wan VAE) can be shown.
-- *steady state*: with W = the schedule's most blocks in flight and w the attention window in blocks,
-  the intervals ending at blocks ``max(W, w) .. B-W``: the first W blocks fill the pipeline, the first w
-  fill the window (a block attends to fewer blocks until then) and the last W-1 drain the pipeline.
-  With an unbounded window the cost of a block keeps growing and the rule uses W alone. When the rule
-  leaves no interval, every interval (blocks 1 .. B-1) counts; with one block there is none.
-- *fps*: video frames per second delivered in steady state, decoding included:
-  ``video_frames x n / (decoded(hi) - decoded(lo - 1))`` over the n steady intervals ``lo .. hi``
-  (the mean rate). With one block: first-block frames / decoded(0).
-- *paper_fps*: the paper's definition: ``video_frames`` (12 = 4 x 3 latent frames) over the *median*
-  steady-state interval between consecutive denoised(b), decoding excluded.
-- *interval_pXX_s*: percentiles (linear interpolation) of the steady-state intervals between consecutive
-  decoded(b), what a viewer sees; *jitter_s* = p99 - p50.
-- *switch_stalls*: per prompt switch at block p >= 1 (:func:`cascade_sched.metrics.switch_stalls`): the
-  largest interval between consecutive decoded(b) among the blocks ``p - W + 1 .. p + W - 1`` the switch
-  can touch (W = most blocks in flight), its excess over the median steady-state interval (``stall_s``)
-  and their ratio.
+- *denoised(b)*: the end of the batch that runs block b's last denoise stage, its sampler step included;
+- *decoded(b)*: the end of b's decoding (the decoder takes blocks in order: a chain); *first_frame_s* is
+  decoded(0), which includes encoding the first prompt;
+- *fps* (**delivered**): video frames over the steady-state span of decoded(b), what a viewer gets;
+  *paper_fps*: the paper's figure, 12 frames over the *median* steady interval of denoised(b), decoding
+  excluded. A run with periodic stalls has a median far above its delivered rate; the planner ranks by
+  delivered FPS;
+- *interval_pXX_s* and ``interval_max_s``: the distribution of the steady intervals between decoded blocks;
+- *gpus*: every GPU the run occupies: the denoising devices plus a decoder GPU of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from cascade_sched.metrics import StreamMetrics, steady_range
 
 if TYPE_CHECKING:
     from cascade_sched.metrics import SwitchStall
     from cascade_sched.schedule import KVRef
     from simulator.memory import MemoryReport
+    from simulator.prices import DecodePlan
     from simulator.workload import Workload
+
+PARTS = ("text", "tick", "forward", "cache", "sample", "exchange", "decode", "wait")
+"""The parts of a block's time (:meth:`SimResult.decomposition`)."""
 
 
 @dataclass
 class Timeline:
-    """The raw simulated times, kept for traces and Gantt charts (indices follow the workload)."""
+    """The raw simulated times, kept for traces, Gantt charts and the decomposition (indices follow the
+    workload)."""
 
     workload: Workload
     batch_start: list[float]  # forward start (the gang's start for a joint tick)
     batch_compute_end: list[float]  # this device's own forward end
     batch_end: list[float]  # after the gang's exchange and the sampler steps
     gang_comm: dict[int, tuple[float, float]]  # tick -> (start, seconds) of the exposed exchange
-    transfer_span: list[tuple[float, float]]
-    decode_span: list[tuple[float, float]]
+    past_span: list[tuple[float, float]]  # per past send: (start, seconds) on the wire
+    latent_span: list[tuple[float, float]]
+    decode_span: list[tuple[int, float, float]]  # per block: (device, start, seconds)
+    text_span: list[tuple[int, float, float]]  # per prompt: (device, start, seconds)
+    batch_raw: list[tuple[float, float, float]]  # per batch: forward, exchange (and waiting), sampler seconds
+    splitter: Callable[[int, float, float, float], tuple[float, float, float, float, float]]
+
+    @property
+    def batch_parts(self) -> list[tuple[float, float, float, float, float]]:
+        """Per batch: tick overhead, denoise forwards, cache passes, exchange, sampler (``Prices.split``)."""
+        return [self.splitter(bi, *raw) for bi, raw in enumerate(self.batch_raw)]
+
+    def busy(self, device: int, t0: float = 0.0, t1: float = float("inf"), decode: bool = True) -> dict[str, float]:
+        """Seconds ``device`` spent on each part (``PARTS`` less ``wait``) in work that started in [t0, t1)
+        (``decode=False``: without decoding, which ran on a second stream beside the rest)."""
+        out = dict.fromkeys(PARTS[:-1], 0.0)
+        w = self.workload
+        names = ("tick", "forward", "cache", "exchange", "sample")
+        bats = w.device_batches[device] if device < len(w.device_batches) else ()
+        for bi in bats:
+            if t0 <= self.batch_start[bi] < t1:
+                for name, v in zip(names, self.splitter(bi, *self.batch_raw[bi]), strict=True):
+                    out[name] += v
+        for d, s, dur in self.decode_span:
+            if decode and d == device and t0 <= s < t1:
+                out["decode"] += dur
+        for d, s, dur in self.text_span:
+            if d == device and t0 <= s < t1:
+                out["text"] += dur
+        return out
 
 
 @dataclass
@@ -56,49 +82,129 @@ class SimResult:
 
     model: str
     cluster: str
-    cost: str  # the cost model's name: profile, roofline, baseline-fps, uniform
+    gpu: str
+    cost: str  # the cost model's name: parts, roofline, baseline-fps, profile, uniform
     cost_source: str  # where its numbers came from
     spec: dict[str, Any]
-    decode_device: str
+    decode: DecodePlan
     overlap: bool
     fits: bool
-    makespan_s: float
-    fps: float
-    paper_fps: float
-    first_frame_s: float
-    interval_p50_s: float
-    interval_p95_s: float
-    interval_p99_s: float
-    steady_blocks: tuple[int, int]  # first and last block whose interval counts (inclusive)
+    metrics: StreamMetrics
     switch_stalls: tuple[SwitchStall, ...]  # one per prompt switch at a block >= 1
     block_started_s: tuple[float, ...]
     block_denoised_s: tuple[float, ...]
     block_committed_s: tuple[float, ...]
     block_decoded_s: tuple[float, ...]
-    device_busy_s: tuple[float, ...]  # per device; the last entry is the decoder when it has its own GPU
-    device_comm_s: tuple[float, ...]
     bytes_by_link: dict[str, int]
     bytes_by_kind: dict[str, int]
-    peak_memory_bytes: tuple[int, ...]
-    memory_capacity_bytes: int
     num_tasks: int
-    executed: tuple[KVRef, ...] = field(repr=False, default=())
-    memory: MemoryReport | None = field(repr=False, default=None)
+    memory: MemoryReport = field(repr=False)
     timeline: Timeline | None = field(repr=False, default=None)
+
+    # -- the stream metrics -----------------------------------------------------------------------------
+    @property
+    def fps(self) -> float:
+        """Delivered FPS: video frames over the steady span of decoded blocks."""
+        return self.metrics.fps
+
+    @property
+    def paper_fps(self) -> float:
+        """The paper's FPS: 12 frames over the median steady denoise interval, decoding excluded."""
+        return self.metrics.paper_fps
+
+    @property
+    def first_frame_s(self) -> float:
+        return self.metrics.first_frame_s
+
+    @property
+    def makespan_s(self) -> float:
+        return self.metrics.makespan_s
+
+    @property
+    def interval_p50_s(self) -> float:
+        return self.metrics.interval_p50_s
+
+    @property
+    def interval_p95_s(self) -> float:
+        return self.metrics.interval_p95_s
+
+    @property
+    def interval_p99_s(self) -> float:
+        return self.metrics.interval_p99_s
+
+    @property
+    def steady_blocks(self) -> tuple[int, int]:
+        return self.metrics.steady_blocks
+
+    @property
+    def intervals_s(self) -> list[float]:
+        """The steady-state intervals between consecutive decoded blocks, in block order."""
+        r = steady_range(len(self.block_decoded_s), self.max_in_flight, self.spec.get("window"))
+        d = self.block_decoded_s
+        return [d[b] - d[b - 1] for b in r]
+
+    @property
+    def interval_max_s(self) -> float:
+        return max(self.intervals_s, default=0.0)
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.timeline.workload.schedule.max_in_flight() if self.timeline is not None else 1
 
     @property
     def jitter_s(self) -> float:
         """p99 - p50 of the steady-state intervals between decoded blocks."""
         return self.interval_p99_s - self.interval_p50_s
 
+    # -- devices, bytes, memory -------------------------------------------------------------------------
+    @property
+    def denoising_gpus(self) -> int:
+        return int(self.spec["num_devices"])
+
+    @property
+    def gpus(self) -> int:
+        """Every GPU the run occupies: the denoising devices plus a decoder GPU of its own."""
+        return self.denoising_gpus + self.decode.extra_gpus
+
     @property
     def bytes_total(self) -> int:
         """Every byte moved between devices."""
         return sum(self.bytes_by_kind.values())
 
+    @property
+    def peak_memory_bytes(self) -> tuple[int, ...]:
+        """Per GPU (a decoder GPU of its own last), its peak, the margin included."""
+        return tuple(d.peak_bytes for d in self.memory.devices)
+
+    @property
+    def memory_capacity_bytes(self) -> int:
+        return self.memory.capacity_bytes
+
+    @property
+    def executed(self) -> tuple[KVRef, ...]:
+        """Every task the run executed (each exactly once: the engine checks it)."""
+        if self.timeline is None:
+            return ()
+        return tuple(ref for b in self.timeline.workload.batches for ref in b.refs)
+
+    @property
+    def device_busy_s(self) -> tuple[float, ...]:
+        """Per GPU: seconds of compute (forwards, sampler, tick overhead, decoding, text encoding)."""
+        return tuple(sum(v for k, v in self._busy(d).items() if k != "exchange") for d in range(self.gpus))
+
+    @property
+    def device_comm_s(self) -> tuple[float, ...]:
+        """Per GPU: seconds of exposed exchange (and waiting for the gang's slowest member)."""
+        return tuple(self._busy(d)["exchange"] for d in range(self.gpus))
+
+    def _busy(self, device: int, t0: float = 0.0, t1: float = float("inf")) -> dict[str, float]:
+        if self.timeline is None:
+            return dict.fromkeys(PARTS[:-1], 0.0)
+        overlapped = self.decode.placement == "stream" and device == self.decode.device
+        return self.timeline.busy(device, t0, t1, decode=not overlapped)
+
     def shares(self) -> list[dict[str, float]]:
-        """Per device: busy (compute, sampling, decoding), communicating (exposed exchange) and idle
-        shares of the makespan."""
+        """Per GPU: busy, communicating and idle shares of the makespan."""
         out = []
         span = self.makespan_s or 1.0
         for busy, comm in zip(self.device_busy_s, self.device_comm_s, strict=True):
@@ -106,26 +212,67 @@ class SimResult:
             out.append({"busy": b, "comm": c, "idle": max(0.0, 1.0 - b - c)})
         return out
 
+    # -- where the time goes ----------------------------------------------------------------------------
+    def decomposition(self, device: int | None = None) -> dict[str, float]:
+        """Seconds per delivered block by part (``PARTS``) on ``device`` (default: the decoding device, or
+        device 0 when the decoder has a GPU of its own) over the steady state: what that device spent on
+        each part divided by the steady blocks, and ``wait`` for the rest of the interval. The parts sum to
+        the delivered interval (12 frames / ``fps``)."""
+        d = (self.decode.device if self.decode.placement != "gpu" else 0) if device is None else device
+        lo, hi = self.steady_blocks
+        dec = self.block_decoded_s
+        n = hi - lo + 1 if hi >= lo and hi > 0 else 0
+        if n <= 0:
+            t0, t1, n = 0.0, self.makespan_s, max(1, len(dec))
+        else:
+            t0, t1 = dec[lo - 1], dec[hi]
+        out = {k: v / n for k, v in self._busy(d, t0, t1).items()}
+        out["wait"] = max(0.0, (t1 - t0) / n - sum(out.values()))
+        return out
+
+    def bottleneck(self) -> tuple[str, str]:
+        """(what limits the delivered FPS, what would lift it): ``memory``, ``decode``, ``exchange`` or
+        ``compute``."""
+        if not self.fits:
+            return "memory", "a smaller --window, more GPUs or a larger GPU"
+        per_block = self.decomposition()
+        interval = sum(per_block.values()) or 1.0
+        if self.decode.placement == "gpu":
+            dec = self.decomposition(self.decode.device)
+            if dec["decode"] >= 0.9 * interval:
+                return "decode", "a faster decoder (--decoder taehv) or decoding on more GPUs"
+        share = {"decode": per_block["decode"], "exchange": per_block["exchange"],
+                 "compute": sum(per_block[k] for k in ("forward", "cache", "tick", "sample", "text"))}
+        worst = max(share, key=lambda k: share[k])
+        lift = {"decode": "decode on a GPU of its own (--decode gpu), on a second stream (--decode stream) or "
+                          "with the TAEHV decoder (--decoder taehv)",
+                "exchange": "a faster link, causal instead of bidirectional attention, or --overlap",
+                "compute": "more GPUs (while blocks in flight exceed them), a smaller --window or a faster GPU"}
+        return worst, lift[worst]
+
+    # -- output -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: every metric, per-block and per-device figures, bytes and the provenance."""
+        """JSON-ready: every metric, per-block and per-device figures, bytes, memory and the provenance."""
+        m = self.metrics
+        neck, lift = self.bottleneck()
         return {
             "model": self.model,
             "cluster": self.cluster,
+            "gpus": self.gpus,
+            "denoising_gpus": self.denoising_gpus,
+            "decode": {"placement": self.decode.placement, "device": self.decode.device,
+                       "where": self.decode.describe()},
             "cost": self.cost,
             "cost_source": self.cost_source,
             "spec": self.spec,
-            "decode_device": self.decode_device,
             "overlap": self.overlap,
             "fits": self.fits,
-            "fps": self.fps,
-            "paper_fps": self.paper_fps,
-            "makespan_s": self.makespan_s,
-            "first_frame_s": self.first_frame_s,
-            "interval_p50_s": self.interval_p50_s,
-            "interval_p95_s": self.interval_p95_s,
-            "interval_p99_s": self.interval_p99_s,
+            **m.to_dict(),
+            "interval_max_s": self.interval_max_s,
             "jitter_s": self.jitter_s,
-            "steady_blocks": list(self.steady_blocks),
+            "bottleneck": neck,
+            "lift": lift,
+            "decomposition_s": self.decomposition(),
             "switch_stalls": [s.to_dict() for s in self.switch_stalls],
             "num_tasks": self.num_tasks,
             "block_started_s": list(self.block_started_s),
@@ -133,26 +280,34 @@ class SimResult:
             "block_committed_s": list(self.block_committed_s),
             "block_decoded_s": list(self.block_decoded_s),
             "devices": [
-                {"device": d, "busy_s": b, "comm_s": c, **s}
-                for d, (b, c, s) in enumerate(zip(self.device_busy_s, self.device_comm_s, self.shares(), strict=True))
+                {"device": d, "busy_s": b, "comm_s": c, **s,
+                 "peak_memory_bytes": self.peak_memory_bytes[d] if d < len(self.peak_memory_bytes) else 0}
+                for d, (b, c, s) in enumerate(zip(self.device_busy_s, self.device_comm_s, self.shares(),
+                                                  strict=True))
             ],
             "bytes_total": self.bytes_total,
             "bytes_by_kind": self.bytes_by_kind,
             "bytes_by_link": self.bytes_by_link,
             "peak_memory_bytes": list(self.peak_memory_bytes),
             "memory_capacity_bytes": self.memory_capacity_bytes,
+            "memory_margin": self.memory.margin,
         }
 
     def summary(self) -> str:
-        """A few human lines: throughput, latency, jitter, devices, bytes, memory, provenance."""
+        """A few human lines: GPUs, throughput, latency, interval distribution, devices, bytes, provenance."""
         gb = 1e9
+        neck, lift = self.bottleneck()
+        per = self.decomposition()
         lines = [
-            f"{self.model} on {self.cluster}; cost {self.cost}; decode on {self.decode_device}",
-            f"  FPS {self.fps:.2f} (decoding included)   paper FPS {self.paper_fps:.2f} (denoising only)",
-            f"  first frame {self.first_frame_s:.3f} s   makespan {self.makespan_s:.3f} s   "
-            f"steady blocks {self.steady_blocks[0]}..{self.steady_blocks[1]}",
+            f"{self.model} on {self.cluster}; {self.gpus} GPU(s) in all; decode {self.decode.describe()}; "
+            f"cost {self.cost}",
+            f"  delivered FPS {self.fps:.2f}   paper-style FPS {self.paper_fps:.2f} (12 frames over the median "
+            f"interval between denoised blocks)   first frame {self.first_frame_s:.3f} s",
             f"  block interval p50 {self.interval_p50_s * 1e3:.1f} ms  p95 {self.interval_p95_s * 1e3:.1f} ms  "
-            f"p99 {self.interval_p99_s * 1e3:.1f} ms  (jitter {self.jitter_s * 1e3:.1f} ms)",
+            f"max {self.interval_max_s * 1e3:.1f} ms  (steady blocks {self.steady_blocks[0]}..{self.steady_blocks[1]},"
+            f" makespan {self.makespan_s:.3f} s)",
+            "  per block: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in per.items() if v > 0) + " ms",
+            f"  bottleneck: {neck} (lift it with {lift})",
         ]
         for st in self.switch_stalls:
             lines.append(f"  switch at block {st.at_block}: stall {st.stall_s * 1e3:.1f} ms (interval "
@@ -160,9 +315,10 @@ class SimResult:
                          f"{st.steady_s * 1e3:.1f} ms, x{st.ratio:.2f})")
         for d, s in enumerate(self.shares()):
             mem = (f"  peak {self.peak_memory_bytes[d] / gb:.1f} of {self.memory_capacity_bytes / gb:.0f} GB"
-                   if d < len(self.peak_memory_bytes) else "  (decoder)")
-            lines.append(f"  d{d}: busy {s['busy']:.0%}  comm {s['comm']:.0%}  idle {s['idle']:.0%}{mem}")
+                   if d < len(self.peak_memory_bytes) else "")
+            role = " (decoder)" if self.decode.placement == "gpu" and d == self.decode.device else ""
+            lines.append(f"  d{d}{role}: busy {s['busy']:.0%}  comm {s['comm']:.0%}  idle {s['idle']:.0%}{mem}")
         kinds = ", ".join(f"{k} {v / gb:.2f} GB" for k, v in self.bytes_by_kind.items())
-        lines.append(f"  moved {self.bytes_total / gb:.2f} GB ({kinds})")
+        lines.append(f"  moved {self.bytes_total / gb:.2f} GB ({kinds}); memory reserved per GPU: {self.memory.margin}")
         lines.append(f"  costs: {self.cost_source}")
         return "\n".join(lines)

@@ -1,5 +1,8 @@
-"""Processor sharing for devices that are processes on one host (CPU ranks): the SimPy resource behind
-``Cluster(host_cores=...)``.
+"""Processor sharing: jobs that run at once on one compute resource slow each other down.
+
+Two resources use it: :class:`SharedHost`, the host's cores shared by CPU ranks (``Cluster(host_cores=...)``),
+and :class:`SharedDevice`, one GPU whose compute stream and a second stream (an overlapped VAE decode) run
+at once.
 
 A job is an amount of *work*, the seconds it takes one device computing alone on an idle host. While n
 jobs are in progress each advances at ``1 / cluster.host_slowdown(n)`` work-seconds per second, and the
@@ -7,7 +10,7 @@ rate is re-evaluated whenever a job starts or ends, so a rank that computes alon
 next to its peer for the rest is priced as such (a per-tick factor cannot express that partial overlap).
 
 >>> import simpy
->>> from simulator.catalog import Cluster
+>>> from simulator.cluster import Cluster
 >>> env = simpy.Environment()
 >>> host = SharedHost(env, Cluster(Cluster.of("h100-sxm", 2).gpu, 2, host_cores=1))
 >>> done = {}
@@ -25,9 +28,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulator.catalog import Cluster
+from simulator.cluster import Cluster
 
-__all__ = ["SharedHost"]
+__all__ = ["SharedDevice", "SharedHost"]
 
 
 class SharedHost:
@@ -37,7 +40,7 @@ class SharedHost:
         self.env = env
         self.cluster = cluster
         # The share of cores (interference apart): one entry per number of jobs computing at once.
-        self._share = [cluster.host_share(n) for n in range(cluster.num_gpus + 2)]
+        self._share = [cluster.host_share(n) for n in range(cluster.num_gpus + 3)]
         self._jobs: dict[int, list[Any]] = {}  # id -> [work left, interference, event]
         self._next_id = 0
         self._last = 0.0
@@ -52,10 +55,13 @@ class SharedHost:
             ev.succeed()
             return ev
         self._advance()
-        self._jobs[self._next_id] = [work, self.cluster.interference(batch), ev]
+        self._jobs[self._next_id] = [work, self._interference(batch), ev]
         self._next_id += 1
         self._plan()
         return ev
+
+    def _interference(self, batch: int) -> float:
+        return self.cluster.interference(batch)
 
     def _slowdown(self, interference: float) -> float:
         n = len(self._jobs)
@@ -88,3 +94,36 @@ class SharedHost:
         for k in [k for k, job in self._jobs.items() if k == first or job[0] <= tol]:
             self._jobs.pop(k)[2].succeed()
         self._plan()
+
+
+class SharedDevice(SharedHost):
+    """One GPU running two streams: while both have a job, each runs ``contention`` times slower (2.0 is
+    plain time slicing, 1.0 a free overlap); alone, a job runs at full speed.
+
+    >>> import simpy
+    >>> env = simpy.Environment()
+    >>> gpu = SharedDevice(env, 1.5)
+    >>> done = {}
+    >>> def job(name, work):
+    ...     yield gpu.run(work)
+    ...     done[name] = env.now
+    >>> _ = env.process(job("compute", 1.0)), env.process(job("decode", 3.0))
+    >>> env.run()
+    >>> done  # both at 1/1.5 speed until compute ends at 1.5; decode has 2 s of work left, alone
+    {'compute': 1.5, 'decode': 3.5}
+    """
+
+    def __init__(self, env: Any, contention: float) -> None:
+        self.env = env
+        self.contention = contention
+        self._share = [1.0, 1.0, 1.0]
+        self._jobs = {}
+        self._next_id = 0
+        self._last = 0.0
+        self._plan_id = 0
+
+    def _interference(self, batch: int) -> float:
+        return self.contention
+
+    def _slowdown(self, interference: float) -> float:
+        return interference if len(self._jobs) > 1 else 1.0

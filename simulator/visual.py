@@ -1,15 +1,16 @@
-"""Pictures of a simulated run: the Chrome trace (through ``cascade_sched.trace``), a Gantt PNG, and the
-planner's FPS-against-GPU-count plot. Matplotlib is imported only when a picture is drawn.
+"""Pictures of simulated runs: the Chrome trace (through ``cascade_sched.trace``), a Gantt PNG, the interval
+between decoded blocks (periodic stalls), the decomposition of a block's time as stacked bars, and the
+planner's FPS-against-GPUs plot. Matplotlib is imported only when a picture is drawn.
 
 Trace layout and event names: :mod:`cascade_sched.trace` (the executors write the same). Flow arrows join
-a task to the first task that waits for data it sent to another device, and a block's last denoise task
-to its decoding.
+a task to the first task that waits for a past send it made, and a block's last denoise task to its
+decoding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cascade_sched.errors import SimulationError
 from cascade_sched.schedule import task_name
@@ -17,6 +18,7 @@ from cascade_sched.trace import (
     COMM,
     COMPUTE,
     DECODE,
+    HOST,
     SAMPLE,
     TraceEvent,
     TraceFlow,
@@ -25,12 +27,15 @@ from cascade_sched.trace import (
     transfer_name,
     write_chrome_trace,
 )
+from simulator.result import PARTS
 
 if TYPE_CHECKING:
     from simulator.plan import PlanPoint
     from simulator.result import SimResult, Timeline
 
 MAX_FLOWS = 20000
+PART_COLOURS = {"text": "#8c564b", "tick": "#7f7f7f", "forward": "#1f77b4", "cache": "#17becf",
+                "sample": "#bcbd22", "exchange": "#ff7f0e", "decode": "#d62728", "wait": "#dddddd"}
 
 
 def _timeline(result: SimResult) -> Timeline:
@@ -43,6 +48,7 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
     """The trace's slices and flow arrows (see the module docstring)."""
     tl = _timeline(result)
     w = tl.workload
+    sched = w.schedule
     events: list[TraceEvent] = []
     task_event: dict[tuple[int, int], TraceEvent] = {}
     for bi, b in enumerate(w.batches):
@@ -52,51 +58,49 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
                             {"tick": b.tick, "batch": len(b.refs)})
             events.append(ev)
             task_event[(j, v)] = ev
-            for ref in w.schedule.writes(w.schedule.task(j, v)):  # a recache task writes several
-                task_event[ref] = ev
-        if b.n_denoise:  # the sampler steps fill the time between the forward's end and the batch's
+        if b.n_denoise:  # the sampler steps fill the time between the forward's (or gang's) end and the batch's
             f_end = cend
-            if b.tick in tl.gang_comm:
+            if b.tick in tl.gang_comm and b.device in w.gangs[b.tick].devices:
                 g0, gd = tl.gang_comm[b.tick]
                 f_end = max(cend, g0 + gd)
             step = (end - f_end) / b.n_denoise
             t = f_end
             if step > 0:
-                for j, v in (r for r in b.refs if 0 <= r[1] < w.schedule.spec.num_denoise):
+                for j, v in (r for r in b.refs if 0 <= r[1] < sched.spec.num_denoise):
                     events.append(TraceEvent(task_name(j, v), b.device, SAMPLE, t, step, {"tick": b.tick}))
                     t += step
     for tick, (start, dur) in tl.gang_comm.items():
         if dur <= 0:
             continue
-        for bi in w.tick_batches[tick]:
-            events.append(TraceEvent(exchange_name(tick), w.batches[bi].device, COMM, start, dur,
-                                     {"tick": tick}))
-    consumer: dict[int, int] = {}
-    for bi, b in enumerate(w.batches):
-        for ti in b.inputs:
-            consumer.setdefault(ti, bi)
-    flows: list[TraceFlow] = []
+        for d in w.gangs[tick].devices:
+            events.append(TraceEvent(exchange_name(tick), d, COMM, start, dur, {"tick": tick}))
+    # One comm slice per (sending device, tick) for everything it sent after that tick, as the executor writes.
+    sent: dict[tuple[int, int], list[float]] = {}
+    ends = [(m.src, t) for m, t in zip(w.past, w.past_tick, strict=True)] + [(m.src, m.tick) for m in w.latents]
+    for (s0, dur), key in zip(tl.past_span + tl.latent_span, ends, strict=True):
+        slot = sent.setdefault(key, [s0, s0 + dur])
+        slot[0], slot[1] = min(slot[0], s0), max(slot[1], s0 + dur)
+    for (src, tick), (s0, s1) in sorted(sent.items()):
+        events.append(TraceEvent(transfer_name(tick), src, COMM, s0, s1 - s0, {"tick": tick}))
     decode_event: dict[int, TraceEvent] = {}
-    for blk, (start, dur) in enumerate(tl.decode_span):
-        ev = TraceEvent(decode_name(blk), w.decode_device, DECODE, start, dur, {"block": blk})
+    for blk, (d, start, dur) in enumerate(tl.decode_span):
+        ev = TraceEvent(decode_name(blk), d, DECODE, start, dur, {"block": blk})
         events.append(ev)
         decode_event[blk] = ev
-    K = w.schedule.spec.num_denoise
-    for ti, tr in enumerate(w.transfers):
-        start, dur = tl.transfer_span[ti]
-        j, v = tr.ref
-        tick = w.batches[tr.producer].tick
-        events.append(TraceEvent(transfer_name(tick), tr.src, COMM, start, dur,
-                                 {"tick": tick, "what": f"{tr.kind} B{j}S{v}", "dst": tr.dst, "bytes": tr.nbytes}))
+    for job, (d, start, dur) in enumerate(tl.text_span):
+        events.append(TraceEvent(f"text B{w.texts[job].block}", d, HOST, start, dur, {"block": w.texts[job].block}))
+    flows: list[TraceFlow] = []
+    for pi, ps in enumerate(w.past):
         if len(flows) >= MAX_FLOWS:
-            continue
-        src_ev = task_event[tr.ref]
-        if ti in consumer:
-            c = w.batches[consumer[ti]]
-            dst_ev = task_event[c.refs[0]]
-            flows.append(TraceFlow(src_ev, dst_ev, tr.kind))
-        elif v == K - 1 and tr.dst == w.decode_device:
-            flows.append(TraceFlow(src_ev, decode_event[j], "decode"))
+            break
+        reader = next((bi for bi in w.device_batches[ps.dst] if w.batches[bi].tick > w.past_tick[pi]), None)
+        if reader is not None and ps.ref in task_event and pi < len(tl.past_span):
+            flows.append(TraceFlow(task_event[ps.ref], task_event[w.batches[reader].refs[0]], "kv"))
+    K = sched.spec.num_denoise
+    for blk in range(sched.num_blocks):
+        if len(flows) >= MAX_FLOWS:
+            break
+        flows.append(TraceFlow(task_event[(blk, K - 1)], decode_event[blk], "decode"))
     return events, flows
 
 
@@ -108,78 +112,134 @@ def write_trace(result: SimResult, path: str) -> None:
     write_chrome_trace(path, events, flows, meta)
 
 
-def draw_gantt(result: SimResult, path: str, max_ticks: int | None = 60) -> None:
-    """A Gantt chart PNG: one row per device (and the decoder), compute bars coloured by block, exchanges
-    and transfers hatched, decoding dark; ``max_ticks`` limits it to the first ticks (None: all)."""
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def draw_gantt(result: SimResult, path: str, max_ticks: int | None = 60) -> None:
+    """A Gantt chart PNG: one row per GPU (the decoder's too), compute bars coloured by block, exchanges
+    and transfers hatched, decoding dark red; ``max_ticks`` limits it to the first ticks (None: all)."""
+    plt = _plt()
     tl = _timeline(result)
     w = tl.workload
     limit = max_ticks if max_ticks is not None else w.schedule.num_ticks
     horizon = max((tl.batch_end[bi] for bi, b in enumerate(w.batches) if b.tick < limit), default=0.0)
-    n_rows = max(w.schedule.num_devices, w.decode_device + 1)
+    n_rows = result.gpus
     fig, ax = plt.subplots(figsize=(12, 1 + 0.55 * n_rows))
     cmap = plt.get_cmap("tab10")
     for bi, b in enumerate(w.batches):
         if b.tick >= limit:
             continue
         start, cend = tl.batch_start[bi], tl.batch_compute_end[bi]
-        blk = b.refs[0][0]
-        ax.broken_barh([(start, cend - start)], (b.device - 0.4, 0.5), facecolors=cmap(blk % 10), edgecolor="k",
-                       linewidth=0.3)
-        label = "+".join(task_name(j, v) for j, v in b.refs)
+        ax.broken_barh([(start, cend - start)], (b.device - 0.4, 0.5), facecolors=cmap(b.refs[0][0] % 10),
+                       edgecolor="k", linewidth=0.3)
         if cend - start > horizon / 60:
-            ax.text(start + (cend - start) / 2, b.device - 0.15, label, ha="center", va="center", fontsize=6)
+            ax.text(start + (cend - start) / 2, b.device - 0.15, "+".join(task_name(j, v) for j, v in b.refs),
+                    ha="center", va="center", fontsize=6)
     for tick, (start, dur) in tl.gang_comm.items():
         if tick < limit and dur > 0:
-            for bi in w.tick_batches[tick]:
-                ax.broken_barh([(start, dur)], (w.batches[bi].device + 0.12, 0.25), facecolors="0.7", hatch="//")
-    for ti, (start, dur) in enumerate(tl.transfer_span):
+            for d in w.gangs[tick].devices:
+                ax.broken_barh([(start, dur)], (d + 0.12, 0.25), facecolors="0.7", hatch="//")
+    for (start, dur), m in zip(tl.past_span, w.past, strict=True):
         if start <= horizon and dur > 0:
-            ax.broken_barh([(start, dur)], (w.transfers[ti].src + 0.12, 0.25), facecolors="0.85", hatch="..")
-    for start, dur in tl.decode_span:
+            ax.broken_barh([(start, dur)], (m.src + 0.12, 0.25), facecolors="0.85", hatch="..")
+    for d, start, dur in tl.decode_span:
         if start <= horizon:
-            ax.broken_barh([(start, max(dur, horizon / 2000))], (w.decode_device - 0.4, 0.5), facecolors="0.25")
+            ax.broken_barh([(start, max(dur, horizon / 2000))], (d - 0.4 + (0.5 if result.decode.placement == "stream"
+                                                                             else 0.0), 0.5 if result.decode.placement != "stream" else 0.3),
+                           facecolors="#8b0000")
     ax.set_yticks(range(n_rows))
-    ax.set_yticklabels([f"d{d}" + (" (decode)" if d == w.decode_device else "") for d in range(n_rows)])
+    ax.set_yticklabels([f"d{d}" + (" (decode)" if d == result.decode.device else "") for d in range(n_rows)])
     ax.invert_yaxis()
     ax.set_xlim(0, horizon * 1.01 if horizon > 0 else 1)
     ax.set_xlabel("simulated seconds")
-    ax.set_title(f"{result.model} on {result.cluster}: {result.fps:.1f} FPS, first frame {result.first_frame_s:.2f} s "
-                 f"(cost {result.cost})", fontsize=9)
+    ax.set_title(f"{result.model} on {result.gpus} x {result.gpu}, decode {result.decode.describe()}: {result.fps:.1f} "
+                 f"FPS delivered, first frame {result.first_frame_s:.2f} s (cost {result.cost})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw_intervals(result: SimResult, path: str) -> None:
+    """The interval between consecutive decoded blocks against the block, with p50, p95 and the delivered
+    rate's mean: periodic stalls show as spikes a median hides."""
+    plt = _plt()
+    dec = result.block_decoded_s
+    blocks = list(range(1, len(dec)))
+    gaps = [1e3 * (dec[b] - dec[b - 1]) for b in blocks]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.plot(blocks, gaps, "o-", markersize=3, linewidth=1, label="interval between decoded blocks")
+    lo, hi = result.steady_blocks
+    ax.axvspan(lo - 0.5, hi + 0.5, color="0.93", label="steady state")
+    mean = 12e3 / result.fps if result.fps > 0 else 0.0
+    for value, style, label in ((result.interval_p50_s * 1e3, "--", "p50"), (result.interval_p95_s * 1e3, ":", "p95"),
+                                (mean, "-", f"mean ({result.fps:.1f} FPS delivered)")):
+        ax.axhline(value, linestyle=style, color="k", linewidth=0.8, label=f"{label} {value:.0f} ms")
+    ax.set_xlabel("block")
+    ax.set_ylabel("ms")
+    ax.set_title(f"{result.model}, {result.gpus} x {result.gpu}, lag {result.spec.get('lag')}, "
+                 f"{result.spec.get('attention')}: paper-style FPS {result.paper_fps:.1f}, delivered {result.fps:.1f}",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw_decomposition(rows: Sequence[tuple[str, SimResult]], path: str, title: str = "") -> None:
+    """Stacked bars, one per (label, result): the seconds of one delivered block by part
+    (``SimResult.decomposition``), so the bar's height is the delivered interval."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.6))
+    labels = [label for label, _ in rows]
+    bottoms = [0.0] * len(rows)
+    parts = [r.decomposition() for _, r in rows]
+    for part in PARTS:
+        heights = [1e3 * p[part] for p in parts]
+        if not any(heights):
+            continue
+        ax.bar(labels, heights, bottom=bottoms, color=PART_COLOURS[part], label=part, edgecolor="white", linewidth=0.5)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for i, (_, r) in enumerate(rows):
+        ax.text(i, bottoms[i], f"{r.fps:.1f} FPS\n{r.gpus} GPU", ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("ms per delivered block")
+    ax.set_title(title or "where a block's time goes", fontsize=9)
+    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    ax.set_ylim(0, max(bottoms, default=1.0) * 1.25)
+    plt.setp(ax.get_xticklabels(), fontsize=7, rotation=20, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None = None) -> None:
-    """FPS (decoding included) against GPU count, one line per lag (the best attention and link at each
-    point that fits), one panel per model; the target FPS as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Delivered FPS against GPUs in all (a decoder GPU counted), one line per decode placement (the best
+    lag, attention, window and link at each count that fits), one panel per model; the target dashed."""
+    plt = _plt()
     models = list(dict.fromkeys(p.model for p in points))
     fig, axes = plt.subplots(1, max(1, len(models)), figsize=(6 * max(1, len(models)), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        best: dict[int, dict[int, float]] = {}
+        best: dict[str, dict[int, float]] = {}
         for p in points:
             if p.model != model or not p.fits:
                 continue
-            line = best.setdefault(p.lag, {})
+            key = p.decode + (f" ({p.decoder})" if p.decoder != "vae" else "")
+            line = best.setdefault(key, {})
             line[p.gpus] = max(line.get(p.gpus, 0.0), p.fps)
-        for lag in sorted(best):
-            xs = sorted(best[lag])
-            ax.plot(xs, [best[lag][x] for x in xs], marker="o", label=f"lag {lag}")
+        for key in sorted(best):
+            xs = sorted(best[key])
+            ax.plot(xs, [best[key][x] for x in xs], marker="o", label=f"decode {key}")
         if target_fps:
             ax.axhline(target_fps, color="k", linestyle="--", linewidth=1, label=f"target {target_fps:g} FPS")
         ax.set_title(model)
-        ax.set_xlabel("GPUs (denoising)")
-        ax.set_ylabel("FPS (decoding included)")
+        ax.set_xlabel("GPUs in all")
+        ax.set_ylabel("delivered FPS")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

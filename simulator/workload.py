@@ -1,300 +1,240 @@
-"""What a schedule asks of the hardware, before any costs: batches, dependencies and data movement.
+"""What a schedule asks of the hardware, before any costs: batches, messages and synchronisations.
 
-:func:`build_workload` reads only the ``Schedule`` (tasks, ticks, devices, reads) and the model geometry;
-it never re-derives which task runs where or what it reads. From the reads it derives:
+:func:`build_workload` reads the ``Schedule`` (its tasks, their ticks and devices) and the core's
+:class:`~cascade_sched.transfers.TransferPlan`, the very messages the distributed executor posts, and
+re-derives nothing:
 
-- a *batch* per (tick, device): the device's tasks of that tick, run as one forward;
-- the *dependencies* of a batch: the batches that produced its latent (stage s-1 of the same block) and
-  every KV version it reads that was produced at an earlier tick;
-- *transfers*: each KV version moves once to every other device that reads it (a committed block to
-  every device whose tasks read it later; with ``stale`` attention, last tick's version); a latent moves
-  when stage s-1 and stage s of a block run on different devices, and to the decoder;
-- *exchanges*: a version read in the same tick by a task on another device (joint ``causal`` /
-  ``bidirectional`` attention) is exchanged per layer inside that tick's gang. A device that got a
-  version by exchange keeps it, so a later read there moves nothing again.
+- a *batch* per (tick, device): the device's tasks of that tick, run as one forward; its members are
+  ``Schedule.forward_inputs`` (a recache task has one cache pass per block it re-encodes), each attending
+  to its own tokens plus the versions it reads;
+- a *gang* per tick with gang sends: the devices that exchange K/V in that tick's forward, with the bytes
+  each sends to and receives from each peer per layer (one message per version and layer);
+- *past sends*: the plan's K/V versions sent after the tick that produced them (two messages per layer), each waited
+  for by the batch on the receiving device that first reads it (``TransferPlan.first_read``);
+- *latent messages*: posted after a tick and waited for by both ends before their next tick (the tick
+  loop waits for its latent sends and receives), so each is a synchronisation of its two devices;
+- *text jobs*: one prompt encoding per prompt segment (block 0, and every switch), needed by the
+  segment's first task.
 
-Prompt switches with policy ``recache``: a recache task ``(p, -1)`` is one member of its (tick, device)
-batch, but its forward is one cache pass per block it re-encodes (what the executors' tick loop runs:
-each re-encoded block's clean latent at t=0 under the new prompt, causal among them). It is costed as
-that many forward members in the batch: the i-th re-encoded block (0-based, in ``Schedule.writes``
-order) has ``tokens_per_block`` query tokens over ``tokens_per_block x (i + 1)`` context tokens (itself
-and the earlier re-encoded blocks; nothing else). It depends on the batches that made the clean latents
-it re-encodes (their last denoise stage) and, like any task, on the versions it reads (their committed
-KV, which the core's transfer plan sends to its device). Each clean latent made on another device moves
-to it (``cascade_sched.transfers.plan_transfers``' latent sends with purpose ``recache``). The
-re-encoded versions ``(j, S + q)`` it writes are versions like any other: read later by block p and its
-successors, moved once to every other device that reads them, held until their last read there.
-
-Versions are indexed ``k = block * V + stage % V`` with ``V = S + len(switches) + 1``: stages ``0 .. S-1``,
-re-encoded versions ``S + q``, and the recache task's own ref ``(p, -1)`` in the last slot.
+Ordering on one device covers every other dependency: a version produced earlier on the same device, or
+received in an earlier tick's gang, is there before any later batch of that device starts.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from cascade_sched.errors import SimulationError
 from cascade_sched.schedule import KVRef, Schedule, TaskKind
-from cascade_sched.transfers import REENCODE, plan_transfers
+from cascade_sched.transfers import KVSend, TransferPlan, message_bytes, plan_transfers
 from simulator.catalog import ModelGeometry
 
-KV = "kv"
-LATENT = "latent"
-
-
-class Transfer(NamedTuple):
-    """One asynchronous move of ``nbytes`` (a KV version or a latent) from ``src`` to ``dst``, sent by the
-    batch ``producer`` as it computes."""
-
-    kind: str
-    ref: KVRef
-    src: int
-    dst: int
-    nbytes: int
-    producer: int
+__all__ = ["Batch", "Gang", "LatentMessage", "TextJob", "Workload", "build_workload"]
 
 
 class Batch(NamedTuple):
-    """The tasks one device runs at one tick, as one forward (indices into ``Workload.batches``)."""
+    """The tasks one device runs at one tick, as one forward."""
 
     tick: int
     device: int
-    refs: tuple[KVRef, ...]
-    contexts: tuple[int, ...]  # per forward member, the tokens it attends to: a task's own plus every
-    #                            version it reads; a recache task has one member per block it re-encodes
+    refs: tuple[KVRef, ...]  # the tasks' (block, stage); stage -1 is a recache task
+    contexts: tuple[int, ...]  # per forward member, the tokens it attends to (own + read versions)
     n_denoise: int  # tasks followed by a sampler step
-    deps: tuple[int, ...]  # producer batches at earlier ticks
-    inputs: tuple[int, ...]  # transfers that must arrive first
-    sends: tuple[int, ...]  # transfers this batch sends
+    n_cache: int  # forward members that are cache passes (cache tasks and recache members)
+    kv_inputs: tuple[int, ...]  # past sends (indices into Workload.past) it is the first reader of
+    text: int  # the text job it waits for (its batch holds a segment's first task), or -1
+
+
+class Gang(NamedTuple):
+    """One tick's per-layer K/V exchange: ``sends[(src, dst)]`` = messages per layer from src to dst."""
+
+    tick: int
+    devices: tuple[int, ...]
+    sends: dict[tuple[int, int], int]
+
+
+class LatentMessage(NamedTuple):
+    """One latent from ``src`` to ``dst`` after ``tick`` (``purpose``: next, decode, recache)."""
+
+    block: int
+    src: int
+    dst: int
+    tick: int
+    purpose: str
+
+
+class TextJob(NamedTuple):
+    """Encoding the prompt of the segment that starts at ``block`` (its first task starts at ``tick``)."""
+
+    block: int
+    tick: int
+    device: int  # the device that runs the segment's first task
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """Everything the engine needs that does not depend on costs or hardware."""
+    """Everything the engine needs that does not depend on costs or hardware (indices into the tuples)."""
 
     schedule: Schedule
     geometry: ModelGeometry
+    plan: TransferPlan
     batches: tuple[Batch, ...]
-    device_batches: tuple[tuple[int, ...], ...]  # per device, its batches in tick order
-    tick_batches: tuple[tuple[int, ...], ...]  # per tick, its batches
-    exchanges: tuple[tuple[tuple[int, int, int], ...], ...]  # per tick: (src, dst, bytes) of joint attention
-    transfers: tuple[Transfer, ...]
-    batch_index: list[int]  # version k = block * vstride + stage % vstride -> its batch
-    decode_device: int  # the device that decodes (== num_devices for a decoder of its own)
-    decode_inputs: tuple[int, ...]  # per block: the transfer of its latent to the decoder, or -1
-    held: dict[int, int]  # (k * (num_devices + 1) + device) -> last tick a version read later is needed there
-    exchange_in: tuple[int, ...]  # per batch: versions it receives by same-tick exchange
-    kv_bytes: int  # one block's KV over all layers
+    device_batches: tuple[tuple[int, ...], ...]  # per device (the decode GPU too), its batches in tick order
+    tick_batches: tuple[tuple[int, ...], ...]
+    batch_at: dict[tuple[int, int], int]  # (tick, device) -> batch
+    gangs: dict[int, Gang]  # tick -> its exchange
+    past: tuple[KVSend, ...]  # the plan's past sends, every tick's in order (all layers: 2 x layers messages)
+    past_tick: tuple[int, ...]  # per past send, the tick after which it is posted
+    past_bytes: int  # bytes of one past send (one version, all layers)
+    latents: tuple[LatentMessage, ...]
+    texts: tuple[TextJob, ...]
+    decode_device: int  # == num_devices for a decoder GPU of its own
+    layer_kv_bytes: int
     latent_bytes: int
-    vstride: int  # V: version slots per block (see the module docstring)
-    version_tick: tuple[int, ...]  # version k -> the tick that writes it
 
-    def vindex(self, block: int, stage: int) -> int:
-        """The index k of version (or task) ``(block, stage)``; stage -1 is a recache task."""
-        return block * self.vstride + stage % self.vstride
-
-    def version(self, k: int) -> KVRef:
-        """The version ``(block, stage)`` of index k (the inverse of :meth:`vindex` for stage >= 0)."""
-        j, v = divmod(k, self.vstride)
-        return (j, v)
+    @property
+    def num_devices(self) -> int:
+        return self.schedule.num_devices
 
     def batch_of(self, block: int, stage: int) -> int:
-        """The batch that runs task (block, stage) (stage -1: the block's recache task), or that writes
-        the re-encoded version (block, S + q)."""
-        return self.batch_index[self.vindex(block, stage)]
+        """The batch that runs task (block, stage)."""
+        t = self.schedule.task(block, stage)
+        return self.batch_at[(t.tick, t.device)]
 
     def bytes_total(self) -> int:
-        """Every byte the schedule moves between devices: transfers plus joint-attention exchanges."""
-        return sum(t.nbytes for t in self.transfers) + sum(b for ex in self.exchanges for _, _, b in ex)
+        """Every byte the schedule moves between devices."""
+        return sum(self.bytes_by_kind().values())
+
+    def bytes_by_kind(self) -> dict[str, int]:
+        """Bytes per kind of message: ``exchange`` (gangs), ``kv`` (past sends), ``latent``."""
+        layers = self.geometry.num_layers
+        ex = sum(n for g in self.gangs.values() for n in g.sends.values()) * layers * self.layer_kv_bytes
+        return {"kv": len(self.past) * self.past_bytes, "exchange": ex,
+                "latent": len(self.latents) * self.latent_bytes}
+
+    def bytes_by_link(self) -> dict[str, int]:
+        """Bytes per (sender, receiver) pair, keyed ``d0->d1``."""
+        pair = operator.itemgetter(1, 2)
+        out: collections.Counter[tuple[int, int]] = collections.Counter()
+        for counts, nbytes in (
+            (collections.Counter(map(pair, itertools.chain.from_iterable(self.plan.gang))),
+             self.geometry.num_layers * self.layer_kv_bytes),
+            (collections.Counter(map(pair, self.past)), self.past_bytes),
+            (collections.Counter((m.src, m.dst) for m in self.latents), self.latent_bytes),
+        ):
+            for key, n in counts.items():
+                out[key] += n * nbytes
+        return {f"d{s}->d{d}": out[(s, d)] for s, d in sorted(out)}
 
 
 def build_workload(
     schedule: Schedule,
     geometry: ModelGeometry,
-    decode_device: int | None = None,
+    decode_device: int = 0,
     dtype_bytes: int = 2,
+    plan: TransferPlan | None = None,
 ) -> Workload:
-    """Derive batches, dependencies, transfers and exchanges from ``schedule`` (see the module docstring).
+    """Batches, gangs, messages and text jobs of ``schedule`` (see the module docstring).
 
-    ``decode_device=None`` decodes on a device of its own (index ``num_devices``).
+    ``decode_device`` is a denoising device or ``num_devices`` (a decoder GPU of its own).
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from simulator.catalog import get_model
     >>> w = build_workload(build_schedule(CascadeSpec(num_blocks=2, lag=1, num_devices=2)), get_model("tiny"))
-    >>> len(w.batches), [len(e) for e in w.exchanges][:3]
-    (10, [0, 1, 1])
+    >>> len(w.batches), sorted(w.gangs), len(w.past)
+    (10, [1, 2, 3, 4], 0)
     """
-    spec = schedule.spec
-    n_dev = spec.num_devices
-    dec = n_dev if decode_device is None else decode_device
+    plan = plan or plan_transfers(schedule, decode_device)
+    sizes = message_bytes(geometry.kv_bytes_per_layer(dtype_bytes), geometry.num_layers,
+                          geometry.latent_bytes_per_block(dtype_bytes))
+    n_dev = schedule.num_devices
     tpb = geometry.tokens_per_block
-    kv_bytes = geometry.kv_bytes_per_block(dtype_bytes)
-    latent_bytes = geometry.latent_bytes_per_block(dtype_bytes)
-    K = spec.num_denoise
+    prompts_at = _segment_starts(schedule)
 
-    # 1. Batches: the tasks of each (tick, device), in tick order. Versions are indexed k = b * V + s % V.
-    S = schedule.num_stages
-    V = S + len(spec.switches) + 1
-    tasks = schedule.tasks
-    dev = [0] * (schedule.num_blocks * V)
-    bat = [0] * (schedule.num_blocks * V)
-    members: list[list[int]] = []
+    # 1. Batches: the tasks of each (tick, device), in tick order, in one pass over the tasks. A batch's
+    #    members are its tasks' forward inputs (Schedule.forward_inputs: a recache task has one per block
+    #    it re-encodes), each attending to its own tokens plus the versions it reads.
+    batch_at: dict[tuple[int, int], int] = {}
+    tick_batches: list[list[int]] = [[] for _ in range(schedule.num_ticks)]
+    device_batches: list[list[int]] = [[] for _ in range(n_dev + 1)]
     b_tick: list[int] = []
     b_dev: list[int] = []
-    tick_batches: list[list[int]] = [[] for _ in range(schedule.num_ticks)]
-    index: dict[int, int] = {}
-    span = n_dev + 1
-    kidx: dict[KVRef, int] = {}  # version -> k; the schedule interns its version tuples
-    prod = [0] * (schedule.num_blocks * V)  # version k -> the tick that writes it
-    writes: dict[int, tuple[KVRef, ...]] = {}  # task index of a recache task -> the versions it writes
-    for i, t in enumerate(tasks):
-        key = t.tick * span + t.device
-        bi = index.get(key)
+    b_refs: list[list[KVRef]] = []
+    b_ctx: list[list[int]] = []
+    b_den: list[int] = []
+    b_cache: list[int] = []
+    denoise, recache = TaskKind.DENOISE, TaskKind.RECACHE
+    for t in schedule.tasks:
+        key = (t.tick, t.device)
+        bi = batch_at.get(key)
         if bi is None:
-            bi = index[key] = len(members)
-            members.append([])
+            bi = batch_at[key] = len(b_tick)
+            tick_batches[t.tick].append(bi)
+            device_batches[t.device].append(bi)
             b_tick.append(t.tick)
             b_dev.append(t.device)
-            tick_batches[t.tick].append(bi)
-        members[bi].append(i)
-        k = t.block * V + t.stage % V
-        dev[k] = t.device
-        bat[k] = bi
-        prod[k] = t.tick
-        kidx[(t.block, t.stage)] = k
-        if t.kind == TaskKind.RECACHE:
-            writes[i] = schedule.writes(t)
-            for ref in writes[i]:
-                kw = ref[0] * V + ref[1]
-                dev[kw], bat[kw], prod[kw] = t.device, bi, t.tick
-                kidx[ref] = kw
-    # Clean latents to recache tasks on other devices: the core's transfer plan names them.
-    reencode_in: set[tuple[int, int, int]] = set()  # (block, src, dst)
-    if writes:
-        for sends_n in plan_transfers(schedule).latents:
-            reencode_in.update((ls.block, ls.src, ls.dst) for ls in sends_n if ls.purpose == REENCODE)
+            b_refs.append([])
+            b_ctx.append([])
+            b_den.append(0)
+            b_cache.append(0)
+        b_refs[bi].append((t.block, t.stage))
+        kind = t.kind
+        if kind == denoise:
+            b_ctx[bi].append(tpb * (1 + len(t.reads)))
+            b_den[bi] += 1
+        elif kind == recache:
+            inputs = schedule.forward_inputs(t)
+            b_ctx[bi].extend(tpb * (1 + len(x.reads)) for x in inputs)
+            b_cache[bi] += len(inputs)
+        else:
+            b_ctx[bi].append(tpb * (1 + len(t.reads)))
+            b_cache[bi] += 1
 
-    # 2. Who reads what where. A (version, device) pair moves once: by exchange (a same-tick read) or by
-    #    transfer (the first later read), keyed k * span + device.
-    transfers: list[Transfer] = []
-    exchanged: set[int] = set()
-    held: dict[int, int] = {}
-    exchange_in = [0] * len(members)
-    moved: dict[int, int] = {}  # KV pairs; latents are keyed negative
-    exchanges: list[list[tuple[int, int, int]]] = [[] for _ in range(schedule.num_ticks)]
-    sends: list[list[int]] = [[] for _ in members]
-    b_refs: list[tuple[KVRef, ...]] = []
-    b_ctx: list[tuple[int, ...]] = []
-    b_den: list[int] = []
-    b_deps: list[tuple[int, ...]] = []
-    b_inputs: list[tuple[int, ...]] = []
+    # 2. Past sends, each with its first reader's batch.
+    past: list[KVSend] = []
+    past_tick: list[int] = []
+    first_reader: dict[int, list[int]] = {}
+    first_read = plan.first_read
+    for tick, sends in enumerate(plan.past):
+        for i, m in enumerate(sends, len(past)):
+            reader = batch_at[(first_read[(m.dst, m.ref)], m.dst)]
+            first_reader.setdefault(reader, []).append(i)
+        past.extend(sends)
+        past_tick.extend([tick] * len(sends))
 
-    def transfer(key: int, kind: str, ref: KVRef, src: int, dst: int, nbytes: int, pb: int) -> int:
-        """The index of the one transfer keyed ``key`` (created, and sent after batch ``pb``, on first use)."""
-        ti = moved.get(key)
-        if ti is None:
-            ti = moved[key] = len(transfers)
-            transfers.append(Transfer(kind, ref, src, dst, nbytes, pb))
-            sends[pb].append(ti)
-        return ti
+    texts: list[TextJob] = []
+    text_of: dict[int, int] = {}
+    for p in prompts_at:
+        t = schedule.task(p, 0)
+        text_of[batch_at[(t.tick, t.device)]] = len(texts)
+        texts.append(TextJob(p, t.tick, t.device))
 
-    for bi, group in enumerate(members):
-        tick, device = b_tick[bi], b_dev[bi]
-        deps: set[int] = set()
-        inputs: list[int] = []
-        contexts: list[int] = []
-        refs: list[KVRef] = []
-        n_den = 0
-        for i in group:
-            task = tasks[i]
-            block, stage, kind, reads = task.block, task.stage, task.kind, task.reads
-            refs.append((block, stage))
-            # One forward member per model input: a task, or one cache pass per block a recache re-encodes.
-            contexts.extend(tpb * (1 + len(x.reads)) for x in schedule.forward_inputs(task))
-            if kind == TaskKind.RECACHE:
-                for j, _ in task.replaces:  # its inputs: the clean latents (last denoise stage) it re-encodes
-                    k = j * V + K - 1
-                    pb = bat[k]
-                    deps.add(pb)
-                    src = dev[k]
-                    if src == device:
-                        continue
-                    if (j, src, device) not in reencode_in:
-                        raise SimulationError(f"the transfer plan sends no clean latent of block {j} to "
-                                              f"d{device} for {tasks[i]}")
-                    key = -(k * span + device) - 1 - len(bat) * span  # apart from the latent chain's keys
-                    inputs.append(transfer(key, LATENT, (j, K - 1), src, device, latent_bytes, pb))
-            if kind == TaskKind.DENOISE:
-                n_den += 1
-            if stage > 0:  # the latent chain
-                k = block * V + stage - 1
-                pb = bat[k]
-                deps.add(pb)
-                src = dev[k]
-                if src != device:
-                    key = -(k * span + device) - 1
-                    inputs.append(transfer(key, LATENT, (block, stage - 1), src, device, latent_bytes, pb))
-            for ref in reads:  # a recache task reads none: it computes from clean latents
-                k = kidx[ref]
-                src = dev[k]
-                key = k * span + device
-                if prod[k] == tick:  # a same-tick read: joint attention inside the gang
-                    if src != device:
-                        exchange_in[bi] += 1
-                        if key not in exchanged:
-                            exchanged.add(key)
-                            exchanges[tick].append((src, device, kv_bytes))
-                    continue
-                held[key] = tick  # ticks only grow: the last assignment is the last read
-                deps.add(bat[k])
-                if src == device:
-                    continue
-                held[k * span + src] = tick
-                if key in exchanged:
-                    continue
-                inputs.append(transfer(key, KV, ref, src, device, kv_bytes, bat[k]))
-        b_refs.append(tuple(refs))
-        b_ctx.append(tuple(contexts))
-        b_den.append(n_den)
-        b_deps.append(tuple(sorted(deps)))
-        b_inputs.append(tuple(dict.fromkeys(inputs)) if len(inputs) > 1 else tuple(inputs))
+    fr_get, tx_get = first_reader.get, text_of.get
+    batches = tuple(Batch(b_tick[bi], b_dev[bi], tuple(b_refs[bi]), tuple(b_ctx[bi]), b_den[bi], b_cache[bi],
+                          tuple(fr_get(bi, ())), tx_get(bi, -1)) for bi in range(len(b_tick)))
 
-    # 3. The decoder: block b's clean latent (its last denoise stage) moves to the decode device.
-    decode_inputs: list[int] = []
-    for b in range(schedule.num_blocks):
-        k = b * V + K - 1
-        src = dev[k]
-        if src == dec:
-            decode_inputs.append(-1)
-            continue
-        pb = bat[k]
-        decode_inputs.append(len(transfers))
-        sends[pb].append(len(transfers))
-        transfers.append(Transfer(LATENT, (b, K - 1), src, dec, latent_bytes, pb))
-
-    final = tuple(
-        Batch(b_tick[i], b_dev[i], b_refs[i], b_ctx[i], b_den[i], b_deps[i], b_inputs[i], tuple(sends[i]))
-        for i in range(len(members))
-    )
-    device_batches: list[list[int]] = [[] for _ in range(n_dev)]
-    for i, d in enumerate(b_dev):
-        device_batches[d].append(i)
+    # 3. Gangs and latent messages, straight from the plan.
+    gangs: dict[int, Gang] = {}
+    pair_of = operator.itemgetter(1, 2)  # (src, dst) of a KVSend
+    for tick, sends in enumerate(plan.gang):
+        if sends:
+            pairs = dict(collections.Counter(map(pair_of, sends)))
+            gangs[tick] = Gang(tick, tuple(sorted(set(itertools.chain.from_iterable(pairs)))), pairs)
+    latents = tuple(LatentMessage(m.block, m.src, m.dst, tick, m.purpose)
+                    for tick, sends in enumerate(plan.latents) for m in sends)
     return Workload(
-        schedule=schedule,
-        geometry=geometry,
-        batches=final,
-        device_batches=tuple(tuple(d) for d in device_batches),
-        tick_batches=tuple(tuple(t) for t in tick_batches),
-        exchanges=tuple(tuple(e) for e in exchanges),
-        transfers=tuple(transfers),
-        batch_index=bat,
-        held=held,
-        exchange_in=tuple(exchange_in),
-        decode_device=dec,
-        decode_inputs=tuple(decode_inputs),
-        kv_bytes=kv_bytes,
-        latent_bytes=latent_bytes,
-        vstride=V,
-        version_tick=tuple(prod),
+        schedule=schedule, geometry=geometry, plan=plan, batches=batches,
+        device_batches=tuple(tuple(d) for d in device_batches), tick_batches=tuple(tuple(t) for t in tick_batches),
+        batch_at=batch_at, gangs=gangs, past=tuple(past), past_tick=tuple(past_tick),
+        past_bytes=2 * sizes.layers * sizes.past, latents=latents, texts=tuple(texts),
+        decode_device=decode_device, layer_kv_bytes=sizes.gang, latent_bytes=sizes.latent,
     )
+
+
+def _segment_starts(schedule: Schedule) -> list[int]:
+    """The first block of every prompt segment: block 0 and each switch to another prompt."""
+    spec, n = schedule.spec, schedule.num_blocks
+    return [0, *sorted({at for at, _ in spec.switches if 0 < at < n and spec.prompt_of(at) != spec.prompt_of(at - 1)})]

@@ -41,9 +41,6 @@ def test_compute_sample_and_decode_slices_have_the_same_names_and_devices(track:
         assert ("B3R", 1) in _names(measured, track)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the simulator derives its own transfers instead of costing "
-                   "the core's TransferPlan (it does not resend a committed version a device already got by "
-                   "exchange; the executor does)")
 def test_comm_slices_have_the_same_names() -> None:
     # Which ranks record a message differs (a rank records only the messages it takes part in, the
     # simulator every device of a joint tick), so only the per-tick names are compared.

@@ -29,10 +29,18 @@ from simulator import (
 
 
 def test_catalogs_name_their_sources() -> None:
-    assert {"h100-sxm", "h100-pcie", "h200", "a100-sxm", "l40s", "b200"} <= set(GPUS)
+    assert {"h100-sxm", "h100-pcie", "h200", "a100-sxm", "l40s", "b200", "rtx5090"} <= set(GPUS)
     assert {"nvlink3", "nvlink4", "nvlink5", "pcie4", "pcie5", "ib-ndr", "ideal"} <= set(LINKS)
     for item in [*GPUS.values(), *LINKS.values(), *MODELS.values()]:
         assert item.source
+    for m in MODELS.values():
+        for dec in m.decoders.values():
+            assert dec.source and dec.flops(12) > 0
+    # Every estimate says so, and no figure points outside the repository.
+    for link in LINKS.values():
+        assert "/work" not in link.source and "REFERENCE" not in link.source
+        if link.name in ("pcie4", "pcie5", "ib-ndr", "nvlink3", "nvlink5"):
+            assert "est" in link.source
 
 
 def test_wan_geometry_matches_the_reference() -> None:
@@ -41,7 +49,7 @@ def test_wan_geometry_matches_the_reference() -> None:
         1536, 8960, 30, 12, 1560)
     assert (big.dim, big.ffn_dim, big.num_layers, big.num_heads) == (5120, 13824, 40, 40)
     assert big.kv_bytes_per_block() / 1e9 == pytest.approx(3.83, abs=0.01)
-    # REFERENCE.md: one block with 7 visible blocks ~40 TFLOP (1.3B) and ~239 TFLOP (14B).
+    # One block with 7 visible blocks: ~40 TFLOP (1.3B) and ~239 TFLOP (14B), docs/references.md.
     for g, tflop in ((small, 40), (big, 239)):
         cost = RooflineCost(g, get_gpu("h100-sxm"))
         q = g.tokens_per_block
@@ -63,8 +71,11 @@ def test_unknown_names_are_config_errors() -> None:
         get_model("wan3")
     with pytest.raises(ConfigError, match="cost"):
         make_cost("magic", get_model("tiny"), get_gpu("h100-sxm"))
-    with pytest.raises(ConfigError, match="no published baseline"):
-        make_cost("baseline-fps", get_model("tiny"), get_gpu("h100-sxm"))
+    with pytest.raises(ConfigError, match="unknown decoder 'vqgan'"):
+        make_cost("parts", get_model("wan2.1-1.3b"), get_gpu("h100-sxm"), "vqgan")
+    with pytest.raises(ConfigError, match="decode"):
+        simulate(build_schedule(CascadeSpec(num_blocks=2)), Cluster.of("h100-sxm", 1), make_cost(
+            "uniform:0.1", get_model("tiny"), get_gpu("h100-sxm")), "tiny", decode="sideways")
 
 
 def _profile(tmp_path: Path, batches: tuple[int, ...] = (1, 2), q: int = 12) -> str:
@@ -73,6 +84,18 @@ def _profile(tmp_path: Path, batches: tuple[int, ...] = (1, 2), q: int = 12) -> 
     Profile("tiny", tuple(points), 1e-4, 2e-3, None, (5e-5, 2e9),
             {"device": "cpu", "torch": "2.11", "dtype": "float32", "threads": 2, "date": "2025-11-25"}).save(str(path))
     return str(path)
+
+
+def test_version_1_profiles_still_read(tmp_path: Path) -> None:
+    data = json.loads(Path(_profile(tmp_path)).read_text())
+    data["format"] = "cascade-profile/1"
+    for key in ("tick_overhead_s", "text_encode_s"):
+        data.pop(key)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    p = Profile.load(str(old))
+    assert p.tick_overhead_s == 0.0 and len(p.forward) == 4
+    assert json.loads(Path(_profile(tmp_path)).read_text())["format"] == "cascade-profile/2"
 
 
 def test_profile_round_trips_and_interpolates(tmp_path: Path) -> None:
@@ -128,6 +151,12 @@ def test_a_plan_that_does_not_fit_is_refused_or_flagged() -> None:
      "does not fit: device 0 needs"),
     (["simulate", "--cost", "profile:/no/such/file.json"], "cannot read profile"),
     (["simulate", "--decode", "7"], "--decode:"),
+    (["simulate", "--decode", "sideways"], "--decode:"),
+    (["simulate", "--decoder", "vqgan"], "--decoder: unknown decoder"),
+    (["simulate", "--memory-margin", "-1"], "--memory-margin"),
+    (["simulate", "--stream-contention", "0.5"], "--stream-contention"),
+    (["simulate", "--video-frames", "0"], "--video-frames"),
+    (["plan", "--decodes", "sideways", "--out", "OUT"], "--decodes:"),
     (["simulate", "--straggler", "9:2"], "--straggler:"),
     (["plan", "--gpu", "x100", "--out", "OUT"], "--gpu: unknown gpu"),
     (["plan", "--lags", "9", "--out", "OUT"], "--lags:"),

@@ -20,7 +20,7 @@ from cascade_sched.transfers import REENCODE, plan_transfers
 from simulator import Cluster, UniformCost, get_gpu, get_model, make_cost, simulate
 from simulator.profile import ForwardPoint, Profile, ProfileCost
 from simulator.visual import draw_gantt, write_trace
-from simulator.workload import KV, build_workload
+from simulator.workload import build_workload
 
 T = 0.1
 G13 = get_model("wan2.1-1.3b")
@@ -156,19 +156,19 @@ def _implied_bytes(s: Schedule, kv: int, latent: int, decoder: int) -> int:
     return len(pairs) * kv + (moves + len(recache_latents)) * latent
 
 
-@given(switched_specs(), st.sampled_from(["own", 0]))
+@given(switched_specs(), st.sampled_from(["gpu", 0]))
 def test_bytes_moved_include_reencoded_versions(spec: CascadeSpec, decode: str | int) -> None:
     s = build_schedule(spec)
     r = simulate(s, cluster_with(spec.num_devices, 100e9), UniformCost(0.01), G13, decode=decode,
                  check_memory=False)
-    decoder = spec.num_devices if decode == "own" else 0
+    decoder = spec.num_devices if decode == "gpu" else 0
     assert r.bytes_total == _implied_bytes(s, G13.kv_bytes_per_block(), G13.latent_bytes_per_block(), decoder)
     # The re-encoded KV and the clean latents to recache devices are exactly the core's transfer plan's.
-    w = build_workload(s, G13, None if decode == "own" else 0)
-    plan = plan_transfers(s)
+    w = build_workload(s, G13, decoder)
+    plan = plan_transfers(s, decoder)
     S = s.num_stages
     planned_kv = {(m.ref, m.src, m.dst) for sends in plan.past for m in sends if m.ref[1] >= S}
-    assert {(t.ref, t.src, t.dst) for t in w.transfers if t.kind == KV and t.ref[1] >= S} == planned_kv
+    assert {(p.ref, p.src, p.dst) for p in w.past if p.ref[1] >= S} == planned_kv
     planned_lat = {(m.block, m.src, m.dst) for sends in plan.latents for m in sends if m.purpose == REENCODE}
     K = spec.num_denoise
     implied_lat = {(j, s.task(j, K - 1).device, t.device) for t in s.tasks if t.kind == TaskKind.RECACHE
@@ -181,13 +181,10 @@ def test_reencoded_versions_are_held_until_their_last_read() -> None:
                        switch_policy="recache")
     s = build_schedule(spec)
     w = build_workload(s, G13)
-    span = spec.num_devices + 1
     assert s.recache_free_after
     for ref, last in s.recache_free_after.items():
-        k = w.vindex(*ref)
-        held = [until for key, until in w.held.items() if key // span == k]
+        held = [until for (_, r), until in w.plan.keep_until.items() if r == ref]
         assert held and max(held) == last
-        assert w.version_tick[k] == s.version_tick(ref)
     # Memory: a device that holds re-encoded versions pays for them as committed KV.
     r = simulate(s, cluster_with(3, 100e9), UniformCost(0.01), G13)
     plain = simulate(build_schedule(CascadeSpec.from_dict({**spec.to_dict(), "switch_policy": "none"})),
@@ -221,7 +218,8 @@ def test_recache_forward_is_priced_as_its_members() -> None:
     q = get_model("small").tokens_per_block
     (bi,) = [i for i, b in enumerate(w.batches) if b.refs == ((5, -1),)]
     assert w.batches[bi].contexts == (q, 2 * q, 3 * q, 4 * q)  # causal among the 4 re-encoded blocks
-    assert w.batch_of(5, -1) == bi and w.batch_of(0, 5) == bi  # it writes (0, S + 0)
+    producer = s.producer((0, 5))  # it writes (0, S + 0)
+    assert w.batch_of(5, -1) == bi == w.batch_at[(producer.tick, producer.device)]
     prof = Profile("small", tuple(ForwardPoint(n, q, q * c, 0.01 * n * c) for n in (1, 2, 4) for c in (1, 4)))
     r = simulate(s, ideal(1), ProfileCost(prof), "small")
     recache = r.timeline.batch_end[bi] - r.timeline.batch_start[bi] if r.timeline else 0.0

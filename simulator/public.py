@@ -1,0 +1,108 @@
+"""The public measurements the simulator is built from and checked against, each with its source.
+
+Every figure is a :class:`Figure`: an id, what was measured, the value, and where it was published
+(docs/references.md lists the same sources). Two kinds of use:
+
+- a few figures leave something unknown that no datasheet gives, and the simulator *fits* it to them
+  (``FITTED``: the per-forward overhead of the reference implementation to the paper's two sequential
+  baselines; the Wan VAE's convolution efficiency to the one direct VAE timing);
+- every other figure it can reproduce is a *held-out check* (:mod:`simulator.reproduce` predicts each and
+  writes the table of docs/validation.md). A fitted figure reproduced by its own fit is not evidence, and
+  the table says so.
+
+The paper's own cascade FPS figures are deliberately absent: the simulator predicts them, it is not fitted
+to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One public measurement: ``value`` in ``unit`` (a range as ``(low, high)``), with its source."""
+
+    id: str
+    what: str
+    value: float | tuple[float, float]
+    unit: str
+    source: str
+
+    @property
+    def mid(self) -> float:
+        """The value, or the middle of its range."""
+        return (self.value[0] + self.value[1]) / 2 if isinstance(self.value, tuple) else self.value
+
+
+PAPER = "Block Cascading paper (arXiv 2511.20426)"
+FIGURES: tuple[Figure, ...] = (
+    Figure("paper-1.3b-seq", "Wan2.1 1.3B sequential FPS on one H100 (FlashAttention 3; denoise steps + cache "
+           "pass per block; window 21 frames)", 16.0, "FPS", PAPER),
+    Figure("paper-14b-seq", "Wan2.1 14B sequential FPS on one H100 (FlashAttention 3, same setting)", 4.5, "FPS",
+           PAPER),
+    Figure("fa3-2k", "FlashAttention-3 forward, head dim 128, bf16, H100 SXM, sequence 2k", 625.0, "TFLOP/s",
+           "FlashAttention-3 paper (arXiv 2407.08608), forward speed figure, head dim 128, non-causal"),
+    Figure("fa3-16k", "FlashAttention-3 forward, head dim 128, bf16, H100 SXM, sequence 16k", 648.0, "TFLOP/s",
+           "FlashAttention-3 paper (arXiv 2407.08608), forward speed figure, head dim 128, non-causal"),
+    Figure("gemm-h100", "bf16 8192^3 matmul on an H100 SXM", 798.0, "TFLOP/s", "measured on an H100 SXM "
+           "(torch.matmul, bf16)"),
+    Figure("longlive-block-1", "Wan2.1 1.3B (LongLive) per block, 4 denoise steps + cache pass, FlashAttention 2, "
+           "one H100, 1 block of context", 595.09, "ms", "NVlabs/LongLive issue 26 (a user's profile)"),
+    Figure("longlive-block-2", "the same, 2 blocks of context", 603.22, "ms", "NVlabs/LongLive issue 26"),
+    Figure("longlive-block-3", "the same, 3 blocks of context", 684.24, "ms", "NVlabs/LongLive issue 26"),
+    Figure("longlive-block-4", "the same, 4 blocks of context", 760.64, "ms", "NVlabs/LongLive issue 26"),
+    Figure("longlive-block-5", "the same, 5 blocks of context", 766.99, "ms", "NVlabs/LongLive issue 26"),
+    Figure("longlive-diffusion-share", "share of that run's time spent in diffusion (the rest: decoding the whole "
+           "clip and everything else)", 53.82, "%", "NVlabs/LongLive issue 26"),
+    Figure("longlive-fps", "LongLive 1.3B FPS on one H100 (short window)", 20.7, "FPS",
+           "LongLive paper (NVlabs/LongLive README)"),
+    Figure("self-forcing-e2e", "Self-Forcing 1.3B end to end on one H100, 81 frames (text encoding, 21 latent "
+           "frames = 7 blocks, VAE decode)", 6.2, "s", "JaydenLyh/Reward-Forcing issue 13"),
+    Figure("self-forcing-fps", "Self-Forcing 1.3B throughput on one H100", 17.0, "FPS",
+           "Self-Forcing paper (arXiv 2506.08009)"),
+    Figure("flashdreams-h100", "Self-Forcing 1.3B with the TAEHV decoder, per autoregressive block, H100", 344.0,
+           "ms", "NVIDIA FlashDreams benchmark page"),
+    Figure("flashdreams-gb200", "the same on a GB200", 203.0, "ms", "NVIDIA FlashDreams benchmark page"),
+    Figure("krea-14b-h100", "Krea Realtime 14B, 4 steps, 480x832, one H100", (3.6, 4.3), "FPS",
+           "daydreamlive/scope PR 55"),
+    Figure("krea-14b-b200", "Krea Realtime 14B on one B200", 11.0, "FPS", "Krea's Realtime 14B announcement"),
+    Figure("sdv2-vae-5090", "StreamDiffusionV2 1.3B, Wan VAE decode of one 4-frame chunk at 480x832, RTX 5090",
+           168.0, "ms", "daydreamlive/scope sdv2-benchmark-results.md"),
+    Figure("sdv2-dit-5090", "StreamDiffusionV2 1.3B, DiT of one 4-frame chunk, RTX 5090", 168.0, "ms",
+           "daydreamlive/scope sdv2-benchmark-results.md"),
+    Figure("vae-conv-share-h200", "share of Wan-family VAE decode GPU time in convolutions, H200", 49.0, "%",
+           "sgl-project/sglang issue 34125"),
+    Figure("nccl-p2p-32mib", "NCCL sendrecv between two H100s over NVLink, default settings (32 MiB messages)",
+           80.0, "GB/s", "NVIDIA/nccl-tests issue 268"),
+    Figure("nccl-p2p-plateau", "the same at large messages (plateau)", 180.0, "GB/s", "NVIDIA/nccl-tests issue 268"),
+    Figure("nvlink-copy", "raw GPU-to-GPU copy over NVLink 4, one way", 380.0, "GB/s", "NVIDIA/nccl issue 1264"),
+    Figure("cuda-context", "CUDA context per GPU", (0.5, 1.0), "GB", "PyTorch / CUDA documentation"),
+)
+
+BY_ID: dict[str, Figure] = {f.id: f for f in FIGURES}
+
+FITTED: dict[str, str] = {
+    "paper-1.3b-seq": "the reference implementation's per-forward overhead (per layer and per token), jointly "
+                      "with paper-14b-seq",
+    "paper-14b-seq": "the reference implementation's per-forward overhead, jointly with paper-1.3b-seq",
+    "sdv2-vae-5090": "the Wan VAE's convolution efficiency (its FLOPs and bytes are counted)",
+    "fa3-2k": "the FlashAttention 3 rate table (the figure's own points)",
+    "fa3-16k": "the FlashAttention 3 rate table (the figure's own points)",
+    "gemm-h100": "the H100's GEMM rate (taken as measured)",
+    "nccl-p2p-32mib": "the nvlink4 bandwidth curve (taken as measured)",
+    "nccl-p2p-plateau": "the nvlink4 bandwidth curve (taken as measured)",
+    "nvlink-copy": "the nvlink4 per-GPU port rate (taken as measured)",
+    "cuda-context": "the memory margin (its upper end taken)",
+}
+"""Figure id -> what was fitted to (or taken from) it. A row reproduced from its own figure is no check."""
+
+NO_CHECK: dict[str, str] = {
+    "krea-14b-h100": "not used in a fit, but the prediction is paper-14b-seq's fitted schedule itself: no check",
+}
+"""Figure id -> why its row, although held out of every fit, is no independent check either."""
+
+
+def figure(fid: str) -> Figure:
+    """The figure with id ``fid``."""
+    return BY_ID[fid]
