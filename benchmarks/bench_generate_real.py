@@ -1,6 +1,6 @@
 """End-to-end generation at a real geometry with random weights: DiT, text conditioning, the Wan VAE.
 
-The GPU check of issue 15: the 1.3B geometry at 480x832 in bf16 with random DiT weights and a random
+The GPU check of real generation: the 1.3B geometry at 480x832 in bf16 with random DiT weights and a random
 full-size Wan2.1 VAE (diffusers' ``AutoencoderKLWan`` default config, the published architecture),
 sequential (lag = S), decoding on its own thread and CUDA stream. Prints the card, the FPS (shown, decode
 included) and the paper FPS (denoise only), the decode time per block (first block and later ones, from

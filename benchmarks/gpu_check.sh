@@ -6,7 +6,10 @@
 # Needs torch with CUDA; the Wan VAE step needs diffusers (without it the kit runs with --no-vae and says so).
 # No network: nothing is downloaded (random weights). Writes OUT_DIR/gpu-profile.json (the profile the
 # simulator reads: --cost profile:OUT_DIR/gpu-profile.json), OUT_DIR/gpu-profile.json.report.json,
-# OUT_DIR/card.txt (nvidia-smi) and OUT_DIR/kit.log. Exit status is the kit's (124: the time limit).
+# OUT_DIR/card.txt (nvidia-smi) and OUT_DIR/kit.log; then the real-geometry generation check
+# (benchmarks/bench_generate_real.py: 1.3B at 480x832 in bf16, text conditioning and the Wan VAE, random
+# weights) into OUT_DIR/generate-real.log, under GPU_CHECK_GENERATE_LIMIT_S (default 240 s; 0 skips it).
+# Exit status is the kit's (124: the time limit), or the generation check's when the kit passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu-check-$(date -u +%Y%m%d-%H%M%S)}"
@@ -37,5 +40,13 @@ rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
   echo "gpu_check: stopped at the ${LIMIT_S} s limit; what was measured so far is in $OUT/kit.log" >&2
+fi
+GEN_LIMIT_S="${GPU_CHECK_GENERATE_LIMIT_S:-240}"
+if [ "$rc" -eq 0 ] && [ "$GEN_LIMIT_S" -gt 0 ]; then
+  set +e
+  timeout --kill-after=20 "$GEN_LIMIT_S" "$PY" benchmarks/bench_generate_real.py --device cuda 2>&1 \
+    | tee "$OUT/generate-real.log"
+  rc=${PIPESTATUS[0]}
+  set -e
 fi
 exit "$rc"

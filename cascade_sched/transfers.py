@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from cascade_sched.schedule import KVRef, Schedule, TaskKind
+from cascade_sched.schedule import KVRef, Schedule, TaskKind, gc_paused
 
 
 class KVSend(NamedTuple):
@@ -113,6 +113,12 @@ def plan_transfers(schedule: Schedule, decode_device: int = 0) -> TransferPlan:
     >>> p.past_sends(4)  # block 0's committed KV: device 1 got it in tick 4's gang and keeps it
     ()
     """
+    with gc_paused():  # the per-read dictionaries are many small acyclic objects, as in build_schedule
+        return _plan(schedule, decode_device)
+
+
+def _plan(schedule: Schedule, decode_device: int) -> TransferPlan:
+    """:func:`plan_transfers` without the collector pause."""
     n_ticks = schedule.num_ticks
     n_stages = schedule.num_stages
     starts = schedule.starts
