@@ -9,8 +9,7 @@ its subcommands) does not pull in torch until a subcommand runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cascade_sched.lazy import lazy_exports
 
 _EXPORTS = {
     "Executor": "executors.base",
@@ -21,10 +20,4 @@ _EXPORTS = {
     "ReferenceExecutor": "executors.reference",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'executors' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,7 @@ imports no torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cascade_sched.lazy import lazy_exports
 
 _EXPORTS = {
     "load_checkpoint": "models.checkpoints",
@@ -44,10 +43,4 @@ _EXPORTS = {
     "noise_seed": "models.sampler",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'models' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
