@@ -158,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupts.exit_code(e)
     except ConfigError as e:
         flag = flag_of(e.param, argv, _subparser(parser, command))
-        print(f"{command}: error: {flag}: {e}", file=sys.stderr)
+        canonical = flag_of(e.param)
+        text = str(e).replace(f"`{canonical}`", f"`{flag}`") if flag != canonical else str(e)
+        print(f"{command}: error: {flag}: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
         return 2
     except CascadeError as e:
         print(f"{command}: error: {e}", file=sys.stderr)
