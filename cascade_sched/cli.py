@@ -145,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser, handlers = build_parser()
+        for arg in argv:  # only possible in-process (exec cannot pass one); paths would fail deep inside
+            if "\x00" in arg:
+                raise CascadeError(f"argument {arg!r} contains a NUL byte")
         args = parser.parse_args(argv)
         if args.command is None:
             # The main job on a built-in default: the planner where it is installed, else a schedule.
