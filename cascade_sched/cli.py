@@ -93,7 +93,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, Callable[[argparse.Namespa
     add_schedule_args(p)
     p.add_argument("--json", action="store_true", help="print the cascade-schedule/3 JSON to stdout")
     p.add_argument("--compact", action="store_true", help="with --json: one line, no indentation")
-    p.add_argument("--png", metavar="PATH", help="draw the tick x device grid to a PNG")
+    p.add_argument("--png", metavar="PATH", help="draw the tick x device grid to a PNG (default none)")
     handlers["schedule"] = _cmd_schedule
     for module in PLUGINS:
         try:

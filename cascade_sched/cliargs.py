@@ -312,6 +312,9 @@ def add_device_args(g: Any, *, device: str | None = "cpu", dtype: str | None = "
 def add_model_source_args(p: argparse.ArgumentParser, *, preset_names: str) -> argparse._ArgumentGroup:
     """Where the model's weights, text encoder and decoder come from; shared by generate and serve."""
     g = p.add_argument_group("model sources")
+    g.add_argument("--model", default=None, help=f"{MODEL_NAMES} (default: the preset's, else the --checkpoint's "
+                   "own shapes, else toy: the shipped trained weights, bouncing balls, see docs/quality.md; "
+                   "without --checkpoint the others take seeded random weights)")
     g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
                    "CausVid, LongLive, Krea) or a cascade model folder (default: the toy's shipped weights for "
                    "toy, else seeded random weights)")

@@ -20,10 +20,7 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
     p = sub.add_parser("generate", help="generate a video by running the schedule with a model")
     add_schedule_args(p)
-    g = add_model_source_args(p, preset_names=PRESET_NAMES)
-    g.add_argument("--model", default=None, help="toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default: the "
-                   "preset's, else the --checkpoint's own shapes, else toy: the shipped trained weights, bouncing "
-                   "balls, see docs/quality.md; without --checkpoint the others take seeded random weights)")
+    add_model_source_args(p, preset_names=PRESET_NAMES)
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
     g.add_argument("--prompts", default=None, metavar="PATH",

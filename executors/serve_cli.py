@@ -56,8 +56,6 @@ def register(sub: Any) -> dict[str, Handler]:
     g.add_argument("--prompt-interval", type=float, default=1.0,
                    help="seconds between a client's accepted prompt changes (default 1)")
     m = add_model_source_args(p, preset_names=PRESET_NAMES)
-    m.add_argument("--model", default=None, help="toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default: the "
-                   "preset's, else the --checkpoint's own shapes, else toy)")
     m.add_argument("--prompt", default="a red ball bouncing", help="a stream's first prompt")
     m.add_argument("--executor", default="reference", choices=("reference", "distributed"),
                    help="reference (this process) or distributed (under torchrun, one rank per device)")

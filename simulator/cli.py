@@ -98,9 +98,9 @@ def register(subparsers: Any) -> dict[str, Handler]:
                    help="GPU link: nvlink3|nvlink4|nvlink5|pcie4|pcie5|ideal, or profile (the profile's fitted "
                         "link) (default: the GPU's usual one)")
     p.add_argument("--straggler", type=_pairs, action="append", default=[], metavar="D:F",
-                   help="what-if: device D computes F times slower (repeatable)")
+                   help="what-if: device D computes F times slower (repeatable; default none)")
     p.add_argument("--degrade", type=_pairs, action="append", default=[], metavar="D:F",
-                   help="what-if: device D's link has 1/F of its bandwidth (repeatable)")
+                   help="what-if: device D's link has 1/F of its bandwidth (repeatable; default none)")
     p.add_argument("--host-cores", type=float, default=None, metavar="C",
                    help="CPU ranks: the devices are processes sharing one host of C cores (processor sharing; "
                         "use with --cost profile:PATH measured on that host; default: GPUs, no sharing)")
