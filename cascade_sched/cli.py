@@ -10,8 +10,16 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
+from cascade_sched.cliargs import (  # noqa: F401  (re-exported: the subcommands' historical import path)
+    ArgumentParser,
+    add_schedule_args,
+    check_outputs,
+    int_pair,
+    int_ranges,
+    name_list,
+    spec_from_args,
+)
 from cascade_sched.errors import CascadeError, ConfigError
 
 # Spec parameter -> the flag a user typed, so errors name what the user can change.
@@ -19,9 +27,15 @@ FLAG_OF = {
     "num_blocks": "--blocks",
     "timesteps": "--timesteps",
     "lag": "--lag",
+    "lags": "--lag",
     "level": "--level",
     "attention": "--attention",
+    "attentions": "--attention",
     "window": "--window",
+    "windows": "--window",
+    "decodes": "--decode",
+    "decoders": "--decoder",
+    "interconnects": "--interconnect",
     "sink": "--sink",
     "num_devices": "--devices",
     "placement": "--placement",
@@ -37,118 +51,13 @@ FLAG_OF = {
 PLUGINS = ("simulator.cli", "executors.cli", "executors.calibrate_cli", "executors.quality_cli", "executors.serve_cli")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line and exit 2 instead of usage plus a line."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def int_ranges(text: str) -> tuple[int, ...]:
-    """An argparse type for ``1,2,4`` or ``1-8`` (or a mix: ``1-4,8``)."""
-    out: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            lo, sep, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4 or 1-8, got {text!r}") from None
-    return tuple(out)
-
-
-def name_list(text: str) -> tuple[str, ...]:
-    """An argparse type for comma-separated names, lower-cased."""
-    return tuple(x.strip().lower() for x in text.split(",") if x.strip())
-
-
-def _num_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    return tuple(int(v) if v.is_integer() else v for v in values)
-
-
-def int_pair(form: str) -> Callable[[str], tuple[int, int]]:
-    """An argparse type for two integers ``A:B``; ``form`` names them in the error (``RANK:TICK``)."""
-
-    def parse(text: str) -> tuple[int, int]:
-        try:
-            a, b = (int(x) for x in text.split(":"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}") from None
-        return a, b
-
-    return parse
-
-
-def add_schedule_args(p: argparse.ArgumentParser, default_blocks: int = 8, default_window: int = 0) -> None:
-    """The flags that define a ``CascadeSpec``; shared by schedule, simulate, plan and generate."""
-    g = p.add_argument_group("cascade")
-    g.add_argument("--blocks", type=int, default=default_blocks, help="number of blocks (default %(default)s)")
-    g.add_argument("--timesteps", type=_num_list, default=(1000, 750, 500, 250),
-                   help="nominal denoise timesteps, strictly decreasing (default 1000,750,500,250)")
-    g.add_argument("--cache-pass", action=argparse.BooleanOptionalAction, default=True,
-                   help="add the t=0 cache (commit) stage (default on)")
-    lag = g.add_mutually_exclusive_group()
-    lag.add_argument("--lag", type=_int_list, default=None,
-                     help="uniform lag L (1..S), or comma-separated per-block lags; default S (sequential)")
-    lag.add_argument("--level", type=int, default=None,
-                     help="the paper's parallelism level P(k): lag = S - k (0 = sequential, S-1 = fully parallel)")
-    g.add_argument("--attention", default="causal", help="causal | bidirectional | stale (default causal)")
-    g.add_argument("--window", type=int, default=default_window,
-                   help="attention window in blocks incl. itself, 0 = unbounded (default %(default)s)")
-    g.add_argument("--sink", type=int, default=0, help="sink blocks always visible (default 0)")
-    g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
-    g.add_argument("--placement", default="block", help="block | stage (default block)")
-    g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
-    g.add_argument("--switch", type=int_pair("AT_BLOCK:PROMPT_ID"), action="append", default=[], metavar="AT:PROMPT",
-                   help="prompt switch: blocks from AT on use prompt id PROMPT (repeatable)")
-    g.add_argument("--switch-policy", default="none",
-                   help="none (the cascade: nothing added) | recache (the baseline: re-encode the context)")
-
-
-def spec_from_args(args: argparse.Namespace) -> Any:
-    """Build the validated ``CascadeSpec`` the flags describe (``ConfigError`` names the bad one)."""
-    from cascade_sched.spec import CascadeSpec, paper_level
-
-    if args.window is not None and args.window < 0:
-        raise ConfigError("window", f"`window` must be at least 1 block, or 0 for unbounded, got {args.window}")
-    lag: int | tuple[int, ...] | None = None
-    if args.lag is not None:
-        lag = args.lag[0] if len(args.lag) == 1 else args.lag
-    spec = CascadeSpec(
-        num_blocks=args.blocks,
-        timesteps=args.timesteps,
-        cache_pass=args.cache_pass,
-        lag=lag,
-        attention=args.attention,
-        window=args.window or None,
-        sink=args.sink,
-        num_devices=args.devices,
-        placement=args.placement,
-        seed=args.seed,
-        switches=tuple(args.switch),
-        switch_policy=args.switch_policy,
-    )
-    if args.level is not None:
-        spec = CascadeSpec.from_dict({**spec.to_dict(), "lag": paper_level(args.level, spec.num_stages)})
-    return spec
-
-
 def _cmd_schedule(args: argparse.Namespace) -> int:
     from cascade_sched.io import dumps
     from cascade_sched.render import draw_grid, render_grid
     from cascade_sched.schedule import build_schedule
     from cascade_sched.validate import validate
 
+    check_outputs(args, {"png": (".png",)})
     schedule = validate(build_schedule(spec_from_args(args)))
     if args.json:
         print(dumps(schedule, indent=None if args.compact else 1))
@@ -184,7 +93,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, Callable[[argparse.Namespa
     add_schedule_args(p)
     p.add_argument("--json", action="store_true", help="print the cascade-schedule/3 JSON to stdout")
     p.add_argument("--compact", action="store_true", help="with --json: one line, no indentation")
-    p.add_argument("--png", metavar="PATH", help="draw the tick x device grid to a PNG")
+    p.add_argument("--png", metavar="PATH", help="draw the tick x device grid to a PNG (default none)")
     handlers["schedule"] = _cmd_schedule
     for module in PLUGINS:
         try:
@@ -197,11 +106,33 @@ def build_parser() -> tuple[ArgumentParser, dict[str, Callable[[argparse.Namespa
     return parser, handlers
 
 
-def flag_of(param: str) -> str:
-    """The flag a ``ConfigError`` parameter names: as given when it is already a flag (``--out``)."""
-    if param.startswith("-"):
-        return param
-    return FLAG_OF.get(param, f"--{param.replace('_', '-')}")
+def flag_of(param: str, argv: Sequence[str] = (), parser: argparse.ArgumentParser | None = None) -> str:
+    """The flag a ``ConfigError`` parameter names: as given when it is already a flag (``--out``). With the
+    command line and its parser, the spelling the user typed (a deprecated alias such as ``--lags``)."""
+    flag = param if param.startswith("-") else FLAG_OF.get(param, f"--{param.replace('_', '-')}")
+    if parser is None:
+        return flag
+    typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    if flag in typed:
+        return flag
+    for action in _all_actions(parser):
+        if flag in action.option_strings:
+            dest = action.dest
+            for other in _all_actions(parser):
+                if other.dest == dest:
+                    for spelling in other.option_strings:
+                        if spelling in typed:
+                            return spelling
+    return flag
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                actions.extend(sub._actions)
+    return actions
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,9 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     interrupts.install()
     command = "cascade"
+    parser: argparse.ArgumentParser | None = None
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser, handlers = build_parser()
-        argv = list(sys.argv[1:] if argv is None else argv)
+        for arg in argv:  # only possible in-process (exec cannot pass one); paths would fail deep inside
+            if "\x00" in arg:
+                raise CascadeError(f"argument {arg!r} contains a NUL byte")
         args = parser.parse_args(argv)
         if args.command is None:
             # The main job on a built-in default: the planner where it is installed, else a schedule.
@@ -225,14 +160,25 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return interrupts.exit_code(e)
     except ConfigError as e:
-        flag = flag_of(e.param)
-        print(f"{command}: error: {flag}: {e}", file=sys.stderr)
+        flag = flag_of(e.param, argv, _subparser(parser, command))
+        canonical = flag_of(e.param)
+        text = str(e).replace(f"`{canonical}`", f"`{flag}`") if flag != canonical else str(e)
+        print(f"{command}: error: {flag}: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
         return 2
     except CascadeError as e:
         print(f"{command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
+
+
+def _subparser(parser: argparse.ArgumentParser | None, command: str) -> argparse.ArgumentParser | None:
+    """The subcommand's parser (``cascade plan`` -> plan's), so an alias is found among its flags only."""
+    name = command.partition(" ")[2]
+    for action in parser._actions if parser is not None else ():
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return parser
 
 
 if __name__ == "__main__":

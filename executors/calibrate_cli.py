@@ -12,7 +12,24 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cascade_sched.cli import int_ranges, name_list
+from cascade_sched.cliargs import (
+    DEFAULT_BLOCKS,
+    DEFAULT_WINDOW,
+    MAX_REPEATS,
+    MAX_TIMEOUT_S,
+    THREADS_HELP,
+    add_device_args,
+    alias,
+    check_float,
+    check_input_file,
+    check_int,
+    check_outputs,
+    check_schedule_size,
+    check_threads,
+    cpu_count,
+    int_ranges,
+    name_list,
+)
 from cascade_sched.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -22,13 +39,29 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+DTYPES = ("float32", "bfloat16", "float64")
+MAX_BATCH = 64  # a tick batches at most one task per stage of a device: 64 covers any sampler here
+MAX_CONTEXT = 1024  # blocks a task attends to (window + sink; an unbounded window is bounded by --blocks)
+
+
 def _model_args(g: Any, kit: bool = False) -> None:
     more = "; wan2.1-1.3b with --gpu-kit" if kit else ""
-    g.add_argument("--model", default=None, help=f"tiny | small | toy | wan2.1-1.3b | wan2.1-14b (default small{more})")
+    g.add_argument("--model", default=None, help=f"toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default small{more})")
     g.add_argument("--checkpoint", default=None, help="model weights (default: seeded random weights)")
-    g.add_argument("--device", default=None, help=f"cpu | cuda (default cpu{'; cuda with --gpu-kit' if kit else ''})")
-    g.add_argument("--dtype", default=None,
-                   help=f"float32 | bfloat16 (default float32{'; bfloat16 with --gpu-kit' if kit else ''})")
+    note = "; cuda / bfloat16 with --gpu-kit" if kit else ""
+    add_device_args(g, device=None, dtype=None, note=note)
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    if args.dtype not in DTYPES:
+        raise ConfigError("--dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    kind, _, index = args.device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError("--device", f"`--device` must be cpu, cuda or cuda:N, got {args.device!r}")
+    from models.config import get_config
+
+    get_config(args.model)  # unknown names refused here, with the valid ones
+    check_input_file("--checkpoint", args.checkpoint, folder_ok=True)
 
 
 def _resolve(args: argparse.Namespace, kit: bool) -> None:
@@ -43,22 +76,23 @@ def register(subparsers: Any) -> dict[str, Handler]:
     p = subparsers.add_parser("calibrate", help="profile the model, sampler, decoder and links on this machine")
     g = p.add_argument_group("calibration")
     _model_args(g, kit=True)
-    g.add_argument("--out", default=None, help="profile file to write (default calib.json; gpu-profile.json with --gpu-kit)")
+    g.add_argument("--out", default=None, metavar="PATH.json",
+                   help="profile file to write (default calib.json; gpu-profile.json with --gpu-kit)")
     g.add_argument("--gpu-kit", action="store_true",
                    help="the one-shot GPU calibration: forward vs batch 1-5 and context 1-11 blocks at 480x832 with "
                         "random weights, the Wan VAE decode, peak memory, the tick overhead; writes the profile and "
                         "prints measured vs predicted sequential FPS (a few minutes on one GPU)")
     g.add_argument("--no-vae", action="store_true", help="with --gpu-kit: skip the Wan VAE (needs diffusers)")
-    g.add_argument("--threads", type=int, default=1,
-                   help="intra-op threads, as the runs to predict use (default 1: one rank per core; 0 = torch's default)")
-    g.add_argument("--batches", type=int_ranges, default=(1, 2, 3, 4, 5), help="local tasks per device (default 1-5)")
+    g.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; 1 as one rank per core runs")
+    g.add_argument("--batches", type=int_ranges, default=(1, 2, 3, 4, 5),
+                   help=f"local tasks per device, 1..{MAX_BATCH} (default 1-5)")
     g.add_argument("--context-blocks", type=int_ranges, default=None,
                    help="blocks each task attends to, its own included (default 1,2,3,4,6,8,12; 1-11 with --gpu-kit)")
     g.add_argument("--warmup", type=int, default=None, help="untimed runs per shape (default 2; 1 with --gpu-kit)")
     g.add_argument("--repeats", type=int, default=None,
                    help="timed runs per shape; the median is kept (default 5; 3 with --gpu-kit)")
     g.add_argument("--no-link", action="store_true", help="skip the two-rank collective measurement")
-    g.add_argument("--notes", default="", help="free text kept in the provenance")
+    g.add_argument("--notes", default="", help="free text kept in the provenance (default none)")
 
     q = subparsers.add_parser("validate", help="compare executor runs with simulator predictions")
     g = q.add_argument_group("matrix")
@@ -68,12 +102,15 @@ def register(subparsers: Any) -> dict[str, Handler]:
                         "the table docs/validation.md carries)")
     g.add_argument("--profile", default=None, metavar="PATH",
                    help="a calibrated profile (default: calibrate now, one process, --threads threads)")
-    g.add_argument("--threads", type=int, default=1, help="threads of the world-1 runs and of calibration (default 1)")
-    g.add_argument("--blocks", type=int, default=16, help="blocks per run (default %(default)s)")
-    g.add_argument("--window", type=int, default=4, help="attention window in blocks, 0 = unbounded (default 4)")
-    g.add_argument("--lags", type=int_ranges, default=None, help="lags to run (default every lag 1..S)")
-    g.add_argument("--attentions", type=name_list, default=("causal", "bidirectional", "stale"),
-                   help="attention modes (default causal,bidirectional,stale)")
+    g.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; of the world-1 runs and of calibration")
+    g.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="blocks per run (default %(default)s)")
+    g.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help="attention window in blocks, 0 = unbounded (default %(default)s)")
+    g.add_argument("--lag", type=int_ranges, default=None, help="lags to run, e.g. 1,2 or 1-5 (default every lag 1..S)")
+    g.add_argument("--attention", type=name_list, default=("causal", "bidirectional", "stale"),
+                   help="attention modes to run (default causal,bidirectional,stale)")
+    alias(g, "--lags", "--lag", type=int_ranges, default=None)
+    alias(g, "--attentions", "--attention", type=name_list, default=("causal", "bidirectional", "stale"))
     g.add_argument("--worlds", type=int_ranges, default=None,
                    help="process counts (default 1,2 on a machine with 2+ cores, else 1)")
     g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
@@ -86,8 +123,10 @@ def register(subparsers: Any) -> dict[str, Handler]:
                         "per tick in which two ranks compute")
     g.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
     g.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    g.add_argument("--traces", default=None, metavar="DIR", help="write each row's measured and predicted trace")
-    g.add_argument("--save-profile", default=None, metavar="PATH", help="write the profile calibrated for this run")
+    g.add_argument("--traces", default=None, metavar="DIR",
+                   help="write each row's measured and predicted trace into DIR (created; default none)")
+    g.add_argument("--save-profile", default=None, metavar="PATH.json",
+                   help="write the profile calibrated for this run (not with --profile; default none)")
     return {"calibrate": _cmd_calibrate, "validate": _cmd_validate}
 
 
@@ -99,12 +138,7 @@ def _options(args: argparse.Namespace, link: bool) -> Any:
         args.repeats = 5 if args.repeats is None else args.repeats
     if hasattr(args, "context_blocks") and args.context_blocks is None:
         args.context_blocks = DEFAULT_CONTEXT_BLOCKS
-    for name in ("warmup", "repeats"):
-        value = getattr(args, name, 1)
-        if value < (0 if name == "warmup" else 1):
-            raise ConfigError(name, f"`--{name}` must be at least {0 if name == 'warmup' else 1}, got {value}")
-    if args.threads < 0:
-        raise ConfigError("threads", f"`--threads` must be 0 (torch's default) or more, got {args.threads}")
+    _check_counts(args)
     return CalibrateOptions(
         model=args.model, device=args.device, dtype=args.dtype, threads=args.threads or None,
         checkpoint=args.checkpoint, link=link, notes=getattr(args, "notes", ""),
@@ -113,14 +147,28 @@ def _options(args: argparse.Namespace, link: bool) -> Any:
     )
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Every count flag in its range, before any work."""
+    for name, lo in (("warmup", 0), ("repeats", 1)):
+        check_int(f"--{name}", getattr(args, name, None), lo, MAX_REPEATS)
+    check_threads("--threads", args.threads)
+    for flag, values, hi in (("--batches", getattr(args, "batches", None), MAX_BATCH),
+                             ("--context-blocks", getattr(args, "context_blocks", None), MAX_CONTEXT)):
+        if values is not None and (min(values) < 1 or max(values) > hi):
+            bad = min(values) if min(values) < 1 else max(values)
+            raise ConfigError(flag, f"`{flag}` must lie in 1..{hi}, got {bad}")
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from executors.calibrate import calibrate
 
     _resolve(args, args.gpu_kit)
+    _check_model_args(args)
     args.out = args.out or ("gpu-profile.json" if args.gpu_kit else "calib.json")
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder) or os.path.isdir(args.out):
-        raise ConfigError("out", f"`--out` {args.out!r} must be a file in an existing folder")
+    check_outputs(args, {"out": (".json",)})
+    _check_counts(args)
+    if args.no_vae and not args.gpu_kit:
+        raise ConfigError("--no-vae", "`--no-vae` applies to `--gpu-kit` only")
     if args.gpu_kit:
         return _cmd_kit(args)
     profile = calibrate(_options(args, link=not args.no_link), _say)
@@ -135,10 +183,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_kit(args: argparse.Namespace) -> int:
     from executors.gpu_check import KitOptions, run_kit
 
-    for name in ("warmup", "repeats"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "warmup" else 1):
-            raise ConfigError(name, f"`--{name}` must be at least {0 if name == 'warmup' else 1}, got {value}")
     options = KitOptions(model=args.model, device=args.device, dtype=args.dtype, batches=tuple(args.batches),
                          context_blocks=tuple(args.context_blocks or range(1, 12)),
                          warmup=1 if args.warmup is None else args.warmup,
@@ -170,15 +214,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from simulator.profile import Profile
 
     _resolve(args, False)
-
-    if args.window < 0:
-        raise ConfigError("window", f"`--window` must be at least 1 block, or 0 for unbounded, got {args.window}")
-    if args.repeats < 1:
-        raise ConfigError("repeats", f"`--repeats` must be at least 1, got {args.repeats}")
+    _check_validate(args)
     worlds = args.worlds or _default_worlds(args.device)
     options = MatrixOptions(
-        model=args.model, blocks=args.blocks, window=args.window or None, lags=args.lags,
-        attentions=tuple(args.attentions), worlds=tuple(worlds), repeats=args.repeats, device=args.device,
+        model=args.model, blocks=args.blocks, window=args.window or None, lags=args.lag,
+        attentions=tuple(args.attention), worlds=tuple(worlds), repeats=args.repeats, device=args.device,
         dtype=args.dtype, threads=args.threads or None, checkpoint=args.checkpoint, timeout_s=args.timeout,
         traces=args.traces, quiet_s=max(0.0, args.quiet_wait), sharing=args.contention_model == "sharing",
     )
@@ -200,6 +240,36 @@ def _cmd_validate(args: argparse.Namespace) -> int:
               f"thread(s), torch {prov.get('torch')}, {prov.get('date')})")
         print(format_markdown(rows) if args.markdown else format_table(rows))
     return 0
+
+
+def _check_validate(args: argparse.Namespace) -> None:
+    """Every flag of ``cascade validate`` in its range, and its paths, before any calibration or run."""
+    from cascade_sched.spec import ATTENTION_MODES as ATTENTIONS
+
+    _check_model_args(args)
+    check_outputs(args, {"traces": None, "save_profile": (".json",)}, folders=("traces",))
+    check_input_file("--profile", args.profile)
+    if args.profile and args.save_profile:
+        raise ConfigError("--save-profile", "`--save-profile` writes the profile calibrated in this run; with "
+                                            "`--profile` nothing is calibrated (copy that file instead)")
+    check_int("--window", args.window, 0, None, " block(s), or 0 for unbounded")
+    check_int("--repeats", args.repeats, 1, MAX_REPEATS)
+    check_threads("--threads", args.threads)
+    check_float("--timeout", args.timeout, 0, MAX_TIMEOUT_S, open_lo=True, why=" seconds")
+    check_float("--quiet-wait", args.quiet_wait, 0, 3600, why=" seconds")
+    check_int("--blocks", args.blocks, 2, None)
+    stages = 5  # the calibrated sampler's 4 steps and the cache pass
+    check_schedule_size(args.blocks, stages, args.window or None, 0)
+    for lag in args.lag or ():
+        check_int("--lag", lag, 1, stages, f" (S={stages} stages)")
+    for a in args.attention:
+        if a not in ATTENTIONS:
+            raise ConfigError("--attention", f"`--attention` must be among {', '.join(ATTENTIONS)}, got {a!r}")
+    if args.worlds is not None:
+        hi = cpu_count() if args.device == "cpu" else 64
+        if min(args.worlds) < 1 or max(args.worlds) > hi:
+            bad = min(args.worlds) if min(args.worlds) < 1 else max(args.worlds)
+            raise ConfigError("--worlds", f"`--worlds` must lie in 1..{hi} (one rank per core here), got {bad}")
 
 
 def _finite(value: Any) -> Any:

@@ -6,6 +6,7 @@ Imports torch only when the command runs, so ``cascade schedule`` stays light.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,76 +16,67 @@ PRESET_NAMES = "self-forcing | causvid | causvid-warp4 | longlive | krea-14b"
 
 
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
-    from cascade_sched.cli import add_schedule_args, int_pair
+    from cascade_sched.cliargs import add_device_args, add_model_source_args, add_schedule_args, int_pair
 
     p = sub.add_parser("generate", help="generate a video by running the schedule with a model")
-    add_schedule_args(p, default_blocks=6)
+    add_schedule_args(p)
+    add_model_source_args(p, preset_names=PRESET_NAMES)
     g = p.add_argument_group("generation")
-    g.add_argument("--model", default=None, help="toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default: the "
-                   "preset's, else the --checkpoint's own shapes, else toy: the shipped trained weights, bouncing "
-                   "balls, see docs/quality.md; without --checkpoint the others take seeded random weights)")
-    g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
-                   "CausVid, LongLive, Krea) or a cascade model folder; default: seeded random weights")
-    g.add_argument("--preset", default=None, help=f"a published pipeline's settings: {PRESET_NAMES} (sampler, steps, "
-                   "window, sink, weights entry, LoRA alpha; see docs/models.md)")
-    g.add_argument("--weights", default=None, choices=("generator", "ema"),
-                   help="checkpoint entry to load: generator | ema (generator_ema); default: the preset's, or the "
-                   "file's only one (a file with both needs this or --preset)")
-    g.add_argument("--lora", default=None, metavar="PATH", help="PEFT LoRA adapter merged into the weights at load "
-                   "(a save_pretrained folder, .safetensors, or LongLive's lora.pt)")
-    g.add_argument("--shift", type=float, default=None,
-                   help="sampler shift (default: the preset's, else the one saved with the weights: toy 1, else 5)")
-    t = p.add_argument_group("text and decoding")
-    t.add_argument("--model-dir", default=None, metavar="DIR", help="a diffusers-style Wan2.1 folder: its "
-                   "text_encoder/ + tokenizer/ condition the model and its vae/ decodes (the DiT weights come "
-                   "from --checkpoint)")
-    t.add_argument("--text-encoder", default=None, metavar="DIR",
-                   help="umT5 encoder folder (or a Wan2.1 folder), run through transformers")
-    t.add_argument("--text-encoder-device", default="cpu",
-                   help="where the text encoder runs (default cpu: umT5-XXL alone is ~11 GB); freed after encoding")
-    t.add_argument("--text-embeddings", default=None, metavar="FILE|stand-in",
-                   help="precomputed embeddings, one per prompt text (as --save-text-embeddings writes them), or "
-                   "'stand-in' for hashed-noise prompts (default: the stand-in only for toy/tiny/small)")
-    t.add_argument("--save-text-embeddings", default=None, metavar="FILE.safetensors",
-                   help="write the embeddings of every prompt of the run")
-    t.add_argument("--vae", default=None, metavar="PATH", help="decoder: an AutoencoderKLWan folder (the Wan VAE, "
-                   "streaming) or TAEHV weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, "
-                   "else the latent preview")
-    t.add_argument("--vae-device", default=None, help="where decoding runs, on its own thread and CUDA stream "
-                   "(default: the denoising device)")
     g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
     g.add_argument("--prompts", default=None, metavar="PATH",
-                   help="prompt timeline: a JSON or YAML list of {at_block, prompt} (switches mid-stream)")
+                   help="prompt timeline: a JSON or YAML list of {at_block, prompt} (switches mid-stream; "
+                        "default none; examples/story.yaml)")
+    g.add_argument("--save-text-embeddings", default=None, metavar="FILE.safetensors",
+                   help="write the embeddings of every prompt of the run (default none)")
     g.add_argument("--interactive", action="store_true",
                    help="read new prompts from standard input while streaming; each applies from the first "
                         "block not yet started, and the stream goes on until input ends")
-    g.add_argument("--max-blocks", type=int, default=1000, help="with --interactive: stop growing here")
+    g.add_argument("--max-blocks", type=int, default=None,
+                   help="with --interactive: stop growing here (default: the larger of --blocks and 1000)")
     g.add_argument("--executor", default="reference", choices=("reference", "distributed", "compiled"),
                    help="reference (one process), distributed (one rank per device) or compiled (graphs "
                    "compiled per forward shape; one process, or one rank per device with --nproc/torchrun)")
     g.add_argument("--backend", default=None, choices=("inductor", "tensorrt"),
                    help="compiled executor's backend (default inductor; tensorrt needs torch-tensorrt and CUDA)")
     g.add_argument("--engine-cache", default=None, metavar="DIR",
-                   help="compiled executor: save compiled artifacts under DIR/rank{r}/, load them when present")
+                   help="compiled executor: save compiled artifacts under DIR/rank{r}/, load them when present "
+                        "(default none)")
     g.add_argument("--nproc", type=int, default=None,
                    help="ranks to spawn when not under torchrun (default and required: --devices)")
-    g.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 (default float32)")
-    g.add_argument("--out", default=None, help="video file to write, .mp4 or .gif (written block by block)")
-    g.add_argument("--save-latents", default=None, metavar="PATH.npz", help="write every latent frame")
-    g.add_argument("--trace", default=None, metavar="PATH.json", help="write the measured Chrome trace")
+    add_device_args(g)
+    g.add_argument("--out", default=None, metavar="PATH.mp4|PATH.gif",
+                   help=f"video file to write, .mp4 or .gif, block by block (default {DEFAULT_OUT}/"
+                        "<model>-<time>.mp4)")
+    g.add_argument("--save-latents", default=None, metavar="PATH.npz", help="write every latent frame (default none)")
+    g.add_argument("--trace", default=None, metavar="PATH.json", help="write the measured Chrome trace (default none)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds a rank waits on a peer (default 60)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--fail-at", type=int_pair("RANK:TICK"), default=None, help=argparse.SUPPRESS)  # tests: RANK:TICK
     return {"generate": _cmd_generate}
 
 
+DEFAULT_OUT = "cascade-out"  # where `cascade generate` writes when no --out is given
+
+
+def default_out(args: argparse.Namespace) -> str:
+    """``cascade-out/<model>-<UTC time>.mp4``: the file a run with no ``--out`` writes (and says so)."""
+    import time
+
+    name = (args.model or args.preset or ("checkpoint" if args.checkpoint else "toy")).replace("/", "_")
+    return f"{DEFAULT_OUT}/{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.mp4"
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from cascade_sched.cli import spec_from_args
+    from cascade_sched.cliargs import spec_from_args
     from cascade_sched.errors import ConfigError
     from executors.generate import GenerateJob, run_generate
+
+    preset = _apply_preset(args)
+    made_out = _check_generate(args)
+    spec = spec_from_args(args)
+    _check_memory(args, spec)
+    _check_sources(args, preset)
     from executors.launch import check_device
-    from executors.output import check_video_path
 
     for flag, device in (("device", args.device), ("text_encoder_device", args.text_encoder_device),
                          ("vae_device", args.vae_device)):
@@ -93,22 +85,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 check_device(device)
             except ConfigError as e:
                 raise ConfigError(flag, str(e).replace("--device", f"--{flag.replace('_', '-')}")) from None
-    preset = _apply_preset(args)
-    spec = spec_from_args(args)
-    _check_sources(args, preset)
-    if args.out:
-        check_video_path(args.out)
-    if args.save_latents and not args.save_latents.endswith(".npz"):
-        raise ConfigError("save_latents", f"`--save-latents` must end in .npz, got {args.save_latents!r}")
-    if args.shift is not None and not args.shift > 0:
-        raise ConfigError("shift", f"`--shift` must be positive, got {args.shift}")
-    if args.timeout <= 0:
-        raise ConfigError("timeout", f"`--timeout` must be positive seconds, got {args.timeout}")
-    if args.nproc is not None and args.executor == "reference":
-        raise ConfigError("nproc", "`--nproc` needs `--executor distributed` or `--executor compiled`")
-    for flag, value in (("backend", args.backend), ("engine_cache", args.engine_cache)):
-        if value is not None and args.executor != "compiled":
-            raise ConfigError(flag, f"`--{flag.replace('_', '-')}` needs `--executor compiled`")
     prompts: tuple[tuple[int, str], ...] = ()
     if args.prompts:
         from executors.interactive import read_timeline
@@ -122,9 +98,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompts = tuple((pid, f"{args.prompt} (prompt {pid})") for _, pid in args.switch if pid)
     if args.interactive and args.executor != "reference":
         raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
-    if args.max_blocks < spec.num_blocks:
-        raise ConfigError("max_blocks", f"`--max-blocks` must be at least `--blocks` {spec.num_blocks}, got "
-                          f"{args.max_blocks}")
+    if made_out:
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        print(f"note: no --out: writing the video to {args.out}", file=sys.stderr)
     job = GenerateJob(
         preset=args.preset, weights=args.weights, lora=args.lora, model_dir=args.model_dir,
         text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
@@ -133,7 +109,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         spec=spec.to_dict(), model=args.model, checkpoint=args.checkpoint, prompt=args.prompt,
         dtype=args.dtype, device=args.device, out=args.out, save_latents=args.save_latents,
         trace=args.trace, fail_at=args.fail_at, timeout_s=args.timeout, progress=not args.no_progress,
-        executor=args.executor, prompts=prompts, interactive=args.interactive, max_blocks=args.max_blocks,
+        executor=args.executor, prompts=prompts, interactive=args.interactive,
+        max_blocks=args.max_blocks if args.max_blocks is not None else max(1000, spec.num_blocks),
         backend=args.backend or "inductor", engine_cache=args.engine_cache, shift=args.shift,
     )
     if (args.model or "toy") == "toy" and not args.checkpoint and (args.prompts or args.switch or args.interactive):
@@ -149,6 +126,75 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_generate(args: argparse.Namespace) -> bool:
+    """The flags' ranges and every output path, before any work; True when ``--out`` was defaulted."""
+    from cascade_sched.cliargs import MAX_TIMEOUT_S, check_float, check_int, check_outputs, cpu_count
+    from cascade_sched.errors import ConfigError
+    from executors.launch import under_torchrun
+
+    check_outputs(args, {"out": (".mp4", ".gif"), "save_latents": (".npz",), "trace": (".json",),
+                         "save_text_embeddings": (".safetensors",), "engine_cache": None},
+                  folders=("engine_cache",))
+    if args.dtype not in DTYPES:
+        raise ConfigError("--dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    check_float("--shift", args.shift, 0, 1000, open_lo=True)
+    check_float("--timeout", args.timeout, 0, MAX_TIMEOUT_S, open_lo=True, why=" seconds")
+    check_int("--nproc", args.nproc, 1, max(64, 8 * cpu_count()))
+    if args.nproc is not None and args.executor == "reference":
+        raise ConfigError("nproc", "`--nproc` needs `--executor distributed` or `--executor compiled`")
+    for flag, value in (("backend", args.backend), ("engine_cache", args.engine_cache)):
+        if value is not None and args.executor != "compiled":
+            raise ConfigError(flag, f"`--{flag.replace('_', '-')}` needs `--executor compiled`")
+    if args.interactive and args.executor != "reference":
+        raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
+    if args.max_blocks is not None:
+        if not args.interactive:
+            raise ConfigError("max_blocks", "`--max-blocks` bounds an `--interactive` stream; give `--blocks` "
+                                            "otherwise")
+        check_int("--max-blocks", args.max_blocks, max(1, args.blocks), 100_000,
+                  f" (at least `--blocks` {args.blocks})")
+    if under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.executor == "reference":
+        raise ConfigError("executor", "under torchrun, `cascade generate` needs `--executor distributed` or "
+                                      "`--executor compiled` (with reference, every rank would write the same "
+                                      "files)")
+    if args.out is None and not (args.save_latents or args.trace or args.save_text_embeddings):
+        from cascade_sched.outputs import check_output
+
+        check_output("--out", DEFAULT_OUT, directory=True)
+        args.out = default_out(args)
+        return True
+    return False
+
+
+DTYPES = ("float32", "bfloat16", "float64")
+
+
+def _check_memory(args: argparse.Namespace, spec: Any) -> None:
+    """Refuse a run whose latents and K/V cache alone would not fit in half the available memory."""
+    from cascade_sched.cliargs import _gib, available_memory
+    from cascade_sched.errors import ConfigError
+    from models.config import get_config
+
+    name = args.model or getattr(args, "_preset_model", None) or (None if args.checkpoint else "toy")
+    if name is None:
+        return  # the checkpoint's own shapes: known once it is read
+    try:
+        config = get_config(name)
+    except ConfigError:
+        return  # an unknown name is refused, with the valid ones, where the model is built
+    per = {"float32": 4, "bfloat16": 2, "float64": 8}.get(args.dtype, 4)
+    frames = config.frames_per_block
+    latents = spec.num_blocks * frames * config.in_channels * config.latent_height * config.latent_width * 4
+    cached = min(spec.num_blocks, (spec.window or spec.num_blocks) + spec.sink)
+    kv = cached * frames * config.tokens_per_frame * config.dim * 2 * config.num_layers * per
+    need = latents + kv
+    have = available_memory()
+    if args.device == "cpu" and need > have // 2:
+        raise ConfigError("blocks", f"`--blocks` {spec.num_blocks} of {name} holds ~{_gib(latents)} of latents "
+                                    f"and ~{_gib(kv)} of K/V cache, more than half the {_gib(have)} available"
+                                    + ("" if spec.window else "; give `--window`"))
+
+
 def _apply_preset(args: argparse.Namespace) -> Any:
     """Set the schedule flags a preset names (timesteps, window, sink) where the user left the defaults;
     a flag the user set wins, with a note."""
@@ -157,8 +203,11 @@ def _apply_preset(args: argparse.Namespace) -> Any:
     from cascade_sched.errors import ConfigError
     from models.presets import get_preset
 
+    from cascade_sched.cliargs import DEFAULT_TIMESTEPS, DEFAULT_WINDOW
+
     preset = get_preset(args.preset)
-    defaults = {"timesteps": (1000, 750, 500, 250), "window": 0, "sink": 0, "switch_policy": "none"}  # the flags'
+    args._preset_model = preset.model
+    defaults = {"timesteps": DEFAULT_TIMESTEPS, "window": DEFAULT_WINDOW, "sink": 0, "switch_policy": "none"}  # the flags'
     for name, value in preset.spec_fields().items():
         value = tuple(value) if name == "timesteps" else (value or 0) if name == "window" else value
         current = tuple(getattr(args, name)) if name == "timesteps" else getattr(args, name)

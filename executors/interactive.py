@@ -26,10 +26,10 @@ def read_timeline(path: str, first_prompt: str) -> tuple[dict[int, str], tuple[t
 
     The same text used twice gets the same id. Every problem is one ``ConfigError`` naming ``--prompts``.
     """
+    from cascade_sched.cliargs import read_text
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError("prompts", f"`--prompts` file {path!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    text = read_text("--prompts", path)
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml

@@ -12,23 +12,57 @@ from collections.abc import Callable
 from typing import Any
 
 
+MAX_SEEDS = 10_000  # videos per setting; the run's length is checked against the work bound too
+TOY_BLOCK_S = 0.05  # one toy block through every stage on one core (measured, generous)
+
+
 def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    from cascade_sched.cliargs import DEFAULT_BLOCKS, THREADS_HELP, alias, int_ranges, name_list
+
     p = sub.add_parser("quality", help="measure physics error, block jumps and distance to sequential for "
                        "every lag and attention mode, on the trained toy model")
     p.add_argument("--seeds", type=int, default=8, help="videos per setting, seeds 0..N-1 (default 8)")
-    p.add_argument("--blocks", type=int, default=6, help="blocks per video (default 6)")
-    p.add_argument("--lags", default=None, help="comma-separated lags (default 1..S)")
-    p.add_argument("--attention", default="causal,bidirectional,stale",
-                   help="comma-separated attention modes (default causal,bidirectional,stale)")
+    p.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="blocks per video (default %(default)s)")
+    p.add_argument("--lag", type=int_ranges, default=None, help="lags to measure, e.g. 1,5 or 1-5 (default 1..S)")
+    p.add_argument("--attention", type=name_list, default=("causal", "bidirectional", "stale"),
+                   help="attention modes to measure (default causal,bidirectional,stale)")
+    alias(p, "--lags", "--lag", type=int_ranges, default=None)
     p.add_argument("--checkpoint", default=None, help="toy weights (.safetensors with its .json); default: shipped")
     p.add_argument("--shift", type=float, default=None,
                    help="sampler shift (default: the one saved with the weights, 1 for the shipped toy)")
     p.add_argument("--frames", default=None, metavar="PATH.png",
-                   help="also draw seed 0's frames: sequential, lag 1 causal, lag 1 bidirectional")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+                   help="also draw seed 0's frames: sequential, lag 1 causal, lag 1 bidirectional (default none)")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return {"quality": _cmd_quality}
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every flag in its range, the run's size and the output path, before the model loads."""
+    from cascade_sched.cliargs import WORK_BUDGET_S, check_float, check_input_file, check_int, check_outputs, \
+        check_threads
+    from cascade_sched.errors import ConfigError
+    from cascade_sched.spec import ATTENTION_MODES
+
+    check_outputs(args, {"frames": (".png",)})
+    check_input_file("--checkpoint", args.checkpoint, folder_ok=True)
+    check_int("--seeds", args.seeds, 1, MAX_SEEDS)
+    check_int("--blocks", args.blocks, 2, 1000)
+    check_threads("--threads", args.threads)
+    check_float("--shift", args.shift, 0, 1000, open_lo=True)
+    stages = 5
+    for lag in args.lag or ():
+        check_int("--lag", lag, 1, stages, f" (S={stages} stages)")
+    bad = [a for a in args.attention if a not in ATTENTION_MODES]
+    if bad:
+        raise ConfigError("--attention", f"`--attention` must list {', '.join(ATTENTION_MODES)}, got {bad[0]!r}")
+    settings = 1 + len(args.lag or range(stages)) * len(args.attention)
+    seconds = args.seeds * settings * args.blocks * TOY_BLOCK_S
+    if seconds > WORK_BUDGET_S:
+        raise ConfigError("--seeds", f"`--seeds` {args.seeds} x {settings} settings x `--blocks` {args.blocks} is "
+                                     f"~{seconds / 60:.0f} min of toy generation, past the bound of "
+                                     f"{WORK_BUDGET_S / 60:.0f} min")
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
@@ -47,19 +81,11 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     )
     from models.sampler import FlowMatchSampler
 
-    if args.seeds < 1 or args.blocks < 2:
-        raise ConfigError("seeds", f"need `--seeds` >= 1 and `--blocks` >= 2, got {args.seeds}, {args.blocks}")
-    atts = [a.strip() for a in args.attention.split(",") if a.strip()]
-    bad = [a for a in atts if a not in ATTENTIONS]
-    if bad or not atts:
-        raise ConfigError("attention", f"`--attention` must list {', '.join(ATTENTIONS)}, got {args.attention!r}")
-    try:
-        lags = None if args.lags is None else [int(x) for x in args.lags.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError("lag", f"`--lags` must be comma-separated integers, got {args.lags!r}") from None
-    if args.shift is not None and not args.shift > 0:
-        raise ConfigError("shift", f"`--shift` must be positive, got {args.shift}")
-    torch.set_num_threads(max(1, args.threads))
+    _check(args)
+    atts = list(args.attention)
+    lags = None if args.lag is None else list(args.lag)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = toy_model(args.checkpoint)
     sampler = FlowMatchSampler(shift=args.shift) if args.shift is not None else toy_sampler(args.checkpoint)
     videos: dict[tuple[int, str, int], Any] = {}

@@ -17,26 +17,22 @@ from cascade_sched.errors import CascadeError, ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
-DEFAULT_WINDOW = 4  # a served stream is long: K/V and attention stay bounded by a sliding window
-
-
 def register(sub: Any) -> dict[str, Handler]:
     """Add ``serve`` to the ``cascade`` command; returns its handler."""
-    from cascade_sched.cli import add_schedule_args, int_pair
+    from cascade_sched.cliargs import add_device_args, add_model_source_args, add_schedule_args, int_pair
+    from executors.cli import PRESET_NAMES
 
     p = sub.add_parser("serve", help="serve a live stream to a browser, with prompt switches (needs the serve extra)",
                        description="Serve one live stream at a time over HTTP and a websocket; open the printed "
                                    "URL in a browser. See docs/serve.md.")
-    add_schedule_args(p, default_blocks=2)
+    add_schedule_args(p)
     for action in p._actions:  # the stream's length is --max-blocks, its prompts come from clients
-        if action.dest in ("num_blocks", "blocks", "switch"):
+        if action.dest in ("blocks", "switch"):
             action.help = argparse.SUPPRESS
-        if action.dest == "window":
-            action.help = f"attention window in blocks incl. itself, 0 = unbounded (default {DEFAULT_WINDOW} here)"
+            action.default = None if action.dest == "blocks" else []
         if action.dest == "switch_policy":
             action.help = "switch policy a stream starts with: none | recache (default none; a client may restart "\
                           "the stream under the other)"
-    p.set_defaults(window=DEFAULT_WINDOW)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=int, default=8000, help="TCP port, 0 = any free one (default 8000)")
@@ -59,16 +55,11 @@ def register(sub: Any) -> dict[str, Handler]:
     g.add_argument("--max-message-bytes", type=int, default=4096, help="largest client message (default 4096)")
     g.add_argument("--prompt-interval", type=float, default=1.0,
                    help="seconds between a client's accepted prompt changes (default 1)")
-    m = p.add_argument_group("generation")
-    m.add_argument("--model", default="toy", help="toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default toy)")
-    m.add_argument("--checkpoint", default=None, help="DiT weights or a cascade model folder (default: the "
-                   "toy's shipped weights, else seeded random weights)")
-    m.add_argument("--shift", type=float, default=None, help="sampler shift (default: the weights' own, else 5)")
+    m = add_model_source_args(p, preset_names=PRESET_NAMES)
     m.add_argument("--prompt", default="a red ball bouncing", help="a stream's first prompt")
     m.add_argument("--executor", default="reference", choices=("reference", "distributed"),
                    help="reference (this process) or distributed (under torchrun, one rank per device)")
-    m.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    m.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float64 (default float32)")
+    add_device_args(m)
     m.add_argument("--timeout", type=float, default=60.0, help="seconds a rank waits on a peer (default 60)")
     m.add_argument("--fail-at", type=int_pair("RANK:TICK"), default=None, help=argparse.SUPPRESS)  # tests
     return {"serve": _cmd_serve}
@@ -81,15 +72,15 @@ def _positive(flag: str, value: float, what: str = "") -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag checked before anything is built: one ``ConfigError`` naming the first bad one."""
-    if args.blocks != 2:
+    if args.blocks is not None:
         raise ConfigError("blocks", "`cascade serve` streams until `--max-blocks`; give that instead of `--blocks`")
     if args.switch:
         raise ConfigError("switch", "prompt switches come from the clients of `cascade serve`, not `--switch`")
     if not 1 <= args.max_blocks <= 100_000:
         raise ConfigError("max_blocks", f"`--max-blocks` must be between 1 and 100000, got {args.max_blocks}")
     if not args.window and args.max_blocks > 64:
-        raise ConfigError("window", f"an unbounded `--window` keeps every block's K/V and attends to all of it; "
-                                    f"give `--window` (default {DEFAULT_WINDOW}) or `--max-blocks` at most 64")
+        raise ConfigError("window", "an unbounded `--window` keeps every block's K/V and attends to all of it; "
+                                    "give `--window` (default 7) or `--max-blocks` at most 64")
     if not 0 <= args.port <= 65535:
         raise ConfigError("port", f"`--port` must be between 0 and 65535, got {args.port}")
     if not 1 <= args.fps <= 240:
@@ -105,6 +96,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.prompt_interval < 0:
         raise ConfigError("prompt_interval", f"`--prompt-interval` must be at least 0 s, got {args.prompt_interval:g}")
     _positive("timeout", args.timeout, " seconds")
+    if args.dtype not in ("float32", "bfloat16", "float64"):
+        raise ConfigError("dtype", f"`--dtype` must be one of float32, bfloat16, float64, got {args.dtype!r}")
+    _check_sources(args)
     if args.shift is not None:
         _positive("shift", args.shift)
     if args.token is not None and not args.token.strip():
@@ -113,6 +107,19 @@ def check_args(args: argparse.Namespace) -> None:
         # Not ConfigError("prompt"): the CLI maps that parameter name to --switch (the spec's switch prompt id).
         raise CascadeError(f"--prompt: `--prompt` must be non-empty text of at most `--max-prompt-chars` "
                            f"{args.max_prompt_chars} characters")
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    """The model-source paths, as ``cascade generate`` checks them (one place: executors.cli)."""
+    from executors.cli import _check_sources as check
+
+    preset = None
+    if args.preset is not None:
+        from models.presets import get_preset
+
+        preset = get_preset(args.preset)
+    args.save_text_embeddings = None
+    check(args, preset)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -134,7 +141,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     job = StreamJob(spec=spec.to_dict(), model=args.model, checkpoint=args.checkpoint, dtype=args.dtype,
                     device=args.device, shift=args.shift, timeout_s=args.timeout, executor=args.executor,
-                    jpeg_quality=args.jpeg_quality, fail_at=args.fail_at)
+                    jpeg_quality=args.jpeg_quality, fail_at=args.fail_at, preset=args.preset, weights=args.weights,
+                    lora=args.lora, model_dir=args.model_dir, text_encoder=args.text_encoder,
+                    text_encoder_device=args.text_encoder_device, text_embeddings=args.text_embeddings,
+                    vae=args.vae, vae_device=args.vae_device)
     config = ServeConfig(host=args.host, port=args.port, token=args.token, sharing=args.sharing,
                          idle_timeout_s=args.idle_timeout, fps=args.fps, lead_blocks=args.lead_blocks,
                          client_buffer=args.client_buffer, jpeg_quality=args.jpeg_quality,
@@ -155,7 +165,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from executors.serve.app import serve
     from executors.serve.group import LocalGroup
 
-    _say(f"cascade serve: loading model {args.model} ...")
+    _say(f"cascade serve: loading model {args.model or args.preset or args.checkpoint or 'toy'} ...")
     serve(config, LocalGroup(job))
     return 0
 

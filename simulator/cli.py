@@ -15,14 +15,30 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cascade_sched.cli import add_schedule_args, int_ranges, name_list, spec_from_args
+from cascade_sched.cliargs import (
+    DEFAULT_BLOCKS,
+    DEFAULT_WINDOW,
+    MAX_LIST,
+    PLAN_POINT_TASK_S,
+    WORK_BUDGET_S,
+    add_schedule_args,
+    alias,
+    check_float,
+    check_int,
+    check_outputs,
+    check_schedule_size,
+    int_ranges,
+    name_list,
+    num_stages,
+    spec_from_args,
+)
 from cascade_sched.errors import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
 DEFAULTS: dict[str, Any] = {
     "model": "wan2.1-1.3b", "gpu": "h100-sxm", "cost": "parts", "decode": "inline", "decoder": "vae",
-    "blocks": 32, "window": 7, "stream_contention": 1.67, "memory_margin": 1.5, "allocator_overhead": 0.05,
+    "blocks": DEFAULT_BLOCKS, "window": DEFAULT_WINDOW, "stream_contention": 1.67, "memory_margin": 1.5, "allocator_overhead": 0.05,
 }
 
 
@@ -34,13 +50,6 @@ def _pairs(text: str) -> tuple[int, float]:
         return int(device), float(factor)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected DEVICE:FACTOR such as 2:1.5, got {text!r}") from None
-
-
-def _nums(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: str, sweep: bool) -> None:
@@ -61,6 +70,13 @@ def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: 
                             "(default %(default)s)")
         g.add_argument("--decoder", default=DEFAULTS["decoder"],
                        help="vae (the Wan2.1 VAE) | taehv (the tiny TAEHV decoder) (default %(default)s)")
+    else:
+        g.add_argument("--decode", type=name_list, default=("inline", "stream", "gpu"),
+                       help="decode placements to try (default inline,stream,gpu)")
+        g.add_argument("--decoder", type=name_list, default=(DEFAULTS["decoder"],),
+                       help="decoders to try: vae, taehv (default vae)")
+        alias(g, "--decodes", "--decode", type=name_list, default=("inline", "stream", "gpu"))
+        alias(g, "--decoders", "--decoder", type=name_list, default=(DEFAULTS["decoder"],))
     g.add_argument("--decode-device", type=int, default=0, help="the denoising GPU that decodes (default 0)")
     g.add_argument("--stream-contention", type=float, default=DEFAULTS["stream_contention"], metavar="F",
                    help="with decode stream: how many times slower forwards and decode each run while both are "
@@ -75,19 +91,19 @@ def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: 
 def register(subparsers: Any) -> dict[str, Handler]:
     """Add ``simulate`` and ``plan`` to the ``cascade`` command; returns their handlers."""
     p = subparsers.add_parser("simulate", help="predict FPS, latency, stalls, memory and traffic of a schedule")
-    add_schedule_args(p, default_blocks=DEFAULTS["blocks"], default_window=DEFAULTS["window"])
-    _hardware_args(p, "model geometry: wan2.1-1.3b | wan2.1-14b | tiny | small | toy (default %(default)s)",
+    add_schedule_args(p)
+    _hardware_args(p, "model geometry: toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default %(default)s)",
                    DEFAULTS["model"], sweep=False)
     p.add_argument("--interconnect", default=None,
                    help="GPU link: nvlink3|nvlink4|nvlink5|pcie4|pcie5|ideal, or profile (the profile's fitted "
-                        "link); default the GPU's usual one")
+                        "link) (default: the GPU's usual one)")
     p.add_argument("--straggler", type=_pairs, action="append", default=[], metavar="D:F",
-                   help="what-if: device D computes F times slower (repeatable)")
+                   help="what-if: device D computes F times slower (repeatable; default none)")
     p.add_argument("--degrade", type=_pairs, action="append", default=[], metavar="D:F",
-                   help="what-if: device D's link has 1/F of its bandwidth (repeatable)")
+                   help="what-if: device D's link has 1/F of its bandwidth (repeatable; default none)")
     p.add_argument("--host-cores", type=float, default=None, metavar="C",
                    help="CPU ranks: the devices are processes sharing one host of C cores (processor sharing; "
-                        "use with --cost profile:PATH measured on that host)")
+                        "use with --cost profile:PATH measured on that host; default: GPUs, no sharing)")
     p.add_argument("--threads-per-device", type=int, default=1, help="with --host-cores: threads per rank (default 1)")
     p.add_argument("--background-load", type=float, default=0.0, metavar="CORES",
                    help="with --host-cores: cores' worth of other work on the host (default 0)")
@@ -99,38 +115,25 @@ def register(subparsers: Any) -> dict[str, Handler]:
     p.add_argument("--allow-oom", action="store_true",
                    help="simulate a plan that does not fit in memory anyway (the result says fits=false)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (with a top-level `gpus`)")
-    p.add_argument("--trace", metavar="PATH", help="write a Chrome trace JSON (open in Perfetto)")
-    p.add_argument("--gantt", metavar="PATH", help="write a Gantt chart PNG")
+    p.add_argument("--trace", metavar="PATH.json", help="write a Chrome trace JSON (open in Perfetto; default none)")
+    p.add_argument("--gantt", metavar="PATH.png", help="write a Gantt chart PNG (default none)")
     p.add_argument("--gantt-ticks", type=int, default=60, help="ticks the Gantt chart shows, 0 = all (default 60)")
-    p.add_argument("--intervals", metavar="PATH", help="write a PNG of the interval between decoded blocks")
+    p.add_argument("--intervals", metavar="PATH.png",
+                   help="write a PNG of the interval between decoded blocks (default none)")
 
     q = subparsers.add_parser("plan", help="sweep GPUs x lag x attention x decode placement and recommend")
     _hardware_args(q, "model(s), comma-separated (default: wan2.1-1.3b,wan2.1-14b)", "", sweep=True)
     c = q.add_argument_group("sweep")
     c.add_argument("--gpu-counts", type=int_ranges, default=tuple(range(1, 9)),
                    help="GPUs in all, a decoder GPU included, e.g. 1-8 or 1,2,4 (default 1-8)")
-    c.add_argument("--lags", type=int_ranges, default=None, help="lags to try (default all, 1..S)")
-    c.add_argument("--attentions", type=name_list, default=("causal", "bidirectional"),
-                   help="attention modes to try: the paper's causal,bidirectional (default); add stale for the "
-                        "extension")
-    c.add_argument("--decodes", type=name_list, default=("inline", "stream", "gpu"),
-                   help="decode placements to try (default inline,stream,gpu)")
-    c.add_argument("--decoders", type=name_list, default=(DEFAULTS["decoder"],),
-                   help="decoders to try: vae, taehv (default vae)")
-    c.add_argument("--windows", type=int_ranges, default=(DEFAULTS["window"],),
-                   help="attention windows in blocks to try, 0 = unbounded (default 7: Self-Forcing's 21 frames)")
-    c.add_argument("--interconnects", type=name_list, default=None,
-                   help="links to try, e.g. nvlink4,pcie5 (default the GPU's usual one)")
-    c.add_argument("--blocks", type=int, default=DEFAULTS["blocks"], help="blocks per simulated run (default %(default)s)")
-    c.add_argument("--sink", type=int, default=0, help="sink blocks (default 0)")
-    c.add_argument("--timesteps", type=_nums, default=(1000, 750, 500, 250),
-                   help="denoise timesteps (default 1000,750,500,250)")
-    c.add_argument("--cache-pass", action=argparse.BooleanOptionalAction, default=True, help="cache stage (default on)")
-    c.add_argument("--placement", default="block", help="block | stage (default block)")
+    c.add_argument("--interconnect", type=name_list, default=None,
+                   help="links to try, e.g. nvlink4,pcie5 (default: the GPU's usual one)")
+    alias(c, "--interconnects", "--interconnect", type=name_list, default=None)
+    add_schedule_args(q, sweep=True)
     k = q.add_argument_group("constraints and output")
     k.add_argument("--target-fps", type=float, default=24.0, help="delivered FPS to reach, 0 = none (default 24)")
-    k.add_argument("--max-first-frame", type=float, default=None, help="seconds to the first frame, at most")
-    k.add_argument("--max-jitter", type=float, default=None, help="p99 - p50 block interval, seconds, at most")
+    k.add_argument("--max-first-frame", type=float, default=None, help="seconds to the first frame, at most (default: no bound)")
+    k.add_argument("--max-jitter", type=float, default=None, help="p99 - p50 block interval, seconds, at most (default: no bound)")
     k.add_argument("--out", default="cascade-plan", help="folder for plan.csv, plan.json, plan.png (default %(default)s)")
     k.add_argument("--top", type=int, default=10, help="rows per model in the table, 0 = all (default 10)")
     k.add_argument("--json", action="store_true", help="print every point as JSON instead of the table")
@@ -162,6 +165,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.cost import make_cost
     from simulator.engine import simulate
 
+    _check_simulate(args)
     schedule = validate(build_schedule(spec_from_args(args)))
     geometry = get_model(args.model)
     gpu = get_gpu(args.gpu)
@@ -199,10 +203,54 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_simulate(args: argparse.Namespace) -> None:
+    """The flags' ranges and the output paths, before any work."""
+    check_outputs(args, {"trace": (".json",), "gantt": (".png",), "intervals": (".png",)})
+    check_int("--video-frames", args.video_frames, 1, 10_000)
+    check_int("--first-block-frames", args.first_block_frames, 1, 10_000)
+    check_int("--gantt-ticks", args.gantt_ticks, 0)
+    check_int("--gpus-per-node", args.gpus_per_node, 1, 1024)
+    check_int("--threads-per-device", args.threads_per_device, 1, 1024)
+    check_float("--host-cores", args.host_cores, 0, 1 << 20, open_lo=True)
+    check_float("--background-load", args.background_load, 0, 1 << 20)
+    check_float("--contention", args.contention, 1, 1000)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _check_plan(args: argparse.Namespace) -> None:
+    """The flags' ranges, the sweep's size and the output folder, before any work."""
+    check_outputs(args, {"out": None}, folders=("out",))
+    if min(args.window) < 0:
+        raise ConfigError("--window", f"`--window` must be at least 1 block, or 0 for unbounded, got "
+                                      f"{min(args.window)}")
+    for flag, value in (("--target-fps", args.target_fps), ("--max-first-frame", args.max_first_frame),
+                        ("--max-jitter", args.max_jitter)):
+        check_float(flag, value, 0)
+    check_int("--top", args.top, 0)
+    check_int("--sink", args.sink, 0)
+    check_int("--gpus-per-node", args.gpus_per_node, 1, 1024)
+    stages = num_stages(args)
+    check_int("--blocks", args.blocks, 1)
+    for window in set(args.window):
+        check_schedule_size(args.blocks, stages, window or None, args.sink)
+    tasks = args.blocks * stages
+    if min(args.gpu_counts) < 1 or max(args.gpu_counts) > tasks + 1:
+        bad = min(args.gpu_counts) if min(args.gpu_counts) < 1 else max(args.gpu_counts)
+        raise ConfigError("--gpu-counts", f"`--gpu-counts` must lie in 1..{tasks + 1} (the {tasks} tasks of "
+                                          f"{args.blocks} blocks x {stages} stages, and a decoder GPU), got {bad}")
+    models = len(name_list(args.model)) if args.model else 2
+    points = models * len(args.gpu_counts) * len(args.lag or range(stages)) * len(args.attention) * \
+        len(args.decode) * len(args.decoder) * len(args.window) * len(args.interconnect or (1,))
+    seconds = points * tasks * PLAN_POINT_TASK_S
+    if points > MAX_LIST * 16 or seconds > WORK_BUDGET_S:
+        raise ConfigError("--gpu-counts", f"the sweep has {points} points of {tasks} tasks each: ~"
+                                          f"{seconds / 60:.0f} min to simulate, past the bound of "
+                                          f"{WORK_BUDGET_S / 60:.0f} min; sweep fewer values or --blocks")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -210,19 +258,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from simulator.visual import draw_plan
 
     t0 = time.perf_counter()
-    if any(w < 0 for w in args.windows):
-        raise ConfigError("windows", f"`windows` must be at least 1 block, or 0 for unbounded, got {list(args.windows)}")
-    for name, value in (("target_fps", args.target_fps), ("max_first_frame", args.max_first_frame),
-                        ("max_jitter", args.max_jitter), ("top", args.top)):
-        if value is not None and value < 0:
-            raise ConfigError(name, f"`{name.replace('_', '-')}` must not be negative, got {value}")
-    if not args.gpu_counts or min(args.gpu_counts) < 1:
-        raise ConfigError("gpu_counts", f"`gpu-counts` must be positive integers, got {list(args.gpu_counts)}")
+    _check_plan(args)
     space = SweepSpace(
         models=name_list(args.model) if args.model else ("wan2.1-1.3b", "wan2.1-14b"),
-        gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lags, attentions=tuple(args.attentions),
-        decodes=tuple(args.decodes), decoders=tuple(args.decoders),
-        windows=tuple(w or None for w in args.windows), interconnects=args.interconnects,
+        gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lag, attentions=tuple(args.attention),
+        decodes=tuple(args.decode), decoders=tuple(args.decoder),
+        windows=tuple(w or None for w in args.window), interconnects=args.interconnect,
         gpus_per_node=args.gpus_per_node, blocks=args.blocks, sink=args.sink, timesteps=tuple(args.timesteps),
         cache_pass=args.cache_pass, placement=args.placement, cost=args.cost, overlap=args.overlap,
         stream_contention=args.stream_contention, margin=_margin(args),

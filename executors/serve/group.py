@@ -39,9 +39,21 @@ def abort_hook() -> None:
         ABORT_HOOK[0]()
 
 
-def _options(job: StreamJob, start: StreamStart, sampler: Any) -> RunOptions:
+def _options(job: StreamJob, start: StreamStart, sampler: Any, encoder: Any = None) -> RunOptions:
     return RunOptions(prompt=start.prompt, prompts={}, sampler=sampler, fail_at=job.fail_at,
-                      timeout_s=job.timeout_s)
+                      timeout_s=job.timeout_s, text_encoder=encoder)
+
+
+def load(job: StreamJob) -> tuple[Any, Any, Any]:
+    """The stream's model, sampler and text encoder, from the same sources as ``cascade generate``'s
+    (``--checkpoint``, ``--preset``, ``--weights``, ``--lora``, ``--model-dir``, ``--text-encoder``, ...).
+    The encoder stays loaded: prompts arrive while streaming."""
+    from executors.generate import build_sampler, load_job_model
+    from executors.sources import text_source
+
+    model, _ = load_job_model(job)  # type: ignore[arg-type]  # reads the fields StreamJob shares with GenerateJob
+    sampler = build_sampler(model.config.name, job.checkpoint, job.shift, job.preset)
+    return model, sampler, text_source(job, model.config, [])
 
 
 class LocalGroup:
@@ -50,11 +62,8 @@ class LocalGroup:
     executor = "reference"
 
     def __init__(self, job: StreamJob) -> None:
-        from executors.generate import build_model, build_sampler
-
         self.job = job
-        self.model = build_model(job.model, job.checkpoint, job.dtype, job.device)
-        self.sampler = build_sampler(job.model, job.checkpoint, job.shift)
+        self.model, self.sampler, self.encoder = load(job)
         self.alive = True
         self.failure: str | None = None
         self.loop: TickLoop | None = None  # the running stream's loop on this process (its pool, for metrics)
@@ -64,7 +73,7 @@ class LocalGroup:
         return int(self.job.spec.get("num_devices", 1))
 
     def options(self, start: StreamStart) -> RunOptions:
-        return _options(self.job, start, self.sampler)
+        return _options(self.job, start, self.sampler, self.encoder)
 
     def run(self, start: StreamStart, schedule: Schedule, options: RunOptions,
             hook: Callable[[int, Schedule], Schedule | None], on_block: BlockCallback) -> None:
@@ -149,10 +158,8 @@ def follow(job: StreamJob, rank: int, world: int) -> None:
     import torch.distributed as dist
 
     from executors.distributed import DistributedExecutor
-    from executors.generate import build_model, build_sampler
 
-    model = build_model(job.model, job.checkpoint, job.dtype, job.device)
-    sampler = build_sampler(job.model, job.checkpoint, job.shift)
+    model, sampler, encoder = load(job)
     store = dist.distributed_c10d._get_default_store()
     number = 0
     while True:
@@ -163,6 +170,6 @@ def follow(job: StreamJob, rank: int, world: int) -> None:
             time.sleep(POLL_S)
         start: StreamStart = pickle.loads(store.get(key))
         with torch.inference_mode():
-            DistributedExecutor().run(stream_schedule(job, start), model, _options(job, start, sampler),
+            DistributedExecutor().run(stream_schedule(job, start), model, _options(job, start, sampler, encoder),
                                       extendable=True)
         number = start.number + 1

@@ -218,7 +218,7 @@ class Stream:
             self.loop.call_soon_threadsafe(fn, *args)
 
     def _generate(self) -> None:
-        from executors.sources import preview_decoder
+        from executors.sources import decoder_for
 
         group, control = self.group, self.control
         error: str | None = None
@@ -232,7 +232,9 @@ class Stream:
             hook = StreamHook(schedule, options, control,
                               report=lambda r, at, why: self._call(self._switch_report, r, at, why),
                               on_tick=self._on_tick)
-            pipe = FramePipe(preview_decoder(group.model.config), group.job.jpeg_quality, hook.prompt_of,
+            job = group.job
+            decoder = decoder_for(job, group.model.config, job.vae_device or job.device)
+            pipe = FramePipe(decoder, group.job.jpeg_quality, hook.prompt_of,
                              lambda b, frames, prompt, took: self._call(self._add_block, b, frames, prompt, took),
                              control)
             group.run(self.start, schedule, options, hook, pipe.on_block)
@@ -293,7 +295,7 @@ class Stream:
     def hello(self) -> str:
         spec = self.group.job.spec
         return message("hello", stream=self.start.number, prompt=self.start.prompt, policy=self.start.policy,
-                       fps=self.config.fps, model=self.group.job.model, executor=self.group.executor,
+                       fps=self.config.fps, model=self.group.model.config.name, executor=self.group.executor,
                        devices=self.group.devices, lag=spec.get("lag"), attention=spec.get("attention"),
                        window=spec.get("window"), max_blocks=self.blocks_total, sharing=self.config.sharing,
                        block=self.block, limits=self.config.limits.to_dict())

@@ -34,7 +34,7 @@ class StreamJob:
     """What every rank needs to serve streams (plain values, so it pickles to torchrun's ranks)."""
 
     spec: dict[str, Any]  # the stream's CascadeSpec at full length (num_blocks = --max-blocks), no switches
-    model: str = "toy"
+    model: str | None = None  # None: the preset's, else the checkpoint's own shapes, else toy (as generate)
     checkpoint: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
@@ -43,6 +43,16 @@ class StreamJob:
     executor: str = "reference"
     jpeg_quality: int = 85
     fail_at: tuple[int, int] | None = None  # tests: (rank, tick) fails in every stream
+    # Where the weights, text encoder and decoder come from: the same flags and meaning as GenerateJob's.
+    preset: str | None = None
+    weights: str | None = None
+    lora: str | None = None
+    model_dir: str | None = None
+    text_encoder: str | None = None
+    text_encoder_device: str = "cpu"
+    text_embeddings: str | None = None
+    vae: str | None = None
+    vae_device: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,388 @@
+"""The command line's one vocabulary: argument types, shared flags, defaults, bounds and path checks.
+
+Every subcommand (schedule, simulate, plan, generate, calibrate, validate, quality, serve) takes its
+shared flags from here, so a flag has one name, one meaning, one list syntax and one default everywhere.
+A sweeping subcommand takes lists in the same flags (``--lag 1,2,3``, ``--attention causal,stale``).
+Nothing here imports torch or simpy.
+
+Bounds are derived from what a run must hold or finish, and a request past one is refused before any work
+with one line naming the flag as typed, the bound and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from cascade_sched.errors import ConfigError
+from cascade_sched.outputs import check_output
+
+# --- the shared defaults -------------------------------------------------------------------------------
+DEFAULT_BLOCKS = 16  # every subcommand that takes --blocks (serve streams to --max-blocks instead)
+DEFAULT_WINDOW = 7  # Self-Forcing's 21-frame cache, the paper's setting; 0 = unbounded
+DEFAULT_TIMESTEPS = (1000, 750, 500, 250)
+THREADS_HELP = "intra-op torch threads, 0 = torch's default (default %(default)s)"
+
+# --- bounds ---------------------------------------------------------------------------------------------
+# Building a schedule costs about TASK_BYTES and TASK_S per task plus READ_BYTES and READ_S per
+# (task, visible block) pair (measured: benchmarks/bench_schedule.py; 2 shared cores, generous).
+TASK_BYTES, TASK_S, READ_BYTES, READ_S = 400, 40e-6, 10, 2e-6
+WORK_BUDGET_S = 600.0  # a run refused up front when its size alone predicts more than ten minutes of work
+MAX_BLOCKS = 100_000  # 500 000 tasks: ~0.2 GB and ~20 s to build at the default 4+1 stages
+MAX_LIST = 4096  # entries a list flag (1-8, 1,2,4) may expand to
+MAX_SEED = 2**63 - 1  # torch and numpy generators take 64-bit seeds
+MAX_REPEATS = 1000
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+PLAN_POINT_TASK_S = 65e-6  # simulating one task of one plan point (the default plan: 76 800 in 5 s)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable; 8 GiB where the system does not say)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 8 << 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def check_schedule_size(blocks: int, stages: int, window: int | None, sink: int, flag: str = "blocks") -> None:
+    """Refuse a schedule too big to build: past ``MAX_BLOCKS``, past half the available memory, or past
+    ``WORK_BUDGET_S`` of predicted work (an unbounded window makes the reads quadratic)."""
+    if blocks > MAX_BLOCKS:
+        raise ConfigError(flag, f"`--blocks` must be at most {MAX_BLOCKS} (a schedule holds blocks x stages "
+                                f"tasks, ~{TASK_BYTES} B and ~{TASK_S * 1e6:.0f} us each to build), got {blocks}")
+    tasks = blocks * stages
+    reads = tasks * (min(blocks, window + sink) if window else (blocks + 1) // 2)
+    need = tasks * TASK_BYTES + reads * READ_BYTES
+    seconds = tasks * TASK_S + reads * READ_S
+    have = available_memory()
+    why = "" if window else "; an unbounded `--window` makes every task read every earlier block: give `--window`"
+    if need > have // 2:
+        raise ConfigError(flag, f"`--blocks` {blocks} needs ~{_gib(need)} to build, more than half the "
+                                f"{_gib(have)} available{why}")
+    if seconds > WORK_BUDGET_S:
+        raise ConfigError(flag, f"`--blocks` {blocks} would take ~{seconds / 60:.0f} min just to build the "
+                                f"schedule (bound: {WORK_BUDGET_S / 60:.0f} min){why}")
+
+
+def check_int(flag: str, value: int | None, lo: int, hi: int | None = None, why: str = "") -> None:
+    """Refuse ``value`` outside ``lo..hi`` in one line naming ``flag`` (as typed) and the bound."""
+    if value is None:
+        return
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(flag, f"`{flag}` must be {bound}{why}, got {value}")
+
+
+def check_float(flag: str, value: float | None, lo: float, hi: float | None = None, *, open_lo: bool = False,
+                why: str = "") -> None:
+    """Refuse a non-finite ``value``, or one outside ``lo..hi`` (``open_lo``: strictly above ``lo``)."""
+    if value is None:
+        return
+    bad_lo = value <= lo if open_lo else value < lo
+    if value != value or value in (float("inf"), float("-inf")) or bad_lo or (hi is not None and value > hi):
+        low = f"above {lo:g}" if open_lo else f"at least {lo:g}"
+        bound = f"{low} and at most {hi:g}" if hi is not None else low
+        raise ConfigError(flag, f"`{flag}` must be a finite number {bound}{why}, got {value:g}")
+
+
+def check_threads(flag: str, value: int) -> None:
+    """``--threads``: 0 (torch's default) up to this process's cores (more threads only contend)."""
+    n = cpu_count()
+    check_int(flag, value, 0, n, f" (0 = torch's default; this process may use {n} core(s))")
+
+
+# --- argument types -------------------------------------------------------------------------------------
+def _checked(values: list[Any], text: str) -> tuple[Any, ...]:
+    if len(values) > MAX_LIST:
+        raise argparse.ArgumentTypeError(f"at most {MAX_LIST} values, got {len(values)} from {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
+    return tuple(values)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """An argparse type for comma-separated integers: ``1,2,1``."""
+    try:
+        return _checked([int(x) for x in text.split(",") if x.strip()], text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def int_ranges(text: str) -> tuple[int, ...]:
+    """An argparse type for ``1,2,4`` or ``1-8`` (or a mix: ``1-4,8``), at most ``MAX_LIST`` values."""
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            if sep and int(hi) - int(lo) >= MAX_LIST:
+                raise argparse.ArgumentTypeError(f"at most {MAX_LIST} values, got {part!r}")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+            if len(out) > MAX_LIST:
+                break
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4 or 1-8, got {text!r}") from None
+    return _checked(out, text)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """An argparse type for comma-separated names, lower-cased."""
+    return _checked([x.strip().lower() for x in text.split(",") if x.strip()], text)
+
+
+def num_list(text: str) -> tuple[float, ...]:
+    """An argparse type for comma-separated numbers (integral ones kept as int)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return _checked([int(v) if v.is_integer() else v for v in values], text)
+
+
+def int_pair(form: str) -> Callable[[str], tuple[int, int]]:
+    """An argparse type for two integers ``A:B``; ``form`` names them in the error (``RANK:TICK``)."""
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            a, b = (int(x) for x in text.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}") from None
+        return a, b
+
+    return parse
+
+
+def one(values: Sequence[Any]) -> Any:
+    """The single value of a list flag, for a subcommand that does not sweep it."""
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+# --- the parser ------------------------------------------------------------------------------------------
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every flag that takes a value shows its default: appended unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
+                or not action.option_strings or action.default == []):
+            return text
+        default = action.default
+        if isinstance(default, (tuple, list)):
+            default = ",".join(map(str, default))
+        return f"{text} (default {str(default).replace('%', '%%')})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line and exit 2 instead of usage plus a line; flags are never
+    abbreviated (an error names the flag as typed) and every help text shows the defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def alias(p: Any, old: str, new: str, **kwargs: Any) -> None:
+    """A hidden, deprecated spelling ``old`` of flag ``new`` (same dest, type and default)."""
+    dest = new.lstrip("-").replace("-", "_")
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
+# --- the shared flags -----------------------------------------------------------------------------------
+def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    """The flags that define a ``CascadeSpec``; shared by schedule, simulate, generate and serve. With
+    ``sweep`` (plan), ``--lag``, ``--attention`` and ``--window`` take lists of values to try."""
+    g = p.add_argument_group("cascade")
+    g.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="number of blocks (default %(default)s)")
+    g.add_argument("--timesteps", type=num_list, default=DEFAULT_TIMESTEPS,
+                   help="nominal denoise timesteps, strictly decreasing (default 1000,750,500,250)")
+    g.add_argument("--cache-pass", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the t=0 cache (commit) stage (default on)")
+    if sweep:
+        g.add_argument("--lag", type=int_ranges, default=None,
+                       help="lags to try, e.g. 1,2 or 1-5 (default every lag 1..S)")
+        g.add_argument("--attention", type=name_list, default=("causal", "bidirectional"),
+                       help="attention modes to try: the paper's causal,bidirectional (default); add stale for "
+                            "the extension")
+        g.add_argument("--window", type=int_ranges, default=(DEFAULT_WINDOW,),
+                       help=f"attention windows in blocks to try, 0 = unbounded (default {DEFAULT_WINDOW}: "
+                            "Self-Forcing's 21 frames)")
+        alias(g, "--lags", "--lag", type=int_ranges, default=None)
+        alias(g, "--attentions", "--attention", type=name_list, default=("causal", "bidirectional"))
+        alias(g, "--windows", "--window", type=int_ranges, default=(DEFAULT_WINDOW,))
+    else:
+        lag = g.add_mutually_exclusive_group()
+        lag.add_argument("--lag", type=int_list, default=None,
+                         help="uniform lag L (1..S), or comma-separated per-block lags (default S: sequential)")
+        lag.add_argument("--level", type=int, default=None,
+                         help="the paper's parallelism level P(k): lag = S - k (0 = sequential, S-1 = fully "
+                              "parallel; default: --lag's)")
+        g.add_argument("--attention", default="causal", help="causal | bidirectional | stale (default causal)")
+        g.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                       help="attention window in blocks incl. itself, 0 = unbounded (default %(default)s: "
+                            "Self-Forcing's 21 frames)")
+    g.add_argument("--sink", type=int, default=0, help="sink blocks always visible (default 0)")
+    if not sweep:
+        g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
+    g.add_argument("--placement", default="block", help="block | stage (default block)")
+    if not sweep:
+        g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
+        g.add_argument("--switch", type=int_pair("AT_BLOCK:PROMPT_ID"), action="append", default=[],
+                       metavar="AT:PROMPT", help="prompt switch: blocks from AT on use prompt id PROMPT "
+                                                 "(repeatable; default none)")
+        g.add_argument("--switch-policy", default="none",
+                       help="none (the cascade: nothing added) | recache (the baseline: re-encode the context) "
+                            "(default none)")
+
+
+def num_stages(args: argparse.Namespace) -> int:
+    return len(args.timesteps) + (1 if args.cache_pass else 0)
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """Build the validated ``CascadeSpec`` the flags describe (``ConfigError`` names the bad one), after
+    checking that its schedule can be held and built on this machine."""
+    from cascade_sched.spec import CascadeSpec, paper_level
+
+    check_int("--window", args.window, 0, None, " block(s), or 0 for unbounded")
+    check_int("--seed", args.seed, 0, MAX_SEED)
+    check_int("--sink", args.sink, 0)
+    if len(args.timesteps) > 1000:
+        raise ConfigError("timesteps", f"`--timesteps` takes at most 1000 steps, got {len(args.timesteps)}")
+    if args.blocks >= 1:
+        check_schedule_size(args.blocks, num_stages(args), args.window or None, max(0, args.sink))
+        check_int("--devices", args.devices, 1, args.blocks * num_stages(args),
+                  " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)")
+    lag: int | tuple[int, ...] | None = None
+    if args.lag is not None:
+        lag = args.lag[0] if len(args.lag) == 1 else args.lag
+    spec = CascadeSpec(
+        num_blocks=args.blocks,
+        timesteps=args.timesteps,
+        cache_pass=args.cache_pass,
+        lag=lag,
+        attention=args.attention,
+        window=args.window or None,
+        sink=args.sink,
+        num_devices=args.devices,
+        placement=args.placement,
+        seed=args.seed,
+        switches=tuple(args.switch),
+        switch_policy=args.switch_policy,
+    )
+    if args.level is not None:
+        spec = CascadeSpec.from_dict({**spec.to_dict(), "lag": paper_level(args.level, spec.num_stages)})
+    return spec
+
+
+MODEL_NAMES = "toy | tiny | small | wan2.1-1.3b | wan2.1-14b"
+
+
+def add_device_args(g: Any, *, device: str | None = "cpu", dtype: str | None = "float32", note: str = "") -> None:
+    """``--device`` and ``--dtype``, one wording everywhere (``None`` defaults are resolved by the caller)."""
+    g.add_argument("--device", default=device, help=f"cpu | cuda | cuda:N (default {device or 'cpu'}{note})")
+    g.add_argument("--dtype", default=dtype, help=f"float32 | bfloat16 | float64 (default {dtype or 'float32'}"
+                                                  f"{note})")
+
+
+def add_model_source_args(p: argparse.ArgumentParser, *, preset_names: str) -> argparse._ArgumentGroup:
+    """Where the model's weights, text encoder and decoder come from; shared by generate and serve."""
+    g = p.add_argument_group("model sources")
+    g.add_argument("--model", default=None, help=f"{MODEL_NAMES} (default: the preset's, else the --checkpoint's "
+                   "own shapes, else toy: the shipped trained weights, bouncing balls, see docs/quality.md; "
+                   "without --checkpoint the others take seeded random weights)")
+    g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
+                   "CausVid, LongLive, Krea) or a cascade model folder (default: the toy's shipped weights for "
+                   "toy, else seeded random weights)")
+    g.add_argument("--preset", default=None, help=f"a published pipeline's settings: {preset_names} (sampler, "
+                   "steps, window, sink, weights entry, LoRA alpha; see docs/models.md; default none)")
+    g.add_argument("--weights", default=None, choices=("generator", "ema"),
+                   help="checkpoint entry to load: generator | ema (generator_ema) (default: the preset's, or the "
+                   "file's only one; a file with both needs this or --preset)")
+    g.add_argument("--lora", default=None, metavar="PATH", help="PEFT LoRA adapter merged into the weights at load "
+                   "(a save_pretrained folder, .safetensors, or LongLive's lora.pt; default none)")
+    g.add_argument("--shift", type=float, default=None,
+                   help="sampler shift (default: the preset's, else the one saved with the weights: toy 1, else 5)")
+    g.add_argument("--model-dir", default=None, metavar="DIR", help="a diffusers-style Wan2.1 folder: its "
+                   "text_encoder/ + tokenizer/ condition the model and its vae/ decodes (the DiT weights come "
+                   "from --checkpoint; default none)")
+    g.add_argument("--text-encoder", default=None, metavar="DIR",
+                   help="umT5 encoder folder (or a Wan2.1 folder), run through transformers (default: --model-dir's)")
+    g.add_argument("--text-encoder-device", default="cpu",
+                   help="where the text encoder runs (default cpu: umT5-XXL alone is ~11 GB); freed after encoding")
+    g.add_argument("--text-embeddings", default=None, metavar="FILE|stand-in",
+                   help="precomputed embeddings, one per prompt text (as --save-text-embeddings writes them), or "
+                   "'stand-in' for hashed-noise prompts (default: the stand-in only for toy/tiny/small)")
+    g.add_argument("--vae", default=None, metavar="PATH", help="decoder: an AutoencoderKLWan folder (the Wan VAE, "
+                   "streaming) or TAEHV weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, "
+                   "else the latent preview")
+    g.add_argument("--vae-device", default=None, help="where decoding runs, on its own thread and CUDA stream "
+                   "(default: the denoising device)")
+    return g
+
+
+# --- paths ----------------------------------------------------------------------------------------------
+def check_outputs(args: argparse.Namespace, outputs: dict[str, Sequence[str] | None], *,
+                  folders: Iterable[str] = ()) -> None:
+    """Check every output path the flags name before any work (``cascade_sched.outputs.check_output``):
+    ``outputs`` maps a dest (``png``) to the extensions its writer knows; ``folders`` are dests naming a
+    folder to create. Two flags naming the same file are refused too."""
+    seen: dict[str, str] = {}
+    for dest, suffixes in outputs.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        path = check_output(flag, value, tuple(suffixes) if suffixes else None, directory=dest in folders)
+        key = str(path.resolve())
+        if key in seen:
+            raise ConfigError(flag, f"`{flag}` and `{seen[key]}` name the same file {value!r}")
+        seen[key] = flag
+
+
+def check_input_file(flag: str, path: str | None, *, folder_ok: bool = False) -> None:
+    """An input path that must exist (a file, or a folder with ``folder_ok``): one line naming ``flag``."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(flag, f"`{flag}` {path!r} does not exist")
+    if p.is_dir() and not folder_ok:
+        raise ConfigError(flag, f"`{flag}` {path!r} is a folder; give a file")
+    if not os.access(p, os.R_OK):
+        raise ConfigError(flag, f"`{flag}` {path!r} is not readable")
+
+
+def read_text(flag: str, path: str) -> str:
+    """An input file's text, as UTF-8: a missing, unreadable or binary file is one line naming ``flag``."""
+    check_input_file(flag, path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(flag, f"`{flag}` {path!r} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(flag, f"`{flag}` {path!r} cannot be read: {e.strerror}") from None
