@@ -229,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: error: {flag}: {e}", file=sys.stderr)
         return 2
     except CascadeError as e:
-        print(f"{command}: error: {e}", file=sys.stderr)
+        kept = interrupts.what_was_kept()  # a run that failed half-way keeps its finished part
+        print(f"{command}: error: {e}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
