@@ -220,8 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"cascade {args.command}"
         return handlers[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cascade_sched.interrupts)
-        kept = interrupts.what_was_kept()
-        print(f"{command}: interrupted ({interrupts.signal_name(e)})" + (f": {kept}" if kept else ""),
+        print(interrupts.line(command, interrupts.exit_code(e) - 128, interrupts.what_was_kept()),
               file=sys.stderr, flush=True)
         return interrupts.exit_code(e)
     except ConfigError as e:

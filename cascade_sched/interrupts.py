@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["Interrupted", "exit_code", "install", "on_interrupt", "signal_name", "what_was_kept"]
+__all__ = ["Interrupted", "exit_code", "install", "line", "on_interrupt", "signal_name", "what_was_kept"]
 
 _notes: list[Callable[[], str | None]] = []
 _unwound: list[Callable[[], str | None]] = []  # notes of blocks an exception left: said once, then dropped
@@ -49,6 +49,15 @@ def signal_name(exc: BaseException) -> str:
 def exit_code(exc: BaseException) -> int:
     """128 + the signal number: 130 for SIGINT, 143 for SIGTERM (the shell's convention)."""
     return 128 + int(getattr(exc, "signum", signal.SIGINT))
+
+
+def line(command: str, signum: int, kept: str | None) -> str:
+    """The one line an interrupted command prints: ``cascade generate: interrupted (SIGINT): kept ...``.
+
+    >>> line("cascade plan", signal.SIGTERM, "")
+    'cascade plan: interrupted (SIGTERM)'
+    """
+    return f"{command}: interrupted ({signal.Signals(signum).name})" + (f": {kept}" if kept else "")
 
 
 @contextmanager

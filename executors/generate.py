@@ -450,7 +450,8 @@ def run_generate(job: GenerateJob, nproc: int | None = None) -> dict[str, Any]:
         raise ConfigError("executor",
                           f"`--executor` must be reference, distributed or compiled, got {job.executor!r}")
     if under_torchrun():
-        result = run_rank(_rank_entry, job, job.device, job.timeout_s, on_abort=abort_hook)
+        result = run_rank(_rank_entry, job, job.device, job.timeout_s, on_abort=abort_hook,
+                          command="cascade generate")
         return result if result is not None else {}
     nproc = devices if nproc is None else nproc
     if nproc != devices:
