@@ -74,3 +74,18 @@ def test_distributed(tmp_path: Path, signum: int) -> None:
                                              "--executor", "distributed"], signum)
     assert_kept(tmp_path, status, err, signum)
     assert took < 10, f"the ranks took {took:.1f} s to stop"
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One engine cache for both compiled runs: the first compiles, the second loads."""
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_compiled(tmp_path: Path, signum: int, engine_cache: Path) -> None:
+    status, err, took = interrupt(tmp_path, ["--blocks", "400", "--window", "2", "--executor", "compiled",
+                                             "--engine-cache", str(engine_cache)], signum)
+    assert_kept(tmp_path, status, err, signum)
+    assert took < 10, f"the compiled run took {took:.1f} s to stop"
