@@ -155,8 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"cascade {args.command}"
         return handlers[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cascade_sched.interrupts)
-        kept = interrupts.what_was_kept()
-        print(f"{command}: interrupted ({interrupts.signal_name(e)})" + (f": {kept}" if kept else ""),
+        print(interrupts.line(command, interrupts.exit_code(e) - 128, interrupts.what_was_kept()),
               file=sys.stderr, flush=True)
         return interrupts.exit_code(e)
     except ConfigError as e:
@@ -166,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: error: {flag}: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
         return 2
     except CascadeError as e:
-        print(f"{command}: error: {e}", file=sys.stderr)
+        kept = interrupts.what_was_kept()  # a run that failed half-way keeps its finished part
+        print(f"{command}: error: {e}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -38,6 +38,7 @@ import hashlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -298,14 +299,17 @@ class CompiledModel:
 
     def _load(self, path: Path) -> Callable[..., Any]:
         try:
-            if self.backend == "tensorrt":
-                return cast(Callable[..., Any], self._trt.load(str(path)).module())
-            from torch import _inductor as inductor
-
-            return cast(Callable[..., Any], inductor.aoti_load_package(str(path)))
+            return self._load_artifact(path)
         except Exception as e:
             raise ExecutorError(f"cannot load the compiled artifact {path} ({type(e).__name__}: {e}); "
                                 "delete it to rebuild") from e
+
+    def _load_artifact(self, path: Path) -> Callable[..., Any]:
+        if self.backend == "tensorrt":
+            return cast(Callable[..., Any], self._trt.load(str(path)).module())
+        from torch import _inductor as inductor
+
+        return cast(Callable[..., Any], inductor.aoti_load_package(str(path)))
 
     def prepare(self, buckets: Iterable[Bucket]) -> dict[Bucket, float]:
         """Compile (or load) every piece of every bucket not compiled yet; returns seconds per new bucket."""
@@ -317,23 +321,25 @@ class CompiledModel:
             bar = tqdm(total=len(todo), unit="bucket", desc=f"{self.label} ({self.backend})", file=sys.stderr,
                        dynamic_ncols=True)
         new: dict[Bucket, float] = {}
-        try:
-            for bucket in todo:
+        with warnings.catch_warnings():  # torch's own deprecation notices (FutureWarning) while it exports,
+            warnings.simplefilter("ignore", FutureWarning)  # packages and unpickles tree specs: not the user's
+            try:
+                for bucket in todo:
+                    if bar is not None:
+                        bar.set_postfix_str(str(bucket))
+                    start = time.perf_counter()
+                    all_loaded = True
+                    for piece in PIECES[bucket.kind]:
+                        self.graphs[(piece, bucket)], loaded = self._build(piece, bucket)
+                        all_loaded &= loaded
+                    if all_loaded and self.cache_dir is not None:
+                        self.loaded.add(bucket)
+                    new[bucket] = self.compile_s[bucket] = time.perf_counter() - start
+                    if bar is not None:
+                        bar.update(1)
+            finally:
                 if bar is not None:
-                    bar.set_postfix_str(str(bucket))
-                start = time.perf_counter()
-                all_loaded = True
-                for piece in PIECES[bucket.kind]:
-                    self.graphs[(piece, bucket)], loaded = self._build(piece, bucket)
-                    all_loaded &= loaded
-                if all_loaded and self.cache_dir is not None:
-                    self.loaded.add(bucket)
-                new[bucket] = self.compile_s[bucket] = time.perf_counter() - start
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
         return new
 
     def _graph(self, piece: str, bucket: Bucket) -> Callable[..., Any]:

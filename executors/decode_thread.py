@@ -6,7 +6,9 @@ the frames to the video sink, and records when each block was decoded and shown.
 keep a causal cache across blocks, so one worker decodes the blocks strictly in order.
 
 A decode failure is raised on the next ``submit`` or at ``close``; ``close`` decodes what is still queued
-first, so no finished frame is lost.
+first, so no finished frame is lost. An interrupted run calls ``close(drain=False)`` instead: the block
+being decoded is finished and written, the queue is dropped, so the run stops at once however far the
+decoder lags behind the denoiser.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class DecodeWorker:
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._thread = threading.Thread(target=self._run, name="cascade-decode", daemon=True)
         self._closed = False
+        self._dropping = False
         self._thread.start()
 
     def _run(self) -> None:
@@ -47,8 +50,8 @@ class DecodeWorker:
             if item is None:
                 return
             block, latent = item
-            if self._error is not None:
-                continue  # drain: the run is failing anyway
+            if self._error is not None or self._dropping:
+                continue  # drain: the run is failing or stopping anyway
             try:
                 start = time.perf_counter()
                 with torch.inference_mode():
@@ -74,12 +77,15 @@ class DecodeWorker:
         self._raise()
         self._queue.put((block, latent))
 
-    def close(self) -> None:
-        """Decode everything queued, stop the thread, and raise a decode failure if there was one."""
+    def close(self, drain: bool = True) -> None:
+        """Decode everything queued (with ``drain=False``: only the block being decoded), stop the
+        thread, and raise a decode failure if there was one."""
+        if not drain:
+            self._dropping = True
         if not self._closed:
             self._closed = True
             self._queue.put(None)
-            self._thread.join()
+        self._thread.join()
         self._raise()
 
     def events(self, offset_s: float, device: int) -> list[TraceEvent]:

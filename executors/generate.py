@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,19 +149,31 @@ def build_sampler(name: str, checkpoint: str | None, shift: float | None,
 
 
 class _Pipeline:
-    """Hand finished blocks to the decode thread, write them, and report (runs on the decode rank)."""
+    """Hand finished blocks to the decode thread, write them, and report (runs on the decode rank).
 
-    def __init__(self, job: GenerateJob, schedule: Schedule, model: CausalWanDiT) -> None:
+    The video and the latents are written under their partial names (``cascade_sched.outputs``), renamed
+    into place by ``outputs`` when the run ends well; a run that stops keeps the blocks decoded and
+    written so far, readable, under the partial names, and :meth:`kept` says so.
+    """
+
+    def __init__(self, job: GenerateJob, schedule: Schedule, model: CausalWanDiT, outputs: ExitStack) -> None:
         import time
 
+        from cascade_sched.interrupts import on_interrupt
+        from cascade_sched.outputs import committed
         from executors.decode_thread import DecodeWorker
         from executors.output import VideoSink
         from executors.sources import decoder_for
 
         self.job, self.schedule = job, schedule
+        self.video = outputs.enter_context(committed(job.out)) if job.out else None
+        self.latents_path = outputs.enter_context(committed(job.save_latents)) if job.save_latents else None
+        outputs.enter_context(on_interrupt(self.kept))
+        self._lock = threading.Lock()
+        self._closed = False
         device = job.vae_device or str(model.device)
         self.decoder: Any = decoder_for(job, model.config, device)
-        self.sink = VideoSink(job.out, frames_per_block=schedule.spec.frames_per_block) if job.out else None
+        self.sink = VideoSink(str(self.video), frames_per_block=schedule.spec.frames_per_block) if self.video else None
         if self.sink is not None:
             self.sink.open()  # start the encoder now, not inside the first block's timing
         self.worker = DecodeWorker(self.decoder, self._write, device)
@@ -185,20 +199,44 @@ class _Pipeline:
         if self.bar is not None:
             self.bar.update(1)
 
-    def close(self) -> None:
-        """Decode what is queued, make everything written durable (video, latents). Safe to call twice."""
-        try:
-            self.worker.close()
-        finally:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-            if self.sink is not None:
-                self.sink.close()
-            if self.job.save_latents and self.latents:
-                from executors.output import save_latents
+    @property
+    def finished(self) -> int:
+        """Blocks decoded and written, all in order from block 0."""
+        return len(self.worker.decoded)
 
-                save_latents(self.job.save_latents, self.latents)
+    def close(self, drain: bool = True) -> None:
+        """Decode what is queued (``drain=False``, when interrupted: only the block being decoded) and make
+        everything written durable: the video, and the latents of the same finished blocks. Safe to call
+        twice, and from another thread (a rank stopped by its peers)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.worker.close(drain)
+            finally:
+                if self.bar is not None:
+                    self.bar.close()
+                    self.bar = None
+                if self.sink is not None:
+                    self.sink.close()
+                n = self.finished
+                if self.latents_path is not None and n:
+                    from executors.output import save_latents
+
+                    save_latents(str(self.latents_path), self.latents[:n])
+                if n == 0:  # nothing finished: no empty file that a player would choke on
+                    for path in (self.video, self.latents_path):
+                        if path is not None:
+                            path.unlink(missing_ok=True)
+
+    def kept(self) -> str:
+        """What a stopped run kept, for its one line: ``kept 3 of 8 blocks in x.partial.mp4``."""
+        files = [str(p) for p in (self.video, self.latents_path) if p is not None and p.exists()]
+        total = self.schedule.num_blocks
+        if not files:
+            return f"{self.finished} of {total} blocks finished, no file kept"
+        return f"kept {self.finished} of {total} blocks in {' and '.join(files)}"
 
     def clock_offset(self, block_done_s: list[float]) -> float:
         """perf_counter -> the run's clock: the tick loop stamps block_done_s[b] just before handing b over."""
@@ -269,44 +307,52 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
         executor = CompiledExecutor(job.backend, job.engine_cache, progress=job.progress and rank == 0)
         with torch.inference_mode():
             executor.prepare(schedule, model)  # compile before the stream's clock starts
-    pipeline = _Pipeline(job, schedule, model) if rank == 0 else None
-    _ABORT_HOOK[0] = pipeline.close if pipeline is not None else None
-    stream = _Stream(job, options) if job.interactive else None
-    try:
-        with torch.inference_mode():
-            if stream is not None:
-                if distributed:
-                    raise ConfigError("interactive", "`--interactive` runs with the reference executor only")
-                result = ReferenceExecutor().run(schedule, model, options, pipeline.on_block if pipeline else None,
-                                                 extend=stream.extend)
-                schedule = stream.schedule or schedule
-            else:
-                result = executor.run(schedule, model, options, pipeline.on_block if pipeline else None)
-    finally:
-        if pipeline is not None:
-            pipeline.close()
-        if encoder is not None:
-            encoder.close()
-    events = result.events
-    if pipeline is not None:  # the decodes ran on their own thread: their events replace the hand-offs
-        offset = pipeline.clock_offset(result.block_done_s)
-        events = [e for e in events if e.track != "decode"] + pipeline.worker.events(offset, 0)
-    if distributed:
-        gathered: list[Any] | None = [None] * world if rank == 0 else None
-        dist.gather_object(events, gathered, dst=0)
-        if gathered is not None:
-            events = [e for evs in gathered for e in evs]
-    if pipeline is None:
-        return None
-    summary = _summary(job, schedule, result, pipeline.shown_s(offset), pipeline.decoder)
-    summary["model"] = model.config.name
-    all_texts = {0: job.prompt, **options.prompts}
-    summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
-    summary["sources"] = {"weights": weights, "text": text_name, "decoder": _decoder_line(pipeline),
-                          "sampler": _sampler_line(options.sampler, schedule.spec.timesteps)}
-    if job.trace:
-        write_chrome_trace(job.trace, events, metadata={"source": "measured", **summary})
-    return summary
+    with ExitStack() as outputs:  # rank 0's files: renamed into place when the run ends well
+        pipeline = _Pipeline(job, schedule, model, outputs) if rank == 0 else None
+        _ABORT_HOOK[0] = pipeline
+        stream = _Stream(job, options) if job.interactive else None
+        try:
+            with torch.inference_mode():
+                if stream is not None:
+                    if distributed:
+                        raise ConfigError("interactive", "`--interactive` runs with the reference executor only")
+                    result = ReferenceExecutor().run(schedule, model, options, pipeline.on_block if pipeline else None,
+                                                     extend=stream.extend)
+                    schedule = stream.schedule or schedule
+                else:
+                    result = executor.run(schedule, model, options, pipeline.on_block if pipeline else None)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop now, keep the blocks already written
+            if pipeline is not None:
+                pipeline.close(drain=False)
+            raise
+        finally:
+            if pipeline is not None:
+                pipeline.close()
+            if encoder is not None:
+                encoder.close()
+        events = result.events
+        if pipeline is not None:  # the decodes ran on their own thread: their events replace the hand-offs
+            offset = pipeline.clock_offset(result.block_done_s)
+            events = [e for e in events if e.track != "decode"] + pipeline.worker.events(offset, 0)
+        if distributed:
+            gathered: list[Any] | None = [None] * world if rank == 0 else None
+            dist.gather_object(events, gathered, dst=0)
+            if gathered is not None:
+                events = [e for evs in gathered for e in evs]
+        if pipeline is None:
+            return None
+        summary = _summary(job, schedule, result, pipeline.shown_s(offset), pipeline.decoder)
+        summary["model"] = model.config.name
+        all_texts = {0: job.prompt, **options.prompts}
+        summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
+        summary["sources"] = {"weights": weights, "text": text_name, "decoder": _decoder_line(pipeline),
+                              "sampler": _sampler_line(options.sampler, schedule.spec.timesteps)}
+        if job.trace:
+            from cascade_sched.outputs import committed
+
+            with committed(job.trace, keep_partial=False) as tmp:
+                write_chrome_trace(tmp, events, metadata={"source": "measured", **summary})
+        return summary
 
 
 def _sampler_line(sampler: FlowMatchSampler, steps: tuple[float, ...]) -> str:
@@ -343,13 +389,18 @@ class _Stream:
         return new
 
 
-# The decode rank's close(), for the launcher to call when another rank's failure stops this one.
-_ABORT_HOOK: list[Any] = [None]
+# The decode rank's pipeline, for the launcher to close when another rank's failure stops this one.
+_ABORT_HOOK: list[_Pipeline | None] = [None]
 
 
-def abort_hook() -> None:
-    if _ABORT_HOOK[0] is not None:
-        _ABORT_HOOK[0]()
+def abort_hook() -> str | None:
+    """Close the decode rank's files (keeping the finished blocks); returns what was kept, or None on a
+    rank that writes nothing."""
+    pipeline = _ABORT_HOOK[0]
+    if pipeline is None:
+        return None
+    pipeline.close(drain=False)
+    return pipeline.kept()
 
 
 def _summary(job: GenerateJob, schedule: Schedule, result: RunResult, shown_s: list[float],
@@ -399,7 +450,8 @@ def run_generate(job: GenerateJob, nproc: int | None = None) -> dict[str, Any]:
         raise ConfigError("executor",
                           f"`--executor` must be reference, distributed or compiled, got {job.executor!r}")
     if under_torchrun():
-        result = run_rank(_rank_entry, job, job.device, job.timeout_s, on_abort=abort_hook)
+        result = run_rank(_rank_entry, job, job.device, job.timeout_s, on_abort=abort_hook,
+                          command="cascade generate")
         return result if result is not None else {}
     nproc = devices if nproc is None else nproc
     if nproc != devices:

@@ -8,6 +8,7 @@ rank hangs on a peer that is gone. Collective waits also carry the run's timeout
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cascade_sched import interrupts
 from cascade_sched.errors import ConfigError, ExecutorError
 
 ABORT_KEY = "cascade/abort"
@@ -80,31 +82,58 @@ def init_group(device: str, timeout_s: float) -> tuple[int, int]:
     return rank, world
 
 
+INTERRUPTED = "interrupted:"  # an abort message that starts so: "interrupted:15:rank 1 received SIGTERM"
+
+Report = Callable[[str, int, "str | None"], None]
+"""``report(command, signum, kept)`` says the one line of an interrupted run (rank 0 only): on stderr under
+torchrun; :func:`spawn` hands it to the spawning process instead, which says it."""
+
+
+def _stderr(command: str, signum: int, kept: str | None) -> None:
+    print(interrupts.line(command, signum, kept), file=sys.stderr, flush=True)
+
+
 class Shutdown:
-    """Stop this rank once, from any thread or a signal handler: say why, run ``on_abort``, exit 1.
+    """Stop this rank once, from any thread or a signal handler: close the files, say why, and exit.
 
     The work runs on its own thread, so a signal that lands while the main thread holds a lock (mid-way
-    through writing a block, say) does not deadlock: the block finishes, then the files are closed.
+    through writing a block, say), or waits on a peer that is gone, does not deadlock: the block
+    finishes, then the files are closed. ``on_abort`` closes them and returns what was kept (rank 0).
+
+    A failure exits 1, and each rank says why in a line of its own. An interrupt (Ctrl-C or SIGTERM on
+    any rank) exits 130 or 143 on every rank, and only rank 0 says so, in the command's one line.
     """
 
-    def __init__(self, rank: int, on_abort: Callable[[], None] | None) -> None:
-        self.rank, self.on_abort = rank, on_abort
+    def __init__(self, rank: int, on_abort: Callable[[], str | None] | None, command: str = "cascade",
+                 report: Report = _stderr) -> None:
+        self.rank, self.on_abort, self.command, self.report = rank, on_abort, command, report
         self._once = threading.Lock()
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, signum: int | None = None, why: str = "stopping") -> None:
         if not self._once.acquire(blocking=False):
             return
 
         def work() -> None:
-            print(f"rank {self.rank}: stopping: {message}", file=sys.stderr, flush=True)
+            kept = None
             if self.on_abort is not None:
                 try:
-                    self.on_abort()
+                    kept = self.on_abort()
                 except Exception as e:  # closing files must not keep a dead group alive
                     print(f"rank {self.rank}: while closing outputs: {e}", file=sys.stderr, flush=True)
+            if signum is not None:
+                if self.rank == 0:
+                    self.report(self.command, signum, kept)
+                os._exit(128 + signum)
+            print(f"rank {self.rank}: {why}: {message}" + (f"; {kept}" if kept else ""), file=sys.stderr,
+                  flush=True)
             os._exit(1)
 
         threading.Thread(target=work, name="cascade-shutdown", daemon=True).start()
+
+    def interrupted(self, text: str) -> None:
+        """Stop as another rank's interrupt message (``INTERRUPTED`` + signum + why) says."""
+        signum = int(text[len(INTERRUPTED):].split(":", 1)[0])
+        self(text, signum)
 
 
 class Watchdog:
@@ -117,6 +146,13 @@ class Watchdog:
         self._thread = threading.Thread(target=self._poll, name="cascade-watchdog", daemon=True)
         self._thread.start()
 
+    def peek(self) -> str | None:
+        """Another rank's abort message, if one was posted."""
+        try:
+            return self.store.get(ABORT_KEY).decode() if self.store.check([ABORT_KEY]) else None
+        except Exception:
+            return None
+
     def _poll(self) -> None:
         while not self._stop.wait(POLL_S):
             try:
@@ -126,7 +162,10 @@ class Watchdog:
             except Exception:  # the store's host is gone: the group is over either way
                 message = "the process group's store stopped answering"
             if not self._stop.is_set():
-                self.shutdown(message)
+                if message.startswith(INTERRUPTED):
+                    self.shutdown.interrupted(message)
+                else:
+                    self.shutdown(message)
             return
 
     def fail(self, message: str) -> None:
@@ -140,26 +179,50 @@ class Watchdog:
         self._thread.join()
 
 
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise interrupts.Interrupted(signum)
+
+
 def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float,
-             on_abort: Callable[[], None] | None = None) -> Any:
-    """Run ``fn`` on this rank of an environment-configured group, with the failure policy above."""
+             on_abort: Callable[[], str | None] | None = None, command: str = "cascade",
+             report: Report = _stderr) -> Any:
+    """Run ``fn`` on this rank of an environment-configured group, with the failure policy above.
+
+    SIGINT and SIGTERM (torchrun forwards both to every rank) interrupt ``fn`` on this rank; the others
+    learn it from the store and stop too, so the whole group ends within ``POLL_S`` of the first signal.
+    A SIGTERM that torchrun sends because another rank failed stops this rank as that failure.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupted)
     rank, world = init_group(device, timeout_s)
-    shutdown = Shutdown(rank, on_abort)
-    signal.signal(signal.SIGTERM, lambda signum, frame: shutdown(
-        "terminated by the launcher after another rank failed"))
+    shutdown = Shutdown(rank, on_abort, command, report)
     dog = Watchdog(shutdown)
     try:
         result = fn(payload, rank, world)
         dog.stop()
         dist.barrier()
     except BaseException as e:
-        message = str(e) if isinstance(e, ExecutorError) else f"rank {rank} failed: {type(e).__name__}: {e}"
-        dog.fail(message)
-        print(f"rank {rank}: error: {message}", file=sys.stderr, flush=True)
-        if on_abort is not None:
-            on_abort()
-        # Exit now: a clean shutdown would wait on peers that may be blocked on this rank.
-        os._exit(1)
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown short
+            signal.signal(signum, signal.SIG_IGN)
+        earlier = dog.peek()
+        if isinstance(e, KeyboardInterrupt) and earlier is None:
+            signum = interrupts.exit_code(e) - 128
+            message = f"{INTERRUPTED}{signum}:rank {rank} received {signal.Signals(signum).name}"
+            dog.fail(message)
+            shutdown(message, signum)
+        elif earlier is not None:  # another rank stopped first (a failure, or an interrupt): stop as it says
+            dog.fail(earlier)
+            if earlier.startswith(INTERRUPTED):
+                shutdown.interrupted(earlier)
+            else:
+                shutdown(earlier)
+        else:
+            message = str(e) if isinstance(e, ExecutorError) else f"rank {rank} failed: {type(e).__name__}: {e}"
+            dog.fail(message)
+            # Exit through the shutdown thread, not a clean shutdown, which would wait on peers that may be
+            # blocked on this rank. It closes this rank's files, keeping what was finished.
+            shutdown(message, why="error")
+        threading.Event().wait()  # the shutdown thread ends the process
     dist.destroy_process_group()
     return result
 
@@ -170,12 +233,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _write_kept(path: str, command: str, signum: int, kept: str | None) -> None:
+    """Rank 0's report under :func:`spawn`: the spawning process says the one line."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(kept or "")
+    os.replace(path + ".tmp", path)
+
+
 def _spawned(local_rank: int, nproc: int, port: int, fn: RankFn, payload: Any, device: str,
-             timeout_s: float, threads: int, result_path: str, on_abort: Callable[[], None] | None) -> None:
+             timeout_s: float, threads: int, result_path: str, on_abort: Callable[[], str | None] | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(nproc), LOCAL_RANK=str(local_rank))
     torch.set_num_threads(threads)
-    result = run_rank(fn, payload, device, timeout_s, on_abort)
+    result = run_rank(fn, payload, device, timeout_s, on_abort,
+                      report=functools.partial(_write_kept, result_path + ".kept"))
     if local_rank == 0:
         # A file, not a pipe: a large result would fill the pipe and block this rank before the join.
         with open(result_path + ".tmp", "wb") as f:
@@ -183,12 +254,19 @@ def _spawned(local_rank: int, nproc: int, port: int, fn: RankFn, payload: Any, d
         os.replace(result_path + ".tmp", result_path)
 
 
+STOP_S = 10.0  # how long the spawning process waits for interrupted ranks before killing them
+
+
 def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: float = 60.0,
-          threads: int | None = None, on_abort: Callable[[], None] | None = None) -> Any:
+          threads: int | None = None, on_abort: Callable[[], str | None] | None = None) -> Any:
     """Spawn ``nproc`` local ranks running ``fn``; return rank 0's result or raise ``ExecutorError``.
 
     Each rank gets ``threads`` intra-op threads (default: the cores divided among the ranks).
     ``fn``, ``payload`` and ``on_abort`` must pickle (module-level functions, plain data).
+
+    Ctrl-C or SIGTERM here is passed on to every rank; when the ranks stopped for an interrupt (here or
+    on one of them), :class:`~cascade_sched.interrupts.Interrupted` is raised here with what rank 0 kept,
+    so the command says its one line.
     """
     import torch.multiprocessing as mp
 
@@ -199,11 +277,29 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cascade-spawn-") as tmp:
         result_path = os.path.join(tmp, "rank0.pkl")
+        kept_path = result_path + ".kept"
+        ctx = mp.start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads,
+                                                 result_path, on_abort), nprocs=nproc, join=False,
+                                 start_method="spawn")
         try:
-            mp.start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads,
-                                               result_path, on_abort), nprocs=nproc, join=True,
-                               start_method="spawn")
+            while not ctx.join(timeout=POLL_S, grace_period=STOP_S):
+                pass
+        except KeyboardInterrupt as e:
+            signum = interrupts.exit_code(e) - 128
+            for p in ctx.processes:
+                if p.is_alive() and p.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, signum)
+            deadline = time.monotonic() + STOP_S
+            for p in ctx.processes:
+                p.join(max(0.0, deadline - time.monotonic()))
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+            _interrupted(signum, kept_path)
         except mp.ProcessExitedException as e:
+            if e.exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
+                _interrupted(abs(e.exit_code) % 128, kept_path)  # a rank was interrupted: every rank stopped
             raise ExecutorError(
                 f"rank {e.error_index} exited with status {e.exit_code} after "
                 f"{time.perf_counter() - start:.1f} s; every rank was stopped (each rank's own message is above)"
@@ -215,3 +311,12 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
             raise ExecutorError("rank 0 finished without a result")
         with open(result_path, "rb") as f:
             return pickle.load(f)
+
+
+def _interrupted(signum: int, kept_path: str) -> None:
+    """Raise the interrupt the ranks stopped for, with what rank 0 said it kept."""
+    from pathlib import Path
+
+    kept = Path(kept_path).read_text(encoding="utf-8") if os.path.exists(kept_path) else None
+    with interrupts.on_interrupt(lambda: kept):
+        raise interrupts.Interrupted(signum) from None

@@ -2,7 +2,10 @@
 
 - ``.mp4``: H.264 through ffmpeg (imageio-ffmpeg) as *fragmented* MP4 with a keyframe at every block,
   so the file is playable up to the last fragment written even if the process is killed;
-- ``.gif``: rewritten atomically (temp file + rename) after every block, so it is always complete;
+- ``.gif``: rewritten atomically (temp file + rename) as blocks come and at ``close``, so the file on disk is
+  always a complete GIF; a GIF cannot be appended to, so it is rewritten only once the last rewrite is ten
+  times its own length in the past (at most a tenth of the time goes to rewriting, however long the
+  stream), and a run killed outright loses at most the last few blocks' frames;
 - ``--save-latents``: a ``.npz`` whose ``latents`` array is (num_blocks * frames_per_block, C, H, W).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,8 @@ class VideoSink:
         self._lock = threading.RLock()
         self._writer: Any = None
         self._gif_frames: list[np.ndarray] = []
+        self._gif_written = 0  # frames in the GIF on disk
+        self._gif_next = 0.0  # perf_counter after which the next rewrite is due
         self._gop = 4 * frames_per_block
 
     def open(self) -> None:
@@ -53,7 +59,8 @@ class VideoSink:
         with self._lock:
             if self.path.suffix.lower() == ".gif":
                 self._gif_frames.extend(frames)
-                self._write_gif()
+                if time.perf_counter() >= self._gif_next:
+                    self._write_gif()
             else:
                 if self._writer is None:
                     self._writer = self._open_mp4()
@@ -78,9 +85,13 @@ class VideoSink:
     def _write_gif(self) -> None:
         import imageio.v2 as imageio
 
+        start = time.perf_counter()
         tmp = self.path.with_name(f".{self.path.name}.tmp.gif")
         imageio.mimsave(str(tmp), self._gif_frames, duration=1000.0 / self.fps, loop=0)  # type: ignore[arg-type]
         os.replace(tmp, self.path)
+        self._gif_written = len(self._gif_frames)
+        now = time.perf_counter()
+        self._gif_next = now + 9 * (now - start)
 
     def close(self) -> None:
         """Finish the file (idempotent)."""
@@ -88,6 +99,8 @@ class VideoSink:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            if self._gif_frames and self._gif_written < len(self._gif_frames):
+                self._write_gif()
 
 
 def save_latents(path: str, latents: list[np.ndarray]) -> None:

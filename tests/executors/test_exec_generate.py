@@ -71,8 +71,10 @@ def test_a_failing_rank_stops_every_rank_and_keeps_finished_frames(tmp_path: Pat
     assert r.returncode != 0
     assert f"rank {failing_rank} failed at tick 6 (" in r.stderr and "@d" in r.stderr
     assert "Traceback" not in r.stderr
-    # Lag 1, S = 5: blocks 0, 1, 2 finished denoising at ticks 3, 4, 5, before the failure at tick 6.
-    assert iio.imread(out).shape[0] == frames_of(3)
+    # Lag 1, S = 5: blocks 0, 1, 2 finished denoising at ticks 3, 4, 5, before the failure at tick 6: kept,
+    # readable, under the partial name; nothing under the final name.
+    assert iio.imread(tmp_path / "v.partial.mp4").shape[0] == frames_of(3) and not out.exists()
+    assert "kept 3 of 8 blocks in" in r.stderr
 
 
 @pytest.mark.parametrize(
