@@ -6,6 +6,7 @@ Imports torch only when the command runs, so ``cascade schedule`` stays light.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -100,7 +101,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
     if made_out:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        print(f"note: no --out: writing the video to {args.out}", file=sys.stderr)
+        print(f"no --out: writing the video to {args.out}", flush=True)
     job = GenerateJob(
         preset=args.preset, weights=args.weights, lora=args.lora, model_dir=args.model_dir,
         text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
@@ -120,7 +121,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             args.model != "toy":
         print("note: no --vae: decoding with the latent preview (a fixed projection, not the Wan VAE); pass "
               "--vae DIR or --model-dir DIR for the real video", file=sys.stderr)
-    summary = run_generate(job, args.nproc)
+    try:
+        summary = run_generate(job, args.nproc)
+    except ConfigError:
+        if made_out:  # refused before any work: leave no empty default folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(args.out))
+        raise
     if summary:
         _print_summary(summary, args)
     return 0
@@ -200,10 +207,9 @@ def _apply_preset(args: argparse.Namespace) -> Any:
     a flag the user set wins, with a note."""
     if args.preset is None:
         return None
+    from cascade_sched.cliargs import DEFAULT_TIMESTEPS, DEFAULT_WINDOW
     from cascade_sched.errors import ConfigError
     from models.presets import get_preset
-
-    from cascade_sched.cliargs import DEFAULT_TIMESTEPS, DEFAULT_WINDOW
 
     preset = get_preset(args.preset)
     args._preset_model = preset.model

@@ -11,6 +11,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from cascade_sched.cliargs import DEFAULT_BLOCKS
 from cascade_sched.metrics import video_frames
 
 CASCADE = [sys.executable, "-m", "cascade_sched.cli"]
@@ -37,7 +38,7 @@ def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | No
     assert "paper FPS" in r.stdout and "first frame" in r.stdout
     assert f"model {model or 'toy'}" in r.stdout
     assert ("(3 frames over" if model is None else "(12 frames over") in r.stdout  # pixels vs Wan VAE x4
-    blocks = 6  # the default clip
+    blocks = DEFAULT_BLOCKS  # the default clip
     assert iio.imread(out).shape == (frames(blocks), pixels, pixels, 3)
     latents = np.load(lat)["latents"]
     assert latents.shape == (blocks * 3, *latent) and latents.dtype == np.float32
