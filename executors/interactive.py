@@ -5,7 +5,11 @@
 - :class:`PromptFeed` reads new prompts from a stream (standard input) on a thread while a run goes on;
 - :func:`next_schedule` is the extend hook: a new prompt applies from the first block not yet started,
   and while the feed is open the stream never drains (one block is always scheduled ahead), so every
-  extension keeps the tasks already run unchanged.
+  extension keeps the tasks already run unchanged;
+- :class:`Console` is the terminal side: on a TTY an input prompt (readline) with the stream's status
+  redrawn on its own line above it, so output never lands on the line being typed; elsewhere (a pipe,
+  a test) plain lines in, and a line on stderr when a real-time stream falls behind;
+- :class:`Pace` holds a ``--realtime`` stream to the video's frame rate.
 """
 
 from __future__ import annotations
@@ -56,19 +60,105 @@ def read_timeline(path: str, first_prompt: str) -> tuple[dict[int, str], tuple[t
     return {v: k for k, v in ids.items()}, tuple(switches)
 
 
-class PromptFeed:
-    """New prompts from a text stream, one per line, read on a daemon thread (blank lines are skipped)."""
+PROMPT = "prompt> "
 
-    def __init__(self, stream: IO[str]) -> None:
+
+class Console:
+    """The terminal an interactive stream talks to: is it one, and the status line above the prompt."""
+
+    def __init__(self, stdin: IO[str], out: IO[str]) -> None:
+        self.out = out
+        self.tty = _isatty(stdin) and _isatty(out)
+        self._behind = False
+        self._lock = threading.Lock()
+
+    def read_line(self) -> str:
+        """One line typed at the prompt (readline editing on a TTY); EOFError at Ctrl-D."""
+        return input(PROMPT)
+
+    def status(self, text: str, behind_s: float | None = None) -> None:
+        """Show the stream's status: on a TTY redrawn above the prompt and what is typed so far; elsewhere
+        only the moment a real-time stream falls behind (``behind_s`` > 0), one line each time."""
+        with self._lock:
+            if self.tty:
+                try:
+                    import readline
+
+                    typed = readline.get_line_buffer()
+                except ImportError:  # a Python without readline: the typed text is still in the input
+                    typed = ""
+                self.out.write(f"\r\x1b[2K{text}\n{PROMPT}{typed}")
+                self.out.flush()
+            elif behind_s is not None and behind_s > 0 and not self._behind:
+                print(f"note: {text}", file=self.out, flush=True)
+            self._behind = behind_s is not None and behind_s > 0
+
+    def end(self) -> None:
+        """Leave the terminal on a fresh line."""
+        if self.tty:
+            with self._lock:
+                self.out.write("\r\x1b[2K")
+                self.out.flush()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Pace:
+    """Hold a stream to real time: the frames shown so far may run at most ``lead_s`` ahead of the wall
+    clock since the first frame, at ``fps``; :meth:`wait` sleeps off any further lead and returns how
+    far behind real time the stream is (negative: ahead)."""
+
+    def __init__(self, fps: float, lead_s: float = 1.0) -> None:
+        import time
+
+        self.fps, self.lead_s = fps, lead_s
+        self._clock = time.monotonic
+        self._sleep = time.sleep
+        self.start: float | None = None
+
+    def wait(self, frames_shown: int) -> float:
+        if frames_shown <= 0:
+            return 0.0
+        now = self._clock()
+        if self.start is None:
+            self.start = now
+        ahead = frames_shown / self.fps - (now - self.start)
+        if ahead > self.lead_s:
+            self._sleep(ahead - self.lead_s)
+            ahead = self.lead_s
+        return -ahead
+
+
+class PromptFeed:
+    """New prompts from a text stream, one per line, read on a daemon thread (blank lines are skipped);
+    with a ``console`` on a TTY, read at its prompt instead."""
+
+    def __init__(self, stream: IO[str], console: Console | None = None) -> None:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.open = True
+        self.console = console
         self._thread = threading.Thread(target=self._read, args=(stream,), name="prompt-feed", daemon=True)
         self._thread.start()
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            if line.strip():
-                self._lines.put(line.strip())
+        if self.console is not None and self.console.tty:
+            while True:
+                try:
+                    line = self.console.read_line()
+                except (EOFError, OSError):  # Ctrl-D
+                    self.console.end()
+                    break
+                if line.strip():
+                    self._lines.put(line.strip())
+        else:
+            for line in stream:
+                if line.strip():
+                    self._lines.put(line.strip())
         self._lines.put(None)
 
     def poll(self) -> list[str]:
