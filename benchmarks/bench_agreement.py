@@ -37,7 +37,9 @@ def rank_fn(specs: list[dict], rank: int, world: int, model: str, dtype: str) ->
     m = build_model(model, None, dtype, "cpu")
     out = []
     for spec in specs:
-        r = DistributedExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), m, RunOptions(prompts=PROMPTS))
+        r = DistributedExecutor().run(
+            build_schedule(CascadeSpec.from_dict(spec)), m, RunOptions(prompts=PROMPTS)
+        )
         out.append(r.stacked().numpy() if rank == 0 else None)
     return out
 
@@ -45,10 +47,18 @@ def rank_fn(specs: list[dict], rank: int, world: int, model: str, dtype: str) ->
 def draw(rng: random.Random, devices: int, blocks: int) -> dict:  # type: ignore[type-arg]
     k = rng.randint(1, 4)
     cache = rng.random() < 0.5
-    return CascadeSpec(num_blocks=rng.randint(1, blocks), timesteps=(1000, 750, 500, 250)[:k], cache_pass=cache,
-                       lag=rng.randint(1, k + cache), attention=rng.choice(["causal", "bidirectional", "stale"]),
-                       window=rng.choice([None, 1, 2, 3]), sink=rng.randint(0, 2), num_devices=devices,
-                       placement=rng.choice(["block", "stage"]), seed=rng.randint(0, 3)).to_dict()
+    return CascadeSpec(
+        num_blocks=rng.randint(1, blocks),
+        timesteps=(1000, 750, 500, 250)[:k],
+        cache_pass=cache,
+        lag=rng.randint(1, k + cache),
+        attention=rng.choice(["causal", "bidirectional", "stale"]),
+        window=rng.choice([None, 1, 2, 3]),
+        sink=rng.randint(0, 2),
+        num_devices=devices,
+        placement=rng.choice(["block", "stage"]),
+        seed=rng.randint(0, 3),
+    ).to_dict()
 
 
 def main() -> None:
@@ -69,13 +79,20 @@ def main() -> None:
             got = spawn(fn, specs, world, timeout_s=300, threads=1)
             errs = []
             for spec, latents in zip(specs, got, strict=True):
-                ref = ReferenceExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model,
-                                              RunOptions(prompts=PROMPTS)).stacked().numpy()
+                ref = (
+                    ReferenceExecutor()
+                    .run(build_schedule(CascadeSpec.from_dict(spec)), model, RunOptions(prompts=PROMPTS))
+                    .stacked()
+                    .numpy()
+                )
                 errs.append(float(np.abs(ref - latents).max()) / max(float(np.abs(ref).max()), 1e-300))
             e = np.array(errs)
-            print(f"{args.model} {dtype} world {world}: {len(e)} specs, max {e.max():.3g}, median "
-                  f"{np.median(e):.3g}, p90 {np.quantile(e, 0.9):.3g}, bit-identical {int((e == 0).sum())}/{len(e)} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"{args.model} {dtype} world {world}: {len(e)} specs, max {e.max():.3g}, median "
+                f"{np.median(e):.3g}, p90 {np.quantile(e, 0.9):.3g}, bit-identical {int((e == 0).sum())}/{len(e)} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -20,16 +20,19 @@ import pytest
 
 CASCADE = [sys.executable, "-m", "cascade_sched.cli", "generate"]
 FRAMES = 3  # the toy model: 3 latent frames per block, one video frame each (the pixel decoder)
-LINE = re.compile(r"cascade generate: interrupted \((SIGINT|SIGTERM)\): kept (\d+)(?: of (\d+))? blocks in "
-                  r"(\S+\.partial\.gif) and (\S+\.partial\.npz)")
+LINE = re.compile(
+    r"cascade generate: interrupted \((SIGINT|SIGTERM)\): kept (\d+)(?: of (\d+))? blocks in "
+    r"(\S+\.partial\.gif) and (\S+\.partial\.npz)"
+)
 
 
 def interrupt(tmp: Path, args: list[str], signum: int, ready_s: float = 300.0) -> tuple[int, str, float]:
     """Run ``cascade generate ARGS --out v.gif --save-latents l.npz`` in ``tmp``; once the partial GIF is
     there, send ``signum``. Returns (exit status, stderr, seconds from the signal to the exit)."""
     cmd = [*CASCADE, *args, "--no-progress", "--out", "v.gif", "--save-latents", "l.npz"]
-    p = subprocess.Popen(cmd, cwd=tmp, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)  # stdin stays open: an --interactive stream goes on until the signal
+    p = subprocess.Popen(
+        cmd, cwd=tmp, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )  # stdin stays open: an --interactive stream goes on until the signal
     deadline = time.monotonic() + ready_s
     while not (tmp / "v.partial.gif").exists():
         if p.poll() is not None or time.monotonic() > deadline:
@@ -70,7 +73,9 @@ def test_reference(tmp_path: Path, signum: int) -> None:
 
 
 def test_interactive_ctrl_c(tmp_path: Path) -> None:
-    status, err, _ = interrupt(tmp_path, ["--interactive", "--blocks", "2", "--max-blocks", "500"], signal.SIGINT)
+    status, err, _ = interrupt(
+        tmp_path, ["--interactive", "--blocks", "2", "--max-blocks", "500"], signal.SIGINT
+    )
     assert "of" not in err.split("kept")[1].split("blocks")[0]  # a stream has no planned end
     assert_kept(tmp_path, status, err, signal.SIGINT, notes=True)
 
@@ -78,8 +83,9 @@ def test_interactive_ctrl_c(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_distributed(tmp_path: Path, signum: int) -> None:
-    status, err, took = interrupt(tmp_path, ["--blocks", "200", "--devices", "2", "--lag", "2",
-                                             "--executor", "distributed"], signum)
+    status, err, took = interrupt(
+        tmp_path, ["--blocks", "200", "--devices", "2", "--lag", "2", "--executor", "distributed"], signum
+    )
     assert_kept(tmp_path, status, err, signum)
     assert took < 10, f"the ranks took {took:.1f} s to stop"
 
@@ -93,7 +99,10 @@ def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_compiled(tmp_path: Path, signum: int, engine_cache: Path) -> None:
-    status, err, took = interrupt(tmp_path, ["--blocks", "400", "--window", "2", "--executor", "compiled",
-                                             "--engine-cache", str(engine_cache)], signum)
+    status, err, took = interrupt(
+        tmp_path,
+        ["--blocks", "400", "--window", "2", "--executor", "compiled", "--engine-cache", str(engine_cache)],
+        signum,
+    )
     assert_kept(tmp_path, status, err, signum)
     assert took < 10, f"the compiled run took {took:.1f} s to stop"
