@@ -348,11 +348,8 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
         summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
         summary["sources"] = {"weights": weights, "text": text_name, "decoder": _decoder_line(pipeline),
                               "sampler": _sampler_line(options.sampler, schedule.spec.timesteps)}
-        if job.trace:
-            from cascade_sched.outputs import committed
-
-            with committed(job.trace, keep_partial=False) as tmp:
-                write_chrome_trace(tmp, events, metadata={"source": "measured", **summary})
+        if job.trace:  # under its partial name until complete, like every output
+            write_chrome_trace(job.trace, events, metadata={"source": "measured", **summary})
         return summary
 
 

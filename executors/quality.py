@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from cascade_sched import CascadeSpec, build_schedule
+from cascade_sched.outputs import save_figure
 from executors.base import RunOptions
 from executors.reference import ReferenceExecutor
 from models.checkpoints import load_model
@@ -236,5 +237,5 @@ def save_strip(videos: dict[str, Tensor], path: str | Path, scale: int = 4) -> N
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
