@@ -181,7 +181,8 @@ class _Pipeline:
         self.latents: list[Any] = []
         self.handed: dict[int, float] = {}  # block -> perf_counter when the tick loop handed it over
         self.bar: Any = None
-        if job.progress and not (job.interactive and sys.stdin.isatty()):  # a terminal stream shows its status
+        terminal = job.interactive and sys.stdin is not None and sys.stdin.isatty()
+        if job.progress and not terminal:  # a stream on a terminal shows its status line instead
             from tqdm import tqdm
 
             self.bar = tqdm(total=schedule.num_blocks, unit="block", desc="generate", file=sys.stderr,
