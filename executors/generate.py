@@ -328,6 +328,8 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
                 pipeline.close(drain=False)
             raise
         finally:
+            if stream is not None:
+                stream.console.end()
             if pipeline is not None:
                 pipeline.close()
             if encoder is not None:

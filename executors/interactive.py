@@ -6,9 +6,9 @@
 - :func:`next_schedule` is the extend hook: a new prompt applies from the first block not yet started,
   and while the feed is open the stream never drains (one block is always scheduled ahead), so every
   extension keeps the tasks already run unchanged;
-- :class:`Console` is the terminal side: on a TTY an input prompt (readline) with the stream's status
-  redrawn on its own line above it, so output never lands on the line being typed; elsewhere (a pipe,
-  a test) plain lines in, and a line on stderr when a real-time stream falls behind;
+- :class:`Console` is the terminal side: on a TTY an input prompt with the stream's status redrawn on
+  its own line above it, so output never lands on the line being typed; elsewhere (a pipe, a test)
+  plain lines in, and a line on stderr when a real-time stream falls behind;
 - :class:`Pace` holds a ``--realtime`` stream to the video's frame rate.
 """
 
@@ -64,41 +64,55 @@ PROMPT = "prompt> "
 
 
 class Console:
-    """The terminal an interactive stream talks to: is it one, and the status line above the prompt."""
+    """The terminal an interactive stream talks to: the status on its own line, above the prompt line.
+
+    On a TTY the layout is a status line, then ``prompt> `` and what is being typed (the terminal's own
+    line editing). The status is redrawn in place one line up (cursor saved and restored), so it never
+    touches the line being typed; each prompt sent stays in the scrollback with the status of its time.
+    """
 
     def __init__(self, stdin: IO[str], out: IO[str]) -> None:
         self.out = out
         self.tty = _isatty(stdin) and _isatty(out)
         self._behind = False
+        self._text = "starting"
         self._lock = threading.Lock()
+        if self.tty:
+            self._write(f"{self._fit(self._text)}\n{PROMPT}")
 
-    def read_line(self) -> str:
-        """One line typed at the prompt (readline editing on a TTY); EOFError at Ctrl-D."""
-        return input(PROMPT)
+    def _fit(self, text: str) -> str:
+        import shutil
+
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        return text if len(text) <= width else text[: max(1, width - 3)] + "..."
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def sent(self) -> None:
+        """A line was entered: a fresh status and prompt below it."""
+        if self.tty:
+            with self._lock:
+                self._write(f"{self._fit(self._text)}\n{PROMPT}")
 
     def status(self, text: str, behind_s: float | None = None) -> None:
-        """Show the stream's status: on a TTY redrawn above the prompt and what is typed so far; elsewhere
-        only the moment a real-time stream falls behind (``behind_s`` > 0), one line each time."""
+        """Show the stream's status: on a TTY redrawn in place above the prompt line; elsewhere only the
+        moment a real-time stream falls behind (``behind_s`` > 0), one line each time."""
         with self._lock:
+            self._text = text
             if self.tty:
-                try:
-                    import readline
-
-                    typed = readline.get_line_buffer()
-                except ImportError:  # a Python without readline: the typed text is still in the input
-                    typed = ""
-                self.out.write(f"\r\x1b[2K{text}\n{PROMPT}{typed}")
-                self.out.flush()
+                self._write(f"\x1b7\x1b[1A\r\x1b[2K{self._fit(text)}\x1b8")
             elif behind_s is not None and behind_s > 0 and not self._behind:
                 print(f"note: {text}", file=self.out, flush=True)
             self._behind = behind_s is not None and behind_s > 0
 
     def end(self) -> None:
-        """Leave the terminal on a fresh line."""
+        """Leave the terminal on a fresh line (after Ctrl-D, or before an interrupt's line)."""
         if self.tty:
             with self._lock:
-                self.out.write("\r\x1b[2K")
-                self.out.flush()
+                self._write("\n")
+                self.tty = False
 
 
 def _isatty(stream: IO[str]) -> bool:
@@ -136,7 +150,7 @@ class Pace:
 
 class PromptFeed:
     """New prompts from a text stream, one per line, read on a daemon thread (blank lines are skipped);
-    with a ``console`` on a TTY, read at its prompt instead."""
+    a ``console`` draws a fresh prompt after each line."""
 
     def __init__(self, stream: IO[str], console: Console | None = None) -> None:
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -146,19 +160,13 @@ class PromptFeed:
         self._thread.start()
 
     def _read(self, stream: IO[str]) -> None:
-        if self.console is not None and self.console.tty:
-            while True:
-                try:
-                    line = self.console.read_line()
-                except (EOFError, OSError):  # Ctrl-D
-                    self.console.end()
-                    break
-                if line.strip():
-                    self._lines.put(line.strip())
-        else:
-            for line in stream:
-                if line.strip():
-                    self._lines.put(line.strip())
+        for line in stream:  # a terminal edits the line itself; Ctrl-D ends the stream
+            if self.console is not None:
+                self.console.sent()
+            if line.strip():
+                self._lines.put(line.strip())
+        if self.console is not None:
+            self.console.end()
         self._lines.put(None)
 
     def poll(self) -> list[str]:

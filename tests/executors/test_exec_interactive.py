@@ -123,3 +123,26 @@ def test_pace_and_the_status_of_a_stream_that_falls_behind() -> None:
     console.status("ahead", -0.2)
     console.status("behind again", 0.3)
     assert out.getvalue().splitlines() == ["note: behind by 1 s", "note: behind again"]
+
+
+def test_on_a_terminal_the_status_is_redrawn_above_the_prompt_line() -> None:
+    import io
+
+    from executors.interactive import PROMPT, Console
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    console = Console(Tty(), out)
+    assert out.getvalue() == f"starting\n{PROMPT}"
+    out.truncate(0), out.seek(0)
+    console.status("block 3: 2.2 s of video")
+    # saved cursor, one line up, the line cleared and rewritten, cursor back: the typed line is untouched
+    assert out.getvalue() == "\x1b7\x1b[1A\r\x1b[2Kblock 3: 2.2 s of video\x1b8"
+    out.truncate(0), out.seek(0)
+    console.sent()  # Enter: a fresh status and prompt below the line sent
+    assert out.getvalue() == f"block 3: 2.2 s of video\n{PROMPT}"
+    console.end()
+    assert out.getvalue().endswith("\n") and not console.tty
