@@ -26,10 +26,12 @@ LINE = re.compile(
 )
 
 
-def interrupt(tmp: Path, args: list[str], signum: int, ready_s: float = 300.0) -> tuple[int, str, float]:
+def interrupt(
+    tmp: Path, args: list[str], signum: int, ready_s: float = 300.0, command: list[str] = CASCADE
+) -> tuple[int, str, float]:
     """Run ``cascade generate ARGS --out v.gif --save-latents l.npz`` in ``tmp``; once the partial GIF is
     there, send ``signum``. Returns (exit status, stderr, seconds from the signal to the exit)."""
-    cmd = [*CASCADE, *args, "--no-progress", "--out", "v.gif", "--save-latents", "l.npz"]
+    cmd = [*command, *args, "--no-progress", "--out", "v.gif", "--save-latents", "l.npz"]
     p = subprocess.Popen(
         cmd, cwd=tmp, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )  # stdin stays open: an --interactive stream goes on until the signal
@@ -106,3 +108,22 @@ def test_compiled(tmp_path: Path, signum: int, engine_cache: Path) -> None:
     )
     assert_kept(tmp_path, status, err, signum)
     assert took < 10, f"the compiled run took {took:.1f} s to stop"
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_says_the_line(tmp_path: Path) -> None:
+    """torchrun passes its SIGTERM on to both ranks; the ranks' one line comes from rank 0 only (torchrun's
+    agent then prints its own SignalException traceback, which is torchrun's, not this project's)."""
+    torchrun = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cascade_sched.cli",
+    ]
+    args = ["--blocks", "200", "--devices", "2", "--lag", "2", "--executor", "distributed"]
+    status, err, took = interrupt(tmp_path, args, signal.SIGTERM, command=[*torchrun, "generate"])
+    assert status != 0 and took < 15, (status, took)
+    ours = [ln for ln in err.splitlines() if ln.startswith(("cascade", "rank "))]
+    assert len(ours) == 1, err
+    assert_kept(tmp_path, 128 + signal.SIGTERM, ours[0], signal.SIGTERM)
