@@ -16,10 +16,11 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cascade_sched.errors import ConfigError
 
-__all__ = ["check_output", "committed", "partial_path"]
+__all__ = ["check_output", "committed", "partial_path", "save_figure"]
 
 
 def check_output(flag: str, path: str | os.PathLike[str], suffixes: Sequence[str] | None = None, *,
@@ -97,3 +98,10 @@ def committed(path: str | os.PathLike[str], *, keep_partial: bool = True) -> Ite
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp, final)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], **savefig: Any) -> None:
+    """``fig.savefig`` (a matplotlib figure) under the partial name, renamed into place when written; the
+    format comes from the extension, which the partial name keeps."""
+    with committed(path, keep_partial=False) as tmp:
+        fig.savefig(tmp, **savefig)

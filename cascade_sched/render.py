@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cascade_sched.outputs import save_figure
+
 if TYPE_CHECKING:
     from cascade_sched.schedule import Schedule
 
@@ -105,5 +107,5 @@ def draw_grid(schedule: Schedule, path: str, title: str | None = None) -> None:
         f"{spec.attention}, {n_dev} device(s), placement={spec.placement}"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

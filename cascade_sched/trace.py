@@ -126,8 +126,10 @@ def write_chrome_trace(
     flows: Iterable[TraceFlow] = (),
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write :func:`chrome_trace` to ``path``."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Write :func:`chrome_trace` to ``path`` (under its partial name until complete)."""
+    from cascade_sched.outputs import committed
+
+    with committed(path, keep_partial=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(chrome_trace(events, flows, metadata), f)
 
 

@@ -32,6 +32,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     g.add_argument("--interactive", action="store_true",
                    help="read new prompts from standard input while streaming; each applies from the first "
                         "block not yet started, and the stream goes on until input ends")
+    g.add_argument("--realtime", action="store_true", help="with --interactive: hold the stream to the video's "
+                   "frame rate (16 fps); the status shows when it falls behind")
     g.add_argument("--max-blocks", type=int, default=None,
                    help="with --interactive: stop growing here (default: the larger of --blocks and 1000)")
     g.add_argument("--executor", default="reference", choices=("reference", "distributed", "compiled"),
@@ -97,6 +99,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompts = tuple((pid, text) for pid, text in texts.items() if pid)
     elif args.switch:
         prompts = tuple((pid, f"{args.prompt} (prompt {pid})") for _, pid in args.switch if pid)
+    if args.realtime and not args.interactive:
+        raise ConfigError("realtime", "`--realtime` paces an `--interactive` stream; add `--interactive`")
     if args.interactive and args.executor != "reference":
         raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
     if made_out:
@@ -112,6 +116,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         trace=args.trace, fail_at=args.fail_at, timeout_s=args.timeout, progress=not args.no_progress,
         executor=args.executor, prompts=prompts, interactive=args.interactive,
         max_blocks=args.max_blocks if args.max_blocks is not None else max(1000, spec.num_blocks),
+        realtime=args.realtime,
         backend=args.backend or "inductor", engine_cache=args.engine_cache, shift=args.shift,
     )
     if (args.model or "toy") == "toy" and not args.checkpoint and (args.prompts or args.switch or args.interactive):

@@ -44,6 +44,7 @@ class GenerateJob:
     return_latents: bool = False
     prompts: tuple[tuple[int, str], ...] = ()  # (id, text) of the switches' prompts; id 0 is `prompt`
     interactive: bool = False  # read new prompts from standard input while streaming
+    realtime: bool = False  # with interactive: hold the stream to the video's frame rate
     max_blocks: int = 1000  # an interactive stream stops growing here
     backend: str = "inductor"  # compiled executor: inductor | tensorrt
     engine_cache: str | None = None  # compiled executor: artifacts under DIR/rank{r}/, loaded when present
@@ -180,7 +181,8 @@ class _Pipeline:
         self.latents: list[Any] = []
         self.handed: dict[int, float] = {}  # block -> perf_counter when the tick loop handed it over
         self.bar: Any = None
-        if job.progress:
+        terminal = job.interactive and sys.stdin is not None and sys.stdin.isatty()
+        if job.progress and not terminal:  # a stream on a terminal shows its status line instead
             from tqdm import tqdm
 
             self.bar = tqdm(total=schedule.num_blocks, unit="block", desc="generate", file=sys.stderr,
@@ -233,10 +235,10 @@ class _Pipeline:
     def kept(self) -> str:
         """What a stopped run kept, for its one line: ``kept 3 of 8 blocks in x.partial.mp4``."""
         files = [str(p) for p in (self.video, self.latents_path) if p is not None and p.exists()]
-        total = self.schedule.num_blocks
+        of = "" if self.job.interactive else f" of {self.schedule.num_blocks}"  # a stream has no planned end
         if not files:
-            return f"{self.finished} of {total} blocks finished, no file kept"
-        return f"kept {self.finished} of {total} blocks in {' and '.join(files)}"
+            return f"{self.finished}{of} blocks finished, no file kept"
+        return f"kept {self.finished}{of} blocks in {' and '.join(files)}"
 
     def clock_offset(self, block_done_s: list[float]) -> float:
         """perf_counter -> the run's clock: the tick loop stamps block_done_s[b] just before handing b over."""
@@ -310,7 +312,7 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
     with ExitStack() as outputs:  # rank 0's files: renamed into place when the run ends well
         pipeline = _Pipeline(job, schedule, model, outputs) if rank == 0 else None
         _ABORT_HOOK[0] = pipeline
-        stream = _Stream(job, options) if job.interactive else None
+        stream = _Stream(job, options, pipeline) if job.interactive and pipeline is not None else None
         try:
             with torch.inference_mode():
                 if stream is not None:
@@ -326,6 +328,8 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
                 pipeline.close(drain=False)
             raise
         finally:
+            if stream is not None:
+                stream.console.end()
             if pipeline is not None:
                 pipeline.close()
             if encoder is not None:
@@ -347,11 +351,8 @@ def run_job(job: GenerateJob, rank: int = 0, world: int = 1) -> dict[str, Any] |
         summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
         summary["sources"] = {"weights": weights, "text": text_name, "decoder": _decoder_line(pipeline),
                               "sampler": _sampler_line(options.sampler, schedule.spec.timesteps)}
-        if job.trace:
-            from cascade_sched.outputs import committed
-
-            with committed(job.trace, keep_partial=False) as tmp:
-                write_chrome_trace(tmp, events, metadata={"source": "measured", **summary})
+        if job.trace:  # under its partial name until complete, like every output
+            write_chrome_trace(job.trace, events, metadata={"source": "measured", **summary})
         return summary
 
 
@@ -366,17 +367,23 @@ def _decoder_line(pipeline: _Pipeline) -> str:
 
 
 class _Stream:
-    """The extend hook of an interactive run: prompts typed on standard input switch the stream."""
+    """The extend hook of an interactive run: prompts typed on standard input switch the stream, the
+    status shows how far it got (and, with ``realtime``, how far behind real time it runs)."""
 
-    def __init__(self, job: GenerateJob, options: RunOptions) -> None:
-        from executors.interactive import PromptFeed
+    def __init__(self, job: GenerateJob, options: RunOptions, pipeline: _Pipeline) -> None:
+        from executors.interactive import Console, Pace, PromptFeed
+        from executors.output import VIDEO_FPS
 
-        self.job, self.options = job, options
-        self.feed = PromptFeed(sys.stdin)
+        self.job, self.options, self.pipeline = job, options, pipeline
+        self.console = Console(sys.stdin, sys.stderr)
+        self.feed = PromptFeed(sys.stdin, self.console)
+        self.pace = Pace(VIDEO_FPS) if job.realtime else None
         self.schedule: Schedule | None = None
+        self._shown = -1
 
     def extend(self, tick: int, schedule: Schedule) -> Schedule | None:
         from executors.interactive import next_schedule
+        from executors.output import VIDEO_FPS
 
         ids = []
         for text in self.feed.poll():
@@ -386,6 +393,15 @@ class _Stream:
         new = next_schedule(schedule, tick, ids, streaming=self.feed.open, max_blocks=self.job.max_blocks)
         if new is not None:
             self.schedule = new
+        frames = sum(self.pipeline.worker.frames.values())
+        behind = self.pace.wait(frames) if self.pace is not None else None
+        if frames != self._shown:
+            self._shown = frames
+            pace = "" if behind is None else (f", {behind:.1f} s behind real time" if behind > 0 else
+                                              f", {-behind:.1f} s ahead of real time")
+            prompt = self.options.prompts.get(max(self.options.prompts, default=0), self.job.prompt)
+            self.console.status(f"block {self.pipeline.finished}: {frames / VIDEO_FPS:.1f} s of video{pace}; "
+                                f"prompt {prompt!r}; type a prompt and Enter to switch, Ctrl-D to end", behind)
         return new
 
 

@@ -3,6 +3,10 @@
 Failure policy: a rank that fails writes one message (rank, tick, task, error) to the group's store and
 exits 1; every other rank's watchdog sees it within ``POLL_S``, says why it stops and exits 1 too, so no
 rank hangs on a peer that is gone. Collective waits also carry the run's timeout as a backstop.
+
+Interrupts take the same road: Ctrl-C or SIGTERM on any rank posts an interrupt to the store, every rank
+closes its files (rank 0 keeps the finished blocks under the partial names) and exits 130 or 143, and
+rank 0 alone says the command's one line.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import numpy as np
 from cascade_sched.errors import ConfigError
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
+VIDEO_FPS = 16.0  # the frame rate of every video written (Wan2.1's), and of a --realtime stream
 
 
 def check_video_path(path: str) -> Path:
@@ -37,7 +38,7 @@ def check_video_path(path: str) -> Path:
 class VideoSink:
     """Appends decoded blocks to a video file and makes each block durable before the next one."""
 
-    def __init__(self, path: str, fps: float = 16.0, frames_per_block: int = 3) -> None:
+    def __init__(self, path: str, fps: float = VIDEO_FPS, frames_per_block: int = 3) -> None:
         self.path = check_video_path(path)
         self.fps = fps
         self.frames_written = 0

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from cascade_sched import CascadeSpec, build_schedule
+from cascade_sched.outputs import save_figure
 from executors.base import RunOptions
 from executors.reference import ReferenceExecutor
 from models.checkpoints import load_model
@@ -144,28 +145,30 @@ def measure(
 
         bar = tqdm(total=len(settings) * seeds + seeds, desc="quality", unit="video", file=sys.stderr,
                    dynamic_ncols=True)
-    base: dict[int, Tensor] = {}
-    for s in range(seeds):
-        base[s] = generate(model, s, blocks, stages, "causal", sampler)
-        if bar is not None:
-            bar.update(1)
-    rows = []
-    for lag, att in settings:
-        phys, miss, jump, dist = [], [], [], []
+    try:  # the bar is closed before anything else is said, an interrupt's line included
+        base: dict[int, Tensor] = {}
         for s in range(seeds):
-            v = base[s] if lag == stages else generate(model, s, blocks, lag, att, sampler)
-            if videos is not None:
-                videos[(lag, att, s)] = v
-            p, m = physics_error(v)
-            phys.append(p)
-            miss.append(m)
-            jump.append(jump_ratio(v, model.config.frames_per_block))
-            dist.append(float((v - base[s]).abs().mean()))
+            base[s] = generate(model, s, blocks, stages, "causal", sampler)
             if bar is not None:
                 bar.update(1)
-        rows.append(Row(lag, att, math.ceil(stages / lag), _mean(phys), _mean(miss), _mean(jump), _mean(dist)))
-    if bar is not None:
-        bar.close()
+        rows = []
+        for lag, att in settings:
+            phys, miss, jump, dist = [], [], [], []
+            for s in range(seeds):
+                v = base[s] if lag == stages else generate(model, s, blocks, lag, att, sampler)
+                if videos is not None:
+                    videos[(lag, att, s)] = v
+                p, m = physics_error(v)
+                phys.append(p)
+                miss.append(m)
+                jump.append(jump_ratio(v, model.config.frames_per_block))
+                dist.append(float((v - base[s]).abs().mean()))
+                if bar is not None:
+                    bar.update(1)
+            rows.append(Row(lag, att, math.ceil(stages / lag), _mean(phys), _mean(miss), _mean(jump), _mean(dist)))
+    finally:
+        if bar is not None:
+            bar.close()
     return rows
 
 
@@ -236,5 +239,5 @@ def save_strip(videos: dict[str, Tensor], path: str | Path, scale: int = 4) -> N
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -158,7 +158,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from executors.launch import run_rank
         from executors.serve.group import abort_hook
 
-        run_rank(_serve_rank, (job, config), args.device, args.timeout, on_abort=abort_hook)
+        run_rank(_serve_rank, (job, config), args.device, args.timeout, on_abort=abort_hook, command="cascade serve")
         return 0
     if under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("executor", "under torchrun, `cascade serve` needs `--executor distributed`")

@@ -253,12 +253,14 @@ def write_points(points: Sequence[PlanPoint], csv_path: str | None, json_path: s
                  meta: dict[str, Any] | None = None) -> None:
     """Every point as CSV and/or JSON (``{"meta": ..., "points": [...]}``)."""
     rows = [p.row() for p in points]
+    from cascade_sched.outputs import committed
+
     if csv_path:
-        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        with committed(csv_path, keep_partial=False) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
             writer.writeheader()
             writer.writerows(rows)
     if json_path:
         clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-        with open(json_path, "w", encoding="utf-8") as f:
+        with committed(json_path, keep_partial=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump({"meta": meta or {}, "points": clean}, f, indent=1)

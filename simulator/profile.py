@@ -118,8 +118,10 @@ class Profile:
         return out
 
     def save(self, path: str) -> None:
-        """Write the profile as indented JSON."""
-        with open(path, "w", encoding="utf-8") as f:
+        """Write the profile as indented JSON (under its partial name until complete)."""
+        from cascade_sched.outputs import committed
+
+        with committed(path, keep_partial=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=1)
 
     @classmethod

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cascade_sched.errors import SimulationError
+from cascade_sched.outputs import save_figure
 from cascade_sched.schedule import task_name
 from cascade_sched.trace import (
     COMM,
@@ -161,7 +162,7 @@ def draw_gantt(result: SimResult, path: str, max_ticks: int | None = 60) -> None
     ax.set_title(f"{result.model} on {result.gpus} x {result.gpu}, decode {result.decode.describe()}: {result.fps:.1f} "
                  f"FPS delivered, first frame {result.first_frame_s:.2f} s (cost {result.cost})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -188,7 +189,7 @@ def draw_intervals(result: SimResult, path: str) -> None:
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -214,7 +215,7 @@ def draw_decomposition(rows: Sequence[tuple[str, SimResult]], path: str, title: 
     ax.set_ylim(0, max(bottoms, default=1.0) * 1.25)
     plt.setp(ax.get_xticklabels(), fontsize=7, rotation=20, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -243,5 +244,5 @@ def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None =
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

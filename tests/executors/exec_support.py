@@ -14,6 +14,23 @@ from models import CausalWanDiT, get_config
 
 PROMPTS = {1: "a blue cube spinning", 2: "a green field at dusk", 3: "waves on a beach"}
 
+# The promise of docs/executors.md ("The same numbers on every executor"): with a = the reference
+# executor's latents and b = another executor's (distributed at any world size, or compiled), over every
+# latent frame of the run, max|a - b| / max|a| stays within these bounds.
+PROMISE = {torch.float32: 1e-4, torch.float64: 1e-12}
+
+
+def rel_err(a: Any, b: Any) -> float:
+    """max|a - b| / max|a| (numpy arrays or tensors of one shape): the norm of the promise."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a - b).abs().max()) / max(float(a.abs().max()), 1e-300) if a.numel() else 0.0
+
+
+def assert_promise(reference: Any, other: Any, dtype: torch.dtype = torch.float32) -> None:
+    err = rel_err(reference, other)
+    assert err <= PROMISE[dtype], f"max|a - b| / max|a| = {err:.3g} > {PROMISE[dtype]:g} ({dtype})"
+
 
 def options() -> RunOptions:
     return RunOptions(prompts=PROMPTS)
@@ -29,10 +46,10 @@ def run_reference(spec: dict[str, Any], dtype: torch.dtype = torch.float32) -> t
     return ReferenceExecutor().run(schedule, tiny_model(dtype), options()).stacked()
 
 
-def run_specs_on_rank(specs: list[dict[str, Any]], rank: int, world: int) -> list[Any]:
+def run_specs_on_rank(specs: list[dict[str, Any]], rank: int, world: int, dtype: str = "float32") -> list[Any]:
     """Rank function: run every spec with the distributed executor; rank 0 returns the latents."""
     torch.set_num_threads(1)
-    model = tiny_model()
+    model = tiny_model(getattr(torch, dtype))
     out = []
     for spec in specs:
         result = DistributedExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model, options())

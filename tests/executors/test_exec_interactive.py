@@ -86,3 +86,63 @@ def test_a_scripted_interactive_session_through_a_pipe(tmp_path: Path, policy: s
     assert len(lines) >= 1 and ("a red sphere" in r.stdout)
     blocks = np.load(lat)["latents"].shape[0] // 3
     assert blocks >= 3
+
+
+def test_realtime_holds_the_stream_to_the_frame_rate(tmp_path: Path) -> None:
+    """tiny at 16 fps: 12 video frames a block (the latent preview, 4 per latent frame) are 0.75 s; the
+    model makes a block in a few hundredths of a second, so only the pacing sets the interval."""
+    r = subprocess.run([*CASCADE, "generate", "--model", "tiny", "--interactive", "--realtime", "--blocks", "6",
+                        "--no-progress", "--save-latents", str(tmp_path / "l.npz")],
+                       input="", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    p50 = float(r.stdout.split("interval p50/p95/p99 ")[1].split("/")[0])
+    assert 0.6 <= p50 <= 1.0, r.stdout
+
+
+def test_pace_and_the_status_of_a_stream_that_falls_behind() -> None:
+    import io
+
+    from executors.interactive import Console, Pace
+
+    pace = Pace(fps=10.0, lead_s=1.0)
+    now = [100.0]
+    slept: list[float] = []
+    pace._clock = lambda: now[0]
+    pace._sleep = slept.append
+    assert pace.wait(10) == -1.0 and slept == []  # 1 s of video at once: exactly the lead allowed
+    now[0] += 0.5
+    assert pace.wait(30) == -1.0 and slept == [pytest.approx(1.5)]  # 3 s of video after 0.5 s: sleep it off
+    now[0] += 5.0
+    assert pace.wait(40) == pytest.approx(1.5)  # 4 s of video after 5.5 s (+ 1.5 s slept... not counted): behind
+    out = io.StringIO()
+    console = Console(io.StringIO(), out)
+    assert not console.tty
+    console.status("ahead", -0.5)
+    console.status("behind by 1 s", 1.0)
+    console.status("behind by 2 s", 2.0)  # still behind: no new line
+    console.status("ahead", -0.2)
+    console.status("behind again", 0.3)
+    assert out.getvalue().splitlines() == ["note: behind by 1 s", "note: behind again"]
+
+
+def test_on_a_terminal_the_status_is_redrawn_above_the_prompt_line() -> None:
+    import io
+
+    from executors.interactive import PROMPT, Console
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    console = Console(Tty(), out)
+    assert out.getvalue() == f"starting\n{PROMPT}"
+    out.truncate(0), out.seek(0)
+    console.status("block 3: 2.2 s of video")
+    # saved cursor, one line up, the line cleared and rewritten, cursor back: the typed line is untouched
+    assert out.getvalue() == "\x1b7\x1b[1A\r\x1b[2Kblock 3: 2.2 s of video\x1b8"
+    out.truncate(0), out.seek(0)
+    console.sent()  # Enter: a fresh status and prompt below the line sent
+    assert out.getvalue() == f"block 3: 2.2 s of video\n{PROMPT}"
+    console.end()
+    assert out.getvalue().endswith("\n") and not console.tty
