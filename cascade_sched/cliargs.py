@@ -309,6 +309,16 @@ def add_device_args(g: Any, *, device: str | None = "cpu", dtype: str | None = "
                                                   f"{note})")
 
 
+def check_device_name(flag: str, device: str | None) -> None:
+    """A device name this project knows (cpu, cuda, cuda:N); whether the machine has it is checked where
+    torch is (``executors.launch.check_device``)."""
+    if device is None:
+        return
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError(flag, f"`{flag}` must be cpu, cuda or cuda:N, got {device!r}")
+
+
 def add_model_source_args(p: argparse.ArgumentParser, *, preset_names: str) -> argparse._ArgumentGroup:
     """Where the model's weights, text encoder and decoder come from; shared by generate and serve."""
     g = p.add_argument_group("model sources")

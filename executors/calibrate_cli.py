@@ -25,6 +25,7 @@ from cascade_sched.cliargs import (
     check_int,
     check_outputs,
     check_schedule_size,
+    check_device_name,
     check_threads,
     cpu_count,
     int_ranges,
@@ -55,9 +56,7 @@ def _model_args(g: Any, kit: bool = False) -> None:
 def _check_model_args(args: argparse.Namespace) -> None:
     if args.dtype not in DTYPES:
         raise ConfigError("--dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
-    kind, _, index = args.device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError("--device", f"`--device` must be cpu, cuda or cuda:N, got {args.device!r}")
+    check_device_name("--device", args.device)
     from models.config import get_config
 
     get_config(args.model)  # unknown names refused here, with the valid ones

@@ -6,6 +6,7 @@ Imports torch only when the command runs, so ``cascade schedule`` stays light.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -98,9 +99,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompts = tuple((pid, f"{args.prompt} (prompt {pid})") for _, pid in args.switch if pid)
     if args.interactive and args.executor != "reference":
         raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
-    if made_out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        print(f"note: no --out: writing the video to {args.out}", file=sys.stderr)
     job = GenerateJob(
         preset=args.preset, weights=args.weights, lora=args.lora, model_dir=args.model_dir,
         text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
@@ -120,7 +118,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             args.model != "toy":
         print("note: no --vae: decoding with the latent preview (a fixed projection, not the Wan VAE); pass "
               "--vae DIR or --model-dir DIR for the real video", file=sys.stderr)
-    summary = run_generate(job, args.nproc)
+    if made_out:  # removed again if the run is refused before it writes (the summary says where it went)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    try:
+        summary = run_generate(job, args.nproc)
+    except BaseException:
+        if made_out:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(args.out))  # only if empty
+        raise
     if summary:
         _print_summary(summary, args)
     return 0
@@ -142,6 +148,9 @@ def _check_generate(args: argparse.Namespace) -> bool:
     check_int("--nproc", args.nproc, 1, max(64, 8 * cpu_count()))
     if args.nproc is not None and args.executor == "reference":
         raise ConfigError("nproc", "`--nproc` needs `--executor distributed` or `--executor compiled`")
+    if args.nproc is not None and args.nproc != args.devices:
+        raise ConfigError("nproc", f"`--nproc` {args.nproc} must equal `--devices` {args.devices} (device d of the "
+                                   "schedule runs on rank d)")
     for flag, value in (("backend", args.backend), ("engine_cache", args.engine_cache)):
         if value is not None and args.executor != "compiled":
             raise ConfigError(flag, f"`--{flag.replace('_', '-')}` needs `--executor compiled`")

@@ -98,6 +98,10 @@ def check_args(args: argparse.Namespace) -> None:
     _positive("timeout", args.timeout, " seconds")
     if args.dtype not in ("float32", "bfloat16", "float64"):
         raise ConfigError("dtype", f"`--dtype` must be one of float32, bfloat16, float64, got {args.dtype!r}")
+    from cascade_sched.cliargs import check_device_name
+
+    for flag in ("--device", "--text-encoder-device", "--vae-device"):
+        check_device_name(flag, getattr(args, flag[2:].replace("-", "_")))
     _check_sources(args)
     if args.shift is not None:
         _positive("shift", args.shift)

@@ -93,14 +93,14 @@ def _parse_only(argv: list[str]) -> bool:
 
 def _run(line: str, folder: Path) -> None:
     for part in line.split(" && "):
-        words = shlex.split(part)
+        words = shlex.split(re.sub(r"(?<=\s)\.\.\.(?=\s|$)", "", part))  # "--devices 8 ...": and the rest
         out = None
         if ">" in words:
             i = words.index(">")
             words, out = words[:i], words[i + 1]
         if _parse_only(words):
             argv = words[words.index("cascade_sched.cli") + 1:] if words[0] == "torchrun" else words[1:]
-            argv = ["1" if PLACEHOLDER.match(a) and a.isupper() else a for a in argv if a != "..."]  # --window W
+            argv = ["1" if PLACEHOLDER.match(a) and a.isupper() else a for a in argv]  # --window W
             parser, _ = build_parser()
             parser.parse_args(argv)  # argparse exits 2 on a flag that does not exist or a bad value
             continue
