@@ -20,12 +20,12 @@ from cascade_sched.cliargs import (
     THREADS_HELP,
     add_device_args,
     alias,
+    check_device_name,
     check_float,
     check_input_file,
     check_int,
     check_outputs,
     check_schedule_size,
-    check_device_name,
     check_threads,
     cpu_count,
     int_ranges,
@@ -192,7 +192,6 @@ def _cmd_kit(args: argparse.Namespace) -> int:
 
 
 def _default_worlds(device: str) -> tuple[int, ...]:
-    import os
 
     if device.startswith("cuda"):
         import torch

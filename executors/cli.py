@@ -209,10 +209,9 @@ def _apply_preset(args: argparse.Namespace) -> Any:
     a flag the user set wins, with a note."""
     if args.preset is None:
         return None
+    from cascade_sched.cliargs import DEFAULT_TIMESTEPS, DEFAULT_WINDOW
     from cascade_sched.errors import ConfigError
     from models.presets import get_preset
-
-    from cascade_sched.cliargs import DEFAULT_TIMESTEPS, DEFAULT_WINDOW
 
     preset = get_preset(args.preset)
     args._preset_model = preset.model

@@ -38,10 +38,37 @@ SMALL: dict[str, list[str]] = {
     "simulate": ["--blocks", "8"],
     "plan": ["--gpu-counts", "1,2", "--blocks", "8", "--decode", "inline"],
     "generate": ["--no-progress"],
-    "calibrate": ["--model", "tiny", "--batches", "1-5", "--context-blocks", "1,4", "--warmup", "0", "--repeats", "1",
-                  "--no-link"],
-    "validate": ["--model", "tiny", "--blocks", "4", "--window", "2", "--lag", "1", "--attention", "causal", "--worlds", "1",
-                 "--repeats", "1", "--quiet-wait", "0"],
+    "calibrate": [
+        "--model",
+        "tiny",
+        "--batches",
+        "1-5",
+        "--context-blocks",
+        "1,4",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--no-link",
+    ],
+    "validate": [
+        "--model",
+        "tiny",
+        "--blocks",
+        "4",
+        "--window",
+        "2",
+        "--lag",
+        "1",
+        "--attention",
+        "causal",
+        "--worlds",
+        "1",
+        "--repeats",
+        "1",
+        "--quiet-wait",
+        "0",
+    ],
     "quality": ["--seeds", "1", "--blocks", "2", "--no-progress"],
     "serve": [],
 }
@@ -86,9 +113,13 @@ DOCUMENTED = _documented()
 
 
 def _parse_only(argv: list[str]) -> bool:
-    return (argv[0] == "torchrun" or argv[1] == "serve" or any(a in EXTERNAL for a in argv)
-            or any(a in ("distributed", "compiled", "tensorrt") or a.startswith("cuda") for a in argv)
-            or any(PLACEHOLDER.match(a) for a in argv))
+    return (
+        argv[0] == "torchrun"
+        or argv[1] == "serve"
+        or any(a in EXTERNAL for a in argv)
+        or any(a in ("distributed", "compiled", "tensorrt") or a.startswith("cuda") for a in argv)
+        or any(PLACEHOLDER.match(a) for a in argv)
+    )
 
 
 def _run(line: str, folder: Path) -> None:
@@ -99,7 +130,7 @@ def _run(line: str, folder: Path) -> None:
             i = words.index(">")
             words, out = words[:i], words[i + 1]
         if _parse_only(words):
-            argv = words[words.index("cascade_sched.cli") + 1:] if words[0] == "torchrun" else words[1:]
+            argv = words[words.index("cascade_sched.cli") + 1 :] if words[0] == "torchrun" else words[1:]
             argv = ["1" if PLACEHOLDER.match(a) and a.isupper() else a for a in argv]  # --window W
             parser, _ = build_parser()
             parser.parse_args(argv)  # argparse exits 2 on a flag that does not exist or a bad value
@@ -124,15 +155,22 @@ def _profile(folder: Path) -> None:
     from simulator.profile import ForwardPoint, Profile
 
     points = [ForwardPoint(n, 12, c, 0.001 * n + 1e-5 * c) for n in range(1, 6) for c in (12, 48, 96)]
-    Profile("tiny", tuple(points), 1e-4, 2e-3, None, (5e-5, 2e9),
-            {"device": "cpu", "torch": "2.11", "dtype": "float32", "threads": 1, "date": "2025-11-25"}).save(
-        str(folder / "calib.json"))
+    Profile(
+        "tiny",
+        tuple(points),
+        1e-4,
+        2e-3,
+        None,
+        (5e-5, 2e9),
+        {"device": "cpu", "torch": "2.11", "dtype": "float32", "threads": 1, "date": "2025-11-25"},
+    ).save(str(folder / "calib.json"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("doc", "commands"), DOCUMENTED, ids=[d for d, _ in DOCUMENTED])
-def test_documented_commands_run(doc: str, commands: list[str], tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_documented_commands_run(
+    doc: str, commands: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     if not any("--out calib.json" in c for c in commands):
         _profile(tmp_path)
@@ -160,8 +198,13 @@ def test_schedule_format_documents_every_field_written() -> None:
 
     doc = (ROOT / "docs" / "schedule-format.md").read_text(encoding="utf-8")
     assert doc.startswith(f"# The schedule format: `{FORMAT}`")
-    data = json.loads(dumps(build_schedule(CascadeSpec(num_blocks=4, lag=1, num_devices=2, switches=((2, 1),),
-                                                       switch_policy="recache"))))
+    data = json.loads(
+        dumps(
+            build_schedule(
+                CascadeSpec(num_blocks=4, lag=1, num_devices=2, switches=((2, 1),), switch_policy="recache")
+            )
+        )
+    )
     assert data["format"] == FORMAT
     keys = set(data) | set(data["spec"]) | {k for t in data["tasks"] for k in t}
     assert {"replaces", "writes", "switches", "switch_policy", "prompt"} <= keys
