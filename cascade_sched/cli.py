@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -161,15 +162,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupts.exit_code(e)
     except ConfigError as e:
         flag = flag_of(e.param, argv, _subparser(parser, command))
-        canonical = flag_of(e.param)
-        text = str(e).replace(f"`{canonical}`", f"`{flag}`") if flag != canonical else str(e)
-        print(f"{command}: error: {flag}: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+        text = str(e)  # the message names the parameter (`num_blocks`) or its flag: name the flag as typed
+        for name in {e.param, flag_of(e.param)} - {flag}:
+            text = text.replace(f"`{name}`", f"`{flag}`")
+        _refuse(f"{command}: error: {flag}: {text.splitlines()[0] if text else type(e).__name__}")
         return 2
     except CascadeError as e:
-        print(f"{command}: error: {e}", file=sys.stderr)
+        _refuse(f"{command}: error: {e}")
         return 2
     except BrokenPipeError:
         return 0
+
+
+def _refuse(line: str) -> None:
+    """Print a refusal once: under torchrun every rank refuses the same flags, and rank 0 says so."""
+    if os.environ.get("RANK", "0") == "0" or "MASTER_ADDR" not in os.environ:
+        print(line, file=sys.stderr)
 
 
 def _subparser(parser: argparse.ArgumentParser | None, command: str) -> argparse.ArgumentParser | None:
