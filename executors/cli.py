@@ -75,8 +75,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     preset = _apply_preset(args)
     made_out = _check_generate(args)
     spec = spec_from_args(args)
-    _check_memory(args, spec)
     _check_sources(args, preset)
+    _check_memory(args, spec)
     from executors.launch import check_device
 
     for flag, device in (("device", args.device), ("text_encoder_device", args.text_encoder_device),
@@ -198,9 +198,9 @@ def _check_memory(args: argparse.Namespace, spec: Any) -> None:
     kv = cached * frames * config.tokens_per_frame * config.dim * 2 * config.num_layers * per
     need = latents + kv
     have = available_memory()
-    if args.device == "cpu" and need > have // 2:
+    if args.device == "cpu" and need > 0.9 * have:
         raise ConfigError("blocks", f"`--blocks` {spec.num_blocks} of {name} holds ~{_gib(latents)} of latents "
-                                    f"and ~{_gib(kv)} of K/V cache, more than half the {_gib(have)} available"
+                                    f"and ~{_gib(kv)} of K/V cache, more than the {_gib(have)} available"
                                     + ("" if spec.window else "; give `--window`"))
 
 
