@@ -60,6 +60,12 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
     check_outputs(args, {"png": (".png",)})
     schedule = validate(build_schedule(spec_from_args(args)))
+    cells = schedule.num_ticks * schedule.num_devices
+    if cells > MAX_GRID_CELLS and (args.png or not args.json):
+        raise ConfigError("--devices" if schedule.num_devices > schedule.num_ticks else "--blocks",
+                          f"the tick x device grid would have {cells:,} cells ({schedule.num_ticks} ticks x "
+                          f"{schedule.num_devices} devices), past the {MAX_GRID_CELLS:,} a grid can show: use "
+                          "--json, fewer blocks or fewer devices")
     if args.json:
         print(dumps(schedule, indent=None if args.compact else 1))
     else:
@@ -75,6 +81,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         draw_grid(schedule, args.png)
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
+
+
+MAX_GRID_CELLS = 4_000_000  # about 40 MB of text or a 2000 x 2000 PNG: the grid printed or drawn
 
 
 def _lag_text(lags: tuple[int, ...]) -> str:

@@ -60,6 +60,9 @@ def _check_model_args(args: argparse.Namespace) -> None:
     from models.config import get_config
 
     get_config(args.model)  # unknown names refused here, with the valid ones
+    from executors.launch import check_device
+
+    check_device(args.device)  # CUDA asked for where there is none: refused before any calibration
     check_input_file("--checkpoint", args.checkpoint, folder_ok=True)
 
 
