@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -59,6 +60,12 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
     check_outputs(args, {"png": (".png",)})
     schedule = validate(build_schedule(spec_from_args(args)))
+    cells = schedule.num_ticks * schedule.num_devices
+    if cells > MAX_GRID_CELLS and (args.png or not args.json):
+        raise ConfigError("--devices" if schedule.num_devices > schedule.num_ticks else "--blocks",
+                          f"the tick x device grid would have {cells:,} cells ({schedule.num_ticks} ticks x "
+                          f"{schedule.num_devices} devices), past the {MAX_GRID_CELLS:,} a grid can show: use "
+                          "--json, fewer blocks or fewer devices")
     if args.json:
         print(dumps(schedule, indent=None if args.compact else 1))
     else:
@@ -74,6 +81,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         draw_grid(schedule, args.png)
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
+
+
+MAX_GRID_CELLS = 4_000_000  # about 40 MB of text or a 2000 x 2000 PNG: the grid printed or drawn
 
 
 def _lag_text(lags: tuple[int, ...]) -> str:
@@ -160,16 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupts.exit_code(e)
     except ConfigError as e:
         flag = flag_of(e.param, argv, _subparser(parser, command))
-        canonical = flag_of(e.param)
-        text = str(e).replace(f"`{canonical}`", f"`{flag}`") if flag != canonical else str(e)
-        print(f"{command}: error: {flag}: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+        text = str(e)  # the message names the parameter (`num_blocks`) or its flag: name the flag as typed
+        for name in {e.param, flag_of(e.param)} - {flag}:
+            text = text.replace(f"`{name}`", f"`{flag}`")
+        _refuse(f"{command}: error: {flag}: {text.splitlines()[0] if text else type(e).__name__}")
         return 2
     except CascadeError as e:
         kept = interrupts.what_was_kept()  # a run that failed half-way keeps its finished part
-        print(f"{command}: error: {e}" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        _refuse(f"{command}: error: {e}" + (f"; {kept}" if kept else ""))
         return 2
     except BrokenPipeError:
         return 0
+
+
+def _refuse(line: str) -> None:
+    """Print a refusal once: under torchrun every rank refuses the same flags, and rank 0 says so."""
+    if os.environ.get("RANK", "0") == "0" or "MASTER_ADDR" not in os.environ:
+        print(line, file=sys.stderr)
 
 
 def _subparser(parser: argparse.ArgumentParser | None, command: str) -> argparse.ArgumentParser | None:

@@ -66,24 +66,39 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 
 
-def check_schedule_size(blocks: int, stages: int, window: int | None, sink: int, flag: str = "blocks") -> None:
+def check_schedule_size(
+    blocks: int, stages: int, window: int | None, sink: int, flag: str = "blocks"
+) -> None:
     """Refuse a schedule too big to build: past ``MAX_BLOCKS``, past half the available memory, or past
     ``WORK_BUDGET_S`` of predicted work (an unbounded window makes the reads quadratic)."""
     if blocks > MAX_BLOCKS:
-        raise ConfigError(flag, f"`--blocks` must be at most {MAX_BLOCKS} (a schedule holds blocks x stages "
-                                f"tasks, ~{TASK_BYTES} B and ~{TASK_S * 1e6:.0f} us each to build), got {blocks}")
+        raise ConfigError(
+            flag,
+            f"`--blocks` must be at most {MAX_BLOCKS} (a schedule holds blocks x stages "
+            f"tasks, ~{TASK_BYTES} B and ~{TASK_S * 1e6:.0f} us each to build), got {blocks}",
+        )
     tasks = blocks * stages
     reads = tasks * (min(blocks, window + sink) if window else (blocks + 1) // 2)
     need = tasks * TASK_BYTES + reads * READ_BYTES
     seconds = tasks * TASK_S + reads * READ_S
     have = available_memory()
-    why = "" if window else "; an unbounded `--window` makes every task read every earlier block: give `--window`"
+    why = (
+        ""
+        if window
+        else "; an unbounded `--window` makes every task read every earlier block: give `--window`"
+    )
     if need > have // 2:
-        raise ConfigError(flag, f"`--blocks` {blocks} needs ~{_gib(need)} to build, more than half the "
-                                f"{_gib(have)} available{why}")
+        raise ConfigError(
+            flag,
+            f"`--blocks` {blocks} needs ~{_gib(need)} to build, more than half the "
+            f"{_gib(have)} available{why}",
+        )
     if seconds > WORK_BUDGET_S:
-        raise ConfigError(flag, f"`--blocks` {blocks} would take ~{seconds / 60:.0f} min just to build the "
-                                f"schedule (bound: {WORK_BUDGET_S / 60:.0f} min){why}")
+        raise ConfigError(
+            flag,
+            f"`--blocks` {blocks} would take ~{seconds / 60:.0f} min just to build the "
+            f"schedule (bound: {WORK_BUDGET_S / 60:.0f} min){why}",
+        )
 
 
 def check_int(flag: str, value: int | None, lo: int, hi: int | None = None, why: str = "") -> None:
@@ -95,8 +110,15 @@ def check_int(flag: str, value: int | None, lo: int, hi: int | None = None, why:
         raise ConfigError(flag, f"`{flag}` must be {bound}{why}, got {value}")
 
 
-def check_float(flag: str, value: float | None, lo: float, hi: float | None = None, *, open_lo: bool = False,
-                why: str = "") -> None:
+def check_float(
+    flag: str,
+    value: float | None,
+    lo: float,
+    hi: float | None = None,
+    *,
+    open_lo: bool = False,
+    why: str = "",
+) -> None:
     """Refuse a non-finite ``value``, or one outside ``lo..hi`` (``open_lo``: strictly above ``lo``)."""
     if value is None:
         return
@@ -184,8 +206,13 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if ("default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
-                or not action.option_strings or action.default == []):
+        if (
+            "default" in text
+            or action.default in (None, argparse.SUPPRESS)
+            or action.nargs == 0
+            or not action.option_strings
+            or action.default == []
+        ):
             return text
         default = action.default
         if isinstance(default, (tuple, list)):
@@ -217,46 +244,90 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
     """The flags that define a ``CascadeSpec``; shared by schedule, simulate, generate and serve. With
     ``sweep`` (plan), ``--lag``, ``--attention`` and ``--window`` take lists of values to try."""
     g = p.add_argument_group("cascade")
-    g.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="number of blocks (default %(default)s)")
-    g.add_argument("--timesteps", type=num_list, default=DEFAULT_TIMESTEPS,
-                   help="nominal denoise timesteps, strictly decreasing (default 1000,750,500,250)")
-    g.add_argument("--cache-pass", action=argparse.BooleanOptionalAction, default=True,
-                   help="add the t=0 cache (commit) stage (default on)")
+    g.add_argument(
+        "--blocks", type=int, default=DEFAULT_BLOCKS, help="number of blocks (default %(default)s)"
+    )
+    g.add_argument(
+        "--timesteps",
+        type=num_list,
+        default=DEFAULT_TIMESTEPS,
+        help="nominal denoise timesteps, strictly decreasing (default 1000,750,500,250)",
+    )
+    g.add_argument(
+        "--cache-pass",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the t=0 cache (commit) stage (default on)",
+    )
     if sweep:
-        g.add_argument("--lag", type=int_ranges, default=None,
-                       help="lags to try, e.g. 1,2 or 1-5 (default every lag 1..S)")
-        g.add_argument("--attention", type=name_list, default=("causal", "bidirectional"),
-                       help="attention modes to try: the paper's causal,bidirectional (default); add stale for "
-                            "the extension")
-        g.add_argument("--window", type=int_ranges, default=(DEFAULT_WINDOW,),
-                       help=f"attention windows in blocks to try, 0 = unbounded (default {DEFAULT_WINDOW}: "
-                            "Self-Forcing's 21 frames)")
+        g.add_argument(
+            "--lag",
+            type=int_ranges,
+            default=None,
+            help="lags to try, e.g. 1,2 or 1-5 (default every lag 1..S)",
+        )
+        g.add_argument(
+            "--attention",
+            type=name_list,
+            default=("causal", "bidirectional"),
+            help="attention modes to try: the paper's causal,bidirectional (default); add stale for "
+            "the extension",
+        )
+        g.add_argument(
+            "--window",
+            type=int_ranges,
+            default=(DEFAULT_WINDOW,),
+            help=f"attention windows in blocks to try, 0 = unbounded (default {DEFAULT_WINDOW}: "
+            "Self-Forcing's 21 frames)",
+        )
         alias(g, "--lags", "--lag", type=int_ranges, default=None)
         alias(g, "--attentions", "--attention", type=name_list, default=("causal", "bidirectional"))
         alias(g, "--windows", "--window", type=int_ranges, default=(DEFAULT_WINDOW,))
     else:
         lag = g.add_mutually_exclusive_group()
-        lag.add_argument("--lag", type=int_list, default=None,
-                         help="uniform lag L (1..S), or comma-separated per-block lags (default S: sequential)")
-        lag.add_argument("--level", type=int, default=None,
-                         help="the paper's parallelism level P(k): lag = S - k (0 = sequential, S-1 = fully "
-                              "parallel; default: --lag's)")
-        g.add_argument("--attention", default="causal", help="causal | bidirectional | stale (default causal)")
-        g.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                       help="attention window in blocks incl. itself, 0 = unbounded (default %(default)s: "
-                            "Self-Forcing's 21 frames)")
+        lag.add_argument(
+            "--lag",
+            type=int_list,
+            default=None,
+            help="uniform lag L (1..S), or comma-separated per-block lags (default S: sequential)",
+        )
+        lag.add_argument(
+            "--level",
+            type=int,
+            default=None,
+            help="the paper's parallelism level P(k): lag = S - k (0 = sequential, S-1 = fully "
+            "parallel; default: --lag's)",
+        )
+        g.add_argument(
+            "--attention", default="causal", help="causal | bidirectional | stale (default causal)"
+        )
+        g.add_argument(
+            "--window",
+            type=int,
+            default=DEFAULT_WINDOW,
+            help="attention window in blocks incl. itself, 0 = unbounded (default %(default)s: "
+            "Self-Forcing's 21 frames)",
+        )
     g.add_argument("--sink", type=int, default=0, help="sink blocks always visible (default 0)")
     if not sweep:
         g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
     g.add_argument("--placement", default="block", help="block | stage (default block)")
     if not sweep:
         g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
-        g.add_argument("--switch", type=int_pair("AT_BLOCK:PROMPT_ID"), action="append", default=[],
-                       metavar="AT:PROMPT", help="prompt switch: blocks from AT on use prompt id PROMPT "
-                                                 "(repeatable; default none)")
-        g.add_argument("--switch-policy", default="none",
-                       help="none (the cascade: nothing added) | recache (the baseline: re-encode the context) "
-                            "(default none)")
+        g.add_argument(
+            "--switch",
+            type=int_pair("AT_BLOCK:PROMPT_ID"),
+            action="append",
+            default=[],
+            metavar="AT:PROMPT",
+            help="prompt switch: blocks from AT on use prompt id PROMPT (repeatable; default none)",
+        )
+        g.add_argument(
+            "--switch-policy",
+            default="none",
+            help="none (the cascade: nothing added) | recache (the baseline: re-encode the context) "
+            "(default none)",
+        )
 
 
 def num_stages(args: argparse.Namespace) -> int:
@@ -275,8 +346,13 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("timesteps", f"`--timesteps` takes at most 1000 steps, got {len(args.timesteps)}")
     if args.blocks >= 1:
         check_schedule_size(args.blocks, num_stages(args), args.window or None, max(0, args.sink))
-        check_int("--devices", args.devices, 1, args.blocks * num_stages(args),
-                  " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)")
+        check_int(
+            "--devices",
+            args.devices,
+            1,
+            args.blocks * num_stages(args),
+            " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)",
+        )
     lag: int | tuple[int, ...] | None = None
     if args.lag is not None:
         lag = args.lag[0] if len(args.lag) == 1 else args.lag
@@ -302,52 +378,115 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 MODEL_NAMES = "toy | tiny | small | wan2.1-1.3b | wan2.1-14b"
 
 
-def add_device_args(g: Any, *, device: str | None = "cpu", dtype: str | None = "float32", note: str = "") -> None:
+def add_device_args(
+    g: Any, *, device: str | None = "cpu", dtype: str | None = "float32", note: str = ""
+) -> None:
     """``--device`` and ``--dtype``, one wording everywhere (``None`` defaults are resolved by the caller)."""
     g.add_argument("--device", default=device, help=f"cpu | cuda | cuda:N (default {device or 'cpu'}{note})")
-    g.add_argument("--dtype", default=dtype, help=f"float32 | bfloat16 | float64 (default {dtype or 'float32'}"
-                                                  f"{note})")
+    g.add_argument(
+        "--dtype", default=dtype, help=f"float32 | bfloat16 | float64 (default {dtype or 'float32'}{note})"
+    )
+
+
+def check_device_name(flag: str, device: str | None) -> None:
+    """A device name this project knows (cpu, cuda, cuda:N); whether the machine has it is checked where
+    torch is (``executors.launch.check_device``)."""
+    if device is None:
+        return
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError(flag, f"`{flag}` must be cpu, cuda or cuda:N, got {device!r}")
 
 
 def add_model_source_args(p: argparse.ArgumentParser, *, preset_names: str) -> argparse._ArgumentGroup:
     """Where the model's weights, text encoder and decoder come from; shared by generate and serve."""
     g = p.add_argument_group("model sources")
-    g.add_argument("--model", default=None, help=f"{MODEL_NAMES} (default: the preset's, else the --checkpoint's "
-                   "own shapes, else toy: the shipped trained weights, bouncing balls, see docs/quality.md; "
-                   "without --checkpoint the others take seeded random weights)")
-    g.add_argument("--checkpoint", default=None, help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
-                   "CausVid, LongLive, Krea) or a cascade model folder (default: the toy's shipped weights for "
-                   "toy, else seeded random weights)")
-    g.add_argument("--preset", default=None, help=f"a published pipeline's settings: {preset_names} (sampler, "
-                   "steps, window, sink, weights entry, LoRA alpha; see docs/models.md; default none)")
-    g.add_argument("--weights", default=None, choices=("generator", "ema"),
-                   help="checkpoint entry to load: generator | ema (generator_ema) (default: the preset's, or the "
-                   "file's only one; a file with both needs this or --preset)")
-    g.add_argument("--lora", default=None, metavar="PATH", help="PEFT LoRA adapter merged into the weights at load "
-                   "(a save_pretrained folder, .safetensors, or LongLive's lora.pt; default none)")
-    g.add_argument("--shift", type=float, default=None,
-                   help="sampler shift (default: the preset's, else the one saved with the weights: toy 1, else 5)")
-    g.add_argument("--model-dir", default=None, metavar="DIR", help="a diffusers-style Wan2.1 folder: its "
-                   "text_encoder/ + tokenizer/ condition the model and its vae/ decodes (the DiT weights come "
-                   "from --checkpoint; default none)")
-    g.add_argument("--text-encoder", default=None, metavar="DIR",
-                   help="umT5 encoder folder (or a Wan2.1 folder), run through transformers (default: --model-dir's)")
-    g.add_argument("--text-encoder-device", default="cpu",
-                   help="where the text encoder runs (default cpu: umT5-XXL alone is ~11 GB); freed after encoding")
-    g.add_argument("--text-embeddings", default=None, metavar="FILE|stand-in",
-                   help="precomputed embeddings, one per prompt text (as --save-text-embeddings writes them), or "
-                   "'stand-in' for hashed-noise prompts (default: the stand-in only for toy/tiny/small)")
-    g.add_argument("--vae", default=None, metavar="PATH", help="decoder: an AutoencoderKLWan folder (the Wan VAE, "
-                   "streaming) or TAEHV weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, "
-                   "else the latent preview")
-    g.add_argument("--vae-device", default=None, help="where decoding runs, on its own thread and CUDA stream "
-                   "(default: the denoising device)")
+    g.add_argument(
+        "--model",
+        default=None,
+        help=f"{MODEL_NAMES} (default: the preset's, else the --checkpoint's "
+        "own shapes, else toy: the shipped trained weights, bouncing balls, see docs/quality.md; "
+        "without --checkpoint the others take seeded random weights)",
+    )
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
+        "CausVid, LongLive, Krea) or a cascade model folder (default: the toy's shipped weights for "
+        "toy, else seeded random weights)",
+    )
+    g.add_argument(
+        "--preset",
+        default=None,
+        help=f"a published pipeline's settings: {preset_names} (sampler, "
+        "steps, window, sink, weights entry, LoRA alpha; see docs/models.md; default none)",
+    )
+    g.add_argument(
+        "--weights",
+        default=None,
+        choices=("generator", "ema"),
+        help="checkpoint entry to load: generator | ema (generator_ema) (default: the preset's, or the "
+        "file's only one; a file with both needs this or --preset)",
+    )
+    g.add_argument(
+        "--lora",
+        default=None,
+        metavar="PATH",
+        help="PEFT LoRA adapter merged into the weights at load "
+        "(a save_pretrained folder, .safetensors, or LongLive's lora.pt; default none)",
+    )
+    g.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        help="sampler shift (default: the preset's, else the one saved with the weights: toy 1, else 5)",
+    )
+    g.add_argument(
+        "--model-dir",
+        default=None,
+        metavar="DIR",
+        help="a diffusers-style Wan2.1 folder: its "
+        "text_encoder/ + tokenizer/ condition the model and its vae/ decodes (the DiT weights come "
+        "from --checkpoint; default none)",
+    )
+    g.add_argument(
+        "--text-encoder",
+        default=None,
+        metavar="DIR",
+        help="umT5 encoder folder (or a Wan2.1 folder), run through transformers (default: --model-dir's)",
+    )
+    g.add_argument(
+        "--text-encoder-device",
+        default="cpu",
+        help="where the text encoder runs (default cpu: umT5-XXL alone is ~11 GB); freed after encoding",
+    )
+    g.add_argument(
+        "--text-embeddings",
+        default=None,
+        metavar="FILE|stand-in",
+        help="precomputed embeddings, one per prompt text (as --save-text-embeddings writes them), or "
+        "'stand-in' for hashed-noise prompts (default: the stand-in only for toy/tiny/small)",
+    )
+    g.add_argument(
+        "--vae",
+        default=None,
+        metavar="PATH",
+        help="decoder: an AutoencoderKLWan folder (the Wan VAE, "
+        "streaming) or TAEHV weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, "
+        "else the latent preview",
+    )
+    g.add_argument(
+        "--vae-device",
+        default=None,
+        help="where decoding runs, on its own thread and CUDA stream (default: the denoising device)",
+    )
     return g
 
 
 # --- paths ----------------------------------------------------------------------------------------------
-def check_outputs(args: argparse.Namespace, outputs: dict[str, Sequence[str] | None], *,
-                  folders: Iterable[str] = ()) -> None:
+def check_outputs(
+    args: argparse.Namespace, outputs: dict[str, Sequence[str] | None], *, folders: Iterable[str] = ()
+) -> None:
     """Check every output path the flags name before any work (``cascade_sched.outputs.check_output``):
     ``outputs`` maps a dest (``png``) to the extensions its writer knows; ``folders`` are dests naming a
     folder to create. Two flags naming the same file are refused too."""

@@ -20,6 +20,7 @@ from cascade_sched.cliargs import (
     THREADS_HELP,
     add_device_args,
     alias,
+    check_device_name,
     check_float,
     check_input_file,
     check_int,
@@ -55,12 +56,13 @@ def _model_args(g: Any, kit: bool = False) -> None:
 def _check_model_args(args: argparse.Namespace) -> None:
     if args.dtype not in DTYPES:
         raise ConfigError("--dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
-    kind, _, index = args.device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError("--device", f"`--device` must be cpu, cuda or cuda:N, got {args.device!r}")
+    check_device_name("--device", args.device)
     from models.config import get_config
 
     get_config(args.model)  # unknown names refused here, with the valid ones
+    from executors.launch import check_device
+
+    check_device(args.device)  # CUDA asked for where there is none: refused before any calibration
     check_input_file("--checkpoint", args.checkpoint, folder_ok=True)
 
 
@@ -193,7 +195,6 @@ def _cmd_kit(args: argparse.Namespace) -> int:
 
 
 def _default_worlds(device: str) -> tuple[int, ...]:
-    import os
 
     if device.startswith("cuda"):
         import torch

@@ -77,8 +77,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     preset = _apply_preset(args)
     made_out = _check_generate(args)
     spec = spec_from_args(args)
-    _check_memory(args, spec)
     _check_sources(args, preset)
+    _check_memory(args, spec)
     from executors.launch import check_device
 
     for flag, device in (("device", args.device), ("text_encoder_device", args.text_encoder_device),
@@ -103,9 +103,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError("realtime", "`--realtime` paces an `--interactive` stream; add `--interactive`")
     if args.interactive and args.executor != "reference":
         raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
-    if made_out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        print(f"no --out: writing the video to {args.out}", flush=True)
     job = GenerateJob(
         preset=args.preset, weights=args.weights, lora=args.lora, model_dir=args.model_dir,
         text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
@@ -126,12 +123,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             args.model != "toy":
         print("note: no --vae: decoding with the latent preview (a fixed projection, not the Wan VAE); pass "
               "--vae DIR or --model-dir DIR for the real video", file=sys.stderr)
+    if made_out:  # removed again if the run is refused before it writes (the summary says where it went)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
     try:
         summary = run_generate(job, args.nproc)
-    except ConfigError:
-        if made_out:  # refused before any work: leave no empty default folder behind
+    except BaseException:
+        if made_out:
             with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(args.out))
+                os.rmdir(os.path.dirname(args.out))  # only if empty
         raise
     if summary:
         _print_summary(summary, args)
@@ -154,6 +153,9 @@ def _check_generate(args: argparse.Namespace) -> bool:
     check_int("--nproc", args.nproc, 1, max(64, 8 * cpu_count()))
     if args.nproc is not None and args.executor == "reference":
         raise ConfigError("nproc", "`--nproc` needs `--executor distributed` or `--executor compiled`")
+    if args.nproc is not None and args.nproc != args.devices:
+        raise ConfigError("nproc", f"`--nproc` {args.nproc} must equal `--devices` {args.devices} (device d of the "
+                                   "schedule runs on rank d)")
     for flag, value in (("backend", args.backend), ("engine_cache", args.engine_cache)):
         if value is not None and args.executor != "compiled":
             raise ConfigError(flag, f"`--{flag.replace('_', '-')}` needs `--executor compiled`")
@@ -201,9 +203,9 @@ def _check_memory(args: argparse.Namespace, spec: Any) -> None:
     kv = cached * frames * config.tokens_per_frame * config.dim * 2 * config.num_layers * per
     need = latents + kv
     have = available_memory()
-    if args.device == "cpu" and need > have // 2:
+    if args.device == "cpu" and need > 0.9 * have:
         raise ConfigError("blocks", f"`--blocks` {spec.num_blocks} of {name} holds ~{_gib(latents)} of latents "
-                                    f"and ~{_gib(kv)} of K/V cache, more than half the {_gib(have)} available"
+                                    f"and ~{_gib(kv)} of K/V cache, more than the {_gib(have)} available"
                                     + ("" if spec.window else "; give `--window`"))
 
 

@@ -63,7 +63,7 @@ def fit_alpha_beta(sizes: Sequence[float], seconds: Sequence[float]) -> LinkFit:
     (10.0, 2.0)
     """
     if len(sizes) != len(seconds) or len(sizes) < 2 or len(set(sizes)) < 2:
-        raise ConfigError("link_sizes", "a latency + bandwidth fit needs at least two distinct message sizes")
+        raise ConfigError("--no-link", "the link fit needs at least two distinct message sizes (or skip it: `--no-link`)")
     xs = [float(b) for b in sizes]
     ys = [float(s) for s in seconds]
     ws = [1.0 / max(y, 1e-12) ** 2 for y in ys]  # minimise the relative error: small messages count too

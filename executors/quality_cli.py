@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-
 MAX_SEEDS = 10_000  # videos per setting; the run's length is checked against the work bound too
 TOY_BLOCK_S = 0.05  # one toy block through every stage on one core (measured, generous)
 
@@ -40,8 +39,14 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 def _check(args: argparse.Namespace) -> None:
     """Every flag in its range, the run's size and the output path, before the model loads."""
-    from cascade_sched.cliargs import WORK_BUDGET_S, check_float, check_input_file, check_int, check_outputs, \
-        check_threads
+    from cascade_sched.cliargs import (
+        WORK_BUDGET_S,
+        check_float,
+        check_input_file,
+        check_int,
+        check_outputs,
+        check_threads,
+    )
     from cascade_sched.errors import ConfigError
     from cascade_sched.spec import ATTENTION_MODES
 
@@ -68,9 +73,7 @@ def _check(args: argparse.Namespace) -> None:
 def _cmd_quality(args: argparse.Namespace) -> int:
     import torch
 
-    from cascade_sched.errors import ConfigError
     from executors.quality import (
-        ATTENTIONS,
         data_row,
         format_table,
         measure,

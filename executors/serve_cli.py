@@ -81,6 +81,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.window and args.max_blocks > 64:
         raise ConfigError("window", "an unbounded `--window` keeps every block's K/V and attends to all of it; "
                                     "give `--window` (default 7) or `--max-blocks` at most 64")
+    if not args.host.strip():
+        raise ConfigError("host", "`--host` must name an address, such as 127.0.0.1 (this machine) or 0.0.0.0 (all)")
     if not 0 <= args.port <= 65535:
         raise ConfigError("port", f"`--port` must be between 0 and 65535, got {args.port}")
     if not 1 <= args.fps <= 240:
@@ -98,6 +100,10 @@ def check_args(args: argparse.Namespace) -> None:
     _positive("timeout", args.timeout, " seconds")
     if args.dtype not in ("float32", "bfloat16", "float64"):
         raise ConfigError("dtype", f"`--dtype` must be one of float32, bfloat16, float64, got {args.dtype!r}")
+    from cascade_sched.cliargs import check_device_name
+
+    for flag in ("--device", "--text-encoder-device", "--vae-device"):
+        check_device_name(flag, getattr(args, flag[2:].replace("-", "_")))
     _check_sources(args)
     if args.shift is not None:
         _positive("shift", args.shift)

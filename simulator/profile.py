@@ -187,6 +187,8 @@ class Profile:
             raise SimulationError(f"cannot read profile {path}: {e.strerror or e}") from None
         except json.JSONDecodeError as e:
             raise SimulationError(f"profile {path} is not JSON: {e.msg} at line {e.lineno}") from None
+        except UnicodeDecodeError as e:
+            raise SimulationError(f"profile {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         return cls.from_dict(data, path)
 
     # -- interpolation ----------------------------------------------------------------------------------

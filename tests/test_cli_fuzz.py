@@ -39,8 +39,20 @@ SUBCOMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubPars
 CHEAP: dict[str, list[str]] = {
     "schedule": ["--blocks", "3"],
     "simulate": ["--blocks", "3"],
-    "plan": ["--blocks", "3", "--gpu-counts", "1,2", "--lag", "1", "--attention", "causal", "--decode", "inline",
-             "--model", "wan2.1-1.3b"],
+    "plan": [
+        "--blocks",
+        "3",
+        "--gpu-counts",
+        "1,2",
+        "--lag",
+        "1",
+        "--attention",
+        "causal",
+        "--decode",
+        "inline",
+        "--model",
+        "wan2.1-1.3b",
+    ],
     "generate": ["--blocks", "2", "--no-progress", "--model", "toy", "--out", "v.gif"],
     "calibrate": ["--model", "tiny"],
     "validate": ["--model", "tiny", "--blocks", "3", "--quiet-wait", "0"],
@@ -49,9 +61,30 @@ CHEAP: dict[str, list[str]] = {
 }
 SKIP = {"help", "fail_at", "interactive"}  # --interactive reads the terminal: tests/executors covers it
 
-OUTPUTS = {"png", "trace", "gantt", "intervals", "out", "save_latents", "engine_cache", "traces", "save_profile",
-           "frames", "save_text_embeddings"}
-INPUTS = {"prompts", "profile", "checkpoint", "lora", "text_encoder", "text_embeddings", "vae", "model_dir", "cost"}
+OUTPUTS = {
+    "png",
+    "trace",
+    "gantt",
+    "intervals",
+    "out",
+    "save_latents",
+    "engine_cache",
+    "traces",
+    "save_profile",
+    "frames",
+    "save_text_embeddings",
+}
+INPUTS = {
+    "prompts",
+    "profile",
+    "checkpoint",
+    "lora",
+    "text_encoder",
+    "text_embeddings",
+    "vae",
+    "model_dir",
+    "cost",
+}
 
 
 class ReachedWork(Exception):
@@ -76,9 +109,14 @@ def long_work_stops() -> Any:
         return real_run(job, nproc)
 
     mp.setattr(generate, "run_generate", run_generate)
-    for target in ("executors.calibrate.calibrate", "executors.gpu_check.run_kit", "executors.validation.run_matrix",
-                   "executors.serve.app.serve", "executors.serve.group.LocalGroup",
-                   "executors.launch.run_rank"):
+    for target in (
+        "executors.calibrate.calibrate",
+        "executors.gpu_check.run_kit",
+        "executors.validation.run_matrix",
+        "executors.serve.app.serve",
+        "executors.serve.group.LocalGroup",
+        "executors.launch.run_rank",
+    ):
         mp.setattr(target, _stop)
     yield
     mp.undo()
@@ -94,7 +132,9 @@ def _fixtures(root: Path) -> None:
 
 
 def _ints() -> st.SearchStrategy[str]:
-    return st.sampled_from(["-1", "0", "1", "2", "3", "7", "1000000000", "99999999999999999999", "x", "1.5", ""])
+    return st.sampled_from(
+        ["-1", "0", "1", "2", "3", "7", "1000000000", "99999999999999999999", "x", "1.5", ""]
+    )
 
 
 def _floats() -> st.SearchStrategy[str]:
@@ -102,24 +142,104 @@ def _floats() -> st.SearchStrategy[str]:
 
 
 def _lists() -> st.SearchStrategy[str]:
-    return st.sampled_from(["1", "1,2", "0", "1-3", "5-1", "1-100000", "a,b", "", ",", "causal", "causal,stale",
-                            "foo", "inline", "1000,500", "500,1000", "1:1", "2:1.5", "x:y", "-3"])
+    return st.sampled_from(
+        [
+            "1",
+            "1,2",
+            "0",
+            "1-3",
+            "5-1",
+            "1-100000",
+            "a,b",
+            "",
+            ",",
+            "causal",
+            "causal,stale",
+            "foo",
+            "inline",
+            "1000,500",
+            "500,1000",
+            "1:1",
+            "2:1.5",
+            "x:y",
+            "-3",
+        ]
+    )
 
 
 def _outputs() -> st.SearchStrategy[str]:
-    return st.sampled_from(["o.png", "o.json", "o.mp4", "o.gif", "o.npz", "o.safetensors", "o.txt", "odir",
-                            "missing/o.json", "missing/o.png", "exists.json/o.png", ".", "", "bad\x00.json"])
+    return st.sampled_from(
+        [
+            "o.png",
+            "o.json",
+            "o.mp4",
+            "o.gif",
+            "o.npz",
+            "o.safetensors",
+            "o.txt",
+            "odir",
+            "missing/o.json",
+            "missing/o.png",
+            "exists.json/o.png",
+            ".",
+            "",
+            "bad\x00.json",
+        ]
+    )
 
 
 def _inputs() -> st.SearchStrategy[str]:
-    return st.sampled_from(["bin.yaml", "bad.json", "bad.yaml", "story.yaml", "missing.json", ".", "stand-in",
-                            "profile:bad.json", "profile:missing.json", "uniform:0.01", "roofline", "", "a\x00b"])
+    return st.sampled_from(
+        [
+            "bin.yaml",
+            "bad.json",
+            "bad.yaml",
+            "story.yaml",
+            "missing.json",
+            ".",
+            "stand-in",
+            "profile:bad.json",
+            "profile:missing.json",
+            "uniform:0.01",
+            "roofline",
+            "",
+            "a\x00b",
+        ]
+    )
 
 
 def _names() -> st.SearchStrategy[str]:
-    return st.sampled_from(["toy", "tiny", "foo", "", "cpu", "cuda", "tpu", "cuda:x", "wan2.1-1.3b", "wan2.1-14b",
-                            "h100-sxm", "x100", "nvlink4", "causal", "stale", "recache", "none", "block", "stage",
-                            "inline", "gpu", "float64", "float16", "self-forcing", "nope", "0", "a\x00b"])
+    return st.sampled_from(
+        [
+            "toy",
+            "tiny",
+            "foo",
+            "",
+            "cpu",
+            "cuda",
+            "tpu",
+            "cuda:x",
+            "wan2.1-1.3b",
+            "wan2.1-14b",
+            "h100-sxm",
+            "x100",
+            "nvlink4",
+            "causal",
+            "stale",
+            "recache",
+            "none",
+            "block",
+            "stage",
+            "inline",
+            "gpu",
+            "float64",
+            "float16",
+            "self-forcing",
+            "nope",
+            "0",
+            "a\x00b",
+        ]
+    )
 
 
 def _value(action: argparse.Action) -> st.SearchStrategy[list[str]]:
@@ -147,7 +267,8 @@ def _argv(command: str) -> st.SearchStrategy[list[str]]:
     actions = [a for a in SUBCOMMANDS[command]._actions if a.option_strings and a.dest not in SKIP]
     picks = st.lists(st.sampled_from(actions), min_size=1, max_size=4, unique_by=id)
     return picks.flatmap(lambda chosen: st.tuples(*map(_value, chosen))).map(
-        lambda parts: [command, *CHEAP[command], *(x for part in parts for x in part)])
+        lambda parts: [command, *CHEAP[command], *(x for part in parts for x in part)]
+    )
 
 
 def _run(argv: list[str]) -> tuple[int | str, str]:
@@ -169,8 +290,9 @@ def _files(root: Path) -> set[str]:
 @pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
-def test_any_argument_list_is_run_or_refused_in_one_line(command: str, data: st.DataObject,
-                                                         long_work_stops: None) -> None:
+def test_any_argument_list_is_run_or_refused_in_one_line(
+    command: str, data: st.DataObject, long_work_stops: None
+) -> None:
     argv = data.draw(_argv(command), label="argv")
     home = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,9 +330,13 @@ def test_huge_sizes_are_refused_at_once() -> None:
     """The issue's unbounded requests: each refused in one line, before any work (so within a second)."""
     import time
 
-    for argv in (["schedule", "--blocks", "100000000"], ["simulate", "--blocks", "2000000"],
-                 ["plan", "--gpu-counts", "1-100000"], ["quality", "--seeds", "100000000"],
-                 ["schedule", "--blocks", "20000", "--window", "0"]):
+    for argv in (
+        ["schedule", "--blocks", "100000000"],
+        ["simulate", "--blocks", "2000000"],
+        ["plan", "--gpu-counts", "1-100000"],
+        ["quality", "--seeds", "100000000"],
+        ["schedule", "--blocks", "20000", "--window", "0"],
+    ):
         t0 = time.perf_counter()
         code, err = _run(argv)
         assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)

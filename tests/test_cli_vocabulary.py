@@ -23,15 +23,22 @@ def _actions(command: str) -> dict[str, argparse.Action]:
 
 def test_every_help_text_shows_its_default() -> None:
     formatter = cliargs.DefaultsHelpFormatter("cascade")
-    missing = [(name, a.option_strings[0]) for name, p in SUBCOMMANDS.items() for a in p._actions
-               if a.option_strings and a.help != argparse.SUPPRESS and a.nargs != 0
-               and not isinstance(a, argparse._HelpAction)
-               and "default" not in (formatter._get_help_string(a) or "")]
+    missing = [
+        (name, a.option_strings[0])
+        for name, p in SUBCOMMANDS.items()
+        for a in p._actions
+        if a.option_strings
+        and a.help != argparse.SUPPRESS
+        and a.nargs != 0
+        and not isinstance(a, argparse._HelpAction)
+        and "default" not in (formatter._get_help_string(a) or "")
+    ]
     assert not missing
 
 
-@pytest.mark.parametrize(("flag", "default"), [("--window", cliargs.DEFAULT_WINDOW),
-                                               ("--blocks", cliargs.DEFAULT_BLOCKS)])
+@pytest.mark.parametrize(
+    ("flag", "default"), [("--window", cliargs.DEFAULT_WINDOW), ("--blocks", cliargs.DEFAULT_BLOCKS)]
+)
 def test_one_default_everywhere(flag: str, default: int) -> None:
     for name in SUBCOMMANDS:
         action = _actions(name).get(flag)
@@ -41,11 +48,14 @@ def test_one_default_everywhere(flag: str, default: int) -> None:
         assert value == default, (name, flag, action.default)
 
 
-@pytest.mark.parametrize(("command", "flags"), [
-    ("plan", ("--lag", "--attention", "--window", "--decode", "--decoder", "--interconnect")),
-    ("validate", ("--lag", "--attention")),
-    ("quality", ("--lag", "--attention")),
-])
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("plan", ("--lag", "--attention", "--window", "--decode", "--decoder", "--interconnect")),
+        ("validate", ("--lag", "--attention")),
+        ("quality", ("--lag", "--attention")),
+    ],
+)
 def test_sweeps_take_lists_in_the_same_flags(command: str, flags: tuple[str, ...]) -> None:
     actions = _actions(command)
     for flag in flags:
@@ -53,12 +63,20 @@ def test_sweeps_take_lists_in_the_same_flags(command: str, flags: tuple[str, ...
         assert actions[flag].type in (cliargs.int_ranges, cliargs.name_list), (command, flag)
 
 
-@pytest.mark.parametrize(("argv", "typed"), [
-    (["plan", "--lags", "9"], "--lags"), (["plan", "--lag", "9"], "--lag"),
-    (["plan", "--attentions", "foo"], "--attentions"), (["validate", "--lags", "9"], "--lags"),
-    (["quality", "--blocks", "0"], "--blocks"), (["quality", "--lags", "0"], "--lags"),
-])
-def test_refusals_name_the_flag_as_typed(argv: list[str], typed: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "typed"),
+    [
+        (["plan", "--lags", "9"], "--lags"),
+        (["plan", "--lag", "9"], "--lag"),
+        (["plan", "--attentions", "foo"], "--attentions"),
+        (["validate", "--lags", "9"], "--lags"),
+        (["quality", "--blocks", "0"], "--blocks"),
+        (["quality", "--lags", "0"], "--lags"),
+    ],
+)
+def test_refusals_name_the_flag_as_typed(
+    argv: list[str], typed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.split(": error: ", 1)[1].startswith(f"{typed}:"), err
@@ -71,9 +89,22 @@ def test_flags_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_serve_takes_generates_model_sources() -> None:
-    sources = ("--model", "--checkpoint", "--preset", "--weights", "--lora", "--shift", "--model-dir",
-               "--text-encoder", "--text-encoder-device", "--text-embeddings", "--vae", "--vae-device", "--device",
-               "--dtype")
+    sources = (
+        "--model",
+        "--checkpoint",
+        "--preset",
+        "--weights",
+        "--lora",
+        "--shift",
+        "--model-dir",
+        "--text-encoder",
+        "--text-encoder-device",
+        "--text-embeddings",
+        "--vae",
+        "--vae-device",
+        "--device",
+        "--dtype",
+    )
     generate, serve = _actions("generate"), _actions("serve")
     for flag in sources:
         assert serve[flag].default == generate[flag].default and serve[flag].help == generate[flag].help, flag
@@ -96,8 +127,13 @@ def test_toy_is_a_model_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_generate_without_out_writes_a_default_file_and_says_where(tmp_path: Path) -> None:
     cascade = Path(sys.executable).with_name("cascade")
-    r = subprocess.run([str(cascade), "generate", "--blocks", "2", "--no-progress"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(cascade), "generate", "--blocks", "2", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     written = list((tmp_path / "cascade-out").iterdir())
     assert len(written) == 1 and written[0].suffix == ".mp4" and written[0].stat().st_size > 0

@@ -152,7 +152,7 @@ def test_console_script_bad_input_has_no_traceback() -> None:
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        "cascade schedule: error: --lag: `lag` must be between 1 and 5 (S=5 stages), got 9"
+        "cascade schedule: error: --lag: `--lag` must be between 1 and 5 (S=5 stages), got 9"
     ]
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from exec_support import assert_promise
 
-from cascade_sched.cliargs import DEFAULT_BLOCKS
 from cascade_sched.metrics import video_frames
 
 CASCADE = [sys.executable, "-m", "cascade_sched.cli"]
@@ -34,12 +33,12 @@ def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | No
                                                  latent: tuple[int, ...]) -> None:
     out, lat, trace = tmp_path / "v.mp4", tmp_path / "l.npz", tmp_path / "t.json"
     r = run("generate", *(["--model", model] if model else []), "--out", str(out), "--save-latents", str(lat),
-            "--trace", str(trace), "--no-progress")
+            "--trace", str(trace), "--no-progress", "--blocks", "6")
     assert r.returncode == 0, r.stderr
     assert "paper FPS" in r.stdout and "first frame" in r.stdout
     assert f"model {model or 'toy'}" in r.stdout
     assert ("(3 frames over" if model is None else "(12 frames over") in r.stdout  # pixels vs Wan VAE x4
-    blocks = DEFAULT_BLOCKS  # the default clip
+    blocks = 6
     assert iio.imread(out).shape == (frames(blocks), pixels, pixels, 3)
     latents = np.load(lat)["latents"]
     assert latents.shape == (blocks * 3, *latent) and latents.dtype == np.float32

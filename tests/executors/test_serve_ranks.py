@@ -108,7 +108,7 @@ def _torchrun(*flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "cascade_sched.cli", "serve", "--executor", "distributed", "--devices", "2", "--model", "tiny",
-         "--lag", "1", "--sink", "1", "--port", "0", "--fps", "60", "--max-blocks", "14", *flags],
+         "--lag", "1", "--window", "4", "--sink", "1", "--port", "0", "--fps", "60", "--max-blocks", "14", *flags],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
 
 

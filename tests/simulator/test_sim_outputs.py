@@ -124,7 +124,7 @@ def test_simulate_and_plan_share_their_defaults(tmp_path: Path, capsys: pytest.C
     (point,) = json.loads(capsys.readouterr().out)["points"]
     assert main(["simulate", "--lag", "1", "--devices", "5", "--json"]) == 0
     sim = json.loads(capsys.readouterr().out)
-    assert sim["spec"]["window"] == point["window"] == 7 and sim["spec"]["num_blocks"] == 32
+    assert sim["spec"]["window"] == point["window"] == 7 and sim["spec"]["num_blocks"] == 16
     assert sim["fps"] == pytest.approx(point["fps"])
 
 
