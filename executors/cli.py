@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 # models.presets.PRESETS, spelled here so that building the parser imports no torch (a test keeps them equal).
+DEFAULT_PROMPT = "a red ball bouncing"
 PRESET_NAMES = "self-forcing | causvid | causvid-warp4 | longlive | krea-14b"
 
 
@@ -52,7 +53,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
                    "else the latent preview")
     t.add_argument("--vae-device", default=None, help="where decoding runs, on its own thread and CUDA stream "
                    "(default: the denoising device)")
-    g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
+    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="the text prompt (the toy model, with none given: "
+                   "its demo timeline, a switch from 'red green slow' to 'red green blue fast' at block 3)")
     g.add_argument("--prompts", default=None, metavar="PATH",
                    help="prompt timeline: a JSON or YAML list of {at_block, prompt} (switches mid-stream)")
     g.add_argument("--interactive", action="store_true",
@@ -94,6 +96,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             except ConfigError as e:
                 raise ConfigError(flag, str(e).replace("--device", f"--{flag.replace('_', '-')}")) from None
     preset = _apply_preset(args)
+    demo = _apply_toy_defaults(args)
     spec = spec_from_args(args)
     _check_sources(args, preset)
     if args.out:
@@ -120,6 +123,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompts = tuple((pid, text) for pid, text in texts.items() if pid)
     elif args.switch:
         prompts = tuple((pid, f"{args.prompt} (prompt {pid})") for _, pid in args.switch if pid)
+    elif demo:
+        spec = type(spec).from_dict({**spec.to_dict(), "switches": [[at, i] for i, (at, _) in enumerate(demo) if i]})
+        prompts = tuple((i, text) for i, (_, text) in enumerate(demo) if i)
     if args.interactive and args.executor != "reference":
         raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
     if args.max_blocks < spec.num_blocks:
@@ -136,9 +142,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         executor=args.executor, prompts=prompts, interactive=args.interactive, max_blocks=args.max_blocks,
         backend=args.backend or "inductor", engine_cache=args.engine_cache, shift=args.shift,
     )
-    if (args.model or "toy") == "toy" and not args.checkpoint and (args.prompts or args.switch or args.interactive):
-        print("note: the toy model is unconditional: prompt switches change the schedule (and recache tasks), "
-              "not the pictures; use --model tiny or a Wan checkpoint to see prompts matter", file=sys.stderr)
     if args.out and not (args.vae or args.model_dir) and (args.model or args.checkpoint or args.preset) and \
             args.model != "toy":
         print("note: no --vae: decoding with the latent preview (a fixed projection, not the Wan VAE); pass "
@@ -147,6 +150,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if summary:
         _print_summary(summary, args)
     return 0
+
+
+def _apply_toy_defaults(args: argparse.Namespace) -> tuple[tuple[int, str], ...]:
+    """The trained toy model's defaults where the user left the flags alone: the attention window it was
+    trained for (`models.train_toy.WINDOW`), and with no prompt given, the demo timeline (a prompt switch,
+    `models.toy_world.DEMO`), returned so the caller registers its prompts. Other models: nothing."""
+    if (args.model or "toy") != "toy" or args.checkpoint or args.preset:
+        return ()
+    from models.toy_world import DEMO
+    from models.train_toy import WINDOW
+
+    if args.window == 0:
+        args.window = WINDOW
+    if args.prompt != DEFAULT_PROMPT or args.prompts or args.switch or args.interactive:
+        return ()
+    args.prompt = DEMO[0][1]
+    if args.blocks <= DEMO[-1][0]:
+        return ()
+    return DEMO
 
 
 def _apply_preset(args: argparse.Namespace) -> Any:
