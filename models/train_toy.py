@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from models.checkpoints import save_model
+from models.checkpoints import load_model, save_model
 from models.dit import CausalWanDiT
 from models.toy_training import SHIFT, VARIANTS, make_examples, toy_model, x0_loss
 
@@ -101,11 +101,16 @@ def _bar(total: int, desc: str, unit: str, on: bool):  # type: ignore[no-untyped
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
-def train_variant(variant: str, steps: int, batch: int = 8, blocks: int = 8, lr: float = 1e-3, seed: int = 0,
-                  device: str = "cpu", progress: bool = True) -> tuple[CausalWanDiT, Stage]:
-    """One variant (`toy_training.VARIANTS`): fresh exact-target clips every step (seeded by `seed`)."""
+def train_variant(variant: str, steps: int, batch: int = 16, blocks: int = 3, lr: float = 3e-3, seed: int = 0,
+                  device: str = "cpu", progress: bool = True,
+                  init: CausalWanDiT | None = None) -> tuple[CausalWanDiT, Stage]:
+    """One variant (`toy_training.VARIANTS`): fresh exact-target clips every step (seeded by `seed`),
+    from a fresh model or from `init`'s weights (a second round)."""
     torch.manual_seed(seed)
-    model = toy_model(seed).to(device)
+    model = toy_model(seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model = model.to(device)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     stage = Stage(variant)
@@ -155,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, default=WINDOW, help="blocks per clip (default %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the data, noise and init (default 0)")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (a second round) instead of a fresh model; one --variant")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--out", default=None,
@@ -169,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name} must be a positive integer, got {value}")
     if args.blocks < 2:
         p.error(f"--blocks must be at least 2 (a switch needs a second block), got {args.blocks}")
-    if args.out is not None and args.variant == "both":
-        p.error("--out names one variant's weights: give --variant cascade or --variant sequential")
+    if (args.out is not None or args.init is not None) and args.variant == "both":
+        p.error("--out and --init name one variant's weights: give --variant cascade or --variant sequential")
     from executors.launch import check_device
 
     check_device(args.device)
@@ -179,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = list(VARIANTS) if args.variant == "both" else [args.variant]
     stages = []
     for variant in variants:
+        init = load_model(args.init).float() if args.init else None
         model, st = train_variant(variant, args.steps, args.batch, args.blocks, args.lr, args.seed, args.device,
-                                  not args.no_progress)
+                                  not args.no_progress, init)
         stages.append(st)
         out = Path(args.out) if args.out else OUTS[variant]
         if variant == "sequential" and args.out is None:
