@@ -15,6 +15,9 @@ same seed gives every setting the same noise); video s has prompt ``PROMPTS[s % 
 - missing (%): the share of (frame, ball) pairs of the prompt's balls where the ball's channel has less
   than 1.5 pixels' worth of mass above the threshold (`toy_world.ball_present`); extra (%): the share of
   (frame, channel) pairs the prompt leaves empty where a ball is drawn.
+- speed error (px per frame): ``| |x[t+1] - x[t]| - speed |`` per axis, over the prompt's balls found in
+  both frames and away from the walls (`speed_error`): a ball that stands still, which the physics error
+  does not catch, scores the prompt's speed.
 - jump ratio: the mean absolute frame difference across block boundaries over the mean difference between
   consecutive frames inside blocks; the world's own clips give its floor.
 - distance to sequential: the mean absolute pixel difference to the same seed's video at lag S.
@@ -84,6 +87,7 @@ class Row:
     attention: str
     in_flight: int  # blocks in flight at once (ceil(S / lag))
     physics_px: float
+    speed_err: float  # px per frame
     missing_pct: float
     extra_pct: float
     jump_ratio: float
@@ -179,6 +183,21 @@ def physics_error(frames: Tensor, prompt: str = "", size: int = SIZE,
     return (float(err.mean()) if err.numel() else math.nan), missing, extra
 
 
+def speed_error(frames: Tensor, prompt: str = "", size: int = SIZE, radius: float = RADIUS) -> float:
+    """Mean | |x[t+1] - x[t]| - speed | per axis (px per frame) over the prompt's balls found at t and t+1
+    and farther than the speed from both walls at t and t+1 (no bounce in between); the world scores 0,
+    a ball that stands still scores the speed."""
+    pr = parse_prompt(prompt)
+    balls = torch.tensor(pr.balls)
+    pos, present = find_balls(frames), ball_present(frames)
+    ok = (present[:-1] & present[1:] & balls)[..., None].expand(-1, -1, 2)  # (T-1, 3, 2)
+    lo, hi = radius + pr.speed, size - radius - pr.speed
+    inside = (pos > lo) & (pos < hi)
+    ok = ok & inside[:-1] & inside[1:]
+    err = ((pos[1:] - pos[:-1]).abs() - pr.speed).abs()[ok]
+    return float(err.mean()) if err.numel() else math.nan
+
+
 def jump_ratio(frames: Tensor, frames_per_block: int = FRAMES_PER_BLOCK) -> float:
     """Mean |frame difference| across block boundaries over the mean inside blocks (3, T, H, W)."""
     d = (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=(0, 2, 3))  # (T-1,): d[t-1] = |f_t - f_{t-1}|
@@ -190,9 +209,10 @@ def jump_ratio(frames: Tensor, frames_per_block: int = FRAMES_PER_BLOCK) -> floa
 
 
 def follow_frames(frames: Tensor, timeline: Sequence[tuple[int, str]], size: int = SIZE,
-                  radius: float = RADIUS) -> int:
+                  radius: float = RADIUS, paths: bool = True) -> int:
     """Frames after the (one) switch until `frames` (3, T, H, W) follows the new prompt for good (see the
-    module docstring); the frames left after the switch when it never does."""
+    module docstring); the frames left after the switch when it never does. ``paths=False`` checks the
+    content only (the channels drawn are the new prompt's balls), not where the continuing balls go."""
     (_, old), (at, new) = timeline
     t0, t_end = at * FRAMES_PER_BLOCK, frames.shape[1]
     before, after = parse_prompt(old), parse_prompt(new)
@@ -200,7 +220,7 @@ def follow_frames(frames: Tensor, timeline: Sequence[tuple[int, str]], size: int
     want = torch.tensor(after.balls)
     path = {}  # the world's path of every ball both prompts name, from the video's own pre-switch motion
     for k in range(3):
-        if before.balls[k] and after.balls[k] and t0 >= 2:
+        if paths and before.balls[k] and after.balls[k] and t0 >= 2:
             p = pos[t0 - 1, k]
             v = (pos[t0 - 1, k] - pos[t0 - 2, k]).sign() * after.speed
             for t in range(t0, t_end):
@@ -269,7 +289,7 @@ def measure(
             bar.update(1)
     rows = []
     for lag, att in settings:
-        phys, miss, extra, jump, dist = [], [], [], [], []
+        phys, speed, miss, extra, jump, dist = [], [], [], [], [], []
         for s in range(seeds):
             prompt = PROMPTS[s % len(PROMPTS)]
             v = base[s] if lag == stages else generate(model, s, blocks, lag, att, sampler, prompt)
@@ -277,14 +297,15 @@ def measure(
                 videos[(lag, att, s)] = v
             p, m, x = physics_error(v, prompt)
             phys.append(p)
+            speed.append(speed_error(v, prompt))
             miss.append(m)
             extra.append(x)
             jump.append(jump_ratio(v, model.config.frames_per_block))
             dist.append(float((v - base[s]).abs().mean()))
             if bar is not None:
                 bar.update(1)
-        rows.append(Row(variant, lag, att, math.ceil(stages / lag), _mean(phys), _mean(miss), _mean(extra),
-                        _mean(jump), _mean(dist)))
+        rows.append(Row(variant, lag, att, math.ceil(stages / lag), _mean(phys), _mean(speed), _mean(miss),
+                        _mean(extra), _mean(jump), _mean(dist)))
     if bar is not None:
         bar.close()
     return rows
@@ -336,16 +357,17 @@ def measure_switches(
 
 def data_row(seeds: int = 4, blocks: int = 8) -> Row:
     """The same metrics on clips of the world itself, with the same prompts (the floor of the model)."""
-    phys, miss, extra, jump = [], [], [], []
+    phys, speed, miss, extra, jump = [], [], [], [], []
     for s in range(seeds):
         prompt = PROMPTS[s % len(PROMPTS)]
         v = make_clip(10_000 + s, prompt, frames=FRAMES_PER_BLOCK * blocks).frames
         p, m, x = physics_error(v, prompt)
         phys.append(p)
+        speed.append(speed_error(v, prompt))
         miss.append(m)
         extra.append(x)
         jump.append(jump_ratio(v))
-    return Row("world", 0, "data", 0, _mean(phys), _mean(miss), _mean(extra), _mean(jump), math.nan)
+    return Row("world", 0, "data", 0, _mean(phys), _mean(speed), _mean(miss), _mean(extra), _mean(jump), math.nan)
 
 
 def data_switch_row(seeds: int = 4, blocks: int = 8) -> SwitchRow:
@@ -372,13 +394,14 @@ def _num(x: float, fmt: str) -> str:
 
 def format_table(rows: Sequence[Row]) -> str:
     """A plain-text table (markdown-compatible)."""
-    head = ("| variant | lag | attention | in flight | physics err (px) | missing (%) | extra (%) | jump ratio "
-            "| dist to seq |")
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    head = ("| variant | lag | attention | in flight | physics err (px) | speed err (px/frame) | missing (%) "
+            "| extra (%) | jump ratio | dist to seq |")
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         data = r.attention == "data"
         lines.append(f"| {r.variant} | {'' if data else r.lag} | {'ground truth' if data else r.attention} | "
-                     f"{'' if data else r.in_flight} | {_num(r.physics_px, '.3f')} | {r.missing_pct:.1f} | "
+                     f"{'' if data else r.in_flight} | {_num(r.physics_px, '.3f')} | {_num(r.speed_err, '.3f')} | "
+                     f"{r.missing_pct:.1f} | "
                      f"{r.extra_pct:.1f} | {_num(r.jump_ratio, '.2f')} | {_num(r.dist_to_seq, '.3f')} |")
     return "\n".join(lines)
 
