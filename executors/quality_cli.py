@@ -17,8 +17,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p = sub.add_parser("quality", help="measure physics error, missing balls, block jumps, distance to sequential "
                        "and prompt switches for every lag and attention mode, on the trained toy model")
     p.add_argument("--seeds", type=int, default=16, help="videos per setting, seeds 0..N-1 (default 16)")
-    p.add_argument("--switch-seeds", type=int, default=8,
-                   help="videos per switch setting (default 8; 0: no switch rows)")
+    p.add_argument("--switch-seeds", type=int, default=4,
+                   help="videos per switch setting (default 4; 0: no switch rows)")
     p.add_argument("--blocks", type=int, default=8, help="blocks per video (default 8)")
     p.add_argument("--lags", default=None, help="comma-separated lags (default 1..S)")
     p.add_argument("--attention", default="causal,bidirectional,stale",

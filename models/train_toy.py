@@ -144,7 +144,8 @@ def plot_losses(stages: list[Stage], path: str | Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("x0 MSE vs the exact target")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run shorter than the running mean has no labelled line
+        ax.legend(fontsize=8)
     ax.set_title(f"toy model training ({torch.get_num_threads()} CPU thread(s) per run)", fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
