@@ -179,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--blocks must be at least 2 (a switch needs a second block), got {args.blocks}")
     if (args.out is not None or args.init is not None) and args.variant == "both":
         p.error("--out and --init name one variant's weights: give --variant cascade or --variant sequential")
+    from cascade_sched.errors import ConfigError
     from executors.launch import check_device
 
-    check_device(args.device)
+    try:
+        check_device(args.device)
+    except ConfigError as exc:
+        p.error(str(exc))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     variants = list(VARIANTS) if args.variant == "both" else [args.variant]

@@ -211,6 +211,9 @@ def test_training_rejects_bad_counts(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as exc:
         main(["--out", "x.safetensors"])
     assert exc.value.code == 2 and "--variant cascade or --variant sequential" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "nonsense"])
+    assert exc.value.code == 2 and "`--device` must be cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_saved_sampler_settings_round_trip_and_bad_ones_are_named(tmp_path: Path) -> None:
