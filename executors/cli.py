@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 # models.presets.PRESETS, spelled here so that building the parser imports no torch (a test keeps them equal).
+DEFAULT_PROMPT = "a red ball bouncing"
 PRESET_NAMES = "self-forcing | causvid | causvid-warp4 | longlive | krea-14b"
 
 
@@ -23,7 +24,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     add_schedule_args(p)
     add_model_source_args(p, preset_names=PRESET_NAMES)
     g = p.add_argument_group("generation")
-    g.add_argument("--prompt", default="a red ball bouncing", help="the text prompt")
+    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="the text prompt (the toy model, with none given: "
+                   "its demo timeline, a switch from 'red green slow' to 'red green blue fast' at block 3)")
     g.add_argument("--prompts", default=None, metavar="PATH",
                    help="prompt timeline: a JSON or YAML list of {at_block, prompt} (switches mid-stream; "
                         "default none; examples/story.yaml)")
@@ -75,6 +77,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from executors.generate import GenerateJob, run_generate
 
     preset = _apply_preset(args)
+    demo = _apply_toy_defaults(args)
     made_out = _check_generate(args)
     spec = spec_from_args(args)
     _check_sources(args, preset)
@@ -99,6 +102,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompts = tuple((pid, text) for pid, text in texts.items() if pid)
     elif args.switch:
         prompts = tuple((pid, f"{args.prompt} (prompt {pid})") for _, pid in args.switch if pid)
+    elif demo:
+        spec = type(spec).from_dict({**spec.to_dict(), "switches": [[at, i] for i, (at, _) in enumerate(demo) if i]})
+        prompts = tuple((i, text) for i, (_, text) in enumerate(demo) if i)
     if args.realtime and not args.interactive:
         raise ConfigError("realtime", "`--realtime` paces an `--interactive` stream; add `--interactive`")
     if args.interactive and args.executor != "reference":
@@ -116,9 +122,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         realtime=args.realtime,
         backend=args.backend or "inductor", engine_cache=args.engine_cache, shift=args.shift,
     )
-    if (args.model or "toy") == "toy" and not args.checkpoint and (args.prompts or args.switch or args.interactive):
-        print("note: the toy model is unconditional: prompt switches change the schedule (and recache tasks), "
-              "not the pictures; use --model tiny or a Wan checkpoint to see prompts matter", file=sys.stderr)
     if args.out and not (args.vae or args.model_dir) and (args.model or args.checkpoint or args.preset) and \
             args.model != "toy":
         print("note: no --vae: decoding with the latent preview (a fixed projection, not the Wan VAE); pass "
@@ -207,6 +210,26 @@ def _check_memory(args: argparse.Namespace, spec: Any) -> None:
         raise ConfigError("blocks", f"`--blocks` {spec.num_blocks} of {name} holds ~{_gib(latents)} of latents "
                                     f"and ~{_gib(kv)} of K/V cache, more than the {_gib(have)} available"
                                     + ("" if spec.window else "; give `--window`"))
+
+
+def _apply_toy_defaults(args: argparse.Namespace) -> tuple[tuple[int, str], ...]:
+    """The trained toy model's defaults where the user left the flags alone: the attention window it was
+    trained for (`models.train_toy.WINDOW`), and with no prompt given, the demo timeline (a prompt switch,
+    `models.toy_world.DEMO`), returned so the caller registers its prompts. Other models: nothing."""
+    if (args.model or "toy") != "toy" or args.checkpoint or args.preset:
+        return ()
+    from cascade_sched.cliargs import DEFAULT_WINDOW
+    from models.toy_world import DEMO
+    from models.train_toy import WINDOW
+
+    if args.window == DEFAULT_WINDOW:  # the flag's default, as for a preset's window
+        args.window = WINDOW
+    if args.prompt != DEFAULT_PROMPT or args.prompts or args.switch or args.interactive:
+        return ()
+    args.prompt = DEMO[0][1]
+    if args.blocks <= DEMO[-1][0]:
+        return ()
+    return DEMO
 
 
 def _apply_preset(args: argparse.Namespace) -> Any:

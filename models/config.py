@@ -139,11 +139,12 @@ PRESETS: dict[str, ModelConfig] = {
         name="small", dim=384, ffn_dim=1536, num_layers=4, num_heads=4,
         text_dim=64, text_len=16, freq_dim=256, latent_height=16, latent_width=16,
     ),
-    # The toy world (models/toy_world.py): 16 x 16 RGB pixels are the latent (3 channels, no VAE); 64 tokens
-    # per frame, 192 per block; trained by `python -m models.train_toy`, weights in models/weights/toy.*.
+    # The toy world (models/toy_world.py): 16 x 16 RGB pixels are the latent (3 channels, no VAE); 4 x 4
+    # patches, 16 tokens per frame, 48 per block; the prompt is the toy vocabulary (models/toy_text.py);
+    # trained by `python -m models.train_toy`, weights in models/weights/toy*.
     "toy": ModelConfig(
         name="toy", dim=128, ffn_dim=512, num_layers=4, num_heads=2, in_channels=3, out_channels=3,
-        text_dim=16, text_len=4, freq_dim=64, latent_height=16, latent_width=16,
+        patch_size=(1, 4, 4), text_dim=16, text_len=4, freq_dim=64, latent_height=16, latent_width=16,
     ),
     # Wan2.1-T2V-1.3B geometry (Self-Forcing, CausVid, LongLive).
     "wan2.1-1.3b": ModelConfig(name="wan2.1-1.3b", dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),

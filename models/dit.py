@@ -276,14 +276,21 @@ class CausalWanDiT(nn.Module):
         cfg = self.config
         emb = self._prompts[key].to(self.device, self.dtype)
         ctx = torch.cat([emb, emb.new_zeros(cfg.text_len - emb.shape[0], cfg.text_dim)])  # (L, text_dim)
-        ctx = self.text_embedding(ctx)  # (L, dim)
+        out = self.text_kv(ctx)
+        self._prompt_kv[cache_key] = out
+        return out
+
+    def text_kv(self, ctx: Tensor) -> list[KVPair]:
+        """Per-layer cross-attention (k, v), each (..., text_len, heads, head_dim), of padded text-encoder
+        outputs (..., text_len, text_dim); with autograd (training calls it on batches of prompts)."""
+        cfg = self.config
+        ctx = self.text_embedding(ctx)  # (..., L, dim)
         out = []
         for layer in range(len(self.blocks)):
             ca = self.block(layer).cross_attn
-            k = _heads(ca.norm_k(_linear(ca.k, ctx)), cfg.num_heads).to(self.dtype)  # (L, H, D)
-            v = _heads(_linear(ca.v, ctx), cfg.num_heads).to(self.dtype)  # (L, H, D)
+            k = _heads(ca.norm_k(_linear(ca.k, ctx)), cfg.num_heads).to(self.dtype)  # (..., L, H, D)
+            v = _heads(_linear(ca.v, ctx), cfg.num_heads).to(self.dtype)  # (..., L, H, D)
             out.append((k, v))
-        self._prompt_kv[cache_key] = out
         return out
 
     def prompt_kv_batched(self, prompts: Sequence[Hashable]) -> list[KVPair]:

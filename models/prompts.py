@@ -46,9 +46,9 @@ __all__ = [
     "umt5_embedding",
 ]
 
-# Models that get the stand-in when no text source is named: the test geometries, and the toy (which
-# will get its trained vocabulary encoder, models/toy_text.py, here in default_text_encoder).
-STAND_IN_MODELS = frozenset({"tiny", "small", "toy"})
+# Models that get the stand-in when no text source is named: the test geometries. The toy gets its
+# vocabulary encoder (models/toy_text.py) in default_text_encoder.
+STAND_IN_MODELS = frozenset({"tiny", "small"})
 
 
 @runtime_checkable
@@ -118,8 +118,13 @@ class StandInEncoder:
 
 
 def default_text_encoder(config: ModelConfig) -> TextEncoder:
-    """What a model is conditioned on when no text source was named: the stand-in for the test models
-    (``tiny``, ``small``, ``toy``); anything else is refused with one line saying what to pass."""
+    """What a model is conditioned on when no text source was named: the toy's vocabulary encoder for
+    ``toy``, the stand-in for the test models (``tiny``, ``small``); anything else is refused with one
+    line saying what to pass."""
+    if config.name == "toy":
+        from .toy_text import ToyTextEncoder
+
+        return ToyTextEncoder(config)
     if config.name in STAND_IN_MODELS:
         return StandInEncoder(config)
     raise ConfigError(

@@ -1,26 +1,25 @@
-"""Train the toy block-causal model on the bouncing-balls world (models/toy_world.py); rerun with
+"""Train the toy block-causal model on the prompted bouncing-balls world (models/toy_world.py); rerun with
 
-    python -m models.train_toy                 # the shipped weights: about 28 min on 2 CPU cores
-    python -m models.train_toy --teacher-steps 2 --videos 2 --student-steps 2 --out /tmp/t.safetensors --no-plot
+    python -m models.train_toy                 # both variants, the shipped weights (see docs/quality.md)
+    python -m models.train_toy --variant cascade --steps 2 --batch 2 --out /tmp/t.safetensors --no-plot
 
-Latent = pixels: a block is (3, 3, 16, 16) in [-1, 1]. The prompt is not used: the cross-attention output
-projections are zero and frozen, so every prompt gives the same video.
+Latent = pixels: a block is (3, 3, 16, 16) in [-1, 1]. The prompt (colours, slow/fast) reaches the
+model through cross-attention; its text encoder is the toy vocabulary (models/toy_text.py).
 
-Stages (the objectives, and why there are two models: `models/toy_training.py`):
-  1. teacher: diffusion-forcing flow matching on fresh clips of the world (`--teacher-steps` steps of
-     `--batch` clips of `--teacher-blocks` blocks);
-  2. teacher videos: the teacher draws `--videos` videos of `--blocks` blocks through the student's
-     sampler, solving an Euler ODE (`--substeps` steps per sampler step) from every step's input;
-  3. student: initialised from the teacher, it regresses each step's ODE endpoint from that step's input
-     at sigmas 1, 0.75, 0.5, 0.25 (`--student-steps`);
-  4. and 5., only with `--on-policy-videos N`: the student draws N videos of its own (teacher targets for
-     its inputs), then trains `--on-policy-steps` more steps on both sets (Self-Forcing's idea: learn on
-     your own rollouts; docs/quality.md has what it gave here).
-The student is saved with the sampler it was trained for: shift 1, so the default steps 1000/750/500/250
-are exactly those sigmas.
-`--teacher PATH` skips stage 1 and distils from saved teacher weights; `--save-teacher PATH` keeps the
-teacher. Every training stage: Adam with a linear warm-up and cosine decay to 5%, `--batch` clips per
-step, gradient clip 1; the weights kept are an EMA of the trained ones.
+No teacher: every target is exact (`models/toy_training.py`): for a ball that appears in a block, the
+candidate the exact probability-flow ODE of the gridded world ends on from each sampler stage's input;
+elsewhere the world's true continuation. The model regresses x0 from the inputs the 4-step sampler
+actually feeds it (sigmas 1, 0.75, 0.5, 0.25, each re-noising the previous step's target with fresh
+noise). One stage per variant, the same budget each (`--steps` steps of `--batch` clips of `--blocks`
+blocks):
+
+  cascade     the blocks' stages follow a real cascade tick at a random lag 1..5 in 60% of the clips,
+              independent stages in the rest: the shipped `toy.safetensors`;
+  sequential  a sequential tick only (lag 5): `toy_sequential.safetensors` (float16, for `cascade quality`).
+
+Adam with a linear warm-up and cosine decay to 5%, gradient clip 1; the weights kept are an EMA of the
+trained ones. Both are saved with the sampler they were trained for: shift 1, so the default steps
+1000/750/500/250 are exactly those sigmas.
 """
 
 from __future__ import annotations
@@ -39,18 +38,15 @@ from torch import Tensor
 
 from models.checkpoints import load_model, save_model
 from models.dit import CausalWanDiT
-from models.toy_training import (
-    SHIFT,
-    VIDEO_SEED0,
-    OdeVideos,
-    ode_videos,
-    student_loss,
-    teacher_loss,
-    toy_model,
-)
-from models.toy_world import make_batch
+from models.toy_training import SHIFT, VARIANTS, make_examples, toy_model, x0_loss
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
+SEQUENTIAL_WEIGHTS = Path(__file__).parent / "weights" / "toy_sequential.safetensors"
+OUTS = {"cascade": WEIGHTS, "sequential": SEQUENTIAL_WEIGHTS}
+# The attention window (blocks, itself included) the toy runs with: its training clips' length (`--blocks`
+# default), so every block sees at run time what it saw in training; `cascade generate` and `cascade
+# quality` use it for the toy.
+WINDOW = 3
 
 
 @dataclass
@@ -67,9 +63,10 @@ def fit(model: CausalWanDiT, loss_fn: Callable[[int], Tensor], steps: int, lr: f
     """Adam on `loss_fn(step)` for `steps` steps; returns the EMA of the weights (eval mode)."""
     ema = toy_model()
     ema.load_state_dict(model.state_dict())
+    ema.to(model.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    warm = min(100, max(1, steps // 10))
+    warm = min(200, max(1, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(i / steps, 1)))))
     bar = _bar(steps, f"train {stage.name}", "step", progress)
@@ -93,7 +90,7 @@ def fit(model: CausalWanDiT, loss_fn: Callable[[int], Tensor], steps: int, lr: f
     if bar is not None:
         bar.close()
     stage.wall_s = time.perf_counter() - t0
-    return ema.eval()
+    return ema.cpu().eval()
 
 
 def _bar(total: int, desc: str, unit: str, on: bool):  # type: ignore[no-untyped-def]
@@ -104,83 +101,52 @@ def _bar(total: int, desc: str, unit: str, on: bool):  # type: ignore[no-untyped
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
-def train_teacher(steps: int, batch: int = 4, blocks: int = 4, lr: float = 1e-3, seed: int = 0,
-                  progress: bool = True) -> tuple[CausalWanDiT, Stage]:
-    """Stage 1: the flow-matching teacher on fresh clips of the world (seeded by the step)."""
+def train_variant(variant: str, steps: int, batch: int = 16, blocks: int = 3, lr: float = 3e-3, seed: int = 0,
+                  device: str = "cpu", progress: bool = True,
+                  init: CausalWanDiT | None = None) -> tuple[CausalWanDiT, Stage]:
+    """One variant (`toy_training.VARIANTS`): fresh exact-target clips every step (seeded by `seed`),
+    from a fresh model or from `init`'s weights (a second round)."""
     torch.manual_seed(seed)
     model = toy_model(seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model = model.to(device)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    frames = blocks * model.config.frames_per_block
-    stage = Stage("teacher")
+    stage = Stage(variant)
+    lags = VARIANTS[variant]
 
     def loss(step: int) -> Tensor:
-        x0 = make_batch([seed * 1_000_003 + step * batch + i for i in range(batch)], frames)
-        return teacher_loss(model, x0, rng, gen)
+        ex = make_examples(model, rng, gen, batch, blocks, lags)
+        if device != "cpu":
+            ex = type(ex)(*(t.to(device) for t in (ex.inputs, ex.targets, ex.sigma, ex.started, ex.text)))
+        return x0_loss(model, ex)
 
-    return fit(model, loss, steps, lr, 0.995, stage, progress), stage
-
-
-def rollouts(teacher: CausalWanDiT, videos: int, blocks: int = 6, substeps: int = 3, first_seed: int = VIDEO_SEED0,
-             student: CausalWanDiT | None = None, chunk: int = 16,
-             progress: bool = True) -> tuple[OdeVideos, Stage]:
-    """Stages 2 and 4: `videos` rollouts with seeds from `first_seed`, `chunk` videos per tick; the teacher's
-    own, or with `student` the student's videos with the teacher's targets (`toy_training.ode_videos`)."""
-    stage = Stage("teacher videos" if student is None else "on-policy videos")
-    bar = _bar(videos, stage.name, "video", progress)
-    t0 = time.perf_counter()
-    parts = []
-    for i in range(0, videos, chunk):
-        seeds = list(range(first_seed + i, first_seed + min(i + chunk, videos)))
-        parts.append(ode_videos(teacher, seeds, blocks, substeps, student=student))
-        if bar is not None:
-            bar.update(len(seeds))
-    if bar is not None:
-        bar.close()
-    stage.wall_s = time.perf_counter() - t0
-    return OdeVideos.cat(parts), stage
-
-
-def train_student(init: CausalWanDiT, videos: OdeVideos, steps: int, batch: int = 4, lr: float = 3e-4,
-                  seed: int = 0, progress: bool = True, name: str = "student") -> tuple[CausalWanDiT, Stage]:
-    """Stages 3 and 5: the few-step student, initialised from `init` (the teacher, then the student
-    itself), on `videos`."""
-    model = _as_toy(init)
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    stage = Stage(name)
-
-    def loss(step: int) -> Tensor:
-        index = torch.randint(0, len(videos), (batch,), generator=gen).tolist()
-        return student_loss(model, videos, index, rng)
-
-    return fit(model, loss, steps, lr, 0.99, stage, progress), stage
+    return fit(model, loss, steps, lr, 0.998, stage, progress), stage
 
 
 def plot_losses(stages: list[Stage], path: str | Path) -> None:
-    """One panel per trained stage: loss per step and its 50-step running mean, log scale."""
+    """Every trained variant's x0 MSE per step and its 50-step running mean, log scale, one panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    trained = [st for st in stages if st.losses]
-    labels = {"teacher": "velocity MSE", "student": "x0 MSE vs the ODE endpoint",
-              "student (on-policy)": "x0 MSE vs the ODE endpoint"}
-    fig, axes = plt.subplots(1, len(trained), figsize=(5.2 * len(trained), 3.2), dpi=120, squeeze=False)
-    for ax, st in zip(axes[0], trained, strict=True):
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=120)
+    for st in stages:
         losses = st.losses
-        ax.plot(losses, lw=0.5, alpha=0.4, label="per step")
+        line = ax.plot(losses, lw=0.4, alpha=0.3)[0]
         k = 50
         if len(losses) >= k:
             run = [sum(losses[i - k:i]) / k for i in range(k, len(losses) + 1)]
-            ax.plot(range(k - 1, len(losses)), run, lw=1.5, label=f"{k}-step mean")
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(labels.get(st.name, "loss"))
-        ax.set_title(f"{st.name}: {len(losses)} steps, {st.wall_s / 60:.1f} min", fontsize=10)
-        ax.legend()
-    fig.suptitle(f"toy model training ({torch.get_num_threads()} CPU thread(s))", fontsize=10)
+            ax.plot(range(k - 1, len(losses)), run, lw=1.5, color=line.get_color(),
+                    label=f"{st.name}: {len(losses)} steps, {st.wall_s / 60:.1f} min")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("x0 MSE vs the exact target")
+    if ax.get_legend_handles_labels()[0]:  # a run shorter than the running mean has no labelled line
+        ax.legend(fontsize=8)
+    ax.set_title(f"toy model training ({torch.get_num_threads()} CPU thread(s) per run)", fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -189,76 +155,57 @@ def plot_losses(stages: list[Stage], path: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train_toy", description=__doc__.split("\n")[0])
-    p.add_argument("--teacher-steps", type=int, default=4200, help="teacher optimizer steps (default %(default)s)")
-    p.add_argument("--teacher-blocks", type=int, default=4, help="blocks per teacher clip (default %(default)s)")
-    p.add_argument("--videos", type=int, default=400, help="teacher videos to distil (default %(default)s)")
-    p.add_argument("--substeps", type=int, default=3,
-                   help="Euler steps of the teacher ODE per student step (default %(default)s)")
-    p.add_argument("--student-steps", type=int, default=800, help="student optimizer steps (default %(default)s)")
-    p.add_argument("--on-policy-videos", type=int, default=0,
-                   help="then roll out the student this often, with teacher targets (default %(default)s: off)")
-    p.add_argument("--on-policy-steps", type=int, default=400,
-                   help="student steps on teacher + on-policy videos (default %(default)s)")
-    p.add_argument("--batch", type=int, default=4, help="clips per step (default %(default)s)")
-    p.add_argument("--blocks", type=int, default=6, help="blocks per teacher video and student clip (default %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="teacher peak learning rate (default %(default)s)")
-    p.add_argument("--student-lr", type=float, default=3e-4, help="student peak learning rate (default %(default)s)")
+    p.add_argument("--variant", choices=[*VARIANTS, "both"], default="both", help="which to train (default both)")
+    p.add_argument("--steps", type=int, default=1600, help="optimizer steps per variant (default %(default)s)")
+    p.add_argument("--batch", type=int, default=16, help="clips per step (default %(default)s)")
+    p.add_argument("--blocks", type=int, default=WINDOW, help="blocks per clip (default %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the data, noise and init (default 0)")
-    p.add_argument("--teacher", default=None, help="skip stage 1: distil from these teacher weights")
-    p.add_argument("--save-teacher", default=None, help="also save the teacher here (.safetensors)")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (a second round) instead of a fresh model; one --variant")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
-    p.add_argument("--out", default=str(WEIGHTS), help="student weights path (.safetensors; .json beside it)")
+    p.add_argument("--out", default=None,
+                   help="weights path (.safetensors; .json beside it) of a single --variant (default: the shipped)")
     p.add_argument("--plot", default="docs/img/toy_loss.png", help="loss-curve picture")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for name in ("teacher_steps", "teacher_blocks", "videos", "substeps", "student_steps", "on_policy_steps",
-                 "batch", "blocks", "threads"):
+    for name in ("steps", "batch", "blocks", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if args.on_policy_videos < 0:
-        p.error(f"--on-policy-videos must be 0 (off) or a positive integer, got {args.on_policy_videos}")
+            p.error(f"--{name} must be a positive integer, got {value}")
+    if args.blocks < 2:
+        p.error(f"--blocks must be at least 2 (a switch needs a second block), got {args.blocks}")
+    if (args.out is not None or args.init is not None) and args.variant == "both":
+        p.error("--out and --init name one variant's weights: give --variant cascade or --variant sequential")
+    from cascade_sched.errors import ConfigError
+    from executors.launch import check_device
+
+    try:
+        check_device(args.device)
+    except ConfigError as exc:
+        p.error(str(exc))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    progress = not args.no_progress
-    stages: list[Stage] = []
-    if args.teacher is not None:
-        teacher = load_model(args.teacher).float()
-    else:
-        teacher, st = train_teacher(args.teacher_steps, args.batch, args.teacher_blocks, args.lr, args.seed, progress)
+    variants = list(VARIANTS) if args.variant == "both" else [args.variant]
+    stages = []
+    for variant in variants:
+        init = load_model(args.init).float() if args.init else None
+        model, st = train_variant(variant, args.steps, args.batch, args.blocks, args.lr, args.seed, args.device,
+                                  not args.no_progress, init)
         stages.append(st)
-        if args.save_teacher:
-            save_model(teacher, args.save_teacher)
-    teacher = _as_toy(teacher)
-    first = VIDEO_SEED0 + 10_000_000 * args.seed  # rollout seeds: far from `cascade quality`'s
-    videos, st = rollouts(teacher, args.videos, args.blocks, args.substeps, first, progress=progress)
-    stages.append(st)
-    student, st = train_student(teacher, videos, args.student_steps, args.batch, args.student_lr, args.seed, progress)
-    stages.append(st)
-    if args.on_policy_videos:
-        more, st = rollouts(teacher, args.on_policy_videos, args.blocks, args.substeps, first + args.videos,
-                            student=student, progress=progress)
-        stages.append(st)
-        student, st = train_student(student, OdeVideos.cat([videos, more]), args.on_policy_steps, args.batch,
-                                    args.student_lr, args.seed, progress, name="student (on-policy)")
-        stages.append(st)
-    path = save_model(student, args.out, sampler={"shift": SHIFT})
+        out = Path(args.out) if args.out else OUTS[variant]
+        if variant == "sequential" and args.out is None:
+            model = model.half()  # the second variant ships at half the size
+        path = save_model(model, out, sampler={"shift": SHIFT})
+        tail = st.losses[-100:]
+        print(f"{variant}: {st.wall_s:.0f} s; final loss (mean of last {len(tail)}) {sum(tail) / len(tail):.4f}; "
+              f"wrote {path}")
     if not args.no_plot:
         plot_losses(stages, args.plot)
-    for st in stages:
-        tail = st.losses[-100:]
-        loss = f"; final loss (mean of last {len(tail)}) {sum(tail) / len(tail):.4f}" if tail else ""
-        print(f"{st.name}: {st.wall_s:.0f} s{loss}")
-    print(f"total {sum(st.wall_s for st in stages):.0f} s on {torch.get_num_threads()} thread(s); wrote {path}")
+    print(f"total {sum(st.wall_s for st in stages):.0f} s on {torch.get_num_threads()} thread(s)")
     return 0
-
-
-def _as_toy(model: CausalWanDiT) -> CausalWanDiT:
-    """`model`'s weights in a fresh toy model (prompt registered), eval mode."""
-    out = toy_model()
-    out.load_state_dict(model.state_dict())
-    return out.eval()
 
 
 if __name__ == "__main__":
