@@ -409,13 +409,13 @@ class _Stream:
 _ABORT_HOOK: list[_Pipeline | None] = [None]
 
 
-def abort_hook() -> str | None:
-    """Close the decode rank's files (keeping the finished blocks); returns what was kept, or None on a
-    rank that writes nothing."""
+def abort_hook(drain: bool = False) -> str | None:
+    """Close the decode rank's files, keeping the finished blocks (``drain``: decoding what is queued
+    first, as a failure does); returns what was kept, or None on a rank that writes nothing."""
     pipeline = _ABORT_HOOK[0]
     if pipeline is None:
         return None
-    pipeline.close(drain=False)
+    pipeline.close(drain=drain)
     return pipeline.kept()
 
 

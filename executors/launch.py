@@ -102,13 +102,13 @@ class Shutdown:
 
     The work runs on its own thread, so a signal that lands while the main thread holds a lock (mid-way
     through writing a block, say), or waits on a peer that is gone, does not deadlock: the block
-    finishes, then the files are closed. ``on_abort`` closes them and returns what was kept (rank 0).
+    finishes, then the files are closed. ``on_abort(drain)`` closes them and returns what was kept (rank 0).
 
     A failure exits 1, and each rank says why in a line of its own. An interrupt (Ctrl-C or SIGTERM on
     any rank) exits 130 or 143 on every rank, and only rank 0 says so, in the command's one line.
     """
 
-    def __init__(self, rank: int, on_abort: Callable[[], str | None] | None, command: str = "cascade",
+    def __init__(self, rank: int, on_abort: Callable[[bool], str | None] | None, command: str = "cascade",
                  report: Report = _stderr) -> None:
         self.rank, self.on_abort, self.command, self.report = rank, on_abort, command, report
         self._once = threading.Lock()
@@ -121,7 +121,9 @@ class Shutdown:
             kept = None
             if self.on_abort is not None:
                 try:
-                    kept = self.on_abort()
+                    # A failure decodes what is queued (finished frames are never lost); an interrupt
+                    # finishes the block being decoded and stops at once.
+                    kept = self.on_abort(signum is None)
                 except Exception as e:  # closing files must not keep a dead group alive
                     print(f"rank {self.rank}: while closing outputs: {e}", file=sys.stderr, flush=True)
             if signum is not None:
@@ -188,7 +190,7 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 
 def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float,
-             on_abort: Callable[[], str | None] | None = None, command: str = "cascade",
+             on_abort: Callable[[bool], str | None] | None = None, command: str = "cascade",
              report: Report = _stderr) -> Any:
     """Run ``fn`` on this rank of an environment-configured group, with the failure policy above.
 
@@ -245,7 +247,7 @@ def _write_kept(path: str, command: str, signum: int, kept: str | None) -> None:
 
 
 def _spawned(local_rank: int, nproc: int, port: int, fn: RankFn, payload: Any, device: str,
-             timeout_s: float, threads: int, result_path: str, on_abort: Callable[[], str | None] | None) -> None:
+             timeout_s: float, threads: int, result_path: str, on_abort: Callable[[bool], str | None] | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(nproc), LOCAL_RANK=str(local_rank))
     torch.set_num_threads(threads)
@@ -262,7 +264,7 @@ STOP_S = 10.0  # how long the spawning process waits for interrupted ranks befor
 
 
 def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: float = 60.0,
-          threads: int | None = None, on_abort: Callable[[], str | None] | None = None) -> Any:
+          threads: int | None = None, on_abort: Callable[[bool], str | None] | None = None) -> Any:
     """Spawn ``nproc`` local ranks running ``fn``; return rank 0's result or raise ``ExecutorError``.
 
     Each rank gets ``threads`` intra-op threads (default: the cores divided among the ranks).

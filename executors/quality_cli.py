@@ -37,7 +37,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--variants", type=name_list, default=VARIANTS,
                    help="the shipped variants to measure: cascade (the default toy), sequential (default both)")
     p.add_argument("--checkpoint", default=None,
-                   help="measure these toy weights (.safetensors with its .json) instead of the shipped variants")
+                   help="measure these toy weights (.safetensors with its .json) instead of the shipped variants "
+                   "(default none: the shipped ones)")
     p.add_argument("--shift", type=float, default=None,
                    help="sampler shift (default: the one saved with the weights, 1 for the shipped toy)")
     p.add_argument("--frames", default=None, metavar="PATH.png",

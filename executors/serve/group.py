@@ -34,7 +34,8 @@ ABORT_HOOK: list[Callable[[], None] | None] = [None]
 """Rank 0's server sets this; the launcher's ``on_abort`` calls it when another rank's failure stops us."""
 
 
-def abort_hook() -> None:
+def abort_hook(drain: bool = False) -> None:
+    """Close this rank's session (``drain`` is the launcher's: a stream has no queued file to finish)."""
     if ABORT_HOOK[0] is not None:
         ABORT_HOOK[0]()
 
