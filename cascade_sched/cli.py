@@ -194,7 +194,8 @@ def _subparser(parser: argparse.ArgumentParser | None, command: str) -> argparse
     name = command.partition(" ")[2]
     for action in parser._actions if parser is not None else ():
         if isinstance(action, argparse._SubParsersAction) and name in action.choices:
-            return action.choices[name]
+            sub: argparse.ArgumentParser = action.choices[name]
+            return sub
     return parser
 
 

@@ -12,22 +12,24 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cascade_sched.bounds import (
+    MAX_REPEATS,
+    MAX_TIMEOUT_S,
+    check_float,
+    check_int,
+    check_schedule_size,
+    check_threads,
+    cpu_count,
+)
 from cascade_sched.cliargs import (
     DEFAULT_BLOCKS,
     DEFAULT_WINDOW,
-    MAX_REPEATS,
-    MAX_TIMEOUT_S,
     THREADS_HELP,
     add_device_args,
     alias,
     check_device_name,
-    check_float,
     check_input_file,
-    check_int,
     check_outputs,
-    check_schedule_size,
-    check_threads,
-    cpu_count,
     int_ranges,
     name_list,
 )

@@ -142,7 +142,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _check_generate(args: argparse.Namespace) -> bool:
     """The flags' ranges and every output path, before any work; True when ``--out`` was defaulted."""
-    from cascade_sched.cliargs import MAX_TIMEOUT_S, check_float, check_int, check_outputs, cpu_count
+    from cascade_sched.bounds import MAX_TIMEOUT_S, check_float, check_int, cpu_count
+    from cascade_sched.cliargs import check_outputs
     from cascade_sched.errors import ConfigError
     from executors.launch import under_torchrun
 
@@ -188,7 +189,8 @@ DTYPES = ("float32", "bfloat16", "float64")
 
 def _check_memory(args: argparse.Namespace, spec: Any) -> None:
     """Refuse a run whose latents and K/V cache alone would not fit in half the available memory."""
-    from cascade_sched.cliargs import _gib, available_memory
+    from cascade_sched.bounds import available_memory
+    from cascade_sched.bounds import gib as _gib
     from cascade_sched.errors import ConfigError
     from models.config import get_config
 

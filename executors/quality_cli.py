@@ -53,14 +53,8 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 def _check(args: argparse.Namespace) -> None:
     """Every flag in its range, the run's size and the output paths, before the model loads."""
-    from cascade_sched.cliargs import (
-        WORK_BUDGET_S,
-        check_float,
-        check_input_file,
-        check_int,
-        check_outputs,
-        check_threads,
-    )
+    from cascade_sched.bounds import WORK_BUDGET_S, check_float, check_int, check_threads
+    from cascade_sched.cliargs import check_input_file, check_outputs
     from cascade_sched.errors import ConfigError
     from cascade_sched.spec import ATTENTION_MODES
 

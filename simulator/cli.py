@@ -15,18 +15,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cascade_sched.cliargs import (
-    DEFAULT_BLOCKS,
-    DEFAULT_WINDOW,
+from cascade_sched.bounds import (
     MAX_LIST,
     PLAN_POINT_TASK_S,
     WORK_BUDGET_S,
-    add_schedule_args,
-    alias,
     check_float,
     check_int,
-    check_outputs,
     check_schedule_size,
+)
+from cascade_sched.cliargs import (
+    DEFAULT_BLOCKS,
+    DEFAULT_WINDOW,
+    add_schedule_args,
+    alias,
+    check_outputs,
     int_ranges,
     name_list,
     num_stages,

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cascade_sched import cliargs
+from cascade_sched import bounds
 from cascade_sched.cli import build_parser, main
 
 PARSER, _ = build_parser()
@@ -341,4 +341,4 @@ def test_huge_sizes_are_refused_at_once() -> None:
         code, err = _run(argv)
         assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
         assert time.perf_counter() - t0 < 5, argv
-    assert cliargs.MAX_BLOCKS * 5 * cliargs.TASK_S < cliargs.WORK_BUDGET_S  # the ceiling itself is finishable
+    assert bounds.MAX_BLOCKS * 5 * bounds.TASK_S < bounds.WORK_BUDGET_S  # the ceiling itself is finishable
