@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cascade_sched import interrupts
 
     interrupts.install()
+    # c10's own warnings print C++ stack traces (a rank's store poll racing the store host's exit while a
+    # stopped group shuts down); read once when torch loads, which no subcommand has done yet. A user's
+    # own setting wins.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     command = "cascade"
     parser: argparse.ArgumentParser | None = None
     argv = list(sys.argv[1:] if argv is None else argv)

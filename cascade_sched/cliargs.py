@@ -269,6 +269,8 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 
 MODEL_NAMES = "toy | tiny | small | wan2.1-1.3b | wan2.1-14b"
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}  # the dtypes --dtype takes, and their sizes
+DTYPES = tuple(DTYPE_BYTES)
 
 
 def add_device_args(
@@ -277,8 +279,14 @@ def add_device_args(
     """``--device`` and ``--dtype``, one wording everywhere (``None`` defaults are resolved by the caller)."""
     g.add_argument("--device", default=device, help=f"cpu | cuda | cuda:N (default {device or 'cpu'}{note})")
     g.add_argument(
-        "--dtype", default=dtype, help=f"float32 | bfloat16 | float64 (default {dtype or 'float32'}{note})"
+        "--dtype", default=dtype, help=f"{' | '.join(DTYPES)} (default {dtype or 'float32'}{note})"
     )
+
+
+def check_dtype(flag: str, dtype: str) -> None:
+    """``--dtype``: one of :data:`DTYPES`."""
+    if dtype not in DTYPES:
+        raise ConfigError(flag, f"`{flag}` must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 def check_device_name(flag: str, device: str | None) -> None:

@@ -28,6 +28,7 @@ from cascade_sched.cliargs import (
     add_device_args,
     alias,
     check_device_name,
+    check_dtype,
     check_input_file,
     check_outputs,
     int_ranges,
@@ -42,7 +43,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-DTYPES = ("float32", "bfloat16", "float64")
 MAX_BATCH = 64  # a tick batches at most one task per stage of a device: 64 covers any sampler here
 MAX_CONTEXT = 1024  # blocks a task attends to (window + sink; an unbounded window is bounded by --blocks)
 
@@ -56,8 +56,7 @@ def _model_args(g: Any, kit: bool = False) -> None:
 
 
 def _check_model_args(args: argparse.Namespace) -> None:
-    if args.dtype not in DTYPES:
-        raise ConfigError("--dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    check_dtype("--dtype", args.dtype)
     check_device_name("--device", args.device)
     from models.config import get_config
 

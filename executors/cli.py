@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -105,10 +106,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     elif demo:
         spec = type(spec).from_dict({**spec.to_dict(), "switches": [[at, i] for i, (at, _) in enumerate(demo) if i]})
         prompts = tuple((i, text) for i, (_, text) in enumerate(demo) if i)
-    if args.realtime and not args.interactive:
-        raise ConfigError("realtime", "`--realtime` paces an `--interactive` stream; add `--interactive`")
-    if args.interactive and args.executor != "reference":
-        raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
     job = GenerateJob(
         preset=args.preset, weights=args.weights, lora=args.lora, model_dir=args.model_dir,
         text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
@@ -143,28 +140,26 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _check_generate(args: argparse.Namespace) -> bool:
     """The flags' ranges and every output path, before any work; True when ``--out`` was defaulted."""
     from cascade_sched.bounds import MAX_TIMEOUT_S, check_float, check_int, cpu_count
-    from cascade_sched.cliargs import check_outputs
+    from cascade_sched.cliargs import check_dtype, check_outputs
     from cascade_sched.errors import ConfigError
     from executors.launch import under_torchrun
 
     check_outputs(args, {"out": (".mp4", ".gif"), "save_latents": (".npz",), "trace": (".json",),
                          "save_text_embeddings": (".safetensors",), "engine_cache": None},
                   folders=("engine_cache",))
-    if args.dtype not in DTYPES:
-        raise ConfigError("--dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    check_dtype("--dtype", args.dtype)
     check_float("--shift", args.shift, 0, 1000, open_lo=True)
     check_float("--timeout", args.timeout, 0, MAX_TIMEOUT_S, open_lo=True, why=" seconds")
     check_int("--nproc", args.nproc, 1, max(64, 8 * cpu_count()))
     if args.nproc is not None and args.executor == "reference":
         raise ConfigError("nproc", "`--nproc` needs `--executor distributed` or `--executor compiled`")
-    if args.nproc is not None and args.nproc != args.devices:
-        raise ConfigError("nproc", f"`--nproc` {args.nproc} must equal `--devices` {args.devices} (device d of the "
-                                   "schedule runs on rank d)")
     for flag, value in (("backend", args.backend), ("engine_cache", args.engine_cache)):
         if value is not None and args.executor != "compiled":
             raise ConfigError(flag, f"`--{flag.replace('_', '-')}` needs `--executor compiled`")
     if args.interactive and args.executor != "reference":
         raise ConfigError("interactive", "`--interactive` runs with `--executor reference` only")
+    if args.realtime and not args.interactive:
+        raise ConfigError("realtime", "`--realtime` paces an `--interactive` stream; add `--interactive`")
     if args.max_blocks is not None:
         if not args.interactive:
             raise ConfigError("max_blocks", "`--max-blocks` bounds an `--interactive` stream; give `--blocks` "
@@ -184,13 +179,11 @@ def _check_generate(args: argparse.Namespace) -> bool:
     return False
 
 
-DTYPES = ("float32", "bfloat16", "float64")
-
-
 def _check_memory(args: argparse.Namespace, spec: Any) -> None:
     """Refuse a run whose latents and K/V cache alone would not fit in half the available memory."""
     from cascade_sched.bounds import available_memory
     from cascade_sched.bounds import gib as _gib
+    from cascade_sched.cliargs import DTYPE_BYTES
     from cascade_sched.errors import ConfigError
     from models.config import get_config
 
@@ -201,11 +194,9 @@ def _check_memory(args: argparse.Namespace, spec: Any) -> None:
         config = get_config(name)
     except ConfigError:
         return  # an unknown name is refused, with the valid ones, where the model is built
-    per = {"float32": 4, "bfloat16": 2, "float64": 8}.get(args.dtype, 4)
-    frames = config.frames_per_block
-    latents = spec.num_blocks * frames * config.in_channels * config.latent_height * config.latent_width * 4
+    latents = spec.num_blocks * math.prod(config.latent_shape()) * 4  # float32 latents
     cached = min(spec.num_blocks, (spec.window or spec.num_blocks) + spec.sink)
-    kv = cached * frames * config.tokens_per_frame * config.dim * 2 * config.num_layers * per
+    kv = cached * config.kv_bytes_per_block(DTYPE_BYTES[args.dtype])
     need = latents + kv
     have = available_memory()
     if args.device == "cpu" and need > 0.9 * have:
@@ -276,9 +267,6 @@ def _check_sources(args: argparse.Namespace, preset: Any) -> None:
         raise ConfigError("text_embeddings", f"`--text-embeddings` {emb!r} is neither a file nor 'stand-in'")
     if emb is not None and args.text_encoder is not None:
         raise ConfigError("text_embeddings", "give either `--text-embeddings` or `--text-encoder`, not both")
-    if args.save_text_embeddings and not args.save_text_embeddings.endswith(".safetensors"):
-        raise ConfigError("save_text_embeddings", f"`--save-text-embeddings` must end in .safetensors, got "
-                                                  f"{args.save_text_embeddings!r}")
     model_folder(args.model_dir, need_text=emb is None and args.text_encoder is None, need_vae=args.vae is None)
     if args.weights and not args.checkpoint:
         raise ConfigError("weights", "`--weights` picks an entry of `--checkpoint`, and none was given")

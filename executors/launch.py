@@ -136,10 +136,13 @@ class Shutdown:
 
         threading.Thread(target=work, name="cascade-shutdown", daemon=True).start()
 
-    def interrupted(self, text: str) -> None:
-        """Stop as another rank's interrupt message (``INTERRUPTED`` + signum + why) says."""
-        signum = int(text[len(INTERRUPTED):].split(":", 1)[0])
-        self(text, signum)
+    def follow(self, text: str) -> None:
+        """Stop as another rank's abort message says: an interrupt (``INTERRUPTED`` + signum + why) as that
+        interrupt, anything else as that rank's failure."""
+        if text.startswith(INTERRUPTED):
+            self(text, int(text[len(INTERRUPTED):].split(":", 1)[0]))
+        else:
+            self(text)
 
 
 class Watchdog:
@@ -168,10 +171,7 @@ class Watchdog:
             except Exception:  # the store's host is gone: the group is over either way
                 message = "the process group's store stopped answering"
             if not self._stop.is_set():
-                if message.startswith(INTERRUPTED):
-                    self.shutdown.interrupted(message)
-                else:
-                    self.shutdown(message)
+                self.shutdown.follow(message)
             return
 
     def fail(self, message: str) -> None:
@@ -218,10 +218,7 @@ def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float,
             shutdown(message, signum)
         elif earlier is not None:  # another rank stopped first (a failure, or an interrupt): stop as it says
             dog.fail(earlier)
-            if earlier.startswith(INTERRUPTED):
-                shutdown.interrupted(earlier)
-            else:
-                shutdown(earlier)
+            shutdown.follow(earlier)
         else:
             message = str(e) if isinstance(e, ExecutorError) else f"rank {rank} failed: {type(e).__name__}: {e}"
             dog.fail(message)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cascade_sched.bounds import check_int
 from cascade_sched.errors import CascadeError, ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -76,15 +77,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("blocks", "`cascade serve` streams until `--max-blocks`; give that instead of `--blocks`")
     if args.switch:
         raise ConfigError("switch", "prompt switches come from the clients of `cascade serve`, not `--switch`")
-    if not 1 <= args.max_blocks <= 100_000:
-        raise ConfigError("max_blocks", f"`--max-blocks` must be between 1 and 100000, got {args.max_blocks}")
+    check_int("--max-blocks", args.max_blocks, 1, 100_000)
     if not args.window and args.max_blocks > 64:
         raise ConfigError("window", "an unbounded `--window` keeps every block's K/V and attends to all of it; "
                                     "give `--window` (default 7) or `--max-blocks` at most 64")
     if not args.host.strip():
         raise ConfigError("host", "`--host` must name an address, such as 127.0.0.1 (this machine) or 0.0.0.0 (all)")
-    if not 0 <= args.port <= 65535:
-        raise ConfigError("port", f"`--port` must be between 0 and 65535, got {args.port}")
+    check_int("--port", args.port, 0, 65535)
     if not 1 <= args.fps <= 240:
         raise ConfigError("fps", f"`--fps` must be between 1 and 240, got {args.fps:g}")
     if args.idle_timeout < 0:
@@ -92,15 +91,13 @@ def check_args(args: argparse.Namespace) -> None:
                                           f"{args.idle_timeout:g}")
     for flag, lo, hi in (("lead_blocks", 1, 64), ("client_buffer", 1, 10_000), ("jpeg_quality", 1, 95),
                          ("max_prompt_chars", 1, 10_000), ("max_message_bytes", 64, 1 << 20)):
-        value = getattr(args, flag)
-        if not lo <= value <= hi:
-            raise ConfigError(flag, f"`--{flag.replace('_', '-')}` must be between {lo} and {hi}, got {value}")
+        check_int("--" + flag.replace("_", "-"), getattr(args, flag), lo, hi)
     if args.prompt_interval < 0:
         raise ConfigError("prompt_interval", f"`--prompt-interval` must be at least 0 s, got {args.prompt_interval:g}")
     _positive("timeout", args.timeout, " seconds")
-    if args.dtype not in ("float32", "bfloat16", "float64"):
-        raise ConfigError("dtype", f"`--dtype` must be one of float32, bfloat16, float64, got {args.dtype!r}")
-    from cascade_sched.cliargs import check_device_name
+    from cascade_sched.cliargs import check_device_name, check_dtype
+
+    check_dtype("--dtype", args.dtype)
 
     for flag in ("--device", "--text-encoder-device", "--vae-device"):
         check_device_name(flag, getattr(args, flag[2:].replace("-", "_")))
@@ -124,7 +121,6 @@ def _check_sources(args: argparse.Namespace) -> None:
         from models.presets import get_preset
 
         preset = get_preset(args.preset)
-    args.save_text_embeddings = None
     check(args, preset)
 
 
