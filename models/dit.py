@@ -21,16 +21,12 @@ A tick is three pieces, each usable alone (:mod:`models.tick` says what passes b
 K/V lookup and the per-layer exchange; absolute layer indices) and ``exit_tick`` (head, unpatchify).
 ``forward_tick`` is the three in a row, and ``forward_slice`` is one layer-ring rank's share of them.
 
-A model can hold a slice only (``part=``, a :class:`models.config.ModelSlice`): layers ``[first, end)``,
-with or without the entry and the head; what it does not hold is not built (a :class:`NotHeld` stands in
-its place, with no parameters), so its parameter bytes are its share of the model. Every slice holds the
-time embedding and projection and the text embedding (each rank conditions its own layers). A seeded
-slice equals the same slice of the seeded whole model.
+A model can hold a slice only (``part=``; :mod:`models.slices`): layers ``[first, end)``, with or without
+the entry and the head, and what every rank needs (time embedding and projection, text embedding).
 
-One statement of the math: the pieces run the model's modules through a :class:`TickKernels`: by default
-the modules themselves (:class:`EagerKernels`); the compiled executor passes graphs exported from these
-same modules, with the forms graphs need (``graph_forms``: RoPE as real (cos, sin), cross-attention batched
-over inputs).
+One statement of the math: the pieces run through a :class:`TickKernels`, by default the modules
+themselves (:class:`EagerKernels`); the compiled executor passes graphs exported from these same modules
+(``graph_forms``: RoPE as real (cos, sin), cross-attention batched over inputs).
 
 Precision: the residual stream, norms, modulation and RoPE run in the *activation dtype* (float32 for
 bf16/fp16 weights, like Wan's autocast regions; the weight dtype otherwise); matmuls and attention run in
@@ -39,15 +35,15 @@ the weight dtype. K/V are produced and published in the weight dtype.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cascade_sched.errors import ConfigError, ExecutorError
-from cascade_sched.schedule import attention_groups, share_groups
+from cascade_sched.errors import ExecutorError
+from cascade_sched.schedule import attention_groups
 
 from .attention import (
     CrossKV,
@@ -61,11 +57,12 @@ from .attention import (
     rope_inv_freqs,
     rope_positions,
 )
+from .attention import attend as _attend
+from .conditioning import PromptConditioning
 from .config import ModelConfig, ModelSlice
-from .layers import Head, WanBlock, _act_dtype, _heads, _linear
+from .layers import Head, Modulation, WanBlock, _act_dtype
 from .slices import NotHeld, init_weights, reference_model, reference_modules
 from .tick import (
-    EagerKernels,
     Exchange,
     HiddenState,
     SliceOutput,
@@ -99,18 +96,64 @@ __all__ = [
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
+class EagerKernels:
+    """The model's own modules as the tick's pieces: `forward_tick`'s default (complex RoPE, grouped
+    cross-attention). ``graph_forms=True`` runs the forms the compiled graphs use instead, eagerly.
+
+    >>> from models.config import get_config
+    >>> model = CausalWanDiT(get_config("tiny"))
+    >>> model.register_prompt("p", torch.zeros(3, 32))
+    >>> tasks = [TaskInput((0, 0), torch.randn(16, 3, 4, 4), 1000.0, 0, "p")]
+    >>> a = model.forward_tick(tasks, kv=lambda ref, layer: None)
+    >>> b = model.forward_tick(tasks, kv=lambda ref, layer: None, kernels=EagerKernels(model, graph_forms=True))
+    >>> torch.allclose(a.velocity[0], b.velocity[0], atol=1e-6)
+    True
+    """
+
+    def __init__(self, model: CausalWanDiT, *, graph_forms: bool = False) -> None:
+        self.model, self.graph_forms = model, graph_forms
+        self._last: tuple[int, Tensor, Modulation] | None = None
+
+    def _modulate(self, layer: int, e0: Tensor) -> Modulation:
+        """Block `layer`'s adaLN terms of e0, computed once for both halves of the block."""
+        if self._last is None or self._last[0] != layer or self._last[1] is not e0:
+            self._last = (layer, e0, self.model.block(layer).modulate(e0))
+        return self._last[2]
+
+    def embed(self, latents: Sequence[Tensor], temb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.embed_tick(latents, temb)
+
+    def pre(self, layer: int, x: Tensor, e0: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.block(layer).pre_attention(x, self._modulate(layer, e0), rope)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _attend(q, k, v)
+
+    def post(self, layer: int, x: Tensor, y: Tensor, e0: Tensor, cross: CrossKV) -> Tensor:
+        return self.model.block(layer).post_attention(x, y, self._modulate(layer, e0), cross)
+
+    def head(self, x: Tensor, e: Tensor, frames: Sequence[int]) -> Sequence[Tensor]:
+        return self.model.unpatchify(self.model.head_out(x, e), frames)
+
+
 class _Plan(NamedTuple):
-    """What every rank derives first from a tick's tasks (validated)."""
+    """What every rank derives from a tick's tasks (validated) before the time conditioning."""
 
     refs: list[KVRef]
     frames: list[int]
     ranges: list[Range]
     groups: list[tuple[tuple[KVRef, ...], list[int]]]
     temb: Tensor  # (n, freq_dim) timestep sinusoids, weight dtype
-    positions: Tensor  # (G,) float64 RoPE frame positions
+    rope: Rope  # (N, 1, D/2): complex, or (cos, sin)
+    cross: list[CrossKV]  # per held layer
+    layers: range
+
+    def context(self, e: Tensor, e0: Tensor) -> TickContext:
+        return TickContext(self.refs, self.frames, self.ranges, self.groups, e, e0, self.rope, self.cross,
+                           self.layers)
 
 
-class CausalWanDiT(nn.Module):
+class CausalWanDiT(PromptConditioning, nn.Module):
     """Wan2.1 DiT driven tick by tick: each task attends to exactly the K/V versions it reads.
 
     >>> from models.config import get_config
@@ -144,10 +187,7 @@ class CausalWanDiT(nn.Module):
         self.head: nn.Module = Head(cfg) if part.head else NotHeld("the head", part)
         self._inv_freqs = rope_inv_freqs(cfg.head_dim)  # float64, CPU; moved per call (tiny)
         self._hw_angles: dict[torch.device, Tensor] = {}
-        self._prompts: dict[Hashable, Tensor] = {}
-        self._prompt_kv: dict[tuple[Hashable, torch.dtype, torch.device], list[KVPair]] = {}
-        # Stacked per-input prompt K/V of recent prompt mixes (batched cross-attention), with their sources.
-        self._prompt_kv_batched: dict[tuple[int, ...], tuple[list[list[KVPair]], list[KVPair]]] = {}
+        self._init_prompts()
         if seed is not None and self.device.type != "meta":
             self.init_weights(seed)
 
@@ -189,95 +229,6 @@ class CausalWanDiT(nn.Module):
         if not isinstance(blk, WanBlock):
             raise ExecutorError(f"this model holds {self.part.describe()}, not layer {layer}")
         return blk
-
-    # --- prompts ---------------------------------------------------------------------------------------
-    def register_prompt(self, key: Hashable, embeddings: Tensor) -> None:
-        """Register text-encoder outputs (L_text, text_dim) under `key`; a re-registered key is recomputed.
-
-        Shorter prompts are zero-padded to `text_len` like Wan does, and every position is attended.
-        The per-layer cross-attention K/V is computed lazily on first use and cached per dtype and device.
-        """
-        cfg = self.config
-        if embeddings.ndim != 2 or embeddings.shape[1] != cfg.text_dim or embeddings.shape[0] > cfg.text_len:
-            raise ConfigError(
-                "embeddings",
-                f"prompt {key!r}: embeddings must be (L <= {cfg.text_len}, {cfg.text_dim}), "
-                f"got {tuple(embeddings.shape)}",
-            )
-        self.drop_prompt(key)
-        self._prompts[key] = embeddings.detach()
-
-    def drop_prompt(self, key: Hashable) -> None:
-        """Forget a prompt and its cached K/V (no error if absent)."""
-        self._prompts.pop(key, None)
-        for k in [k for k in self._prompt_kv if k[0] == key]:
-            del self._prompt_kv[k]
-        self._prompt_kv_batched.clear()
-
-    def clear_prompt_cache(self) -> None:
-        """Drop every cached cross-attention K/V (call after changing weights; loaders do)."""
-        self._prompt_kv.clear()
-        self._prompt_kv_batched.clear()
-
-    @torch.no_grad()
-    def prompt_kv(self, key: Hashable) -> list[KVPair]:
-        """Cross-attention (k, v) of a registered prompt for each layer this model holds (entry i is layer
-        ``layers[i]``), each (text_len, heads, head_dim)."""
-        cache_key = (key, self.dtype, self.device)
-        cached = self._prompt_kv.get(cache_key)
-        if cached is not None:
-            return cached
-        if key not in self._prompts:
-            raise ExecutorError(f"prompt {key!r} is not registered; registered: {sorted(map(repr, self._prompts))}")
-        cfg = self.config
-        emb = self._prompts[key].to(self.device, self.dtype)
-        ctx = torch.cat([emb, emb.new_zeros(cfg.text_len - emb.shape[0], cfg.text_dim)])  # (L, text_dim)
-        out = self.text_kv(ctx)
-        self._prompt_kv[cache_key] = out
-        return out
-
-    def text_kv(self, ctx: Tensor) -> list[KVPair]:
-        """Cross-attention (k, v) of each held layer (entry i is layer ``layers[i]``), each (..., text_len,
-        heads, head_dim), of padded text-encoder outputs (..., text_len, text_dim); with autograd (training
-        calls it on batches of prompts). A slice computes only its own layers' K/V."""
-        cfg = self.config
-        ctx = self.text_embedding(ctx)  # (..., L, dim)
-        out = []
-        for layer in self.layers:
-            ca = self.block(layer).cross_attn
-            k = _heads(ca.norm_k(_linear(ca.k, ctx)), cfg.num_heads).to(self.dtype)  # (..., L, H, D)
-            v = _heads(_linear(ca.v, ctx), cfg.num_heads).to(self.dtype)  # (..., L, H, D)
-            out.append((k, v))
-        return out
-
-    def prompt_kv_batched(self, prompts: Sequence[Hashable]) -> list[KVPair]:
-        """Per layer, input i's prompt K/V at index i: (k, v) each (n, text_len, heads, head_dim), for the
-        batched cross-attention. Reused while the tick's prompts and their cached K/V stay the same
-        (the last few mixes are kept; re-registering a prompt or `clear_prompt_cache` drops them)."""
-        sources = [self.prompt_kv(p) for p in prompts]
-        key = tuple(id(s) for s in sources)
-        hit = self._prompt_kv_batched.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], sources, strict=True)):
-            return hit[1]
-        stacked = [(torch.stack([s[i][0] for s in sources]), torch.stack([s[i][1] for s in sources]))
-                   for i in range(len(self.layers))]
-        if len(self._prompt_kv_batched) >= 4:
-            self._prompt_kv_batched.pop(next(iter(self._prompt_kv_batched)))
-        self._prompt_kv_batched[key] = (sources, stacked)  # holding `sources` keeps their ids from being reused
-        return stacked
-
-    def cross_kv(self, prompts: Sequence[Hashable], ranges: Sequence[Range], *, batched: bool) -> list[CrossKV]:
-        """Per held layer, the cross-attention K/V of a tick whose inputs use `prompts` and own token
-        `ranges`: grouped (inputs with one prompt share one SDPA; `share_groups`) or batched
-        (`prompt_kv_batched`)."""
-        if batched:
-            return list(self.prompt_kv_batched(prompts))
-        groups = share_groups(prompts)
-        kvs = [self.prompt_kv(p) for p, _ in groups]
-        if len(groups) == 1:
-            return [[(None, pair)] for pair in kvs[0]]
-        return [[([ranges[i] for i in members], kv[j]) for (_, members), kv in zip(groups, kvs, strict=True)]
-                for j in range(len(self.layers))]
 
     # --- per-tick pieces ---------------------------------------------------------------------------------
     def _entry(self) -> nn.Conv3d:
@@ -379,9 +330,10 @@ class CausalWanDiT(nn.Module):
                 f"task {i} {task.ref}: reads must name distinct blocks other than its own, got {list(task.reads)}"
             )
 
-    def _plan(self, tasks: Sequence[TaskInput]) -> _Plan:
+    def _plan(self, tasks: Sequence[TaskInput], graph_forms: bool) -> _Plan:
         """1. Plan a tick: validate its tasks; token ranges; attention groups (inputs with identical key sets
-        share one SDPA); timestep sinusoids; RoPE frame positions (``rope_positions``: absolute)."""
+        share one SDPA); timestep sinusoids; RoPE at the tasks' absolute frames (``rope_positions``); the
+        prompts' cross-attention K/V of the held layers (inputs with one prompt share one SDPA, or batched)."""
         cfg = self.config
         pt = cfg.patch_size[0]
         for i, t in enumerate(tasks):
@@ -395,22 +347,17 @@ class CausalWanDiT(nn.Module):
         groups = attention_groups((t.ref, t.reads) for t in tasks)
         t64 = torch.tensor([float(t.timestep) for t in tasks], dtype=torch.float64, device=self.device)
         temb = sinusoidal_embedding(cfg.freq_dim, t64).to(self.dtype)  # (n, freq_dim)
-        pos = torch.tensor([p for f, t in zip(frames, tasks, strict=True) for p in rope_positions(t.frame_offset // pt, f)],
-                           dtype=torch.float64)  # (G,)
-        return _Plan(refs, frames, ranges, groups, temb, pos)
-
-    def _context(self, plan: _Plan, e: Tensor, e0: Tensor, rope: Rope, cross: list[CrossKV]) -> TickContext:
-        return TickContext(plan.refs, plan.frames, plan.ranges, plan.groups, e, e0, rope, cross, self.layers)
+        pos = [p for f, t in zip(frames, tasks, strict=True) for p in rope_positions(t.frame_offset // pt, f)]
+        rope = self.rope(torch.tensor(pos, dtype=torch.float64), real=graph_forms)  # (G,) -> (N, 1, D/2)
+        cross = self.cross_kv([t.prompt for t in tasks], ranges, batched=graph_forms)
+        return _Plan(refs, frames, ranges, groups, temb, rope, cross, self.layers)
 
     @torch.no_grad()
     def tick_context(self, tasks: Sequence[TaskInput], *, graph_forms: bool = False) -> TickContext:
         """What a rank without the entry derives from a tick's tasks for its layers: the plan, the time
         conditioning (time embedding and projection), RoPE and its layers' cross-attention K/V."""
-        plan = self._plan(tasks)
-        rope = self.rope(plan.positions, real=graph_forms)  # (N, 1, D/2): complex, or (cos, sin)
-        cross = self.cross_kv([t.prompt for t in tasks], plan.ranges, batched=graph_forms)
-        e, e0 = self.condition(plan.temb, plan.frames)  # (G, dim), (G, 6, dim)
-        return self._context(plan, e, e0, rope, cross)
+        plan = self._plan(tasks, graph_forms)
+        return plan.context(*self.condition(plan.temb, plan.frames))  # e (G, dim), e0 (G, 6, dim)
 
     @torch.no_grad()
     def enter_tick(self, tasks: Sequence[TaskInput], *, kernels: TickKernels | None = None
@@ -418,12 +365,10 @@ class CausalWanDiT(nn.Module):
         """(a) The entry of a tick: its plan, the patch embedding, time conditioning and RoPE of its tasks;
         returns the context and the hidden state before layer 0."""
         run = kernels if kernels is not None else EagerKernels(self)
-        plan = self._plan(tasks)
-        rope = self.rope(plan.positions, real=run.graph_forms)
-        cross = self.cross_kv([t.prompt for t in tasks], plan.ranges, batched=run.graph_forms)
+        plan = self._plan(tasks, run.graph_forms)
         # 2. Embeddings of the whole tick: tokens and per-frame time conditioning.
         x, e, e0 = run.embed([t.latent.to(self.device) for t in tasks], plan.temb)  # (G, P, dim), (G, dim), (G, 6, dim)
-        return self._context(plan, e, e0, rope, cross), HiddenState(x, 0)
+        return plan.context(e, e0), HiddenState(x, 0)
 
     @torch.no_grad()
     def run_layers(self, ctx: TickContext, hidden: HiddenState, kv: KVLookup, exchange: Exchange | None = None,

@@ -20,19 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from .attention import CrossKV, KVPair, KVRef, Range, Rope
-from .attention import attend as _attend
-from .layers import Modulation
 
-if TYPE_CHECKING:
-    from .dit import CausalWanDiT
-
-__all__ = ["EagerKernels", "Exchange", "HiddenState", "SliceOutput", "TaskInput", "TickContext", "TickKernels", "TickOutput",
+__all__ = ["Exchange", "HiddenState", "SliceOutput", "TaskInput", "TickContext", "TickKernels", "TickOutput",
            "sinusoidal_embedding"]
 
 Exchange = Callable[[int, dict[KVRef, KVPair]], dict[KVRef, KVPair]]  # (layer, local) -> peers' versions
@@ -140,44 +135,3 @@ class TickKernels(Protocol):
     def head(self, x: Tensor, e: Tensor, frames: Sequence[int]) -> Sequence[Tensor]:
         """Head and unpatchify: per-task velocity (C, F, H, W), activation dtype."""
         ...
-
-
-class EagerKernels:
-    """The model's own modules as the tick's pieces: `forward_tick`'s default (complex RoPE, grouped
-    cross-attention). ``graph_forms=True`` runs the forms the compiled graphs use instead, eagerly.
-
-    >>> from models.config import get_config
-    >>> from models.dit import CausalWanDiT
-    >>> model = CausalWanDiT(get_config("tiny"))
-    >>> model.register_prompt("p", torch.zeros(3, 32))
-    >>> tasks = [TaskInput((0, 0), torch.randn(16, 3, 4, 4), 1000.0, 0, "p")]
-    >>> a = model.forward_tick(tasks, kv=lambda ref, layer: None)
-    >>> b = model.forward_tick(tasks, kv=lambda ref, layer: None, kernels=EagerKernels(model, graph_forms=True))
-    >>> torch.allclose(a.velocity[0], b.velocity[0], atol=1e-6)
-    True
-    """
-
-    def __init__(self, model: CausalWanDiT, *, graph_forms: bool = False) -> None:
-        self.model, self.graph_forms = model, graph_forms
-        self._last: tuple[int, Tensor, Modulation] | None = None
-
-    def _modulate(self, layer: int, e0: Tensor) -> Modulation:
-        """Block `layer`'s adaLN terms of e0, computed once for both halves of the block."""
-        if self._last is None or self._last[0] != layer or self._last[1] is not e0:
-            self._last = (layer, e0, self.model.block(layer).modulate(e0))
-        return self._last[2]
-
-    def embed(self, latents: Sequence[Tensor], temb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.embed_tick(latents, temb)
-
-    def pre(self, layer: int, x: Tensor, e0: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.block(layer).pre_attention(x, self._modulate(layer, e0), rope)
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return _attend(q, k, v)
-
-    def post(self, layer: int, x: Tensor, y: Tensor, e0: Tensor, cross: CrossKV) -> Tensor:
-        return self.model.block(layer).post_attention(x, y, self._modulate(layer, e0), cross)
-
-    def head(self, x: Tensor, e: Tensor, frames: Sequence[int]) -> Sequence[Tensor]:
-        return self.model.unpatchify(self.model.head_out(x, e), frames)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -100,7 +102,7 @@ def test_wan_geometry_at_any_block_size_and_resolution() -> None:
 
 
 def test_geometry_refusals_name_the_flag_and_the_valid_values() -> None:
-    cases = [
+    cases: list[tuple[Callable[[], object], str, str]] = [
         (lambda: get_config("wan2.1-1.3b", resolution=(481, 832)), "resolution",
          "`--resolution` must be HEIGHTxWIDTH in video pixels, each a positive multiple of 16 (the Wan VAE's 8 "
          "pixels per latent cell times the patch's 2), e.g. 480x832; got 481x832"),

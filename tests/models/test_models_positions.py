@@ -32,14 +32,15 @@ def _latent(i: int, dtype: torch.dtype) -> Tensor:
 def _commit(model: CausalWanDiT, block: int, latent: int, dtype: torch.dtype) -> list[KVPair]:
     """The cache pass of `block`, with nothing visible: its K/V at its own positions."""
     task = TaskInput((block, 4), _latent(latent, dtype), 0.0, block * FPB, "p")
-    return model.forward_tick([task], kv=lambda r, layer: None).kv[0]
+    kv: list[KVPair] = model.forward_tick([task], kv=lambda r, layer: None).kv[0]
+    return kv
 
 
 def _tick(model: CausalWanDiT, block: int, visible: dict[int, int], dtype: torch.dtype) -> Tensor:
     """Block `block` at t = 1000 reading the blocks in `visible` (block -> which latent it was made from)."""
     pool: dict[KVRef, list[KVPair]] = {(j, 4): _commit(model, j, i, dtype) for j, i in visible.items()}
     task = TaskInput((block, 0), _latent(99, dtype), 1000.0, block * FPB, "p", reads=tuple(sorted(pool)))
-    out = model.forward_tick([task], kv=lambda r, layer: pool[r][layer]).velocity[0]
+    out: Tensor = model.forward_tick([task], kv=lambda r, layer: pool[r][layer]).velocity[0]
     assert torch.isfinite(out).all()
     return out
 

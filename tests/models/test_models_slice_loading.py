@@ -24,7 +24,8 @@ PARTS = CFG.ring_slices((2, 3, 1))
 
 
 def _whole(seed: int = 5) -> dict[str, Tensor]:
-    return CausalWanDiT(CFG, seed=seed).state_dict()
+    state: dict[str, Tensor] = CausalWanDiT(CFG, seed=seed).state_dict()
+    return state
 
 
 def _equal(a: CausalWanDiT, b: CausalWanDiT) -> None:

@@ -54,7 +54,9 @@ def _rel(a: Tensor, b: Tensor) -> float:
 def _ring(slices: list[CausalWanDiT], tasks: list[TaskInput], pool: dict[KVRef, list[KVPair]],
           graph_forms: bool) -> tuple[list[Tensor], list[list[KVPair]], list[HiddenState]]:
     """Each slice's share of the tick in ring order, the hidden state handed from one to the next."""
-    hidden, kv, hops = None, [[] for _ in tasks], []
+    hidden: HiddenState | None = None
+    kv: list[list[KVPair]] = [[] for _ in tasks]
+    hops: list[HiddenState] = []
     for model in slices:
         out = model.forward_slice(tasks, lambda ref, layer: pool[ref][layer], hidden=hidden,
                                   kernels=EagerKernels(model, graph_forms=graph_forms))
