@@ -206,3 +206,25 @@ def test_real_models_split_near_one_over_w(name: str, worlds: tuple[int, ...]) -
         with torch.device("meta"):
             model = CausalWanDiT(cfg, part=part)
         assert sum(p.numel() for p in model.parameters()) == cfg.parameter_count(part)
+
+
+def test_a_full_size_ring_runs_a_tick_on_the_meta_device() -> None:
+    """Every shape of a 4-rank 1.3B ring at 480x832 goes through, with no weights and no memory (the dry
+    runs of the GPU kit build on this): each hop carries one block's stream, 28.75 MB in float32."""
+    cfg = get_config("wan2.1-1.3b", resolution=(480, 832))
+    shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
+    pooled = torch.empty(shape, device="meta", dtype=torch.bfloat16)
+    task = TaskInput((7, 1), torch.empty(cfg.latent_shape(), device="meta"), 937.5, 21, "p",
+                     reads=tuple((j, 4) for j in range(1, 7)))
+    hidden = None
+    for part in cfg.ring_slices([8, 8, 7, 7]):
+        with torch.device("meta"):
+            model = CausalWanDiT(cfg, seed=None, part=part).to(torch.bfloat16)
+        model.register_prompt("p", torch.zeros(20, cfg.text_dim))
+        out = model.forward_slice([task], lambda r, layer: (pooled, pooled), hidden=hidden)
+        assert [len(k) for k in out.kv] == [len(part.layers)] and out.kv[0][0][0].shape == shape
+        hidden = out.hidden
+        if hidden is not None:
+            assert hidden.x.shape == (3, cfg.tokens_per_frame, cfg.dim) and hidden.x.dtype == torch.float32
+            assert hidden.nbytes == cfg.hidden_bytes_per_block() == 28_753_920
+    assert out.velocity[0].shape == cfg.latent_shape()
