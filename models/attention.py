@@ -22,6 +22,7 @@ torch.Size([4, 16])
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -79,11 +80,14 @@ def rope_positions(frame_offset: int, frames: int) -> list[int]:
     >>> rope_positions(5001, 3)
     [5001, 5002, 5003]
     """
-    if isinstance(frame_offset, bool) or not isinstance(frame_offset, int) or frame_offset < 0 \
-            or frame_offset + frames - 1 > MAX_ROPE_POSITION:
+    try:
+        start = -1 if isinstance(frame_offset, bool) else operator.index(frame_offset)  # ints, numpy, torch
+    except TypeError:
+        start = -1
+    if start < 0 or start + frames - 1 > MAX_ROPE_POSITION:
         raise ExecutorError(f"frame offset {frame_offset!r} is not a frame position: positions run from 0 to "
                             f"{MAX_ROPE_POSITION} (see docs/models.md, positions past the RoPE table)")
-    return list(range(frame_offset, frame_offset + frames))
+    return list(range(start, start + frames))
 
 
 def rope_inv_freqs(head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
