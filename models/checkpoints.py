@@ -43,14 +43,13 @@ from torch import Tensor
 from cascade_sched.errors import CheckpointError
 
 from .config import PRESETS, ModelConfig, ModelSlice, get_config
-from .dit import CausalWanDiT
+from .dit import CausalWanDiT, reference_model
 from .lora import LoRAAdapter, merge_lora
 from .sampler import FlowMatchSampler
-from .slices import reference_model
 from .tensorfile import SafetensorsFile, TrackedTensors, open_tensor_file, tensor_shape
 
 __all__ = ["LoadReport", "guess_config", "load_checkpoint", "load_dit", "load_model", "load_state_dict",
-           "map_wan_keys", "open_state_dict", "read_state_dict", "save_model"]
+           "map_wan_keys", "open_state_dict", "read_state_dict", "save_model", "take_slice"]
 
 FORMAT = "cascade-model/1"
 NEST_KEYS = ("generator_ema", "generator", "state_dict", "model", "module", "ema")
@@ -340,3 +339,24 @@ def load_model(path: str | Path, *, part: ModelSlice | None = None) -> CausalWan
     if isinstance(dtype, torch.dtype):
         model = model.to(dtype)
     return _load_into(model, open_state_dict(weights)[0], repr(str(weights)))
+
+
+def take_slice(model: CausalWanDiT, part: ModelSlice) -> CausalWanDiT:
+    """The slice ``part`` of a whole ``model``, sharing its tensors (no copy): what a rank of a layer ring
+    would have loaded. Its prompts are registered again as they are in ``model``.
+
+    >>> from models.config import get_config
+    >>> from models.dit import CausalWanDiT
+    >>> whole = CausalWanDiT(get_config("tiny"))
+    >>> take_slice(whole, whole.config.layer_slice(0, 1)).part.describe()
+    'layers [0, 1) + entry'
+    """
+    if not model.whole:
+        raise CheckpointError(f"take_slice needs the whole model; this one holds {model.part.describe()}")
+    with torch.device("meta"):
+        piece = CausalWanDiT(model.config, seed=None, part=part)
+    state = model.state_dict()
+    piece.load_state_dict({k: state[k] for k in piece.state_dict()}, assign=True)
+    for key, embeddings in model._prompts.items():
+        piece.register_prompt(key, embeddings)
+    return piece

@@ -35,6 +35,7 @@ the weight dtype. K/V are produced and published in the weight dtype.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple, cast
 
@@ -61,7 +62,7 @@ from .attention import attend as _attend
 from .conditioning import PromptConditioning
 from .config import ModelConfig, ModelSlice
 from .layers import Head, Modulation, WanBlock, _act_dtype
-from .slices import NotHeld, init_weights, reference_model, reference_modules
+from .slices import NotHeld, init_weights
 from .tick import (
     Exchange,
     HiddenState,
@@ -136,6 +137,14 @@ class EagerKernels:
         return self.model.unpatchify(self.model.head_out(x, e), frames)
 
 
+@functools.lru_cache(maxsize=4)
+def reference_model(config: ModelConfig) -> CausalWanDiT:
+    """The whole model of ``config`` on the meta device: every parameter's name and shape, no storage. A
+    slice checks checkpoints and LoRA adapters against it and draws its seeded init in its order."""
+    with torch.device("meta"):
+        return CausalWanDiT(config, seed=None)
+
+
 class _Plan(NamedTuple):
     """What every rank derives from a tick's tasks (validated) before the time conditioning."""
 
@@ -203,13 +212,14 @@ class CausalWanDiT(PromptConditioning, nn.Module):
         return self.part == self.config.layer_slice()
 
     def reference_modules(self) -> dict[str, nn.Module]:
-        """Every module of the whole model by name (:func:`models.slices.reference_modules`)."""
-        return reference_modules(self)
+        """Every module of the whole model by name, in registration order: this model's own when it is
+        whole, else those of :func:`reference_model` (on the meta device)."""
+        return dict((self if self.whole else reference_model(self.config)).named_modules())
 
     def init_weights(self, seed: int = 0) -> None:
         """Wan's initialisation from a private generator (:func:`models.slices.init_weights`: a seeded slice
         equals the same slice of the seeded whole model)."""
-        init_weights(self, seed)
+        init_weights(self, self.reference_modules(), self.config, seed)
         self.clear_prompt_cache()
 
     @property

@@ -1,6 +1,7 @@
-"""What a layer-ring rank holds of the model: the stand-in for parts it does not hold, the whole model on the
-meta device that slices are checked against, seeded initialisation that agrees with the whole model, and
-slices taken from a loaded model.
+"""What a layer-ring rank holds of the model: the stand-in for the parts it does not hold, seeded
+initialisation that agrees with the whole model, and the bytes it holds. (The whole model on the meta device
+that slices are checked against is ``models.dit.reference_model``; a slice cut from a loaded model,
+``models.checkpoints.take_slice``.)
 
 A slice (:class:`models.config.ModelSlice`) builds only what it holds: its layers, the entry and the head
 when it holds them, and what every rank needs (the time embedding and projection, the text embedding).
@@ -18,9 +19,6 @@ True
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
@@ -28,10 +26,7 @@ from cascade_sched.errors import ExecutorError
 
 from .config import ModelConfig, ModelSlice
 
-if TYPE_CHECKING:
-    from .dit import CausalWanDiT
-
-__all__ = ["NotHeld", "init_weights", "parameter_bytes", "reference_model", "take_slice"]
+__all__ = ["NotHeld", "init_weights", "parameter_bytes"]
 
 
 class NotHeld(nn.Module):
@@ -49,31 +44,17 @@ class NotHeld(nn.Module):
         return f"{self.what}: not held"
 
 
-@functools.lru_cache(maxsize=4)
-def reference_model(config: ModelConfig) -> CausalWanDiT:
-    """The whole model of ``config`` on the meta device: every parameter's name and shape, no storage. A
-    slice checks checkpoints and LoRA adapters against it and draws its seeded init in its order."""
-    from .dit import CausalWanDiT
-
-    with torch.device("meta"):
-        return CausalWanDiT(config, seed=None)
-
-
-def reference_modules(model: CausalWanDiT) -> dict[str, nn.Module]:
-    """Every module of the whole model by name, in registration order: ``model``'s own when it is whole,
-    else those of :func:`reference_model` (on the meta device)."""
-    return dict((model if model.whole else reference_model(model.config)).named_modules())
-
-
 @torch.no_grad()
-def init_weights(model: CausalWanDiT, seed: int = 0) -> None:
+def init_weights(model: nn.Module, reference: dict[str, nn.Module], config: ModelConfig, seed: int = 0) -> None:
     """Wan's initialisation from a private generator (xavier linears, N(0, 0.02) embeddings), except that the
     output head is random rather than zero, so an untrained model gives non-trivial outputs.
 
-    A slice draws every value the whole model draws, in the same order, and keeps its own, so it equals the
-    same slice of the seeded whole model (the draws cost the whole model's time, not its memory)."""
+    ``reference`` is every module of the whole model by name, in registration order (the model's own when
+    it is whole). A slice draws every value the whole model draws, in that order, and keeps its own, so it
+    equals the same slice of the seeded whole model (the draws cost the whole model's time, not its memory)."""
     g = torch.Generator().manual_seed(seed)
-    own, dtype, root = dict(model.named_modules()), model.dtype, model.config.dim**0.5
+    own, root = dict(model.named_modules()), config.dim**0.5
+    dtype = model.get_parameter("time_embedding.0.weight").dtype  # every slice holds it
 
     def keep(name: str, values: Tensor, attr: str = "weight") -> None:
         """Copy `values` (drawn from g whether or not they are held) into module `name`'s `attr`, if held."""
@@ -81,7 +62,6 @@ def init_weights(model: CausalWanDiT, seed: int = 0) -> None:
         if isinstance(target, Tensor):
             target.copy_(values.view_as(target))
 
-    reference = reference_modules(model)
     for name, m in reference.items():
         if isinstance(m, nn.Linear):
             keep(name, nn.init.xavier_uniform_(torch.empty(m.weight.shape, dtype=dtype), generator=g))
@@ -93,35 +73,12 @@ def init_weights(model: CausalWanDiT, seed: int = 0) -> None:
         for name, m in reference.items():
             if name.startswith(seq + ".") and isinstance(m, nn.Linear):
                 keep(name, torch.randn(m.weight.shape, generator=g) * 0.02)
-    for layer in range(model.config.num_layers):
-        keep(f"blocks.{layer}", torch.randn(1, 6, model.config.dim, generator=g) / root, "modulation")
-    keep("head", torch.randn(1, 2, model.config.dim, generator=g) / root, "modulation")
+    for layer in range(config.num_layers):
+        keep(f"blocks.{layer}", torch.randn(1, 6, config.dim, generator=g) / root, "modulation")
+    keep("head", torch.randn(1, 2, config.dim, generator=g) / root, "modulation")
 
 
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of the parameters ``model`` holds (what it materialised; ``ModelConfig.parameter_count`` of its
     slice, times the weight dtype's size)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def take_slice(model: CausalWanDiT, part: ModelSlice) -> CausalWanDiT:
-    """The slice ``part`` of a whole ``model``, sharing its tensors (no copy): what a rank of a layer ring
-    would have loaded. Its prompts are registered again as they are in ``model``.
-
-    >>> from models.config import get_config
-    >>> from models.dit import CausalWanDiT
-    >>> whole = CausalWanDiT(get_config("tiny"))
-    >>> take_slice(whole, whole.config.layer_slice(0, 1)).part.describe()
-    'layers [0, 1) + entry'
-    """
-    from .dit import CausalWanDiT
-
-    if not model.whole:
-        raise ExecutorError(f"take_slice needs the whole model; this one holds {model.part.describe()}")
-    with torch.device("meta"):
-        piece = CausalWanDiT(model.config, seed=None, part=part)
-    state = model.state_dict()
-    piece.load_state_dict({k: state[k] for k in piece.state_dict()}, assign=True)
-    for key, embeddings in model._prompts.items():
-        piece.register_prompt(key, embeddings)
-    return piece

@@ -14,10 +14,10 @@ from torch import Tensor
 
 from cascade_sched.errors import CheckpointError
 from models import CausalWanDiT, get_config, load_model, save_model
-from models.checkpoints import load_checkpoint, load_dit
+from models.checkpoints import load_checkpoint, load_dit, take_slice
 from models.config import ModelSlice
 from models.lora import load_lora
-from models.slices import parameter_bytes, take_slice
+from models.slices import parameter_bytes
 
 CFG = get_config("tiny").replace(name="tiny-6", num_layers=6)
 PARTS = CFG.ring_slices((2, 3, 1))

@@ -11,9 +11,10 @@ from torch import Tensor
 
 from cascade_sched.errors import ConfigError, ExecutorError
 from models import CausalWanDiT, TaskInput, get_config, text_embedding
+from models.checkpoints import take_slice
 from models.config import ACTIVATION_BYTES, ModelConfig
 from models.dit import EagerKernels, HiddenState, KVPair, KVRef
-from models.slices import parameter_bytes, take_slice
+from models.slices import parameter_bytes
 
 CFG = get_config("tiny").replace(name="tiny-6", num_layers=6)
 # W = 2, 3, 4 ranks, even and uneven splits of 6 layers.
