@@ -190,17 +190,18 @@ class ModelConfig:
         a positive multiple of the pixel stride times the patch (16 for the Wan presets)."""
         s, (_, ph, pw) = self.pixel_stride, self.patch_size
         steps = (s * ph, s * pw)
-        ok = (isinstance(resolution, tuple) and len(resolution) == 2
+        pair = tuple(resolution) if isinstance(resolution, (tuple, list)) else ()
+        ok = (len(pair) == 2
               and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % step == 0
-                      for v, step in zip(resolution, steps, strict=True)))
+                      for v, step in zip(pair, steps, strict=True)))
         if not ok:
             why = (f"the Wan VAE's {s} pixels per latent cell times the patch's {ph}" if s > 1
                    else f"{self.name}'s latent is its pixels; the patch is {ph}")
-            shown = "x".join(map(str, resolution)) if isinstance(resolution, tuple) else repr(resolution)
+            shown = "x".join(map(str, pair)) if pair else repr(resolution)
             raise ConfigError("resolution",
                               f"`--resolution` must be HEIGHTxWIDTH in video pixels, each a positive multiple of "
                               f"{steps[0]} ({why}), e.g. {'x'.join(map(str, self.resolution))}; got {shown}")
-        return {"latent_height": resolution[0] // s, "latent_width": resolution[1] // s}
+        return {"latent_height": pair[0] // s, "latent_width": pair[1] // s}
 
     # --- slices and sizes ---------------------------------------------------------------------------------
     def layer_slice(self, first: int = 0, end: int | None = None, *, entry: bool | None = None,

@@ -395,6 +395,10 @@ class CausalWanDiT(PromptConditioning, nn.Module):
         first, end = hidden.layer, self.part.end if end is None else end
         if not (first < end and first in ctx.layers and end - 1 in ctx.layers):
             raise ExecutorError(f"layers [{first}, {end}) are not all held by this model ({self.part.describe()})")
+        stream = (sum(ctx.frames), self.config.tokens_per_frame, self.config.dim)
+        if tuple(hidden.x.shape) != stream:
+            raise ExecutorError(f"the hidden state before layer {first} is {tuple(hidden.x.shape)}; this tick's "
+                                f"stream is {stream}")
         x = hidden.x
         out_kv: list[list[KVPair]] = [[] for _ in ctx.refs]
         # 3. Layers: project, publish/exchange K/V, attend per key set, finish the block.

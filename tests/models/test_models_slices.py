@@ -152,6 +152,8 @@ def test_a_slice_refuses_what_it_does_not_hold() -> None:
     ctx, hidden = first.enter_tick(tasks)
     with pytest.raises(ExecutorError, match=r"layers \[0, 6\) are not all held"):
         first.run_layers(ctx, hidden, lambda r, layer: None, end=6)
+    with pytest.raises(ExecutorError, match=r"hidden state before layer 3 is \(3, 4, 32\); this tick's stream"):
+        last.forward_slice(tasks, lambda r, layer: None, hidden=HiddenState(hidden.x[:3], 3))
     with pytest.raises(ConfigError, match="holds the entry only from layer 0"):
         CFG.layer_slice(2, 4, entry=True)
     with pytest.raises(ConfigError, match=r"0 <= first < end <= 6"):
