@@ -11,6 +11,9 @@ per-layer projections, each in the one form the eager model and the compiled gra
   cross-attention both use it. :func:`cross_attend` also has the batched form (one SDPA over inputs,
   each with its own prompt's K/V: fixed shapes whatever the mix of prompts, for the compiled graphs).
 - K/V routing: :func:`gather_kv` resolves a key set from this tick, the peers' exchange, or the pool.
+- Positions: :func:`rope_positions` is the rule for a task's frame positions, absolute and unbounded:
+  angles are computed from the position, never looked up in Wan's 1024-row table
+  (docs/models.md, "Positions past the RoPE table").
 
 >>> q = torch.zeros(4, 2, 8)
 >>> attend(q, torch.zeros(6, 2, 8), torch.ones(6, 2, 8)).shape  # (T, H, D) on (L, H, D) -> (T, H*D)
@@ -19,6 +22,7 @@ torch.Size([4, 16])
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -28,6 +32,8 @@ from torch import Tensor
 from cascade_sched.errors import ExecutorError
 
 __all__ = [
+    "MAX_ROPE_POSITION",
+    "WAN_ROPE_TABLE",
     "Attend",
     "CrossKV",
     "KVLookup",
@@ -41,6 +47,7 @@ __all__ = [
     "cross_attend",
     "gather_kv",
     "rope_inv_freqs",
+    "rope_positions",
 ]
 
 KVRef = tuple[int, int]  # (block, stage): the K/V that `block` wrote at `stage`
@@ -52,6 +59,35 @@ Rope = Tensor | tuple[Tensor, Tensor]  # complex (N, 1, D/2), or its (real, imag
 # Cross-attention K/V of a tick, per layer. Grouped: [(token ranges, or None for every token; (k, v) each
 # (L_text, H, D))] one entry per prompt. Batched: (k, v) each (n, L_text, H, D), input i's prompt at i.
 CrossKV = Sequence[tuple[Sequence[Range] | None, KVPair]] | KVPair
+
+
+# Rows per axis of Wan2.1's precomputed RoPE table (Wan-AI/Wan2.1 wan/modules/model.py: WanModel builds
+# `rope_params(1024, ...)`; Self-Forcing, CausVid, LongLive and StreamDiffusionV2 slice it by absolute frame).
+# Here it bounds nothing: it is named so that docs and tests can say where the published models stop.
+WAN_ROPE_TABLE = 1024
+# The largest frame position the model accepts: float64 holds every position and its angles to ~1e-7 rad
+# up to here (2^31 latent frames: 17 years of 16 fps video), so nothing degrades silently before it.
+MAX_ROPE_POSITION = 2**31 - 1
+
+
+def rope_positions(frame_offset: int, frames: int) -> list[int]:
+    """The RoPE frame positions of a task's ``frames`` patch frames that start at patch frame
+    ``frame_offset``: its own absolute frame indices, past Wan's 1024-row table as well (extrapolated: the
+    angles are computed from the position). A pure function of the block (``frame_offset`` is
+    ``block * frames_per_block`` in patch frames), so every executor, rank and execution order agrees, and
+    committed K/V (keys stored after RoPE) stays valid for every later reader.
+
+    >>> rope_positions(5001, 3)
+    [5001, 5002, 5003]
+    """
+    try:
+        start = -1 if isinstance(frame_offset, bool) else operator.index(frame_offset)  # ints, numpy, torch
+    except TypeError:
+        start = -1
+    if start < 0 or start + frames - 1 > MAX_ROPE_POSITION:
+        raise ExecutorError(f"frame offset {frame_offset!r} is not a frame position: positions run from 0 to "
+                            f"{MAX_ROPE_POSITION} (see docs/models.md, positions past the RoPE table)")
+    return list(range(start, start + frames))
 
 
 def rope_inv_freqs(head_dim: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,10 +16,17 @@ versions in ``tasks[i].reads`` (concatenated in block order), nothing else. Line
 the tokens of all tasks of the tick; attention runs once per distinct key set with SDPA and no mask
 (``cascade_sched.schedule.attention_groups``; the kernels are :mod:`models.attention`'s).
 
-One statement of the math: `forward_tick` runs its pieces (embedding, each block's two halves, the
-attention kernel, the head) through a :class:`TickKernels`: by default the modules themselves
-(:class:`EagerKernels`); the compiled executor passes graphs exported from these same modules, with the
-forms graphs need (``graph_forms``: RoPE as real (cos, sin), cross-attention batched over inputs).
+A tick is three pieces, each usable alone (:mod:`models.tick` says what passes between them):
+``enter_tick`` (plan, patch embedding, time conditioning, RoPE), ``run_layers`` (layers ``[a, b)`` with the
+K/V lookup and the per-layer exchange; absolute layer indices) and ``exit_tick`` (head, unpatchify).
+``forward_tick`` is the three in a row, and ``forward_slice`` is one layer-ring rank's share of them.
+
+A model can hold a slice only (``part=``; :mod:`models.slices`): layers ``[first, end)``, with or without
+the entry and the head, and what every rank needs (time embedding and projection, text embedding).
+
+One statement of the math: the pieces run through a :class:`TickKernels`, by default the modules
+themselves (:class:`EagerKernels`); the compiled executor passes graphs exported from these same modules
+(``graph_forms``: RoPE as real (cos, sin), cross-attention batched over inputs).
 
 Precision: the residual stream, norms, modulation and RoPE run in the *activation dtype* (float32 for
 bf16/fp16 weights, like Wan's autocast regions; the weight dtype otherwise); matmuls and attention run in
@@ -28,100 +35,66 @@ the weight dtype. K/V are produced and published in the weight dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, cast
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cascade_sched.errors import ConfigError, ExecutorError
-from cascade_sched.schedule import attention_groups, share_groups
+from cascade_sched.errors import ExecutorError
+from cascade_sched.schedule import attention_groups
 
-from .attention import CrossKV, KVLookup, KVPair, KVRef, Range, Rope, attend_groups, gather_kv, rope_inv_freqs
+from .attention import (
+    CrossKV,
+    KVLookup,
+    KVPair,
+    KVRef,
+    Range,
+    Rope,
+    attend_groups,
+    gather_kv,
+    rope_inv_freqs,
+    rope_positions,
+)
 from .attention import attend as _attend
-from .config import ModelConfig
-from .layers import Head, Modulation, WanBlock, _act_dtype, _heads, _linear
+from .conditioning import PromptConditioning
+from .config import ModelConfig, ModelSlice
+from .layers import Head, Modulation, WanBlock, _act_dtype
+from .slices import NotHeld, init_weights
+from .tick import (
+    Exchange,
+    HiddenState,
+    SliceOutput,
+    TaskInput,
+    TickContext,
+    TickKernels,
+    TickOutput,
+    sinusoidal_embedding,
+)
 
 __all__ = [
     "CausalWanDiT",
     "EagerKernels",
     "Exchange",
+    "HiddenState",
     "KVLookup",
     "KVPair",
     "KVRef",
+    "NotHeld",
+    "SliceOutput",
     "TaskInput",
+    "TickContext",
     "TickKernels",
     "TickOutput",
     "WanBlock",
     "gather_kv",
+    "reference_model",
     "sinusoidal_embedding",
 ]
 
-Exchange = Callable[[int, dict[KVRef, KVPair]], dict[KVRef, KVPair]]  # (layer, local) -> peers' versions
-
-
-@dataclass
-class TaskInput:
-    """One (block, stage) task of a tick, as the model sees it."""
-
-    ref: KVRef  # (block, stage) this task computes; its K/V is published as this version
-    latent: Tensor  # (C, F, H, W) the block's latent at this stage's input
-    timestep: float  # effective flow-matching timestep in [0, 1000]; 0 for the cache pass
-    frame_offset: int  # absolute index of the block's first latent frame (block * frames_per_block)
-    prompt: Hashable  # key into the model's prompt cache (see `CausalWanDiT.register_prompt`)
-    reads: Sequence[KVRef] = ()  # K/V versions of OTHER blocks this task attends to
-
-
-@dataclass
-class TickOutput:
-    """What one tick returns, in the order of its tasks."""
-
-    velocity: list[Tensor]  # per task (C, F, H, W), activation dtype
-    kv: list[list[KVPair]]  # per task, per layer (k, v), each (tokens, heads, head_dim), weight dtype
-
-
-def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
-    """Wan's timestep sinusoid, in float64: ``[cos(t * w_j), sin(t * w_j)]`` with ``w_j = 10000^(-j/half)``.
-
-    >>> sinusoidal_embedding(4, torch.tensor([0.0])).tolist()
-    [[1.0, 1.0, 0.0, 0.0]]
-    """
-    half = dim // 2
-    t = t.to(torch.float64)
-    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    angles = torch.outer(t, freqs)  # (n, half)
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)  # (n, dim)
-
-
-class TickKernels(Protocol):
-    """The pieces a tick's forward runs, swapped as one (as nanoGPT switches its attention kernel inside
-    one module): :class:`EagerKernels` are the model's own modules, the compiled executor runs graphs
-    exported from those same modules. `CausalWanDiT.forward_tick` owns everything between the pieces:
-    planning, RoPE tables, K/V routing, the exchange and the attention groups."""
-
-    graph_forms: bool  # RoPE as (cos, sin) and cross-attention batched over inputs: fixed-shape graphs
-
-    def embed(self, latents: Sequence[Tensor], temb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Latents (C, F, H, W) and sinusoids (n, freq_dim) -> x (G, P, dim), e (G, dim), e0 (G, 6, dim)."""
-        ...
-
-    def pre(self, layer: int, x: Tensor, e0: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
-        """Block `layer`'s modulation and `pre_attention`: q, k, v each (N, H, D)."""
-        ...
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """One attention group: q (T, H, D) on k, v (L, H, D) -> (T, H*D) (`models.attention.attend`)."""
-        ...
-
-    def post(self, layer: int, x: Tensor, y: Tensor, e0: Tensor, cross: CrossKV) -> Tensor:
-        """Block `layer`'s modulation and `post_attention`: the next x (G, P, dim)."""
-        ...
-
-    def head(self, x: Tensor, e: Tensor, frames: Sequence[int]) -> Sequence[Tensor]:
-        """Head and unpatchify: per-task velocity (C, F, H, W), activation dtype."""
-        ...
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 class EagerKernels:
@@ -161,10 +134,35 @@ class EagerKernels:
         return self.model.block(layer).post_attention(x, y, self._modulate(layer, e0), cross)
 
     def head(self, x: Tensor, e: Tensor, frames: Sequence[int]) -> Sequence[Tensor]:
-        return self.model.unpatchify(self.model.head(x, e), frames)
+        return self.model.unpatchify(self.model.head_out(x, e), frames)
 
 
-class CausalWanDiT(nn.Module):
+@functools.lru_cache(maxsize=4)
+def reference_model(config: ModelConfig) -> CausalWanDiT:
+    """The whole model of ``config`` on the meta device: every parameter's name and shape, no storage. A
+    slice checks checkpoints and LoRA adapters against it and draws its seeded init in its order."""
+    with torch.device("meta"):
+        return CausalWanDiT(config, seed=None)
+
+
+class _Plan(NamedTuple):
+    """What every rank derives from a tick's tasks (validated) before the time conditioning."""
+
+    refs: list[KVRef]
+    frames: list[int]
+    ranges: list[Range]
+    groups: list[tuple[tuple[KVRef, ...], list[int]]]
+    temb: Tensor  # (n, freq_dim) timestep sinusoids, weight dtype
+    rope: Rope  # (N, 1, D/2): complex, or (cos, sin)
+    cross: list[CrossKV]  # per held layer
+    layers: range
+
+    def context(self, e: Tensor, e0: Tensor) -> TickContext:
+        return TickContext(self.refs, self.frames, self.ranges, self.groups, e, e0, self.rope, self.cross,
+                           self.layers)
+
+
+class CausalWanDiT(PromptConditioning, nn.Module):
     """Wan2.1 DiT driven tick by tick: each task attends to exactly the K/V versions it reads.
 
     >>> from models.config import get_config
@@ -177,151 +175,77 @@ class CausalWanDiT(nn.Module):
     (torch.Size([16, 3, 4, 4]), torch.Size([12, 2, 16]))
     """
 
-    def __init__(self, config: ModelConfig, *, seed: int | None = 0) -> None:
-        """Build the model; with `seed`, initialise weights deterministically (Wan's scheme, see below)."""
+    def __init__(self, config: ModelConfig, *, seed: int | None = 0, part: ModelSlice | None = None) -> None:
+        """Build the model, or only the slice ``part`` of it; with `seed`, initialise weights
+        deterministically (Wan's scheme, see `init_weights`)."""
         super().__init__()
         cfg = self.config = config
+        part = cfg.layer_slice() if part is None else cfg.layer_slice(part.first, part.end, entry=part.entry,
+                                                                      head=part.head)
+        self.part = part
         dim = cfg.dim
-        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embedding: nn.Module = (
+            nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size) if part.entry
+            else NotHeld("the entry (patch embedding)", part))
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
-        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
-        self.head = Head(cfg)
+        self.blocks = nn.ModuleList(WanBlock(cfg) if i in part.layers else NotHeld(f"layer {i}", part)
+                                    for i in range(cfg.num_layers))
+        self.head: nn.Module = Head(cfg) if part.head else NotHeld("the head", part)
         self._inv_freqs = rope_inv_freqs(cfg.head_dim)  # float64, CPU; moved per call (tiny)
         self._hw_angles: dict[torch.device, Tensor] = {}
-        self._prompts: dict[Hashable, Tensor] = {}
-        self._prompt_kv: dict[tuple[Hashable, torch.dtype, torch.device], list[KVPair]] = {}
-        # Stacked per-input prompt K/V of recent prompt mixes (batched cross-attention), with their sources.
-        self._prompt_kv_batched: dict[tuple[int, ...], tuple[list[list[KVPair]], list[KVPair]]] = {}
-        if seed is not None and self.patch_embedding.weight.device.type != "meta":
+        self._init_prompts()
+        if seed is not None and self.device.type != "meta":
             self.init_weights(seed)
 
     # --- weights --------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @property
+    def layers(self) -> range:
+        """The layers this model holds (all of them unless it is a slice)."""
+        return self.part.layers
+
+    @property
+    def whole(self) -> bool:
+        """Whether this model holds every layer, the entry and the head."""
+        return self.part == self.config.layer_slice()
+
+    def reference_modules(self) -> dict[str, nn.Module]:
+        """Every module of the whole model by name, in registration order: this model's own when it is
+        whole, else those of :func:`reference_model` (on the meta device)."""
+        return dict((self if self.whole else reference_model(self.config)).named_modules())
+
     def init_weights(self, seed: int = 0) -> None:
-        """Wan's initialisation from a private generator (xavier linears, N(0, 0.02) embeddings), except
-        that the output head is random rather than zero, so an untrained model gives non-trivial outputs."""
-        g = torch.Generator().manual_seed(seed)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(nn.init.xavier_uniform_(torch.empty_like(m.weight, device="cpu"), generator=g))
-                m.bias.zero_()
-        w = self.patch_embedding.weight
-        w.copy_(nn.init.xavier_uniform_(torch.empty(w.shape[0], w[0].numel()), generator=g).view_as(w))
-        cast(Tensor, self.patch_embedding.bias).zero_()
-        for seq in (self.text_embedding, self.time_embedding):
-            for m in seq.modules():
-                if isinstance(m, nn.Linear):
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
-        for layer in range(len(self.blocks)):
-            mod = self.block(layer).modulation
-            mod.copy_(torch.randn(mod.shape, generator=g) / self.config.dim**0.5)
-        self.head.modulation.copy_(torch.randn(self.head.modulation.shape, generator=g) / self.config.dim**0.5)
+        """Wan's initialisation from a private generator (:func:`models.slices.init_weights`: a seeded slice
+        equals the same slice of the seeded whole model)."""
+        init_weights(self, self.reference_modules(), self.config, seed)
         self.clear_prompt_cache()
 
     @property
     def dtype(self) -> torch.dtype:
         """The weight dtype."""
-        return self.patch_embedding.weight.dtype
+        return cast(nn.Linear, self.time_embedding[0]).weight.dtype
 
     @property
     def device(self) -> torch.device:
         """The device of the weights."""
-        return self.patch_embedding.weight.device
+        return cast(nn.Linear, self.time_embedding[0]).weight.device
 
     def block(self, layer: int) -> WanBlock:
-        """Transformer block `layer` (typed: `blocks[layer]` is a plain Module to the type checker)."""
-        return cast(WanBlock, self.blocks[layer])
-
-    # --- prompts ---------------------------------------------------------------------------------------
-    def register_prompt(self, key: Hashable, embeddings: Tensor) -> None:
-        """Register text-encoder outputs (L_text, text_dim) under `key`; a re-registered key is recomputed.
-
-        Shorter prompts are zero-padded to `text_len` like Wan does, and every position is attended.
-        The per-layer cross-attention K/V is computed lazily on first use and cached per dtype and device.
-        """
-        cfg = self.config
-        if embeddings.ndim != 2 or embeddings.shape[1] != cfg.text_dim or embeddings.shape[0] > cfg.text_len:
-            raise ConfigError(
-                "embeddings",
-                f"prompt {key!r}: embeddings must be (L <= {cfg.text_len}, {cfg.text_dim}), "
-                f"got {tuple(embeddings.shape)}",
-            )
-        self.drop_prompt(key)
-        self._prompts[key] = embeddings.detach()
-
-    def drop_prompt(self, key: Hashable) -> None:
-        """Forget a prompt and its cached K/V (no error if absent)."""
-        self._prompts.pop(key, None)
-        for k in [k for k in self._prompt_kv if k[0] == key]:
-            del self._prompt_kv[k]
-        self._prompt_kv_batched.clear()
-
-    def clear_prompt_cache(self) -> None:
-        """Drop every cached cross-attention K/V (call after changing weights; loaders do)."""
-        self._prompt_kv.clear()
-        self._prompt_kv_batched.clear()
-
-    @torch.no_grad()
-    def prompt_kv(self, key: Hashable) -> list[KVPair]:
-        """Per-layer cross-attention (k, v) of a registered prompt, each (text_len, heads, head_dim)."""
-        cache_key = (key, self.dtype, self.device)
-        cached = self._prompt_kv.get(cache_key)
-        if cached is not None:
-            return cached
-        if key not in self._prompts:
-            raise ExecutorError(f"prompt {key!r} is not registered; registered: {sorted(map(repr, self._prompts))}")
-        cfg = self.config
-        emb = self._prompts[key].to(self.device, self.dtype)
-        ctx = torch.cat([emb, emb.new_zeros(cfg.text_len - emb.shape[0], cfg.text_dim)])  # (L, text_dim)
-        out = self.text_kv(ctx)
-        self._prompt_kv[cache_key] = out
-        return out
-
-    def text_kv(self, ctx: Tensor) -> list[KVPair]:
-        """Per-layer cross-attention (k, v), each (..., text_len, heads, head_dim), of padded text-encoder
-        outputs (..., text_len, text_dim); with autograd (training calls it on batches of prompts)."""
-        cfg = self.config
-        ctx = self.text_embedding(ctx)  # (..., L, dim)
-        out = []
-        for layer in range(len(self.blocks)):
-            ca = self.block(layer).cross_attn
-            k = _heads(ca.norm_k(_linear(ca.k, ctx)), cfg.num_heads).to(self.dtype)  # (..., L, H, D)
-            v = _heads(_linear(ca.v, ctx), cfg.num_heads).to(self.dtype)  # (..., L, H, D)
-            out.append((k, v))
-        return out
-
-    def prompt_kv_batched(self, prompts: Sequence[Hashable]) -> list[KVPair]:
-        """Per layer, input i's prompt K/V at index i: (k, v) each (n, text_len, heads, head_dim), for the
-        batched cross-attention. Reused while the tick's prompts and their cached K/V stay the same
-        (the last few mixes are kept; re-registering a prompt or `clear_prompt_cache` drops them)."""
-        sources = [self.prompt_kv(p) for p in prompts]
-        key = tuple(id(s) for s in sources)
-        hit = self._prompt_kv_batched.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], sources, strict=True)):
-            return hit[1]
-        stacked = [(torch.stack([s[layer][0] for s in sources]), torch.stack([s[layer][1] for s in sources]))
-                   for layer in range(len(self.blocks))]
-        if len(self._prompt_kv_batched) >= 4:
-            self._prompt_kv_batched.pop(next(iter(self._prompt_kv_batched)))
-        self._prompt_kv_batched[key] = (sources, stacked)  # holding `sources` keeps their ids from being reused
-        return stacked
-
-    def cross_kv(self, prompts: Sequence[Hashable], ranges: Sequence[Range], *, batched: bool) -> list[CrossKV]:
-        """Per layer, the cross-attention K/V of a tick whose inputs use `prompts` and own token `ranges`:
-        grouped (inputs with one prompt share one SDPA; `share_groups`) or batched (`prompt_kv_batched`)."""
-        if batched:
-            return list(self.prompt_kv_batched(prompts))
-        groups = share_groups(prompts)
-        kvs = [self.prompt_kv(p) for p, _ in groups]
-        if len(groups) == 1:
-            return [[(None, pair)] for pair in kvs[0]]
-        return [[([ranges[i] for i in members], kv[layer]) for (_, members), kv in zip(groups, kvs, strict=True)]
-                for layer in range(len(self.blocks))]
+        """Transformer block `layer` (typed: `blocks[layer]` is a plain Module to the type checker);
+        ExecutorError when this slice does not hold it."""
+        blk = self.blocks[layer]
+        if not isinstance(blk, WanBlock):
+            raise ExecutorError(f"this model holds {self.part.describe()}, not layer {layer}")
+        return blk
 
     # --- per-tick pieces ---------------------------------------------------------------------------------
+    def _entry(self) -> nn.Conv3d:
+        if not isinstance(self.patch_embedding, nn.Conv3d):
+            raise ExecutorError(f"this model holds {self.part.describe()}, not the entry (patch embedding)")
+        return self.patch_embedding
+
     def embed(self, latents: Sequence[Tensor]) -> Tensor:
         """Patchify and embed latents (C, F, H, W) of all tasks into one stream (G, P, dim)."""
         cfg = self.config
@@ -332,9 +256,9 @@ class CausalWanDiT(nn.Module):
             p = lat.reshape(c, f // pt, pt, h // ph, ph, w // pw, pw).permute(1, 3, 5, 0, 2, 4, 6)
             patches.append(p.reshape(f // pt, (h // ph) * (w // pw), -1))  # (F', P, C*pt*ph*pw)
         x = torch.cat(patches) if len(patches) > 1 else patches[0]  # (G, P, patch_dim)
-        weight = self.patch_embedding.weight
-        x = F.linear(x.to(weight.dtype), weight.flatten(1), self.patch_embedding.bias)  # (G, P, dim)
-        return x.to(_act_dtype(weight.dtype))
+        conv = self._entry()
+        x = F.linear(x.to(conv.weight.dtype), conv.weight.flatten(1), conv.bias)  # (G, P, dim)
+        return x.to(_act_dtype(conv.weight.dtype))
 
     def condition(self, temb: Tensor, frames: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
         """Per-frame embeddings from per-task timestep sinusoids temb (n, freq_dim) (weight dtype) and
@@ -356,10 +280,13 @@ class CausalWanDiT(nn.Module):
         return (self.embed(latents), *self.condition(temb, [lat.shape[1] // pt for lat in latents]))
 
     def rope(self, frame_positions: Tensor, *, real: bool = False) -> Rope:
-        """RoPE factors for absolute frame positions (G,) and the (h, w) grid: unit complex (G*P, 1, D/2),
-        or with `real` its (cos, sin) parts, each (G*P, 1, D/2) (the graph form: no complex tensors).
+        """RoPE factors for frame positions (G,) and the (h, w) grid: unit complex (G*P, 1, D/2), or with
+        `real` its (cos, sin) parts, each (G*P, 1, D/2) (the graph form: no complex tensors).
 
-        Angles are computed in float64 (like Wan's table) and rounded once to the activation dtype.
+        The factors are computed from the positions, never read from a table, so any position up to
+        ``MAX_ROPE_POSITION`` has them (:func:`models.attention.rope_positions` states the rule). They are
+        computed in float64 (Wan's table is float64 too) and rounded once to the activation dtype, so their
+        error does not grow with the position.
         """
         device = self.device
         hw = self._hw_angles.get(device)
@@ -374,8 +301,7 @@ class CausalWanDiT(nn.Module):
         af = torch.outer(frame_positions.to(device, torch.float64), ff)  # (G, cf)
         g, p = af.shape[0], hw.shape[0]
         ang = torch.cat([af[:, None].expand(g, p, -1), hw[None].expand(g, p, -1)], -1).reshape(g * p, 1, -1)
-        act = _act_dtype(self.dtype)
-        freqs = torch.polar(torch.ones_like(ang, dtype=act), ang.to(act))  # (N, 1, D/2) complex
+        freqs = torch.polar(torch.ones_like(ang), ang).to(_COMPLEX[_act_dtype(self.dtype)])  # (N, 1, D/2)
         return (freqs.real.contiguous(), freqs.imag.contiguous()) if real else freqs
 
     def unpatchify(self, out: Tensor, frames: Sequence[int]) -> list[Tensor]:
@@ -389,6 +315,13 @@ class CausalWanDiT(nn.Module):
             u = u.view(f, gh, gw, pt, ph, pw, cfg.out_channels).permute(6, 0, 3, 1, 4, 2, 5)
             res.append(u.reshape(cfg.out_channels, f * pt, gh * ph, gw * pw))
         return res
+
+    def head_out(self, x: Tensor, e: Tensor) -> Tensor:
+        """The head: x (G, P, dim), per-frame e (G, dim) -> (G, P, prod(patch) * C); ExecutorError when this
+        slice does not hold it."""
+        if not isinstance(self.head, Head):
+            raise ExecutorError(f"this model holds {self.part.describe()}, not the head")
+        return cast(Tensor, self.head(x, e))
 
     # --- the tick ------------------------------------------------------------------------------------------
     def _check_task(self, i: int, task: TaskInput) -> None:
@@ -407,30 +340,12 @@ class CausalWanDiT(nn.Module):
                 f"task {i} {task.ref}: reads must name distinct blocks other than its own, got {list(task.reads)}"
             )
 
-    @torch.no_grad()
-    def forward_tick(
-        self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None, *,
-        kernels: TickKernels | None = None,
-    ) -> TickOutput:
-        """Run the local tasks of one tick jointly; see the module docstring for the attention rule.
-
-        A read `ref` in layer `l` resolves to: the K/V of a local task of this tick with that ref; else the
-        dict `exchange(l, local)` returned; else `kv(ref, l)`. With `exchange`, it is called once per layer
-        on every call (even when nothing reads a peer), so collectives stay matched across ranks.
-        `kernels` runs the pieces (default: this model's own modules, :class:`EagerKernels`).
-        """
+    def _plan(self, tasks: Sequence[TaskInput], graph_forms: bool) -> _Plan:
+        """1. Plan a tick: validate its tasks; token ranges; attention groups (inputs with identical key sets
+        share one SDPA); timestep sinusoids; RoPE at the tasks' absolute frames (``rope_positions``); the
+        prompts' cross-attention K/V of the held layers (inputs with one prompt share one SDPA, or batched)."""
         cfg = self.config
-        n_layers = len(self.blocks)
-        if not tasks:
-            if exchange is not None:
-                for layer in range(n_layers):
-                    exchange(layer, {})
-            return TickOutput(velocity=[], kv=[])
-        run = kernels if kernels is not None else EagerKernels(self)
-        device, pt = self.device, cfg.patch_size[0]
-
-        # 1. Plan: token ranges, attention groups (inputs with identical key sets share one SDPA), the
-        #    prompts' cross-attention K/V (inputs with one prompt share one SDPA, or batched).
+        pt = cfg.patch_size[0]
         for i, t in enumerate(tasks):
             self._check_task(i, t)
         refs: list[KVRef] = [(t.ref[0], t.ref[1]) for t in tasks]
@@ -440,31 +355,114 @@ class CausalWanDiT(nn.Module):
         ends = torch.tensor([f * cfg.tokens_per_frame for f in frames]).cumsum(0).tolist()
         ranges = [(b - f * cfg.tokens_per_frame, b) for b, f in zip(ends, frames, strict=True)]
         groups = attention_groups((t.ref, t.reads) for t in tasks)
-        cross = self.cross_kv([t.prompt for t in tasks], ranges, batched=run.graph_forms)
-
-        # 2. Embeddings of the whole tick: tokens, per-frame time conditioning, RoPE at absolute frames.
-        t64 = torch.tensor([float(t.timestep) for t in tasks], dtype=torch.float64, device=device)
+        t64 = torch.tensor([float(t.timestep) for t in tasks], dtype=torch.float64, device=self.device)
         temb = sinusoidal_embedding(cfg.freq_dim, t64).to(self.dtype)  # (n, freq_dim)
-        x, e, e0 = run.embed([t.latent.to(device) for t in tasks], temb)  # (G, P, dim), (G, dim), (G, 6, dim)
-        pos = torch.cat([torch.arange(f, dtype=torch.float64) + t.frame_offset // pt
-                         for f, t in zip(frames, tasks, strict=True)])  # (G,)
-        rope = self.rope(pos, real=run.graph_forms)  # (N, 1, D/2): complex, or (cos, sin)
+        pos = [p for f, t in zip(frames, tasks, strict=True) for p in rope_positions(t.frame_offset // pt, f)]
+        rope = self.rope(torch.tensor(pos, dtype=torch.float64), real=graph_forms)  # (G,) -> (N, 1, D/2)
+        cross = self.cross_kv([t.prompt for t in tasks], ranges, batched=graph_forms)
+        return _Plan(refs, frames, ranges, groups, temb, rope, cross, self.layers)
 
+    @torch.no_grad()
+    def tick_context(self, tasks: Sequence[TaskInput], *, graph_forms: bool = False) -> TickContext:
+        """What a rank without the entry derives from a tick's tasks for its layers: the plan, the time
+        conditioning (time embedding and projection), RoPE and its layers' cross-attention K/V."""
+        plan = self._plan(tasks, graph_forms)
+        return plan.context(*self.condition(plan.temb, plan.frames))  # e (G, dim), e0 (G, 6, dim)
+
+    @torch.no_grad()
+    def enter_tick(self, tasks: Sequence[TaskInput], *, kernels: TickKernels | None = None
+                   ) -> tuple[TickContext, HiddenState]:
+        """(a) The entry of a tick: its plan, the patch embedding, time conditioning and RoPE of its tasks;
+        returns the context and the hidden state before layer 0."""
+        run = kernels if kernels is not None else EagerKernels(self)
+        plan = self._plan(tasks, run.graph_forms)
+        # 2. Embeddings of the whole tick: tokens and per-frame time conditioning.
+        x, e, e0 = run.embed([t.latent.to(self.device) for t in tasks], plan.temb)  # (G, P, dim), (G, dim), (G, 6, dim)
+        return plan.context(e, e0), HiddenState(x, 0)
+
+    @torch.no_grad()
+    def run_layers(self, ctx: TickContext, hidden: HiddenState, kv: KVLookup, exchange: Exchange | None = None,
+                   *, end: int | None = None, kernels: TickKernels | None = None
+                   ) -> tuple[HiddenState, list[list[KVPair]]]:
+        """(b) Layers ``[hidden.layer, end)`` (``end`` None: this model's last) of a tick on its hidden state.
+
+        A read `ref` in layer `l` (absolute) resolves to: the K/V of a local task of this tick with that ref;
+        else the dict `exchange(l, local)` returned; else `kv(ref, l)`. With `exchange`, it is called once per
+        layer run (even when nothing reads a peer), so collectives stay matched across ranks. Returns the
+        hidden state after the range and, per task, the K/V of each layer run (index: layer - first).
+        """
+        run = kernels if kernels is not None else EagerKernels(self)
+        first, end = hidden.layer, self.part.end if end is None else end
+        if not (first < end and first in ctx.layers and end - 1 in ctx.layers):
+            raise ExecutorError(f"layers [{first}, {end}) are not all held by this model ({self.part.describe()})")
+        stream = (sum(ctx.frames), self.config.tokens_per_frame, self.config.dim)
+        if tuple(hidden.x.shape) != stream:
+            raise ExecutorError(f"the hidden state before layer {first} is {tuple(hidden.x.shape)}; this tick's "
+                                f"stream is {stream}")
+        x = hidden.x
+        out_kv: list[list[KVPair]] = [[] for _ in ctx.refs]
         # 3. Layers: project, publish/exchange K/V, attend per key set, finish the block.
-        out_kv: list[list[KVPair]] = [[] for _ in tasks]
-        for layer in range(n_layers):
-            q, k, v = run.pre(layer, x, e0, rope)  # (N, H, D) each
-            local = {refs[i]: (k[a:b], v[a:b]) for i, (a, b) in enumerate(ranges)}
-            for i in range(len(tasks)):
-                out_kv[i].append(local[refs[i]])
+        for layer in range(first, end):
+            q, k, v = run.pre(layer, x, ctx.e0, ctx.rope)  # (N, H, D) each
+            local = {ctx.refs[i]: (k[a:b], v[a:b]) for i, (a, b) in enumerate(ctx.ranges)}
+            for i, ref in enumerate(ctx.refs):
+                out_kv[i].append(local[ref])
             peers = exchange(layer, local) if exchange is not None else {}
-            y = attend_groups(q, ((None if len(groups) == 1 else [ranges[i] for i in members],
+            y = attend_groups(q, ((None if len(ctx.groups) == 1 else [ctx.ranges[i] for i in members],
                                    gather_kv(key_set, layer, local, peers, kv, q.dtype))
-                                  for key_set, members in groups), run.attend)  # (N, dim)
-            x = run.post(layer, x, y, e0, cross[layer])
+                                  for key_set, members in ctx.groups), run.attend)  # (N, dim)
+            x = run.post(layer, x, y, ctx.e0, ctx.cross[layer - ctx.layers.start])
+        return HiddenState(x, end), out_kv
 
-        # 4. Head and unpatchify.
-        return TickOutput(velocity=list(run.head(x, e, frames)), kv=out_kv)
+    @torch.no_grad()
+    def exit_tick(self, ctx: TickContext, hidden: HiddenState, *, kernels: TickKernels | None = None
+                  ) -> list[Tensor]:
+        """(c) The exit of a tick: 4. head and unpatchify of the hidden state after the last layer; per-task
+        velocity (C, F, H, W), activation dtype."""
+        if hidden.layer != self.config.num_layers:
+            raise ExecutorError(f"the head runs after layer {self.config.num_layers - 1}; this hidden state is "
+                                f"before layer {hidden.layer}")
+        run = kernels if kernels is not None else EagerKernels(self)
+        return list(run.head(hidden.x, ctx.e, ctx.frames))
+
+    @torch.no_grad()
+    def forward_slice(self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None, *,
+                      hidden: HiddenState | None = None, kernels: TickKernels | None = None) -> SliceOutput:
+        """One layer-ring rank's share of a tick: the entry when this model holds it (else `hidden`, the
+        previous rank's hand-off), its layers, and the head when it holds it. An empty tick still calls
+        `exchange` once per held layer."""
+        if not tasks:
+            if exchange is not None:
+                for layer in self.layers:
+                    exchange(layer, {})
+            return SliceOutput(hidden=None, velocity=[], kv=[])
+        run = kernels if kernels is not None else EagerKernels(self)
+        if self.part.entry == (hidden is not None):
+            raise ExecutorError(f"a model holding {self.part.describe()} "
+                                + ("embeds the tick itself: pass no hidden state" if self.part.entry
+                                   else f"needs the hidden state before layer {self.part.first}"))
+        if hidden is None:
+            ctx, hidden = self.enter_tick(tasks, kernels=run)
+        else:
+            ctx = self.tick_context(tasks, graph_forms=run.graph_forms)
+        hidden, out_kv = self.run_layers(ctx, hidden, kv, exchange, kernels=run)
+        if self.part.head:
+            return SliceOutput(hidden=None, velocity=self.exit_tick(ctx, hidden, kernels=run), kv=out_kv)
+        return SliceOutput(hidden=hidden, velocity=[], kv=out_kv)
+
+    @torch.no_grad()
+    def forward_tick(
+        self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None, *,
+        kernels: TickKernels | None = None,
+    ) -> TickOutput:
+        """Run the local tasks of one tick jointly on the whole model: `enter_tick`, `run_layers` over every
+        layer, `exit_tick` (see `run_layers` for how reads resolve and `exchange` is called).
+        `kernels` runs the pieces (default: this model's own modules, :class:`EagerKernels`)."""
+        if not self.whole:
+            raise ExecutorError(f"forward_tick runs the whole model; this one holds {self.part.describe()}: "
+                                "use forward_slice")
+        out = self.forward_slice(tasks, kv, exchange, kernels=kernels)
+        return TickOutput(velocity=out.velocity, kv=out.kv)
 
     def forward(self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None, *,
                 kernels: TickKernels | None = None) -> TickOutput:

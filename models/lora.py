@@ -177,15 +177,20 @@ def _targeted(targets: Any, linears: list[str]) -> list[str]:
 def merge_lora(model: nn.Module, adapter: LoRAAdapter) -> int:
     """Merge `adapter` into `model`'s linears in place; returns the number of layers merged.
 
-    Everything is checked before the first weight changes; the merge runs in float32.
+    Everything is checked before the first weight changes; the merge runs in float32. A slice of the DiT
+    (``CausalWanDiT(part=...)``) checks the whole adapter against the whole model (its
+    ``reference_modules``, on the meta device), so every rank of a ring accepts or refuses it alike, and
+    merges only the layers it holds.
     """
     own = dict(model.named_modules())
+    reference_modules = getattr(model, "reference_modules", None)
+    reference: dict[str, nn.Module] = reference_modules() if callable(reference_modules) else own
     plan: list[tuple[nn.Linear, LoRALayer]] = []
-    problems = []
+    problems, covered = [], set()
     for name, layer in adapter.layers.items():
-        target = _model_name(name, own)
-        module = own.get(target) if target is not None else None
-        if not isinstance(module, nn.Linear):
+        target = _model_name(name, reference)
+        module = reference.get(target) if target is not None else None
+        if target is None or not isinstance(module, nn.Linear):
             problems.append(f"{name}: no such linear layer in the model" if module is None
                             else f"{name}: {type(module).__name__}, not a linear layer")
             continue
@@ -196,11 +201,13 @@ def merge_lora(model: nn.Module, adapter: LoRAAdapter) -> int:
         if layer.bias is not None and (module.bias is None or layer.bias.shape != module.bias.shape):
             problems.append(f"{name}: lora_B bias {tuple(layer.bias.shape)} does not fit the layer's bias")
             continue
-        plan.append((module, layer))
-    linears = [n for n, m in own.items() if isinstance(m, nn.Linear)]
-    covered = {id(m) for m, _ in plan}
+        covered.add(target)
+        held = own.get(target)
+        if isinstance(held, nn.Linear):  # a slice merges only the layers it holds
+            plan.append((held, layer))
+    linears = [n for n, m in reference.items() if isinstance(m, nn.Linear)]
     problems += [f"{n}: targeted by the config but has no adapter weights"
-                 for n in _targeted(adapter.targets, linears) if id(own[n]) not in covered]
+                 for n in _targeted(adapter.targets, linears) if n not in covered]
     if problems:
         raise CheckpointError(_listing(f"LoRA {adapter.source} does not fit the model:", problems))
     for module, layer in plan:

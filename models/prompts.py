@@ -22,7 +22,7 @@ import hashlib
 import html
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -94,7 +94,7 @@ def clean_prompt(text: str) -> str:
     'a & red fox'
     """
     try:
-        import ftfy  # type: ignore[import-not-found]
+        import ftfy
 
         text = ftfy.fix_text(text)
     except ImportError:
@@ -247,7 +247,7 @@ class UMT5Encoder:
         if text_dim is not None and width != text_dim:
             raise CheckpointError(f"text encoder {str(path)!r} outputs width {width}, but the model cross-attends "
                                   f"to width {text_dim} (text_dim)")
-        self.model: Any = model.to(self.device).eval()
+        self.model: Any = cast(Any, model).to(self.device).eval()
 
     @torch.no_grad()
     def encode(self, text: str) -> Tensor:
@@ -260,7 +260,8 @@ class UMT5Encoder:
         mask = batch.attention_mask.to(self.device)
         hidden = self.model(input_ids=batch.input_ids.to(self.device), attention_mask=mask).last_hidden_state[0]
         n = int(mask.sum())
-        self._cache[text] = out = hidden[:n].float().cpu()  # (n, D): real tokens only, as Wan trims
+        out: Tensor = hidden[:n].float().cpu()  # (n, D): real tokens only, as Wan trims
+        self._cache[text] = out
         return out
 
     def close(self) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
 from cascade_sched.errors import ConfigError
-from models import PRESETS, CausalWanDiT, ModelConfig, get_config
+from models import PRESETS, CausalWanDiT, ModelConfig, TaskInput, get_config
+from models.config import parse_resolution
 
 
 def wan_param_count(cfg: ModelConfig) -> int:
@@ -69,3 +72,59 @@ def test_dict_round_trip() -> None:
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown model config fields"):
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_parameter_count_is_the_modules(name: str) -> None:
+    """`ModelConfig.parameter_count` (what the simulator can price without torch) is the modules' count,
+    whole and for slices."""
+    cfg = get_config(name)
+    assert cfg.parameter_count() == wan_param_count(cfg)
+    for part in (cfg.layer_slice(), cfg.layer_slice(0, 1), cfg.layer_slice(cfg.num_layers - 1),
+                 cfg.layer_slice(1, 2, entry=False, head=False)):
+        with torch.device("meta"):
+            model = CausalWanDiT(cfg, part=part)
+        assert sum(p.numel() for p in model.parameters()) == cfg.parameter_count(part), part
+
+
+def test_wan_geometry_at_any_block_size_and_resolution() -> None:
+    sdv2 = get_config("wan2.1-1.3b", frames_per_block=1, resolution=(480, 832))  # StreamDiffusionV2's blocks
+    assert (sdv2.frames_per_block, sdv2.tokens_per_block, sdv2.resolution) == (1, 1560, (480, 832))
+    hd = get_config("wan2.1-14b").with_geometry(resolution=(720, 1280))
+    assert (hd.latent_height, hd.latent_width, hd.tokens_per_frame, hd.frames_per_block) == (90, 160, 3600, 3)
+    assert get_config("wan2.1-1.3b").resolution == (480, 832)
+    assert get_config("tiny", resolution=(64, 48)).grid == (4, 3)
+    assert get_config("toy", resolution=(32, 32)).tokens_per_frame == 64  # the toy's latent is its pixels
+    assert parse_resolution(" 480x832 ") == (480, 832)
+    # One hand-off of a layer ring: a block's residual stream in float32 (bf16 weights).
+    assert get_config("wan2.1-1.3b").hidden_bytes_per_block() == 4680 * 1536 * 4
+    assert sdv2.hidden_bytes(sdv2.tokens_per_block, 8) == 1560 * 1536 * 8
+
+
+def test_geometry_refusals_name_the_flag_and_the_valid_values() -> None:
+    cases: list[tuple[Callable[[], object], str, str]] = [
+        (lambda: get_config("wan2.1-1.3b", resolution=(481, 832)), "resolution",
+         "`--resolution` must be HEIGHTxWIDTH in video pixels, each a positive multiple of 16 (the Wan VAE's 8 "
+         "pixels per latent cell times the patch's 2), e.g. 480x832; got 481x832"),
+        (lambda: get_config("toy", resolution=(18, 16)), "resolution", "positive multiple of 4"),
+        (lambda: get_config("wan2.1-14b", resolution=(0, 832)), "resolution", "got 0x832"),
+        (lambda: get_config("wan2.1-1.3b", frames_per_block=0), "frames_per_block",
+         "`--frames-per-block` must be a positive integer: latent frames per block (StreamDiffusionV2 uses 1, "
+         "Self-Forcing and CausVid 3), got 0"),
+        (lambda: parse_resolution("832*480"), "resolution", "HEIGHTxWIDTH in video pixels, e.g. 480x832, got '832*480'"),
+        (lambda: get_config("tiny").ring_slices([1, 2]), "layer_split", "sum to tiny's 2 layers"),
+    ]
+    for make, param, message in cases:
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert info.value.param == param and message in str(info.value), str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_a_tick_at_another_geometry() -> None:
+    cfg = get_config("tiny", frames_per_block=1, resolution=(64, 48))
+    model = CausalWanDiT(cfg)
+    model.register_prompt("p", torch.zeros(2, cfg.text_dim))
+    task = TaskInput((0, 0), torch.randn(cfg.latent_shape()), 1000.0, 0, "p")
+    out = model.forward_tick([task], kv=lambda r, layer: None)
+    assert out.velocity[0].shape == (16, 1, 8, 6) and out.kv[0][0][0].shape == (12, 2, 16)
