@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np
 import torch
 
+from apps.generate.run import build_model
 from cascade_sched import CascadeSpec, build_schedule
 from executors.base import RunOptions
 from executors.distributed import DistributedExecutor
-from executors.generate import build_model
 from executors.launch import spawn
 from executors.reference import ReferenceExecutor
 

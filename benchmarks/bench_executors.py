@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch
 
+from apps.generate.run import GenerateJob, run_generate
 from cascade_sched import CascadeSpec
-from executors.generate import GenerateJob, run_generate
 
 
 def run(spec: CascadeSpec, model: str, executor: str) -> dict:

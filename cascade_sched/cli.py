@@ -49,7 +49,7 @@ FLAG_OF = {
 }
 
 # Modules that add subcommands through `register(subparsers) -> {name: handler}`.
-PLUGINS = ("simulator.cli", "executors.cli", "executors.calibrate_cli", "executors.quality_cli", "executors.serve_cli")
+PLUGINS = ("simulator.cli", "apps.generate.cli", "apps.calibrate.cli", "apps.quality.cli", "apps.serve.cli")
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -73,6 +72,10 @@ _WEIGHTS = {
     "attend": (),
 }
 PIECES = {TOKENS: ("embed", "pre", "post", "head"), ATTENTION: ("attend",)}
+
+CompileProgress = Callable[[Sequence[Bucket], str], Iterable[Bucket]]
+"""``progress(buckets, label)`` yields the buckets it is given, in order, while it shows how far compiling has
+got (an app's progress bar); the compiled executor calls it around its compile loop."""
 
 
 def load_tensorrt() -> Any:
@@ -184,7 +187,7 @@ class CompiledModel:
     """
 
     def __init__(self, model: CausalWanDiT, backend: str = "inductor", cache_dir: str | Path | None = None,
-                 *, progress: bool = False, label: str = "compile") -> None:
+                 *, progress: CompileProgress | None = None, label: str = "compile") -> None:
         _check_name(backend)
         self.model, self.backend, self.progress, self.label = model, backend, progress, label
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -314,32 +317,21 @@ class CompiledModel:
     def prepare(self, buckets: Iterable[Bucket]) -> dict[Bucket, float]:
         """Compile (or load) every piece of every bucket not compiled yet; returns seconds per new bucket."""
         todo = sorted(set(buckets) - set(self.compile_s), key=lambda b: (b.kind, b.queries, b.keys))
-        bar = None
-        if self.progress and todo:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(todo), unit="bucket", desc=f"{self.label} ({self.backend})", file=sys.stderr,
-                       dynamic_ncols=True)
+        steps: Iterable[Bucket] = todo
+        if self.progress is not None and todo:
+            steps = self.progress(todo, f"{self.label} ({self.backend})")
         new: dict[Bucket, float] = {}
         with warnings.catch_warnings():  # torch's own deprecation notices (FutureWarning) while it exports,
             warnings.simplefilter("ignore", FutureWarning)  # packages and unpickles tree specs: not the user's
-            try:
-                for bucket in todo:
-                    if bar is not None:
-                        bar.set_postfix_str(str(bucket))
-                    start = time.perf_counter()
-                    all_loaded = True
-                    for piece in PIECES[bucket.kind]:
-                        self.graphs[(piece, bucket)], loaded = self._build(piece, bucket)
-                        all_loaded &= loaded
-                    if all_loaded and self.cache_dir is not None:
-                        self.loaded.add(bucket)
-                    new[bucket] = self.compile_s[bucket] = time.perf_counter() - start
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                if bar is not None:
-                    bar.close()
+            for bucket in steps:
+                start = time.perf_counter()
+                all_loaded = True
+                for piece in PIECES[bucket.kind]:
+                    self.graphs[(piece, bucket)], loaded = self._build(piece, bucket)
+                    all_loaded &= loaded
+                if all_loaded and self.cache_dir is not None:
+                    self.loaded.add(bucket)
+                new[bucket] = self.compile_s[bucket] = time.perf_counter() - start
         return new
 
     def _graph(self, piece: str, bucket: Bucket) -> Callable[..., Any]:
@@ -420,7 +412,7 @@ class CompiledExecutor:
     name = "compiled"
 
     def __init__(self, backend: str = "inductor", engine_cache: str | Path | None = None, *,
-                 progress: bool = False) -> None:
+                 progress: CompileProgress | None = None) -> None:
         _check_name(backend)
         if backend == "tensorrt":
             load_tensorrt()

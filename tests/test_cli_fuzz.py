@@ -98,7 +98,7 @@ def _stop(*_: Any, **__: Any) -> Any:
 @pytest.fixture(scope="module")
 def long_work_stops() -> Any:
     """Replace the work that is long at any size (see the module docstring)."""
-    import executors.generate as generate
+    import apps.generate.run as generate
 
     mp = pytest.MonkeyPatch()
     real_run = generate.run_generate
@@ -110,11 +110,11 @@ def long_work_stops() -> Any:
 
     mp.setattr(generate, "run_generate", run_generate)
     for target in (
-        "executors.calibrate.calibrate",
-        "executors.gpu_check.run_kit",
-        "executors.validation.run_matrix",
-        "executors.serve.app.serve",
-        "executors.serve.group.LocalGroup",
+        "apps.calibrate.calibrate.calibrate",
+        "apps.calibrate.gpu_kit.run_kit",
+        "apps.calibrate.matrix.run_matrix",
+        "apps.serve.app.serve",
+        "apps.serve.group.LocalGroup",
         "executors.launch.run_rank",
     ):
         mp.setattr(target, _stop)

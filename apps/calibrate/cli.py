@@ -1,0 +1,285 @@
+"""``cascade calibrate`` and ``cascade validate``: registered into the ``cascade`` command through
+:func:`register`. Torch is imported inside the handlers, so ``cascade schedule`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from cascade_sched.bounds import (
+    MAX_REPEATS,
+    MAX_TIMEOUT_S,
+    check_float,
+    check_int,
+    check_schedule_size,
+    check_threads,
+    cpu_count,
+)
+from cascade_sched.cliargs import (
+    DEFAULT_BLOCKS,
+    DEFAULT_WINDOW,
+    THREADS_HELP,
+    add_device_args,
+    alias,
+    check_device_name,
+    check_dtype,
+    check_input_file,
+    check_outputs,
+    int_ranges,
+    name_list,
+)
+from cascade_sched.errors import ConfigError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+MAX_BATCH = 64  # a tick batches at most one task per stage of a device: 64 covers any sampler here
+MAX_CONTEXT = 1024  # blocks a task attends to (window + sink; an unbounded window is bounded by --blocks)
+
+
+def _model_args(g: Any, kit: bool = False) -> None:
+    more = "; wan2.1-1.3b with --gpu-kit" if kit else ""
+    g.add_argument("--model", default=None, help=f"toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default small{more})")
+    g.add_argument("--checkpoint", default=None, help="model weights (default: seeded random weights)")
+    note = "; cuda / bfloat16 with --gpu-kit" if kit else ""
+    add_device_args(g, device=None, dtype=None, note=note)
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    check_dtype("--dtype", args.dtype)
+    check_device_name("--device", args.device)
+    from models.config import get_config
+
+    get_config(args.model)  # unknown names refused here, with the valid ones
+    from executors.launch import check_device
+
+    check_device(args.device)  # CUDA asked for where there is none: refused before any calibration
+    check_input_file("--checkpoint", args.checkpoint, folder_ok=True)
+
+
+def _resolve(args: argparse.Namespace, kit: bool) -> None:
+    """Fill the model flags' defaults, which differ for the GPU kit."""
+    for name, cpu, gpu in (("model", "small", "wan2.1-1.3b"), ("device", "cpu", "cuda"), ("dtype", "float32", "bfloat16")):
+        if getattr(args, name) is None:
+            setattr(args, name, gpu if kit else cpu)
+
+
+def register(subparsers: Any) -> dict[str, Handler]:
+    """Add ``calibrate`` and ``validate`` to the ``cascade`` command; returns their handlers."""
+    p = subparsers.add_parser("calibrate", help="profile the model, sampler, decoder and links on this machine")
+    g = p.add_argument_group("calibration")
+    _model_args(g, kit=True)
+    g.add_argument("--out", default=None, metavar="PATH.json",
+                   help="profile file to write (default calib.json; gpu-profile.json with --gpu-kit)")
+    g.add_argument("--gpu-kit", action="store_true",
+                   help="the one-shot GPU calibration: forward vs batch 1-5 and context 1-11 blocks at 480x832 with "
+                        "random weights, the Wan VAE decode, peak memory, the tick overhead; writes the profile and "
+                        "prints measured vs predicted sequential FPS (a few minutes on one GPU)")
+    g.add_argument("--no-vae", action="store_true", help="with --gpu-kit: skip the Wan VAE (needs diffusers)")
+    g.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; 1 as one rank per core runs")
+    g.add_argument("--batches", type=int_ranges, default=(1, 2, 3, 4, 5),
+                   help=f"local tasks per device, 1..{MAX_BATCH} (default 1-5)")
+    g.add_argument("--context-blocks", type=int_ranges, default=None,
+                   help="blocks each task attends to, its own included (default 1,2,3,4,6,8,12; 1-11 with --gpu-kit)")
+    g.add_argument("--warmup", type=int, default=None, help="untimed runs per shape (default 2; 1 with --gpu-kit)")
+    g.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per shape; the median is kept (default 5; 3 with --gpu-kit)")
+    g.add_argument("--no-link", action="store_true", help="skip the two-rank collective measurement")
+    g.add_argument("--notes", default="", help="free text kept in the provenance (default none)")
+
+    q = subparsers.add_parser("validate", help="compare executor runs with simulator predictions")
+    g = q.add_argument_group("matrix")
+    _model_args(g)
+    g.add_argument("--public", action="store_true",
+                   help="print the table of public measurements the simulator reproduces (no runs; with --markdown "
+                        "the table docs/validation.md carries)")
+    g.add_argument("--profile", default=None, metavar="PATH",
+                   help="a calibrated profile (default: calibrate now, one process, --threads threads)")
+    g.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; of the world-1 runs and of calibration")
+    g.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="blocks per run (default %(default)s)")
+    g.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help="attention window in blocks, 0 = unbounded (default %(default)s)")
+    g.add_argument("--lag", type=int_ranges, default=None, help="lags to run, e.g. 1,2 or 1-5 (default every lag 1..S)")
+    g.add_argument("--attention", type=name_list, default=("causal", "bidirectional", "stale"),
+                   help="attention modes to run (default causal,bidirectional,stale)")
+    alias(g, "--lags", "--lag", type=int_ranges, default=None)
+    alias(g, "--attentions", "--attention", type=name_list, default=("causal", "bidirectional", "stale"))
+    g.add_argument("--worlds", type=int_ranges, default=None,
+                   help="process counts (default 1,2 on a machine with 2+ cores, else 1)")
+    g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds a rank waits on a peer (default 120)")
+    g.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="before each run, wait up to this long for the machine's CPUs to be idle (default 30)")
+    g.add_argument("--contention-model", default="sharing", choices=("sharing", "tick"),
+                   help="how the prediction prices ranks sharing the CPU: sharing = processor sharing of the "
+                        "host's cores with the measured background load (default); tick = one measured factor "
+                        "per tick in which two ranks compute")
+    g.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    g.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    g.add_argument("--traces", default=None, metavar="DIR",
+                   help="write each row's measured and predicted trace into DIR (created; default none)")
+    g.add_argument("--save-profile", default=None, metavar="PATH.json",
+                   help="write the profile calibrated for this run (not with --profile; default none)")
+    return {"calibrate": _cmd_calibrate, "validate": _cmd_validate}
+
+
+def _options(args: argparse.Namespace, link: bool) -> Any:
+    from apps.calibrate.calibrate import DEFAULT_CONTEXT_BLOCKS, CalibrateOptions
+
+    if hasattr(args, "batches"):
+        args.warmup = 2 if args.warmup is None else args.warmup
+        args.repeats = 5 if args.repeats is None else args.repeats
+    if hasattr(args, "context_blocks") and args.context_blocks is None:
+        args.context_blocks = DEFAULT_CONTEXT_BLOCKS
+    _check_counts(args)
+    return CalibrateOptions(
+        model=args.model, device=args.device, dtype=args.dtype, threads=args.threads or None,
+        checkpoint=args.checkpoint, link=link, notes=getattr(args, "notes", ""),
+        **({"batches": args.batches, "context_blocks": args.context_blocks, "warmup": args.warmup,
+            "repeats": args.repeats} if hasattr(args, "batches") else {}),
+    )
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Every count flag in its range, before any work."""
+    for name, lo in (("warmup", 0), ("repeats", 1)):
+        check_int(f"--{name}", getattr(args, name, None), lo, MAX_REPEATS)
+    check_threads("--threads", args.threads)
+    for flag, values, hi in (("--batches", getattr(args, "batches", None), MAX_BATCH),
+                             ("--context-blocks", getattr(args, "context_blocks", None), MAX_CONTEXT)):
+        if values is not None and (min(values) < 1 or max(values) > hi):
+            bad = min(values) if min(values) < 1 else max(values)
+            raise ConfigError(flag, f"`{flag}` must lie in 1..{hi}, got {bad}")
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from apps.calibrate.calibrate import calibrate
+
+    _resolve(args, args.gpu_kit)
+    _check_model_args(args)
+    args.out = args.out or ("gpu-profile.json" if args.gpu_kit else "calib.json")
+    check_outputs(args, {"out": (".json",)})
+    _check_counts(args)
+    if args.no_vae and not args.gpu_kit:
+        raise ConfigError("--no-vae", "`--no-vae` applies to `--gpu-kit` only")
+    if args.gpu_kit:
+        return _cmd_kit(args)
+    profile = calibrate(_options(args, link=not args.no_link), _say)
+    profile.save(args.out)
+    prov = profile.provenance
+    print(f"wrote {args.out}: {len(profile.forward)} forward shapes of {profile.model} on {prov['device']}, "
+          f"{prov['dtype']}, {prov['threads']} thread(s), torch {prov['torch']}"
+          + (", with a link fit" if profile.link_fit else ""))
+    return 0
+
+
+def _cmd_kit(args: argparse.Namespace) -> int:
+    from apps.calibrate.gpu_kit import KitOptions, run_kit
+
+    options = KitOptions(model=args.model, device=args.device, dtype=args.dtype, batches=tuple(args.batches),
+                         context_blocks=tuple(args.context_blocks or range(1, 12)),
+                         warmup=1 if args.warmup is None else args.warmup,
+                         repeats=3 if args.repeats is None else args.repeats, vae=not args.no_vae,
+                         out=args.out)
+    run_kit(options, _say)
+    return 0
+
+
+def _default_worlds(device: str) -> tuple[int, ...]:
+
+    if device.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count()
+        return tuple(w for w in (1, 2, 4, 8) if w <= n) or (1,)
+    return (1, 2) if (os.cpu_count() or 1) >= 2 else (1,)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.public:
+        from simulator.reproduce import format_public, public_rows
+
+        print(format_public(public_rows(), markdown=args.markdown))
+        return 0
+    from apps.calibrate.calibrate import calibrate
+    from apps.calibrate.matrix import MatrixOptions, format_markdown, format_table, run_matrix
+    from simulator.profile import Profile
+
+    _resolve(args, False)
+    _check_validate(args)
+    worlds = args.worlds or _default_worlds(args.device)
+    options = MatrixOptions(
+        model=args.model, blocks=args.blocks, window=args.window or None, lags=args.lag,
+        attentions=tuple(args.attention), worlds=tuple(worlds), repeats=args.repeats, device=args.device,
+        dtype=args.dtype, threads=args.threads or None, checkpoint=args.checkpoint, timeout_s=args.timeout,
+        traces=args.traces, quiet_s=max(0.0, args.quiet_wait), sharing=args.contention_model == "sharing",
+    )
+    if args.profile:
+        profile = Profile.load(args.profile)
+    else:
+        _say(f"calibrating {args.model} in one process ({args.threads or 'default'} thread(s)) ...")
+        profile = calibrate(_options(args, link=max(worlds) > 1), _say)
+        if args.save_profile:
+            profile.save(args.save_profile)
+    rows = run_matrix(options, profile, _say)
+    if args.json:
+        doc = {"format": "cascade-validate/1", "profile": profile.path or "calibrated in this run",
+               "provenance": dict(profile.provenance), "rows": [r.to_dict() for r in rows]}
+        print(json.dumps(_finite(doc), indent=1))
+    else:
+        prov = profile.provenance
+        print(f"profile: {profile.path or 'calibrated in this run'} ({prov.get('device')}, {prov.get('threads')} "
+              f"thread(s), torch {prov.get('torch')}, {prov.get('date')})")
+        print(format_markdown(rows) if args.markdown else format_table(rows))
+    return 0
+
+
+def _check_validate(args: argparse.Namespace) -> None:
+    """Every flag of ``cascade validate`` in its range, and its paths, before any calibration or run."""
+    from cascade_sched.spec import ATTENTION_MODES as ATTENTIONS
+
+    _check_model_args(args)
+    check_outputs(args, {"traces": None, "save_profile": (".json",)}, folders=("traces",))
+    check_input_file("--profile", args.profile)
+    if args.profile and args.save_profile:
+        raise ConfigError("--save-profile", "`--save-profile` writes the profile calibrated in this run; with "
+                                            "`--profile` nothing is calibrated (copy that file instead)")
+    check_int("--window", args.window, 0, None, " block(s), or 0 for unbounded")
+    check_int("--repeats", args.repeats, 1, MAX_REPEATS)
+    check_threads("--threads", args.threads)
+    check_float("--timeout", args.timeout, 0, MAX_TIMEOUT_S, open_lo=True, why=" seconds")
+    check_float("--quiet-wait", args.quiet_wait, 0, 3600, why=" seconds")
+    check_int("--blocks", args.blocks, 2, None)
+    stages = 5  # the calibrated sampler's 4 steps and the cache pass
+    check_schedule_size(args.blocks, stages, args.window or None, 0)
+    for lag in args.lag or ():
+        check_int("--lag", lag, 1, stages, f" (S={stages} stages)")
+    for a in args.attention:
+        if a not in ATTENTIONS:
+            raise ConfigError("--attention", f"`--attention` must be among {', '.join(ATTENTIONS)}, got {a!r}")
+    if args.worlds is not None:
+        hi = cpu_count() if args.device == "cpu" else 64
+        if min(args.worlds) < 1 or max(args.worlds) > hi:
+            bad = min(args.worlds) if min(args.worlds) < 1 else max(args.worlds)
+            raise ConfigError("--worlds", f"`--worlds` must lie in 1..{hi} (one rank per core here), got {bad}")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

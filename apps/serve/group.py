@@ -1,0 +1,176 @@
+"""Executor groups for ``cascade serve``: where a stream's ticks run.
+
+- :class:`LocalGroup`: this process, every device of the schedule (the reference executor's tick loop).
+- :class:`RankGroup`: rank 0 of a torchrun group (``--executor distributed``). It posts each stream's
+  start to the group's store, where the other ranks (:func:`follow`) poll for it, and every rank then runs
+  its share with the distributed executor; rank 0's hook decides the stream's switches and end.
+
+The model is built once per group and kept; a stream's K/V pool, tick loop and decoder exist only while
+the stream runs, so a stream that ends (client gone, idle, error) leaves nothing behind.
+
+Failure under torchrun: a rank that fails writes the launcher's abort key (``executors.launch``); every
+rank's watchdog sees it, and rank 0's abort hook (:data:`ABORT_HOOK`) tells the clients in one error
+message before the process exits with the reason.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from apps.serve.stream import StreamJob, StreamStart, stream_schedule
+from cascade_sched.schedule import Schedule
+from executors.base import BlockCallback, LocalTransport, RunOptions, TickLoop
+
+START_KEY = "cascade/serve/start/{}"
+STOP_KEY = "cascade/serve/stop"
+POLL_S = 0.05
+
+ABORT_HOOK: list[Callable[[], None] | None] = [None]
+"""Rank 0's server sets this; the launcher's ``on_abort`` calls it when another rank's failure stops us."""
+
+
+def abort_hook(drain: bool = False) -> None:
+    """Close this rank's session (``drain`` is the launcher's: a stream has no queued file to finish)."""
+    if ABORT_HOOK[0] is not None:
+        ABORT_HOOK[0]()
+
+
+def _options(job: StreamJob, start: StreamStart, sampler: Any, encoder: Any = None) -> RunOptions:
+    return RunOptions(prompt=start.prompt, prompts={}, sampler=sampler, fail_at=job.fail_at,
+                      timeout_s=job.timeout_s, text_encoder=encoder)
+
+
+def load(job: StreamJob) -> tuple[Any, Any, Any]:
+    """The stream's model, sampler and text encoder, from the same sources as ``cascade generate``'s
+    (``--checkpoint``, ``--preset``, ``--weights``, ``--lora``, ``--model-dir``, ``--text-encoder``, ...).
+    The encoder stays loaded: prompts arrive while streaming."""
+    from apps.generate.run import build_sampler, load_job_model
+    from apps.sources import text_source
+
+    model, _ = load_job_model(job)  # type: ignore[arg-type]  # reads the fields StreamJob shares with GenerateJob
+    sampler = build_sampler(model.config.name, job.checkpoint, job.shift, job.preset)
+    return model, sampler, text_source(job, model.config, [])
+
+
+class LocalGroup:
+    """Every device of the schedule in this process."""
+
+    executor = "reference"
+
+    def __init__(self, job: StreamJob) -> None:
+        self.job = job
+        self.model, self.sampler, self.encoder = load(job)
+        self.alive = True
+        self.failure: str | None = None
+        self.loop: TickLoop | None = None  # the running stream's loop on this process (its pool, for metrics)
+
+    @property
+    def devices(self) -> int:
+        return int(self.job.spec.get("num_devices", 1))
+
+    def options(self, start: StreamStart) -> RunOptions:
+        return _options(self.job, start, self.sampler, self.encoder)
+
+    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions,
+            hook: Callable[[int, Schedule], Schedule | None], on_block: BlockCallback) -> None:
+        """Run one stream (its first ``schedule``) to its end on the calling thread."""
+        with torch.inference_mode():
+            loop = TickLoop(schedule, self.model, options, range(schedule.num_devices), LocalTransport(), on_block,
+                            extend=hook)
+            self.loop = loop
+            try:
+                loop.run()
+            finally:
+                self.loop = None
+
+    def kv_bytes(self) -> int:
+        loop = self.loop
+        return loop.pool.bytes_in_use if loop is not None else 0
+
+    def fail(self, message: str) -> tuple[str, str]:
+        """A stream failed with ``message``: the error code and message to tell its clients. In one process
+        the group lives on (the next stream starts clean)."""
+        return "generation_failed", message
+
+    def close(self) -> None:
+        """Nothing to tell: no other process."""
+
+
+class RankGroup(LocalGroup):
+    """Rank 0 of a torchrun group: streams run on every rank with the distributed executor."""
+
+    executor = "distributed"
+
+    def __init__(self, job: StreamJob, world: int) -> None:
+        import torch.distributed as dist
+
+        super().__init__(job)
+        self.world = world
+        self.store = dist.distributed_c10d._get_default_store()
+        self._executor: Any = None
+
+    @property
+    def devices(self) -> int:
+        return self.world
+
+    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions,
+            hook: Callable[[int, Schedule], Schedule | None], on_block: BlockCallback) -> None:
+        from executors.distributed import DistributedExecutor
+
+        self.store.set(START_KEY.format(start.number), pickle.dumps(start))  # type: ignore[arg-type]  # bytes work
+        self._executor = DistributedExecutor()
+        try:
+            with torch.inference_mode():
+                self._executor.run(schedule, self.model, options, on_block, extend=hook, extendable=True)
+        finally:
+            self._executor = None
+
+    def kv_bytes(self) -> int:
+        loop = getattr(self._executor, "loop", None)
+        return loop.pool.bytes_in_use if loop is not None else 0
+
+    def fail(self, message: str) -> tuple[str, str]:
+        """Rank 0's stream failed. If another rank failed first, rank 0's error is only the echo of it
+        (a peer gone mid-message): report that rank's own message. Else stop the whole group with ours."""
+        from executors.launch import ABORT_KEY, POLL_S
+
+        self.alive = False
+        deadline = time.monotonic() + 5 * POLL_S
+        while time.monotonic() < deadline:
+            if self.store.check([ABORT_KEY]):
+                self.failure = self.store.get(ABORT_KEY).decode()
+                return "rank_failed", self.failure
+            time.sleep(POLL_S / 4)
+        self.failure = message
+        self.store.set(ABORT_KEY, message)
+        return "generation_failed", message
+
+    def close(self) -> None:
+        self.store.set(STOP_KEY, "1")
+
+
+def follow(job: StreamJob, rank: int, world: int) -> None:
+    """A rank other than 0: run each stream rank 0 posts, until it says stop."""
+    import torch.distributed as dist
+
+    from executors.distributed import DistributedExecutor
+
+    model, sampler, encoder = load(job)
+    store = dist.distributed_c10d._get_default_store()
+    number = 0
+    while True:
+        key = START_KEY.format(number)
+        while not store.check([key]):
+            if store.check([STOP_KEY]):
+                return
+            time.sleep(POLL_S)
+        start: StreamStart = pickle.loads(store.get(key))
+        with torch.inference_mode():
+            DistributedExecutor().run(stream_schedule(job, start), model, _options(job, start, sampler, encoder),
+                                      extendable=True)
+        number = start.number + 1
