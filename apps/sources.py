@@ -1,7 +1,8 @@
-"""Where a generation's pieces come from: the model folder, the text conditioning, the decoder.
+"""Where a run's pieces come from, as its :class:`~apps.request.ModelSource` names them: the model and its
+sampler, the text conditioning, the decoder.
 
-- :func:`model_folder` checks a diffusers-style Wan2.1 folder (``text_encoder/``, ``tokenizer/``, ``vae/``)
-  and names a missing piece in one line.
+- :func:`load_model` builds the DiT (a checkpoint, the toy's shipped weights, or seeded random weights) on
+  its device and dtype; :func:`build_sampler` picks its sampler.
 - :func:`text_source` picks the :class:`~models.prompts.TextEncoder` a run uses, in this order:
   ``--text-embeddings FILE|stand-in``, ``--text-encoder DIR``, the model folder's ``text_encoder/``, and
   else :func:`models.prompts.default_text_encoder` (the stand-in for test models, a refusal otherwise).
@@ -14,63 +15,101 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from apps.flags import model_folder
+from apps.request import ModelSource
 from cascade_sched.errors import ConfigError
 from models.config import ModelConfig
+from models.dit import CausalWanDiT
+from models.dtypes import torch_dtype
 from models.prompts import EmbeddingsFile, StandInEncoder, TextEncoder, UMT5Encoder, default_text_encoder
+from models.sampler import FlowMatchSampler
 
-__all__ = ["ModelFolder", "decoder_for", "encode_prompts", "model_folder", "share_from_rank0", "text_source"]
+__all__ = ["build_sampler", "decoder_for", "encode_prompts", "load_model", "share_from_rank0", "text_source"]
 
 # How long the other ranks wait for rank 0 to load its text encoder and encode (umT5-XXL from disk on a
 # CPU takes minutes); a failure on rank 0 stops them at once through the launcher's watchdog instead.
 SHARE_WAIT_S = 3600.0
 SHARE_KEY = "cascade/text-embeddings"
+WEIGHT_ENTRIES = {"generator": "generator", "ema": "generator_ema"}  # --weights -> the checkpoint's entry
 
 
-@dataclass(frozen=True)
-class ModelFolder:
-    """The pieces of a diffusers-style Wan2.1 folder that a generation uses (None: absent)."""
+def load_model(source: ModelSource) -> tuple[CausalWanDiT, str]:
+    """The source's DiT on its device and dtype, and a line saying which weights it has: the checkpoint
+    (its entry, with the LoRA merged), the shipped trained weights for ``toy``, else seeded random weights
+    (the same seed on every rank: the same weights)."""
+    from executors.devices import check_device
+    from models.checkpoints import load_dit
+    from models.config import get_config
+    from models.lora import load_lora
 
-    root: Path
-    text_encoder: Path | None  # the folder itself (it holds text_encoder/ and tokenizer/)
-    vae: Path | None
+    dtype = torch_dtype(source.dtype)
+    check_device(source.device)
+    key = WEIGHT_ENTRIES[source.weights] if source.weights else None
+    alpha = None
+    if source.preset is not None:
+        from models.presets import get_preset
+
+        preset = get_preset(source.preset)
+        key = key or preset.weights_entry
+        alpha = preset.lora.alpha if preset.lora else None
+    name = source.model
+    if source.checkpoint:
+        lora = load_lora(source.lora, alpha=alpha) if source.lora else None
+        model, report = load_dit(source.checkpoint, get_config(name) if name else None, key=key, lora=lora)
+        what = report.describe()
+    elif name == "toy":  # the trained toy model ships its weights (models/weights/toy.safetensors)
+        from models.checkpoints import load_model as load_saved
+        from models.weights import TOY_WEIGHTS
+
+        model, what = load_saved(TOY_WEIGHTS), f"the shipped toy weights ({TOY_WEIGHTS})"
+    else:
+        if source.lora is not None:
+            raise ConfigError("lora", "`--lora` needs `--checkpoint` (the base weights it adapts)")
+        model, what = CausalWanDiT(get_config(name or "toy"), seed=0), "seeded random weights (seed 0)"
+    return model.to(device=source.device, dtype=dtype).eval(), what
 
 
-def model_folder(path: str | None, *, need_text: bool, need_vae: bool) -> ModelFolder | None:
-    """Check `path` (``--model-dir``) for the pieces the run takes from it; ConfigError naming one missing."""
-    if path is None:
-        return None
-    root = Path(path)
-    if not root.is_dir():
-        raise ConfigError("model_dir", f"`--model-dir` {path!r} is not a folder")
-    text = root if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir() else None
-    vae = root / "vae" if (root / "vae" / "config.json").is_file() else None
-    for needed, piece, have in ((need_text, "text_encoder/ and tokenizer/", text), (need_vae, "vae/", vae)):
-        if needed and have is None:
-            raise ConfigError("model_dir", f"`--model-dir` {path!r} has no {piece} (a diffusers Wan2.1 folder holds "
-                                           "text_encoder/, tokenizer/ and vae/; or pass that piece's own flag)")
-    return ModelFolder(root, text, vae)
+def build_sampler(source: ModelSource, model: str) -> FlowMatchSampler:
+    """The sampler of ``source``'s ``model`` (its geometry's name): the preset's (``shift`` overriding its
+    shift), else ``shift``, else the one saved with the weights (the shipped toy model, or a cascade model
+    folder), else Self-Forcing's."""
+    from models.checkpoints import load_sampler
+
+    if source.preset is not None:
+        from models.presets import get_preset
+
+        p = get_preset(source.preset)
+        return FlowMatchSampler(shift=p.shift if source.shift is None else source.shift, steps=p.steps, warp=p.warp)
+    if source.shift is not None:
+        return FlowMatchSampler(shift=source.shift)
+    saved = None
+    if source.checkpoint:
+        saved = load_sampler(source.checkpoint)
+    elif model == "toy":
+        from models.weights import TOY_WEIGHTS
+
+        saved = load_sampler(TOY_WEIGHTS)
+    return saved or FlowMatchSampler()
 
 
-def text_source(job: Any, config: ModelConfig, texts: list[str]) -> TextEncoder:
-    """The text encoder `job` names (see the module docstring); built on ``job.text_encoder_device``."""
-    if job.text_embeddings == "stand-in":
+def text_source(source: ModelSource, config: ModelConfig, texts: list[str]) -> TextEncoder:
+    """The text encoder ``source`` names (see the module docstring); built on its ``text_encoder_device``."""
+    if source.text_embeddings == "stand-in":
         return StandInEncoder(config)
-    if job.text_embeddings:
-        return EmbeddingsFile(job.text_embeddings, texts)
-    folder = job.text_encoder
-    if folder is None and job.model_dir is not None:
-        found = model_folder(job.model_dir, need_text=True, need_vae=False)
+    if source.text_embeddings:
+        return EmbeddingsFile(source.text_embeddings, texts)
+    folder = source.text_encoder
+    if folder is None and source.model_dir is not None:
+        found = model_folder(source.model_dir, need_text=True, need_vae=False)
         folder = str(found.text_encoder) if found is not None and found.text_encoder is not None else None
     if folder is not None:
-        return UMT5Encoder(folder, device=job.text_encoder_device, max_length=config.text_len,
+        return UMT5Encoder(folder, device=source.text_encoder_device, max_length=config.text_len,
                            text_dim=config.text_dim)
     return default_text_encoder(config)
 
@@ -119,18 +158,19 @@ def preview_decoder(config: ModelConfig) -> Any:
     return PixelDecoder() if config.name == "toy" else LatentPreviewDecoder(channels=config.in_channels)
 
 
-def decoder_for(job: Any, config: ModelConfig, device: str) -> Any:
-    """The decoder of a run, on `device` (Wan VAE / TAEHV / preview / the toy's pixels)."""
+def decoder_for(source: ModelSource, config: ModelConfig, device: str) -> Any:
+    """The decoder of a run, on ``device`` (Wan VAE / TAEHV / preview / the toy's pixels): on a GPU in the
+    run's dtype (float32 for a float64 run), else float32."""
     from models.decode import open_decoder
 
-    path = job.vae
-    if path is None and job.model_dir is not None:
-        found = model_folder(job.model_dir, need_text=False, need_vae=True)
+    path = source.vae
+    if path is None and source.model_dir is not None:
+        found = model_folder(source.model_dir, need_text=False, need_vae=True)
         path = str(found.vae) if found is not None and found.vae is not None else None
     if path is None:
         return preview_decoder(config)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float32}[job.dtype]
-    decoder = open_decoder(path, device=device, dtype=dtype if device.startswith("cuda") else torch.float32)
+    on_gpu = device.startswith("cuda") and source.dtype != "float64"
+    decoder = open_decoder(path, device=device, dtype=torch_dtype(source.dtype) if on_gpu else torch.float32)
     z = int(decoder.vae.config.z_dim) if hasattr(decoder, "vae") else int(decoder.latent_channels)
     if z != config.in_channels:
         raise ConfigError("vae", f"`--vae` {path!r} decodes {z}-channel latents, but model {config.name!r} makes "

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from cascade_sched.errors import ConfigError, ExecutorError
 from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, RunOptions, RunResult
+from executors.base import BlockCallback, ExtendHook, RunOptions, RunResult
 from executors.buckets import ATTENTION, TOKENS, Bucket, forward_buckets
 from models.attention import CrossKV, KVLookup, KVPair, Rope, attend
 from models.dit import CausalWanDiT, Exchange, TaskInput, TickOutput
@@ -447,7 +447,7 @@ class CompiledExecutor:
         return cm
 
     def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
-            on_block: BlockCallback | None = None) -> RunResult:
+            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
         import torch.distributed as dist
 
         from executors.distributed import DistributedExecutor
@@ -455,7 +455,7 @@ class CompiledExecutor:
 
         cm = self.prepare(schedule, model)
         inner = DistributedExecutor() if dist.is_initialized() else ReferenceExecutor()
-        return inner.run(schedule, cast(CausalWanDiT, cm), options, on_block)
+        return inner.run(schedule, cast(CausalWanDiT, cm), options, on_block, extend=extend)
 
 
 __all__ = ["BACKENDS", "Bucket", "CompiledExecutor", "CompiledModel", "Piece", "check_backend", "load_tensorrt"]

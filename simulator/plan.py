@@ -123,7 +123,10 @@ def sweep(space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
     for name in links:
         get_link(name)
     for a in space.attentions:
-        CascadeSpec(num_blocks=1, attention=a)  # ConfigError names a bad one before any work
+        try:
+            CascadeSpec(num_blocks=1, attention=a)  # a bad one is named before any work
+        except ConfigError as e:
+            raise ConfigError(e.param, str(e), part_of="attentions") from None
     for d in space.decodes:
         if d not in PLACEMENTS:
             raise ConfigError("decodes", f"`decodes` must be among {', '.join(PLACEMENTS)}, got {d!r}")

@@ -34,6 +34,7 @@ from apps.calibrate.links import (
 )
 from apps.calibrate.profiling import profile_decode, profile_forward, profile_sampler, profile_tick
 from apps.calibrate.timing import median_time, wait_idle
+from apps.request import ModelSource
 from cascade_sched.errors import ConfigError
 from simulator.profile import Profile
 
@@ -83,6 +84,11 @@ class CalibrateOptions:
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def source(self) -> ModelSource:
+        """The model measured."""
+        return ModelSource(model=self.model, checkpoint=self.checkpoint, device=self.device, dtype=self.dtype)
+
 
 def device_name(device: str) -> str:
     """The device's name for the provenance (the GPU's own name, or the CPU and its cores)."""
@@ -113,14 +119,14 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None, quiet
     With ``quiet``, every round of forward shapes starts once the machine is idle
     (:func:`~apps.calibrate.timing.wait_idle`).
     """
-    from apps.generate.run import build_model
-    from executors.launch import backend_for
+    from apps.sources import load_model
+    from executors.devices import backend_for
 
     if options.threads is not None:
         if options.threads < 1:
             raise ConfigError("threads", f"`threads` must be at least 1, got {options.threads}")
         torch.set_num_threads(options.threads)
-    model = build_model(options.model, options.checkpoint, options.dtype, options.device)
+    model, _ = load_model(options.source)
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     points = profile_forward(model, options.batches, options.context_blocks, options.warmup, options.repeats, say,

@@ -9,34 +9,26 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from cascade_sched.bounds import (
-    MAX_REPEATS,
-    MAX_TIMEOUT_S,
-    check_float,
-    check_int,
-    check_schedule_size,
-    check_threads,
-    cpu_count,
-)
+from apps.flags import MODEL_NAMES, THREADS_HELP, add_device_args, check_input_file
+from apps.host import check_threads
+from apps.request import ModelSource
+from cascade_sched.bounds import MAX_REPEATS, MAX_TIMEOUT_S, check_schedule_size
 from cascade_sched.cliargs import (
     DEFAULT_BLOCKS,
     DEFAULT_WINDOW,
-    THREADS_HELP,
-    add_device_args,
+    Handler,
+    Invocation,
     alias,
-    check_device_name,
-    check_dtype,
-    check_input_file,
     check_outputs,
     int_ranges,
     name_list,
 )
-from cascade_sched.errors import ConfigError
-
-Handler = Callable[[argparse.Namespace], int]
+from cascade_sched.errors import ConfigError, check_float, check_range
+from cascade_sched.outputs import check_output
+from executors.devices import check_device
+from models.dtypes import check_dtype
 
 
 def _say(message: str) -> None:
@@ -49,32 +41,29 @@ MAX_CONTEXT = 1024  # blocks a task attends to (window + sink; an unbounded wind
 
 def _model_args(g: Any, kit: bool = False) -> None:
     more = "; wan2.1-1.3b with --gpu-kit" if kit else ""
-    g.add_argument("--model", default=None, help=f"toy | tiny | small | wan2.1-1.3b | wan2.1-14b (default small{more})")
+    g.add_argument("--model", default=None, help=f"{MODEL_NAMES} (default small{more})")
     g.add_argument("--checkpoint", default=None, help="model weights (default: seeded random weights)")
     note = "; cuda / bfloat16 with --gpu-kit" if kit else ""
     add_device_args(g, device=None, dtype=None, note=note)
 
 
-def _check_model_args(args: argparse.Namespace) -> None:
-    check_dtype("--dtype", args.dtype)
-    check_device_name("--device", args.device)
+def _source(args: argparse.Namespace, kit: bool) -> ModelSource:
+    """The model the flags name, with the defaults that differ for the GPU kit, each part checked before
+    any calibration (an unknown name, a device this machine lacks, a missing checkpoint)."""
     from models.config import get_config
 
-    get_config(args.model)  # unknown names refused here, with the valid ones
-    from executors.launch import check_device
-
-    check_device(args.device)  # CUDA asked for where there is none: refused before any calibration
-    check_input_file("--checkpoint", args.checkpoint, folder_ok=True)
-
-
-def _resolve(args: argparse.Namespace, kit: bool) -> None:
-    """Fill the model flags' defaults, which differ for the GPU kit."""
-    for name, cpu, gpu in (("model", "small", "wan2.1-1.3b"), ("device", "cpu", "cuda"), ("dtype", "float32", "bfloat16")):
-        if getattr(args, name) is None:
-            setattr(args, name, gpu if kit else cpu)
+    cpu, gpu = ModelSource(model="small"), ModelSource(model="wan2.1-1.3b", device="cuda", dtype="bfloat16")
+    default = gpu if kit else cpu
+    source = ModelSource(model=args.model or default.model, checkpoint=args.checkpoint,
+                         device=args.device or default.device, dtype=args.dtype or default.dtype)
+    check_dtype("--dtype", source.dtype)
+    get_config(source.model or "small")  # unknown names refused here, with the valid ones
+    check_device(source.device)  # CUDA asked for where there is none: refused before any calibration
+    check_input_file("--checkpoint", source.checkpoint, folder_ok=True)
+    return source
 
 
-def register(subparsers: Any) -> dict[str, Handler]:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``calibrate`` and ``validate`` to the ``cascade`` command; returns their handlers."""
     p = subparsers.add_parser("calibrate", help="profile the model, sampler, decoder and links on this machine")
     g = p.add_argument_group("calibration")
@@ -112,8 +101,8 @@ def register(subparsers: Any) -> dict[str, Handler]:
     g.add_argument("--lag", type=int_ranges, default=None, help="lags to run, e.g. 1,2 or 1-5 (default every lag 1..S)")
     g.add_argument("--attention", type=name_list, default=("causal", "bidirectional", "stale"),
                    help="attention modes to run (default causal,bidirectional,stale)")
-    alias(g, "--lags", "--lag", type=int_ranges, default=None)
-    alias(g, "--attentions", "--attention", type=name_list, default=("causal", "bidirectional", "stale"))
+    alias(g, "--lags", "lag", type=int_ranges, default=None)
+    alias(g, "--attentions", "attention", type=name_list, default=("causal", "bidirectional", "stale"))
     g.add_argument("--worlds", type=int_ranges, default=None,
                    help="process counts (default 1,2 on a machine with 2+ cores, else 1)")
     g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
@@ -133,28 +122,11 @@ def register(subparsers: Any) -> dict[str, Handler]:
     return {"calibrate": _cmd_calibrate, "validate": _cmd_validate}
 
 
-def _options(args: argparse.Namespace, link: bool) -> Any:
-    from apps.calibrate.calibrate import DEFAULT_CONTEXT_BLOCKS, CalibrateOptions
-
-    if hasattr(args, "batches"):
-        args.warmup = 2 if args.warmup is None else args.warmup
-        args.repeats = 5 if args.repeats is None else args.repeats
-    if hasattr(args, "context_blocks") and args.context_blocks is None:
-        args.context_blocks = DEFAULT_CONTEXT_BLOCKS
-    _check_counts(args)
-    return CalibrateOptions(
-        model=args.model, device=args.device, dtype=args.dtype, threads=args.threads or None,
-        checkpoint=args.checkpoint, link=link, notes=getattr(args, "notes", ""),
-        **({"batches": args.batches, "context_blocks": args.context_blocks, "warmup": args.warmup,
-            "repeats": args.repeats} if hasattr(args, "batches") else {}),
-    )
-
-
-def _check_counts(args: argparse.Namespace) -> None:
+def _check_counts(args: argparse.Namespace, machine_cores: int) -> None:
     """Every count flag in its range, before any work."""
     for name, lo in (("warmup", 0), ("repeats", 1)):
-        check_int(f"--{name}", getattr(args, name, None), lo, MAX_REPEATS)
-    check_threads("--threads", args.threads)
+        check_range(f"--{name}", getattr(args, name, None), lo, MAX_REPEATS)
+    check_threads("--threads", args.threads, machine_cores)
     for flag, values, hi in (("--batches", getattr(args, "batches", None), MAX_BATCH),
                              ("--context-blocks", getattr(args, "context_blocks", None), MAX_CONTEXT)):
         if values is not None and (min(values) < 1 or max(values) > hi):
@@ -162,35 +134,47 @@ def _check_counts(args: argparse.Namespace) -> None:
             raise ConfigError(flag, f"`{flag}` must lie in 1..{hi}, got {bad}")
 
 
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from apps.calibrate.calibrate import calibrate
+def _calibrate_options(source: ModelSource, args: argparse.Namespace, link: bool, **grid: Any) -> Any:
+    """What ``calibrate`` measures for ``source``: the grid the flags give (``grid``: calibrate's own), the
+    rest at its defaults."""
+    from apps.calibrate.calibrate import CalibrateOptions
 
-    _resolve(args, args.gpu_kit)
-    _check_model_args(args)
-    args.out = args.out or ("gpu-profile.json" if args.gpu_kit else "calib.json")
-    check_outputs(args, {"out": (".json",)})
-    _check_counts(args)
+    return CalibrateOptions(model=source.model or "small", device=source.device, dtype=source.dtype,
+                            threads=args.threads or None, checkpoint=source.checkpoint, link=link, **grid)
+
+
+def _cmd_calibrate(run: Invocation) -> int:
+    from apps.calibrate.calibrate import DEFAULT_CONTEXT_BLOCKS, calibrate
+
+    args = run.args
+    source = _source(args, args.gpu_kit)
+    out = args.out or ("gpu-profile.json" if args.gpu_kit else "calib.json")
+    check_output("--out", out, (".json",))
+    _check_counts(args, run.machine.cores)
     if args.no_vae and not args.gpu_kit:
         raise ConfigError("--no-vae", "`--no-vae` applies to `--gpu-kit` only")
     if args.gpu_kit:
-        return _cmd_kit(args)
-    profile = calibrate(_options(args, link=not args.no_link), _say)
-    profile.save(args.out)
+        return _cmd_kit(args, source, out)
+    options = _calibrate_options(
+        source, args, not args.no_link, batches=args.batches, notes=args.notes, warmup=2 if args.warmup is None
+        else args.warmup, repeats=5 if args.repeats is None else args.repeats,
+        context_blocks=args.context_blocks or DEFAULT_CONTEXT_BLOCKS)
+    profile = calibrate(options, _say)
+    profile.save(out)
     prov = profile.provenance
-    print(f"wrote {args.out}: {len(profile.forward)} forward shapes of {profile.model} on {prov['device']}, "
+    print(f"wrote {out}: {len(profile.forward)} forward shapes of {profile.model} on {prov['device']}, "
           f"{prov['dtype']}, {prov['threads']} thread(s), torch {prov['torch']}"
           + (", with a link fit" if profile.link_fit else ""))
     return 0
 
 
-def _cmd_kit(args: argparse.Namespace) -> int:
+def _cmd_kit(args: argparse.Namespace, source: ModelSource, out: str) -> int:
     from apps.calibrate.gpu_kit import KitOptions, run_kit
 
-    options = KitOptions(model=args.model, device=args.device, dtype=args.dtype, batches=tuple(args.batches),
-                         context_blocks=tuple(args.context_blocks or range(1, 12)),
+    options = KitOptions(model=source.model or "wan2.1-1.3b", device=source.device, dtype=source.dtype,
+                         batches=tuple(args.batches), context_blocks=tuple(args.context_blocks or range(1, 12)),
                          warmup=1 if args.warmup is None else args.warmup,
-                         repeats=3 if args.repeats is None else args.repeats, vae=not args.no_vae,
-                         out=args.out)
+                         repeats=3 if args.repeats is None else args.repeats, vae=not args.no_vae, out=out)
     run_kit(options, _say)
     return 0
 
@@ -205,7 +189,8 @@ def _default_worlds(device: str) -> tuple[int, ...]:
     return (1, 2) if (os.cpu_count() or 1) >= 2 else (1,)
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+def _cmd_validate(run: Invocation) -> int:
+    args = run.args
     if args.public:
         from simulator.reproduce import format_public, public_rows
 
@@ -215,20 +200,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from apps.calibrate.matrix import MatrixOptions, format_markdown, format_table, run_matrix
     from simulator.profile import Profile
 
-    _resolve(args, False)
-    _check_validate(args)
-    worlds = args.worlds or _default_worlds(args.device)
+    source = _source(args, False)
+    _check_validate(run)
+    worlds = args.worlds or _default_worlds(source.device)
     options = MatrixOptions(
-        model=args.model, blocks=args.blocks, window=args.window or None, lags=args.lag,
-        attentions=tuple(args.attention), worlds=tuple(worlds), repeats=args.repeats, device=args.device,
-        dtype=args.dtype, threads=args.threads or None, checkpoint=args.checkpoint, timeout_s=args.timeout,
+        model=source.model or "small", blocks=args.blocks, window=args.window or None, lags=args.lag,
+        attentions=tuple(args.attention), worlds=tuple(worlds), repeats=args.repeats, device=source.device,
+        dtype=source.dtype, threads=args.threads or None, checkpoint=source.checkpoint, timeout_s=args.timeout,
         traces=args.traces, quiet_s=max(0.0, args.quiet_wait), sharing=args.contention_model == "sharing",
     )
     if args.profile:
         profile = Profile.load(args.profile)
     else:
-        _say(f"calibrating {args.model} in one process ({args.threads or 'default'} thread(s)) ...")
-        profile = calibrate(_options(args, link=max(worlds) > 1), _say)
+        _say(f"calibrating {options.model} in one process ({args.threads or 'default'} thread(s)) ...")
+        profile = calibrate(_calibrate_options(source, args, max(worlds) > 1), _say)
         if args.save_profile:
             profile.save(args.save_profile)
     rows = run_matrix(options, profile, _say)
@@ -244,31 +229,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_validate(args: argparse.Namespace) -> None:
+def _check_validate(run: Invocation) -> None:
     """Every flag of ``cascade validate`` in its range, and its paths, before any calibration or run."""
     from cascade_sched.spec import ATTENTION_MODES as ATTENTIONS
 
-    _check_model_args(args)
+    args = run.args
     check_outputs(args, {"traces": None, "save_profile": (".json",)}, folders=("traces",))
     check_input_file("--profile", args.profile)
     if args.profile and args.save_profile:
         raise ConfigError("--save-profile", "`--save-profile` writes the profile calibrated in this run; with "
                                             "`--profile` nothing is calibrated (copy that file instead)")
-    check_int("--window", args.window, 0, None, " block(s), or 0 for unbounded")
-    check_int("--repeats", args.repeats, 1, MAX_REPEATS)
-    check_threads("--threads", args.threads)
-    check_float("--timeout", args.timeout, 0, MAX_TIMEOUT_S, open_lo=True, why=" seconds")
-    check_float("--quiet-wait", args.quiet_wait, 0, 3600, why=" seconds")
-    check_int("--blocks", args.blocks, 2, None)
+    check_range("--window", args.window, 0, None, " block(s), or 0 for unbounded")
+    check_range("--repeats", args.repeats, 1, MAX_REPEATS)
+    check_threads("--threads", args.threads, run.machine.cores)
+    check_float("--timeout", args.timeout, 0, MAX_TIMEOUT_S, open_lo=True, what=" seconds")
+    check_float("--quiet-wait", args.quiet_wait, 0, 3600, what=" seconds")
+    check_range("--blocks", args.blocks, 2, None)
     stages = 5  # the calibrated sampler's 4 steps and the cache pass
-    check_schedule_size(args.blocks, stages, args.window or None, 0)
+    check_schedule_size(args.blocks, stages, args.window or None, 0, run.machine, flag="--blocks")
     for lag in args.lag or ():
-        check_int("--lag", lag, 1, stages, f" (S={stages} stages)")
+        check_range("--lag", lag, 1, stages, f" (S={stages} stages)")
     for a in args.attention:
         if a not in ATTENTIONS:
             raise ConfigError("--attention", f"`--attention` must be among {', '.join(ATTENTIONS)}, got {a!r}")
     if args.worlds is not None:
-        hi = cpu_count() if args.device == "cpu" else 64
+        hi = run.machine.cores if (args.device or "cpu") == "cpu" else 64
         if min(args.worlds) < 1 or max(args.worlds) > hi:
             bad = min(args.worlds) if min(args.worlds) < 1 else max(args.worlds)
             raise ConfigError("--worlds", f"`--worlds` must lie in 1..{hi} (one rank per core here), got {bad}")

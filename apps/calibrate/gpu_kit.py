@@ -32,12 +32,12 @@ from apps.calibrate.profiling import profile_decode, profile_forward, profile_sa
 from cascade_sched.errors import ConfigError
 from models.config import get_config
 from models.dit import CausalWanDiT
+from models.dtypes import torch_dtype
 from simulator.profile import Profile
 
 __all__ = ["KitOptions", "catalog_gpu", "random_model", "random_vae", "run_kit"]
 
 Progress = Callable[[str], None]
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -62,18 +62,17 @@ class KitOptions:
 def random_model(name: str, device: str, dtype: str) -> CausalWanDiT:
     """The preset ``name`` with random weights, built on ``device`` in ``dtype`` (PyTorch's default
     initialisation runs there, not on the CPU)."""
-    if dtype not in DTYPES:
-        raise ConfigError("dtype", f"`--dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_type = torch_dtype(dtype)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", "the GPU kit needs a CUDA device, and torch sees none here")
     before = torch.get_default_dtype()
     try:
-        torch.set_default_dtype(DTYPES[dtype] if DTYPES[dtype] != torch.float16 else torch.float32)
+        torch.set_default_dtype(torch_type)
         with torch.device(device):
             model = CausalWanDiT(get_config(name), seed=None)
     finally:
         torch.set_default_dtype(before)
-    return model.to(device=device, dtype=DTYPES[dtype]).eval()
+    return model.to(device=device, dtype=torch_type).eval()
 
 
 def random_vae(device: str, dtype: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -88,7 +87,7 @@ def random_vae(device: str, dtype: str, overrides: dict[str, Any] | None = None)
 
     with torch.device(device):
         vae = AutoencoderKLWan(**(overrides or {}))
-    return WanVAEDecoder(vae, device=device, dtype=DTYPES[dtype])
+    return WanVAEDecoder(vae, device=device, dtype=torch_dtype(dtype))
 
 
 def catalog_gpu(name: str) -> str | None:

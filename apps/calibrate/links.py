@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 from apps.calibrate.timing import median_time, sync, wait_idle
+from apps.request import ModelSource
 from cascade_sched.errors import ConfigError
+from models.dtypes import dtype_bytes, torch_dtype
 
 __all__ = ["DEFAULT_LINK_SIZES", "LinkFit", "fit_alpha_beta", "measure_contention", "measure_exchange",
            "measure_link"]
@@ -96,7 +98,7 @@ def _link_rank(payload: dict[str, Any], rank: int, world: int) -> dict[str, Any]
 
     sizes, warmup, repeats, rounds = payload["sizes"], payload["warmup"], payload["repeats"], payload["rounds"]
     device = torch.device(payload["device"])
-    dtype = getattr(torch, payload["dtype"])
+    dtype = torch_dtype(payload["dtype"])
     peer = 1 - rank
     elem = torch.empty((), dtype=dtype).element_size()
     out: dict[str, dict[int, float]] = {"exchange": {}, "oneway": {}}
@@ -182,20 +184,19 @@ def _exchange_rank(payload: dict[str, Any], rank: int, world: int) -> list[Any] 
     first run warms up); rank 0 returns every rank's exchange events of the second run."""
     import torch.distributed as dist
 
-    from apps.generate.run import build_model
+    from apps.sources import load_model
     from cascade_sched.schedule import build_schedule
-    from cascade_sched.spec import CascadeSpec
     from cascade_sched.trace import COMM
     from executors.base import RunOptions
     from executors.distributed import DistributedExecutor
 
     if payload["threads"]:
         torch.set_num_threads(payload["threads"])
-    model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
+    model, _ = load_model(payload["source"])
     out = []
     with torch.inference_mode():
         for spec in payload["specs"]:
-            schedule = build_schedule(CascadeSpec.from_dict(spec))
+            schedule = build_schedule(spec)
             for run in range(2):
                 if rank == 0 and run:
                     wait_idle(0.9, timeout_s=5.0)
@@ -222,11 +223,11 @@ def measure_exchange(model: str, device: str = "cpu", dtype: str = "float32", ch
     from models.config import get_config
 
     cfg = get_config(model)
-    layer_bytes = cfg.kv_bytes_per_block_layer(torch.empty((), dtype=getattr(torch, dtype)).element_size())
+    layer_bytes = cfg.kv_bytes_per_block_layer(dtype_bytes(dtype))
     specs = [CascadeSpec(num_blocks=blocks, timesteps=tuple(timesteps), window=window, num_devices=2, **kw)
              for kw in EXCHANGE_SPECS]
-    payload = {"specs": [s.to_dict() for s in specs], "model": model, "checkpoint": checkpoint, "dtype": dtype,
-               "device": device, "threads": threads, "timeout_s": timeout_s}
+    payload = {"specs": specs, "source": ModelSource(model=model, checkpoint=checkpoint, device=device, dtype=dtype),
+               "threads": threads, "timeout_s": timeout_s}
     runs = spawn(_exchange_rank, payload, 2, device, timeout_s * len(specs))
     by_bytes: dict[int, list[float]] = {}
     for spec, events in zip(specs, runs, strict=True):
@@ -258,9 +259,9 @@ def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[tup
     import torch.distributed as dist
 
     from apps.calibrate.profiling import register_prompt, synthetic_tick
-    from apps.generate.run import build_model
+    from apps.sources import load_model
 
-    model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
+    model, _ = load_model(payload["source"])
     register_prompt(model)
     ticks = {n: synthetic_tick(model, n, payload["context_blocks"]) for n in payload["batches"]}
     reps = payload["repeats"]
@@ -299,7 +300,7 @@ def measure_contention(model: str, device: str = "cpu", dtype: str = "float32", 
     from simulator.catalog import HOST_CPU
     from simulator.cluster import Cluster
 
-    payload = {"model": model, "checkpoint": checkpoint, "dtype": dtype, "device": device,
+    payload = {"source": ModelSource(model=model, checkpoint=checkpoint, device=device, dtype=dtype),
                "context_blocks": context_blocks, "warmup": warmup + 2, "repeats": max(5, repeats), "turns": turns,
                "batches": list(batches)}
     rows = spawn(_contention_rank, payload, processes, device, 600.0)

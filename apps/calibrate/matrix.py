@@ -34,11 +34,15 @@ from typing import Any
 
 import torch
 
+from apps.request import ModelSource
 from cascade_sched.errors import ConfigError
 from cascade_sched.metrics import StreamMetrics, stream_metrics, video_frames
 from cascade_sched.schedule import Schedule, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.validate import validate as validate_schedule
+from executors.base import Executor
+from models.dit import CausalWanDiT
+from models.dtypes import dtype_bytes as dtype_of
 from simulator.catalog import HOST_CPU, Link, get_model
 from simulator.cluster import Cluster
 from simulator.profile import Profile, ProfileCost
@@ -86,6 +90,11 @@ class MatrixOptions:
     traces: str | None = None
     quiet_s: float = 30.0  # before each run, wait up to this long for the machine to be idle
     sharing: bool = True  # predict with processor sharing (False: one contention factor per tick)
+
+    @property
+    def source(self) -> ModelSource:
+        """The model every row runs."""
+        return ModelSource(model=self.model, checkpoint=self.checkpoint, device=self.device, dtype=self.dtype)
 
 
 def matrix_specs(options: MatrixOptions) -> list[CascadeSpec]:
@@ -241,25 +250,23 @@ def _warmup_spec(world: int, blocks: int = 3) -> CascadeSpec:
     return CascadeSpec(num_blocks=blocks, lag=1, num_devices=world, window=2)
 
 
-def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_s: float,
+def _run_all(specs: Sequence[CascadeSpec], model: CausalWanDiT, repeats: int, timeout_s: float,
              distributed: bool, quiet_s: float = 30.0) -> list[dict[str, Any]]:
     """Run every spec ``repeats`` times on this process's share; per spec: block times and events."""
     from apps.calibrate.timing import wait_idle
     from executors.base import RunOptions
     from executors.distributed import DistributedExecutor
     from executors.reference import ReferenceExecutor
+    from models.prompts import StandInEncoder
 
     if distributed:
         import torch.distributed as dist
 
-        executor: Any = DistributedExecutor()
-    else:
-        executor = ReferenceExecutor()
-    from models.prompts import StandInEncoder
+    executor: Executor = DistributedExecutor() if distributed else ReferenceExecutor()
 
     opts = RunOptions(timeout_s=timeout_s, text_encoder=StandInEncoder(model.config))  # timing: any text will do
-    world = int(specs[0]["num_devices"]) if specs else 1
-    schedules = [validate_schedule(build_schedule(CascadeSpec.from_dict(spec))) for spec in specs]
+    world = specs[0].num_devices if specs else 1
+    schedules = [validate_schedule(build_schedule(spec)) for spec in specs]
     out: list[dict[str, Any]] = [{"runs": [], "events": [], "threads": torch.get_num_threads(), "idle": []}
                                  for _ in specs]
     with torch.inference_mode():
@@ -288,11 +295,11 @@ def _run_all(specs: Sequence[dict[str, Any]], model: Any, repeats: int, timeout_
 
 def _rank_entry(payload: dict[str, Any], rank: int, world: int) -> list[dict[str, Any]] | None:
     """Rank function for the world > 1 rows (module level so spawned ranks import it)."""
-    from apps.generate.run import build_model
+    from apps.sources import load_model
 
     if payload["threads"]:
         torch.set_num_threads(payload["threads"])
-    model = build_model(payload["model"], payload["checkpoint"], payload["dtype"], payload["device"])
+    model, _ = load_model(payload["source"])
     out = _run_all(payload["specs"], model, payload["repeats"], payload["timeout_s"], distributed=True,
                    quiet_s=payload["quiet_s"])
     return out if rank == 0 else None
@@ -300,25 +307,23 @@ def _rank_entry(payload: dict[str, Any], rank: int, world: int) -> list[dict[str
 
 def measure(specs: Sequence[CascadeSpec], options: MatrixOptions, threads: int | None) -> list[dict[str, Any]]:
     """Run ``specs`` (all of one world size) for real; per spec ``{"runs", "events", "threads"}``."""
-    from apps.generate.run import build_model
+    from apps.sources import load_model
     from executors.launch import spawn
 
     if not specs:
         return []
     world = specs[0].num_devices
-    dicts = [s.to_dict() for s in specs]
     if world == 1:
         before = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
         try:
-            model = build_model(options.model, options.checkpoint, options.dtype, options.device)
-            return _run_all(dicts, model, options.repeats, options.timeout_s, distributed=False,
+            model, _ = load_model(options.source)
+            return _run_all(specs, model, options.repeats, options.timeout_s, distributed=False,
                             quiet_s=options.quiet_s)
         finally:
             torch.set_num_threads(before)
-    payload = {"specs": dicts, "model": options.model, "checkpoint": options.checkpoint, "dtype": options.dtype,
-               "device": options.device, "repeats": options.repeats, "timeout_s": options.timeout_s,
+    payload = {"specs": list(specs), "source": options.source, "repeats": options.repeats, "timeout_s": options.timeout_s,
                "threads": None, "quiet_s": options.quiet_s}
     result = spawn(_rank_entry, payload, world, options.device, options.timeout_s * (1 + len(specs)))
     if not isinstance(result, list):
@@ -332,7 +337,7 @@ def run_matrix(options: MatrixOptions, profile: Profile, progress: Progress | No
     if profile.model != options.model:
         raise ConfigError("model", f"the profile was measured with model {profile.model!r}, not {options.model!r}")
     say = progress or (lambda _m: None)
-    dtype_bytes = torch.empty((), dtype=getattr(torch, options.dtype)).element_size()
+    dtype_bytes = dtype_of(options.dtype)
     prof_threads = profile.provenance.get("threads")
     threads = options.threads or (int(prof_threads) if isinstance(prof_threads, int) else None)
     specs = matrix_specs(options)

@@ -1,11 +1,7 @@
-"""Prompt timelines and interactive streaming: switching prompts while frames stream.
+"""Interactive streaming: switching prompts while frames stream.
 
-- :func:`read_timeline` reads a prompt timeline file (JSON or YAML list of ``{at_block, prompt}``) into
-  prompt texts by id and the spec's switches;
-- :class:`PromptFeed` reads new prompts from a stream (standard input) on a thread while a run goes on;
-- :func:`next_schedule` is the extend hook: a new prompt applies from the first block not yet started,
-  and while the feed is open the stream never drains (one block is always scheduled ahead), so every
-  extension keeps the tasks already run unchanged;
+- :class:`PromptFeed` reads new prompts from a stream (standard input) on a thread while a run goes on
+  (each applies from the first block not yet started: :func:`apps.streams.next_schedule`);
 - :class:`Console` is the terminal side: on a TTY an input prompt with the stream's status redrawn on
   its own line above it, so output never lands on the line being typed; elsewhere (a pipe, a test)
   plain lines in, and a line on stderr when a real-time stream falls behind;
@@ -14,51 +10,9 @@
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
-from pathlib import Path
-from typing import IO, Any
-
-from cascade_sched.errors import ConfigError
-from cascade_sched.schedule import Schedule, build_schedule
-from cascade_sched.spec import CascadeSpec
-
-
-def read_timeline(path: str, first_prompt: str) -> tuple[dict[int, str], tuple[tuple[int, int], ...]]:
-    """Prompt texts by id (0 = ``first_prompt``) and switches ``(at_block, id)`` from a timeline file.
-
-    The same text used twice gets the same id. Every problem is one ``ConfigError`` naming ``--prompts``.
-    """
-    from cascade_sched.cliargs import read_text
-
-    p = Path(path)
-    text = read_text("--prompts", path)
-    try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data: Any = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: one line either way
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError("prompts", f"`--prompts` file {path!r} does not parse: {first}") from None
-    if not isinstance(data, list) or not data:
-        raise ConfigError("prompts", f"`--prompts` must hold a non-empty list of {{at_block, prompt}}, got "
-                          f"{type(data).__name__}")
-    ids = {first_prompt: 0}
-    switches: list[tuple[int, int]] = []
-    for i, item in enumerate(data):
-        if (not isinstance(item, dict) or set(item) != {"at_block", "prompt"}
-                or not isinstance(item["prompt"], str) or not item["prompt"].strip()
-                or isinstance(item["at_block"], bool) or not isinstance(item["at_block"], int)):
-            raise ConfigError("prompts", f"`--prompts` entry {i} must be {{\"at_block\": int, \"prompt\": "
-                              f"non-empty text}}, got {item!r}")
-        pid = ids.setdefault(item["prompt"].strip(), len(ids))
-        switches.append((item["at_block"], pid))
-    return {v: k for k, v in ids.items()}, tuple(switches)
-
+from typing import IO
 
 PROMPT = "prompt> "
 
@@ -181,39 +135,3 @@ class PromptFeed:
                 self.open = False
             else:
                 out.append(item)
-
-
-def next_schedule(schedule: Schedule, tick: int, new_prompt_ids: list[int], streaming: bool,
-                  max_blocks: int) -> Schedule | None:
-    """The schedule to run after ``tick``: each new prompt switches at the first block not yet started
-    (under ``recache`` its recache task must also be still to come), and while ``streaming`` one block
-    is always scheduled ahead. None when nothing changes."""
-    spec = schedule.spec
-    starts = schedule.starts
-    margin = 1 if spec.switch_policy == "recache" else 0
-    blocks, switches = spec.num_blocks, list(spec.switches)
-    changed = False
-    for pid in new_prompt_ids:
-        p = next((b for b in range(blocks) if b < len(starts) and starts[b] > tick + margin), None)
-        if p is None:  # every block has started: the switch takes the next block
-            p = max(blocks, len(starts))
-        if p >= max_blocks:
-            continue
-        blocks = max(blocks, p + 1)
-        if switches and switches[-1][0] == p:  # two prompts before the block starts: the newer wins
-            switches[-1] = (p, pid)
-        else:
-            switches = [sw for sw in switches if sw[0] < p] + [(p, pid)]
-        changed = True
-    if streaming and starts[-1] <= tick and blocks == spec.num_blocks and blocks < max_blocks:
-        blocks += 1
-        changed = True
-    if not changed:
-        return None
-    data = spec.to_dict()
-    data["num_blocks"] = blocks
-    if isinstance(spec.lag, tuple):
-        last = spec.lag[-1] if spec.lag else spec.num_stages
-        data["lag"] = [*spec.lag, *([last] * (blocks - spec.num_blocks))]
-    data["switches"] = [list(sw) for sw in switches]
-    return build_schedule(CascadeSpec.from_dict(data))

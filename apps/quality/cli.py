@@ -9,8 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
+
+from apps.flags import THREADS_HELP, check_input_file
+from apps.host import check_threads
+from cascade_sched.bounds import WORK_BUDGET_S
+from cascade_sched.cliargs import (
+    DEFAULT_BLOCKS,
+    Handler,
+    Invocation,
+    alias,
+    check_outputs,
+    int_ranges,
+    name_list,
+)
+from cascade_sched.errors import ConfigError, check_float, check_range
+from cascade_sched.spec import ATTENTION_MODES
 
 MAX_SEEDS = 10_000  # videos per setting; the run's length is checked against the work bound too
 TOY_BLOCK_S = 0.05  # one toy block through every stage on one core (measured, generous)
@@ -18,9 +32,8 @@ POLICIES = ("none", "recache")  # apps.quality.measure.POLICIES, spelled here so
 VARIANTS = ("cascade", "sequential")
 
 
-def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
-    from cascade_sched.cliargs import DEFAULT_BLOCKS, THREADS_HELP, alias, int_ranges, name_list
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
+    """Add ``quality`` to the ``cascade`` command; returns its handler."""
     p = sub.add_parser("quality", help="measure physics error, missing balls, block jumps, distance to sequential "
                        "and prompt switches for every lag and attention mode, on the trained toy model")
     p.add_argument("--seeds", type=int, default=8, help="videos per setting, seeds 0..N-1 (default %(default)s; "
@@ -32,7 +45,7 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     p.add_argument("--lag", type=int_ranges, default=None, help="lags to measure, e.g. 1,5 or 1-5 (default 1..S)")
     p.add_argument("--attention", type=name_list, default=("causal", "bidirectional", "stale"),
                    help="attention modes to measure (default causal,bidirectional,stale)")
-    alias(p, "--lags", "--lag", type=int_ranges, default=None)
+    alias(p, "--lags", "lag", type=int_ranges, default=None)
     p.add_argument("--policies", type=name_list, default=POLICIES, help="switch policies (default none,recache)")
     p.add_argument("--variants", type=name_list, default=VARIANTS,
                    help="the shipped variants to measure: cascade (the default toy), sequential (default both)")
@@ -51,23 +64,18 @@ def register(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"quality": _cmd_quality}
 
 
-def _check(args: argparse.Namespace) -> None:
+def _check(args: argparse.Namespace, cores: int) -> None:
     """Every flag in its range, the run's size and the output paths, before the model loads."""
-    from cascade_sched.bounds import WORK_BUDGET_S, check_float, check_int, check_threads
-    from cascade_sched.cliargs import check_input_file, check_outputs
-    from cascade_sched.errors import ConfigError
-    from cascade_sched.spec import ATTENTION_MODES
-
     check_outputs(args, {"frames": (".png",), "switch_frames": (".png",)})
     check_input_file("--checkpoint", args.checkpoint, folder_ok=True)
-    check_int("--seeds", args.seeds, 1, MAX_SEEDS)
-    check_int("--switch-seeds", args.switch_seeds, 0, MAX_SEEDS)
-    check_int("--blocks", args.blocks, 2, 1000)
-    check_threads("--threads", args.threads)
+    check_range("--seeds", args.seeds, 1, MAX_SEEDS)
+    check_range("--switch-seeds", args.switch_seeds, 0, MAX_SEEDS)
+    check_range("--blocks", args.blocks, 2, 1000)
+    check_threads("--threads", args.threads, cores)
     check_float("--shift", args.shift, 0, 1000, open_lo=True)
     stages = 5
     for lag in args.lag or ():
-        check_int("--lag", lag, 1, stages, f" (S={stages} stages)")
+        check_range("--lag", lag, 1, stages, f" (S={stages} stages)")
     for flag, values, valid in (("--attention", args.attention, ATTENTION_MODES),
                                 ("--policies", args.policies, POLICIES), ("--variants", args.variants, VARIANTS)):
         bad = [a for a in values if a not in valid]
@@ -84,13 +92,15 @@ def _check(args: argparse.Namespace) -> None:
                                      f"{WORK_BUDGET_S / 60:.0f} min")
 
 
-def _cmd_quality(args: argparse.Namespace) -> int:
+def _cmd_quality(run: Invocation) -> int:
     import torch
 
     from apps.quality import measure as q
-    from models.sampler import FlowMatchSampler
+    from apps.request import ModelSource
+    from apps.sources import build_sampler
 
-    _check(args)
+    args = run.args
+    _check(args, run.machine.cores)
     atts, policies, variants = list(args.attention), list(args.policies), list(args.variants)
     lags = None if args.lag is None else list(args.lag)
     if args.threads:
@@ -100,7 +110,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     else:
         shipped = q.variant_models()
         models = {v: shipped[v] for v in variants}
-    sampler = FlowMatchSampler(shift=args.shift) if args.shift is not None else q.toy_sampler(args.checkpoint)
+    sampler = build_sampler(ModelSource(checkpoint=args.checkpoint, shift=args.shift), "toy")
     rows, switches = [q.data_row(args.seeds, args.blocks)], []
     if args.switch_seeds:
         switches.append(q.data_switch_row(args.switch_seeds, args.blocks))

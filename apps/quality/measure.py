@@ -126,9 +126,10 @@ def variant_models() -> dict[str, CausalWanDiT]:
 
 def toy_sampler(path: str | Path | None = None) -> FlowMatchSampler:
     """The sampler the toy weights were trained for (saved beside them; shift 1 for the shipped ones)."""
-    from apps.generate.run import build_sampler
+    from apps.request import ModelSource
+    from apps.sources import build_sampler
 
-    return build_sampler("toy", str(path) if path else None, None)
+    return build_sampler(ModelSource(checkpoint=str(path) if path else None), "toy")
 
 
 def run(model: CausalWanDiT, seed: int, blocks: int, lag: int, attention: str,

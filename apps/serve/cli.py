@@ -10,27 +10,29 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from cascade_sched.bounds import check_int
-from cascade_sched.errors import CascadeError, ConfigError
+from apps.flags import DEFAULT_PROMPT, add_device_args, add_model_source_args
+from apps.request import RunRequest, resolve
+from cascade_sched.cliargs import Handler, Invocation, add_schedule_args, int_pair
+from cascade_sched.errors import ConfigError, check_float, check_range
+from executors.torchrun import under_torchrun, world_size
 
-Handler = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    from apps.serve.session import ServeConfig
 
-def register(sub: Any) -> dict[str, Handler]:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``serve`` to the ``cascade`` command; returns its handler."""
-    from apps.generate.cli import PRESET_NAMES
-    from cascade_sched.cliargs import add_device_args, add_model_source_args, add_schedule_args, int_pair
-
     p = sub.add_parser("serve", help="serve a live stream to a browser, with prompt switches (needs the serve extra)",
                        description="Serve one live stream at a time over HTTP and a websocket; open the printed "
                                    "URL in a browser. See docs/serve.md.")
     add_schedule_args(p)
     for action in p._actions:  # the stream's length is --max-blocks, its prompts come from clients
-        if action.dest in ("blocks", "switch"):
+        if action.dest in ("num_blocks", "switches"):
             action.help = argparse.SUPPRESS
-            action.default = None if action.dest == "blocks" else []
+            action.default = None if action.dest == "num_blocks" else []
         if action.dest == "switch_policy":
             action.help = "switch policy a stream starts with: none | recache (default none; a client may restart "\
                           "the stream under the other)"
@@ -56,8 +58,8 @@ def register(sub: Any) -> dict[str, Handler]:
     g.add_argument("--max-message-bytes", type=int, default=4096, help="largest client message (default 4096)")
     g.add_argument("--prompt-interval", type=float, default=1.0,
                    help="seconds between a client's accepted prompt changes (default 1)")
-    m = add_model_source_args(p, preset_names=PRESET_NAMES)
-    m.add_argument("--prompt", default="a red ball bouncing", help="a stream's first prompt")
+    m = add_model_source_args(p)
+    m.add_argument("--prompt", default=DEFAULT_PROMPT, help="a stream's first prompt")
     m.add_argument("--executor", default="reference", choices=("reference", "distributed"),
                    help="reference (this process) or distributed (under torchrun, one rank per device)")
     add_device_args(m)
@@ -66,66 +68,36 @@ def register(sub: Any) -> dict[str, Handler]:
     return {"serve": _cmd_serve}
 
 
-def _positive(flag: str, value: float, what: str = "") -> None:
-    if not value > 0:
-        raise ConfigError(flag, f"`--{flag.replace('_', '-')}` must be positive{what}, got {value:g}")
+def server_config(args: argparse.Namespace, policy: str) -> ServeConfig:
+    """The server's own flags, each checked (one ``ConfigError`` naming the first bad one), as the config a
+    stream of switch policy ``policy`` is served with."""
+    from apps.serve.protocol import Limits
+    from apps.serve.session import ServeConfig
 
-
-def check_args(args: argparse.Namespace) -> None:
-    """Every flag checked before anything is built: one ``ConfigError`` naming the first bad one."""
-    if args.blocks is not None:
-        raise ConfigError("blocks", "`cascade serve` streams until `--max-blocks`; give that instead of `--blocks`")
-    if args.switch:
-        raise ConfigError("switch", "prompt switches come from the clients of `cascade serve`, not `--switch`")
-    check_int("--max-blocks", args.max_blocks, 1, 100_000)
-    if not args.window and args.max_blocks > 64:
-        raise ConfigError("window", "an unbounded `--window` keeps every block's K/V and attends to all of it; "
-                                    "give `--window` (default 7) or `--max-blocks` at most 64")
     if not args.host.strip():
         raise ConfigError("host", "`--host` must name an address, such as 127.0.0.1 (this machine) or 0.0.0.0 (all)")
-    check_int("--port", args.port, 0, 65535)
-    if not 1 <= args.fps <= 240:
-        raise ConfigError("fps", f"`--fps` must be between 1 and 240, got {args.fps:g}")
-    if args.idle_timeout < 0:
-        raise ConfigError("idle_timeout", f"`--idle-timeout` must be 0 (never) or positive seconds, got "
-                                          f"{args.idle_timeout:g}")
-    for flag, lo, hi in (("lead_blocks", 1, 64), ("client_buffer", 1, 10_000), ("jpeg_quality", 1, 95),
-                         ("max_prompt_chars", 1, 10_000), ("max_message_bytes", 64, 1 << 20)):
-        check_int("--" + flag.replace("_", "-"), getattr(args, flag), lo, hi)
-    if args.prompt_interval < 0:
-        raise ConfigError("prompt_interval", f"`--prompt-interval` must be at least 0 s, got {args.prompt_interval:g}")
-    _positive("timeout", args.timeout, " seconds")
-    from cascade_sched.cliargs import check_device_name, check_dtype
-
-    check_dtype("--dtype", args.dtype)
-
-    for flag in ("--device", "--text-encoder-device", "--vae-device"):
-        check_device_name(flag, getattr(args, flag[2:].replace("-", "_")))
-    _check_sources(args)
-    if args.shift is not None:
-        _positive("shift", args.shift)
+    check_range("--port", args.port, 0, 65535)
+    check_float("--fps", args.fps, 1, 240)
+    check_float("--idle-timeout", args.idle_timeout, 0, what=" seconds (0 = never)")
+    for flag, lo, hi in (("--lead-blocks", 1, 64), ("--client-buffer", 1, 10_000), ("--jpeg-quality", 1, 95),
+                         ("--max-prompt-chars", 1, 10_000), ("--max-message-bytes", 64, 1 << 20)):
+        check_range(flag, getattr(args, flag[2:].replace("-", "_")), lo, hi)
+    check_float("--prompt-interval", args.prompt_interval, 0, what=" seconds")
     if args.token is not None and not args.token.strip():
         raise ConfigError("token", "`--token` must not be empty")
     if not args.prompt.strip() or len(args.prompt.strip()) > args.max_prompt_chars:
-        # Not ConfigError("prompt"): the CLI maps that parameter name to --switch (the spec's switch prompt id).
-        raise CascadeError(f"--prompt: `--prompt` must be non-empty text of at most `--max-prompt-chars` "
-                           f"{args.max_prompt_chars} characters")
+        raise ConfigError("prompt", f"`--prompt` must be non-empty text of at most `--max-prompt-chars` "
+                                    f"{args.max_prompt_chars} characters")
+    return ServeConfig(host=args.host, port=args.port, token=args.token, sharing=args.sharing,
+                       idle_timeout_s=args.idle_timeout, fps=args.fps, lead_blocks=args.lead_blocks,
+                       client_buffer=args.client_buffer, jpeg_quality=args.jpeg_quality,
+                       prompt=args.prompt.strip(), policy=policy,
+                       limits=Limits(args.max_message_bytes, args.max_prompt_chars, args.prompt_interval))
 
 
-def _check_sources(args: argparse.Namespace) -> None:
-    """The model-source paths, as ``cascade generate`` checks them (one place: apps.generate.cli)."""
-    from apps.generate.cli import _check_sources as check
-
-    preset = None
-    if args.preset is not None:
-        from models.presets import get_preset
-
-        preset = get_preset(args.preset)
-    check(args, preset)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    check_args(args)
+def _cmd_serve(run: Invocation) -> int:
+    request, notes = resolve(run)
+    config = server_config(run.args, request.spec.switch_policy)
     try:
         import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
@@ -133,58 +105,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ConfigError("executor", f"`cascade serve` needs the serve extra ({e.name} is missing): "
                                       "pip install 'cascade-sched[serve]'") from None
-    from apps.serve.protocol import Limits
-    from apps.serve.session import ServeConfig
-    from apps.serve.stream import StreamJob
-    from cascade_sched.cli import spec_from_args
-    from executors.launch import under_torchrun
-
-    args.blocks = args.max_blocks
-    spec = spec_from_args(args)
-    job = StreamJob(spec=spec.to_dict(), model=args.model, checkpoint=args.checkpoint, dtype=args.dtype,
-                    device=args.device, shift=args.shift, timeout_s=args.timeout, executor=args.executor,
-                    jpeg_quality=args.jpeg_quality, fail_at=args.fail_at, preset=args.preset, weights=args.weights,
-                    lora=args.lora, model_dir=args.model_dir, text_encoder=args.text_encoder,
-                    text_encoder_device=args.text_encoder_device, text_embeddings=args.text_embeddings,
-                    vae=args.vae, vae_device=args.vae_device)
-    config = ServeConfig(host=args.host, port=args.port, token=args.token, sharing=args.sharing,
-                         idle_timeout_s=args.idle_timeout, fps=args.fps, lead_blocks=args.lead_blocks,
-                         client_buffer=args.client_buffer, jpeg_quality=args.jpeg_quality,
-                         prompt=args.prompt.strip(), policy=spec.switch_policy,
-                         limits=Limits(args.max_message_bytes, args.max_prompt_chars, args.prompt_interval))
-    if args.executor == "distributed":
-        if not under_torchrun():
-            raise ConfigError("executor", f"`--executor distributed` serves under torchrun: torchrun "
-                                          f"--nproc-per-node {spec.num_devices} -m cascade_sched.cli serve "
-                                          f"--executor distributed --devices {spec.num_devices} ...")
+    devices = request.spec.num_devices
+    if request.executor == "distributed" and not under_torchrun():
+        raise ConfigError("executor", f"`--executor distributed` serves under torchrun: torchrun "
+                                      f"--nproc-per-node {devices} -m cascade_sched.cli serve "
+                                      f"--executor distributed --devices {devices} ...")
+    if request.executor != "distributed" and under_torchrun() and world_size() > 1:
+        raise ConfigError("executor", "under torchrun, `cascade serve` needs `--executor distributed`")
+    for note in notes:
+        print(note, file=sys.stderr)
+    if request.executor == "distributed":
+        from apps.interrupts import say
         from apps.serve.group import abort_hook
         from executors.launch import run_rank
 
-        run_rank(_serve_rank, (job, config), args.device, args.timeout, on_abort=abort_hook, command="cascade serve")
+        run_rank(_serve_rank, (request, config), request.source.device, request.timeout_s,
+                 partial(say, "cascade serve"), on_abort=abort_hook)
         return 0
-    if under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("executor", "under torchrun, `cascade serve` needs `--executor distributed`")
     from apps.serve.app import serve
     from apps.serve.group import LocalGroup
 
+    args = run.args
     _say(f"cascade serve: loading model {args.model or args.preset or args.checkpoint or 'toy'} ...")
-    serve(config, LocalGroup(job))
+    serve(config, LocalGroup(request))
     return 0
 
 
-def _serve_rank(payload: tuple[Any, Any], rank: int, world: int) -> None:
+def _serve_rank(payload: tuple[RunRequest, ServeConfig], rank: int, world: int) -> None:
     """One torchrun rank: rank 0 serves, the others follow its streams."""
     from apps.serve.group import ABORT_HOOK, RankGroup, follow
 
-    job, config = payload
-    if world != int(job.spec.get("num_devices", 1)):
-        raise ConfigError("devices", f"the world size {world} must equal `--devices` {job.spec.get('num_devices', 1)}")
+    request, config = payload
+    if world != request.spec.num_devices:
+        raise ConfigError("num_devices", f"the world size {world} must equal `--devices` {request.spec.num_devices}")
     if rank != 0:
-        follow(job, rank, world)
+        follow(request, rank, world)
         return
     from apps.serve.app import serve
 
-    group = RankGroup(job, world)
+    group = RankGroup(request, world)
     holder: dict[str, Any] = {}
 
     def abort() -> None:

@@ -22,9 +22,13 @@ from typing import Any
 
 import torch
 
-from apps.serve.stream import StreamJob, StreamStart, stream_schedule
+from apps.request import RunRequest
+from apps.serve.stream import StreamStart, stream_schedule
 from cascade_sched.schedule import Schedule
 from executors.base import BlockCallback, LocalTransport, RunOptions, TickLoop
+from models.dit import CausalWanDiT
+from models.prompts import TextEncoder
+from models.sampler import FlowMatchSampler
 
 START_KEY = "cascade/serve/start/{}"
 STOP_KEY = "cascade/serve/stop"
@@ -40,21 +44,19 @@ def abort_hook(drain: bool = False) -> None:
         ABORT_HOOK[0]()
 
 
-def _options(job: StreamJob, start: StreamStart, sampler: Any, encoder: Any = None) -> RunOptions:
-    return RunOptions(prompt=start.prompt, prompts={}, sampler=sampler, fail_at=job.fail_at,
-                      timeout_s=job.timeout_s, text_encoder=encoder)
+def _options(request: RunRequest, start: StreamStart, sampler: FlowMatchSampler,
+             encoder: TextEncoder | None = None) -> RunOptions:
+    return RunOptions(prompt=start.prompt, prompts={}, sampler=sampler, fail_at=request.fail_at,
+                      timeout_s=request.timeout_s, text_encoder=encoder)
 
 
-def load(job: StreamJob) -> tuple[Any, Any, Any]:
-    """The stream's model, sampler and text encoder, from the same sources as ``cascade generate``'s
-    (``--checkpoint``, ``--preset``, ``--weights``, ``--lora``, ``--model-dir``, ``--text-encoder``, ...).
+def load(request: RunRequest) -> tuple[CausalWanDiT, FlowMatchSampler, TextEncoder]:
+    """The stream's model, sampler and text encoder, from its source (as ``cascade generate`` loads them).
     The encoder stays loaded: prompts arrive while streaming."""
-    from apps.generate.run import build_sampler, load_job_model
-    from apps.sources import text_source
+    from apps.sources import build_sampler, load_model, text_source
 
-    model, _ = load_job_model(job)  # type: ignore[arg-type]  # reads the fields StreamJob shares with GenerateJob
-    sampler = build_sampler(model.config.name, job.checkpoint, job.shift, job.preset)
-    return model, sampler, text_source(job, model.config, [])
+    model, _ = load_model(request.source)
+    return model, build_sampler(request.source, model.config.name), text_source(request.source, model.config, [])
 
 
 class LocalGroup:
@@ -62,19 +64,19 @@ class LocalGroup:
 
     executor = "reference"
 
-    def __init__(self, job: StreamJob) -> None:
-        self.job = job
-        self.model, self.sampler, self.encoder = load(job)
+    def __init__(self, request: RunRequest) -> None:
+        self.request = request
+        self.model, self.sampler, self.encoder = load(request)
         self.alive = True
         self.failure: str | None = None
         self.loop: TickLoop | None = None  # the running stream's loop on this process (its pool, for metrics)
 
     @property
     def devices(self) -> int:
-        return int(self.job.spec.get("num_devices", 1))
+        return self.request.spec.num_devices
 
     def options(self, start: StreamStart) -> RunOptions:
-        return _options(self.job, start, self.sampler, self.encoder)
+        return _options(self.request, start, self.sampler, self.encoder)
 
     def run(self, start: StreamStart, schedule: Schedule, options: RunOptions,
             hook: Callable[[int, Schedule], Schedule | None], on_block: BlockCallback) -> None:
@@ -106,10 +108,10 @@ class RankGroup(LocalGroup):
 
     executor = "distributed"
 
-    def __init__(self, job: StreamJob, world: int) -> None:
+    def __init__(self, request: RunRequest, world: int) -> None:
         import torch.distributed as dist
 
-        super().__init__(job)
+        super().__init__(request)
         self.world = world
         self.store = dist.distributed_c10d._get_default_store()
         self._executor: Any = None
@@ -154,13 +156,13 @@ class RankGroup(LocalGroup):
         self.store.set(STOP_KEY, "1")
 
 
-def follow(job: StreamJob, rank: int, world: int) -> None:
+def follow(request: RunRequest, rank: int, world: int) -> None:
     """A rank other than 0: run each stream rank 0 posts, until it says stop."""
     import torch.distributed as dist
 
     from executors.distributed import DistributedExecutor
 
-    model, sampler, encoder = load(job)
+    model, sampler, encoder = load(request)
     store = dist.distributed_c10d._get_default_store()
     number = 0
     while True:
@@ -171,6 +173,6 @@ def follow(job: StreamJob, rank: int, world: int) -> None:
             time.sleep(POLL_S)
         start: StreamStart = pickle.loads(store.get(key))
         with torch.inference_mode():
-            DistributedExecutor().run(stream_schedule(job, start), model, _options(job, start, sampler, encoder),
-                                      extendable=True)
+            DistributedExecutor().run(stream_schedule(request, start), model,
+                                      _options(request, start, sampler, encoder), extendable=True)
         number = start.number + 1

@@ -165,7 +165,7 @@ class Stream:
         self.started_s = time.monotonic()
         self.first_frame_s: float | None = None
         self.last_activity = self.started_s
-        self.blocks_total = int(group.job.spec["num_blocks"])
+        self.blocks_total = group.request.spec.num_blocks
         self.task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -227,14 +227,14 @@ class Stream:
         try:
             from apps.serve.stream import stream_schedule
 
-            schedule = stream_schedule(group.job, self.start)
+            schedule = stream_schedule(group.request, self.start)
             options = group.options(self.start)
             hook = StreamHook(schedule, options, control,
                               report=lambda r, at, why: self._call(self._switch_report, r, at, why),
                               on_tick=self._on_tick)
-            job = group.job
-            decoder = decoder_for(job, group.model.config, job.vae_device or job.device)
-            pipe = FramePipe(decoder, group.job.jpeg_quality, hook.prompt_of,
+            source = group.request.source
+            decoder = decoder_for(source, group.model.config, source.decode_device)
+            pipe = FramePipe(decoder, self.config.jpeg_quality, hook.prompt_of,
                              lambda b, frames, prompt, took: self._call(self._add_block, b, frames, prompt, took),
                              control)
             group.run(self.start, schedule, options, hook, pipe.on_block)
@@ -293,11 +293,11 @@ class Stream:
             c.send_text(text)
 
     def hello(self) -> str:
-        spec = self.group.job.spec
+        spec = self.group.request.spec
         return message("hello", stream=self.start.number, prompt=self.start.prompt, policy=self.start.policy,
                        fps=self.config.fps, model=self.group.model.config.name, executor=self.group.executor,
-                       devices=self.group.devices, lag=spec.get("lag"), attention=spec.get("attention"),
-                       window=spec.get("window"), max_blocks=self.blocks_total, sharing=self.config.sharing,
+                       devices=self.group.devices, lag=spec.lag, attention=spec.attention,
+                       window=spec.window, max_blocks=self.blocks_total, sharing=self.config.sharing,
                        block=self.block, limits=self.config.limits.to_dict())
 
     async def _pace(self) -> None:

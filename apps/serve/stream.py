@@ -1,8 +1,8 @@
 """The generation side of ``cascade serve``: one stream's schedule, its extend hook, and its frames.
 
 A stream is planned at its full length (``--max-blocks``) when it starts. A prompt switch rebuilds it with
-one more switch at the first block not yet started (:func:`apps.generate.interactive.next_schedule`), and its
-end cuts it after the blocks already started (:func:`end_schedule`). Neither changes a task that has run,
+one more switch at the first block not yet started (:func:`apps.streams.next_schedule`), and its end cuts
+it after the blocks already started (:func:`apps.streams.end_schedule`). Neither changes a task that has run,
 and the schedule never grows, so the same stream runs on one process or on N ranks (rank 0's hook decides
 and every rank adopts, ``executors.distributed.AgreedExtension``).
 
@@ -22,37 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from apps.generate.interactive import next_schedule
+from apps.request import RunRequest
+from apps.streams import end_schedule, next_schedule
 from cascade_sched.schedule import Schedule, build_schedule
-from cascade_sched.spec import CascadeSpec
 from cascade_sched.validate import validate
 from executors.base import RunOptions
-
-
-@dataclass(frozen=True)
-class StreamJob:
-    """What every rank needs to serve streams (plain values, so it pickles to torchrun's ranks)."""
-
-    spec: dict[str, Any]  # the stream's CascadeSpec at full length (num_blocks = --max-blocks), no switches
-    model: str | None = None  # None: the preset's, else the checkpoint's own shapes, else toy (as generate)
-    checkpoint: str | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    shift: float | None = None
-    timeout_s: float = 60.0
-    executor: str = "reference"
-    jpeg_quality: int = 85
-    fail_at: tuple[int, int] | None = None  # tests: (rank, tick) fails in every stream
-    # Where the weights, text encoder and decoder come from: the same flags and meaning as GenerateJob's.
-    preset: str | None = None
-    weights: str | None = None
-    lora: str | None = None
-    model_dir: str | None = None
-    text_encoder: str | None = None
-    text_encoder_device: str = "cpu"
-    text_embeddings: str | None = None
-    vae: str | None = None
-    vae_device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,31 +38,9 @@ class StreamStart:
     policy: str
 
 
-def stream_schedule(job: StreamJob, start: StreamStart) -> Schedule:
+def stream_schedule(request: RunRequest, start: StreamStart) -> Schedule:
     """The full-length, validated schedule a stream starts with."""
-    return validate(build_schedule(CascadeSpec.from_dict({**job.spec, "switch_policy": start.policy})))
-
-
-def end_schedule(schedule: Schedule, tick: int) -> Schedule | None:
-    """``schedule`` cut after the blocks that have started by ``tick`` (or whose recache task has run): the
-    blocks in flight finish, no new one starts. None when nothing is left to cut.
-
-    >>> s = build_schedule(CascadeSpec(num_blocks=8, lag=1))
-    >>> end_schedule(s, 2).num_blocks, end_schedule(s, 2).num_ticks
-    (3, 7)
-    """
-    spec = schedule.spec
-    recache = {at for _, at in spec.recache_switches}
-    keep = sum(1 for b, st in enumerate(schedule.starts) if st <= tick or (b in recache and st - 1 <= tick))
-    keep = max(keep, 1)
-    if keep >= spec.num_blocks:
-        return None
-    data = spec.to_dict()
-    data["num_blocks"] = keep
-    if isinstance(spec.lag, tuple):
-        data["lag"] = list(spec.lag[: keep - 1])
-    data["switches"] = [list(sw) for sw in spec.switches if sw[0] < keep]
-    return build_schedule(CascadeSpec.from_dict(data))
+    return validate(build_schedule(request.spec.replace(switch_policy=start.policy)))
 
 
 def resolve_prompts(options: RunOptions, new: dict[int, str]) -> None:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.out is not None or args.init is not None) and args.variant == "both":
         p.error("--out and --init name one variant's weights: give --variant cascade or --variant sequential")
     from cascade_sched.errors import ConfigError
-    from executors.launch import check_device
+    from executors.devices import check_device
 
     try:
         check_device(args.device)

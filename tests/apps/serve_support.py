@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from apps.generate.run import build_model, build_sampler
+from apps.request import ModelSource, RunRequest
 from apps.serve.app import Server, make_server
 from apps.serve.group import LocalGroup
 from apps.serve.session import ServeConfig
-from apps.serve.stream import StreamJob, encode_jpeg
-from apps.sources import preview_decoder
+from apps.serve.stream import encode_jpeg
+from apps.sources import build_sampler, load_model, preview_decoder
 from cascade_sched import CascadeSpec, build_schedule
 from executors.base import RunOptions
 from executors.reference import ReferenceExecutor
@@ -24,10 +24,10 @@ from executors.reference import ReferenceExecutor
 FPS = 60.0
 
 
-def tiny_job(max_blocks: int = 8, **spec: Any) -> StreamJob:
+def tiny_job(max_blocks: int = 8, **spec: Any) -> RunRequest:
     """A stream of the tiny model: 12 frames a block (the latent preview), milliseconds a tick."""
     fields = {"num_blocks": max_blocks, "lag": 1, "window": 4, "sink": 1, **spec}
-    return StreamJob(spec=CascadeSpec(**fields).to_dict(), model="tiny")
+    return RunRequest(spec=CascadeSpec(**fields), source=ModelSource(model="tiny"))
 
 
 def config(**changes: Any) -> ServeConfig:
@@ -35,7 +35,7 @@ def config(**changes: Any) -> ServeConfig:
 
 
 @contextmanager
-def running_server(cfg: ServeConfig, job: StreamJob, sndbuf: int | None = None) -> Iterator[tuple[str, Server]]:
+def running_server(cfg: ServeConfig, job: RunRequest, sndbuf: int | None = None) -> Iterator[tuple[str, Server]]:
     """Serve ``job`` on 127.0.0.1 (a free port) until the block ends; yields ``(host:port, server)``.
 
     ``sndbuf`` fixes the kernel send buffer of every accepted connection (Linux copies it from the listening
@@ -113,18 +113,19 @@ class StreamClient:
         self._connection.__exit__(None, None, None)
 
 
-def offline_frames(job: StreamJob, prompt: str, policy: str, switches: list[tuple[int, str]],
+def offline_frames(job: RunRequest, prompt: str, policy: str, switches: list[tuple[int, str]],
                    blocks: int) -> list[list[bytes]]:
     """The JPEG frames per block that the reference executor makes for the stream, run whole."""
-    spec = {**job.spec, "num_blocks": blocks, "switch_policy": policy,
-            "switches": [[at, i + 1] for i, (at, _) in enumerate(switches)]}
-    model = build_model(job.model, job.checkpoint, job.dtype, job.device)
+    spec = job.spec.replace(num_blocks=blocks, switch_policy=policy,
+                            switches=tuple((at, i + 1) for i, (at, _) in enumerate(switches)))
+    model, _ = load_model(job.source)
     options = RunOptions(prompt=prompt, prompts={i + 1: text for i, (_, text) in enumerate(switches)},
-                         sampler=build_sampler(job.model, job.checkpoint, job.shift))
+                         sampler=build_sampler(job.source, model.config.name))
     decoder = preview_decoder(model.config)
+    quality = ServeConfig().jpeg_quality
     out: list[list[bytes]] = []
-    ReferenceExecutor().run(build_schedule(CascadeSpec.from_dict(spec)), model, options,
-                            lambda b, x: out.append([encode_jpeg(f, job.jpeg_quality) for f in decoder.decode_block(x)]))
+    ReferenceExecutor().run(build_schedule(spec), model, options,
+                            lambda b, x: out.append([encode_jpeg(f, quality) for f in decoder.decode_block(x)]))
     return out
 
 

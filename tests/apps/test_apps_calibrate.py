@@ -11,8 +11,8 @@ import pytest
 
 from apps.calibrate.calibrate import CalibrateOptions, calibrate, fit_alpha_beta
 from apps.calibrate.matrix import METRICS, ROW_FIELDS, MatrixOptions, matrix_specs, predict, run_matrix
+from apps.cli import main
 from cascade_sched import CascadeSpec, build_schedule
-from cascade_sched.cli import main
 from cascade_sched.errors import ConfigError, SimulationError
 from simulator import GPU, Cluster, UniformCost, simulate
 from simulator.profile import ForwardPoint, Profile, ProfileCost

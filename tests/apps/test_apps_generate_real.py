@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_sched.cli import main
+from apps.cli import main
 
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
@@ -168,7 +168,7 @@ def test_taehv_is_the_fast_option(folder: Path, tmp_path: Path, capsys: pytest.C
 
 
 def test_the_help_names_every_preset() -> None:
-    from apps.generate.cli import PRESET_NAMES
+    from apps.flags import PRESET_NAMES
     from models.presets import PRESETS
 
     assert PRESET_NAMES.split(" | ") == list(PRESETS)

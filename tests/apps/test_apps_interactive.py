@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from apps.generate.interactive import next_schedule, read_timeline
+from apps.flags import read_timeline
+from apps.streams import next_schedule
 from cascade_sched import CascadeSpec, ConfigError, build_schedule
 from cascade_sched.schedule import Schedule
 from executors.base import RunOptions

@@ -175,7 +175,7 @@ def test_a_generation_error_ends_the_session_with_one_error_and_the_next_starts_
         c = StreamClient(address)
         c.pump(lambda c: c.closed is not None)
         assert httpx.get(f"http://{address}/healthz").status_code == 200  # one process: the group lives on
-        server.group.job = dataclasses.replace(job, fail_at=None)
+        server.group.request = dataclasses.replace(job, fail_at=None)
         d = StreamClient(address)
         d.pump(lambda c: len(c.frame_times) >= 24)
         d.close()
@@ -229,7 +229,7 @@ def test_fifty_connect_disconnect_cycles_release_everything() -> None:
     (["--lag", "9"], "--lag"), (["--timeout", "0"], "--timeout"),
 ])
 def test_bad_flags_get_one_line_naming_the_flag(flags: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from cascade_sched.cli import main
+    from apps.cli import main
 
     assert main(["serve", "--port", "0", *flags]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("cascade serve: loading")]

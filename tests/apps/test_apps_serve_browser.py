@@ -23,7 +23,7 @@ pytest.importorskip("websockets")
 
 from serve_support import config, running_server
 
-from apps.serve.stream import StreamJob
+from apps.request import ModelSource, RunRequest
 from cascade_sched import CascadeSpec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -84,7 +84,7 @@ def _launch(profile: Path) -> tuple[subprocess.Popen[bytes], DevTools]:
 
 
 def test_the_page_draws_frames_and_shows_a_switch(tmp_path: Path) -> None:
-    job = StreamJob(spec=CascadeSpec(num_blocks=200, lag=1, window=4, sink=1).to_dict(), model="toy")
+    job = RunRequest(spec=CascadeSpec(num_blocks=200, lag=1, window=4, sink=1), source=ModelSource(model="toy"))
     with running_server(config(fps=16.0, stats_interval_s=0.5, token="t0ken"), job) as (address, _):
         proc, dt = _launch(tmp_path / "profile")
         try:

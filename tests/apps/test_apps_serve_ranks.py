@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from apps.serve.stream import Control, StreamHook, StreamJob, SwitchRequest
+from apps.request import ModelSource, RunRequest
+from apps.serve.stream import Control, StreamHook, SwitchRequest
 from cascade_sched import CascadeSpec, build_schedule
 from cascade_sched.errors import ExecutorError
 from cascade_sched.schedule import Schedule, extend_schedule
@@ -161,7 +162,8 @@ def test_torchrun_serves_from_rank_0_and_a_prompt_reaches_every_rank_at_the_same
         _stop(proc)
     hello, (switch,) = c.of("hello")[0], c.of("switch")
     assert hello["executor"] == "distributed" and hello["devices"] == 2 and switch["applied"]
-    job = StreamJob(spec=CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=2).to_dict(), model="tiny")
+    job = RunRequest(spec=CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=2),
+                     source=ModelSource(model="tiny"))
     expected = offline_frames(job, hello["prompt"], policy, [(switch["at_block"], "a blue cube spinning")], 14)
     assert [c.frames[b] for b in range(14)] == expected
     assert d.of("hello")[0]["stream"] == 1 and health["alive"] and health["devices"] == 2

@@ -11,7 +11,7 @@ from exec_support import tiny_model
 from torch import Tensor
 
 from apps.generate.decode_thread import DecodeWorker
-from apps.generate.interactive import next_schedule
+from apps.streams import next_schedule
 from cascade_sched import CascadeSpec, ConfigError, build_schedule
 from cascade_sched.schedule import Schedule
 from executors.base import RunOptions

@@ -1,34 +1,13 @@
-"""Interrupts and partial outputs: the note of what was kept is asked after the stack unwound, once; a
-file under its final name is always whole."""
+"""Partial outputs: a file under its final name is always whole; what a failed run finished stays under
+the partial name."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 
-from cascade_sched import interrupts
 from cascade_sched.outputs import committed, partial_path, save_figure
-
-
-def test_a_note_is_asked_after_every_finally_ran_and_said_once() -> None:
-    interrupts.what_was_kept()  # forget what an earlier test left
-    state = {"blocks": 0}
-    with pytest.raises(KeyboardInterrupt), interrupts.on_interrupt(lambda: f"kept {state['blocks']} blocks"):
-        state["blocks"] = 3
-        try:
-            raise interrupts.Interrupted(signal.SIGTERM)
-        finally:
-            state["blocks"] = 4  # the finally that closes the files runs before the note is asked
-    assert interrupts.what_was_kept() == "kept 4 blocks"
-    assert interrupts.what_was_kept() == ""  # said once: a later command in this process starts clean
-    assert (
-        interrupts.line("cascade generate", signal.SIGTERM, "kept 4 blocks")
-        == "cascade generate: interrupted (SIGTERM): kept 4 blocks"
-    )
-    assert interrupts.exit_code(interrupts.Interrupted(signal.SIGTERM)) == 143
-    assert interrupts.exit_code(KeyboardInterrupt()) == 130
 
 
 def test_committed_keeps_a_partial_file_under_the_partial_name_only(tmp_path: Path) -> None:
