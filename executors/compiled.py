@@ -10,9 +10,9 @@ and one backend turns the exported programs into kernels:
   module's dtype (cast the model to bf16/fp16), engines cached on disk and compiled programs saved and
   reloaded with ``torch_tensorrt.save`` / ``torch_tensorrt.load``.
 
-The tick is the model's own ``CausalWanDiT.forward_tick``; this executor only swaps its pieces
-(:class:`GraphKernels`, a :class:`models.dit.TickKernels`) for graphs exported from the model's own
-methods, in the forms graphs need (``graph_forms``: RoPE as real cos/sin, since TensorRT has no complex
+The tick is the model's own ``CausalWanDiT.forward_tick``, run by the shared tick loop; this executor only
+swaps its pieces (:class:`GraphKernels`, a :class:`models.dit.TickKernels`) for graphs exported from the
+model's own methods, in the forms graphs need (``graph_forms``: RoPE as real cos/sin, since TensorRT has no complex
 tensors; cross-attention batched over inputs, so any mix of prompts runs one graph). Pieces per bucket:
 
     embed     tokens   CausalWanDiT.embed_tick: latents (n, C, F, H, W), sinusoid (n, freq_dim) -> x, e, e0
@@ -33,6 +33,7 @@ inductor graphs run under ``error_on_recompile``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -47,10 +48,10 @@ from torch import Tensor, nn
 
 from cascade_sched.errors import ConfigError, ExecutorError
 from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, ExtendHook, RunOptions, RunResult
+from executors.base import BlockCallback, Executor, ExtendHook, RunOptions, RunResult
 from executors.buckets import ATTENTION, TOKENS, Bucket, forward_buckets
-from models.attention import CrossKV, KVLookup, KVPair, Rope, attend
-from models.dit import CausalWanDiT, Exchange, TaskInput, TickOutput
+from models.attention import CrossKV, KVPair, Rope, attend
+from models.dit import CausalWanDiT
 from models.layers import WanBlock, _act_dtype
 
 BACKENDS = ("inductor", "tensorrt")
@@ -179,11 +180,9 @@ class Piece(nn.Module):
 
 # --- compiling and loading ---------------------------------------------------------------------------------
 class CompiledModel:
-    """A :class:`CausalWanDiT` whose ``forward_tick`` runs compiled graphs, one set per bucket.
-
-    Everything else (config, dtype, device, prompts, blocks) is the wrapped model's, so the shared
-    :class:`~executors.base.TickLoop` and the distributed transport take it in place of the model.
-    Call :meth:`prepare` with the run's buckets before the first tick.
+    """The compiled graphs of one :class:`CausalWanDiT`, one set per bucket, and the :class:`GraphKernels`
+    that run them as the pieces of the model's own ``forward_tick`` (``model.forward_tick(...,
+    kernels=cm.kernels)``). Call :meth:`prepare` with the run's buckets before the first tick.
     """
 
     def __init__(self, model: CausalWanDiT, backend: str = "inductor", cache_dir: str | Path | None = None,
@@ -213,9 +212,6 @@ class CompiledModel:
         self.kernels = GraphKernels(self)
         if backend == "tensorrt":
             self._trt = load_tensorrt()
-
-    def __getattr__(self, name: str) -> Any:  # only for names this class lacks: the model's
-        return getattr(self.__dict__["model"], name)
 
     # -- building ----------------------------------------------------------------------------------------
     def _head_piece(self, n: int) -> Piece:
@@ -342,16 +338,6 @@ class CompiledModel:
                                 f"(compiled: {have}); the compiled executor never compiles mid-stream")
         return fn
 
-    # -- the tick -------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def forward_tick(self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None) -> TickOutput:
-        """``CausalWanDiT.forward_tick`` with the same arguments, results and exchange calls: the model's
-        own tick, its pieces run by this model's graphs (:class:`GraphKernels`)."""
-        if self.backend == "inductor" and self.cache_dir is None:
-            with torch._dynamo.config.patch(error_on_recompile=True):
-                return self.model.forward_tick(tasks, kv, exchange, kernels=self.kernels)
-        return self.model.forward_tick(tasks, kv, exchange, kernels=self.kernels)
-
 
 class GraphKernels:
     """The tick's pieces (:class:`models.dit.TickKernels`) as a :class:`CompiledModel`'s graphs: each
@@ -448,14 +434,20 @@ class CompiledExecutor:
 
     def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
             on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
+        """The model's own tick loop, its pieces run by this process's graphs: in one process every device
+        (as the reference executor), inside a process group this rank's (as the distributed one)."""
         import torch.distributed as dist
 
         from executors.distributed import DistributedExecutor
         from executors.reference import ReferenceExecutor
 
         cm = self.prepare(schedule, model)
-        inner = DistributedExecutor() if dist.is_initialized() else ReferenceExecutor()
-        return inner.run(schedule, cast(CausalWanDiT, cm), options, on_block, extend=extend)
+        inner: Executor = (DistributedExecutor(kernels=cm.kernels) if dist.is_initialized()
+                           else ReferenceExecutor(kernels=cm.kernels))
+        with contextlib.ExitStack() as stack:
+            if self.backend == "inductor" and self.engine_cache is None:  # a new shape raises, never compiles
+                stack.enter_context(torch._dynamo.config.patch(error_on_recompile=True))
+            return inner.run(schedule, model, options, on_block, extend=extend)
 
 
 __all__ = ["BACKENDS", "Bucket", "CompiledExecutor", "CompiledModel", "Piece", "check_backend", "load_tensorrt"]

@@ -99,11 +99,12 @@ class Shutdown:
 
     def follow(self, text: str) -> None:
         """Stop as another rank's abort message says: an interrupt (``INTERRUPTED`` + signum + why) as that
-        interrupt, anything else as that rank's failure."""
+        interrupt, anything else as that rank's failure (its first line: the failing rank printed the
+        rest, its schedule grid)."""
         if text.startswith(INTERRUPTED):
             self(text, int(text[len(INTERRUPTED):].split(":", 1)[0]))
         else:
-            self(text)
+            self(text.split("\n", 1)[0])
 
 
 class Watchdog:

@@ -18,14 +18,15 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from apps.request import RunRequest
 from apps.serve.stream import StreamStart, stream_schedule
 from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, LocalTransport, RunOptions, TickLoop
+from executors.base import BlockCallback, ExtendHook, RunOptions
+from executors.distributed import DistributedExecutor
+from executors.reference import ReferenceExecutor
 from models.dit import CausalWanDiT
 from models.prompts import TextEncoder
 from models.sampler import FlowMatchSampler
@@ -69,7 +70,7 @@ class LocalGroup:
         self.model, self.sampler, self.encoder = load(request)
         self.alive = True
         self.failure: str | None = None
-        self.loop: TickLoop | None = None  # the running stream's loop on this process (its pool, for metrics)
+        self.running: ReferenceExecutor | DistributedExecutor | None = None  # a stream's executor while it runs
 
     @property
     def devices(self) -> int:
@@ -78,20 +79,23 @@ class LocalGroup:
     def options(self, start: StreamStart) -> RunOptions:
         return _options(self.request, start, self.sampler, self.encoder)
 
-    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions,
-            hook: Callable[[int, Schedule], Schedule | None], on_block: BlockCallback) -> None:
+    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions, hook: ExtendHook,
+            on_block: BlockCallback) -> None:
         """Run one stream (its first ``schedule``) to its end on the calling thread."""
-        with torch.inference_mode():
-            loop = TickLoop(schedule, self.model, options, range(schedule.num_devices), LocalTransport(), on_block,
-                            extend=hook)
-            self.loop = loop
-            try:
-                loop.run()
-            finally:
-                self.loop = None
+        self._run(ReferenceExecutor(), schedule, options, hook, on_block)
+
+    def _run(self, executor: ReferenceExecutor | DistributedExecutor, schedule: Schedule, options: RunOptions,
+             hook: ExtendHook, on_block: BlockCallback) -> None:
+        self.running = executor
+        try:
+            with torch.inference_mode():
+                executor.run(schedule, self.model, options, on_block, extend=hook)
+        finally:
+            self.running = None
 
     def kv_bytes(self) -> int:
-        loop = self.loop
+        """The K/V the running stream holds on this process (0 between streams)."""
+        loop = self.running.loop if self.running is not None else None
         return loop.pool.bytes_in_use if loop is not None else 0
 
     def fail(self, message: str) -> tuple[str, str]:
@@ -114,27 +118,16 @@ class RankGroup(LocalGroup):
         super().__init__(request)
         self.world = world
         self.store = dist.distributed_c10d._get_default_store()
-        self._executor: Any = None
 
     @property
     def devices(self) -> int:
         return self.world
 
-    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions,
-            hook: Callable[[int, Schedule], Schedule | None], on_block: BlockCallback) -> None:
-        from executors.distributed import DistributedExecutor
-
+    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions, hook: ExtendHook,
+            on_block: BlockCallback) -> None:
+        """Post the stream's start to the other ranks, then run rank 0's share."""
         self.store.set(START_KEY.format(start.number), pickle.dumps(start))  # type: ignore[arg-type]  # bytes work
-        self._executor = DistributedExecutor()
-        try:
-            with torch.inference_mode():
-                self._executor.run(schedule, self.model, options, on_block, extend=hook, extendable=True)
-        finally:
-            self._executor = None
-
-    def kv_bytes(self) -> int:
-        loop = getattr(self._executor, "loop", None)
-        return loop.pool.bytes_in_use if loop is not None else 0
+        self._run(DistributedExecutor(extendable=True), schedule, options, hook, on_block)
 
     def fail(self, message: str) -> tuple[str, str]:
         """Rank 0's stream failed. If another rank failed first, rank 0's error is only the echo of it
@@ -160,8 +153,6 @@ def follow(request: RunRequest, rank: int, world: int) -> None:
     """A rank other than 0: run each stream rank 0 posts, until it says stop."""
     import torch.distributed as dist
 
-    from executors.distributed import DistributedExecutor
-
     model, sampler, encoder = load(request)
     store = dist.distributed_c10d._get_default_store()
     number = 0
@@ -173,6 +164,6 @@ def follow(request: RunRequest, rank: int, world: int) -> None:
             time.sleep(POLL_S)
         start: StreamStart = pickle.loads(store.get(key))
         with torch.inference_mode():
-            DistributedExecutor().run(stream_schedule(request, start), model,
-                                      _options(request, start, sampler, encoder), extendable=True)
+            DistributedExecutor(extendable=True).run(stream_schedule(request, start), model,
+                                                     _options(request, start, sampler, encoder))
         number = start.number + 1

@@ -66,7 +66,7 @@ def run_scripted_on_rank(cases: list[tuple[dict[str, Any], int]], rank: int, wor
         schedule = build_schedule(CascadeSpec.from_dict(spec))
         options = RunOptions(prompts={})
         hook = scripted_hook(schedule, options, end_at) if rank == 0 else None
-        result = DistributedExecutor().run(schedule, model, options, extend=hook, extendable=True)
+        result = DistributedExecutor(extendable=True).run(schedule, model, options, extend=hook)
         out.append((hook.schedule.spec.to_dict(), dict(options.prompts), result.stacked().numpy())
                    if hook is not None else None)
     return out
@@ -92,8 +92,8 @@ def grow_at_the_end_on_rank(_: None, rank: int, world: int) -> None:
     def grow(tick: int, s: Schedule) -> Schedule | None:
         return extend_schedule(s, 1) if tick == s.num_ticks - 1 and s.num_blocks == 3 else None
 
-    DistributedExecutor().run(schedule, tiny_model(), RunOptions(), extend=grow if rank == 0 else None,
-                              extendable=True)
+    DistributedExecutor(extendable=True).run(schedule, tiny_model(), RunOptions(),
+                                             extend=grow if rank == 0 else None)
 
 
 @pytest.mark.slow
