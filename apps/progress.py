@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -18,7 +18,7 @@ __all__ = ["bar", "track"]
 T = TypeVar("T")
 
 
-def bar(total: int, desc: str, unit: str, *, on: bool = True) -> tqdm[None] | None:
+def bar(total: int, desc: str, unit: str, *, on: bool = True) -> tqdm[NoReturn] | None:
     """A bar of ``total`` ``unit``\\ s labelled ``desc`` (update it, close it), or None when not ``on``."""
     if not on:
         return None

@@ -139,7 +139,8 @@ def resolve(run: Invocation) -> Resolved:
         _check_ranks(args, spec)
     source = _source(args, preset, notes)
     _check_memory(spec, source, run.machine.memory_bytes)
-    prompt, prompts = args.prompt, ()
+    prompt: str = args.prompt
+    prompts: tuple[tuple[int, str], ...] = ()
     if not serve:
         spec, prompt, prompts = _prompts(args, typed, spec, _toy(args, preset))
         if args.out and not (args.vae or args.model_dir) and (args.model or args.checkpoint or args.preset) and \

@@ -142,7 +142,7 @@ def share_from_rank0(value: Any, rank: int, world: int) -> Any:
 
     store = dist.distributed_c10d._get_default_store()
     if rank == 0:
-        store.set(SHARE_KEY, b"ready")
+        store.set(SHARE_KEY, b"ready")  # type: ignore[arg-type]  # torch: Store.set is typed str, takes bytes
     else:
         store.wait([SHARE_KEY], timedelta(seconds=SHARE_WAIT_S))
     box = [value if rank == 0 else None]

@@ -173,10 +173,10 @@ def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float, report: Re
             signal.signal(signum, signal.SIG_IGN)
         earlier = dog.peek()
         if isinstance(e, KeyboardInterrupt) and earlier is None:
-            signum = signal_of(e)
-            message = f"{INTERRUPTED}{signum}:rank {rank} received {signal.Signals(signum).name}"
+            received = signal_of(e)
+            message = f"{INTERRUPTED}{received}:rank {rank} received {signal.Signals(received).name}"
             dog.fail(message)
-            shutdown(message, signum)
+            shutdown(message, received)
         elif earlier is not None:  # another rank stopped first (a failure, or an interrupt): stop as it says
             dog.fail(earlier)
             shutdown.follow(earlier)
@@ -231,7 +231,7 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     on one of them), :class:`~cascade_sched.errors.Interrupted` is raised here with what rank 0 kept,
     so the command says its one line.
     """
-    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
     check_device(device, nproc - 1, nproc)  # one line here, before any rank starts
     if threads is None:
@@ -241,9 +241,9 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     with tempfile.TemporaryDirectory(prefix="cascade-spawn-") as tmp:
         result_path = os.path.join(tmp, "rank0.pkl")
         kept_path = result_path + ".kept"
-        ctx = mp.start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads,
-                                                 result_path, on_abort), nprocs=nproc, join=False,
-                                 start_method="spawn")
+        ctx = start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads,  # type: ignore[no-untyped-call]  # torch: start_processes is not annotated
+                                              result_path, on_abort), nprocs=nproc, join=False,
+                              start_method="spawn")
         try:
             while not ctx.join(timeout=POLL_S, grace_period=STOP_S):
                 pass
@@ -260,14 +260,14 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
                     p.kill()
                     p.join()
             _interrupted(signum, kept_path)
-        except mp.ProcessExitedException as e:
+        except ProcessExitedException as e:
             if e.exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
                 _interrupted(abs(e.exit_code) % 128, kept_path)  # a rank was interrupted: every rank stopped
             raise ExecutorError(
                 f"rank {e.error_index} exited with status {e.exit_code} after "
                 f"{time.perf_counter() - start:.1f} s; every rank was stopped (each rank's own message is above)"
             ) from None
-        except mp.ProcessRaisedException as e:
+        except ProcessRaisedException as e:
             last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
             raise ExecutorError(f"rank {e.error_index} failed: {last}") from None
         if not os.path.exists(result_path):

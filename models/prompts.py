@@ -247,7 +247,7 @@ class UMT5Encoder:
         if text_dim is not None and width != text_dim:
             raise CheckpointError(f"text encoder {str(path)!r} outputs width {width}, but the model cross-attends "
                                   f"to width {text_dim} (text_dim)")
-        self.model: Any = model.to(self.device).eval()
+        self.model: Any = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers: `to` is typed as taking a model
 
     @torch.no_grad()
     def encode(self, text: str) -> Tensor:
@@ -260,7 +260,8 @@ class UMT5Encoder:
         mask = batch.attention_mask.to(self.device)
         hidden = self.model(input_ids=batch.input_ids.to(self.device), attention_mask=mask).last_hidden_state[0]
         n = int(mask.sum())
-        self._cache[text] = out = hidden[:n].float().cpu()  # (n, D): real tokens only, as Wan trims
+        out: Tensor = hidden[:n].float().cpu()  # (n, D): real tokens only, as Wan trims
+        self._cache[text] = out
         return out
 
     def close(self) -> None:

@@ -58,7 +58,8 @@ class _TGrow(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (T, C, H, W) -> (T * stride, C, H, W), frames in order
         t, c, h, w = x.shape
-        return self.conv(x).reshape(t * self.stride, c, h, w)
+        y: Tensor = self.conv(x)
+        return y.reshape(t * self.stride, c, h, w)
 
 
 class TAEHVDecoder(nn.Module):

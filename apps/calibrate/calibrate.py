@@ -139,7 +139,7 @@ def calibrate(options: CalibrateOptions, progress: Progress | None = None, quiet
     prov.update(commit_s_per_version=commit_s, decoder="latent preview")
     tick_s = 0.0
     if options.tick:
-        tick = profile_tick(model, points, options.timesteps)
+        tick = profile_tick(model, options.timesteps)
         tick_s = tick["tick_overhead_s"]
         prov["tick"] = tick
         say(f"tick loop overhead {tick_s * 1e3:.3f} ms per tick (reference executor, {tick['ticks']} ticks)")

@@ -86,7 +86,7 @@ def random_vae(device: str, dtype: str, overrides: dict[str, Any] | None = None)
     from models.decode import WanVAEDecoder
 
     with torch.device(device):
-        vae = AutoencoderKLWan(**(overrides or {}))
+        vae = AutoencoderKLWan(**(overrides or {}))  # type: ignore[no-untyped-call]  # diffusers: the model classes are not annotated
     return WanVAEDecoder(vae, device=device, dtype=torch_dtype(dtype))
 
 
@@ -150,7 +150,7 @@ def run_kit(options: KitOptions, progress: Progress | None = None) -> dict[str, 
     points = profile_forward(model, options.batches, options.context_blocks, options.warmup, options.repeats, say,
                              quiet=options.quiet)
     sample_s, commit_s = profile_sampler(model)
-    tick = profile_tick(model, points, repeats=2, window=min(options.context_blocks[-1], 7))
+    tick = profile_tick(model, repeats=2, window=min(options.context_blocks[-1], 7))
     say(f"  sampler {sample_s * 1e6:.0f} us per task; tick overhead {tick['tick_overhead_s'] * 1e3:.2f} ms")
     decode_first = decode_rest = 0.0
     decoder = "none"

@@ -16,6 +16,7 @@ distributed executor's own transport and backend (gloo on CPU, NCCL on GPU).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -276,10 +277,10 @@ def _contention_rank(payload: dict[str, Any], rank: int, world: int) -> list[tup
                 if rank == 0:  # rank 1 sleeps in the barrier: the machine should be all but idle
                     idle = wait_idle(0.9, timeout_s=5.0)
                 dist.barrier()
-                alone = (median_time(lambda t=tasks, lk=lookup: model.forward_tick(t, lk), 0, reps)
-                         if rank == 0 else 0.0)
+                forward = functools.partial(model.forward_tick, tasks, lookup)
+                alone = median_time(forward, 0, reps) if rank == 0 else 0.0
                 dist.barrier()
-                together = median_time(lambda t=tasks, lk=lookup: model.forward_tick(t, lk), 0, reps)
+                together = median_time(forward, 0, reps)
                 out.append((n, alone, together, idle))
     return out if rank == 0 else None
 

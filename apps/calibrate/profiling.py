@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -190,21 +190,32 @@ def profile_decode(model: CausalWanDiT, decoder: Any = None, warmup: int = 2, re
     return first_s, median_time(lambda: dec.decode_block(x), warmup, repeats, torch.device(device))
 
 
-def profile_tick(model: CausalWanDiT, points: Sequence[ForwardPoint] = (), timesteps: Sequence[float] = NOMINAL,
-                 blocks: int = 6, window: int = 2, repeats: int = 5) -> dict[str, float]:
+class TickOverhead(TypedDict):
+    """What :func:`profile_tick` measured (seconds), recorded in a profile's provenance."""
+
+    tick_overhead_s: float
+    ticks: int
+    wall_s: float
+    forwards_s: float
+    sample_s: float
+    blocks: int
+    window: int
+    statistic: str
+
+
+def profile_tick(model: CausalWanDiT, timesteps: Sequence[float] = NOMINAL, blocks: int = 6, window: int = 2,
+                 repeats: int = 5) -> TickOverhead:
     """The reference executor's own seconds per tick beyond its forwards and sampler steps.
 
     A short sequential schedule runs for real, and, interleaved with its runs, the same forwards alone
     (``forward_tick`` of each of its batch shapes, :func:`synthetic_tick`). Other work on the machine only
     ever adds time, so the least wall time of the runs is set against the least time of each forward and
     the least sampler time of the runs; what is left, spread over the ticks, is the tick loop's own work:
-    task inputs and their noise, K/V bookkeeping, hand-over. ``points`` is unused (kept for callers that
-    pass their profile)."""
+    task inputs and their noise, K/V bookkeeping, hand-over."""
     from cascade_sched.trace import SAMPLE
     from executors.base import RunOptions
     from executors.reference import ReferenceExecutor
 
-    del points
     spec = CascadeSpec(num_blocks=blocks, timesteps=tuple(timesteps), window=window)
     schedule = build_schedule(spec)
     shapes: dict[int, int] = {}  # visible blocks -> how many batches have that context
@@ -230,6 +241,6 @@ def profile_tick(model: CausalWanDiT, points: Sequence[ForwardPoint] = (), times
                 alone[c] = min(alone[c], time.perf_counter() - t0)
     forwards = sum(n * alone[c] for c, n in shapes.items())
     wall, sample = min(walls), min(samples)
-    return {"tick_overhead_s": max(0.0, wall - forwards - sample) / schedule.num_ticks, "ticks": schedule.num_ticks,
-            "wall_s": wall, "forwards_s": forwards, "sample_s": sample, "blocks": blocks, "window": window,
-            "statistic": f"least of {repeats} runs and of {repeats} forwards per shape"}
+    return TickOverhead(tick_overhead_s=max(0.0, wall - forwards - sample) / schedule.num_ticks,
+                        ticks=schedule.num_ticks, wall_s=wall, forwards_s=forwards, sample_s=sample, blocks=blocks,
+                        window=window, statistic=f"least of {repeats} runs and of {repeats} forwards per shape")

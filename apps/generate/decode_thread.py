@@ -38,7 +38,8 @@ class DecodeWorker:
         self._queue: queue.Queue[tuple[int, torch.Tensor] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._failed_block = -1
-        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._stream = (torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # torch: Stream() is not annotated
+                        if self.device.type == "cuda" else None)
         self._thread = threading.Thread(target=self._run, name="cascade-decode", daemon=True)
         self._closed = False
         self._dropping = False

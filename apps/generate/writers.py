@@ -74,7 +74,7 @@ class VideoSink:
 
         return imageio.get_writer(
             str(self.path),
-            format="FFMPEG",  # type: ignore[arg-type]
+            format="FFMPEG",
             fps=self.fps,
             codec="libx264",
             macro_block_size=1,

@@ -98,6 +98,7 @@ def _cmd_quality(run: Invocation) -> int:
     from apps.quality import measure as q
     from apps.request import ModelSource
     from apps.sources import build_sampler
+    from models.toy_world import make_clip
 
     args = run.args
     _check(args, run.machine.cores)
@@ -126,7 +127,7 @@ def _cmd_quality(run: Invocation) -> int:
                                            videos=switch_videos if i == 0 else None, sampler=sampler, variant=name)
     stages = max(r.lag for r in rows)
     if args.frames:
-        picks = {"world (a data clip)": q.make_clip(10_000, q.PROMPTS[0], frames=3 * args.blocks).frames}
+        picks = {"world (a data clip)": make_clip(10_000, q.PROMPTS[0], frames=3 * args.blocks).frames}
         for label, key in (("sequential (lag S)", (stages, "causal", 0)), ("lag 1 causal", (1, "causal", 0)),
                            ("lag 1 bidirectional", (1, "bidirectional", 0)), ("lag 1 stale", (1, "stale", 0))):
             if key in videos:
@@ -135,7 +136,7 @@ def _cmd_quality(run: Invocation) -> int:
     if args.switch_frames and switch_videos:
         old, new = q.SWITCHES[0]
         at = min(q.SWITCH_AT, args.blocks - 1)
-        picks = {f"world: '{old}' -> '{new}'": q.make_clip(10_000, [(0, old), (at, new)], frames=3 * args.blocks).frames}
+        picks = {f"world: '{old}' -> '{new}'": make_clip(10_000, [(0, old), (at, new)], frames=3 * args.blocks).frames}
         for (lag, att, pol, s), v in switch_videos.items():
             if s == 0 and lag in (1, stages) and att == "causal":
                 picks[f"lag {lag} causal, {pol}"] = v

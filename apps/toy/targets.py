@@ -126,7 +126,8 @@ def clip_velocity(model: CausalWanDiT, latents: Tensor, timesteps: Tensor, text:
     block_of = torch.arange(length, device=x.device) // (frames * cfg.tokens_per_frame)
     mask = block_of[:, None] >= block_of[None, :]  # (L, L): a token sees its own and earlier blocks
     text_kv = model.text_kv(text.reshape(n * blocks, *text.shape[2:]))  # per layer (N * B, L, H, D): batched
-    for layer, blk in enumerate(model.blocks):
+    for layer in range(cfg.num_layers):
+        blk = model.block(layer)
         mod = blk.modulate(e0)
         q, k, v = (z.view(n, length, cfg.num_heads, -1).transpose(1, 2) for z in blk.pre_attention(x, mod, freqs))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n * length, -1)
@@ -255,25 +256,25 @@ def make_examples(model: CausalWanDiT, rng: random.Random, gen: torch.Generator,
     sigma, started = torch.zeros(n, blocks), torch.zeros(n, blocks, dtype=torch.bool)
     text = torch.empty(n, blocks, cfg.text_len, cfg.text_dim)
     for i, tl in enumerate(timelines):
-        mine = [(j, jobs[j]) for j in range(len(jobs)) if jobs[j][0] == i]
-        starts = [[int(picks[j][-1]) for j, job in mine if job[1] == k] for k in range(3)]
+        own = [(j, jobs[j]) for j in range(len(jobs)) if jobs[j][0] == i]
+        starts = [[int(picks[j][-1]) for j, job in own if job[1] == k] for k in range(3)]
         clean = roll(tl, frames, starts).frames
         stage_targets = clean[None].repeat(len(SIGMAS), 1, 1, 1, 1)  # (stages, C, T, H, W)
-        for j, (_, k, b, speed) in mine:
+        for j, (_, k, b, speed) in own:
             stage_targets[:, k, b * fpb:(b + 1) * fpb] = candidates(speed)[picks[j]].view(-1, fpb, *clean.shape[2:]).float()
         stage_inputs = torch.stack([eps[i, 0]] + [FlowMatchSampler.renoise(stage_targets[s - 1], eps[i, s], SIGMAS[s])
                                                   for s in range(1, len(SIGMAS))])
-        for j, (_, k, b, _) in mine:
+        for j, (_, k, b, _) in own:
             stage_inputs[:, k, b * fpb:(b + 1) * fpb] = fresh_inputs[j].view(len(SIGMAS), fpb, *clean.shape[2:])
         pattern = stage_pattern(rng, blocks, lags)
         while not any(s is not None and s < len(SIGMAS) for s in pattern):  # at least one noisy block
             pattern = stage_pattern(rng, blocks, lags)
         for b, s in enumerate(pattern):
             f = slice(b * fpb, (b + 1) * fpb)
-            noisy = s is not None and s < len(SIGMAS)
-            inputs[i, :, f] = stage_inputs[s, :, f] if noisy else clean[:, f]
-            targets[i, :, f] = stage_targets[s, :, f] if noisy else clean[:, f]
-            sigma[i, b] = SIGMAS[s] if noisy else 0.0
+            if s is not None and s < len(SIGMAS):  # noisy
+                inputs[i, :, f], targets[i, :, f], sigma[i, b] = stage_inputs[s, :, f], stage_targets[s, :, f], SIGMAS[s]
+            else:
+                inputs[i, :, f], targets[i, :, f], sigma[i, b] = clean[:, f], clean[:, f], 0.0
             started[i, b] = s is not None
         prompt_of = [next(text for at, text in reversed(tl) if at <= b) for b in range(blocks)]
         if len(tl) > 1 and all(s == len(SIGMAS) for s in pattern[: tl[1][0]]) and rng.random() < RECACHE_SHARE:

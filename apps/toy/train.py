@@ -68,7 +68,7 @@ def fit(model: CausalWanDiT, loss_fn: Callable[[int], Tensor], steps: int, lr: f
     for step in range(steps):
         loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is not annotated
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
