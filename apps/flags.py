@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cascade_sched.errors import ConfigError
+from cascade_sched.cliargs import alias, int_ranges, name_list
+from cascade_sched.errors import ConfigError, check_range
+from cascade_sched.spec import ATTENTION_MODES
 from models.dtypes import DTYPES
 
 __all__ = ["DEFAULT_PROMPT", "MODEL_NAMES", "PRESET_NAMES", "THREADS_HELP", "add_device_args",
@@ -122,6 +125,32 @@ def add_model_source_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
     )
     return g
 
+
+
+def add_matrix_args(g: Any, verb: str) -> None:
+    """``--lag`` and ``--attention`` as the lists of settings a command runs one by one (``cascade validate``,
+    ``cascade quality``), with their old plural spellings."""
+    attentions = ("causal", "bidirectional", "stale")
+    g.add_argument("--lag", type=int_ranges, default=None, help=f"lags to {verb}, e.g. 1,5 or 1-5 (default every "
+                   "lag 1..S)")
+    g.add_argument("--attention", type=name_list, default=attentions,
+                   help=f"attention modes to {verb} (default {','.join(attentions)})")
+    alias(g, "--lags", "lag", type=int_ranges, default=None)
+    alias(g, "--attentions", "attention", type=name_list, default=attentions)
+
+
+def check_matrix_args(args: argparse.Namespace, stages: int) -> None:
+    """The settings :func:`add_matrix_args` takes, for a sampler of ``stages`` stages."""
+    for lag in args.lag or ():
+        check_range("--lag", lag, 1, stages, f" (S={stages} stages)")
+    check_names("--attention", args.attention, ATTENTION_MODES)
+
+
+def check_names(flag: str, values: Sequence[str], valid: Sequence[str]) -> None:
+    """A list flag's names, each one of ``valid``: the first that is not is named."""
+    bad = [v for v in values if v not in valid]
+    if bad:
+        raise ConfigError(flag, f"`{flag}` must list {', '.join(valid)}, got {bad[0]!r}")
 
 
 # --- input files -------------------------------------------------------------------------------------

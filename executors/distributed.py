@@ -216,14 +216,8 @@ class DistributedExecutor:
         self.extendable, self.kernels = extendable, kernels
         self.loop: TickLoop | None = None  # this rank's loop while a run goes on (a server reads its K/V pool)
 
-    def run(
-        self,
-        schedule: Schedule,
-        model: CausalWanDiT,
-        options: RunOptions,
-        on_block: BlockCallback | None = None,
-        extend: ExtendHook | None = None,
-    ) -> RunResult:
+    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
         """Run this rank's share."""
         if not dist.is_initialized():
             raise ExecutorError("the distributed executor needs an initialised process group (use launch.py)")

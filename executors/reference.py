@@ -26,14 +26,8 @@ class ReferenceExecutor:
         self.kernels = kernels
         self.loop: TickLoop | None = None  # the loop while a run goes on (a server reads its K/V pool)
 
-    def run(
-        self,
-        schedule: Schedule,
-        model: CausalWanDiT,
-        options: RunOptions,
-        on_block: BlockCallback | None = None,
-        extend: ExtendHook | None = None,
-    ) -> RunResult:
+    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
         """Run ``schedule``; ``extend`` may switch to an extended schedule between ticks (a stream)."""
         try:
             self.loop = TickLoop(schedule, model, options, range(schedule.num_devices), LocalTransport(), on_block,

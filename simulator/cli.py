@@ -235,10 +235,9 @@ def _check_plan(run: Invocation) -> None:
     for window in set(args.windows):
         check_schedule_size(args.num_blocks, stages, window or None, args.sink, run.machine)
     tasks = args.num_blocks * stages
-    if min(args.gpu_counts) < 1 or max(args.gpu_counts) > tasks + 1:
-        bad = min(args.gpu_counts) if min(args.gpu_counts) < 1 else max(args.gpu_counts)
-        raise ConfigError("--gpu-counts", f"`--gpu-counts` must lie in 1..{tasks + 1} (the {tasks} tasks of "
-                                          f"{args.num_blocks} blocks x {stages} stages, and a decoder GPU), got {bad}")
+    for count in args.gpu_counts:
+        check_range("--gpu-counts", count, 1, tasks + 1,
+                    f" (the {tasks} tasks of {args.num_blocks} blocks x {stages} stages, and a decoder GPU)")
     models = len(name_list(args.model)) if args.model else 2
     points = models * len(args.gpu_counts) * len(args.lags or range(stages)) * len(args.attentions) * \
         len(args.decodes) * len(args.decoders) * len(args.windows) * len(args.interconnects or (1,))

@@ -11,7 +11,14 @@ import os
 import sys
 from typing import Any
 
-from apps.flags import MODEL_NAMES, THREADS_HELP, add_device_args, check_input_file
+from apps.flags import (
+    MODEL_NAMES,
+    THREADS_HELP,
+    add_device_args,
+    add_matrix_args,
+    check_input_file,
+    check_matrix_args,
+)
 from apps.host import check_threads
 from apps.request import ModelSource
 from cascade_sched.bounds import MAX_REPEATS, MAX_TIMEOUT_S, check_schedule_size
@@ -20,10 +27,8 @@ from cascade_sched.cliargs import (
     DEFAULT_WINDOW,
     Handler,
     Invocation,
-    alias,
     check_outputs,
     int_ranges,
-    name_list,
 )
 from cascade_sched.errors import ConfigError, check_float, check_range
 from cascade_sched.outputs import check_output
@@ -98,11 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="blocks per run (default %(default)s)")
     g.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help="attention window in blocks, 0 = unbounded (default %(default)s)")
-    g.add_argument("--lag", type=int_ranges, default=None, help="lags to run, e.g. 1,2 or 1-5 (default every lag 1..S)")
-    g.add_argument("--attention", type=name_list, default=("causal", "bidirectional", "stale"),
-                   help="attention modes to run (default causal,bidirectional,stale)")
-    alias(g, "--lags", "lag", type=int_ranges, default=None)
-    alias(g, "--attentions", "attention", type=name_list, default=("causal", "bidirectional", "stale"))
+    add_matrix_args(g, "run")
     g.add_argument("--worlds", type=int_ranges, default=None,
                    help="process counts (default 1,2 on a machine with 2+ cores, else 1)")
     g.add_argument("--repeats", type=int, default=1, help="runs per row; block times are medians (default 1)")
@@ -129,9 +130,8 @@ def _check_counts(args: argparse.Namespace, machine_cores: int) -> None:
     check_threads("--threads", args.threads, machine_cores)
     for flag, values, hi in (("--batches", getattr(args, "batches", None), MAX_BATCH),
                              ("--context-blocks", getattr(args, "context_blocks", None), MAX_CONTEXT)):
-        if values is not None and (min(values) < 1 or max(values) > hi):
-            bad = min(values) if min(values) < 1 else max(values)
-            raise ConfigError(flag, f"`{flag}` must lie in 1..{hi}, got {bad}")
+        for value in values or ():
+            check_range(flag, value, 1, hi)
 
 
 def _calibrate_options(source: ModelSource, args: argparse.Namespace, link: bool, **grid: Any) -> Any:
@@ -231,7 +231,6 @@ def _cmd_validate(run: Invocation) -> int:
 
 def _check_validate(run: Invocation) -> None:
     """Every flag of ``cascade validate`` in its range, and its paths, before any calibration or run."""
-    from cascade_sched.spec import ATTENTION_MODES as ATTENTIONS
 
     args = run.args
     check_outputs(args, {"traces": None, "save_profile": (".json",)}, folders=("traces",))
@@ -247,16 +246,10 @@ def _check_validate(run: Invocation) -> None:
     check_range("--blocks", args.blocks, 2, None)
     stages = 5  # the calibrated sampler's 4 steps and the cache pass
     check_schedule_size(args.blocks, stages, args.window or None, 0, run.machine, flag="--blocks")
-    for lag in args.lag or ():
-        check_range("--lag", lag, 1, stages, f" (S={stages} stages)")
-    for a in args.attention:
-        if a not in ATTENTIONS:
-            raise ConfigError("--attention", f"`--attention` must be among {', '.join(ATTENTIONS)}, got {a!r}")
-    if args.worlds is not None:
-        hi = run.machine.cores if (args.device or "cpu") == "cpu" else 64
-        if min(args.worlds) < 1 or max(args.worlds) > hi:
-            bad = min(args.worlds) if min(args.worlds) < 1 else max(args.worlds)
-            raise ConfigError("--worlds", f"`--worlds` must lie in 1..{hi} (one rank per core here), got {bad}")
+    check_matrix_args(args, stages)
+    cpu = (args.device or "cpu") == "cpu"
+    for world in args.worlds or ():
+        check_range("--worlds", world, 1, run.machine.cores if cpu else 64, " (one rank per core here)" if cpu else "")
 
 
 def _finite(value: Any) -> Any:

@@ -41,13 +41,13 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class KitOptions:
-    """What the kit measures (the defaults are the issue's: 1.3B at 480x832, bf16, batch 1-5, context 1-11)."""
+class KitOptions(CalibrateOptions):
+    """What the kit measures: a calibration's forward grid on a GPU (the defaults: 1.3B at 480x832, bf16,
+    batch 1-5, context 1-11), and the Wan VAE and the sequential schedule besides."""
 
     model: str = "wan2.1-1.3b"
     device: str = "cuda"
     dtype: str = "bfloat16"
-    batches: tuple[int, ...] = (1, 2, 3, 4, 5)
     context_blocks: tuple[int, ...] = tuple(range(1, 12))
     warmup: int = 1
     repeats: int = 3
@@ -163,9 +163,7 @@ def run_kit(options: KitOptions, progress: Progress | None = None) -> dict[str, 
             f"block ({time.perf_counter() - t1:.1f} s)")
         del dec
     peak = torch.cuda.max_memory_allocated() if cuda else 0
-    opts = CalibrateOptions(model=options.model, device=options.device, dtype=options.dtype,
-                            warmup=options.warmup, repeats=options.repeats)
-    prov = provenance(opts)
+    prov = provenance(options)
     prov.update(decoder=decoder, kit="cascade calibrate --gpu-kit", commit_s_per_version=commit_s, tick=tick,
                 weights="random")
     profile = Profile(model=options.model, forward=tuple(points), sample_s_per_task=sample_s,

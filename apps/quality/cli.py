@@ -11,20 +11,17 @@ import json
 import sys
 from typing import Any
 
-from apps.flags import THREADS_HELP, check_input_file
+from apps.flags import THREADS_HELP, add_matrix_args, check_input_file, check_matrix_args, check_names
 from apps.host import check_threads
 from cascade_sched.bounds import WORK_BUDGET_S
 from cascade_sched.cliargs import (
     DEFAULT_BLOCKS,
     Handler,
     Invocation,
-    alias,
     check_outputs,
-    int_ranges,
     name_list,
 )
 from cascade_sched.errors import ConfigError, check_float, check_range
-from cascade_sched.spec import ATTENTION_MODES
 
 MAX_SEEDS = 10_000  # videos per setting; the run's length is checked against the work bound too
 TOY_BLOCK_S = 0.05  # one toy block through every stage on one core (measured, generous)
@@ -42,10 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
                    help="videos per switch setting (default %(default)s; 0: no switch rows)")
     p.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS, help="blocks per video (default %(default)s; "
                    "docs/quality.md uses 8)")
-    p.add_argument("--lag", type=int_ranges, default=None, help="lags to measure, e.g. 1,5 or 1-5 (default 1..S)")
-    p.add_argument("--attention", type=name_list, default=("causal", "bidirectional", "stale"),
-                   help="attention modes to measure (default causal,bidirectional,stale)")
-    alias(p, "--lags", "lag", type=int_ranges, default=None)
+    add_matrix_args(p, "measure")
     p.add_argument("--policies", type=name_list, default=POLICIES, help="switch policies (default none,recache)")
     p.add_argument("--variants", type=name_list, default=VARIANTS,
                    help="the shipped variants to measure: cascade (the default toy), sequential (default both)")
@@ -74,13 +68,9 @@ def _check(args: argparse.Namespace, cores: int) -> None:
     check_threads("--threads", args.threads, cores)
     check_float("--shift", args.shift, 0, 1000, open_lo=True)
     stages = 5
-    for lag in args.lag or ():
-        check_range("--lag", lag, 1, stages, f" (S={stages} stages)")
-    for flag, values, valid in (("--attention", args.attention, ATTENTION_MODES),
-                                ("--policies", args.policies, POLICIES), ("--variants", args.variants, VARIANTS)):
-        bad = [a for a in values if a not in valid]
-        if bad:
-            raise ConfigError(flag, f"`{flag}` must list {', '.join(valid)}, got {bad[0]!r}")
+    check_matrix_args(args, stages)
+    check_names("--policies", args.policies, POLICIES)
+    check_names("--variants", args.variants, VARIANTS)
     settings = 1 + len(args.lag or range(stages)) * len(args.attention)
     variants = 1 if args.checkpoint else len(args.variants)
     videos = variants * settings * (args.seeds + args.switch_seeds * len(args.policies))

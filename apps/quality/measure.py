@@ -41,7 +41,7 @@ baseline: the committed context is re-encoded under the new prompt, one extra pa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -255,18 +255,10 @@ def switch_jump(frames: Tensor, timeline: Sequence[tuple[int, str]]) -> float:
     return float(d[at * FRAMES_PER_BLOCK - 1] / d[inside].mean().clamp(min=1e-8))
 
 
-def measure(
-    model: CausalWanDiT | None = None,
-    *,
-    seeds: int = 4,
-    blocks: int = 8,
-    lags: Sequence[int] | None = None,
-    attentions: Sequence[str] = ATTENTIONS,
-    progress: bool = False,
-    videos: dict[tuple[int, str, int], Tensor] | None = None,
-    sampler: FlowMatchSampler | None = None,
-    variant: str = "cascade",
-) -> list[Row]:
+def measure(model: CausalWanDiT | None = None, *, seeds: int = 4, blocks: int = 8, lags: Sequence[int] | None = None,
+            attentions: Sequence[str] = ATTENTIONS, progress: bool = False,
+            videos: dict[tuple[int, str, int], Tensor] | None = None, sampler: FlowMatchSampler | None = None,
+            variant: str = "cascade") -> list[Row]:
     """Quality rows for every (lag, attention) of one model; `videos`, if given, receives every generated
     video. `sampler` defaults to the one saved with the shipped weights."""
     model = toy_model() if model is None else model
@@ -306,19 +298,11 @@ def measure(
     return rows
 
 
-def measure_switches(
-    model: CausalWanDiT | None = None,
-    *,
-    seeds: int = 4,
-    blocks: int = 8,
-    lags: Sequence[int] | None = None,
-    attentions: Sequence[str] = ATTENTIONS,
-    policies: Sequence[str] = POLICIES,
-    progress: bool = False,
-    videos: dict[tuple[int, str, str, int], Tensor] | None = None,
-    sampler: FlowMatchSampler | None = None,
-    variant: str = "cascade",
-) -> list[SwitchRow]:
+def measure_switches(model: CausalWanDiT | None = None, *, seeds: int = 4, blocks: int = 8,
+                     lags: Sequence[int] | None = None, attentions: Sequence[str] = ATTENTIONS,
+                     policies: Sequence[str] = POLICIES, progress: bool = False,
+                     videos: dict[tuple[int, str, str, int], Tensor] | None = None,
+                     sampler: FlowMatchSampler | None = None, variant: str = "cascade") -> list[SwitchRow]:
     """Switch rows for every (lag, attention, policy) of one model (see the module docstring)."""
     model = toy_model() if model is None else model
     sampler = sampler or toy_sampler()
@@ -389,31 +373,35 @@ def _num(x: float, fmt: str) -> str:
     return "" if math.isnan(x) else format(x, fmt)
 
 
+def _markdown(head: Sequence[str], align: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A plain-text table that is also Markdown: a header, its alignment row, one line per row of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _setting(r: Row | SwitchRow) -> list[str]:
+    """The first cells of a row: its variant, lag and attention (a data row: the ground truth)."""
+    data = r.attention == "data"
+    return [r.variant, "" if data else str(r.lag), "ground truth" if data else r.attention]
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """A plain-text table (markdown-compatible)."""
-    head = ("| variant | lag | attention | in flight | physics err (px) | speed err (px/frame) | missing (%) "
-            "| extra (%) | jump ratio | dist to seq |")
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        data = r.attention == "data"
-        lines.append(f"| {r.variant} | {'' if data else r.lag} | {'ground truth' if data else r.attention} | "
-                     f"{'' if data else r.in_flight} | {_num(r.physics_px, '.3f')} | {_num(r.speed_err, '.3f')} | "
-                     f"{r.missing_pct:.1f} | "
-                     f"{r.extra_pct:.1f} | {_num(r.jump_ratio, '.2f')} | {_num(r.dist_to_seq, '.3f')} |")
-    return "\n".join(lines)
+    head = ("variant", "lag", "attention", "in flight", "physics err (px)", "speed err (px/frame)", "missing (%)",
+            "extra (%)", "jump ratio", "dist to seq")
+    return _markdown(head, ("---", "---:", "---", *["---:"] * 7), (
+        [*_setting(r), "" if r.attention == "data" else str(r.in_flight), _num(r.physics_px, ".3f"),
+         _num(r.speed_err, ".3f"), f"{r.missing_pct:.1f}", f"{r.extra_pct:.1f}", _num(r.jump_ratio, ".2f"),
+         _num(r.dist_to_seq, ".3f")] for r in rows))
 
 
 def format_switch_table(rows: Sequence[SwitchRow]) -> str:
     """The switch rows as a plain-text (markdown-compatible) table."""
-    head = ("| variant | lag | attention | policy | frames to follow | within 1 block (%) | switch jump "
-            "| stall (ms) |")
-    lines = [head, "|---|---:|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        data = r.attention == "data"
-        lines.append(f"| {r.variant} | {'' if data else r.lag} | {'ground truth' if data else r.attention} | "
-                     f"{r.policy} | {r.follow_frames:.2f} | {r.within_block_pct:.0f} | "
-                     f"{_num(r.switch_jump, '.2f')} | {_num(r.stall_ms, '.1f')} |")
-    return "\n".join(lines)
+    head = ("variant", "lag", "attention", "policy", "frames to follow", "within 1 block (%)", "switch jump",
+            "stall (ms)")
+    return _markdown(head, ("---", "---:", "---", "---", *["---:"] * 4), (
+        [*_setting(r), r.policy, f"{r.follow_frames:.2f}", f"{r.within_block_pct:.0f}", _num(r.switch_jump, ".2f"),
+         _num(r.stall_ms, ".1f")] for r in rows))
 
 
 def rows_json(rows: Sequence[Row | SwitchRow]) -> list[dict[str, Any]]:
