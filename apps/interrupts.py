@@ -23,16 +23,12 @@ _notes: list[Callable[[], str | None]] = []
 _unwound: list[Callable[[], str | None]] = []  # notes of blocks an exception left: said once, then dropped
 
 
-def _raise(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
 def install() -> None:
     """Turn SIGTERM into :class:`~cascade_sched.errors.Interrupted` (main thread only; a no-op elsewhere),
     and forget the notes of an earlier command in this process."""
     _unwound.clear()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise)
+        signal.signal(signal.SIGTERM, Interrupted.on_signal)
 
 
 def exit_code(exc: BaseException) -> int:

@@ -147,12 +147,11 @@ def resolve(run: Invocation) -> Resolved:
                 args.model != "toy":
             notes.append("note: no --vae: decoding with the latent preview (a fixed projection, not the Wan VAE); "
                          "pass --vae DIR or --model-dir DIR for the real video")
-    request = RunRequest(
-        spec=spec, source=source, prompt=prompt, prompts=prompts, executor=args.executor,
-        nproc=getattr(args, "nproc", None), backend=getattr(args, "backend", None) or "inductor",
-        engine_cache=getattr(args, "engine_cache", None), timeout_s=args.timeout, fail_at=args.fail_at,
-        outputs=outputs, progress=not getattr(args, "no_progress", False), streaming=streaming,
-    )
+    ranks: dict[str, Any] = {} if serve else {  # how generate runs its ranks (serve: one way, under torchrun)
+        "nproc": args.nproc, "backend": args.backend or "inductor", "engine_cache": args.engine_cache,
+        "progress": not args.no_progress}
+    request = RunRequest(spec=spec, source=source, prompt=prompt, prompts=prompts, executor=args.executor,
+                         timeout_s=args.timeout, fail_at=args.fail_at, outputs=outputs, streaming=streaming, **ranks)
     return Resolved(request, tuple(notes))
 
 

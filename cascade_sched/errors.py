@@ -48,6 +48,11 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.kept = signum, kept
 
+    @staticmethod
+    def on_signal(signum: int, frame: object) -> None:
+        """A signal handler (``signal.signal(signal.SIGTERM, Interrupted.on_signal)``): raise it."""
+        raise Interrupted(signum)
+
 
 def signal_of(exc: BaseException) -> int:
     """The signal an interrupt came from: SIGTERM (or another) for :class:`Interrupted`, SIGINT for Ctrl-C.

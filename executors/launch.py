@@ -147,10 +147,6 @@ class Watchdog:
         self._thread.join()
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
 def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float, report: Report,
              on_abort: Callable[[bool], str | None] | None = None) -> Any:
     """Run ``fn`` on this rank of an environment-configured group, with the failure policy above.
@@ -160,7 +156,7 @@ def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float, report: Re
     A SIGTERM that torchrun sends because another rank failed stops this rank as that failure.
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise_interrupted)
+        signal.signal(signum, Interrupted.on_signal)
     rank, world = init_group(device, timeout_s)
     shutdown = Shutdown(rank, on_abort, report)
     dog = Watchdog(shutdown)
