@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from apps.flags import DEFAULT_PROMPT
 from apps.serve.protocol import Limits, RateLimiter, message
 from apps.serve.stream import Control, FramePipe, StreamHook, StreamStart, SwitchRequest
 
@@ -49,7 +50,7 @@ class ServeConfig:
     lead_blocks: int = 1
     client_buffer: int = 48  # frames
     jpeg_quality: int = 85
-    prompt: str = "a red ball bouncing"
+    prompt: str = DEFAULT_PROMPT
     policy: str = "none"
     limits: Limits = field(default_factory=Limits)
     stats_interval_s: float = 1.0
