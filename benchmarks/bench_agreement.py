@@ -22,10 +22,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np
 import torch
 
+from apps.request import ModelSource
+from apps.sources import load_model
 from cascade_sched import CascadeSpec, build_schedule
 from executors.base import RunOptions
 from executors.distributed import DistributedExecutor
-from executors.generate import build_model
 from executors.launch import spawn
 from executors.reference import ReferenceExecutor
 
@@ -34,7 +35,7 @@ PROMPTS = {1: "a blue cube spinning"}
 
 def rank_fn(specs: list[dict], rank: int, world: int, model: str, dtype: str) -> list:  # type: ignore[type-arg]
     torch.set_num_threads(1)
-    m = build_model(model, None, dtype, "cpu")
+    m, _ = load_model(ModelSource(model=model, dtype=dtype))
     out = []
     for spec in specs:
         r = DistributedExecutor().run(
@@ -70,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.ref_threads)
     for dtype in ("float32", "float64"):
-        model = build_model(args.model, None, dtype, "cpu")
+        model, _ = load_model(ModelSource(model=args.model, dtype=dtype))
         for world in (2, 3):
             rng = random.Random(world)
             specs = [draw(rng, world, args.blocks) for _ in range(args.specs)]

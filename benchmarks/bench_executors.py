@@ -19,13 +19,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch
 
+from apps.generate.run import run_generate
+from apps.request import ModelSource, RunRequest
 from cascade_sched import CascadeSpec
-from executors.generate import GenerateJob, run_generate
 
 
 def run(spec: CascadeSpec, model: str, executor: str) -> dict:
-    return run_generate(GenerateJob(spec=spec.to_dict(), model=model, executor=executor, progress=False,
-                                    text_embeddings="stand-in"))  # timing: any text will do
+    source = ModelSource(model=model, text_embeddings="stand-in")  # timing: any text will do
+    return run_generate(RunRequest(spec=spec, source=source, executor=executor, progress=False))
 
 
 def main() -> None:

@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch
 
+from apps.generate.run import run_generate
+from apps.request import ModelSource, Outputs, RunRequest
 from cascade_sched import CascadeSpec
-from executors.generate import GenerateJob, run_generate
 
 
 def random_wan_vae(folder: Path) -> Path:
@@ -50,9 +51,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
         vae = random_wan_vae(Path(tmp))
         trace = Path(tmp) / "trace.json"
-        job = GenerateJob(spec=CascadeSpec(num_blocks=args.blocks).to_dict(), model=args.model, device=args.device,
-                          dtype=dtype, text_embeddings="stand-in", vae=str(vae), trace=str(trace), out=args.out,
-                          progress=False)
+        source = ModelSource(model=args.model, device=args.device, dtype=dtype, text_embeddings="stand-in",
+                             vae=str(vae))
+        job = RunRequest(spec=CascadeSpec(num_blocks=args.blocks), source=source,
+                         outputs=Outputs(out=args.out, trace=str(trace)), progress=False)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         s = run_generate(job)

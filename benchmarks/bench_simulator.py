@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from apps.cli import main
 from cascade_sched import CascadeSpec, build_schedule
-from cascade_sched.cli import main
 from cascade_sched.transfers import plan_transfers
 from simulator import Cluster, get_gpu, get_model, make_cost, simulate
 from simulator.engine import Engine

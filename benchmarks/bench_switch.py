@@ -12,7 +12,7 @@ Both on one device (the reference executor) and, with ``--ranks 2``, the cascade
 (the distributed executor). For each run: the per-block denoise-finish times (``RunResult.block_done_s``,
 median of ``--repeats`` runs after one warm-up) and the stall at the switch by
 ``cascade_sched.metrics.switch_stalls`` (median over the repeats); predicted: the simulator with a profile
-of this machine (``executors.calibrate``, written to ``--profile`` and reused when it exists). Prints the
+of this machine (``apps.calibrate.calibrate``, written to ``--profile`` and reused when it exists). Prints the
 table of docs/interactive.md and draws the timeline to ``--png``.
 
     python benchmarks/bench_switch.py [--blocks 12] [--switch-at 6] [--window 4] [--sink 1] [--repeats 3]
@@ -105,7 +105,7 @@ def get_profile(args: argparse.Namespace) -> Any:
     import datetime
     import platform
 
-    from executors.calibrate import measure_link, profile_decode, profile_forward, profile_sampler
+    from apps.calibrate.calibrate import measure_link, profile_decode, profile_forward, profile_sampler
     from simulator.profile import ForwardPoint
 
     # The machine is shared: a shape measured while a neighbour's job runs is slow for seconds. So every

@@ -1,19 +1,19 @@
-"""Bounds on what a command may be asked to build or run, derived from what this machine can hold or finish.
+"""Bounds on what a command may be asked to build or run, derived from what the machine can hold or finish.
 
 A request past a bound is refused before any work with one line (a :class:`ConfigError`) naming the flag
-as typed, the bound and why. :mod:`cascade_sched.cliargs` re-exports these for the subcommands' parsers.
-Nothing here imports torch or simpy.
+as typed, the bound and why. What the machine offers comes in as a :class:`Machine`, measured by the
+command line (``apps.host``): nothing here reads the machine, or imports torch or simpy.
 
->>> check_int("--seeds", 3, 1, 10)
->>> check_int("--seeds", 0, 1, 10)
+>>> check_schedule_size(100, 5, 7, 0, Machine(cores=2, memory_bytes=8 << 30))
+>>> check_schedule_size(10**6, 5, 7, 0, Machine(cores=2, memory_bytes=8 << 30))
 Traceback (most recent call last):
 ...
-cascade_sched.errors.ConfigError: `--seeds` must be between 1 and 10, got 0
+cascade_sched.errors.ConfigError: `--blocks` must be at most 100000 (a schedule holds blocks x stages tasks, ~400 B and ~40 us each to build), got 1000000
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 from cascade_sched.errors import ConfigError
 
@@ -29,27 +29,13 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 PLAN_POINT_TASK_S = 65e-6  # simulating one task of one plan point (the default plan: 76 800 in 5 s)
 
 
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+@dataclass(frozen=True)
+class Machine:
+    """What the machine a command runs on offers it: the cores this process may run on, and the bytes of
+    memory available to a new allocation."""
 
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (MemAvailable; 8 GiB where the system does not say)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return 8 << 30
+    cores: int
+    memory_bytes: int
 
 
 def gib(n: float) -> str:
@@ -57,10 +43,10 @@ def gib(n: float) -> str:
 
 
 def check_schedule_size(
-    blocks: int, stages: int, window: int | None, sink: int, flag: str = "blocks"
+    blocks: int, stages: int, window: int | None, sink: int, machine: Machine, flag: str = "num_blocks"
 ) -> None:
-    """Refuse a schedule too big to build: past ``MAX_BLOCKS``, past half the available memory, or past
-    ``WORK_BUDGET_S`` of predicted work (an unbounded window makes the reads quadratic)."""
+    """Refuse a schedule too big to build: past ``MAX_BLOCKS``, past half the machine's available memory,
+    or past ``WORK_BUDGET_S`` of predicted work (an unbounded window makes the reads quadratic)."""
     if blocks > MAX_BLOCKS:
         raise ConfigError(
             flag,
@@ -71,7 +57,7 @@ def check_schedule_size(
     reads = tasks * (min(blocks, window + sink) if window else (blocks + 1) // 2)
     need = tasks * TASK_BYTES + reads * READ_BYTES
     seconds = tasks * TASK_S + reads * READ_S
-    have = available_memory()
+    have = machine.memory_bytes
     why = (
         ""
         if window
@@ -89,37 +75,3 @@ def check_schedule_size(
             f"`--blocks` {blocks} would take ~{seconds / 60:.0f} min just to build the "
             f"schedule (bound: {WORK_BUDGET_S / 60:.0f} min){why}",
         )
-
-
-def check_int(flag: str, value: int | None, lo: int, hi: int | None = None, why: str = "") -> None:
-    """Refuse ``value`` outside ``lo..hi`` in one line naming ``flag`` (as typed) and the bound."""
-    if value is None:
-        return
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise ConfigError(flag, f"`{flag}` must be {bound}{why}, got {value}")
-
-
-def check_float(
-    flag: str,
-    value: float | None,
-    lo: float,
-    hi: float | None = None,
-    *,
-    open_lo: bool = False,
-    why: str = "",
-) -> None:
-    """Refuse a non-finite ``value``, or one outside ``lo..hi`` (``open_lo``: strictly above ``lo``)."""
-    if value is None:
-        return
-    bad_lo = value <= lo if open_lo else value < lo
-    if value != value or value in (float("inf"), float("-inf")) or bad_lo or (hi is not None and value > hi):
-        low = f"above {lo:g}" if open_lo else f"at least {lo:g}"
-        bound = f"{low} and at most {hi:g}" if hi is not None else low
-        raise ConfigError(flag, f"`{flag}` must be a finite number {bound}{why}, got {value:g}")
-
-
-def check_threads(flag: str, value: int) -> None:
-    """``--threads``: 0 (torch's default) up to this process's cores (more threads only contend)."""
-    n = cpu_count()
-    check_int(flag, value, 0, n, f" (0 = torch's default; this process may use {n} core(s))")

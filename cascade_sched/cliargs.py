@@ -1,10 +1,12 @@
-"""The command line's one vocabulary: argument types, shared flags, defaults, bounds (from
-:mod:`cascade_sched.bounds`) and path checks.
+"""The command line's shared vocabulary: the parser, argument types, the flags that build a
+``CascadeSpec``, their defaults and bounds (from :mod:`cascade_sched.bounds`), and output path checks.
 
-Every subcommand (schedule, simulate, plan, generate, calibrate, validate, quality, serve) takes its
-shared flags from here, so a flag has one name, one meaning, one list syntax and one default everywhere.
-A sweeping subcommand takes lists in the same flags (``--lag 1,2,3``, ``--attention causal,stale``).
-Nothing here imports torch or simpy.
+Every subcommand that takes a cascade setting (schedule, simulate, plan, generate, serve) takes these
+flags from here, so a flag has one name, one meaning, one list syntax and one default everywhere. A
+sweeping subcommand takes lists in the same flags (``--lag 1,2,3``, ``--attention causal,stale``). The
+spec flags' ``dest`` is the spec's own parameter name (``--blocks`` sets ``num_blocks``), so an error that
+names a parameter names the flag the user typed (:meth:`ArgumentParser.refusal`). Nothing here imports
+torch or simpy, or reads the machine.
 
 Bounds are derived from what a run must hold or finish, and a request past one is refused before any work
 with one line naming the flag as typed, the bound and why.
@@ -13,20 +15,18 @@ with one line naming the flag as typed, the bound and why.
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from cascade_sched.bounds import MAX_LIST, MAX_SEED, check_int, check_schedule_size
-from cascade_sched.errors import ConfigError
+from cascade_sched.bounds import MAX_LIST, MAX_SEED, Machine, check_schedule_size
+from cascade_sched.errors import ConfigError, check_range
 from cascade_sched.outputs import check_output
 
 # --- the shared defaults -------------------------------------------------------------------------------
 DEFAULT_BLOCKS = 16  # every subcommand that takes --blocks (serve streams to --max-blocks instead)
 DEFAULT_WINDOW = 7  # Self-Forcing's 21-frame cache, the paper's setting; 0 = unbounded
 DEFAULT_TIMESTEPS = (1000, 750, 500, 250)
-THREADS_HELP = "intra-op torch threads, 0 = torch's default (default %(default)s)"
 
 # --- argument types -------------------------------------------------------------------------------------
 def _checked(values: list[Any], text: str) -> tuple[Any, ...]:
@@ -125,10 +125,61 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def _setting(self, name: str) -> list[argparse.Action]:
+        """The actions that set ``name`` (a dest, or one of the option strings of its actions): a flag and
+        its hidden aliases."""
+        dest = next((a.dest for a in self._actions if name == a.dest or name in a.option_strings), None)
+        return [a for a in self._actions if a.option_strings and a.dest == dest]
 
-def alias(p: Any, old: str, new: str, **kwargs: Any) -> None:
-    """A hidden, deprecated spelling ``old`` of flag ``new`` (same dest, type and default)."""
-    dest = new.lstrip("-").replace("-", "_")
+    def typed(self, argv: Sequence[str]) -> frozenset[str]:
+        """The dests whose flags ``argv`` gives (in any spelling): what the user set, whatever the value."""
+        given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+        return frozenset(a.dest for a in self._actions if given.intersection(a.option_strings))
+
+    def flag(self, name: str, argv: Sequence[str] = ()) -> str:
+        """The flag that sets ``name`` (a dest such as ``num_blocks``, or a flag), spelled as ``argv`` spells
+        it (a deprecated alias included), else as its help shows it.
+
+        >>> p = ArgumentParser()
+        >>> add_schedule_args(p)
+        >>> p.flag("num_blocks"), p.flag("--lag"), p.flag("frames_per_block")
+        ('--blocks', '--lag', '--frames-per-block')
+        """
+        given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+        spellings = [s for a in self._setting(name) for s in a.option_strings]
+        typed = [s for s in spellings if s in given]
+        if typed or spellings:
+            return (typed or spellings)[0]
+        return name if name.startswith("-") else "--" + name.replace("_", "-")
+
+    def refusal(self, error: ConfigError, argv: Sequence[str] = ()) -> str:
+        """``FLAG: message`` for a ``ConfigError``: the flag that sets the bad parameter, as typed, and the
+        message naming that flag wherever it named the parameter (or the flag's other spellings)."""
+        name = error.part_of or error.param
+        flag = self.flag(name, argv)
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        names = {error.param, name, *(s for a in self._setting(name) for s in a.option_strings)}
+        for other in names - {flag}:
+            text = text.replace(f"`{other}`", f"`{flag}`")
+        return f"{flag}: {text}"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One command line, parsed: the flags' values, which of them the user typed (their dests), and the
+    machine the command runs on. What a subcommand's handler is given."""
+
+    args: argparse.Namespace
+    typed: frozenset[str]
+    machine: Machine
+
+
+Handler = Callable[[Invocation], int]
+"""A subcommand: runs one invocation, returns the exit status."""
+
+
+def alias(p: Any, old: str, dest: str, **kwargs: Any) -> None:
+    """A hidden, deprecated spelling ``old`` of the flag that sets ``dest`` (same type and default)."""
     p.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
 
 
@@ -138,7 +189,7 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
     ``sweep`` (plan), ``--lag``, ``--attention`` and ``--window`` take lists of values to try."""
     g = p.add_argument_group("cascade")
     g.add_argument(
-        "--blocks", type=int, default=DEFAULT_BLOCKS, help="number of blocks (default %(default)s)"
+        "--blocks", dest="num_blocks", type=int, default=DEFAULT_BLOCKS, help="number of blocks (default %(default)s)"
     )
     g.add_argument(
         "--timesteps",
@@ -155,12 +206,14 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
     if sweep:
         g.add_argument(
             "--lag",
+            dest="lags",
             type=int_ranges,
             default=None,
             help="lags to try, e.g. 1,2 or 1-5 (default every lag 1..S)",
         )
         g.add_argument(
             "--attention",
+            dest="attentions",
             type=name_list,
             default=("causal", "bidirectional"),
             help="attention modes to try: the paper's causal,bidirectional (default); add stale for "
@@ -168,14 +221,15 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
         )
         g.add_argument(
             "--window",
+            dest="windows",
             type=int_ranges,
             default=(DEFAULT_WINDOW,),
             help=f"attention windows in blocks to try, 0 = unbounded (default {DEFAULT_WINDOW}: "
             "Self-Forcing's 21 frames)",
         )
-        alias(g, "--lags", "--lag", type=int_ranges, default=None)
-        alias(g, "--attentions", "--attention", type=name_list, default=("causal", "bidirectional"))
-        alias(g, "--windows", "--window", type=int_ranges, default=(DEFAULT_WINDOW,))
+        alias(g, "--lags", "lags", type=int_ranges, default=None)
+        alias(g, "--attentions", "attentions", type=name_list, default=("causal", "bidirectional"))
+        alias(g, "--windows", "windows", type=int_ranges, default=(DEFAULT_WINDOW,))
     else:
         lag = g.add_mutually_exclusive_group()
         lag.add_argument(
@@ -203,12 +257,13 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
         )
     g.add_argument("--sink", type=int, default=0, help="sink blocks always visible (default 0)")
     if not sweep:
-        g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
+        g.add_argument("--devices", dest="num_devices", type=int, default=1, help="number of devices (default 1)")
     g.add_argument("--placement", default="block", help="block | stage (default block)")
     if not sweep:
         g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
         g.add_argument(
             "--switch",
+            dest="switches",
             type=int_pair("AT_BLOCK:PROMPT_ID"),
             action="append",
             default=[],
@@ -224,164 +279,61 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
 
 
 def num_stages(args: argparse.Namespace) -> int:
+    """S of the flags' sampler: the denoise steps, and the cache pass when on."""
     return len(args.timesteps) + (1 if args.cache_pass else 0)
 
 
-def spec_from_args(args: argparse.Namespace) -> Any:
+def spec_from_args(
+    args: argparse.Namespace,
+    machine: Machine,
+    defaults: Mapping[str, Any] | None = None,
+    typed: frozenset[str] = frozenset(),
+) -> Any:
     """Build the validated ``CascadeSpec`` the flags describe (``ConfigError`` names the bad one), after
-    checking that its schedule can be held and built on this machine."""
+    checking that its schedule can be held and built on ``machine``. A spec flag the user did not type
+    (its dest is not in ``typed``) takes its value from ``defaults`` when that has one (a preset's or the
+    toy's setting, in the flags' units: ``window`` 0 is unbounded), else its own default."""
     from cascade_sched.spec import CascadeSpec, paper_level
 
-    check_int("--window", args.window, 0, None, " block(s), or 0 for unbounded")
-    check_int("--seed", args.seed, 0, MAX_SEED)
-    check_int("--sink", args.sink, 0)
-    if len(args.timesteps) > 1000:
-        raise ConfigError("timesteps", f"`--timesteps` takes at most 1000 steps, got {len(args.timesteps)}")
-    if args.blocks >= 1:
-        check_schedule_size(args.blocks, num_stages(args), args.window or None, max(0, args.sink))
-        check_int(
-            "--devices",
-            args.devices,
+    given = dict(vars(args))
+    given.update({k: v for k, v in (defaults or {}).items() if k not in typed})
+    window, sink, timesteps = given["window"], given["sink"], tuple(given["timesteps"])
+    stages = len(timesteps) + (1 if given["cache_pass"] else 0)
+    check_range("window", window, 0, None, " block(s), or 0 for unbounded")
+    check_range("seed", given["seed"], 0, MAX_SEED)
+    check_range("sink", sink, 0)
+    if len(timesteps) > 1000:
+        raise ConfigError("timesteps", f"`--timesteps` takes at most 1000 steps, got {len(timesteps)}")
+    blocks = given["num_blocks"]
+    if blocks >= 1:
+        check_schedule_size(blocks, stages, window or None, max(0, sink), machine)
+        check_range(
+            "num_devices",
+            given["num_devices"],
             1,
-            args.blocks * num_stages(args),
+            blocks * stages,
             " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)",
         )
     lag: int | tuple[int, ...] | None = None
-    if args.lag is not None:
-        lag = args.lag[0] if len(args.lag) == 1 else args.lag
+    if given["lag"] is not None:
+        lag = given["lag"][0] if len(given["lag"]) == 1 else tuple(given["lag"])
     spec = CascadeSpec(
-        num_blocks=args.blocks,
-        timesteps=args.timesteps,
-        cache_pass=args.cache_pass,
+        num_blocks=blocks,
+        timesteps=timesteps,
+        cache_pass=given["cache_pass"],
         lag=lag,
-        attention=args.attention,
-        window=args.window or None,
-        sink=args.sink,
-        num_devices=args.devices,
-        placement=args.placement,
-        seed=args.seed,
-        switches=tuple(args.switch),
-        switch_policy=args.switch_policy,
+        attention=given["attention"],
+        window=window or None,
+        sink=sink,
+        num_devices=given["num_devices"],
+        placement=given["placement"],
+        seed=given["seed"],
+        switches=tuple(given["switches"]),
+        switch_policy=given["switch_policy"],
     )
-    if args.level is not None:
-        spec = CascadeSpec.from_dict({**spec.to_dict(), "lag": paper_level(args.level, spec.num_stages)})
+    if given["level"] is not None:
+        spec = spec.replace(lag=paper_level(given["level"], spec.num_stages))
     return spec
-
-
-MODEL_NAMES = "toy | tiny | small | wan2.1-1.3b | wan2.1-14b"
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}  # the dtypes --dtype takes, and their sizes
-DTYPES = tuple(DTYPE_BYTES)
-
-
-def add_device_args(
-    g: Any, *, device: str | None = "cpu", dtype: str | None = "float32", note: str = ""
-) -> None:
-    """``--device`` and ``--dtype``, one wording everywhere (``None`` defaults are resolved by the caller)."""
-    g.add_argument("--device", default=device, help=f"cpu | cuda | cuda:N (default {device or 'cpu'}{note})")
-    g.add_argument(
-        "--dtype", default=dtype, help=f"{' | '.join(DTYPES)} (default {dtype or 'float32'}{note})"
-    )
-
-
-def check_dtype(flag: str, dtype: str) -> None:
-    """``--dtype``: one of :data:`DTYPES`."""
-    if dtype not in DTYPES:
-        raise ConfigError(flag, f"`{flag}` must be one of {', '.join(DTYPES)}, got {dtype!r}")
-
-
-def check_device_name(flag: str, device: str | None) -> None:
-    """A device name this project knows (cpu, cuda, cuda:N); whether the machine has it is checked where
-    torch is (``executors.launch.check_device``)."""
-    if device is None:
-        return
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError(flag, f"`{flag}` must be cpu, cuda or cuda:N, got {device!r}")
-
-
-def add_model_source_args(p: argparse.ArgumentParser, *, preset_names: str) -> argparse._ArgumentGroup:
-    """Where the model's weights, text encoder and decoder come from; shared by generate and serve."""
-    g = p.add_argument_group("model sources")
-    g.add_argument(
-        "--model",
-        default=None,
-        help=f"{MODEL_NAMES} (default: the preset's, else the --checkpoint's "
-        "own shapes, else toy: the shipped trained weights, bouncing balls, see docs/quality.md; "
-        "without --checkpoint the others take seeded random weights)",
-    )
-    g.add_argument(
-        "--checkpoint",
-        default=None,
-        help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
-        "CausVid, LongLive, Krea) or a cascade model folder (default: the toy's shipped weights for "
-        "toy, else seeded random weights)",
-    )
-    g.add_argument(
-        "--preset",
-        default=None,
-        help=f"a published pipeline's settings: {preset_names} (sampler, "
-        "steps, window, sink, weights entry, LoRA alpha; see docs/models.md; default none)",
-    )
-    g.add_argument(
-        "--weights",
-        default=None,
-        choices=("generator", "ema"),
-        help="checkpoint entry to load: generator | ema (generator_ema) (default: the preset's, or the "
-        "file's only one; a file with both needs this or --preset)",
-    )
-    g.add_argument(
-        "--lora",
-        default=None,
-        metavar="PATH",
-        help="PEFT LoRA adapter merged into the weights at load "
-        "(a save_pretrained folder, .safetensors, or LongLive's lora.pt; default none)",
-    )
-    g.add_argument(
-        "--shift",
-        type=float,
-        default=None,
-        help="sampler shift (default: the preset's, else the one saved with the weights: toy 1, else 5)",
-    )
-    g.add_argument(
-        "--model-dir",
-        default=None,
-        metavar="DIR",
-        help="a diffusers-style Wan2.1 folder: its "
-        "text_encoder/ + tokenizer/ condition the model and its vae/ decodes (the DiT weights come "
-        "from --checkpoint; default none)",
-    )
-    g.add_argument(
-        "--text-encoder",
-        default=None,
-        metavar="DIR",
-        help="umT5 encoder folder (or a Wan2.1 folder), run through transformers (default: --model-dir's)",
-    )
-    g.add_argument(
-        "--text-encoder-device",
-        default="cpu",
-        help="where the text encoder runs (default cpu: umT5-XXL alone is ~11 GB); freed after encoding",
-    )
-    g.add_argument(
-        "--text-embeddings",
-        default=None,
-        metavar="FILE|stand-in",
-        help="precomputed embeddings, one per prompt text (as --save-text-embeddings writes them), or "
-        "'stand-in' for hashed-noise prompts (default: the stand-in only for toy/tiny/small)",
-    )
-    g.add_argument(
-        "--vae",
-        default=None,
-        metavar="PATH",
-        help="decoder: an AutoencoderKLWan folder (the Wan VAE, "
-        "streaming) or TAEHV weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, "
-        "else the latent preview",
-    )
-    g.add_argument(
-        "--vae-device",
-        default=None,
-        help="where decoding runs, on its own thread and CUDA stream (default: the denoising device)",
-    )
-    return g
 
 
 # --- paths ----------------------------------------------------------------------------------------------
@@ -402,27 +354,3 @@ def check_outputs(
         if key in seen:
             raise ConfigError(flag, f"`{flag}` and `{seen[key]}` name the same file {value!r}")
         seen[key] = flag
-
-
-def check_input_file(flag: str, path: str | None, *, folder_ok: bool = False) -> None:
-    """An input path that must exist (a file, or a folder with ``folder_ok``): one line naming ``flag``."""
-    if path is None:
-        return
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(flag, f"`{flag}` {path!r} does not exist")
-    if p.is_dir() and not folder_ok:
-        raise ConfigError(flag, f"`{flag}` {path!r} is a folder; give a file")
-    if not os.access(p, os.R_OK):
-        raise ConfigError(flag, f"`{flag}` {path!r} is not readable")
-
-
-def read_text(flag: str, path: str) -> str:
-    """An input file's text, as UTF-8: a missing, unreadable or binary file is one line naming ``flag``."""
-    check_input_file(flag, path)
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(flag, f"`{flag}` {path!r} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except OSError as e:
-        raise ConfigError(flag, f"`{flag}` {path!r} cannot be read: {e.strerror}") from None

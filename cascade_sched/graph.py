@@ -9,7 +9,7 @@ import networkx as nx
 from cascade_sched.schedule import KVRef, Schedule, TaskKind
 
 
-def to_networkx(schedule: Schedule) -> nx.DiGraph:
+def to_networkx(schedule: Schedule) -> nx.DiGraph[KVRef]:
     """A DiGraph whose nodes are task refs ``(block, stage)``.
 
     Edges: the latent chain ``(b, s) -> (b, s+1)`` (kind ``latent``), every KV read of a version
@@ -22,7 +22,7 @@ def to_networkx(schedule: Schedule) -> nx.DiGraph:
     >>> g.number_of_nodes(), nx.is_directed_acyclic_graph(g)
     (10, True)
     """
-    g = nx.DiGraph()
+    g: nx.DiGraph[KVRef] = nx.DiGraph()
     for t in schedule.tasks:
         g.add_node(t.ref, tick=t.tick, device=t.device, kind=str(t.kind), timestep=t.timestep, gang=t.tick)
     k = schedule.spec.num_denoise
@@ -40,7 +40,7 @@ def to_networkx(schedule: Schedule) -> nx.DiGraph:
     return g
 
 
-def critical_path(schedule: Schedule, graph: nx.DiGraph | None = None) -> list[KVRef]:
+def critical_path(schedule: Schedule, graph: nx.DiGraph[KVRef] | None = None) -> list[KVRef]:
     """The longest dependency chain in tasks (every task costs one tick).
 
     >>> from cascade_sched import CascadeSpec, build_schedule
@@ -52,7 +52,7 @@ def critical_path(schedule: Schedule, graph: nx.DiGraph | None = None) -> list[K
     return [(int(p[0]), int(p[1])) for p in path]
 
 
-def wavefronts(schedule: Schedule, graph: nx.DiGraph | None = None) -> list[list[KVRef]]:
+def wavefronts(schedule: Schedule, graph: nx.DiGraph[KVRef] | None = None) -> list[list[KVRef]]:
     """Tasks grouped by ``nx.topological_generations``: each generation could run all at once."""
     g = graph if graph is not None else to_networkx(schedule)
     return [sorted(gen) for gen in nx.topological_generations(g)]

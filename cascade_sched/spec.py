@@ -5,6 +5,7 @@ Everything downstream (schedule, simulator, executors) is a pure function of thi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -71,7 +72,7 @@ class CascadeSpec:
                 "attention", f"`attention` must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}"
             )
         if self.window is not None:
-            check_range("window", self.window, 1, what=" blocks (None = unbounded)")
+            check_range("window", self.window, 1, what=" block(s) (None = unbounded)")
         check_range("sink", self.sink, 0)
         check_range("num_devices", self.num_devices, 1)
         check_range("frames_per_block", self.frames_per_block, 1)
@@ -97,8 +98,9 @@ class CascadeSpec:
             if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
                 raise ConfigError("switches", f"a prompt switch is (at_block, prompt), got {item!r}")
             at, prompt = item
-            check_range("at_block", at, 0, self.num_blocks - 1, f" (blocks 0..{self.num_blocks - 1})")
-            check_range("prompt", prompt, 0)
+            check_range("at_block", at, 0, self.num_blocks - 1, f" (blocks 0..{self.num_blocks - 1})",
+                        part_of="switches")
+            check_range("prompt", prompt, 0, part_of="switches")
             if out and at <= out[-1][0]:
                 raise ConfigError("switches", f"prompt switches must be in increasing at_block order, got {at} "
                                   f"after {out[-1][0]}")
@@ -186,22 +188,28 @@ class CascadeSpec:
             kwargs["switches"] = tuple(tuple(sw) for sw in kwargs["switches"])
         return cls(**kwargs)
 
+    def replace(self, **changes: Any) -> CascadeSpec:
+        """This spec with ``changes`` (spec fields), validated as a new spec is.
+
+        >>> CascadeSpec(num_blocks=3, lag=1).replace(attention="stale").attention
+        'stale'
+        """
+        return dataclasses.replace(self, **changes)
+
     def extended(self, extra_blocks: int, switches: Sequence[tuple[int, int]] = ()) -> CascadeSpec:
         """This spec with ``extra_blocks`` more blocks and more prompt switches (at or after the new blocks'
-        start, in order): what an interactive session asks for while it streams. Per-block lags repeat
-        the last lag for the new blocks.
+        start, in order): what a stream asks for while it runs. Per-block lags repeat the last lag for the
+        new blocks.
 
         >>> CascadeSpec(num_blocks=3, lag=1).extended(2, [(3, 1)]).num_blocks
         5
         """
         check_range("extra_blocks", extra_blocks, 0)
-        data = self.to_dict()
-        data["num_blocks"] = self.num_blocks + extra_blocks
-        if isinstance(self.lag, tuple):
-            last = self.lag[-1] if self.lag else self.num_stages
-            data["lag"] = [*self.lag, *([last] * extra_blocks)]
-        data["switches"] = [*map(list, self.switches), *map(list, switches)]
-        return CascadeSpec.from_dict(data)
+        lag = self.lag
+        if isinstance(lag, tuple):
+            lag = (*lag, *[lag[-1] if lag else self.num_stages] * extra_blocks)
+        return self.replace(num_blocks=self.num_blocks + extra_blocks, lag=lag,
+                            switches=(*self.switches, *(tuple(sw) for sw in switches)))
 
 
 def paper_level(k: int, num_stages: int) -> int:

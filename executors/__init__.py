@@ -3,7 +3,7 @@
 ``reference`` runs every task in one process; ``distributed`` runs device d of the schedule on rank d of
 a torch.distributed group (gloo on CPU, NCCL on GPU). Both share :class:`executors.base.TickLoop`.
 
-The names below load lazily, so ``executors.cli`` (imported by the ``cascade`` command line to register
+The names below load lazily, so ``apps.generate.cli`` (imported by the ``cascade`` command line to register
 its subcommands) does not pull in torch until a subcommand runs.
 """
 

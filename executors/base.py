@@ -1,9 +1,13 @@
 """The shared tick loop every executor runs, and the ``Executor`` protocol.
 
 For each tick: the tasks placed on this process, their noise and latents, the KV versions they read,
-one joint forward through the model's tick interface, the sampler update, KV commits and frees, and clean
-latents handed to the decode device in block order. Executors differ only in *where* tasks run and *how*
-K/V moves: that is the :class:`Transport`.
+one joint forward through the model's tick interface (its own kernels, or compiled ones), the sampler
+update, KV commits and frees, and clean latents handed to the decode device in block order. Executors
+differ only in *where* tasks run and *how* K/V moves: that is the :class:`~executors.transport.Transport`,
+which the loop hands the plan's messages and what to send, and which returns what arrived.
+
+A rank that fails says where: its rank, the tick, its tasks, and the schedule's grid around them with the
+failing cell marked, as a schedule that breaks the contract is reported (:mod:`cascade_sched.validate`).
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ import torch
 from torch import Tensor
 
 from cascade_sched.errors import ExecutorError
+from cascade_sched.render import render_grid
 from cascade_sched.schedule import KVRef, Schedule, Task, TaskKind, extend_schedule
 from cascade_sched.trace import COMPUTE, SAMPLE, TraceEvent, decode_name
 from cascade_sched.trace import DECODE as DECODE_TRACK
-from cascade_sched.transfers import DECODE, NEXT, REENCODE, TransferPlan, plan_transfers
-from models.dit import CausalWanDiT, KVPair, TaskInput
+from cascade_sched.transfers import DECODE, NEXT, REENCODE, LatentSend, TransferPlan, plan_transfers
+from executors.transport import Mail, Transport
+from models.dit import CausalWanDiT, KVPair, TaskInput, TickKernels, TickOutput
 from models.kv import KVPool
 from models.prompts import TextEncoder, default_text_encoder
-from models.sampler import FlowMatchSampler, noise
+from models.sampler import FlowMatchSampler, latent_dtype, noise
 
 BlockCallback = Callable[[int, Tensor], None]
 """Called on the decode device with ``(block, clean latent (C, F, H, W))``, in block order."""
@@ -34,50 +40,6 @@ ExtendHook = Callable[[int, Schedule], "Schedule | None"]
 
 On N processes every rank passes a hook and every rank must adopt the same schedule after the same tick:
 the distributed executor calls rank 0's hook and broadcasts its answer (``executors.distributed``)."""
-
-
-class Transport(Protocol):
-    """How K/V and latents move between the processes of one run (identity within one process)."""
-
-    def exchange(self, tick: int, layer: int, local: dict[KVRef, KVPair]) -> dict[KVRef, KVPair]:
-        """Per-layer joint-attention exchange inside a tick's forward: peers' same-tick versions."""
-        ...
-
-    def after_tick(self, tick: int, loop: TickLoop) -> None:
-        """Post the tick's past-KV and latent messages (send what this process made, receive the rest)."""
-        ...
-
-    def wait_kv(self, ref: KVRef, layer: int) -> None:
-        """Block until a received version's layer has arrived (no-op for local versions)."""
-        ...
-
-    def finish(self) -> None:
-        """Complete every outstanding message."""
-        ...
-
-    def adopted(self, tick: int, old: TransferPlan, loop: TickLoop) -> None:
-        """The run switched to ``loop.schedule`` after ``tick`` (its plan was ``old``): move what the new
-        schedule needs from ticks already run, or refuse an extension that cannot be honoured."""
-        ...
-
-
-class LocalTransport:
-    """Everything in one process: nothing moves."""
-
-    def exchange(self, tick: int, layer: int, local: dict[KVRef, KVPair]) -> dict[KVRef, KVPair]:
-        return {}
-
-    def after_tick(self, tick: int, loop: TickLoop) -> None:
-        return None
-
-    def wait_kv(self, ref: KVRef, layer: int) -> None:
-        return None
-
-    def finish(self) -> None:
-        return None
-
-    def adopted(self, tick: int, old: TransferPlan, loop: TickLoop) -> None:
-        return None
 
 
 @dataclass
@@ -118,7 +80,11 @@ class RunResult:
 
 
 class TickLoop:
-    """Run the tasks of ``schedule`` placed on ``local_devices``, tick by tick (docs/contract.md)."""
+    """Run the tasks of ``schedule`` placed on ``local_devices``, tick by tick (docs/contract.md).
+
+    ``kernels`` run the model's tick forward (``CausalWanDiT.forward_tick``): None for its own modules,
+    compiled graphs for the compiled executor.
+    """
 
     def __init__(
         self,
@@ -130,8 +96,9 @@ class TickLoop:
         on_block: BlockCallback | None = None,
         rank: int = 0,
         extend: ExtendHook | None = None,
+        kernels: TickKernels | None = None,
     ) -> None:
-        self.schedule, self.model, self.options = schedule, model, options
+        self.schedule, self.model, self.options, self.kernels = schedule, model, options, kernels
         self.local = frozenset(local_devices)
         self.transport, self.on_block, self.rank = transport, on_block, rank
         self.plan: TransferPlan = plan_transfers(schedule)
@@ -143,15 +110,15 @@ class TickLoop:
                 f"{cfg.name!r} expects {cfg.frames_per_block}"
             )
         self.shape = (cfg.in_channels, cfg.frames_per_block, cfg.latent_height, cfg.latent_width)
-        # The sampler's arithmetic runs in float32 (float64 for a float64 model), whatever the weights.
-        self.latent_dtype = torch.float64 if model.dtype == torch.float64 else torch.float32
+        self.layers = len(model.blocks)
+        self.latent_dtype = latent_dtype(model.dtype)
         spec = schedule.spec
         self.eff_t = [options.sampler.effective_timestep(t) for t in spec.timesteps]
         self.keep = self._keep_ticks()
         self.pool = KVPool(options.kv_budget_bytes)
         self.latent: dict[int, Tensor] = {}  # block -> input latent of its next local stage
-        self.outgoing: dict[tuple[int, str], Tensor] = {}  # (block, purpose) -> latent to send after tick
-        self.kv_out: dict[KVRef, list[KVPair]] = {}  # versions made this tick that leave this process
+        self.outbox = Mail()  # what this tick made that leaves this process (the plan's messages)
+        self.gang_kept: dict[KVRef, list[KVPair]] = {}  # peers' versions of a gang read again later, by layer
         self.clean: dict[int, Tensor] = {}  # block -> clean latent awaiting decode (decode device only)
         self.reencode_until = self._reencode_ticks()
         self.reencode_src: dict[int, Tensor] = {}
@@ -195,6 +162,7 @@ class TickLoop:
             raise ExecutorError(f"an extended schedule must keep every task up to tick {tick} unchanged")
         old_plan = self.plan
         self.schedule, self.plan = schedule, plan_transfers(schedule)
+        self.transport.check_adopt(tick, old_plan.past[:tick + 1], self.plan.past[:tick + 1])
         self.keep = self._keep_ticks()
         for ref in self.pool.refs():
             if ref in self.keep:
@@ -203,8 +171,24 @@ class TickLoop:
         for j in self.reencode_until:  # blocks already finished: their clean latents are in the output
             if j < len(self.latents_out) and j not in self.reencode_src:
                 self.reencode_src[j] = self.latents_out[j].to(self.model.device)
-        self.transport.adopted(tick, old_plan, self)
+        self._resend_clean(tick)
         self.register_prompts()
+
+    def _resend_clean(self, tick: int) -> None:
+        """A recache task added now re-encodes blocks whose clean latents were made (and sent only to the
+        decode device) before it existed: the decode device sends them again, in one canonical order."""
+        decode, k = self.plan.decode_device, self.schedule.spec.num_denoise
+        sends: list[LatentSend] = []
+        for task in self.schedule.tasks:
+            if task.kind != TaskKind.RECACHE or task.tick <= tick or task.device == decode:
+                continue
+            for j in sorted({j for j, _ in task.replaces}):
+                if self.schedule.starts[j] + k - 1 <= tick:  # made already (else the plan sends it)
+                    sends.append(LatentSend(j, task.stage, decode, task.device, REENCODE))
+        outbox = Mail(latents={(m.block, REENCODE): self.latents_out[m.block] for m in sends
+                               if m.src in self.local})
+        for (block, purpose), x in self.transport.post(tick, (), sends, outbox).latents.items():
+            self.receive_latent(block, purpose, x)
 
     def register_prompts(self) -> None:
         """Make every prompt id the schedule uses known to the model, conditioned as ``RunOptions`` says.
@@ -250,14 +234,9 @@ class TickLoop:
                     raise RuntimeError("injected failure (fail_at)")
                 if tasks:
                     self._compute(tick, tasks)
-                self.transport.after_tick(tick, self)
+                self._post(tick)
             except Exception as e:
-                where = ", ".join(map(str, tasks)) or "no local task"
-                raise ExecutorError(
-                    f"rank {self.rank} failed at tick {tick} ({where}): {type(e).__name__}: {e}"
-                ) from e
-            self.kv_out.clear()
-            self.outgoing.clear()
+                raise self._failure(tick, tasks, e) from e
             self._emit_ready()
             self.pool.release_through(tick)
             for j in [j for j, until in self.reencode_until.items() if until <= tick]:
@@ -276,58 +255,27 @@ class TickLoop:
             block_done_s=self.block_done_s,
             wall_s=self.now(),
             forward_s=self.forward_s,
-            events=self.events,
+            events=[*self.events, *self.transport.events(self.t0)],
             peak_kv_bytes=self.pool.peak_bytes,
         )
 
-    def _inputs(self, task: Task) -> list[TaskInput]:
-        """The model inputs of one task (``Schedule.forward_inputs``): itself, or for a recache task one
-        cache pass per block it re-encodes, on the block's clean latent under the new prompt, causal
-        among them (one joint forward)."""
-        if task.kind != TaskKind.RECACHE:
-            return [self._input(task)]
-        out: list[TaskInput] = []
-        for ref, reads in self.schedule.forward_inputs(task):
-            j = ref[0]
-            try:
-                x0 = self.reencode_src[j]
-            except KeyError:
-                raise ExecutorError(f"rank {self.rank}: no clean latent of block {j} for {task}") from None
-            out.append(TaskInput(ref=ref, latent=x0.to(self.model.dtype), timestep=0.0,
-                                 frame_offset=j * self.schedule.spec.frames_per_block, prompt=task.prompt,
-                                 reads=reads))
-        return out
-
-    def _input(self, task: Task) -> TaskInput:
-        b, s = task.block, task.stage
-        if s == 0:
-            x = noise(self.schedule.spec.seed, b, 0, self.shape).to(self.model.device, self.latent_dtype)
-        else:
-            try:
-                x = self.latent[b]
-            except KeyError:
-                raise ExecutorError(f"rank {self.rank}: no latent for {task} (it never arrived)") from None
-        t = 0.0 if task.kind == TaskKind.CACHE else self.eff_t[s]
-        return TaskInput(
-            ref=task.ref,
-            latent=x.to(self.model.dtype),
-            timestep=t,
-            frame_offset=b * self.schedule.spec.frames_per_block,
-            prompt=task.prompt,
-            reads=task.reads,
-        )
-
-    def _lookup(self, ref: KVRef, layer: int) -> KVPair:
-        self.transport.wait_kv(ref, layer)
-        return self.pool.get(ref, layer)
+    def _failure(self, tick: int, tasks: Sequence[Task], e: Exception) -> ExecutorError:
+        """This rank's failure at ``tick``: where (rank, tick, tasks), why, and the schedule's grid with the
+        failing cell marked."""
+        where = ", ".join(map(str, tasks)) or "no local task"
+        mark = (tick, tasks[0].device if tasks else min(self.local))
+        try:
+            grid = "\n" + render_grid(self.schedule, mark=mark)
+        except Exception:  # the failure is said whatever the grid does
+            grid = ""
+        return ExecutorError(f"rank {self.rank} failed at tick {tick} ({where}): {type(e).__name__}: {e}{grid}")
 
     def _compute(self, tick: int, tasks: list[Task]) -> None:
+        """One joint forward of the tick's local tasks, then each task's own step (:meth:`_step`)."""
         start = self.now()
-        per_task = [self._inputs(t) for t in tasks]
-        inputs = [x for xs in per_task for x in xs]
-        out = self.model.forward_tick(
-            inputs, self._lookup, lambda layer, local: self.transport.exchange(tick, layer, local)
-        )
+        steps = [self._step(t) for t in tasks]
+        out = self.model.forward_tick([x for step in steps for x in step.inputs], self._lookup,
+                                      lambda layer, local: self._exchange(tick, layer, local), kernels=self.kernels)
         mid = self.now()
         self.forward_s += mid - start
         for task in tasks:  # one slice per task over its device's batched forward (cascade_sched.trace)
@@ -335,36 +283,115 @@ class TickLoop:
             self.events.append(TraceEvent(task.name, task.device, COMPUTE, start, mid - start,
                                           {"tick": tick, "batch": batch, "rank": self.rank}))
         i = 0
-        for task, xs in zip(tasks, per_task, strict=True):
-            if task.kind == TaskKind.RECACHE:
-                for x, kv in zip(xs, out.kv[i:i + len(xs)], strict=True):
-                    self._publish(x.ref, tick, kv)
-            else:
-                t0 = self.now()
-                self._advance(task, xs[0].latent, out.velocity[i], out.kv[i])
-                if task.kind == TaskKind.DENOISE:
-                    self.events.append(TraceEvent(task.name, task.device, SAMPLE, t0, self.now() - t0,
-                                                  {"tick": tick}))
-            i += len(xs)
+        for step in steps:
+            n = len(step.inputs)
+            step.finish(TickOutput(out.velocity[i:i + n], out.kv[i:i + n]))
+            i += n
+
+    def _step(self, task: Task) -> _Step:
+        """The one dispatch on a task's kind: its model inputs, and what follows its forward."""
+        if task.kind == TaskKind.DENOISE:
+            return self._denoise(task)
+        if task.kind == TaskKind.CACHE:
+            return self._cache(task)
+        if task.kind == TaskKind.RECACHE:
+            return self._recache(task)
+        raise ExecutorError(f"rank {self.rank}: no step for {task} of kind {task.kind!r}")
+
+    def _denoise(self, task: Task) -> _Step:
+        """A denoise stage: the sampler's step, then the next stage's input (or the clean latent)."""
+        inp = self._input(task, self._latent_in(task), self.eff_t[task.stage])
+
+        def finish(out: TickOutput) -> None:
+            t0 = self.now()
+            self._publish(task.ref, task.tick, out.kv[0])
+            self._sample(task, inp.latent, out.velocity[0])  # the latent as the model saw it
+            self.events.append(TraceEvent(task.name, task.device, SAMPLE, t0, self.now() - t0, {"tick": task.tick}))
+
+        return _Step([inp], finish)
+
+    def _cache(self, task: Task) -> _Step:
+        """The cache pass: the clean latent at t = 0 writes the block's committed K/V."""
+
+        def finish(out: TickOutput) -> None:
+            self._publish(task.ref, task.tick, out.kv[0])
+            self.latent.pop(task.block, None)
+
+        return _Step([self._input(task, self._latent_in(task), 0.0)], finish)
+
+    def _recache(self, task: Task) -> _Step:
+        """A recache task: one cache pass per block it re-encodes (``Schedule.forward_inputs``), on the
+        block's clean latent under the new prompt, causal among them (one joint forward)."""
+        inputs: list[TaskInput] = []
+        for ref, reads in self.schedule.forward_inputs(task):
+            j = ref[0]
+            try:
+                x0 = self.reencode_src[j]
+            except KeyError:
+                raise ExecutorError(f"rank {self.rank}: no clean latent of block {j} for {task}") from None
+            inputs.append(TaskInput(ref=ref, latent=x0.to(self.model.dtype), timestep=0.0,
+                                    frame_offset=j * self.schedule.spec.frames_per_block, prompt=task.prompt,
+                                    reads=reads))
+
+        def finish(out: TickOutput) -> None:
+            for x, kv in zip(inputs, out.kv, strict=True):
+                self._publish(x.ref, task.tick, kv)
+
+        return _Step(inputs, finish)
+
+    def _latent_in(self, task: Task) -> Tensor:
+        """The input latent of a block's stage: fresh noise at stage 0, else what the last stage made."""
+        b, s = task.block, task.stage
+        if s == 0:
+            return noise(self.schedule.spec.seed, b, 0, self.shape).to(self.model.device, self.latent_dtype)
+        try:
+            return self.latent[b]
+        except KeyError:
+            raise ExecutorError(f"rank {self.rank}: no latent for {task} (it never arrived)") from None
+
+    def _input(self, task: Task, x: Tensor, timestep: float) -> TaskInput:
+        return TaskInput(ref=task.ref, latent=x.to(self.model.dtype), timestep=timestep,
+                         frame_offset=task.block * self.schedule.spec.frames_per_block, prompt=task.prompt,
+                         reads=task.reads)
+
+    def _lookup(self, ref: KVRef, layer: int) -> KVPair:
+        self.transport.wait_kv(ref, layer)
+        return self.pool.get(ref, layer)
+
+    def _exchange(self, tick: int, layer: int, local: dict[KVRef, KVPair]) -> dict[KVRef, KVPair]:
+        """The per-layer joint-attention exchange of ``tick``; a peer's version that a local task reads
+        again at a later tick is kept, and committed to the pool once every layer has come."""
+        peers = self.transport.exchange(tick, layer, self.plan.gang_sends(tick), local)
+        for ref, kv in peers.items():
+            if any((d, ref) in self.plan.kept_from_gang for d in self.local):
+                layers = self.gang_kept.setdefault(ref, [])
+                layers.append(kv)
+                if layer + 1 == self.layers:
+                    self.pool.commit(ref, self.gang_kept.pop(ref), free_after_tick=self.keep[ref])
+        return peers
+
+    def _post(self, tick: int) -> None:
+        """Send the tick's past K/V and latents, and take what arrives (K/V into the pool, latents)."""
+        inbox = self.transport.post(tick, self.plan.past_sends(tick), self.plan.latent_sends(tick), self.outbox)
+        self.outbox = Mail()
+        for ref, layers in inbox.kv.items():
+            self.pool.commit(ref, layers, free_after_tick=self.keep[ref])
+        for (block, purpose), x in inbox.latents.items():
+            self.receive_latent(block, purpose, x)
 
     def _publish(self, ref: KVRef, tick: int, kv: list[KVPair]) -> None:
         """Keep a version this process reads later; queue it for the processes that read it."""
         if ref in self.keep:
             self.pool.commit(ref, kv, free_after_tick=self.keep[ref])
         if any(m.ref == ref and m.dst not in self.local for m in self.plan.past_sends(tick)):
-            self.kv_out[ref] = kv
+            self.outbox.kv[ref] = kv
 
-    def _advance(self, task: Task, x: Tensor, velocity: Tensor, kv: list[KVPair]) -> None:
-        """The sampler update after one task, then where its latent and K/V go next."""
+    def _sample(self, task: Task, x: Tensor, velocity: Tensor) -> None:
+        """The sampler update after a denoise stage, then where its latent goes next."""
         b, s = task.block, task.stage
         spec, sched = self.schedule.spec, self.schedule
-        k = spec.num_denoise
-        self._publish(task.ref, task.tick, kv)
-        if task.kind == TaskKind.CACHE:
-            self.latent.pop(b, None)
-            return
         steps = spec.timesteps
-        last = s + 1 == k
+        last = s + 1 == spec.num_denoise
         eps = None if last else noise(spec.seed, b, s + 1, self.shape).to(x.device, self.latent_dtype)
         x0, nxt = self.options.sampler.step(x.to(self.latent_dtype), velocity.to(self.latent_dtype), steps[s],
                                             None if last else steps[s + 1], eps)
@@ -372,15 +399,15 @@ class TickLoop:
             if self.is_decode_device:
                 self.clean[b] = x0
             else:
-                self.outgoing[(b, DECODE)] = x0
+                self.outbox.latents[(b, DECODE)] = x0
             if b in self.reencode_until:
                 self.reencode_src[b] = x0
-            self.outgoing[(b, REENCODE)] = x0
+            self.outbox.latents[(b, REENCODE)] = x0
         if s + 1 < sched.num_stages:
             if sched.task(b, s + 1).device in self.local:
                 self.latent[b] = nxt
             else:
-                self.outgoing[(b, NEXT)] = nxt
+                self.outbox.latents[(b, NEXT)] = nxt
                 self.latent.pop(b, None)
         else:
             self.latent.pop(b, None)
@@ -409,9 +436,21 @@ class TickLoop:
             self.next_block += 1
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One local task in a tick: its model inputs (one, or a recache task's several), and what runs on
+    its share of the forward's outputs."""
+
+    inputs: list[TaskInput]
+    finish: Callable[[TickOutput], None]
+
+
 class Executor(Protocol):
-    """Runs a schedule with a model and returns the decode device's :class:`RunResult`."""
+    """Runs a schedule with a model and returns the decode device's :class:`RunResult`; ``extend`` may
+    switch to an extended schedule between ticks (a stream)."""
+
+    name: str
 
     def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
-            on_block: BlockCallback | None = None) -> RunResult:
+            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
         ...

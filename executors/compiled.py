@@ -10,9 +10,9 @@ and one backend turns the exported programs into kernels:
   module's dtype (cast the model to bf16/fp16), engines cached on disk and compiled programs saved and
   reloaded with ``torch_tensorrt.save`` / ``torch_tensorrt.load``.
 
-The tick is the model's own ``CausalWanDiT.forward_tick``; this executor only swaps its pieces
-(:class:`GraphKernels`, a :class:`models.dit.TickKernels`) for graphs exported from the model's own
-methods, in the forms graphs need (``graph_forms``: RoPE as real cos/sin, since TensorRT has no complex
+The tick is the model's own ``CausalWanDiT.forward_tick``, run by the shared tick loop; this executor only
+swaps its pieces (:class:`GraphKernels`, a :class:`models.dit.TickKernels`) for graphs exported from the
+model's own methods, in the forms graphs need (``graph_forms``: RoPE as real cos/sin, since TensorRT has no complex
 tensors; cross-attention batched over inputs, so any mix of prompts runs one graph). Pieces per bucket:
 
     embed     tokens   CausalWanDiT.embed_tick: latents (n, C, F, H, W), sinusoid (n, freq_dim) -> x, e, e0
@@ -33,10 +33,10 @@ inductor graphs run under ``error_on_recompile``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -48,10 +48,10 @@ from torch import Tensor, nn
 
 from cascade_sched.errors import ConfigError, ExecutorError
 from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, RunOptions, RunResult
+from executors.base import BlockCallback, Executor, ExtendHook, RunOptions, RunResult
 from executors.buckets import ATTENTION, TOKENS, Bucket, forward_buckets
-from models.attention import CrossKV, KVLookup, KVPair, Rope, attend
-from models.dit import CausalWanDiT, Exchange, TaskInput, TickOutput
+from models.attention import CrossKV, KVPair, Rope, attend
+from models.dit import CausalWanDiT
 from models.layers import WanBlock, _act_dtype
 
 BACKENDS = ("inductor", "tensorrt")
@@ -73,6 +73,10 @@ _WEIGHTS = {
     "attend": (),
 }
 PIECES = {TOKENS: ("embed", "pre", "post", "head"), ATTENTION: ("attend",)}
+
+CompileProgress = Callable[[Sequence[Bucket], str], Iterable[Bucket]]
+"""``progress(buckets, label)`` yields the buckets it is given, in order, while it shows how far compiling has
+got (an app's progress bar); the compiled executor calls it around its compile loop."""
 
 
 def load_tensorrt() -> Any:
@@ -176,15 +180,13 @@ class Piece(nn.Module):
 
 # --- compiling and loading ---------------------------------------------------------------------------------
 class CompiledModel:
-    """A :class:`CausalWanDiT` whose ``forward_tick`` runs compiled graphs, one set per bucket.
-
-    Everything else (config, dtype, device, prompts, blocks) is the wrapped model's, so the shared
-    :class:`~executors.base.TickLoop` and the distributed transport take it in place of the model.
-    Call :meth:`prepare` with the run's buckets before the first tick.
+    """The compiled graphs of one :class:`CausalWanDiT`, one set per bucket, and the :class:`GraphKernels`
+    that run them as the pieces of the model's own ``forward_tick`` (``model.forward_tick(...,
+    kernels=cm.kernels)``). Call :meth:`prepare` with the run's buckets before the first tick.
     """
 
     def __init__(self, model: CausalWanDiT, backend: str = "inductor", cache_dir: str | Path | None = None,
-                 *, progress: bool = False, label: str = "compile") -> None:
+                 *, progress: CompileProgress | None = None, label: str = "compile") -> None:
         _check_name(backend)
         self.model, self.backend, self.progress, self.label = model, backend, progress, label
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -210,9 +212,6 @@ class CompiledModel:
         self.kernels = GraphKernels(self)
         if backend == "tensorrt":
             self._trt = load_tensorrt()
-
-    def __getattr__(self, name: str) -> Any:  # only for names this class lacks: the model's
-        return getattr(self.__dict__["model"], name)
 
     # -- building ----------------------------------------------------------------------------------------
     def _head_piece(self, n: int) -> Piece:
@@ -314,32 +313,21 @@ class CompiledModel:
     def prepare(self, buckets: Iterable[Bucket]) -> dict[Bucket, float]:
         """Compile (or load) every piece of every bucket not compiled yet; returns seconds per new bucket."""
         todo = sorted(set(buckets) - set(self.compile_s), key=lambda b: (b.kind, b.queries, b.keys))
-        bar = None
-        if self.progress and todo:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(todo), unit="bucket", desc=f"{self.label} ({self.backend})", file=sys.stderr,
-                       dynamic_ncols=True)
+        steps: Iterable[Bucket] = todo
+        if self.progress is not None and todo:
+            steps = self.progress(todo, f"{self.label} ({self.backend})")
         new: dict[Bucket, float] = {}
         with warnings.catch_warnings():  # torch's own deprecation notices (FutureWarning) while it exports,
             warnings.simplefilter("ignore", FutureWarning)  # packages and unpickles tree specs: not the user's
-            try:
-                for bucket in todo:
-                    if bar is not None:
-                        bar.set_postfix_str(str(bucket))
-                    start = time.perf_counter()
-                    all_loaded = True
-                    for piece in PIECES[bucket.kind]:
-                        self.graphs[(piece, bucket)], loaded = self._build(piece, bucket)
-                        all_loaded &= loaded
-                    if all_loaded and self.cache_dir is not None:
-                        self.loaded.add(bucket)
-                    new[bucket] = self.compile_s[bucket] = time.perf_counter() - start
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                if bar is not None:
-                    bar.close()
+            for bucket in steps:
+                start = time.perf_counter()
+                all_loaded = True
+                for piece in PIECES[bucket.kind]:
+                    self.graphs[(piece, bucket)], loaded = self._build(piece, bucket)
+                    all_loaded &= loaded
+                if all_loaded and self.cache_dir is not None:
+                    self.loaded.add(bucket)
+                new[bucket] = self.compile_s[bucket] = time.perf_counter() - start
         return new
 
     def _graph(self, piece: str, bucket: Bucket) -> Callable[..., Any]:
@@ -349,16 +337,6 @@ class CompiledModel:
             raise ExecutorError(f"the tick needs bucket {bucket} ({piece}), which was not compiled before the run "
                                 f"(compiled: {have}); the compiled executor never compiles mid-stream")
         return fn
-
-    # -- the tick -------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def forward_tick(self, tasks: Sequence[TaskInput], kv: KVLookup, exchange: Exchange | None = None) -> TickOutput:
-        """``CausalWanDiT.forward_tick`` with the same arguments, results and exchange calls: the model's
-        own tick, its pieces run by this model's graphs (:class:`GraphKernels`)."""
-        if self.backend == "inductor" and self.cache_dir is None:
-            with torch._dynamo.config.patch(error_on_recompile=True):
-                return self.model.forward_tick(tasks, kv, exchange, kernels=self.kernels)
-        return self.model.forward_tick(tasks, kv, exchange, kernels=self.kernels)
 
 
 class GraphKernels:
@@ -420,7 +398,7 @@ class CompiledExecutor:
     name = "compiled"
 
     def __init__(self, backend: str = "inductor", engine_cache: str | Path | None = None, *,
-                 progress: bool = False) -> None:
+                 progress: CompileProgress | None = None) -> None:
         _check_name(backend)
         if backend == "tensorrt":
             load_tensorrt()
@@ -455,15 +433,21 @@ class CompiledExecutor:
         return cm
 
     def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
-            on_block: BlockCallback | None = None) -> RunResult:
+            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
+        """The model's own tick loop, its pieces run by this process's graphs: in one process every device
+        (as the reference executor), inside a process group this rank's (as the distributed one)."""
         import torch.distributed as dist
 
         from executors.distributed import DistributedExecutor
         from executors.reference import ReferenceExecutor
 
         cm = self.prepare(schedule, model)
-        inner = DistributedExecutor() if dist.is_initialized() else ReferenceExecutor()
-        return inner.run(schedule, cast(CausalWanDiT, cm), options, on_block)
+        inner: Executor = (DistributedExecutor(kernels=cm.kernels) if dist.is_initialized()
+                           else ReferenceExecutor(kernels=cm.kernels))
+        with contextlib.ExitStack() as stack:
+            if self.backend == "inductor" and self.engine_cache is None:  # a new shape raises, never compiles
+                stack.enter_context(torch._dynamo.config.patch(error_on_recompile=True))
+            return inner.run(schedule, model, options, on_block, extend=extend)
 
 
 __all__ = ["BACKENDS", "Bucket", "CompiledExecutor", "CompiledModel", "Piece", "check_backend", "load_tensorrt"]

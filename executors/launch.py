@@ -28,8 +28,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cascade_sched import interrupts
-from cascade_sched.errors import ConfigError, ExecutorError
+from cascade_sched.errors import ExecutorError, Interrupted, signal_of
+from executors import torchrun
+from executors.devices import backend_for, check_device
 
 ABORT_KEY = "cascade/abort"
 POLL_S = 0.2
@@ -38,47 +39,12 @@ RankFn = Callable[[Any, int, int], Any]
 """``fn(payload, rank, world_size) -> result``; rank 0's result goes back to the launcher."""
 
 
-def under_torchrun() -> bool:
-    """True when torchrun (or another launcher) set this process's rank and world size."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
-
-
-def backend_for(device: str) -> str:
-    """NCCL for CUDA devices, gloo for the CPU."""
-    return "nccl" if device.startswith("cuda") else "gloo"
-
-
-def check_device(device: str, local_rank: int | None = None, ranks_here: int | None = None) -> None:
-    """Refuse, in one ``ConfigError`` naming ``--device``, a device this machine cannot give: a name other
-    than cpu / cuda / cuda:N, CUDA where torch sees none (a CPU build, no driver, no GPU), a GPU index past
-    the count, NCCL missing from this torch build, or more local ranks than GPUs (NCCL cannot put two
-    ranks on one GPU). Every rank runs it before touching CUDA, so every rank stops with the same line."""
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError("device", f"`--device` must be cpu, cuda or cuda:N, got {device!r}")
-    if kind == "cpu":
-        return
-    if not torch.cuda.is_available():
-        why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA device here"
-        raise ConfigError("device", f"`--device {device}` was asked for, but {why}; use --device cpu")
-    count = torch.cuda.device_count()
-    if index and int(index) >= count:
-        raise ConfigError("device", f"`--device {device}`: there are {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    if local_rank is not None:
-        if not dist.is_nccl_available():
-            raise ConfigError("device", f"`--device {device}` across ranks needs NCCL, which this torch build lacks")
-        if local_rank >= count or (ranks_here or 0) > count:
-            raise ConfigError("device", f"`--device {device}`: {max(ranks_here or 0, local_rank + 1)} ranks on this "
-                                        f"node but {count} GPU(s); NCCL needs one GPU per rank")
-
-
 def init_group(device: str, timeout_s: float) -> tuple[int, int]:
     """Initialise the default process group from the environment (``env://``); returns (rank, world)."""
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    check_device(device, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or None)
+    rank, world, local = torchrun.rank(), torchrun.world_size(), torchrun.local_rank()
+    check_device(device, local, torchrun.local_world())
     if device.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local)
     dist.init_process_group(backend_for(device), rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
     # NCCL's first point-to-point batch must involve every rank: a collective sets the communicators up.
@@ -88,13 +54,9 @@ def init_group(device: str, timeout_s: float) -> tuple[int, int]:
 
 INTERRUPTED = "interrupted:"  # an abort message that starts so: "interrupted:15:rank 1 received SIGTERM"
 
-Report = Callable[[str, int, "str | None"], None]
-"""``report(command, signum, kept)`` says the one line of an interrupted run (rank 0 only): on stderr under
-torchrun; :func:`spawn` hands it to the spawning process instead, which says it."""
-
-
-def _stderr(command: str, signum: int, kept: str | None) -> None:
-    print(interrupts.line(command, signum, kept), file=sys.stderr, flush=True)
+Report = Callable[[int, "str | None"], None]
+"""``report(signum, kept)`` says the one line of an interrupted run (rank 0 only): the command's own line
+under torchrun; :func:`spawn` hands it to the spawning process instead, which says it."""
 
 
 class Shutdown:
@@ -108,9 +70,8 @@ class Shutdown:
     any rank) exits 130 or 143 on every rank, and only rank 0 says so, in the command's one line.
     """
 
-    def __init__(self, rank: int, on_abort: Callable[[bool], str | None] | None, command: str = "cascade",
-                 report: Report = _stderr) -> None:
-        self.rank, self.on_abort, self.command, self.report = rank, on_abort, command, report
+    def __init__(self, rank: int, on_abort: Callable[[bool], str | None] | None, report: Report) -> None:
+        self.rank, self.on_abort, self.report = rank, on_abort, report
         self._once = threading.Lock()
 
     def __call__(self, message: str, signum: int | None = None, why: str = "stopping") -> None:
@@ -128,7 +89,7 @@ class Shutdown:
                     print(f"rank {self.rank}: while closing outputs: {e}", file=sys.stderr, flush=True)
             if signum is not None:
                 if self.rank == 0:
-                    self.report(self.command, signum, kept)
+                    self.report(signum, kept)
                 os._exit(128 + signum)
             print(f"rank {self.rank}: {why}: {message}" + (f"; {kept}" if kept else ""), file=sys.stderr,
                   flush=True)
@@ -138,11 +99,12 @@ class Shutdown:
 
     def follow(self, text: str) -> None:
         """Stop as another rank's abort message says: an interrupt (``INTERRUPTED`` + signum + why) as that
-        interrupt, anything else as that rank's failure."""
+        interrupt, anything else as that rank's failure (its first line: the failing rank printed the
+        rest, its schedule grid)."""
         if text.startswith(INTERRUPTED):
             self(text, int(text[len(INTERRUPTED):].split(":", 1)[0]))
         else:
-            self(text)
+            self(text.split("\n", 1)[0])
 
 
 class Watchdog:
@@ -185,13 +147,8 @@ class Watchdog:
         self._thread.join()
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise interrupts.Interrupted(signum)
-
-
-def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float,
-             on_abort: Callable[[bool], str | None] | None = None, command: str = "cascade",
-             report: Report = _stderr) -> Any:
+def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float, report: Report,
+             on_abort: Callable[[bool], str | None] | None = None) -> Any:
     """Run ``fn`` on this rank of an environment-configured group, with the failure policy above.
 
     SIGINT and SIGTERM (torchrun forwards both to every rank) interrupt ``fn`` on this rank; the others
@@ -199,9 +156,9 @@ def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float,
     A SIGTERM that torchrun sends because another rank failed stops this rank as that failure.
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise_interrupted)
+        signal.signal(signum, Interrupted.on_signal)
     rank, world = init_group(device, timeout_s)
-    shutdown = Shutdown(rank, on_abort, command, report)
+    shutdown = Shutdown(rank, on_abort, report)
     dog = Watchdog(shutdown)
     try:
         result = fn(payload, rank, world)
@@ -212,10 +169,10 @@ def run_rank(fn: RankFn, payload: Any, device: str, timeout_s: float,
             signal.signal(signum, signal.SIG_IGN)
         earlier = dog.peek()
         if isinstance(e, KeyboardInterrupt) and earlier is None:
-            signum = interrupts.exit_code(e) - 128
-            message = f"{INTERRUPTED}{signum}:rank {rank} received {signal.Signals(signum).name}"
+            received = signal_of(e)
+            message = f"{INTERRUPTED}{received}:rank {rank} received {signal.Signals(received).name}"
             dog.fail(message)
-            shutdown(message, signum)
+            shutdown(message, received)
         elif earlier is not None:  # another rank stopped first (a failure, or an interrupt): stop as it says
             dog.fail(earlier)
             shutdown.follow(earlier)
@@ -236,7 +193,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _write_kept(path: str, command: str, signum: int, kept: str | None) -> None:
+def _write_kept(path: str, signum: int, kept: str | None) -> None:
     """Rank 0's report under :func:`spawn`: the spawning process says the one line."""
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(kept or "")
@@ -248,8 +205,7 @@ def _spawned(local_rank: int, nproc: int, port: int, fn: RankFn, payload: Any, d
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(nproc), LOCAL_RANK=str(local_rank))
     torch.set_num_threads(threads)
-    result = run_rank(fn, payload, device, timeout_s, on_abort,
-                      report=functools.partial(_write_kept, result_path + ".kept"))
+    result = run_rank(fn, payload, device, timeout_s, functools.partial(_write_kept, result_path + ".kept"), on_abort)
     if local_rank == 0:
         # A file, not a pipe: a large result would fill the pipe and block this rank before the join.
         with open(result_path + ".tmp", "wb") as f:
@@ -268,10 +224,10 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     ``fn``, ``payload`` and ``on_abort`` must pickle (module-level functions, plain data).
 
     Ctrl-C or SIGTERM here is passed on to every rank; when the ranks stopped for an interrupt (here or
-    on one of them), :class:`~cascade_sched.interrupts.Interrupted` is raised here with what rank 0 kept,
+    on one of them), :class:`~cascade_sched.errors.Interrupted` is raised here with what rank 0 kept,
     so the command says its one line.
     """
-    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
     check_device(device, nproc - 1, nproc)  # one line here, before any rank starts
     if threads is None:
@@ -281,14 +237,14 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     with tempfile.TemporaryDirectory(prefix="cascade-spawn-") as tmp:
         result_path = os.path.join(tmp, "rank0.pkl")
         kept_path = result_path + ".kept"
-        ctx = mp.start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads,
-                                                 result_path, on_abort), nprocs=nproc, join=False,
-                                 start_method="spawn")
+        ctx = start_processes(_spawned, args=(nproc, port, fn, payload, device, timeout_s, threads,  # type: ignore[no-untyped-call]  # torch: start_processes is not annotated
+                                              result_path, on_abort), nprocs=nproc, join=False,
+                              start_method="spawn")
         try:
             while not ctx.join(timeout=POLL_S, grace_period=STOP_S):
                 pass
         except KeyboardInterrupt as e:
-            signum = interrupts.exit_code(e) - 128
+            signum = signal_of(e)
             for p in ctx.processes:
                 if p.is_alive() and p.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -300,14 +256,14 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
                     p.kill()
                     p.join()
             _interrupted(signum, kept_path)
-        except mp.ProcessExitedException as e:
+        except ProcessExitedException as e:
             if e.exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
                 _interrupted(abs(e.exit_code) % 128, kept_path)  # a rank was interrupted: every rank stopped
             raise ExecutorError(
                 f"rank {e.error_index} exited with status {e.exit_code} after "
                 f"{time.perf_counter() - start:.1f} s; every rank was stopped (each rank's own message is above)"
             ) from None
-        except mp.ProcessRaisedException as e:
+        except ProcessRaisedException as e:
             last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
             raise ExecutorError(f"rank {e.error_index} failed: {last}") from None
         if not os.path.exists(result_path):
@@ -321,5 +277,4 @@ def _interrupted(signum: int, kept_path: str) -> None:
     from pathlib import Path
 
     kept = Path(kept_path).read_text(encoding="utf-8") if os.path.exists(kept_path) else None
-    with interrupts.on_interrupt(lambda: kept):
-        raise interrupts.Interrupted(signum) from None
+    raise Interrupted(signum, kept or None) from None

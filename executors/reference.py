@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, ExtendHook, LocalTransport, RunOptions, RunResult, TickLoop
-from models.dit import CausalWanDiT
+from executors.base import BlockCallback, ExtendHook, RunOptions, RunResult, TickLoop
+from executors.transport import LocalTransport
+from models.dit import CausalWanDiT, TickKernels
 
 
 class ReferenceExecutor:
     """Runs the whole schedule in this process; device indices of the schedule only label tasks.
+    ``kernels`` run the model's tick forward (None: its own modules).
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from models import CausalWanDiT, get_config
@@ -20,15 +22,16 @@ class ReferenceExecutor:
 
     name = "reference"
 
-    def run(
-        self,
-        schedule: Schedule,
-        model: CausalWanDiT,
-        options: RunOptions,
-        on_block: BlockCallback | None = None,
-        extend: ExtendHook | None = None,
-    ) -> RunResult:
-        """Run ``schedule``; ``extend`` may switch to an extended schedule between ticks (interactive)."""
-        loop = TickLoop(schedule, model, options, range(schedule.num_devices), LocalTransport(), on_block,
-                        extend=extend)
-        return loop.run()
+    def __init__(self, kernels: TickKernels | None = None) -> None:
+        self.kernels = kernels
+        self.loop: TickLoop | None = None  # the loop while a run goes on (a server reads its K/V pool)
+
+    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
+        """Run ``schedule``; ``extend`` may switch to an extended schedule between ticks (a stream)."""
+        try:
+            self.loop = TickLoop(schedule, model, options, range(schedule.num_devices), LocalTransport(), on_block,
+                                 extend=extend, kernels=self.kernels)
+            return self.loop.run()
+        finally:
+            self.loop = None

@@ -309,7 +309,7 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # The toy world (models/toy_world.py): 16 x 16 RGB pixels are the latent (3 channels, no VAE); 4 x 4
     # patches, 16 tokens per frame, 48 per block; the prompt is the toy vocabulary (models/toy_text.py);
-    # trained by `python -m models.train_toy`, weights in models/weights/toy*.
+    # trained by `python -m apps.toy.train`, weights in models/weights/toy*.
     "toy": ModelConfig(
         name="toy", dim=128, ffn_dim=512, num_layers=4, num_heads=2, in_channels=3, out_channels=3,
         patch_size=(1, 4, 4), text_dim=16, text_len=4, freq_dim=64, latent_height=16, latent_width=16,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ class WanVAEDecoder:
                 raise CheckpointError(f"Wan VAE folder {str(vae)!r} has no config.json (expected an AutoencoderKLWan "
                                       "saved by diffusers, or a Wan2.1 folder with vae/)")
             try:
-                vae = cast(Any, AutoencoderKLWan).from_pretrained(str(sub), torch_dtype=dtype)
+                vae = AutoencoderKLWan.from_pretrained(str(sub), torch_dtype=dtype)  # type: ignore[no-untyped-call]  # diffusers: from_pretrained is not annotated
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"Wan VAE {str(vae)!r} cannot be loaded: {exc}") from exc
             self.name = f"Wan VAE ({root})"

@@ -22,7 +22,7 @@ import hashlib
 import html
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -94,7 +94,7 @@ def clean_prompt(text: str) -> str:
     'a & red fox'
     """
     try:
-        import ftfy
+        import ftfy  # type: ignore[import-not-found]
 
         text = ftfy.fix_text(text)
     except ImportError:
@@ -247,7 +247,7 @@ class UMT5Encoder:
         if text_dim is not None and width != text_dim:
             raise CheckpointError(f"text encoder {str(path)!r} outputs width {width}, but the model cross-attends "
                                   f"to width {text_dim} (text_dim)")
-        self.model: Any = cast(Any, model).to(self.device).eval()
+        self.model: Any = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers: `to` is typed as taking a model
 
     @torch.no_grad()
     def encode(self, text: str) -> Tensor:

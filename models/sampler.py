@@ -200,3 +200,13 @@ def noise(seed: int, block: int, stage: int, shape: Sequence[int], dtype: torch.
     """
     g = torch.Generator(device="cpu").manual_seed(noise_seed(seed, block, stage))
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32).to(dtype)
+
+
+def latent_dtype(weights: torch.dtype) -> torch.dtype:
+    """The dtype of a run's latents and the sampler's arithmetic for a model of ``weights``: float32
+    whatever the weights (bf16 included), float64 for a float64 model.
+
+    >>> latent_dtype(torch.bfloat16), latent_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.float64 if weights == torch.float64 else torch.float32

@@ -12,20 +12,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from cascade_sched.bounds import (
-    MAX_LIST,
-    PLAN_POINT_TASK_S,
-    WORK_BUDGET_S,
-    check_float,
-    check_int,
-    check_schedule_size,
-)
+from cascade_sched.bounds import MAX_LIST, PLAN_POINT_TASK_S, WORK_BUDGET_S, check_schedule_size
 from cascade_sched.cliargs import (
     DEFAULT_BLOCKS,
     DEFAULT_WINDOW,
+    Handler,
+    Invocation,
     add_schedule_args,
     alias,
     check_outputs,
@@ -34,9 +28,7 @@ from cascade_sched.cliargs import (
     num_stages,
     spec_from_args,
 )
-from cascade_sched.errors import ConfigError
-
-Handler = Callable[[argparse.Namespace], int]
+from cascade_sched.errors import ConfigError, check_float, check_range
 
 DEFAULTS: dict[str, Any] = {
     "model": "wan2.1-1.3b", "gpu": "h100-sxm", "cost": "parts", "decode": "inline", "decoder": "vae",
@@ -73,12 +65,12 @@ def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: 
         g.add_argument("--decoder", default=DEFAULTS["decoder"],
                        help="vae (the Wan2.1 VAE) | taehv (the tiny TAEHV decoder) (default %(default)s)")
     else:
-        g.add_argument("--decode", type=name_list, default=("inline", "stream", "gpu"),
+        g.add_argument("--decode", dest="decodes", type=name_list, default=("inline", "stream", "gpu"),
                        help="decode placements to try (default inline,stream,gpu)")
-        g.add_argument("--decoder", type=name_list, default=(DEFAULTS["decoder"],),
+        g.add_argument("--decoder", dest="decoders", type=name_list, default=(DEFAULTS["decoder"],),
                        help="decoders to try: vae, taehv (default vae)")
-        alias(g, "--decodes", "--decode", type=name_list, default=("inline", "stream", "gpu"))
-        alias(g, "--decoders", "--decoder", type=name_list, default=(DEFAULTS["decoder"],))
+        alias(g, "--decodes", "decodes", type=name_list, default=("inline", "stream", "gpu"))
+        alias(g, "--decoders", "decoders", type=name_list, default=(DEFAULTS["decoder"],))
     g.add_argument("--decode-device", type=int, default=0, help="the denoising GPU that decodes (default 0)")
     g.add_argument("--stream-contention", type=float, default=DEFAULTS["stream_contention"], metavar="F",
                    help="with decode stream: how many times slower forwards and decode each run while both are "
@@ -90,7 +82,7 @@ def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: 
     g.add_argument("--overlap", action="store_true", help="overlap the joint-attention exchange with compute")
 
 
-def register(subparsers: Any) -> dict[str, Handler]:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``simulate`` and ``plan`` to the ``cascade`` command; returns their handlers."""
     p = subparsers.add_parser("simulate", help="predict FPS, latency, stalls, memory and traffic of a schedule")
     add_schedule_args(p)
@@ -128,9 +120,9 @@ def register(subparsers: Any) -> dict[str, Handler]:
     c = q.add_argument_group("sweep")
     c.add_argument("--gpu-counts", type=int_ranges, default=tuple(range(1, 9)),
                    help="GPUs in all, a decoder GPU included, e.g. 1-8 or 1,2,4 (default 1-8)")
-    c.add_argument("--interconnect", type=name_list, default=None,
+    c.add_argument("--interconnect", dest="interconnects", type=name_list, default=None,
                    help="links to try, e.g. nvlink4,pcie5 (default: the GPU's usual one)")
-    alias(c, "--interconnects", "--interconnect", type=name_list, default=None)
+    alias(c, "--interconnects", "interconnects", type=name_list, default=None)
     add_schedule_args(q, sweep=True)
     k = q.add_argument_group("constraints and output")
     k.add_argument("--target-fps", type=float, default=24.0, help="delivered FPS to reach, 0 = none (default 24)")
@@ -159,7 +151,7 @@ def _margin(args: argparse.Namespace) -> Any:
                         f"{args.allocator_overhead:.0%} ({default.source})")
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
+def _cmd_simulate(run: Invocation) -> int:
     from cascade_sched.schedule import build_schedule
     from cascade_sched.validate import validate
     from simulator.catalog import get_gpu, get_link, get_model
@@ -167,8 +159,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.cost import make_cost
     from simulator.engine import simulate
 
+    args = run.args
     _check_simulate(args)
-    schedule = validate(build_schedule(spec_from_args(args)))
+    schedule = validate(build_schedule(spec_from_args(args, run.machine)))
     geometry = get_model(args.model)
     gpu = get_gpu(args.gpu)
     cost = make_cost(args.cost, geometry, gpu, args.decoder)
@@ -208,11 +201,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _check_simulate(args: argparse.Namespace) -> None:
     """The flags' ranges and the output paths, before any work."""
     check_outputs(args, {"trace": (".json",), "gantt": (".png",), "intervals": (".png",)})
-    check_int("--video-frames", args.video_frames, 1, 10_000)
-    check_int("--first-block-frames", args.first_block_frames, 1, 10_000)
-    check_int("--gantt-ticks", args.gantt_ticks, 0)
-    check_int("--gpus-per-node", args.gpus_per_node, 1, 1024)
-    check_int("--threads-per-device", args.threads_per_device, 1, 1024)
+    check_range("--video-frames", args.video_frames, 1, 10_000)
+    check_range("--first-block-frames", args.first_block_frames, 1, 10_000)
+    check_range("--gantt-ticks", args.gantt_ticks, 0)
+    check_range("--gpus-per-node", args.gpus_per_node, 1, 1024)
+    check_range("--threads-per-device", args.threads_per_device, 1, 1024)
     check_float("--host-cores", args.host_cores, 0, 1 << 20, open_lo=True)
     check_float("--background-load", args.background_load, 0, 1 << 20)
     check_float("--contention", args.contention, 1, 1000)
@@ -224,30 +217,30 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _check_plan(args: argparse.Namespace) -> None:
+def _check_plan(run: Invocation) -> None:
     """The flags' ranges, the sweep's size and the output folder, before any work."""
+    args = run.args
     check_outputs(args, {"out": None}, folders=("out",))
-    if min(args.window) < 0:
-        raise ConfigError("--window", f"`--window` must be at least 1 block, or 0 for unbounded, got "
-                                      f"{min(args.window)}")
+    if min(args.windows) < 0:
+        raise ConfigError("windows", f"`--window` must be at least 1 block, or 0 for unbounded, got "
+                                     f"{min(args.windows)}")
     for flag, value in (("--target-fps", args.target_fps), ("--max-first-frame", args.max_first_frame),
                         ("--max-jitter", args.max_jitter)):
         check_float(flag, value, 0)
-    check_int("--top", args.top, 0)
-    check_int("--sink", args.sink, 0)
-    check_int("--gpus-per-node", args.gpus_per_node, 1, 1024)
+    check_range("--top", args.top, 0)
+    check_range("sink", args.sink, 0)
+    check_range("--gpus-per-node", args.gpus_per_node, 1, 1024)
     stages = num_stages(args)
-    check_int("--blocks", args.blocks, 1)
-    for window in set(args.window):
-        check_schedule_size(args.blocks, stages, window or None, args.sink)
-    tasks = args.blocks * stages
-    if min(args.gpu_counts) < 1 or max(args.gpu_counts) > tasks + 1:
-        bad = min(args.gpu_counts) if min(args.gpu_counts) < 1 else max(args.gpu_counts)
-        raise ConfigError("--gpu-counts", f"`--gpu-counts` must lie in 1..{tasks + 1} (the {tasks} tasks of "
-                                          f"{args.blocks} blocks x {stages} stages, and a decoder GPU), got {bad}")
+    check_range("num_blocks", args.num_blocks, 1)
+    for window in set(args.windows):
+        check_schedule_size(args.num_blocks, stages, window or None, args.sink, run.machine)
+    tasks = args.num_blocks * stages
+    for count in args.gpu_counts:
+        check_range("--gpu-counts", count, 1, tasks + 1,
+                    f" (the {tasks} tasks of {args.num_blocks} blocks x {stages} stages, and a decoder GPU)")
     models = len(name_list(args.model)) if args.model else 2
-    points = models * len(args.gpu_counts) * len(args.lag or range(stages)) * len(args.attention) * \
-        len(args.decode) * len(args.decoder) * len(args.window) * len(args.interconnect or (1,))
+    points = models * len(args.gpu_counts) * len(args.lags or range(stages)) * len(args.attentions) * \
+        len(args.decodes) * len(args.decoders) * len(args.windows) * len(args.interconnects or (1,))
     seconds = points * tasks * PLAN_POINT_TASK_S
     if points > MAX_LIST * 16 or seconds > WORK_BUDGET_S:
         raise ConfigError("--gpu-counts", f"the sweep has {points} points of {tasks} tasks each: ~"
@@ -255,18 +248,19 @@ def _check_plan(args: argparse.Namespace) -> None:
                                           f"{WORK_BUDGET_S / 60:.0f} min; sweep fewer values or --blocks")
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
+def _cmd_plan(run: Invocation) -> int:
     from simulator.plan import Constraints, SweepSpace, format_table, recommendation_text, sweep, write_points
     from simulator.visual import draw_plan
 
     t0 = time.perf_counter()
-    _check_plan(args)
+    args = run.args
+    _check_plan(run)
     space = SweepSpace(
         models=name_list(args.model) if args.model else ("wan2.1-1.3b", "wan2.1-14b"),
-        gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lag, attentions=tuple(args.attention),
-        decodes=tuple(args.decode), decoders=tuple(args.decoder),
-        windows=tuple(w or None for w in args.window), interconnects=args.interconnect,
-        gpus_per_node=args.gpus_per_node, blocks=args.blocks, sink=args.sink, timesteps=tuple(args.timesteps),
+        gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lags, attentions=tuple(args.attentions),
+        decodes=tuple(args.decodes), decoders=tuple(args.decoders),
+        windows=tuple(w or None for w in args.windows), interconnects=args.interconnects,
+        gpus_per_node=args.gpus_per_node, blocks=args.num_blocks, sink=args.sink, timesteps=tuple(args.timesteps),
         cache_pass=args.cache_pass, placement=args.placement, cost=args.cost, overlap=args.overlap,
         stream_contention=args.stream_contention, margin=_margin(args),
     )

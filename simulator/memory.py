@@ -18,6 +18,9 @@ Accounted per device and tick (bytes; the peak over ticks is what must fit), fro
   allocator's slack) on every GPU.
 
 A decoder GPU of its own is checked too (decoder, text encoder, margin).
+
+:func:`process_memory` prices the same parts for one process that runs every device of a schedule (the
+reference executor on a CPU): what ``cascade generate`` checks against the memory it has before a run.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cascade_sched.errors import SimulationError
-from cascade_sched.schedule import TaskKind
-from simulator.cluster import Cluster
+from cascade_sched.schedule import TaskKind, build_schedule
+from cascade_sched.spec import CascadeSpec
+from simulator.catalog import HOST_CPU, get_model
+from simulator.cluster import NO_MARGIN, Cluster
 from simulator.prices import DecodePlan
-from simulator.workload import Workload
+from simulator.workload import Workload, build_workload
 
 PARTS = ("weights", "committed_kv", "inflight_kv", "activations", "decoder", "text_encoder", "reserved")
 
@@ -153,3 +158,30 @@ def memory_report(
     worst = max(out, key=lambda m: m.peak_bytes)
     return MemoryReport(tuple(out), cluster.gpu.hbm_bytes,
                         margin.describe(worst.peak_bytes - worst.parts["reserved"]))
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """What one process running a whole schedule holds at its peak, and per block of latents it returns."""
+
+    peak_bytes: int  # weights, K/V (committed and in flight) and activations at the peak tick
+    latent_bytes_per_block: int  # one block's float32 latent, as a run returns them
+
+
+def process_memory(spec: CascadeSpec, model: str, dtype_bytes: int) -> ProcessMemory:
+    """:func:`memory_report`'s parts for one process that runs every device of ``spec`` with ``model`` in a
+    dtype of ``dtype_bytes``: one K/V pool holds each version once, so it keeps what one device running
+    the whole schedule keeps; no decoder, text encoder or GPU margin (the process's own bytes).
+
+    >>> m = process_memory(CascadeSpec(num_blocks=4, window=2), "toy", 4)
+    >>> m.peak_bytes > 0, m.latent_bytes_per_block
+    (True, 9216)
+    """
+    geometry = get_model(model)
+    one = build_schedule(spec.replace(num_devices=1, placement="block"))
+    report = memory_report(build_workload(one, geometry), Cluster(HOST_CPU, 1, margin=NO_MARGIN),
+                           dtype_bytes=dtype_bytes)
+    parts = report.devices[0].parts
+    weights = parts["weights"] * dtype_bytes // 2  # the catalog states weights in bf16
+    peak = weights + parts["committed_kv"] + parts["inflight_kv"] + parts["activations"]
+    return ProcessMemory(peak, geometry.latent_bytes_per_block(4))

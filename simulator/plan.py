@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cascade_sched.errors import ConfigError, SimulationError
+from cascade_sched.errors import ConfigError, SimulationError, check_range
 from cascade_sched.schedule import build_schedule
 from cascade_sched.spec import CascadeSpec
 from simulator.catalog import get_gpu, get_link, get_model
@@ -123,7 +123,10 @@ def sweep(space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
     for name in links:
         get_link(name)
     for a in space.attentions:
-        CascadeSpec(num_blocks=1, attention=a)  # ConfigError names a bad one before any work
+        try:
+            CascadeSpec(num_blocks=1, attention=a)  # a bad one is named before any work
+        except ConfigError as e:
+            raise ConfigError(e.param, str(e), part_of="attentions") from None
     for d in space.decodes:
         if d not in PLACEMENTS:
             raise ConfigError("decodes", f"`decodes` must be among {', '.join(PLACEMENTS)}, got {d!r}")
@@ -134,8 +137,7 @@ def sweep(space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
         n_stages = len(space.timesteps) + (1 if space.cache_pass else 0)
         lags = space.lags or tuple(range(1, n_stages + 1))
         for lag in lags:
-            if not 1 <= lag <= n_stages:
-                raise ConfigError("lags", f"`lags` must lie in 1..S={n_stages}, got {lag}")
+            check_range("lags", lag, 1, n_stages, f" (S={n_stages} stages)")
         for n, link, window, lag, attention, decode, decoder in (
             (n, link, w, lag, a, d, dec) for n in space.gpu_counts for link in links for w in space.windows
             for lag in lags for a in space.attentions for d in space.decodes for dec in space.decoders

@@ -3,7 +3,7 @@ stderr with no traceback, and a refusal leaves no file behind.
 
 Each example builds an argument list by walking the subcommand's ``parser._actions``: for each flag picked,
 a value of its kind (valid, out of range, wrong type, an unwritable or missing path, a directory, a wrong
-extension, a binary or malformed input file). It runs in-process through ``cascade_sched.cli.main`` in a
+extension, a binary or malformed input file). It runs in-process through ``apps.cli.main`` in a
 fresh folder holding the input files.
 
 Time is bounded two ways. Cheap sizes come first on every command line (``CHEAP``; a fuzzed flag given
@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from apps.cli import build_parser, main
 from cascade_sched import bounds
-from cascade_sched.cli import build_parser, main
 
 PARSER, _ = build_parser()
 SUBCOMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -98,23 +98,23 @@ def _stop(*_: Any, **__: Any) -> Any:
 @pytest.fixture(scope="module")
 def long_work_stops() -> Any:
     """Replace the work that is long at any size (see the module docstring)."""
-    import executors.generate as generate
+    import apps.generate.run as generate
 
     mp = pytest.MonkeyPatch()
     real_run = generate.run_generate
 
-    def run_generate(job: Any, nproc: Any = None) -> Any:
-        if job.executor != "reference" or job.checkpoint or (job.model or "toy") not in ("toy", "tiny"):
+    def run_generate(job: Any) -> Any:
+        if job.executor != "reference" or job.source.checkpoint or job.source.model not in ("toy", "tiny"):
             raise ReachedWork
-        return real_run(job, nproc)
+        return real_run(job)
 
     mp.setattr(generate, "run_generate", run_generate)
     for target in (
-        "executors.calibrate.calibrate",
-        "executors.gpu_check.run_kit",
-        "executors.validation.run_matrix",
-        "executors.serve.app.serve",
-        "executors.serve.group.LocalGroup",
+        "apps.calibrate.calibrate.calibrate",
+        "apps.calibrate.gpu_kit.run_kit",
+        "apps.calibrate.matrix.run_matrix",
+        "apps.serve.app.serve",
+        "apps.serve.group.LocalGroup",
         "executors.launch.run_rank",
     ):
         mp.setattr(target, _stop)

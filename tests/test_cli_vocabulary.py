@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.cli import build_parser, main
 from cascade_sched import cliargs
-from cascade_sched.cli import build_parser, main
 
 PARSER, _ = build_parser()
 SUBCOMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices

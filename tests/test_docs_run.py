@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade_sched.cli import build_parser, main
+from apps.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL: dict[str, list[str]] = {

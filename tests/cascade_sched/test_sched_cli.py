@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.cli import main
 from cascade_sched import CascadeSpec, build_schedule
-from cascade_sched.cli import main
 from cascade_sched.io import loads
 from cascade_sched.render import render_grid
 

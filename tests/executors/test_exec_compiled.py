@@ -167,7 +167,7 @@ def test_a_shape_not_compiled_fails_instead_of_compiling_mid_stream(tiny: Causal
     tasks = [TaskInput(ref=(b, 0), latent=torch.zeros(tiny.config.latent_shape()), timestep=1000.0,
                        frame_offset=3 * b, prompt=0) for b in (0, 1)]
     with pytest.raises(ExecutorError, match=r"tokens24.*never compiles mid-stream"):
-        cm.forward_tick(tasks, kv=lambda ref, layer: None)
+        tiny.forward_tick(tasks, kv=lambda ref, layer: None, kernels=cm.kernels)
 
 
 def test_weights_are_graph_inputs_not_constants(tiny: CausalWanDiT) -> None:

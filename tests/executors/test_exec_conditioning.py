@@ -10,11 +10,11 @@ import torch
 from exec_support import tiny_model
 from torch import Tensor
 
+from apps.generate.decode_thread import DecodeWorker
+from apps.streams import next_schedule
 from cascade_sched import CascadeSpec, ConfigError, build_schedule
 from cascade_sched.schedule import Schedule
 from executors.base import RunOptions
-from executors.decode_thread import DecodeWorker
-from executors.interactive import next_schedule
 from executors.reference import ReferenceExecutor
 from models import CausalWanDiT
 from models.prompts import StandInEncoder, TextEncoder, default_text_encoder, text_embedding
@@ -140,7 +140,7 @@ def share_on_rank(payload: int, rank: int, world: int) -> list[float]:
     """Rank function: rank 0 makes 8 MB of embeddings (a umT5-XXL prompt's size); every rank gets them."""
     import torch.distributed as dist
 
-    from executors.sources import share_from_rank0
+    from apps.sources import share_from_rank0
 
     mine = {0: torch.randn(512, 4096, generator=torch.Generator().manual_seed(payload))} if rank == 0 else None
     got = share_from_rank0(mine, rank, world)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.cli import main
 from cascade_sched import CascadeSpec, SimulationError, build_schedule
-from cascade_sched.cli import main
 from cascade_sched.errors import ConfigError
 from simulator import (
     GPUS,

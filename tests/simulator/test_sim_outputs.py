@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.cli import main
 from cascade_sched import CascadeSpec, build_schedule
-from cascade_sched.cli import main
 from cascade_sched.trace import read_chrome_trace
 from simulator import Cluster, SimResult, UniformCost, get_gpu, get_model, make_cost, simulate
 from simulator.plan import Constraints, SweepSpace, format_table, recommend, sweep

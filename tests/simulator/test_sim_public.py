@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade_sched.cli import main
+from apps.cli import main
 from simulator.catalog import TAEHV, WAN_VAE
 from simulator.public import FIGURES, FITTED, NO_CHECK
 from simulator.reproduce import format_public, public_rows

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_sim_properties import cluster_with, simulate_every_task_once, specs
 
+from apps.cli import main
 from cascade_sched import CascadeSpec, build_schedule
-from cascade_sched.cli import main
 from cascade_sched.metrics import switch_stalls, switch_touched
 from cascade_sched.schedule import KVRef, Schedule, TaskKind
 from cascade_sched.trace import read_chrome_trace

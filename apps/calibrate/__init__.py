@@ -1,0 +1,4 @@
+"""``cascade calibrate`` and ``cascade validate``: :mod:`~apps.calibrate.cli` (flags),
+:mod:`~apps.calibrate.calibrate` (a profile for the simulator), built on :mod:`~apps.calibrate.profiling`,
+:mod:`~apps.calibrate.links` and :mod:`~apps.calibrate.timing`; :mod:`~apps.calibrate.matrix` (measured
+vs predicted); :mod:`~apps.calibrate.gpu_kit` (the one-shot GPU calibration)."""

@@ -1,0 +1,362 @@
+"""``cascade generate`` as a function: one resolved :class:`~apps.request.RunRequest`, run in-process or on
+every rank of a group (each rank receives the request whole)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from contextlib import ExitStack
+from functools import partial
+from typing import Any
+
+import torch
+
+from apps.progress import bar as progress_bar
+from apps.progress import track
+from apps.request import RunRequest, Streaming
+from cascade_sched.errors import ConfigError, ExecutorError
+from cascade_sched.metrics import stream_metrics, video_frames
+from cascade_sched.schedule import Schedule, build_schedule
+from cascade_sched.trace import write_chrome_trace
+from cascade_sched.validate import validate
+from executors.base import Executor, RunOptions, RunResult
+from models.dit import CausalWanDiT
+from models.prompts import TextEncoder
+from models.sampler import FlowMatchSampler
+
+
+class _Pipeline:
+    """Hand finished blocks to the decode thread, write them, and report (runs on the decode rank).
+
+    The video and the latents are written under their partial names (``cascade_sched.outputs``), renamed
+    into place by ``outputs`` when the run ends well; a run that stops keeps the blocks decoded and
+    written so far, readable, under the partial names, and :meth:`kept` says so.
+    """
+
+    def __init__(self, request: RunRequest, schedule: Schedule, model: CausalWanDiT, outputs: ExitStack) -> None:
+        import time
+
+        from apps.generate.decode_thread import DecodeWorker
+        from apps.generate.writers import VideoSink
+        from apps.interrupts import on_interrupt
+        from apps.sources import decoder_for
+        from cascade_sched.outputs import committed
+
+        self.request, self.schedule = request, schedule
+        files = request.outputs
+        self.video = outputs.enter_context(committed(files.out)) if files.out else None
+        self.latents_path = outputs.enter_context(committed(files.save_latents)) if files.save_latents else None
+        outputs.enter_context(on_interrupt(self.kept))
+        self._lock = threading.Lock()
+        self._closed = False
+        device = request.source.vae_device or str(model.device)
+        self.decoder: Any = decoder_for(request.source, model.config, device)
+        self.sink = VideoSink(str(self.video), frames_per_block=schedule.spec.frames_per_block) if self.video else None
+        if self.sink is not None:
+            self.sink.open()  # start the encoder now, not inside the first block's timing
+        self.worker = DecodeWorker(self.decoder, self._write, device)
+        self.latents: list[Any] = []
+        self.handed: dict[int, float] = {}  # block -> perf_counter when the tick loop handed it over
+        terminal = request.streaming is not None and sys.stdin is not None and sys.stdin.isatty()
+        # A stream on a terminal shows its status line instead.
+        self.bar = progress_bar(schedule.num_blocks, "generate", "block", on=request.progress and not terminal)
+        self._clock = time.perf_counter
+        self._t0 = self._clock()
+
+    def on_block(self, block: int, x0: torch.Tensor) -> None:
+        self.handed[block] = self._clock()
+        self.latents.append(x0.float().numpy())
+        self.worker.submit(block, x0)
+
+    def _write(self, frames: Any) -> None:  # on the decode thread, in block order
+        if self.sink is not None:
+            self.sink.add_block(frames)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    @property
+    def finished(self) -> int:
+        """Blocks decoded and written, all in order from block 0."""
+        return len(self.worker.decoded)
+
+    def close(self, drain: bool = True) -> None:
+        """Decode what is queued (``drain=False``, when interrupted: only the block being decoded) and make
+        everything written durable: the video, and the latents of the same finished blocks. Safe to call
+        twice, and from another thread (a rank stopped by its peers)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.worker.close(drain)
+            finally:
+                if self.bar is not None:
+                    self.bar.close()
+                    self.bar = None
+                if self.sink is not None:
+                    self.sink.close()
+                n = self.finished
+                if self.latents_path is not None and n:
+                    from apps.generate.writers import save_latents
+
+                    save_latents(str(self.latents_path), self.latents[:n])
+                if n == 0:  # nothing finished: no empty file that a player would choke on
+                    for path in (self.video, self.latents_path):
+                        if path is not None:
+                            path.unlink(missing_ok=True)
+
+    def kept(self) -> str:
+        """What a stopped run kept, for its one line: ``kept 3 of 8 blocks in x.partial.mp4``."""
+        files = [str(p) for p in (self.video, self.latents_path) if p is not None and p.exists()]
+        of = "" if self.request.streaming else f" of {self.schedule.num_blocks}"  # a stream has no planned end
+        if not files:
+            return f"{self.finished}{of} blocks finished, no file kept"
+        return f"kept {self.finished}{of} blocks in {' and '.join(files)}"
+
+    def clock_offset(self, block_done_s: list[float]) -> float:
+        """perf_counter -> the run's clock: the tick loop stamps block_done_s[b] just before handing b over."""
+        import statistics
+
+        pairs = [done - self.handed[b] for b, done in enumerate(block_done_s) if b in self.handed]
+        return statistics.median(pairs) if pairs else -self._t0
+
+    def shown_s(self, offset: float) -> list[float]:
+        """When each block's frames were decoded and written, on the run's clock."""
+        return [self.worker.decoded[b][1] + offset for b in sorted(self.worker.decoded)]
+
+
+def _conditioning(request: RunRequest, texts: dict[int, str], config: Any, rank: int, world: int,
+                  ) -> tuple[dict[int, torch.Tensor], TextEncoder | None, str]:
+    """Rank 0 encodes every prompt of the timeline (each text once), frees the encoder unless prompts may
+    still arrive, and shares the embeddings with the other ranks. Returns (embeddings by prompt id, the
+    encoder kept for streaming or None, its name)."""
+    from apps.sources import encode_prompts, share_from_rank0, text_source
+    from models.prompts import save_embeddings
+
+    encoder: TextEncoder | None = None
+    payload: tuple[dict[int, torch.Tensor], str] | None = None
+    if rank == 0:
+        encoder = text_source(request.source, config, list(texts.values()))
+        name = encoder.name
+        embeddings = encode_prompts(encoder, texts, config)
+        if request.outputs.save_text_embeddings:
+            save_embeddings(request.outputs.save_text_embeddings, {texts[p]: e for p, e in embeddings.items()})
+        if request.streaming is None:
+            encoder.close()  # every prompt is encoded: free the weights before the DiT loads
+            encoder = None
+        payload = (embeddings, name)
+    embeddings, name = share_from_rank0(payload, rank, world)
+    return embeddings, encoder, name
+
+
+def _executor(request: RunRequest, schedule: Schedule, model: CausalWanDiT, rank: int) -> Executor:
+    """The request's executor for this process: the reference one in-process, the distributed one on a
+    rank of a group, or the compiled one (in-process or this rank's share) with its graphs compiled now,
+    before the stream's clock starts."""
+    import torch.distributed as dist
+
+    if request.executor == "compiled":
+        from executors.compiled import CompiledExecutor
+
+        compiled = CompiledExecutor(request.backend, request.engine_cache,
+                                    progress=partial(track, unit="bucket") if request.progress and rank == 0 else None)
+        with torch.inference_mode():
+            compiled.prepare(schedule, model)
+        return compiled
+    if dist.is_initialized():
+        from executors.distributed import DistributedExecutor
+
+        return DistributedExecutor()
+    from executors.reference import ReferenceExecutor
+
+    return ReferenceExecutor()
+
+
+def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any] | None:
+    """Run ``request``: in-process (world 1) or as this rank of an initialised group.
+
+    Returns the summary on the decode rank (0), None elsewhere.
+    """
+    import torch.distributed as dist
+
+    from apps.sources import build_sampler, load_model
+    from models.config import get_config
+
+    schedule = validate(build_schedule(request.spec))
+    distributed = dist.is_initialized()
+    if distributed and world != schedule.num_devices:
+        raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")
+    texts = {0: request.prompt, **dict(request.prompts)}
+    name = request.source.model
+    if name is None:  # the geometry comes from the checkpoint's shapes: load first, then encode
+        model, weights = load_model(request.source)
+        embeddings, encoder, text_name = _conditioning(request, texts, model.config, rank, world)
+    else:  # encode first, so the text encoder's memory is free before the DiT loads
+        embeddings, encoder, text_name = _conditioning(request, texts, get_config(name), rank, world)
+        model, weights = load_model(request.source)
+    options = RunOptions(prompt=request.prompt, prompts=dict(request.prompts), embeddings=embeddings,
+                         text_encoder=encoder, fail_at=request.fail_at, timeout_s=request.timeout_s,
+                         sampler=build_sampler(request.source, model.config.name))
+    executor = _executor(request, schedule, model, rank)
+    with ExitStack() as outputs:  # rank 0's files: renamed into place when the run ends well
+        pipeline = _Pipeline(request, schedule, model, outputs) if rank == 0 else None
+        _ABORT_HOOK[0] = pipeline
+        stream = _Stream(request, options, pipeline) if request.streaming and pipeline is not None else None
+        try:
+            with torch.inference_mode():
+                result = executor.run(schedule, model, options, pipeline.on_block if pipeline else None,
+                                      extend=stream.extend if stream is not None else None)
+            if stream is not None:
+                schedule = stream.schedule or schedule
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop now, keep the blocks already written
+            if pipeline is not None:
+                pipeline.close(drain=False)
+            raise
+        finally:
+            if stream is not None:
+                stream.console.end()
+            if pipeline is not None:
+                pipeline.close()
+            if encoder is not None:
+                encoder.close()
+        events = result.events
+        if pipeline is not None:  # the decodes ran on their own thread: their events replace the hand-offs
+            offset = pipeline.clock_offset(result.block_done_s)
+            events = [e for e in events if e.track != "decode"] + pipeline.worker.events(offset, 0)
+        if distributed:
+            gathered: list[Any] | None = [None] * world if rank == 0 else None
+            dist.gather_object(events, gathered, dst=0)
+            if gathered is not None:
+                events = [e for evs in gathered for e in evs]
+        if pipeline is None:
+            return None
+        summary = _summary(request, schedule, result, pipeline.shown_s(offset), pipeline.decoder)
+        summary["model"] = model.config.name
+        all_texts = {0: request.prompt, **options.prompts}
+        summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
+        summary["sources"] = {"weights": weights, "text": text_name, "decoder": _decoder_line(pipeline),
+                              "sampler": _sampler_line(options.sampler, schedule.spec.timesteps)}
+        if request.outputs.trace:  # under its partial name until complete, like every output
+            write_chrome_trace(request.outputs.trace, events, metadata={"source": "measured", **summary})
+        return summary
+
+
+def _sampler_line(sampler: FlowMatchSampler, steps: tuple[float, ...]) -> str:
+    eff = ", ".join(f"{t:g}" for t in (round(x, 1) for x in sampler.effective_timesteps(steps)))
+    how = "warped" if sampler.warp else "not warped"
+    return f"shift {sampler.shift:g}, steps {', '.join(f'{t:g}' for t in steps)} {how}: the model sees t = {eff}"
+
+
+def _decoder_line(pipeline: _Pipeline) -> str:
+    return f"{getattr(pipeline.decoder, 'name', type(pipeline.decoder).__name__)} on {pipeline.worker.device}"
+
+
+class _Stream:
+    """The extend hook of an interactive run: prompts typed on standard input switch the stream, the
+    status shows how far it got (and, with ``realtime``, how far behind real time it runs)."""
+
+    def __init__(self, request: RunRequest, options: RunOptions, pipeline: _Pipeline) -> None:
+        from apps.generate.interactive import Console, Pace, PromptFeed
+        from apps.generate.writers import VIDEO_FPS
+
+        self.settings = request.streaming or Streaming()
+        self.prompt, self.options, self.pipeline = request.prompt, options, pipeline
+        self.console = Console(sys.stdin, sys.stderr)
+        self.feed = PromptFeed(sys.stdin, self.console)
+        self.pace = Pace(VIDEO_FPS) if self.settings.realtime else None
+        self.schedule: Schedule | None = None
+        self._shown = -1
+
+    def extend(self, tick: int, schedule: Schedule) -> Schedule | None:
+        from apps.generate.writers import VIDEO_FPS
+        from apps.streams import next_schedule
+
+        ids = []
+        for text in self.feed.poll():
+            pid = max(self.options.prompts, default=0) + 1
+            self.options.prompts[pid] = text
+            ids.append(pid)
+        new = next_schedule(schedule, tick, ids, streaming=self.feed.open, max_blocks=self.settings.max_blocks)
+        if new is not None:
+            self.schedule = new
+        frames = sum(self.pipeline.worker.frames.values())
+        behind = self.pace.wait(frames) if self.pace is not None else None
+        if frames != self._shown:
+            self._shown = frames
+            pace = "" if behind is None else (f", {behind:.1f} s behind real time" if behind > 0 else
+                                              f", {-behind:.1f} s ahead of real time")
+            prompt = self.options.prompts.get(max(self.options.prompts, default=0), self.prompt)
+            self.console.status(f"block {self.pipeline.finished}: {frames / VIDEO_FPS:.1f} s of video{pace}; "
+                                f"prompt {prompt!r}; type a prompt and Enter to switch, Ctrl-D to end", behind)
+        return new
+
+
+# The decode rank's pipeline, for the launcher to close when another rank's failure stops this one.
+_ABORT_HOOK: list[_Pipeline | None] = [None]
+
+
+def abort_hook(drain: bool = False) -> str | None:
+    """Close the decode rank's files, keeping the finished blocks (``drain``: decoding what is queued
+    first, as a failure does); returns what was kept, or None on a rank that writes nothing."""
+    pipeline = _ABORT_HOOK[0]
+    if pipeline is None:
+        return None
+    pipeline.close(drain=drain)
+    return pipeline.kept()
+
+
+def _summary(request: RunRequest, schedule: Schedule, result: RunResult, shown_s: list[float],
+             decoder: Any) -> dict[str, Any]:
+    spec = schedule.spec
+    F = spec.frames_per_block
+    # Wan's VAE makes 4 video frames of a latent frame (the first block: 1 + 4 (F - 1)); the toy's latent
+    # is the pixels, one video frame per latent frame.
+    from models.decode import PixelDecoder
+
+    frames, first = (F, F) if isinstance(decoder, PixelDecoder) else (video_frames(1, F), video_frames(0, F))
+    metrics = stream_metrics(result.block_done_s, shown_s or None, max_in_flight=schedule.max_in_flight(),
+                             window=spec.window, frames=frames, first_frames=first, makespan_s=result.wall_s)
+    return {
+        "executor": request.executor,
+        "blocks": schedule.num_blocks,
+        "devices": schedule.num_devices,
+        "video_frames_per_block": frames,
+        **metrics.to_dict(),
+        "block_done_s": result.block_done_s,
+        "shown_s": shown_s,
+        "forward_s": result.forward_s,
+        "wall_s": result.wall_s,
+        "peak_kv_bytes": result.peak_kv_bytes,
+    }
+
+
+def run_generate(request: RunRequest) -> dict[str, Any]:
+    """Run ``request``: in this process (the reference executor, or the compiled one without ranks), or on
+    every rank (the distributed executor, or the compiled one with ``nproc`` or under torchrun): joining
+    torchrun's group, or spawning ``nproc`` local ranks (default: one per device of the spec)."""
+    from apps.interrupts import say
+    from executors.launch import run_rank, spawn
+    from executors.torchrun import under_torchrun
+
+    ranks = request.executor == "distributed" or (request.executor == "compiled" and (
+        request.nproc is not None or under_torchrun()))
+    if not ranks:
+        summary = run_job(request)
+        if summary is None:
+            raise ExecutorError(f"the {request.executor} run returned no summary")
+        return summary
+    device = request.source.device
+    if under_torchrun():
+        result = run_rank(_rank_entry, request, device, request.timeout_s, partial(say, "cascade generate"),
+                          on_abort=abort_hook)
+        return result if result is not None else {}
+    result = spawn(_rank_entry, request, request.nproc or request.spec.num_devices, device, request.timeout_s,
+                   on_abort=abort_hook)
+    if not isinstance(result, dict):
+        raise ExecutorError("rank 0 returned no summary")
+    return result
+
+
+def _rank_entry(request: RunRequest, rank: int, world: int) -> dict[str, Any] | None:
+    _ABORT_HOOK[0] = None
+    return run_job(request, rank, world)

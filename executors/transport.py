@@ -1,0 +1,89 @@
+"""How K/V and latents move between the processes of one run: the tick loop's one seam to the outside.
+
+The loop hands a transport exactly the messages of the :class:`~cascade_sched.transfers.TransferPlan` it
+runs (those of one tick, or of one layer inside a tick's forward) and what it has to send; the transport
+sends what this process owes, and returns what arrived. It never reads or writes the loop's state: the
+loop keeps what arrives in its own K/V pool and latents.
+
+- :class:`LocalTransport`: every device in this process (the reference executor): nothing moves.
+- ``executors.distributed.DistributedTransport``: one device per rank, point to point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import Tensor
+
+from cascade_sched.schedule import KVRef
+from cascade_sched.trace import TraceEvent
+from cascade_sched.transfers import KVSend, LatentSend
+from models.dit import KVPair
+
+__all__ = ["LocalTransport", "Mail", "Transport"]
+
+
+@dataclass
+class Mail:
+    """What a tick's messages carry to or from this process: K/V versions (every layer, in layer order)
+    and latents, keyed as the plan names them."""
+
+    kv: dict[KVRef, list[KVPair]] = field(default_factory=dict)
+    latents: dict[tuple[int, str], Tensor] = field(default_factory=dict)  # (block, purpose) -> latent
+
+
+class Transport(Protocol):
+    """What a tick loop asks of the processes around it (identity within one process)."""
+
+    def exchange(self, tick: int, layer: int, sends: Sequence[KVSend],
+                 local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
+        """Per-layer joint attention inside ``tick``'s forward: send the versions of ``local`` that
+        ``sends`` names (that layer's K/V), return the peers' versions this process reads."""
+        ...
+
+    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], outbox: Mail) -> Mail:
+        """After ``tick``: send what ``outbox`` holds of the messages named, and return what arrives for
+        this process. Arriving K/V may still be in flight: :meth:`wait_kv` before a layer is read."""
+        ...
+
+    def wait_kv(self, ref: KVRef, layer: int) -> None:
+        """Block until a received version's layer has arrived (no-op for local versions)."""
+        ...
+
+    def check_adopt(self, tick: int, sent: Sequence[Sequence[KVSend]], needed: Sequence[Sequence[KVSend]]) -> None:
+        """Refuse to switch, after ``tick``, from a plan whose past sends up to then were ``sent`` to one
+        whose were ``needed`` (per tick), when a message it needed went elsewhere."""
+        ...
+
+    def finish(self) -> None:
+        """Complete every outstanding message."""
+        ...
+
+    def events(self, t0: float) -> list[TraceEvent]:
+        """The communication trace of the run, on its clock (``t0`` is its ``perf_counter`` start)."""
+        ...
+
+
+class LocalTransport:
+    """Everything in one process: nothing moves, and any plan can be adopted."""
+
+    def exchange(self, tick: int, layer: int, sends: Sequence[KVSend],
+                 local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
+        return {}
+
+    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], outbox: Mail) -> Mail:
+        return Mail()
+
+    def wait_kv(self, ref: KVRef, layer: int) -> None:
+        return None
+
+    def check_adopt(self, tick: int, sent: Sequence[Sequence[KVSend]], needed: Sequence[Sequence[KVSend]]) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+    def events(self, t0: float) -> list[TraceEvent]:
+        return []

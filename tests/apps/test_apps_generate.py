@@ -1,0 +1,121 @@
+"""``cascade generate`` end to end: outputs, failure handling, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from cascade_sched.metrics import video_frames
+from tests.executors.exec_support import assert_promise
+
+CASCADE = [sys.executable, "-m", "cascade_sched.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CASCADE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def frames_of(blocks: int) -> int:
+    return sum(video_frames(b) for b in range(blocks))
+
+
+@pytest.mark.parametrize(("model", "frames", "pixels", "latent"), [
+    (None, lambda b: 3 * b, 128, (3, 16, 16)),  # the default: the trained toy, pixel latents x8 for viewing
+    ("tiny", frames_of, 32, (16, 4, 4)),  # Wan-style 16-channel latents through the preview decoder
+])
+def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | None, frames: Any, pixels: int,
+                                                 latent: tuple[int, ...]) -> None:
+    out, lat, trace = tmp_path / "v.mp4", tmp_path / "l.npz", tmp_path / "t.json"
+    r = run("generate", *(["--model", model] if model else []), "--out", str(out), "--save-latents", str(lat),
+            "--trace", str(trace), "--no-progress", "--blocks", "6")
+    assert r.returncode == 0, r.stderr
+    assert "paper FPS" in r.stdout and "first frame" in r.stdout
+    assert f"model {model or 'toy'}" in r.stdout
+    assert ("(3 frames over" if model is None else "(12 frames over") in r.stdout  # pixels vs Wan VAE x4
+    blocks = 6
+    assert iio.imread(out).shape == (frames(blocks), pixels, pixels, 3)
+    latents = np.load(lat)["latents"]
+    assert latents.shape == (blocks * 3, *latent) and latents.dtype == np.float32
+    import json
+
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e["name"] for e in events if e["ph"] == "X"}
+    assert {"B0S0", "B5S4"} <= names
+
+
+@pytest.mark.slow
+def test_distributed_generate_matches_reference_latents(tmp_path: Path) -> None:
+    common = ["--model", "tiny", "--blocks", "5", "--lag", "1", "--devices", "2", "--attention", "bidirectional",
+              "--no-progress"]
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert run("generate", *common, "--save-latents", str(a)).returncode == 0
+    r = run("generate", *common, "--executor", "distributed", "--save-latents", str(b))
+    assert r.returncode == 0, r.stderr
+    x, y = np.load(a)["latents"], np.load(b)["latents"]
+    assert_promise(x, y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_failing_rank_stops_every_rank_and_keeps_finished_frames(tmp_path: Path, failing_rank: int) -> None:
+    out = tmp_path / "v.mp4"
+    # A hang is what this guards against: the run's own --timeout is 20 s, and subprocess.run raises
+    # TimeoutExpired if the ranks are still up long after it.
+    r = run("generate", "--model", "tiny", "--blocks", "8", "--lag", "1", "--devices", "2", "--executor", "distributed",
+            "--out", str(out), "--timeout", "20", "--no-progress", "--fail-at", f"{failing_rank}:6", timeout=90)
+    assert r.returncode != 0
+    assert f"rank {failing_rank} failed at tick 6 (" in r.stderr and "@d" in r.stderr
+    assert "Traceback" not in r.stderr
+    # Lag 1, S = 5: blocks 0, 1, 2 finished denoising at ticks 3, 4, 5, before the failure at tick 6: kept,
+    # readable, under the partial name; nothing under the final name.
+    assert iio.imread(tmp_path / "v.partial.mp4").shape[0] == frames_of(3) and not out.exists()
+    assert "kept 3 of 8 blocks in" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--executor", "distributed", "--devices", "2", "--nproc", "3"], "--nproc"),
+        (["--out", "clip.avi"], "--out"),
+        (["--dtype", "float8"], "--dtype"),
+        (["--model", "huge"], "--model"),
+        (["--lag", "9"], "--lag"),
+        (["--save-latents", "x.txt"], "--save-latents"),
+        (["--device", "cuda"], "--device"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], flag: str, tmp_path: Path) -> None:
+    if flag == "--device":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+    r = run("generate", "--no-progress", *args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], r.stderr
+
+
+@pytest.mark.slow
+def test_a_cuda_request_without_cuda_under_torchrun_is_one_line_per_rank(tmp_path: Path) -> None:
+    """The README's torchrun GPU line on a machine without CUDA: every rank refuses in one line and exits 2
+    before touching CUDA (torchrun's agent then reports the exit code in its own words)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "cascade_sched.cli", "generate", "--executor",
+                        "distributed", "--devices", "2", "--lag", "1", "--model", "tiny", "--device", "cuda",
+                        "--dtype", "bfloat16", "--no-progress"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("cascade generate: error:")]
+    assert ours and all("--device" in line and "no CUDA" in line for line in ours)
+    assert "exitcode: 2" in r.stderr and "_cuda_setDevice" not in r.stderr and "cascade_sched/" not in r.stderr

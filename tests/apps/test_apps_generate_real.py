@@ -1,0 +1,174 @@
+"""One folder, one command, with the real libraries: umT5 (transformers), AutoencoderKLWan (diffusers), a
+Wan DiT in Self-Forcing's checkpoint layout with a PEFT LoRA, all tiny and random, saved as a model folder
+and run through ``cascade generate --model-dir`` on the reference and distributed executors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from apps.cli import main
+
+transformers = pytest.importorskip("transformers")
+diffusers = pytest.importorskip("diffusers")
+peft = pytest.importorskip("peft")
+
+WORDS = ["a", "red", "ball", "bouncing", "blue", "cube", "rolling", "fox", "in", "the", "snow", "green"]
+PROMPT, OTHER = "a red fox in the snow", "a blue cube rolling"
+
+
+def build_model_folder(root: Path) -> None:
+    """A diffusers-style Wan2.1 folder (tokenizer/, text_encoder/, vae/) sized for the tiny DiT."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+    fast.save_pretrained(str(root / "tokenizer"))
+    config = transformers.UMT5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                     relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                     pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    transformers.UMT5EncoderModel(config).save_pretrained(str(root / "text_encoder"))
+    torch.manual_seed(0)
+    diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                               temperal_downsample=[False, True, True]).save_pretrained(str(root / "vae"))
+
+
+def build_dit(root: Path) -> None:
+    """The tiny DiT as Self-Forcing saves it (generator + generator_ema, ``model.`` prefix), and a LoRA."""
+    from models import CausalWanDiT, get_config
+
+    cfg = get_config("tiny")
+    raw, ema = CausalWanDiT(cfg, seed=3), CausalWanDiT(cfg, seed=4)
+    torch.save({"generator": {f"model.{k}": v for k, v in raw.state_dict().items()},
+                "generator_ema": {f"model.{k}": v for k, v in ema.state_dict().items()}}, root / "dit.pt")
+    targets = sorted(n for n, m in raw.named_modules() if n.startswith("blocks.") and isinstance(m, torch.nn.Linear))
+    torch.manual_seed(7)
+    lora = peft.get_peft_model(raw, peft.LoraConfig(r=4, lora_alpha=4, target_modules=targets,
+                                                     init_lora_weights=False))
+    lora.save_pretrained(str(root / "lora"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("wan")
+    build_model_folder(root / "Wan2.1-tiny")
+    build_dit(root)
+    return root
+
+
+def generate(folder: Path, *args: str) -> list[str]:
+    argv = ["generate", "--model", "tiny", "--checkpoint", str(folder / "dit.pt"), "--weights", "generator",
+            "--lora", str(folder / "lora"), "--blocks", "3", "--lag", "1", "--devices", "2", "--no-progress", *args]
+    return argv
+
+
+def run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def latents_of(path: Path) -> np.ndarray:
+    return np.load(path)["latents"]
+
+
+def test_one_folder_one_command(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_dir = str(folder / "Wan2.1-tiny")
+    a, b, e = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "e.safetensors"
+    out = run_in_process(generate(folder, "--model-dir", model_dir, "--prompt", PROMPT, "--out", str(tmp_path / "a.mp4"),
+                                  "--save-latents", str(a), "--save-text-embeddings", str(e)), capsys)
+    assert "entry 'generator'" in out and "merged into 20 layers" in out  # the run says what it loaded
+    assert f"umT5 ({model_dir})" in out and "Wan VAE" in out
+    video = iio.imread(tmp_path / "a.mp4")
+    assert video.shape == (9 + 12 + 12, 32, 32, 3)  # the VAE's frame counts, 8x the 4x4 latent
+    run_in_process(generate(folder, "--model-dir", model_dir, "--prompt", OTHER, "--save-latents", str(b)), capsys)
+    assert np.abs(latents_of(a) - latents_of(b)).max() > 1e-3  # the prompt reaches the model
+    # Precomputed embeddings condition exactly as the encoder did.
+    c = tmp_path / "c.npz"
+    out = run_in_process(generate(folder, "--text-embeddings", str(e), "--vae", f"{model_dir}/vae", "--prompt", PROMPT,
+                                  "--save-latents", str(c)), capsys)
+    assert f"embeddings {e}" in out
+    np.testing.assert_array_equal(latents_of(c), latents_of(a))
+    # The LoRA and the entry matter: without them the latents differ.
+    d = tmp_path / "d.npz"
+    argv = [x for x in generate(folder, "--text-embeddings", str(e), "--prompt", PROMPT, "--save-latents", str(d))]
+    i = argv.index("--lora")
+    run_in_process(argv[:i] + argv[i + 2:], capsys)
+    assert np.abs(latents_of(d) - latents_of(a)).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_distributed_matches_reference_with_rank0_encoding(folder: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    model_dir = str(folder / "Wan2.1-tiny")
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    run_in_process(generate(folder, "--model-dir", model_dir, "--prompt", PROMPT, "--save-latents", str(a)), capsys)
+    r = subprocess.run([sys.executable, "-m", "cascade_sched.cli",
+                        *generate(folder, "--model-dir", model_dir, "--prompt", PROMPT, "--save-latents", str(b),
+                                  "--executor", "distributed", "--out", str(tmp_path / "b.mp4"))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    x, y = latents_of(a), latents_of(b)
+    assert np.abs(x - y).max() <= 1e-5 * np.abs(x).max()
+    assert iio.imread(tmp_path / "b.mp4").shape == (33, 32, 32, 3)
+
+
+@pytest.mark.parametrize(("args", "flag", "words"), [
+    (["--model", "wan2.1-1.3b"], "--text-encoder", "needs real text conditioning"),
+    (["--preset", "self-forcing"], "--text-encoder", "needs real text conditioning"),
+    (["--preset", "longlive", "--text-embeddings", "stand-in"], "--lora", "pass --lora PATH"),
+    (["--model-dir", "."], "--model-dir", "has no text_encoder/ and tokenizer/"),
+    (["--model", "tiny", "--weights", "ema"], "--weights", "none was given"),
+    (["--model", "tiny", "--vae", "missing/vae"], "--vae", "does not exist"),
+    (["--model", "tiny", "--text-embeddings", "nope.safetensors"], "--text-embeddings", "neither a file"),
+    (["--model", "tiny", "--device", "tpu"], "--device", "cpu, cuda or cuda:N"),
+    (["--model", "tiny", "--vae-device", "cuda:7"], "--vae-device", "cuda:7"),
+])
+def test_refusals_are_one_line(args: list[str], flag: str, words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert main(["generate", "--no-progress", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and words in lines[0], lines
+
+
+def test_a_checkpoint_of_the_wrong_size_lists_its_keys(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--no-progress", "--model", "small", "--text-embeddings", "stand-in",
+                 "--checkpoint", str(folder / "dit.pt"), "--weights", "ema"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match model 'small'" in err and "shape mismatches" in err
+    assert "its shapes are those of 'tiny'" in err and "Traceback" not in err
+
+
+def test_taehv_is_the_fast_option(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """TAEHV weights in the public layout (random here) decode the same run, on its own thread."""
+    import json
+
+    from models.taehv import TAEHVDecoder
+
+    torch.save(TAEHVDecoder().state_dict(), tmp_path / "taew2_1.pth")
+    trace = tmp_path / "t.json"
+    out = run_in_process(generate(folder, "--text-embeddings", "stand-in", "--vae", str(tmp_path / "taew2_1.pth"),
+                                  "--out", str(tmp_path / "t.mp4"), "--trace", str(trace)), capsys)
+    assert "TAEHV" in out
+    assert iio.imread(tmp_path / "t.mp4").shape == (33, 32, 32, 3)
+    decodes = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "decode"]
+    assert [e["name"] for e in decodes] == ["decode B0", "decode B1", "decode B2"]
+    assert [e["args"]["frames"] for e in decodes] == [9, 12, 12] and "TAEHV" in decodes[0]["args"]["decoder"]
+
+
+def test_the_help_names_every_preset() -> None:
+    from apps.flags import PRESET_NAMES
+    from models.presets import PRESETS
+
+    assert PRESET_NAMES.split(" | ") == list(PRESETS)

@@ -1,0 +1,189 @@
+"""``cascade serve`` on N ranks: switches and early ends agreed by every rank, under spawn and torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from apps.request import ModelSource, RunRequest
+from apps.serve.stream import Control, StreamHook, SwitchRequest
+from cascade_sched import CascadeSpec, build_schedule
+from cascade_sched.errors import ExecutorError
+from cascade_sched.schedule import Schedule, extend_schedule
+from executors.base import RunOptions
+from executors.distributed import DistributedExecutor
+from executors.launch import spawn
+from executors.reference import ReferenceExecutor
+from tests.executors.exec_support import tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (spec, {tick: prompt text arriving then}, tick after which the stream is told to end)
+SCRIPT = {2: "a blue cube spinning", 6: "a green field at dusk", 7: "waves on a beach", 9: "a blue cube spinning",
+          14: "waves on a beach"}
+
+
+def _cases() -> list[tuple[dict[str, Any], int]]:
+    cases = []
+    for policy in ("none", "recache"):
+        for lag, attention in ((1, "causal"), (1, "bidirectional"), (2, "stale"), (5, "causal")):
+            spec = CascadeSpec(num_blocks=12, lag=lag, attention=attention, window=3, sink=1, num_devices=2,
+                               switch_policy=policy)
+            cases.append((spec.to_dict(), 8 * lag + 2))  # block 8 has started
+    spec = CascadeSpec(num_blocks=10, lag=2, window=3, sink=1, num_devices=2, placement="stage",
+                       switch_policy="recache")
+    cases.append((spec.to_dict(), 14))
+    return cases
+
+
+def scripted_hook(schedule: Schedule, options: RunOptions, end_at: int) -> StreamHook:
+    """The server's own hook, fed by a script instead of websocket clients."""
+    control = Control(lead_blocks=10**6)
+
+    def on_tick(tick: int, _: Schedule) -> None:
+        if tick in SCRIPT:
+            control.ask(SwitchRequest(tick, SCRIPT[tick], 0.0, -1))
+        if tick == end_at:
+            control.stop("scripted end")
+
+    return StreamHook(schedule, options, control, lambda *_: None, on_tick)
+
+
+def run_scripted_on_rank(cases: list[tuple[dict[str, Any], int]], rank: int, world: int) -> list[Any]:
+    torch.set_num_threads(1)
+    model, out = tiny_model(), []
+    for spec, end_at in cases:
+        schedule = build_schedule(CascadeSpec.from_dict(spec))
+        options = RunOptions(prompts={})
+        hook = scripted_hook(schedule, options, end_at) if rank == 0 else None
+        result = DistributedExecutor(extendable=True).run(schedule, model, options, extend=hook)
+        out.append((hook.schedule.spec.to_dict(), dict(options.prompts), result.stacked().numpy())
+                   if hook is not None else None)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2])
+def test_switches_and_an_early_end_on_n_ranks_equal_the_final_schedule_run_whole(world: int) -> None:
+    cases = _cases()
+    got = spawn(run_scripted_on_rank, cases, world, timeout_s=60, threads=1)
+    model = tiny_model()
+    for (spec, end_at), (final, prompts, latents) in zip(cases, got, strict=True):
+        final_spec = CascadeSpec.from_dict(final)
+        assert len(final_spec.switches) >= 2 and final_spec.num_blocks < spec["num_blocks"], (spec, final)
+        whole = ReferenceExecutor().run(build_schedule(final_spec), model, RunOptions(prompts=prompts))
+        assert torch.allclose(torch.from_numpy(latents), whole.stacked(), rtol=1e-5, atol=1e-6), (spec, end_at)
+
+
+def grow_at_the_end_on_rank(_: None, rank: int, world: int) -> None:
+    torch.set_num_threads(1)
+    schedule = build_schedule(CascadeSpec(num_blocks=3, num_devices=2))
+
+    def grow(tick: int, s: Schedule) -> Schedule | None:
+        return extend_schedule(s, 1) if tick == s.num_ticks - 1 and s.num_blocks == 3 else None
+
+    DistributedExecutor(extendable=True).run(schedule, tiny_model(), RunOptions(),
+                                             extend=grow if rank == 0 else None)
+
+
+@pytest.mark.slow
+def test_a_schedule_that_grows_on_n_ranks_is_refused_with_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ExecutorError):
+        spawn(grow_at_the_end_on_rank, None, 2, timeout_s=30, threads=1)
+    err = capfd.readouterr().err
+    assert "on N ranks a running schedule may switch prompts and end early, not grow" in err
+
+
+def _torchrun(*flags: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "cascade_sched.cli", "serve", "--executor", "distributed", "--devices", "2", "--model", "tiny",
+         "--lag", "1", "--window", "4", "--sink", "1", "--port", "0", "--fps", "60", "--max-blocks", "14", *flags],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+
+
+def _address(proc: subprocess.Popen[str]) -> tuple[str, list[str]]:
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"listening on http://([\d.]+:\d+)/", line)
+        if m:
+            return m.group(1), lines
+    raise AssertionError("the server did not start:\n" + "".join(lines))
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.stderr is not None
+    return proc.stderr.read()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["none", "recache"])
+def test_torchrun_serves_from_rank_0_and_a_prompt_reaches_every_rank_at_the_same_block(policy: str) -> None:
+    from serve_support import StreamClient, offline_frames
+
+    proc = _torchrun("--switch-policy", policy)
+    try:
+        address, _ = _address(proc)
+        c = StreamClient(address)
+        c.pump(lambda c: c.block >= 0, timeout=60)
+        c.send({"prompt": "a blue cube spinning"})
+        c.pump(lambda c: c.closed is not None, timeout=120)
+        d = StreamClient(address)  # the next session starts a clean stream on both ranks
+        d.pump(lambda c: len(c.frame_times) >= 12, timeout=60)
+        d.close()
+        import httpx
+
+        health = httpx.get(f"http://{address}/healthz", timeout=10).json()
+    finally:
+        _stop(proc)
+    hello, (switch,) = c.of("hello")[0], c.of("switch")
+    assert hello["executor"] == "distributed" and hello["devices"] == 2 and switch["applied"]
+    job = RunRequest(spec=CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=2),
+                     source=ModelSource(model="tiny"))
+    expected = offline_frames(job, hello["prompt"], policy, [(switch["at_block"], "a blue cube spinning")], 14)
+    assert [c.frames[b] for b in range(14)] == expected
+    assert d.of("hello")[0]["stream"] == 1 and health["alive"] and health["devices"] == 2
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_ends_the_session_with_one_error_and_the_server_exits_with_the_reason() -> None:
+    proc = _torchrun("--fail-at", "1:7", "--max-blocks", "40")
+    try:
+        address, _ = _address(proc)
+        from serve_support import StreamClient
+
+        c = StreamClient(address)
+        c.pump(lambda c: c.closed is not None, timeout=120)
+        proc.wait(timeout=60)
+    finally:
+        err = _stop(proc)
+    errors = c.of("error")
+    assert len(errors) == 1 and errors[0]["code"] == "rank_failed", c.messages
+    assert "rank 1 failed at tick 7" in errors[0]["message"]
+    # Rank 0 stops on the abort key or on torchrun's SIGTERM, whichever comes first; either way it says so.
+    assert proc.returncode != 0 and "rank 1 failed at tick 7" in err and "rank 0: stopping:" in err, err
+    assert not [m for m in c.messages if m["type"] == "end"] and json.dumps(errors[0])
