@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cascade_sched.bounds import MAX_LIST, MAX_SEED, check_int, check_schedule_size
+from cascade_sched.bounds import MAX_LIST, MAX_SEED, MAX_STRIDE, check_int, check_schedule_size
 from cascade_sched.errors import ConfigError
 from cascade_sched.outputs import check_output
 
@@ -26,6 +26,7 @@ from cascade_sched.outputs import check_output
 DEFAULT_BLOCKS = 16  # every subcommand that takes --blocks (serve streams to --max-blocks instead)
 DEFAULT_WINDOW = 7  # Self-Forcing's 21-frame cache, the paper's setting; 0 = unbounded
 DEFAULT_TIMESTEPS = (1000, 750, 500, 250)
+DEFAULT_LAYERS = 30  # Wan2.1 1.3B's transformer layers: what placement layers splits unless told
 THREADS_HELP = "intra-op torch threads, 0 = torch's default (default %(default)s)"
 
 # --- argument types -------------------------------------------------------------------------------------
@@ -192,7 +193,10 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
             "parallel; default: --lag's)",
         )
         g.add_argument(
-            "--attention", default="causal", help="causal | bidirectional | stale (default causal)"
+            "--attention",
+            default="causal",
+            help="causal | bidirectional | stale | stage (stage: each stage reads its predecessors' K/V of "
+            "the same stage, StreamDiffusionV2's stream batch; default causal)",
         )
         g.add_argument(
             "--window",
@@ -204,8 +208,44 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
     g.add_argument("--sink", type=int, default=0, help="sink blocks always visible (default 0)")
     if not sweep:
         g.add_argument("--devices", type=int, default=1, help="number of devices (default 1)")
-    g.add_argument("--placement", default="block", help="block | stage (default block)")
+    g.add_argument(
+        "--placement",
+        default="block",
+        help="block | stage | layers (layers: rings of devices, each device running a range of the "
+        "model's layers; default block)",
+    )
     if not sweep:
+        g.add_argument(
+            "--stage-stride",
+            type=int,
+            default=1,
+            metavar="K",
+            help="ticks between a block's stages; at least the ring size under --placement layers "
+            "(default 1)",
+        )
+        g.add_argument(
+            "--rings",
+            type=int,
+            default=1,
+            metavar="G",
+            help="--placement layers: G rings of devices/G devices each, blocks round robin (default 1)",
+        )
+        g.add_argument(
+            "--layer-split",
+            type=int_list,
+            default=None,
+            metavar="8,8,7,7",
+            help="--placement layers: the layers each device of a ring runs (default: an even split, the "
+            "remainder to the first devices)",
+        )
+        g.add_argument(
+            "--layers",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"the model's layer count, which the segments name (default: the model's; for cascade "
+            f"schedule {DEFAULT_LAYERS} = Wan2.1 1.3B under --placement layers, else unnamed)",
+        )
         g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
         g.add_argument(
             "--switch",
@@ -227,9 +267,11 @@ def num_stages(args: argparse.Namespace) -> int:
     return len(args.timesteps) + (1 if args.cache_pass else 0)
 
 
-def spec_from_args(args: argparse.Namespace) -> Any:
+def spec_from_args(args: argparse.Namespace, model_layers: int | None = None) -> Any:
     """Build the validated ``CascadeSpec`` the flags describe (``ConfigError`` names the bad one), after
-    checking that its schedule can be held and built on this machine."""
+    checking that its schedule can be held and built on this machine. ``model_layers`` is the model's
+    layer count where the command knows its model; ``--layers`` overrides it, and without either,
+    placement layers splits ``DEFAULT_LAYERS`` unless ``--layer-split`` gives the layers."""
     from cascade_sched.spec import CascadeSpec, paper_level
 
     check_int("--window", args.window, 0, None, " block(s), or 0 for unbounded")
@@ -239,16 +281,23 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("timesteps", f"`--timesteps` takes at most 1000 steps, got {len(args.timesteps)}")
     if args.blocks >= 1:
         check_schedule_size(args.blocks, num_stages(args), args.window or None, max(0, args.sink))
-        check_int(
-            "--devices",
-            args.devices,
-            1,
-            args.blocks * num_stages(args),
-            " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)",
-        )
+        if args.placement == "layers":  # every device of a ring runs a layer range of each of its tasks
+            check_int("--rings", args.rings, 1, args.blocks, " (more rings than blocks leaves some idle)")
+        else:
+            check_int(
+                "--devices",
+                args.devices,
+                1,
+                args.blocks * num_stages(args),
+                " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)",
+            )
     lag: int | tuple[int, ...] | None = None
     if args.lag is not None:
         lag = args.lag[0] if len(args.lag) == 1 else args.lag
+    check_int("--stage-stride", args.stage_stride, 1, MAX_STRIDE)
+    num_layers = args.layers if args.layers is not None else model_layers
+    if num_layers is None and args.placement == "layers" and args.layer_split is None:
+        num_layers = DEFAULT_LAYERS
     spec = CascadeSpec(
         num_blocks=args.blocks,
         timesteps=args.timesteps,
@@ -262,6 +311,10 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         seed=args.seed,
         switches=tuple(args.switch),
         switch_policy=args.switch_policy,
+        stage_stride=args.stage_stride,
+        rings=args.rings,
+        layer_split=args.layer_split,
+        num_layers=num_layers,
     )
     if args.level is not None:
         spec = CascadeSpec.from_dict({**spec.to_dict(), "lag": paper_level(args.level, spec.num_stages)})
