@@ -54,8 +54,10 @@ class RollingSchedule:
     ``spec`` gives the cascade's settings and the first declaration: its ``num_blocks`` blocks, its lags
     and its switches. :meth:`extend` declares more blocks, :meth:`switch` queues a prompt switch at any
     block not yet declared (either policy), :meth:`close` says no block follows. A block is built once
-    every block it can read is declared (under ``bidirectional``, the later blocks in flight with it),
-    and a tick's tasks are given once no undeclared block can add to that tick. Whatever the cuts, the
+    everything it reads is declared: under ``bidirectional`` the later blocks in flight with it, under
+    policy ``recache`` the recache tasks of later blocks that run before its commit stage (every task
+    after a recache task reads what it re-encodes). A tick's tasks are given once no block still to come
+    can add to that tick. Whatever the cuts, the
     chunks joined are exactly ``build_schedule`` and ``plan_transfers`` of the same blocks and switches
     (tests/cascade_sched/test_sched_rolling.py checks it over 300 blocks).
 
@@ -131,6 +133,15 @@ class RollingSchedule:
         """The blocks whose state the schedule holds: those a future task may read (window, sink, in
         flight) and those declared but not built. It stays bounded on an endless stream."""
         return tuple(sorted(self._blocks))
+
+    def state_size(self) -> dict[str, int]:
+        """How much state the schedule holds, by kind: it stays bounded on an endless stream with a window
+        (with an unbounded window every block stays visible, so ``blocks`` grows with the stream)."""
+        out = {"blocks": len(self._blocks), "ticks": len(self._buf), "switches": len(self._pending),
+               "reencoded": sum(map(len, self._reencoded.values())), "retiring": len(self._retire)}
+        if self._planner is not None:
+            out.update(self._planner.state_size())
+        return out
 
     @property
     def built(self) -> int:
@@ -211,7 +222,8 @@ class RollingSchedule:
             self._reencoded.setdefault(j, []).append((r, ref))
             self._recache_free[ref] = r
             writes.append(ref)
-        self._writes[p] = tuple(writes)
+        if self._planner is not None:  # the planner names the versions it writes when it reaches it
+            self._writes[p] = tuple(writes)
         self._recache_at[r] = Task(p, RECACHE_STAGE, r, self._place(p, 0, r + 1, self._D), TaskKind.RECACHE, 0,
                                    (), self._prompt[p], replaced)
 
@@ -284,6 +296,7 @@ class RollingSchedule:
         stale = 1 if mode == "stale" else 0
         new_task, task_type, none = tuple.__new__, Task, ()  # a Task without NamedTuple's Python-level __new__
         stages = [(s, s * k, kinds[s], stage_t[s]) for s in range(S)]
+        none_later: list[tuple[int, tuple[KVRef, ...]]] = []  # never appended to
         for b in range(first, stop):
             sb = blocks[b][0]
             end = sb + last
@@ -291,8 +304,9 @@ class RollingSchedule:
             base = sb - buf0
             if len(buf) <= base + last:  # room for every stage
                 buf.extend([] for _ in range(base + last + 1 - len(buf)))
-            later: list[tuple[int, tuple[KVRef, ...]]] = []  # bidirectional: (start, versions) of later blocks
+            later = none_later  # bidirectional: (start, versions) of the later blocks in flight with b
             if mode == "bidirectional":
+                later = []
                 j = b + 1
                 while j < self._declared and blocks[j][0] <= end:
                     later.append(blocks[j][:2])
@@ -350,17 +364,33 @@ class RollingSchedule:
         else:
             retiring = [x for x in self._retire if x[1] < until]  # every reader of them is given
         del self._retire[:len(retiring)]
+        superseded = self._superseded(until, {j for j, _ in retiring})
         transfers = None
         if self._planner is not None:
             self._planner.add_tasks(tasks, self._segments, self._task_writes)
             for j, _ in retiring:
                 self._planner.retire(j, self._reencoded_refs(j))
+            for ref in superseded:
+                self._planner.retire_version(ref)
             transfers = self._planner.drain(final=done)
         freed, refreed, retired = self._forget(retiring)
+        for ref in superseded:
+            refreed[ref] = self._recache_free.pop(ref)
         return ScheduleChunk(
             from_tick=from_tick, until_tick=self._buf0, tasks=tasks, first_block=first, starts=starts,
             free_after=freed, recache_free_after=refreed, retired=retired, transfers=transfers,
         )
+
+    def _superseded(self, until: int, retiring: set[int]) -> list[KVRef]:
+        """Re-encoded versions no task reads any more: a newer one was written before ``until``, and every
+        task up to it is given (a block re-encoded at every switch, a sink block say, keeps only its newest)."""
+        out = []
+        for j, entries in self._reencoded.items():
+            if j in retiring:
+                continue
+            while len(entries) > 1 and entries[1][0] < until:
+                out.append(entries.pop(0)[1])
+        return out
 
     def _forget(self, retiring: list[tuple[int, int]]) -> tuple[dict[int, int], dict[KVRef, int], dict[int, int]]:
         """Drop the state of blocks no future task reads, giving their final free ticks."""

@@ -20,11 +20,9 @@ traffic, each indexed by the tick after which (or, for a gang, in which) it move
   device of its next stage, each clean latent to the decode device when its last denoise stage ends, and
   to every device whose recache task re-encodes it.
 
-The message pattern the distributed executor uses (and the simulator prices): a gang send is one message
-per layer of its range (K and V stacked); a past send is two messages per layer (K, then V); a latent is
-one message; a hop is one message per forward member (a recache task carries one per block it
-re-encodes). :class:`MessageSizes` states those sizes once and :meth:`TransferPlan.transfers` prices every
-send with them; :meth:`TransferPlan.traffic` totals them per (tick, src, dst).
+The messages themselves and their sizes on the wire are :mod:`cascade_sched.messages` (re-exported here);
+:meth:`TransferPlan.transfers` prices every send with :class:`MessageSizes`, and :meth:`TransferPlan.traffic`
+totals them per (tick, src, dst).
 
 :class:`TransferPlanner` states the rules once, tick by tick: :func:`plan_transfers` runs it over a whole
 schedule, a :class:`~cascade_sched.rolling.RollingSchedule` over each chunk it gives.
@@ -35,99 +33,34 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from cascade_sched.messages import (  # re-exported (__all__): the plan's vocabulary, imported from here
+    DECODE,
+    GANG,
+    HOP,
+    LATENT,
+    NEXT,
+    PAST,
+    REENCODE,
+    HiddenSend,
+    KVHold,
+    KVSend,
+    LatentSend,
+    MessageSizes,
+    Transfer,
+    message_bytes,
+)
 from cascade_sched.placement import Segment, default_decode_device
 from cascade_sched.schedule import KVRef, Schedule, Task, TaskKind, gc_paused
 
 if TYPE_CHECKING:
     from cascade_sched.spec import CascadeSpec
 
-
-class KVSend(NamedTuple):
-    """Send layers ``[first_layer, end_layer)`` of version ``ref``'s K/V from device ``src`` to ``dst``
-    (``end_layer`` None: every layer of the model, whose count the schedule does not know)."""
-
-    ref: KVRef
-    src: int
-    dst: int
-    first_layer: int = 0
-    end_layer: int | None = None
-
-
-NEXT, DECODE, REENCODE = "next", "decode", "recache"
-
-
-class LatentSend(NamedTuple):
-    """Send block ``block``'s latent from ``src`` to ``dst``.
-
-    ``purpose`` ``next``: the input of its stage ``stage`` on another device; ``decode``: its clean latent
-    to the decode device; ``recache``: its clean latent to the device of a recache task that re-encodes it.
-    """
-
-    block: int
-    stage: int
-    src: int
-    dst: int
-    purpose: str = NEXT
-
-
-class HiddenSend(NamedTuple):
-    """A ring hop: task (``block``, ``stage``)'s hidden states from ``src`` to the next device of its
-    ring, ``dst``; ``members`` forward members (1, or the blocks a recache task re-encodes)."""
-
-    block: int
-    stage: int
-    src: int
-    dst: int
-    members: int = 1
-
-
-class MessageSizes(NamedTuple):
-    """Bytes of one message of each kind, and how many messages one send is (see the module docstring)."""
-
-    gang: int  # one layer of one version, K and V stacked; one per layer of a gang send's range
-    past: int  # one layer's K, or its V; two per layer of a past send's range
-    latent: int  # one block's latent
-    layers: int  # the model's layers: a send of all layers (end_layer None) carries this many
-    hidden: int = 0  # one forward member's hidden states at a ring hop (tokens x dim x activation bytes)
-
-
-def message_bytes(layer_kv_bytes: int, num_layers: int, latent_bytes: int, hidden_bytes: int = 0) -> MessageSizes:
-    """The executor's message sizes for a model whose K and V of one block in one layer take
-    ``layer_kv_bytes``, whose latent of one block takes ``latent_bytes``, and whose hidden states of one
-    block between two layers take ``hidden_bytes`` (tokens x dim x the activations' bytes per element).
-
-    >>> message_bytes(1000, 30, 64)
-    MessageSizes(gang=1000, past=500, latent=64, layers=30, hidden=0)
-    """
-    return MessageSizes(layer_kv_bytes, layer_kv_bytes // 2, latent_bytes, num_layers, hidden_bytes)
-
-
-GANG, PAST, LATENT, HOP = "gang", "past", "latent", "hop"
-
-
-class Transfer(NamedTuple):
-    """One send of the plan, priced: ``kind`` gang, past, latent or hop, at ``tick``, ``messages`` wire
-    messages of ``nbytes`` bytes in all."""
-
-    tick: int
-    kind: str
-    src: int
-    dst: int
-    messages: int
-    nbytes: int
-
-
-class KVHold(NamedTuple):
-    """K/V residency: ``device`` keeps layers ``[first_layer, end_layer)`` of ``ref`` until tick ``until``
-    (the last tick a task there reads it after the tick that wrote it)."""
-
-    device: int
-    first_layer: int
-    end_layer: int | None
-    ref: KVRef
-    until: int
+__all__ = [
+    "DECODE", "GANG", "HOP", "LATENT", "NEXT", "PAST", "REENCODE", "HiddenSend", "KVHold", "KVSend", "LatentSend",
+    "MessageSizes", "Transfer", "TransferChunk", "TransferPlan", "TransferPlanner", "message_bytes", "plan_transfers",
+]
 
 
 @dataclass(frozen=True)
@@ -296,6 +229,12 @@ class TransferPlanner:
         self._first: dict[tuple[int, KVRef], int] = {}
         self._kept: set[tuple[int, KVRef]] = set()
 
+    def state_size(self) -> dict[str, int]:
+        """Entries held between ticks: versions still readable, (version, device) pairs read or received,
+        blocks in flight; bounded when blocks are retired."""
+        return {"versions": len(self._made), "reads": len(self._last), "received": len(self._recv),
+                "in_flight": len(self._prev), "clean": len(self._clean)}
+
     def device_layers(self) -> tuple[tuple[int, int | None], ...]:
         """The layer range of every device seen so far (index = device)."""
         n = max(self._range_of, default=-1) + 1
@@ -451,6 +390,19 @@ class TransferPlanner:
             del self._extra_ref[k], self._made[k]
         self._clean.pop(block, None)
         self._reencode_to.pop(block, None)
+
+    def retire_version(self, ref: KVRef) -> None:
+        """No task still to come reads version ``ref`` (a re-encoded version superseded by a newer one)."""
+        k = self._extra.pop(ref)
+        span, last = self._span, self._last
+        keys = self._keys.get(ref[0], [])
+        for key in [key for key in keys if key // span == k]:
+            keys.remove(key)
+            self._recv.discard(key)
+            until = last.pop(key, None)
+            if until is not None:
+                self._keep[(key - k * span, ref)] = until
+        del self._extra_ref[k], self._made[k]
 
     def drain(self, final: bool = False) -> TransferChunk:
         """The entries made since the last drain; with ``final`` (no task follows), every ``keep_until``."""
