@@ -17,6 +17,7 @@ from cascade_sched.errors import (
     ScheduleError,
     SimulationError,
 )
+from cascade_sched.rolling import RollingSchedule, ScheduleChunk
 from cascade_sched.schedule import KVRef, Schedule, Task, build_schedule, parse_task
 from cascade_sched.spec import CascadeSpec, paper_level
 from cascade_sched.validate import validate
@@ -28,7 +29,9 @@ __all__ = [
     "ConfigError",
     "ExecutorError",
     "KVRef",
+    "RollingSchedule",
     "Schedule",
+    "ScheduleChunk",
     "ScheduleError",
     "SimulationError",
     "Task",

@@ -24,6 +24,7 @@ WORK_BUDGET_S = 600.0  # a run refused up front when its size alone predicts mor
 MAX_BLOCKS = 100_000  # 500 000 tasks: ~0.2 GB and ~20 s to build at the default 4+1 stages
 MAX_LIST = 4096  # entries a list flag (1-8, 1,2,4) may expand to
 MAX_SEED = 2**63 - 1  # torch and numpy generators take 64-bit seeds
+MAX_STRIDE = 64  # ticks between a block's stages: a ring needs its size; past 64 only empty ticks grow the build
 MAX_REPEATS = 1000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 PLAN_POINT_TASK_S = 65e-6  # simulating one task of one plan point (the default plan: 76 800 in 5 s)

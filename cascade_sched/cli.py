@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     """Add ``schedule`` to the ``cascade`` command; returns its handler."""
     p = sub.add_parser("schedule", help="build, validate and print a cascade schedule")
     add_schedule_args(p)
-    p.add_argument("--json", action="store_true", help="print the cascade-schedule/3 JSON to stdout")
+    p.add_argument("--json", action="store_true", help="print the cascade-schedule/4 JSON to stdout")
     p.add_argument("--compact", action="store_true", help="with --json: one line, no indentation")
     p.add_argument("--png", metavar="PATH", help="draw the tick x device grid to a PNG (default none)")
     return {"schedule": _cmd_schedule}
@@ -46,11 +46,15 @@ def _cmd_schedule(run: Invocation) -> int:
         print(dumps(schedule, indent=None if args.compact else 1))
     else:
         spec = schedule.spec
+        where = f"{spec.num_devices} device(s) by {spec.placement}"
+        if spec.placement == "layers":
+            split = "+".join(str(end - first) for first, end in spec.layer_ranges if end is not None)
+            where += f" ({spec.rings} ring(s) of {spec.ring_size}, {split} layers)"
+        stride = f", stage stride {spec.stage_stride}" if spec.stage_stride > 1 else ""
         print(
-            f"{spec.num_blocks} blocks x {schedule.num_stages} stages, lags {_lag_text(spec.lags)}, "
+            f"{spec.num_blocks} blocks x {schedule.num_stages} stages, lags {_lag_text(spec.lags)}{stride}, "
             f"{spec.attention} attention, window={spec.window or 'unbounded'}, sink={spec.sink}, "
-            f"{spec.num_devices} device(s) by {spec.placement}: {schedule.num_ticks} ticks, "
-            f"up to {schedule.max_in_flight()} blocks in flight"
+            f"{where}: {schedule.num_ticks} ticks, up to {schedule.max_in_flight()} blocks in flight"
         )
         print(render_grid(schedule))
     if args.png:

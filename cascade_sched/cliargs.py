@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from cascade_sched.bounds import MAX_LIST, MAX_SEED, Machine, check_schedule_size
+from cascade_sched.bounds import MAX_LIST, MAX_SEED, MAX_STRIDE, Machine, check_schedule_size
 from cascade_sched.errors import ConfigError, check_range
 from cascade_sched.outputs import check_output
 
@@ -27,6 +27,7 @@ from cascade_sched.outputs import check_output
 DEFAULT_BLOCKS = 16  # every subcommand that takes --blocks (serve streams to --max-blocks instead)
 DEFAULT_WINDOW = 7  # Self-Forcing's 21-frame cache, the paper's setting; 0 = unbounded
 DEFAULT_TIMESTEPS = (1000, 750, 500, 250)
+DEFAULT_LAYERS = 30  # Wan2.1 1.3B's transformer layers: what placement layers splits unless told
 
 # --- argument types -------------------------------------------------------------------------------------
 def _checked(values: list[Any], text: str) -> tuple[Any, ...]:
@@ -246,7 +247,10 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
             "parallel; default: --lag's)",
         )
         g.add_argument(
-            "--attention", default="causal", help="causal | bidirectional | stale (default causal)"
+            "--attention",
+            default="causal",
+            help="causal | bidirectional | stale | stage (stage: each stage reads its predecessors' K/V of "
+            "the same stage, StreamDiffusionV2's stream batch; default causal)",
         )
         g.add_argument(
             "--window",
@@ -258,8 +262,45 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
     g.add_argument("--sink", type=int, default=0, help="sink blocks always visible (default 0)")
     if not sweep:
         g.add_argument("--devices", dest="num_devices", type=int, default=1, help="number of devices (default 1)")
-    g.add_argument("--placement", default="block", help="block | stage (default block)")
+    g.add_argument(
+        "--placement",
+        default="block",
+        help="block | stage | layers (layers: rings of devices, each device running a range of the "
+        "model's layers; default block)",
+    )
     if not sweep:
+        g.add_argument(
+            "--stage-stride",
+            type=int,
+            default=1,
+            metavar="K",
+            help="ticks between a block's stages; at least the ring size under --placement layers "
+            "(default 1)",
+        )
+        g.add_argument(
+            "--rings",
+            type=int,
+            default=1,
+            metavar="G",
+            help="--placement layers: G rings of devices/G devices each, blocks round robin (default 1)",
+        )
+        g.add_argument(
+            "--layer-split",
+            type=int_list,
+            default=None,
+            metavar="8,8,7,7",
+            help="--placement layers: the layers each device of a ring runs (default: an even split, the "
+            "remainder to the first devices)",
+        )
+        g.add_argument(
+            "--layers",
+            dest="num_layers",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"the model's layer count, which the segments name (default: the model's; for cascade "
+            f"schedule {DEFAULT_LAYERS} = Wan2.1 1.3B under --placement layers, else unnamed)",
+        )
         g.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
         g.add_argument(
             "--switch",
@@ -288,11 +329,15 @@ def spec_from_args(
     machine: Machine,
     defaults: Mapping[str, Any] | None = None,
     typed: frozenset[str] = frozenset(),
+    model_layers: int | None = None,
 ) -> Any:
     """Build the validated ``CascadeSpec`` the flags describe (``ConfigError`` names the bad one), after
     checking that its schedule can be held and built on ``machine``. A spec flag the user did not type
     (its dest is not in ``typed``) takes its value from ``defaults`` when that has one (a preset's or the
-    toy's setting, in the flags' units: ``window`` 0 is unbounded), else its own default."""
+    toy's setting, in the flags' units: ``window`` 0 is unbounded), else its own default.
+    ``model_layers`` is the model's layer count where the command knows its model; ``--layers`` overrides
+    it, and without either, placement layers splits ``DEFAULT_LAYERS`` unless ``--layer-split`` gives the
+    layers."""
     from cascade_sched.spec import CascadeSpec, paper_level
 
     given = dict(vars(args))
@@ -305,18 +350,26 @@ def spec_from_args(
     if len(timesteps) > 1000:
         raise ConfigError("timesteps", f"`--timesteps` takes at most 1000 steps, got {len(timesteps)}")
     blocks = given["num_blocks"]
+    placement = given["placement"]
     if blocks >= 1:
         check_schedule_size(blocks, stages, window or None, max(0, sink), machine)
-        check_range(
-            "num_devices",
-            given["num_devices"],
-            1,
-            blocks * stages,
-            " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)",
-        )
+        if placement == "layers":  # every device of a ring runs a layer range of each of its tasks
+            check_range("rings", given["rings"], 1, blocks, " (more rings than blocks leaves some idle)")
+        else:
+            check_range(
+                "num_devices",
+                given["num_devices"],
+                1,
+                blocks * stages,
+                " (more devices than the schedule's blocks x stages tasks leaves some with nothing to do)",
+            )
     lag: int | tuple[int, ...] | None = None
     if given["lag"] is not None:
         lag = given["lag"][0] if len(given["lag"]) == 1 else tuple(given["lag"])
+    check_range("stage_stride", given["stage_stride"], 1, MAX_STRIDE)
+    num_layers = given["num_layers"] if given["num_layers"] is not None else model_layers
+    if num_layers is None and placement == "layers" and given["layer_split"] is None:
+        num_layers = DEFAULT_LAYERS
     spec = CascadeSpec(
         num_blocks=blocks,
         timesteps=timesteps,
@@ -326,10 +379,14 @@ def spec_from_args(
         window=window or None,
         sink=sink,
         num_devices=given["num_devices"],
-        placement=given["placement"],
+        placement=placement,
         seed=given["seed"],
         switches=tuple(given["switches"]),
         switch_policy=given["switch_policy"],
+        stage_stride=given["stage_stride"],
+        rings=given["rings"],
+        layer_split=given["layer_split"],
+        num_layers=num_layers,
     )
     if given["level"] is not None:
         spec = spec.replace(lag=paper_level(given["level"], spec.num_stages))

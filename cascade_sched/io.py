@@ -1,9 +1,10 @@
-"""The schedule's JSON form, ``cascade-schedule/3`` (documented in docs/schedule-format.md).
+"""The schedule's JSON form, ``cascade-schedule/4`` (documented in docs/schedule-format.md).
 
-Version 3 gives a recache task the versions it re-encodes in a field of its own, ``replaces``; its
-``reads`` is empty, as ``reads`` means "attends to" for every task. Version 2 (prompt switches: the spec's
-``switches`` and ``switch_policy``, each task's ``prompt``, recache tasks with the replaced versions in
-``reads``) and version 1 (no switches) are still read.
+Version 4 adds the placements and contexts of docs/contract.md: the spec's ``stage_stride``, ``rings``,
+``layer_split`` and ``num_layers``, and for every task its ``segments``, ``[device, first_layer,
+end_layer]`` in ring order. Version 3 (a recache task's re-encoded versions in ``replaces``), version 2
+(prompt switches, recache tasks with the replaced versions in ``reads``) and version 1 (no switches) are
+still read; their tasks run all layers on their device.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import json
 from typing import Any
 
 from cascade_sched.errors import CascadeError, ScheduleError
-from cascade_sched.schedule import Schedule, Task, TaskKind, build_schedule
+from cascade_sched.placement import Segment, ring_segments
+from cascade_sched.schedule import KVRef, Schedule, Task, TaskKind, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.validate import validate
 
-FORMAT = "cascade-schedule/3"
-READABLE = ("cascade-schedule/1", "cascade-schedule/2", FORMAT)
+FORMAT = "cascade-schedule/4"
+READABLE = ("cascade-schedule/1", "cascade-schedule/2", "cascade-schedule/3", FORMAT)
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
@@ -33,6 +35,7 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
             "device": t.device,
             "prompt": t.prompt,
             "reads": [[j, v] for j, v in t.reads],
+            "segments": [list(seg) for seg in schedule.segments(t)],
         }
         if t.kind == TaskKind.RECACHE:
             out["replaces"] = [[j, v] for j, v in t.replaces]
@@ -48,15 +51,16 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
 
 
 def dumps(schedule: Schedule, indent: int | None = None) -> str:
-    """The schedule as a ``cascade-schedule/3`` JSON string."""
+    """The schedule as a ``cascade-schedule/4`` JSON string."""
     return json.dumps(schedule_to_dict(schedule), indent=indent)
 
 
 def schedule_from_dict(data: Any) -> Schedule:
-    """Read a ``cascade-schedule/3`` (or ``/2``, ``/1``) object back and validate it.
+    """Read a ``cascade-schedule/4`` (or ``/3``, ``/2``, ``/1``) object back and validate it.
 
     The tasks are taken as written (not rebuilt from the spec), so a file edited by hand, with a
-    custom placement say, is checked by :func:`validate` rather than silently replaced.
+    custom placement or custom segments say, is checked by :func:`validate` rather than silently
+    replaced.
     """
     if not isinstance(data, dict) or data.get("format") not in READABLE:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -65,8 +69,10 @@ def schedule_from_dict(data: Any) -> Schedule:
         spec = CascadeSpec.from_dict(data["spec"])
         if data["num_stages"] != spec.num_stages:
             raise ScheduleError(f"num_stages is {data['num_stages']}, but the spec has {spec.num_stages} stages")
-        v2 = data["format"] != FORMAT  # before version 3 a recache task named what it replaces in "reads"
+        # Before version 3 a recache task named what it replaces in "reads".
+        v2 = data["format"] in ("cascade-schedule/1", "cascade-schedule/2")
         tasks = tuple(_task(t, v2) for t in data["tasks"])
+        custom = _custom_segments(spec, data["tasks"], tasks)
     except CascadeError:
         raise
     except (KeyError, TypeError, ValueError) as e:
@@ -74,8 +80,31 @@ def schedule_from_dict(data: Any) -> Schedule:
     # Start ticks and free ticks follow from the spec; the tasks are checked against them.
     reference = build_schedule(spec)
     schedule = Schedule(spec=spec, tasks=tasks, starts=reference.starts, free_after=reference.free_after,
-                        recache_free_after=reference.recache_free_after)
+                        recache_free_after=reference.recache_free_after, custom_segments=custom)
     return validate(schedule)
+
+
+def _custom_segments(
+    spec: CascadeSpec, raw: list[dict[str, Any]], tasks: tuple[Task, ...]
+) -> dict[KVRef, tuple[Segment, ...]]:
+    """The segments written for tasks whose segments differ from those their device gives (a hand edit).
+
+    Outside placement ``layers`` a task is one segment of all layers on its ``device``: the segment's
+    device follows ``device``, so a hand edit of ``device`` alone (as in older versions) moves the task."""
+    out: dict[KVRef, tuple[Segment, ...]] = {}
+    derived: dict[int, tuple[Segment, ...] | None] = {}
+    one = spec.ring_size == 1
+    for t, task in zip(raw, tasks, strict=True):
+        if "segments" not in t:
+            continue
+        segs = tuple((int(d), int(first), None if end is None else int(end)) for d, first, end in t["segments"])
+        if one and len(segs) == 1:
+            segs = ((task.device, segs[0][1], segs[0][2]),)
+        if task.device not in derived:
+            derived[task.device] = ring_segments(spec, task.device)
+        if segs != derived[task.device]:
+            out[task.ref] = segs
+    return out
 
 
 def _task(t: dict[str, Any], old: bool) -> Task:
@@ -96,7 +125,7 @@ def _kind(value: Any) -> TaskKind:
 
 
 def loads(text: str) -> Schedule:
-    """Parse and validate a ``cascade-schedule/3`` (or older) JSON string."""
+    """Parse and validate a ``cascade-schedule/4`` (or older) JSON string."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import NamedTuple, TypeVar
 
 from cascade_sched.errors import ScheduleError
-from cascade_sched.placement import PLACEMENTS
+from cascade_sched.placement import Segment, ring_segments
 from cascade_sched.spec import CascadeSpec
 
 KVRef = tuple[int, int]
@@ -155,6 +155,11 @@ class Schedule:
     ``free_after[b]`` is the last tick at which any task reads block b's committed KV (its commit tick
     when nothing does): after it the KV pool may free the block. ``recache_free_after`` does the same for
     the re-encoded versions ``(j, S + q)`` that the recache task of switch q writes.
+
+    A task's ``tick`` is the tick it *enters* its device (its ring's first device under placement
+    ``layers``); :meth:`segments` says which devices run which of its layers, one tick each.
+    ``custom_segments`` holds the segments of tasks that differ from the spec's placement rule (a
+    hand-edited file); every other task's segments follow from its device (:func:`ring_segments`).
     """
 
     spec: CascadeSpec
@@ -162,6 +167,7 @@ class Schedule:
     starts: tuple[int, ...]
     free_after: tuple[int, ...]
     recache_free_after: Mapping[KVRef, int] = field(default_factory=dict)
+    custom_segments: Mapping[KVRef, tuple[Segment, ...]] = field(default_factory=dict)
 
     @property
     def num_stages(self) -> int:
@@ -177,12 +183,44 @@ class Schedule:
 
     @cached_property
     def num_ticks(self) -> int:
-        """Ticks from the first task to the last commit, inclusive."""
-        return max(t.tick for t in self.tasks) + 1 if self.tasks else 0
+        """Ticks from the first task to the last commit, inclusive: a task entering a ring of W devices
+        at tick n runs its last segment at tick n + W - 1."""
+        return max(t.tick for t in self.tasks) + self.spec.ring_size if self.tasks else 0
+
+    def exit_tick(self, task: Task) -> int:
+        """The tick of ``task``'s last segment (its own tick unless it runs through a ring): the head, the
+        sampler step and its latent's send happen then, on its last segment's device."""
+        return task.tick + len(self.segments(task)) - 1
 
     def decode_ready_tick(self, block: int) -> int:
-        """The tick of the block's last denoise stage: after it the clean latent can be decoded."""
-        return self.starts[block] + self.spec.num_denoise - 1
+        """The tick at whose end the block's clean latent exists: its last denoise stage's last segment."""
+        spec = self.spec
+        return self.starts[block] + (spec.num_denoise - 1) * spec.stage_stride + spec.ring_size - 1
+
+    @cached_property
+    def _rings(self) -> dict[int, tuple[Segment, ...]]:
+        return {}
+
+    def segments(self, task: Task) -> tuple[Segment, ...]:
+        """The ``(device, first_layer, end_layer)`` segments ``task`` runs, in order, segment r at tick
+        ``task.tick + r``: one segment of all layers (end None when the spec does not know the layer
+        count) for the block and stage placements, its ring for placement ``layers``. Empty when the
+        task's device starts no ring (``validate`` reports it).
+
+        >>> s = build_schedule(CascadeSpec(num_blocks=2, lag=1, num_devices=2, placement="layers",
+        ...                                stage_stride=2, num_layers=30))
+        >>> s.segments(s.task(1, 0))
+        ((0, 0, 15), (1, 15, 30))
+        """
+        if self.custom_segments:
+            custom = self.custom_segments.get((task.block, task.stage))
+            if custom is not None:
+                return custom
+        rings = self._rings
+        out = rings.get(task.device)
+        if out is None:
+            out = rings[task.device] = ring_segments(self.spec, task.device) or ()
+        return out
 
     @cached_property
     def _index(self) -> dict[KVRef, Task]:
@@ -233,26 +271,30 @@ class Schedule:
             raise ScheduleError(f"no task writes KV version B{ref[0]}S{ref[1]}") from None
 
     def version_tick(self, ref: KVRef) -> int:
-        """The tick at which KV version ``ref`` is written."""
+        """The tick at which the task writing KV version ``ref`` enters its device (its first segment)."""
         if ref[1] < self.num_stages:
-            return self.starts[ref[0]] + ref[1]
+            return self.starts[ref[0]] + ref[1] * self.spec.stage_stride
         return self.producer(ref).tick
 
     @cached_property
     def gangs(self) -> tuple[tuple[Task, ...], ...]:
-        """The tasks of each tick (index = tick), in block order: one joint forward per tick."""
+        """The tasks entering at each tick (index = tick), in block order: one joint forward per tick
+        (under placement ``layers`` it moves through the ring together, one device per tick)."""
         by_tick: list[list[Task]] = [[] for _ in range(self.num_ticks)]
         for t in self.tasks:
             by_tick[t.tick].append(t)
         return tuple(tuple(g) for g in by_tick)
 
     def in_flight(self, tick: int) -> range:
-        """The blocks in flight at ``tick``: every b with ``start(b) <= tick < start(b) + S``."""
-        return in_flight(self.starts, self.num_stages, tick)
+        """The blocks in flight at ``tick``: every b with ``start(b) <= tick <= start(b) + (S-1)*k``."""
+        return in_flight(self.starts, self.spec.tick_span, tick)
 
     def max_in_flight(self) -> int:
-        """The largest number of blocks in flight at any tick (recache tasks are not blocks in flight)."""
-        return max((sum(1 for t in g if t.kind != TaskKind.RECACHE) for g in self.gangs), default=0)
+        """The largest number of blocks in flight at any tick (a recache task is no block in flight)."""
+        import bisect
+
+        span, starts = self.spec.tick_span, self.starts
+        return max((b + 1 - bisect.bisect_right(starts, sb - span) for b, sb in enumerate(starts)), default=0)
 
     def __str__(self) -> str:
         from cascade_sched.render import render_grid
@@ -269,32 +311,32 @@ def stage_kinds(spec: CascadeSpec) -> tuple[TaskKind, ...]:
     return (TaskKind.DENOISE,) * spec.num_denoise + ((TaskKind.CACHE,) if spec.cache_pass else ())
 
 
-def start_ticks(lags: tuple[int, ...], recache_blocks: frozenset[int] = frozenset()) -> tuple[int, ...]:
-    """``start(0) = 0`` and ``start(b+1) = start(b) + lag(b)``, plus one tick before every block that
-    a recache task precedes.
-
-    >>> start_ticks((1, 2, 5)), start_ticks((1, 2, 5), frozenset({2}))
-    ((0, 1, 3, 8), (0, 1, 4, 9))
-    """
-    out = [0]
-    for b, lag in enumerate(lags):
-        out.append(out[-1] + lag + (1 if b + 1 in recache_blocks else 0))
-    return tuple(out)
-
-
-def in_flight(starts: tuple[int, ...], num_stages: int, tick: int) -> range:
-    """Blocks in flight at ``tick``; starts are non-decreasing, so they form a contiguous range."""
+def in_flight(starts: Sequence[int], tick_span: int, tick: int) -> range:
+    """Blocks in flight at ``tick`` (``start(b) <= tick < start(b) + tick_span``); starts increase, so they
+    form a contiguous range."""
     import bisect
 
     hi = bisect.bisect_right(starts, tick)  # blocks started at or before tick
-    lo = bisect.bisect_right(starts, tick - num_stages)  # blocks already finished before tick
+    lo = bisect.bisect_right(starts, tick - tick_span)  # blocks already finished before tick
     return range(lo, hi)
 
 
 def build_schedule(spec: CascadeSpec) -> Schedule:
-    """Build the schedule of ``spec``; see :func:`_build`."""
+    """Build the schedule of ``spec``: every task, its tick, device and KV reads (docs/contract.md).
+
+    The rules are stated once, block by block, in :class:`cascade_sched.rolling.RollingSchedule`; a
+    whole schedule is the rolling one with every block declared at once.
+
+    >>> s = build_schedule(CascadeSpec(num_blocks=3, lag=1, num_devices=3))
+    >>> [str(t) for t in s.gangs[1]]
+    ['B0S1@d0', 'B1S0@d1']
+    >>> s.task(1, 0).reads  # block 1's first stage reads block 0's version of the same tick
+    ((0, 1),)
+    """
+    from cascade_sched.rolling import RollingSchedule  # it builds Tasks: imported here, not at the top
+
     with gc_paused():
-        return _build(spec)
+        return RollingSchedule.whole(spec)
 
 
 @contextmanager
@@ -308,97 +350,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _build(spec: CascadeSpec) -> Schedule:
-    """Build the schedule of ``spec``: every task, its tick, device and KV reads (docs/contract.md).
-
-    >>> s = build_schedule(CascadeSpec(num_blocks=3, lag=1, num_devices=3))
-    >>> [str(t) for t in s.gangs[1]]
-    ['B0S1@d0', 'B1S0@d1']
-    >>> s.task(1, 0).reads  # block 1's first stage reads block 0's version of the same tick
-    ((0, 1),)
-    """
-    n_blocks, n_stages = spec.num_blocks, spec.num_stages
-    recache = spec.recache_switches
-    starts = start_ticks(spec.lags, frozenset(at for _, at in recache))
-    last = n_stages - 1
-    kinds = stage_kinds(spec)
-    stage_t = spec.stage_timesteps
-    place = PLACEMENTS[spec.placement]
-    n_dev = spec.num_devices
-    window, sink, mode = spec.window, spec.sink, spec.attention
-    stale, bidir = mode == "stale", mode == "bidirectional"
-    prompts = [spec.prompt_of(b) for b in range(n_blocks)]
-    # Interned refs: every version tuple exists once, so reads share memory and compare fast.
-    versions = [[(b, s) for s in range(n_stages)] for b in range(n_blocks)]
-    free_after = [starts[b] + last for b in range(n_blocks)]
-    by_tick: list[list[Task]] = [[] for _ in range(starts[-1] + n_stages)]
-
-    def visible_earlier(b: int) -> list[int]:
-        lo = 0 if window is None else max(0, b - window + 1)
-        return list(range(min(sink, lo))) + list(range(lo, b))
-
-    # Recache tasks first (in switch order): each re-encodes the versions its block will read that are
-    # committed by then; later reads of those blocks see the newest re-encoded version.
-    reencoded: dict[int, list[tuple[int, KVRef]]] = {}  # block -> [(tick written, version)]
-    recache_free: dict[KVRef, int] = {}
-    recache_tasks: list[Task] = []
-
-    def committed_version(j: int, n: int, keep: bool = True) -> KVRef:
-        for tick, ref in reversed(reencoded.get(j, ())):
-            if tick < n:
-                if keep and recache_free[ref] < n:
-                    recache_free[ref] = n
-                return ref
-        if keep and free_after[j] < n:
-            free_after[j] = n
-        return versions[j][last]
-
-    for q, p in recache:
-        r = starts[p] - 1
-        # A recache task names the versions it replaces, but computes from the blocks' clean latents:
-        # its reads move no K/V and keep nothing alive.
-        replaced = tuple(committed_version(j, r, keep=False) for j in visible_earlier(p) if starts[j] + last < r)
-        for j, _ in replaced:
-            ref = (j, n_stages + q)
-            reencoded.setdefault(j, []).append((r, ref))
-            recache_free[ref] = r
-        recache_tasks.append(Task(p, RECACHE_STAGE, r, place(p, 0, r + 1, n_dev), TaskKind.RECACHE, 0, (),
-                                  prompts[p], replaced))
-
-    for b in range(n_blocks):
-        earlier = visible_earlier(b)
-        sb = starts[b]
-        for s in range(n_stages):
-            n = sb + s
-            reads: list[KVRef] = []
-            for j in earlier:
-                sj = starts[j]
-                if sj + last < n:  # committed strictly before this tick
-                    if reencoded:
-                        reads.append(committed_version(j, n))
-                        continue
-                    reads.append(versions[j][last])
-                    if free_after[j] < n:
-                        free_after[j] = n
-                else:  # in flight now (j < b started no later than b)
-                    v = n - sj - 1 if stale else n - sj
-                    if v >= 0:
-                        reads.append(versions[j][v])
-            if bidir:
-                j = b + 1
-                while j < n_blocks and starts[j] <= n:
-                    reads.append(versions[j][n - starts[j]])
-                    j += 1
-            by_tick[n].append(
-                Task(b, s, n, place(b, s, n, n_dev), kinds[s], stage_t[s], tuple(reads), prompts[b])
-            )
-    for t in recache_tasks:  # its block starts next tick, so it sorts after every task of its tick
-        by_tick[t.tick].append(t)
-    tasks = tuple(t for tick in by_tick for t in tick)
-    return Schedule(spec=spec, tasks=tasks, starts=starts, free_after=tuple(free_after),
-                    recache_free_after=recache_free)
 
 
 def extend_schedule(schedule: Schedule, extra_blocks: int, switches: Sequence[tuple[int, int]] = ()) -> Schedule:

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from cascade_sched.errors import ConfigError, check_range
 
-Attention = Literal["causal", "bidirectional", "stale"]
-ATTENTION_MODES: tuple[str, ...] = ("causal", "bidirectional", "stale")
+Attention = Literal["causal", "bidirectional", "stale", "stage"]
+ATTENTION_MODES: tuple[str, ...] = ("causal", "bidirectional", "stale", "stage")
 SWITCH_POLICIES: tuple[str, ...] = ("none", "recache")
 DEFAULT_TIMESTEPS: tuple[float, ...] = (1000, 750, 500, 250)
 
@@ -34,9 +34,18 @@ class CascadeSpec:
     before the switching block's first stage re-encodes the committed KV the new block will read, under
     the new prompt; it takes a tick, so the switching block starts one tick later).
 
+    ``stage_stride`` (k) puts a block's stages k ticks apart: task (b, s) runs at ``start(b) + s*k``.
+    Placement ``layers`` runs the cascade on ``rings`` rings of W = ``num_devices / rings`` devices each;
+    device r of a ring runs layers ``[first_r, end_r)`` of every task of that ring, by ``layer_split``
+    (W parts) or an even split of ``num_layers`` (the model's layer count; None = unknown, which the
+    other placements allow). docs/contract.md states the rules.
+
     >>> spec = CascadeSpec(num_blocks=4, lag=1, num_devices=5)
     >>> spec.num_stages, spec.lags
     (5, (1, 1, 1))
+    >>> ring = CascadeSpec(num_blocks=4, lag=1, num_devices=4, placement="layers", stage_stride=4, num_layers=30)
+    >>> ring.ring_size, ring.layer_ranges
+    (4, ((0, 8), (8, 16), (16, 23), (23, 30)))
     """
 
     num_blocks: int
@@ -52,6 +61,10 @@ class CascadeSpec:
     seed: int = 0
     switches: tuple[tuple[int, int], ...] = ()
     switch_policy: str = "none"
+    stage_stride: int = 1
+    rings: int = 1
+    layer_split: tuple[int, ...] | None = None
+    num_layers: int | None = None
     lags: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,8 +95,10 @@ class CascadeSpec:
 
         if self.placement not in PLACEMENTS:
             raise ConfigError(
-                "placement", f"`placement` must be one of {', '.join(sorted(PLACEMENTS))}, got {self.placement!r}"
+                "placement", f"`placement` must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"
             )
+        check_range("stage_stride", self.stage_stride, 1)
+        self._check_layers()
         object.__setattr__(self, "lags", self._resolve_lags())
         object.__setattr__(self, "switches", self._check_switches())
         if self.switch_policy not in SWITCH_POLICIES:
@@ -91,6 +106,60 @@ class CascadeSpec:
                 "switch_policy",
                 f"`switch_policy` must be one of {', '.join(SWITCH_POLICIES)}, got {self.switch_policy!r}",
             )
+        if self.switch_policy == "recache" and self.attention == "stage":
+            raise ConfigError(
+                "switch_policy",
+                "`switch_policy` recache cannot go with attention stage: a recache re-encodes committed K/V, "
+                "which stage attention reads only at the commit stage (StreamDiffusionV2 restarts its stream "
+                "on a prompt change); use switch_policy none",
+            )
+
+    def _check_layers(self) -> None:
+        """``rings``, ``num_layers`` and ``layer_split``, and the ring's rule on ``stage_stride``."""
+        check_range("rings", self.rings, 1)
+        if self.num_layers is not None:
+            check_range("num_layers", self.num_layers, 1)
+        layers = self.placement == "layers"
+        if not layers:
+            if self.rings != 1:
+                raise ConfigError("rings", f"`rings` applies to placement layers only, got {self.rings} with "
+                                  f"placement {self.placement}")
+            if self.layer_split is not None:
+                raise ConfigError("layer_split", "`layer_split` applies to placement layers only, got "
+                                  f"{list(self.layer_split)} with placement {self.placement}")
+            return
+        if self.num_devices % self.rings:
+            raise ConfigError("rings", f"`rings` must divide num_devices={self.num_devices} (G rings of W = "
+                              f"num_devices / G devices each), got {self.rings}")
+        w = self.num_devices // self.rings
+        if self.layer_split is not None:
+            split = self.layer_split
+            if isinstance(split, (str, bytes)) or not isinstance(split, Sequence):
+                raise ConfigError("layer_split", f"`layer_split` must be a sequence of W={w} layer counts, "
+                                  f"got {split!r}")
+            split = tuple(split)
+            if len(split) != w:
+                raise ConfigError("layer_split", f"`layer_split` must have one part per device of a ring, W={w}, "
+                                  f"got {len(split)} parts {list(split)}")
+            for part in split:
+                if isinstance(part, bool) or not isinstance(part, int) or part < 1:
+                    raise ConfigError("layer_split", f"`layer_split` must give every device of a ring at least "
+                                      f"one layer, got {list(split)}")
+            if self.num_layers is not None and sum(split) != self.num_layers:
+                raise ConfigError("layer_split", f"`layer_split` must sum to num_layers={self.num_layers}, got "
+                                  f"{'+'.join(map(str, split))}={sum(split)}")
+            object.__setattr__(self, "layer_split", split)
+            object.__setattr__(self, "num_layers", sum(split))
+        elif self.num_layers is None:
+            raise ConfigError("num_layers", "`num_layers` (the model's layer count) is needed by placement "
+                              "layers, to split the layers over a ring; give it or a layer_split")
+        elif self.num_layers < w:
+            raise ConfigError("num_layers", f"`num_layers` must be at least the ring size W={w} (each device "
+                              f"of a ring runs one layer or more), got {self.num_layers}")
+        if self.stage_stride < w:
+            raise ConfigError("stage_stride", f"`stage_stride` must be at least the ring size W={w} under "
+                              "placement layers (a block's next stage enters the ring only after its previous "
+                              f"stage has left it), got {self.stage_stride}")
 
     def _check_switches(self) -> tuple[tuple[int, int], ...]:
         out: list[tuple[int, int]] = []
@@ -128,11 +197,13 @@ class CascadeSpec:
         return tuple((q, at) for q, (at, _) in enumerate(self.switches) if at >= 1)
 
     def _resolve_lags(self) -> tuple[int, ...]:
-        s, n = self.num_stages, self.num_blocks - 1
+        s, n, k = self.num_stages, self.num_blocks - 1, self.stage_stride
+        top = self.tick_span
+        why = f" (S={s} stages)" if k == 1 else f" (S={s} stages, stage_stride {k}: (S-1)*k + 1 is sequential)"
         if self.lag is None:
-            return (s,) * n
+            return (top,) * n
         if isinstance(self.lag, int) and not isinstance(self.lag, bool):
-            check_range("lag", self.lag, 1, s, f" (S={s} stages)")
+            check_range("lag", self.lag, 1, top, why)
             return (self.lag,) * n
         if isinstance(self.lag, (str, bytes)) or not isinstance(self.lag, Sequence):
             raise ConfigError("lag", f"`lag` must be an int or a sequence of ints, got {self.lag!r}")
@@ -140,7 +211,7 @@ class CascadeSpec:
         if len(lags) != n:
             raise ConfigError("lag", f"`lag` as a sequence needs num_blocks - 1 = {n} entries, got {len(lags)}")
         for value in lags:
-            check_range("lag", value, 1, s, f" (S={s} stages)")
+            check_range("lag", value, 1, top, why)
         object.__setattr__(self, "lag", lags)
         return lags
 
@@ -154,6 +225,34 @@ class CascadeSpec:
     def num_stages(self) -> int:
         """S = K denoise stages, plus one cache stage when ``cache_pass`` is on."""
         return len(self.timesteps) + (1 if self.cache_pass else 0)
+
+    @property
+    def tick_span(self) -> int:
+        """Ticks from a block's first stage to its last, inclusive: ``(S-1)*k + 1``. A block is in flight
+        at tick n when ``start(b) <= n < start(b) + tick_span``, and it is also the largest lag: the
+        sequential baseline, one block in flight."""
+        return (self.num_stages - 1) * self.stage_stride + 1
+
+    @property
+    def ring_size(self) -> int:
+        """W, the devices one task passes through: ``num_devices / rings`` under placement layers, else 1."""
+        return self.num_devices // self.rings if self.placement == "layers" else 1
+
+    @property
+    def layer_ranges(self) -> tuple[tuple[int, int | None], ...]:
+        """The layers ``[first, end)`` device r of a ring runs, in ring order: ``layer_split``, or an even
+        split of ``num_layers`` with the remainder to the first devices (30 layers on 4: 8, 8, 7, 7, as
+        StreamDiffusionV2 splits them). Other placements: one range of all layers (end None = unknown).
+
+        >>> CascadeSpec(num_blocks=1, num_devices=2, placement="layers", stage_stride=2, num_layers=5).layer_ranges
+        ((0, 3), (3, 5))
+        """
+        if self.placement != "layers":
+            return ((0, self.num_layers),)
+        w, n = self.ring_size, self.num_layers or 0
+        parts = self.layer_split or tuple(n // w + (1 if r < n % w else 0) for r in range(w))
+        bounds = list(itertools.accumulate(parts, initial=0))
+        return tuple(itertools.pairwise(bounds))
 
     @property
     def stage_timesteps(self) -> tuple[float, ...]:
@@ -186,6 +285,8 @@ class CascadeSpec:
             kwargs["lag"] = tuple(kwargs["lag"])
         if "switches" in kwargs:
             kwargs["switches"] = tuple(tuple(sw) for sw in kwargs["switches"])
+        if isinstance(kwargs.get("layer_split"), list):
+            kwargs["layer_split"] = tuple(kwargs["layer_split"])
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> CascadeSpec:
@@ -207,7 +308,7 @@ class CascadeSpec:
         check_range("extra_blocks", extra_blocks, 0)
         lag = self.lag
         if isinstance(lag, tuple):
-            lag = (*lag, *[lag[-1] if lag else self.num_stages] * extra_blocks)
+            lag = (*lag, *[lag[-1] if lag else self.tick_span] * extra_blocks)
         return self.replace(num_blocks=self.num_blocks + extra_blocks, lag=lag,
                             switches=(*self.switches, *(tuple(sw) for sw in switches)))
 

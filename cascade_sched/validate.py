@@ -8,7 +8,7 @@ failing cell marked.
 from __future__ import annotations
 
 from cascade_sched.errors import ScheduleError
-from cascade_sched.placement import PLACEMENTS
+from cascade_sched.placement import Segment, placer, ring_segments
 from cascade_sched.render import render_grid
 from cascade_sched.schedule import (
     RECACHE_STAGE,
@@ -50,8 +50,9 @@ def _explain_read(schedule: Schedule, task: Task, ref: object, expected: tuple[K
     produced = schedule.version_tick(ref)
     if produced > task.tick:
         return f"reads B{j}S{v}, produced at tick {produced}, after the reading tick {task.tick}"
-    if produced == task.tick and schedule.spec.attention == "stale":
-        return f"reads B{j}S{v} of the same tick; `stale` attention reads only strictly earlier versions"
+    if produced == task.tick and schedule.spec.attention in ("stale", "stage"):
+        return (f"reads B{j}S{v} of the same tick; `{schedule.spec.attention}` attention reads only strictly "
+                "earlier versions")
     want = dict(expected)
     if j not in want:
         return (
@@ -75,8 +76,10 @@ def _explain_task(
         return f"task B{b}S{s} does not exist (blocks 0..{B - 1}, stages 0..{S - 1})"
     if seen[b * S + s]:
         return "task appears more than once"
-    if task.tick != schedule.starts[b] + s:
-        return f"stage {s} must run at start({b}) + {s} = {schedule.starts[b] + s}, not tick {task.tick}"
+    k = schedule.spec.stage_stride
+    if task.tick != schedule.starts[b] + s * k:
+        step = f"{s}" if k == 1 else f"{s}*{k}"
+        return f"stage {s} must run at start({b}) + {step} = {schedule.starts[b] + s * k}, not tick {task.tick}"
     if (task.tick, b) <= prev:
         return f"tasks out of (tick, block) order: follows tick {prev[0]}, block {prev[1]}"
     if task.kind != kinds[s] or task.timestep != stage_t[s]:
@@ -140,9 +143,12 @@ def validate(schedule: Schedule) -> Schedule:
     """Check ``schedule`` against the contract; return it unchanged, or raise ``ScheduleError``.
 
     Checked: start ticks and lag bounds, completeness (every (block, stage) exactly once), stage order
-    (consecutive ticks), task order, kinds and timesteps, device indices, every read (exists, produced
-    no later than the reading tick, same tick only inside a joint-attention gang, window and sink
-    rules), and that no committed block is freed before its last read.
+    (``stage_stride`` ticks apart), task order, kinds and timesteps, device indices, segments (every
+    layer range of the spec in ring order, on distinct devices in range, each device always the same
+    layer range), that a ring never holds two stages of one block at once (a stage enters after the
+    previous one left its ring, which also gives it its input latent), every read (exists, produced no
+    later than the reading tick at each layer range, same tick only inside a joint-attention gang,
+    window and sink rules), and that no committed block is freed before its last read.
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> validate(build_schedule(CascadeSpec(num_blocks=3, lag=2))).num_blocks
@@ -152,25 +158,56 @@ def validate(schedule: Schedule) -> Schedule:
         return _validate(schedule)
 
 
+def _check_segments(
+    schedule: Schedule, task: Task, segs: tuple[Segment, ...], holds: dict[int, tuple[int, int | None]]
+) -> None:
+    """A task's segments: the spec's layer ranges in ring order, the first on the task's device, on
+    distinct devices in range, each device holding one layer range across the schedule."""
+    spec = schedule.spec
+    ranges, D = spec.layer_ranges, spec.num_devices
+    if not segs:
+        raise _fail(schedule, f"device {task.device} starts no ring of placement {spec.placement} (ring "
+                    f"entry devices: {', '.join(str(d) for d in range(0, D, len(ranges)))})", task)
+    got = [(first, end) for _, first, end in segs]
+    if got != list(ranges):
+        raise _fail(schedule, f"segments must run the layer ranges {[list(r) for r in ranges]} in ring order, "
+                    f"got {[list(r) for r in got]}", task)
+    devices = [d for d, _, _ in segs]
+    if devices[0] != task.device:
+        raise _fail(schedule, f"its first segment runs on device {devices[0]}, not on its device {task.device}",
+                    task)
+    for d, first, end in segs:
+        if not (isinstance(d, int) and 0 <= d < D):
+            raise _fail(schedule, f"segment device {d} is out of range 0..{D - 1}", task)
+        if devices.count(d) > 1:
+            raise _fail(schedule, f"device {d} runs two segments of one task", task)
+        held = holds.setdefault(d, (first, end))
+        if held != (first, end):
+            raise _fail(schedule, f"device {d} runs layers [{first}, {end}) here but [{held[0]}, {held[1]}) "
+                        "elsewhere; a device holds one layer range and its K/V", task)
+
+
 def _validate(schedule: Schedule) -> Schedule:
     spec = schedule.spec
     S, B, D = spec.num_stages, spec.num_blocks, spec.num_devices
+    k, W, span = spec.stage_stride, spec.ring_size, spec.tick_span
+    last_stage = (S - 1) * k  # ticks from a block's first stage to its commit stage
     starts = schedule.starts
     if len(starts) != B or starts[0] != 0:
         raise _fail(schedule, f"start ticks {list(starts[:8])}... must begin at 0 and name all {B} blocks")
     recache_at = {at: q for q, at in spec.recache_switches}
     for b in range(B - 1):
         lag = starts[b + 1] - starts[b] - (1 if b + 1 in recache_at else 0)
-        if not 1 <= lag <= S or lag != spec.lags[b]:
+        if not 1 <= lag <= span or lag != spec.lags[b]:
             first = next((t for t in schedule.tasks if t.block == b + 1 and t.stage == 0), None)
-            raise _fail(
-                schedule, f"lag between blocks {b} and {b + 1} is {lag}; spec says {spec.lags[b]} (1..S={S})", first
-            )
+            bound = f"1..S={S}" if k == 1 else f"1..(S-1)*k+1={span}"
+            raise _fail(schedule, f"lag between blocks {b} and {b + 1} is {lag}; spec says {spec.lags[b]} ({bound})",
+                        first)
     if len(schedule.free_after) != B:
         raise _fail(schedule, f"free_after names {len(schedule.free_after)} blocks, expected {B}")
 
     seen = bytearray(B * S)
-    last_read = [starts[b] + S - 1 for b in range(B)]
+    last_read = [starts[b] + last_stage for b in range(B)]
     prompts = [spec.prompt_of(b) for b in range(B)]
 
     def visible_before(b: int) -> list[int]:  # sink 0..sink-1 and the window b-window < j < b
@@ -178,7 +215,8 @@ def _validate(schedule: Schedule) -> Schedule:
         return [j for j in range(min(spec.sink, b)) if j < lo] + list(range(lo, b))
 
     # The re-encodes the contract asks for: switch q's recache task at the tick before block p starts
-    # reads the newest version of every block p will read that is committed by then, and writes (j, S+q).
+    # reads the newest version of every block p will read whose commit stage has left its ring by then
+    # (committed before it, for W = 1), and writes (j, S+q).
     reencoded: dict[int, list[tuple[int, KVRef]]] = {}
     reenc_last: dict[KVRef, int] = {}
 
@@ -195,7 +233,7 @@ def _validate(schedule: Schedule) -> Schedule:
     expected_recache: dict[int, Task] = {}
     for q, p in spec.recache_switches:
         r = starts[p] - 1
-        reads_r = tuple(newest(j, r, keep=False) for j in visible_before(p) if starts[j] + S - 1 < r)
+        reads_r = tuple(newest(j, r, keep=False) for j in visible_before(p) if starts[j] + last_stage + W - 1 < r)
         for j, _ in reads_r:
             reencoded.setdefault(j, []).append((r, (j, S + q)))
             reenc_last[(j, S + q)] = r
@@ -205,10 +243,17 @@ def _validate(schedule: Schedule) -> Schedule:
     kinds = stage_kinds(spec)
     stage_t = spec.stage_timesteps
     window, sink, mode = spec.window, spec.sink, spec.attention
+    by_stage, stale, bidirectional, commit = mode == "stage", mode == "stale", mode == "bidirectional", S - 1
+    custom = schedule.custom_segments
+    holds: dict[int, tuple[int, int | None]] = {}  # device -> the layer range it runs
+    entry_ok: set[int] = set()  # devices whose derived segments were checked
+    exits = [-1] * B  # block -> the tick its latest stage leaves its ring
+    seen_by: dict[int, list[int]] = {}  # block -> the earlier blocks it sees (sink and window)
     for task in schedule.tasks:
         b, s, tick, device, kind, timestep, reads, prompt, replaces = task
         if kind == TaskKind.RECACHE:
             _check_recache(schedule, task, expected_recache, seen_recache, prev)
+            _check_segments(schedule, task, schedule.segments(task), holds)
             seen_recache.add(b)
             prev = (tick, b)
             continue
@@ -217,7 +262,7 @@ def _validate(schedule: Schedule) -> Schedule:
             0 <= b < B
             and 0 <= s < S
             and not seen[b * S + s]
-            and tick == starts[b] + s
+            and tick == starts[b] + s * k
             and (tick, b) > prev
             and kind == kinds[s]
             and timestep == stage_t[s]
@@ -228,33 +273,51 @@ def _validate(schedule: Schedule) -> Schedule:
             raise _fail(schedule, _explain_task(schedule, task, seen, prev, kinds, stage_t), task)
         seen[b * S + s] = 1
         prev = (tick, b)
+        if custom and (b, s) in custom:
+            _check_segments(schedule, task, custom[(b, s)], holds)
+        elif device not in entry_ok:
+            _check_segments(schedule, task, ring_segments(spec, device) or (), holds)
+            entry_ok.add(device)
+        if W > 1:
+            # A stage enters its ring only after the previous one has left it: the ring never holds two
+            # stages of one block, and the stage's input latent (made on the ring's last device) exists.
+            if tick <= exits[b]:
+                raise _fail(schedule, f"enters its ring at tick {tick} while stage {s - 1} of block {b} holds it "
+                            f"until tick {exits[b]}: a ring of W={W} devices needs its block's stages at least "
+                            f"{W} ticks apart (stage_stride {k})", task)
+            exits[b] = tick + W - 1
         # The contract's visible blocks: sink 0..sink-1, window b-window < j < b, and (bidirectional)
         # every later block in flight now; then the version of each that this tick sees.
-        lo = 0 if window is None else max(0, b - window + 1)
-        visible = [j for j in range(min(sink, b)) if j < lo] + list(range(lo, b))
-        if mode == "bidirectional":
-            visible += [j for j in in_flight(starts, S, tick) if j > b]
+        visible = seen_by.get(b)
+        if visible is None:
+            lo = 0 if window is None else max(0, b - window + 1)
+            visible = seen_by[b] = [*range(min(sink, lo)), *range(lo, b)]
+        if bidirectional:
+            visible = visible + [j for j in in_flight(starts, span, tick) if j > b]
         expected: list[KVRef] = []
         for j in visible:
             age = tick - starts[j]
-            if age >= S:  # committed before this tick: the newest version (re-encoded or committed)
+            if by_stage:  # the version j wrote at this same stage (an earlier tick: j < b)
+                expected.append((j, s))
+                if s == commit:
+                    last_read[j] = tick  # tasks come in tick order: the latest read so far
+            elif age > last_stage:  # committed before this tick: the newest version (re-encoded or committed)
                 if reencoded:
                     expected.append(newest(j, tick))
                     continue
-                expected.append((j, S - 1))
-                if last_read[j] < tick:
-                    last_read[j] = tick
-            elif mode != "stale":
-                expected.append((j, age))
-            elif age >= 1:
-                expected.append((j, age - 1))
+                expected.append((j, commit))
+                last_read[j] = tick
+            elif not stale:  # ver(j, n): the newest version by this tick
+                expected.append((j, age // k))
+            elif age >= 1:  # done(j, n): the newest version finished before this tick
+                expected.append((j, (age - 1) // k))
         if reads != tuple(expected):
             raise _fail(schedule, _explain_reads(schedule, task, tuple(expected)), task)
     if not all(seen):
         missing = [(b, s) for b in range(B) for s in range(S) if not seen[b * S + s]]
         b, s = missing[0]
         # Mark the empty cell where the first missing task belongs under the spec's placement.
-        where = (starts[b] + s, PLACEMENTS[spec.placement](b, s, starts[b] + s, D))
+        where = (starts[b] + s * k, placer(spec)(b, s, starts[b] + s * k, D))
         names = ", ".join(f"B{mb}S{ms}" for mb, ms in missing[:8])
         raise _fail(schedule, f"missing task(s) {names}", mark=where)
     missing_recache = sorted(set(expected_recache) - seen_recache)

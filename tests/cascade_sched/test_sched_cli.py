@@ -68,7 +68,7 @@ def test_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> N
     code, out, err = run(argv, capsys)
     assert code == 0 and err == ""
     data = json.loads(out)
-    assert data["format"] == "cascade-schedule/3"
+    assert data["format"] == "cascade-schedule/4"
     assert data["num_stages"] == 2
     assert data["spec"] == {
         "num_blocks": 4,
@@ -84,10 +84,15 @@ def test_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> N
         "seed": 0,
         "switches": [],
         "switch_policy": "none",
+        "stage_stride": 1,
+        "rings": 1,
+        "layer_split": None,
+        "num_layers": None,
     }
     assert len(data["tasks"]) == 8
     for t in data["tasks"]:
-        assert set(t) == {"block", "stage", "tick", "timestep", "kind", "device", "prompt", "reads"}
+        assert set(t) == {"block", "stage", "tick", "timestep", "kind", "device", "prompt", "reads", "segments"}
+        assert t["segments"] == [[t["device"], 0, None]]
         assert all(isinstance(r, list) and len(r) == 2 for r in t["reads"])
         assert [r[0] for r in t["reads"]] == sorted(r[0] for r in t["reads"])
     assert [(t["tick"], t["block"]) for t in data["tasks"]] == sorted(
@@ -142,6 +147,56 @@ def test_bad_input_is_one_line_and_exit_2(
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert flag in lines[0] and "Traceback" not in err
+
+
+RING = ["--devices", "4", "--placement", "layers", "--stage-stride", "4"]
+BAD_RING = [
+    (["--stage-stride", "0"], "--stage-stride", "between 1 and 64"),
+    (["--devices", "4", "--placement", "layers", "--stage-stride", "2"], "--stage-stride", "ring size W=4"),
+    ([*RING, "--rings", "3"], "--rings", "divide"),
+    ([*RING, "--rings", "8", "--devices", "8", "--blocks", "4"], "--rings", "between 1 and 4"),
+    (["--rings", "2", "--devices", "2"], "--rings", "placement layers only"),
+    ([*RING, "--layer-split", "8,8,7"], "--layer-split", "W=4"),
+    ([*RING, "--layer-split", "8,8,7,0"], "--layer-split", "at least one layer"),
+    ([*RING, "--layer-split", "8,8,7,7", "--layers", "31"], "--layer-split", "num_layers=31"),
+    (["--layer-split", "2,2"], "--layer-split", "placement layers only"),
+    ([*RING, "--layers", "3"], "--layers", "ring size W=4"),
+    (["--lag", "18", "--stage-stride", "4"], "--lag", "between 1 and 17"),
+    (["--attention", "stage", "--switch", "2:1", "--switch-policy", "recache"], "--switch-policy", "stage"),
+]
+
+
+@pytest.mark.parametrize(("args", "flag", "why"), BAD_RING, ids=[" ".join(a) for a, _, _ in BAD_RING])
+def test_bad_ring_input_is_one_line_naming_the_flag_and_range(
+    args: list[str], flag: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["schedule", *args], capsys)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"error: {flag}: " in lines[0] and why in lines[0], err
+
+
+def test_ring_grid_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stride-4 ring of 4 devices: the grid names each device's layers and shows a task on device r at
+    its tick + r; the JSON gives every task its segments; the PNG is written."""
+    png = tmp_path / "ring.png"
+    code, out, _ = run(["schedule", "--blocks", "5", "--lag", "1", *RING, "--attention", "stage", "--png", str(png)],
+                       capsys)
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    summary, header, _, row0, row1, *_ = out.splitlines()
+    assert row0.split("|")[1].strip() == "B0S0"
+    assert "stage stride 4" in summary and "1 ring(s) of 4, 8+8+7+7 layers" in summary
+    assert header.split("|")[1:] == [" d0 [0,8)  ", " d1 [8,16) ", " d2 [16,23) ", " d3 [23,30)"]
+    assert row1.split("|")[1].strip() == "B1S0" and row1.split("|")[2].strip() == "B0S0"
+    code, out, _ = run(["schedule", "--blocks", "2", "--lag", "1", *RING, "--rings", "2", "--devices", "4",
+                        "--stage-stride", "2", "--layer-split", "20,10", "--json"], capsys)
+    data = json.loads(out)
+    assert data["spec"]["rings"] == 2 and data["spec"]["layer_split"] == [20, 10]
+    assert data["spec"]["num_layers"] == 30 and data["spec"]["stage_stride"] == 2
+    first = data["tasks"][0]
+    assert first["segments"] == [[0, 0, 20], [1, 20, 30]]
+    assert next(t for t in data["tasks"] if t["block"] == 1)["segments"] == [[2, 0, 20], [3, 20, 30]]
+    assert loads(out).spec.ring_size == 2
 
 
 def test_console_script_bad_input_has_no_traceback() -> None:

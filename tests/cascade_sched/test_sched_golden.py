@@ -38,6 +38,15 @@ GRIDS: dict[str, CascadeSpec] = {
         placement="stage",
     ),
     "perblock_lags_6blocks_3dev": CascadeSpec(num_blocks=6, lag=(1, 5, 2, 1, 3), num_devices=3),
+    # Issue 24's placements: a stride-4 layer ring (StreamDiffusionV2's stream batch on 4 devices, the
+    # 1.3B model's 30 layers split 8, 8, 7, 7) and a 2 x 2 hybrid (two rings of two devices).
+    "ring4_stride4_lag1_8blocks_stage": CascadeSpec(
+        num_blocks=8, timesteps=(1000, 750, 500, 250), cache_pass=False, lag=1, num_devices=4,
+        placement="layers", stage_stride=4, num_layers=30, attention="stage",
+    ),
+    "hybrid2x2_stride2_lag1_6blocks_causal": CascadeSpec(
+        num_blocks=6, lag=1, num_devices=4, placement="layers", rings=2, stage_stride=2, num_layers=30,
+    ),
 }
 JSONS: dict[str, CascadeSpec] = {
     "lag1_3blocks_3dev_causal": CascadeSpec(num_blocks=3, lag=1, num_devices=3),
@@ -77,7 +86,7 @@ def test_every_golden_file_is_used() -> None:
 def test_golden_json_has_the_documented_shape() -> None:
     data = json.loads((GOLDEN / "lag1_3blocks_3dev_causal.json").read_text(encoding="utf-8"))
     assert list(data) == ["format", "spec", "num_stages", "tasks"]
-    assert data["format"] == "cascade-schedule/3"
+    assert data["format"] == "cascade-schedule/4"
     assert set(data["spec"]) == {
         "num_blocks",
         "timesteps",
@@ -92,8 +101,13 @@ def test_golden_json_has_the_documented_shape() -> None:
         "seed",
         "switches",
         "switch_policy",
+        "stage_stride",
+        "rings",
+        "layer_split",
+        "num_layers",
     }
-    assert list(data["tasks"][0]) == ["block", "stage", "tick", "timestep", "kind", "device", "prompt", "reads"]
+    assert list(data["tasks"][0]) == ["block", "stage", "tick", "timestep", "kind", "device", "prompt", "reads",
+                                      "segments"]
     # The worked example of docs/schedule-format.md: tick 2 is a gang of three.
     gang = [t for t in data["tasks"] if t["tick"] == 2]
     assert [(t["block"], t["stage"], t["reads"]) for t in gang] == [

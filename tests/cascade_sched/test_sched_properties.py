@@ -39,9 +39,12 @@ CORNERS = [
 
 
 def check_all(schedule: Schedule) -> None:
-    """Every invariant of one built schedule (called by the generated and the corner tests)."""
+    """Every invariant of one built schedule (called by the generated and the corner tests, and by
+    test_sched_rings.py over strides and rings)."""
     spec = schedule.spec
     S, B, D, K = spec.num_stages, spec.num_blocks, spec.num_devices, spec.num_denoise
+    k, W = spec.stage_stride, spec.ring_size
+    span = (S - 1) * k + 1
     assert validate(schedule) is schedule
 
     # Start ticks, and each (block, stage) exactly once at start(b) + s, in (tick, block) order.
@@ -53,7 +56,7 @@ def check_all(schedule: Schedule) -> None:
     assert [(t.tick, t.block) for t in schedule.tasks] == sorted((t.tick, t.block) for t in schedule.tasks)
     kinds = ["denoise"] * K + ["cache"] * (S - K)
     for t in schedule.tasks:
-        assert t.tick == starts[t.block] + t.stage
+        assert t.tick == starts[t.block] + t.stage * k
         assert t.kind == kinds[t.stage]
         assert t.timestep == (spec.timesteps[t.stage] if t.stage < K else 0)
         assert 0 <= t.device < D
@@ -62,14 +65,15 @@ def check_all(schedule: Schedule) -> None:
     for t in schedule.tasks:
         assert t.reads == oracle_reads(spec, t.block, t.stage), str(t)
 
-    # Blocks in flight per tick: brute force, bounded by ceil(S / min lag), and = the gang.
-    min_lag = min(spec.lags, default=S)
-    bound = math.ceil(S / min_lag)
-    assert schedule.num_ticks == starts[-1] + S
+    # Blocks in flight per tick: brute force, bounded by ceil(span / min lag); the gang of a tick is the
+    # blocks in flight with a stage entering then.
+    min_lag = min(spec.lags, default=span)
+    bound = math.ceil(span / min_lag)
+    assert schedule.num_ticks == starts[-1] + (S - 1) * k + W
     for n in range(schedule.num_ticks):
-        flying = [b for b in range(B) if starts[b] <= n < starts[b] + S]
+        flying = [b for b in range(B) if starts[b] <= n < starts[b] + span]
         assert list(schedule.in_flight(n)) == flying
-        assert [t.block for t in schedule.gangs[n]] == flying
+        assert [t.block for t in schedule.gangs[n]] == [b for b in flying if (n - starts[b]) % k == 0]
         assert all(t.tick == n for t in schedule.gangs[n])
         assert len(flying) <= bound
     assert schedule.max_in_flight() <= bound
@@ -78,9 +82,9 @@ def check_all(schedule: Schedule) -> None:
 
     # Commit, decode-ready and free ticks.
     for b in range(B):
-        assert schedule.version_tick((b, S - 1)) == starts[b] + S - 1
+        assert schedule.version_tick((b, S - 1)) == starts[b] + (S - 1) * k
         assert schedule.task(b, S - 1).tick == schedule.version_tick((b, S - 1))
-        assert schedule.decode_ready_tick(b) == starts[b] + K - 1
+        assert schedule.decode_ready_tick(b) == starts[b] + (K - 1) * k + W - 1
         assert schedule.task(b, K - 1).kind == "denoise"
         readers = [t.tick for t in schedule.tasks if (b, S - 1) in t.reads]
         assert all(schedule.free_after[b] >= n for n in readers)
@@ -88,10 +92,17 @@ def check_all(schedule: Schedule) -> None:
         assert schedule.free_after[b] == max([schedule.version_tick((b, S - 1)), *readers])
 
     # Devices: one device's tasks in one tick are its batch (the grid cell), never two ticks at once.
+    # Under a ring, a task occupies device r of its ring at tick + r, and the header names each device's
+    # layer range.
     batches: dict[tuple[int, int], list[str]] = defaultdict(list)
     for t in schedule.tasks:
-        batches[(t.tick, t.device)].append(f"B{t.block}S{t.stage}")
-    rows = render_grid(schedule).splitlines()[2:]
+        for r, (d, _, _) in enumerate(schedule.segments(t)):
+            batches[(t.tick + r, d)].append(t.name)
+    grid = render_grid(schedule).splitlines()
+    header = [c.strip() for c in grid[0].split("|")][1:]
+    held = {d: spec.layer_ranges[d % W] for d in range(D)}  # a device no task reaches: its ring's split
+    assert header == [f"d{d}" if W == 1 else f"d{d} [{held[d][0]},{held[d][1]})" for d in range(D)]
+    rows = grid[2:]
     assert len(rows) == schedule.num_ticks
     for n, row in enumerate(rows):
         cells = [c.strip() for c in row.split("|")]
@@ -103,10 +114,24 @@ def check_all(schedule: Schedule) -> None:
         assert [(t.tick, t.block) for t in mine] == sorted((t.tick, t.block) for t in mine)
     if spec.placement == "block":
         assert all(t.device == t.block % D for t in schedule.tasks)
-        if schedule.max_in_flight() <= D:  # in-flight blocks are consecutive, so distinct mod D
+        if schedule.max_in_flight() <= D and k == 1:  # in-flight blocks are consecutive, so distinct mod D
             assert all(len(v) == 1 for v in batches.values())
-    else:
+    elif spec.placement == "stage":
         assert all(t.device == t.stage % D for t in schedule.tasks)
+    else:  # blocks round robin over G rings of W devices; device r of a ring runs the r-th layer range
+        G = spec.rings
+        for t in schedule.tasks:
+            g = t.block % G
+            assert t.device == g * W
+            assert [d for d, _, _ in schedule.segments(t)] == list(range(g * W, g * W + W))
+        assert [(f, e) for _, f, e in schedule.segments(schedule.tasks[0])] == list(spec.layer_ranges)
+        if spec.layer_split is None:  # the even split, the remainder to the first devices
+            sizes = [e - f for f, e in spec.layer_ranges]
+            n_layers = spec.num_layers
+            assert n_layers is not None and sum(sizes) == n_layers
+            assert sizes == sorted(sizes, reverse=True) and max(sizes) - min(sizes) <= 1
+        else:
+            assert [e - f for f, e in spec.layer_ranges] == list(spec.layer_split)
 
     # Compact names round-trip.
     for t in schedule.tasks:

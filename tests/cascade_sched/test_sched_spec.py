@@ -56,6 +56,49 @@ def test_config_error_names_the_parameter_and_the_valid_range(
     assert "\n" not in message
 
 
+LAYERS = {"placement": "layers", "num_devices": 4, "stage_stride": 4, "num_layers": 30}
+BAD_RING_SPECS = [
+    ({"stage_stride": 0}, "stage_stride", "at least 1"),
+    ({"stage_stride": 1.5}, "stage_stride", "integer"),
+    ({**LAYERS, "stage_stride": 3}, "stage_stride", "at least the ring size W=4 under placement layers"),
+    ({**LAYERS, "rings": 3}, "rings", "divide num_devices=4"),
+    ({**LAYERS, "rings": 0}, "rings", "at least 1"),
+    ({"rings": 2, "num_devices": 4}, "rings", "placement layers only"),
+    ({"layer_split": (2, 2)}, "layer_split", "placement layers only"),
+    ({**LAYERS, "layer_split": (10, 10, 10)}, "layer_split", "one part per device of a ring, W=4"),
+    ({**LAYERS, "layer_split": (10, 10, 10, 1)}, "layer_split", "sum to num_layers=30"),
+    ({**LAYERS, "layer_split": (10, 10, 10, 0)}, "layer_split", "at least one layer"),
+    ({**LAYERS, "num_layers": None}, "num_layers", "needed by placement layers"),
+    ({**LAYERS, "num_layers": 3}, "num_layers", "at least the ring size W=4"),
+    ({"num_layers": 0}, "num_layers", "at least 1"),
+    ({"lag": 18, "stage_stride": 4}, "lag", "between 1 and 17"),
+    ({"attention": "stage", "switch_policy": "recache"}, "switch_policy", "cannot go with attention stage"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "param", "valid"), BAD_RING_SPECS, ids=[repr(k) for k, _, _ in BAD_RING_SPECS])
+def test_ring_fields_are_checked_where_the_spec_is_built(kwargs: dict[str, object], param: str, valid: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        CascadeSpec(**{"num_blocks": 4, **kwargs})  # type: ignore[arg-type]
+    assert info.value.param == param and f"`{param}`" in str(info.value) and valid in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_ring_geometry() -> None:
+    from cascade_sched.placement import default_decode_device
+
+    spec = CascadeSpec(num_blocks=4, **LAYERS)  # type: ignore[arg-type]
+    assert spec.ring_size == 4 and spec.layer_ranges == ((0, 8), (8, 16), (16, 23), (23, 30))
+    assert spec.tick_span == 17 and spec.lags == (17, 17, 17) and default_decode_device(spec) == 3
+    split = CascadeSpec(num_blocks=2, placement="layers", num_devices=6, rings=3, stage_stride=2, layer_split=[20, 10])
+    assert split.num_layers == 30 and split.layer_split == (20, 10) and split.ring_size == 2
+    assert CascadeSpec.from_dict(split.to_dict()) == split
+    assert CascadeSpec(num_blocks=2).layer_ranges == ((0, None),)
+    assert CascadeSpec(num_blocks=2, num_layers=30).layer_ranges == ((0, 30),)
+    assert default_decode_device(CascadeSpec(num_blocks=2, num_devices=3)) == 0
+    assert CascadeSpec(num_blocks=3, stage_stride=2).extended(2).stage_stride == 2
+
+
 def test_per_block_lags_of_the_wrong_length() -> None:
     for n, lags in [(1, (1,)), (3, ()), (3, (1,)), (3, (1, 1, 1)), (6, (1, 2, 3))]:
         with pytest.raises(ConfigError, match=rf"num_blocks - 1 = {n - 1} entries, got {len(lags)}"):
@@ -159,12 +202,15 @@ def test_loads_rejects_non_json_and_non_objects() -> None:
 
 
 def test_loads_keeps_a_hand_edited_placement() -> None:
-    """Tasks are taken as written: a valid custom placement survives a round trip instead of being rebuilt."""
+    """Tasks are taken as written: a valid custom placement survives a round trip instead of being rebuilt.
+    Outside placement layers a task's one segment follows its device, so editing ``device`` alone moves it."""
     data = small_json()
     for t in data["tasks"]:  # type: ignore[union-attr]
         t["device"] = 2 - t["device"]
     s = schedule_from_dict(json.loads(json.dumps(data)))
     assert [t.device for t in s.tasks] == [2 - t.device for t in build_schedule(s.spec).tasks]
+    for t in data["tasks"]:  # type: ignore[union-attr]
+        t["segments"][0][0] = t["device"]
     assert json.loads(dumps(s)) == data
 
 

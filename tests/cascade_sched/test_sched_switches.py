@@ -103,12 +103,24 @@ def test_bad_switches_name_the_parameter(switches, policy: str, param: str) -> N
     assert e.value.param == param
 
 
+V4_SPEC_FIELDS = ("stage_stride", "rings", "layer_split", "num_layers")
+
+
+def older(data: dict, version: int) -> dict:  # type: ignore[type-arg]
+    """A ``cascade-schedule/4`` object as version 3 wrote it: no ring fields, no segments."""
+    data["format"] = f"cascade-schedule/{version}"
+    for key in V4_SPEC_FIELDS:
+        del data["spec"][key]
+    for t in data["tasks"]:
+        del t["segments"]
+    return data
+
+
 def test_version_1_files_still_read() -> None:
     import json
 
     s = build_schedule(CascadeSpec(num_blocks=3, lag=1, num_devices=2))
-    data = json.loads(dumps(s))
-    data["format"] = "cascade-schedule/1"
+    data = older(json.loads(dumps(s)), 1)
     for key in ("switches", "switch_policy"):
         del data["spec"][key]
     for t in data["tasks"]:
@@ -122,9 +134,17 @@ def test_version_2_files_still_read() -> None:
 
     s = build_schedule(CascadeSpec(num_blocks=4, switches=((2, 1),), switch_policy="recache", num_devices=2))
     data = json.loads(dumps(s))
-    assert data["format"] == "cascade-schedule/3"
-    data["format"] = "cascade-schedule/2"
+    assert data["format"] == "cascade-schedule/4"
+    data = older(data, 2)
     for t in data["tasks"]:
         if t["kind"] == "recache":
             t["reads"] = t.pop("replaces")
     assert loads(json.dumps(data)) == s
+
+
+def test_version_3_files_still_read() -> None:
+    """Version 3 had no stage stride, rings or segments: every task runs all layers on its device."""
+    import json
+
+    s = build_schedule(CascadeSpec(num_blocks=4, lag=2, switches=((2, 1),), switch_policy="recache", num_devices=3))
+    assert loads(json.dumps(older(json.loads(dumps(s)), 3))) == s
