@@ -71,6 +71,8 @@ FIGURES: tuple[Figure, ...] = (
            168.0, "ms", "daydreamlive/scope sdv2-benchmark-results.md"),
     Figure("sdv2-dit-5090", "StreamDiffusionV2 1.3B, DiT of one 4-frame chunk, RTX 5090", 168.0, "ms",
            "daydreamlive/scope sdv2-benchmark-results.md"),
+    Figure("sdv2-vae-encode-5090", "StreamDiffusionV2 1.3B, Wan VAE encode of one 4-frame chunk at 480x832, "
+           "RTX 5090", 100.0, "ms", "daydreamlive/scope sdv2-benchmark-results.md"),
     Figure("vae-conv-share-h200", "share of Wan-family VAE decode GPU time in convolutions, H200", 49.0, "%",
            "sgl-project/sglang issue 34125"),
     Figure("nccl-p2p-32mib", "NCCL sendrecv between two H100s over NVLink, default settings (32 MiB messages)",
@@ -87,6 +89,7 @@ FITTED: dict[str, str] = {
                       "with paper-14b-seq",
     "paper-14b-seq": "the reference implementation's per-forward overhead, jointly with paper-1.3b-seq",
     "sdv2-vae-5090": "the Wan VAE's convolution efficiency (its FLOPs and bytes are counted)",
+    "sdv2-vae-encode-5090": "the Wan VAE encoder's price, as this ratio to the decoder's (video-to-video runs)",
     "fa3-2k": "the FlashAttention 3 rate table (the figure's own points)",
     "fa3-16k": "the FlashAttention 3 rate table (the figure's own points)",
     "gemm-h100": "the H100's GEMM rate (taken as measured)",

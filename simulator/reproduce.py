@@ -19,7 +19,7 @@ from cascade_sched.schedule import build_schedule
 from cascade_sched.spec import CascadeSpec
 from simulator.catalog import WAN_VAE, Baseline, get_gpu, get_link, get_model
 from simulator.cluster import Cluster
-from simulator.cost import RooflineCost, make_cost, paper_overhead, sequential_interval
+from simulator.cost import RooflineCost, encode_ratio, make_cost, paper_overhead, sequential_interval
 from simulator.engine import simulate
 from simulator.public import FIGURES, FITTED, NO_CHECK, Figure
 from simulator.rates import attention_rate, conv_efficiency, decode_seconds
@@ -130,6 +130,9 @@ PREDICT: dict[str, Callable[[], tuple[float, str] | None]] = {
     "krea-14b-b200": lambda: _krea("b200"),
     "sdv2-vae-5090": lambda: (1e3 * decode_seconds(WAN_VAE.flops(12) / 3, WAN_VAE.bytes(12) / 3, get_gpu("rtx5090"),
                                                    conv_efficiency()), "fitted to this figure: not evidence"),
+    "sdv2-vae-encode-5090": lambda: (1e3 * decode_seconds(WAN_VAE.flops(12) / 3, WAN_VAE.bytes(12) / 3,
+                                                          get_gpu("rtx5090"), conv_efficiency()) * encode_ratio(),
+                                     "fitted to this figure: not evidence"),
     "sdv2-dit-5090": lambda: None,
     "vae-conv-share-h200": _vae_share,
     "nccl-p2p-32mib": lambda: (get_link("nvlink4").achieved_Bps(32 * 2**20) / 1e9, "taken as measured"),

@@ -28,6 +28,7 @@ from cascade_sched.trace import (
     transfer_name,
     write_chrome_trace,
 )
+from simulator.catalog import get_gpu
 from simulator.result import PARTS
 
 if TYPE_CHECKING:
@@ -219,30 +220,81 @@ def draw_decomposition(rows: Sequence[tuple[str, SimResult]], path: str, title: 
     plt.close(fig)
 
 
-def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None = None) -> None:
-    """Delivered FPS against GPUs in all (a decoder GPU counted), one line per decode placement (the best
-    lag, attention, window and link at each count that fits), one panel per model; the target dashed."""
+FAMILY_STYLE = {"block": ("#1f77b4", "o", "block placement (one block per GPU)"),
+                "ring": ("#ff7f0e", "s", "one layer ring (W = the denoising GPUs)"),
+                "hybrid": ("#2ca02c", "^", "G x W hybrid (G rings of W)"),
+                "stage": ("#9467bd", "v", "stage placement")}
+
+
+def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None = None, space: Any = None) -> None:
+    """Delivered FPS against GPUs in all (a decoder GPU counted), one line per placement family (block, one
+    ring, G x W hybrids): at each count the best lag, context, decode placement and split that fits. One
+    panel per model; the target dashed; the recommended point starred (where none meets the target, the
+    fastest point on the FPS plateau, circled, with what caps it). The title says what was run; the legend
+    sits below the panels."""
+    from simulator.plan import plateau, recommend
+
     plt = _plt()
     models = list(dict.fromkeys(p.model for p in points))
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(6 * max(1, len(models)), 4.2), squeeze=False)
+    n = max(1, len(models))
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.6), squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, model in zip(axes[0], models, strict=True):
-        best: dict[str, dict[int, float]] = {}
+        best: dict[str, dict[int, PlanPoint]] = {}
         for p in points:
             if p.model != model or not p.fits:
                 continue
-            key = p.decode + (f" ({p.decoder})" if p.decoder != "vae" else "")
-            line = best.setdefault(key, {})
-            line[p.gpus] = max(line.get(p.gpus, 0.0), p.fps)
-        for key in sorted(best):
-            xs = sorted(best[key])
-            ax.plot(xs, [best[key][x] for x in xs], marker="o", label=f"decode {key}")
+            line = best.setdefault(p.family, {})
+            if p.gpus not in line or p.fps > line[p.gpus].fps:
+                line[p.gpus] = p
+        top = 1.0
+        for family in ("block", "ring", "hybrid", "stage"):
+            if family not in best:
+                continue
+            colour, marker, label = FAMILY_STYLE[family]
+            xs = sorted(best[family])
+            ys = [best[family][x].fps for x in xs]
+            top = max(top, *ys)
+            (h,) = ax.plot(xs, ys, marker=marker, color=colour, linewidth=1.4, markersize=5, label=label)
+            handles.setdefault(label, h)
         if target_fps:
-            ax.axhline(target_fps, color="k", linestyle="--", linewidth=1, label=f"target {target_fps:g} FPS")
-        ax.set_title(model)
-        ax.set_xlabel("GPUs in all")
-        ax.set_ylabel("delivered FPS")
+            h = ax.axhline(target_fps, color="k", linestyle="--", linewidth=1)
+            handles.setdefault(f"target {target_fps:g} FPS", h)
+            top = max(top, target_fps)
+        rec = recommend(points, model)
+        mark = rec if rec is not None else plateau(points, model)[0]
+        if mark is not None:
+            word = "recommended" if rec is not None else "fastest, on the plateau"
+            (h,) = ax.plot([mark.gpus], [mark.fps], marker="*" if rec is not None else "o", markersize=17,
+                           markerfacecolor="gold" if rec is not None else "none", markeredgecolor="k",
+                           linestyle="none")
+            handles.setdefault("recommended point" if rec is not None else "fastest point (no point meets the "
+                               "target)", h)
+            note = f"{word}: {mark.label}, {mark.attention}, lag {mark.lag}, decode {mark.decode}\n{mark.fps:.1f} FPS"
+            if rec is None and mark.cap_kind:
+                note += f", capped by {mark.cap_kind}"
+            ax.annotate(note, (mark.gpus, mark.fps), xytext=(0.03, 0.97), textcoords="axes fraction", fontsize=7.5,
+                        va="top", ha="left", bbox={"boxstyle": "round", "fc": "white", "ec": "0.6", "alpha": 0.9},
+                        arrowprops={"arrowstyle": "->", "color": "0.4", "linewidth": 0.8})
+        counts = sorted({p.gpus for p in points if p.model == model})
+        ax.set_xticks(counts)
+        ax.set_xlim(min(counts, default=1) - 0.4, max(counts, default=1) + 0.4)
+        ax.set_ylim(0, top * 1.35)
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("GPUs in all (a decoder GPU counted)")
+        ax.set_ylabel("delivered FPS (frames/s)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    title = "cascade plan: delivered FPS against GPUs, per placement"
+    if space is not None:
+        links = ",".join(space.interconnects) if space.interconnects else f"{get_gpu(space.gpu).default_link}"
+        win = ",".join(str(w or "unbounded") for w in space.windows)
+        steps = f"{len(space.timesteps)} denoise steps" + (" + cache pass" if space.cache_pass else "")
+        title = (f"cascade plan: delivered FPS against GPUs, per placement, on {space.gpu} ({links})\n"
+                 f"window {win}, {steps}, cost {space.cost}; each point the best lag, context "
+                 f"({', '.join(space.attentions)}) and decode ({', '.join(space.decodes)}) at that count")
+    fig.suptitle(title, fontsize=9)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
     save_figure(fig, path, dpi=120)
     plt.close(fig)
