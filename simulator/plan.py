@@ -403,9 +403,11 @@ def _needed_text(message: str) -> str:
 
 
 def rank(points: Sequence[PlanPoint]) -> list[PlanPoint]:
-    """Meeting every constraint first, then fitting, fewer GPUs, higher delivered FPS, earlier first frame."""
+    """Meeting every constraint first, then fitting, fewer GPUs, higher delivered FPS, earlier first frame,
+    less memory on the fullest GPU."""
     return sorted(points, key=lambda p: (not p.meets, not p.fits, p.gpus if p.meets else 0,
-                                         -(p.fps if p.fits else -1.0), p.first_frame_s if p.fits else 0.0))
+                                         -(p.fps if p.fits else -1.0), p.first_frame_s if p.fits else 0.0,
+                                         p.peak_memory_gb if p.fits else 0.0))
 
 
 def recommend(points: Sequence[PlanPoint], model: str) -> PlanPoint | None:
@@ -471,7 +473,8 @@ def recommendation_text(points: Sequence[PlanPoint], constraints: Constraints) -
         flat = (f"FPS plateaus from {n} GPUs: {', '.join(map(str, more))} GPUs give no more, the extra GPUs would "
                 "sit idle" if more else f"{n} GPUs is the largest count swept")
         lines.append(f"{model}: no point meets the constraints ({best.status}); the fastest is {_describe(best)}: "
-                     f"{best.fps:.1f} FPS delivered. What caps it: {best.cap}. {flat}. Per GPU: {best.devices}")
+                     f"{best.fps:.1f} FPS delivered. What caps it: {best.cap} (lift it with {best.lift}). {flat}. "
+                     f"Per GPU: {best.devices}")
     return lines
 
 

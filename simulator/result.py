@@ -196,7 +196,8 @@ class SimResult:
         """Every task the run executed (each exactly once: the engine checks it)."""
         if self.timeline is None:
             return ()
-        return tuple(ref for b in self.timeline.workload.batches for ref in b.refs)
+        # a task under placement layers runs one batch per device of its ring: count it at its first
+        return tuple(ref for b in self.timeline.workload.batches if b.part is None or b.part.entry for ref in b.refs)
 
     @property
     def device_busy_s(self) -> tuple[float, ...]:
