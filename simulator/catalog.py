@@ -17,10 +17,10 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cascade_sched.errors import ConfigError
-from models.config import PRESETS, ModelConfig
+from models.config import PRESETS, ModelConfig, ModelSlice
 
 GB = 1e9
 MiB = 1 << 20
@@ -185,10 +185,22 @@ class Baseline:
     attention: str = "fa3"
 
 
+COUNTED_LATENT = (60, 104)  # the latent frame (480x832 video) the decoders' work was counted at
+COUNTED_FRAMES = 3  # latent frames of the block the decoders' work was counted for
+
+
 @dataclass(frozen=True)
 class Decoder:
-    """A latent-to-video decoder priced from its counted work: ``flops(frames)`` and ``bytes(frames)`` are
-    affine in the video frames a block decodes to (the first block of the Wan VAE makes 9, later 12)."""
+    """A latent-to-video decoder priced from its counted work, for a block of ``COUNTED_FRAMES`` latent
+    frames at the ``COUNTED_LATENT`` size: ``flops(frames)`` and ``bytes(frames)`` are affine in the video
+    frames the block decodes to (the Wan VAE makes 9 for the first block, 12 after).
+
+    The Wan VAE decodes one latent frame at a time (a causal first chunk of 1 video frame, then 4 per
+    latent frame), so the fixed part is per latent frame: ``flops(frames, latent_frames)`` scales it by
+    ``latent_frames / COUNTED_FRAMES``. That reproduces both counted blocks at 3 latent frames, and prices a
+    1-latent-frame chunk (StreamDiffusionV2's) at a third of a later block. :meth:`at_area` scales the work
+    and the streaming cache to another latent size (convolutions are linear in pixels, est).
+    """
 
     name: str
     flops_fixed: float
@@ -199,11 +211,31 @@ class Decoder:
     cache_bytes: int  # the streaming state kept across blocks
     source: str
 
-    def flops(self, frames: int) -> float:
-        return self.flops_fixed + self.flops_per_frame * frames
+    def flops(self, frames: int, latent_frames: int = COUNTED_FRAMES) -> float:
+        """FLOPs of decoding one block of ``latent_frames`` latent frames into ``frames`` video frames."""
+        return self.flops_fixed * latent_frames / COUNTED_FRAMES + self.flops_per_frame * frames
 
-    def bytes(self, frames: int) -> float:
-        return self.bytes_fixed + self.bytes_per_frame * frames
+    def bytes(self, frames: int, latent_frames: int = COUNTED_FRAMES) -> float:
+        """Memory traffic of the same decode."""
+        return self.bytes_fixed * latent_frames / COUNTED_FRAMES + self.bytes_per_frame * frames
+
+    def at_area(self, latent_height: int, latent_width: int) -> Decoder:
+        """This decoder at another latent frame size: work and streaming cache scaled by the pixel count
+        (itself at the counted size).
+
+        >>> round(WAN_VAE.at_area(64, 64).flops(12) / WAN_VAE.flops(12), 3)  # 512x512 against 480x832
+        0.656
+        """
+        area = latent_height * latent_width
+        base = COUNTED_LATENT[0] * COUNTED_LATENT[1]
+        if area == base:
+            return self
+        r = area / base
+        return replace(self, flops_fixed=self.flops_fixed * r, flops_per_frame=self.flops_per_frame * r,
+                       bytes_fixed=self.bytes_fixed * r, bytes_per_frame=self.bytes_per_frame * r,
+                       cache_bytes=int(self.cache_bytes * r),
+                       source=f"{self.source}; scaled x{r:.3g} to a {latent_height}x{latent_width} latent (est: "
+                              "convolutions linear in pixels)")
 
 
 def _affine(first: float, later: float, f0: int = 9, f1: int = 12) -> tuple[float, float]:
@@ -339,27 +371,48 @@ class ModelGeometry:
         return math.prod(self.config.latent_shape()) * dtype_bytes
 
     def decoder(self, name: str) -> Decoder | None:
-        """The decoder called ``name`` (None: this model has no priced decoder; a profile must price it)."""
+        """The decoder called ``name`` at this model's latent size (None: this model has no priced decoder;
+        a profile must price it)."""
         key = name.strip().lower()
         if self.decoders and key not in self.decoders:
             raise ConfigError("decoder", f"unknown decoder {name!r} for {self.name}; known: "
                                          f"{', '.join(sorted(self.decoders))}")
-        return self.decoders.get(key)
+        dec = self.decoders.get(key)
+        return dec.at_area(self.config.latent_height, self.config.latent_width) if dec is not None else None
+
+    def at(self, frames_per_block: int | None = None, resolution: tuple[int, int] | None = None) -> ModelGeometry:
+        """This model at another block size (latent frames per block) and video resolution (height, width
+        in pixels): ``ModelConfig.with_geometry`` checks both (one ``ConfigError`` naming
+        ``--frames-per-block`` or ``--resolution``). Weights are unchanged; decoders scale with the area.
+
+        >>> get_model("wan2.1-1.3b").at(1, (512, 512)).tokens_per_block
+        1024
+        """
+        config = self.config.with_geometry(frames_per_block=frames_per_block, resolution=resolution)
+        return self if config == self.config else replace(self, config=config)
+
+    def slice_weight_bytes(self, part: ModelSlice | None = None) -> int:
+        """Weight bytes a rank holding ``part`` materialises: the model's weights times its share of the
+        parameters (``ModelConfig.parameter_count``, which counts the conditioning every slice holds).
+
+        >>> g = get_model("wan2.1-1.3b")
+        >>> round(g.slice_weight_bytes(g.config.layer_slice(0, 15)) / g.weight_bytes, 3)  # + the conditioning
+        0.509
+        """
+        if part is None:
+            return self.weight_bytes
+        c = self.config
+        return round(self.weight_bytes * c.parameter_count(part) / c.parameter_count())
 
 
 def estimated_params(g: ModelGeometry) -> int:
-    """Parameters of a Wan2.1-style DiT from its geometry (linear layers, embeddings, modulation).
+    """Parameters of a Wan2.1-style DiT from its geometry: ``ModelConfig.parameter_count``, the one count the
+    executors' slices use too.
 
     >>> round(estimated_params(get_model("wan2.1-1.3b")) / 1e9, 2)
     1.42
     """
-    c = g.config
-    d, f = c.dim, c.ffn_dim
-    per_layer = 8 * d * d + 2 * d * f + 6 * d + 10 * d  # self+cross attention, FFN, modulation, norms
-    text = c.text_dim * d + d * d
-    time = c.freq_dim * d + d * d + 6 * d * d
-    patch = 2 * c.patch_dim * d
-    return g.num_layers * per_layer + text + time + patch
+    return g.config.parameter_count()
 
 
 _PAPER = "arXiv 2511.20426 (Block Cascading)"
@@ -405,6 +458,8 @@ def get_link(name: str, param: str = "interconnect") -> Link:
     return LINKS[_key(param, LINKS, name)]
 
 
-def get_model(name: str) -> ModelGeometry:
-    """The model geometry called ``name``; ``ConfigError`` (param ``model``) otherwise."""
-    return MODELS[_key("model", MODELS, name)]
+def get_model(name: str, frames_per_block: int | None = None,
+              resolution: tuple[int, int] | None = None) -> ModelGeometry:
+    """The model geometry called ``name``, at another block size or resolution when given
+    (:meth:`ModelGeometry.at`); ``ConfigError`` (param ``model``) for an unknown name."""
+    return MODELS[_key("model", MODELS, name)].at(frames_per_block, resolution)

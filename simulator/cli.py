@@ -36,6 +36,23 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _resolution(text: str) -> tuple[int, int]:
+    from models.config import parse_resolution
+
+    try:
+        return parse_resolution(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("`--resolution` must be ", "expected ")) from None
+
+
+def model_geometry(args: argparse.Namespace, name: str) -> Any:
+    """The model ``name`` at the flags' ``--frames-per-block`` and ``--resolution``; a bad value is one
+    ConfigError naming the flag."""
+    from simulator.catalog import get_model
+
+    return get_model(name, args.frames_per_block, args.resolution)
+
+
 def _pairs(text: str) -> tuple[int, float]:
     device, sep, factor = text.partition(":")
     try:
@@ -71,7 +88,9 @@ def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: 
                        help="decoders to try: vae, taehv (default vae)")
         alias(g, "--decodes", "decodes", type=name_list, default=("inline", "stream", "gpu"))
         alias(g, "--decoders", "decoders", type=name_list, default=(DEFAULTS["decoder"],))
-    g.add_argument("--decode-device", type=int, default=0, help="the denoising GPU that decodes (default 0)")
+    g.add_argument("--decode-device", type=int, default=None,
+                   help="the denoising GPU that decodes (default: d0, or a ring's last device under --placement "
+                        "layers)")
     g.add_argument("--stream-contention", type=float, default=DEFAULTS["stream_contention"], metavar="F",
                    help="with decode stream: how many times slower forwards and decode each run while both are "
                         "active (1 = free overlap, 2 = time slicing; default %(default)s, an estimate)")
@@ -79,7 +98,20 @@ def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: 
                    help="GB reserved on every GPU for the CUDA context and library workspaces (default %(default)s)")
     g.add_argument("--allocator-overhead", type=float, default=DEFAULTS["allocator_overhead"], metavar="FRACTION",
                    help="share of the allocated bytes lost to the caching allocator (default %(default)s)")
-    g.add_argument("--overlap", action="store_true", help="overlap the joint-attention exchange with compute")
+    g.add_argument("--overlap", action="store_true",
+                   help="overlap the joint-attention exchange with compute, and send ring hops on a second stream "
+                        "(StreamDiffusionV2's) instead of on the compute stream")
+    m = p.add_argument_group("model geometry and rings")
+    m.add_argument("--frames-per-block", type=int, default=None, metavar="N",
+                   help="latent frames per block (default the model's: 3; StreamDiffusionV2 uses 1)")
+    m.add_argument("--resolution", type=_resolution, default=None, metavar="HxW",
+                   help="video height x width in pixels, multiples of 16 (default the model's: 480x832)")
+    m.add_argument("--weights", default="sharded", choices=("sharded", "replicated"),
+                   help="--placement layers: each device holds its layers' weights (sharded) or all of them "
+                        "(replicated, StreamDiffusionV2's choice) (default %(default)s)")
+    m.add_argument("--input", default="text", choices=("text", "video"),
+                   help="text (text-to-video) or video (video-to-video: each block's input frames are encoded on "
+                        "its ring's first device first, as StreamDiffusionV2 does) (default %(default)s)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
@@ -104,8 +136,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--contention", type=float, default=1.0,
                    help="slowdown while ranks compute at once beyond the share of cores (caches, memory "
                         "bandwidth; `cascade calibrate` measures it; default 1)")
-    p.add_argument("--video-frames", type=int, default=None, help="video frames per block (default 4 x 3 = 12)")
-    p.add_argument("--first-block-frames", type=int, default=None, help="video frames of block 0 (default 9)")
+    p.add_argument("--video-frames", type=int, default=None,
+                   help="video frames per block (default 4 x the latent frames per block: 12)")
+    p.add_argument("--first-block-frames", type=int, default=None,
+                   help="video frames of block 0 (default 1 + 4 x (latent frames - 1): 9)")
     p.add_argument("--allow-oom", action="store_true",
                    help="simulate a plan that does not fit in memory anyway (the result says fits=false)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (with a top-level `gpus`)")
@@ -115,7 +149,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--intervals", metavar="PATH.png",
                    help="write a PNG of the interval between decoded blocks (default none)")
 
-    q = subparsers.add_parser("plan", help="sweep GPUs x lag x attention x decode placement and recommend")
+    q = subparsers.add_parser("plan", help="sweep placements (blocks per GPU, layer rings, G x W hybrids) x GPUs x "
+                                           "context x lag x decode placement and recommend")
     _hardware_args(q, "model(s), comma-separated (default: wan2.1-1.3b,wan2.1-14b)", "", sweep=True)
     c = q.add_argument_group("sweep")
     c.add_argument("--gpu-counts", type=int_ranges, default=tuple(range(1, 9)),
@@ -123,7 +158,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("--interconnect", dest="interconnects", type=name_list, default=None,
                    help="links to try, e.g. nvlink4,pcie5 (default: the GPU's usual one)")
     alias(c, "--interconnects", "interconnects", type=name_list, default=None)
+    c.add_argument("--ring-sizes", type=int_ranges, default=None, metavar="W,...",
+                   help="--placement layers: ring sizes W to try; every G x W that makes a GPU count is swept "
+                        "(default: every W from 2 to the count)")
     add_schedule_args(q, sweep=True)
+    _redefault(q, "placement", ("block", "layers"), name_list,
+               "placements to try: block (one block per GPU, the paper's), layers (rings of GPUs each running a "
+               "range of the layers, and G x W hybrids, stride W; StreamDiffusionV2's), stage (default block,layers)")
+    _redefault(q, "attentions", ("causal", "bidirectional", "stale", "stage"), name_list,
+               "contexts to try: the paper's causal and bidirectional, stale (an extension) and stage "
+               "(StreamDiffusionV2's stream batch) (default: all four; their quality: docs/quality.md)")
     k = q.add_argument_group("constraints and output")
     k.add_argument("--target-fps", type=float, default=24.0, help="delivered FPS to reach, 0 = none (default 24)")
     k.add_argument("--max-first-frame", type=float, default=None, help="seconds to the first frame, at most (default: no bound)")
@@ -132,6 +176,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     k.add_argument("--top", type=int, default=10, help="rows per model in the table, 0 = all (default 10)")
     k.add_argument("--json", action="store_true", help="print every point as JSON instead of the table")
     return {"simulate": _cmd_simulate, "plan": _cmd_plan}
+
+
+def _redefault(p: argparse.ArgumentParser, dest: str, default: Any, kind: Any, text: str) -> None:
+    """Give the shared flag that sets ``dest`` (and its hidden aliases) the planner's list type, default and
+    help: ``cascade plan`` sweeps what ``simulate`` takes one of."""
+    for action in p._actions:
+        if action.dest == dest:
+            action.default, action.type = default, kind
+            if action.help != argparse.SUPPRESS:
+                action.help = text
 
 
 def _margin(args: argparse.Namespace) -> Any:
@@ -154,15 +208,19 @@ def _margin(args: argparse.Namespace) -> Any:
 def _cmd_simulate(run: Invocation) -> int:
     from cascade_sched.schedule import build_schedule
     from cascade_sched.validate import validate
-    from simulator.catalog import get_gpu, get_link, get_model
+    from simulator.catalog import get_gpu, get_link
     from simulator.cluster import Cluster
     from simulator.cost import make_cost
     from simulator.engine import simulate
 
     args = run.args
     _check_simulate(args)
-    schedule = validate(build_schedule(spec_from_args(args, run.machine)))
-    geometry = get_model(args.model)
+    geometry = model_geometry(args, args.model)
+    if args.num_layers is not None and args.num_layers != geometry.num_layers:
+        raise ConfigError("num_layers", f"`--layers` must be {geometry.name}'s {geometry.num_layers} layers (or left "
+                                        f"out), got {args.num_layers}")
+    spec = spec_from_args(args, run.machine, model_layers=geometry.num_layers)
+    schedule = validate(build_schedule(spec.replace(frames_per_block=geometry.frames_per_block)))
     gpu = get_gpu(args.gpu)
     cost = make_cost(args.cost, geometry, gpu, args.decoder)
     link_name = args.interconnect or gpu.default_link
@@ -181,7 +239,8 @@ def _cmd_simulate(run: Invocation) -> int:
     result = simulate(schedule, cluster, cost, geometry, decode=args.decode, decode_device=args.decode_device,
                       stream_contention=args.stream_contention, overlap=args.overlap,
                       check_memory=not args.allow_oom, video_frames_per_block=args.video_frames,
-                      first_block_frames=args.first_block_frames)
+                      first_block_frames=args.first_block_frames, weights=args.weights,
+                      video_input=args.input == "video")
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=_json_default))
     else:
@@ -238,32 +297,46 @@ def _check_plan(run: Invocation) -> None:
     for count in args.gpu_counts:
         check_range("--gpu-counts", count, 1, tasks + 1,
                     f" (the {tasks} tasks of {args.num_blocks} blocks x {stages} stages, and a decoder GPU)")
-    models = len(name_list(args.model)) if args.model else 2
-    points = models * len(args.gpu_counts) * len(args.lags or range(stages)) * len(args.attentions) * \
-        len(args.decodes) * len(args.decoders) * len(args.windows) * len(args.interconnects or (1,))
-    seconds = points * tasks * PLAN_POINT_TASK_S
+    for name in args.placement:
+        if name not in ("block", "stage", "layers"):
+            raise ConfigError("placement", f"`--placement` takes block, stage, layers, got {name!r}")
+    for w in args.ring_sizes or ():
+        check_range("--ring-sizes", w, 2, max(args.gpu_counts), " (a ring of 1 is block placement)")
+    from simulator.plan import sweep_size
+
+    points, work = sweep_size(_space(args, run.machine))
+    seconds = work * PLAN_POINT_TASK_S
     if points > MAX_LIST * 16 or seconds > WORK_BUDGET_S:
-        raise ConfigError("--gpu-counts", f"the sweep has {points} points of {tasks} tasks each: ~"
-                                          f"{seconds / 60:.0f} min to simulate, past the bound of "
+        raise ConfigError("--gpu-counts", f"the sweep has {points} points of {work // max(points, 1)} tasks each on "
+                                          f"average: ~{seconds / 60:.0f} min to simulate, past the bound of "
                                           f"{WORK_BUDGET_S / 60:.0f} min; sweep fewer values or --blocks")
 
 
-def _cmd_plan(run: Invocation) -> int:
-    from simulator.plan import Constraints, SweepSpace, format_table, recommendation_text, sweep, write_points
-    from simulator.visual import draw_plan
+def _space(args: argparse.Namespace, machine: Any) -> Any:
+    """The planner's sweep space from its flags."""
+    from simulator.plan import SweepSpace
 
-    t0 = time.perf_counter()
-    args = run.args
-    _check_plan(run)
-    space = SweepSpace(
+    return SweepSpace(
         models=name_list(args.model) if args.model else ("wan2.1-1.3b", "wan2.1-14b"),
         gpu=args.gpu, gpu_counts=tuple(args.gpu_counts), lags=args.lags, attentions=tuple(args.attentions),
         decodes=tuple(args.decodes), decoders=tuple(args.decoders),
         windows=tuple(w or None for w in args.windows), interconnects=args.interconnects,
         gpus_per_node=args.gpus_per_node, blocks=args.num_blocks, sink=args.sink, timesteps=tuple(args.timesteps),
-        cache_pass=args.cache_pass, placement=args.placement, cost=args.cost, overlap=args.overlap,
-        stream_contention=args.stream_contention, margin=_margin(args),
+        cache_pass=args.cache_pass, placements=tuple(args.placement), cost=args.cost, overlap=args.overlap,
+        stream_contention=args.stream_contention, margin=_margin(args), weights=args.weights,
+        frames_per_block=args.frames_per_block, resolution=args.resolution, video_input=args.input == "video",
+        ring_sizes=tuple(args.ring_sizes) if args.ring_sizes else None,
     )
+
+
+def _cmd_plan(run: Invocation) -> int:
+    from simulator.plan import Constraints, format_table, recommendation_text, sweep, write_points
+    from simulator.visual import draw_plan
+
+    t0 = time.perf_counter()
+    args = run.args
+    _check_plan(run)
+    space = _space(args, run.machine)
     constraints = Constraints(args.target_fps or None, args.max_first_frame, args.max_jitter)
     points = sweep(space, constraints)
     os.makedirs(args.out, exist_ok=True)
@@ -272,16 +345,17 @@ def _cmd_plan(run: Invocation) -> int:
             "memory_margin": space.margin.source, "constraints": vars(constraints),
             "cost_sources": sorted({p.cost for p in points})}
     write_points(points, csv_path, json_path, meta)
-    draw_plan(points, png_path, constraints.target_fps)
+    draw_plan(points, png_path, constraints.target_fps, space)
     if args.json:
         with open(json_path, encoding="utf-8") as f:
             print(f.read())
         return 0
     wall = time.perf_counter() - t0
     links = ", ".join(space.interconnects or ("the GPU's usual link",))
-    print(f"cascade plan: {', '.join(space.models)} on {space.gpu} ({links}); {len(points)} points, "
-          f"{space.blocks} blocks each, windows {', '.join(str(w or 'unbounded') for w in space.windows)}, "
-          f"cost {space.cost}; GPUs counted in all (a decoder GPU included)")
+    print(f"cascade plan: {', '.join(space.models)} on {space.gpu} ({links}); {len(points)} points "
+          f"(placements {', '.join(space.placements)}), {space.blocks} blocks each or more (enough for a ring's "
+          f"steady state), windows {', '.join(str(w or 'unbounded') for w in space.windows)}, cost {space.cost}; "
+          "GPUs counted in all (a decoder GPU included)")
     print(format_table(points, args.top or None))
     print()
     target = [f"delivered FPS >= {constraints.target_fps:g}" if constraints.target_fps else "",

@@ -12,6 +12,15 @@ result) and, all in seconds:
 - ``text_s()``: encoding one prompt (at the start, and at every prompt switch);
 - ``tick_s()``: the executor's per-tick framework overhead on a device that has work in the tick.
 
+Two optional methods, asked for where a cost model has them (:func:`slice_seconds`, :func:`encode_seconds`):
+
+- ``slice_s(query_tokens, contexts, part)``: the forward of the layers ``part`` holds (a
+  ``models.config.ModelSlice``: layers ``[first, end)``, the patch embedding when ``entry``, the head when
+  ``head``), what one device of a layer ring runs. Without it a slice costs the whole forward times its
+  share of the layers (est);
+- ``encode_s(block)``: encoding one block of input video into latents (video-to-video runs, on the first
+  device of the block's ring); without it, nothing.
+
 Built-in models (:func:`make_cost` parses the names):
 
 - ``parts`` (the default; ``baseline-fps`` is the same): :class:`RooflineCost` with linear layers at the
@@ -29,9 +38,10 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cascade_sched.errors import ConfigError
+from models.config import ModelSlice
 from simulator.catalog import GPU, Baseline, Decoder, ModelGeometry, get_gpu, get_model
 from simulator.public import figure
 from simulator.rates import (
@@ -44,15 +54,18 @@ from simulator.rates import (
 )
 
 __all__ = [
+    "ENCODE_SOURCE",
     "NO_OVERHEAD",
     "CostModel",
     "Overhead",
     "RooflineCost",
     "UniformCost",
+    "encode_seconds",
     "fit_baseline",
     "make_cost",
     "paper_overhead",
     "sequential_interval",
+    "slice_seconds",
 ]
 
 
@@ -106,10 +119,12 @@ class UniformCost:
     text_encode_s: float = 0.0
     tick_overhead_s: float = 0.0
     name: str = "uniform"
+    encode_block_s: float = 0.0
 
     def __post_init__(self) -> None:
         for label, v in (("task", self.task_s), ("decode", self.decode_block_s), ("sample", self.sample_task_s),
-                         ("text", self.text_encode_s), ("tick", self.tick_overhead_s)):
+                         ("text", self.text_encode_s), ("tick", self.tick_overhead_s),
+                         ("encode", self.encode_block_s)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError("cost", f"`uniform` {label} seconds must be a finite number >= 0, got {v!r}")
 
@@ -133,6 +148,9 @@ class UniformCost:
 
     def tick_s(self) -> float:
         return self.tick_overhead_s
+
+    def encode_s(self, block: int) -> float:
+        return self.encode_block_s
 
 
 @dataclass(frozen=True)
@@ -195,10 +213,11 @@ class RooflineCost:
             text += f"; decoder {dec.name} ({dec.source}; {CONV_SOURCE})"
         return text
 
-    def _split(self, q: int, contexts: tuple[int, ...]) -> tuple[float, float, float]:
-        """(linear FLOPs, attention FLOPs, attention seconds) of one batched forward."""
+    def _split(self, q: int, contexts: tuple[int, ...], layers: int | None = None) -> tuple[float, float, float]:
+        """(linear FLOPs, attention FLOPs, attention seconds) of one batched forward over ``layers`` layers
+        (default all)."""
         g, gpu, kernel = self.geometry, self.gpu, self.attention_kernel
-        d, L, T = g.dim, g.num_layers, g.text_len
+        d, L, T = g.dim, g.num_layers if layers is None else layers, g.text_len
         n = len(contexts)
         linear = n * 2.0 * q * L * (6 * d * d + 2 * d * g.ffn_dim)
         att_flops = 0.0
@@ -217,21 +236,65 @@ class RooflineCost:
         linear, attention, _ = self._split(query_tokens, contexts)
         return linear + attention
 
-    def parts(self, query_tokens: int, contexts: tuple[int, ...]) -> dict[str, float]:
+    def parts(self, query_tokens: int, contexts: tuple[int, ...], part: ModelSlice | None = None) -> dict[str, float]:
         """Seconds of one batched forward by part: ``linear``, ``attention``, ``overhead`` (a forward bound
-        by reading its weights and KV adds the difference to ``linear``)."""
+        by reading its weights and KV adds the difference to ``linear``), over the layers of ``part`` (default
+        the whole model). A slice of some layers also prices its ``entry`` (the patch embedding) and
+        ``head`` (norm, modulation and the output projection) where it holds them, from their counted
+        FLOPs and bytes; in a whole forward they are inside the fitted overhead (< 0.1% of its FLOPs).
+
+        >>> cost = RooflineCost(get_model("wan2.1-1.3b"), get_gpu("h100-sxm"), paper_overhead())
+        >>> q = 4680
+        >>> whole = cost.forward_s(q, (2 * q,))
+        >>> half = cost.slice_s(q, (2 * q,), cost.geometry.config.layer_slice(0, 15))
+        >>> round(half / whole, 3)  # half the layers, and the patch embedding
+        0.5
+        """
         g, gpu = self.geometry, self.gpu
-        linear, _, att_s = self._split(query_tokens, contexts)
+        layers = g.num_layers if part is None else part.end - part.first
+        linear, _, att_s = self._split(query_tokens, contexts, layers)
         lin_s = linear / gpu.gemm_rate
-        floor = (g.weight_bytes + sum(contexts) * g.num_layers * 4 * g.dim) / memory_rate(gpu)
+        weights = g.weight_bytes if part is None else g.slice_weight_bytes(part)
+        floor = (weights + sum(contexts) * layers * 4 * g.dim) / memory_rate(gpu)
         if lin_s + att_s < floor:
             lin_s = floor - att_s
         tokens = query_tokens * len(contexts)
-        return {"linear": lin_s, "attention": att_s,
-                "overhead": self.overhead.seconds(tokens, g.dim, g.num_layers, gpu)}
+        out = {"linear": lin_s, "attention": att_s, "overhead": self.overhead.seconds(tokens, g.dim, layers, gpu)}
+        if part is not None and layers < g.num_layers:
+            c = g.config
+            out["entry"] = self._edge_s(tokens, 2.0 * tokens * c.patch_dim * g.dim) if part.entry else 0.0
+            out["head"] = self._edge_s(tokens, 2.0 * tokens * g.dim * c.out_channels * math.prod(c.patch_size)) \
+                if part.head else 0.0
+        return out
+
+    def _edge_s(self, tokens: int, flops: float) -> float:
+        """The patch embedding or the head of ``tokens`` tokens: its GEMM at the GEMM rate, two float32 passes
+        over the hidden state (norm, modulation; est) and five kernel launches of 5 us (est)."""
+        return flops / self.gpu.gemm_rate + 2 * tokens * self.geometry.dim * 4 / memory_rate(self.gpu) + 5 * 5e-6
 
     def forward_s(self, query_tokens: int, contexts: tuple[int, ...]) -> float:
-        return sum(self.parts(query_tokens, contexts).values())
+        key = (query_tokens, contexts, None)
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = sum(self.parts(query_tokens, contexts).values())
+        return got
+
+    def slice_s(self, query_tokens: int, contexts: tuple[int, ...], part: ModelSlice) -> float:
+        """One device's forward over the layers of ``part`` (:meth:`parts`), remembered per shape (a planner
+        prices the same shapes for many points)."""
+        key = (query_tokens, contexts, part)
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = sum(self.parts(query_tokens, contexts, part).values())
+        return got
+
+    @property
+    def _memo(self) -> dict[Any, float]:
+        memo: dict[Any, float] | None = self.__dict__.get("_slice_memo")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_slice_memo", memo)
+        return memo
 
     def sample_s(self, n: int) -> float:
         # x0 = x - sigma v, fresh noise, re-noise: ~8 float32 passes over the latent, plus ~10 launches (est).
@@ -242,7 +305,16 @@ class RooflineCost:
         dec = self.decoder
         if dec is None:
             return 0.0
-        return decode_seconds(dec.flops(frames), dec.bytes(frames), self.gpu, conv_efficiency())
+        f = self.geometry.frames_per_block
+        return decode_seconds(dec.flops(frames, f), dec.bytes(frames, f), self.gpu, conv_efficiency())
+
+    def encode_s(self, block: int) -> float:
+        """Encoding one block of input video (video-to-video): the Wan VAE decoder's price for the block
+        times the encoder-to-decoder ratio measured per chunk on an RTX 5090 (:func:`encode_ratio`, est)."""
+        f = self.geometry.frames_per_block
+        from cascade_sched.metrics import video_frames
+
+        return self.decode_s(block, video_frames(block, f)) * encode_ratio()
 
     def text_s(self) -> float:
         enc = self.geometry.text_encoder
@@ -254,6 +326,45 @@ class RooflineCost:
 
     def tick_s(self) -> float:
         return 0.0  # the paper-fitted overhead per forward already holds the tick loop's own
+
+
+def slice_seconds(cost: CostModel, query_tokens: int, contexts: tuple[int, ...], part: ModelSlice | None,
+                  num_layers: int) -> tuple[float, bool]:
+    """(seconds, priced by share) of one device's forward over the layers of ``part`` (None or every layer:
+    the whole forward): the cost model's own ``slice_s`` where it has one, else the whole forward times
+    the slice's share of the layers (an estimate, flagged by the second value).
+
+    >>> part = get_model("tiny").config.layer_slice(0, 1)
+    >>> slice_seconds(UniformCost(0.1), 12, (12, 24), part, 2)
+    (0.1, True)
+    """
+    if part is None or (part.first == 0 and part.end == num_layers):
+        return cost.forward_s(query_tokens, contexts), False
+    fn: Any = getattr(cost, "slice_s", None)
+    if fn is not None:
+        return float(fn(query_tokens, contexts, part)), False
+    return cost.forward_s(query_tokens, contexts) * (part.end - part.first) / num_layers, True
+
+
+def encode_seconds(cost: CostModel, block: int) -> float:
+    """Seconds to encode one block of input video (video-to-video): the cost model's ``encode_s``, or 0."""
+    fn: Any = getattr(cost, "encode_s", None)
+    return float(fn(block)) if fn is not None else 0.0
+
+
+ENCODE_SOURCE = ("the Wan VAE encoder priced as its decoder times their ratio measured by StreamDiffusionV2 per 4-frame "
+                 "chunk at 480x832 on an RTX 5090, 100 / 168 ms (daydreamlive/scope; est)")
+
+
+@functools.cache
+def encode_ratio() -> float:
+    """The Wan VAE's encode time over its decode time for one 4-frame chunk at 480x832 on an RTX 5090, as
+    StreamDiffusionV2 measured them (100 and 168 ms): what prices the encoder from the decoder (est).
+
+    >>> round(encode_ratio(), 3)
+    0.595
+    """
+    return figure("sdv2-vae-encode-5090").mid / figure("sdv2-vae-5090").mid
 
 
 def sequential_interval(cost: CostModel, geometry: ModelGeometry, baseline: Baseline) -> float:
@@ -328,7 +439,8 @@ def fit_baseline(geometry: ModelGeometry, gpu: GPU, baseline: Baseline, decoder:
 def make_cost(text: str, geometry: ModelGeometry, gpu: GPU, decoder: str = "vae") -> CostModel:
     """Parse ``--cost``: ``parts`` (default), ``baseline-fps``, ``baseline-fps:FPS`` (a sequential FPS
     measured on ``gpu``), ``roofline``, ``uniform:SECONDS[,decode=S][,sample=S][,text=S][,tick=S]`` or
-    ``profile:PATH``. ``decoder`` names the decoder the parts models price (``vae`` or ``taehv``).
+    ``profile:PATH`` (``uniform`` also takes ``encode=S``, seconds to encode a block of input video).
+    ``decoder`` names the decoder the parts models price (``vae`` or ``taehv``).
 
     >>> make_cost("uniform:0.1,decode=0.05", get_model("tiny"), get_gpu("h100-sxm")).decode_s(0, 12)
     0.05
@@ -372,10 +484,10 @@ def _uniform(arg: str) -> UniformCost:
         task_s = float(parts[0])
         extra = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in parts[1:])}
     except ValueError:
-        raise ConfigError("cost", f"`uniform` takes SECONDS[,decode=S][,sample=S][,text=S][,tick=S], "
+        raise ConfigError("cost", f"`uniform` takes SECONDS[,decode=S][,sample=S][,text=S][,tick=S][,encode=S], "
                                   f"got {arg!r}") from None
-    unknown = sorted(set(extra) - {"decode", "sample", "text", "tick"})
+    unknown = sorted(set(extra) - {"decode", "sample", "text", "tick", "encode"})
     if unknown:
-        raise ConfigError("cost", f"`uniform` options are decode=, sample=, text= and tick=, got {unknown}")
+        raise ConfigError("cost", f"`uniform` options are decode=, sample=, text=, tick= and encode=, got {unknown}")
     return UniformCost(task_s, extra.get("decode", 0.0), extra.get("sample", 0.0), extra.get("text", 0.0),
-                       extra.get("tick", 0.0))
+                       extra.get("tick", 0.0), encode_block_s=extra.get("encode", 0.0))

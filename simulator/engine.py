@@ -12,9 +12,9 @@ The rules (what the executors' tick loop does; docs/simulator.md has the long fo
 
 1. A device runs its batches (its tasks of one tick) in tick order. A batch costs the tick overhead, one
    batched forward and its sampler steps.
-2. *Gangs*: the devices that exchange K/V in a tick (the plan's gang sends) start that tick's forward
-   together and end it together, after the slowest member's forward plus the per-layer exchange; other
-   devices of the tick run on their own. The exchange of one layer is one message per version and peer,
+2. *Gangs*: the devices that exchange K/V in a tick (the plan's gang sends, per layer range) start that
+   tick's forward together and end it together, after the slowest member's forward plus the per-layer
+   exchange; other devices of the tick run on their own. The exchange of one layer is one message per version and peer,
    all posted at once: it takes the link's latency plus the slowest of every device's per-peer and
    per-port transfer (in or out), every layer. ``overlap`` hides it behind compute.
 3. *Past sends* (a version read at a later tick) are posted after the producing tick by both ends; the
@@ -28,7 +28,14 @@ The rules (what the executors' tick loop does; docs/simulator.md has the long fo
    own (counted). Blocks decode in order.
 6. *Text encoding*: a segment's prompt is encoded on the decoding device when the segment's first task's
    device reaches the tick before it, and that task waits for it (and the embedding's transfer).
-7. A straggler's compute is multiplied by its factor; a degraded device divides the bandwidth of every
+7. *Rings* (placement ``layers``): device r of a ring runs, at tick n + r, the layer range r of the gang
+   that entered at tick n (``Workload.batches``), after the hidden states of device r - 1's tick n + r - 1
+   have arrived (a hop: sent on the compute stream after that batch, or with ``overlap`` on a second
+   stream beside the sender's next batch). The latent of a block's next stage goes from the ring's last
+   device back to its first as any latent (rule 4).
+8. *Video input*: a ring's first device encodes a block's input frames before the forward that holds its
+   first stage.
+9. A straggler's compute is multiplied by its factor; a degraded device divides the bandwidth of every
    message touching it. ``cluster.contention`` (> 1) multiplies a batch's compute when another device has
    a batch in the same tick; with ``cluster.host_cores`` compute is processor-shared instead
    (:mod:`simulator.sharing`), and a gang ends when its last member's forward ends plus the exchange
@@ -43,7 +50,9 @@ from typing import Any
 
 from cascade_sched.errors import ConfigError, SimulationError
 from cascade_sched.metrics import stream_metrics, switch_stalls, video_frames
+from cascade_sched.placement import default_decode_device
 from cascade_sched.schedule import Schedule, gc_paused
+from models.config import ACTIVATION_BYTES
 from simulator.catalog import ModelGeometry, get_model
 from simulator.cluster import Cluster
 from simulator.cost import CostModel
@@ -55,7 +64,11 @@ from simulator.workload import Workload, build_workload
 
 Proc = Generator[Any, Any, None]
 
-__all__ = ["simulate"]
+__all__ = ["WEIGHTS", "simulate"]
+
+WEIGHTS = ("sharded", "replicated")
+"""Where a ring's weights live: each device holds its layers' (``sharded``), or every device holds all of
+them (``replicated``, StreamDiffusionV2's choice). Outside placement layers every device holds all."""
 
 
 def simulate(
@@ -65,13 +78,16 @@ def simulate(
     model: ModelGeometry | str | None = None,
     *,
     decode: str | int = "inline",
-    decode_device: int = 0,
+    decode_device: int | None = None,
     stream_contention: float = 1.67,
     overlap: bool = False,
     check_memory: bool = True,
     video_frames_per_block: int | None = None,
     first_block_frames: int | None = None,
     dtype_bytes: int = 2,
+    weights: str = "sharded",
+    video_input: bool = False,
+    activation_bytes: int = ACTIVATION_BYTES["bfloat16"],
     **legacy: Any,
 ) -> SimResult:
     """Simulate ``schedule`` on ``cluster`` with ``cost``; see the module docstring for the rules and
@@ -79,13 +95,18 @@ def simulate(
 
     ``model`` is a geometry or its name (default: the cost model's own geometry when it has one).
     ``decode`` is where decoding runs: ``inline`` (default), ``stream`` or ``gpu`` (a GPU of its own,
-    counted in ``SimResult.gpus``), on denoising device ``decode_device``; a device index is ``inline``
+    counted in ``SimResult.gpus``), on denoising device ``decode_device`` (default the schedule's:
+    ``placement.default_decode_device``, device 0, or a ring's last device); a device index is ``inline``
     on that device (``own`` is ``gpu``). ``stream_contention`` is how many times slower the forwards and
-    an overlapped decode each run while both are active. ``check_memory`` raises ``SimulationError``
+    an overlapped decode each run while both are active. ``overlap`` hides the joint-attention exchange
+    behind compute and sends ring hops on a second stream. ``check_memory`` raises ``SimulationError``
     naming the device, needed and available bytes (the margin included) when the plan does not fit; with
     False the run goes on and ``result.fits`` says so. ``video_frames_per_block`` (default
     ``cascade_sched.metrics.video_frames``: 12) and ``first_block_frames`` (default 9) are the video
-    frames a decoded block yields, and what the decoder is priced for.
+    frames a decoded block yields, and what the decoder is priced for. ``weights`` is ``sharded`` (a ring
+    device holds its layers' weights) or ``replicated`` (every device holds all of them, as
+    StreamDiffusionV2 does). ``video_input`` adds the encoding of each block's input frames
+    (video-to-video). ``activation_bytes`` is the width of the hidden states a ring hop carries.
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from simulator.cost import UniformCost
@@ -103,7 +124,13 @@ def simulate(
     n_dev = schedule.num_devices
     if cluster.num_gpus != n_dev:
         raise ConfigError("num_devices", f"the schedule has {n_dev} devices but the cluster {cluster.num_gpus} GPUs")
-    plan = decode_plan(decode, decode_device, n_dev)
+    if weights not in WEIGHTS:
+        raise ConfigError("weights", f"`weights` must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if geometry.frames_per_block != schedule.spec.frames_per_block:
+        raise ConfigError("frames_per_block", f"the schedule has {schedule.spec.frames_per_block} latent frames per "
+                                              f"block but the model geometry {geometry.frames_per_block}: give both the "
+                                              "same `--frames-per-block`")
+    plan = decode_plan(decode, default_decode_device(schedule.spec) if decode_device is None else decode_device, n_dev)
     F = schedule.spec.frames_per_block
     frames = video_frames(1, F) if video_frames_per_block is None else video_frames_per_block
     first = video_frames(0, F) if first_block_frames is None else first_block_frames
@@ -111,16 +138,17 @@ def simulate(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(name, f"`{name}` must be a positive integer, got {v!r}")
     with gc_paused():  # many small acyclic tuples: the cyclic collector would only slow the run down
-        workload = build_workload(schedule, geometry, plan.device, dtype_bytes)
-        report = memory_report(workload, cluster, plan, overlap, dtype_bytes, getattr(cost, "decoder_name", "vae"))
+        workload = build_workload(schedule, geometry, plan.device, dtype_bytes, activation_bytes=activation_bytes)
+        report = memory_report(workload, cluster, plan, overlap, dtype_bytes, getattr(cost, "decoder_name", "vae"),
+                               weights=weights)
         if check_memory and not report.fits:
             raise report.error(cluster.gpu.name)
         check = getattr(cost, "check_shapes", None)
         if check is not None:
             check(geometry.tokens_per_block, {len(b.contexts) for b in workload.batches if b.contexts})
-        prices = Prices(workload, cluster, cost, plan, overlap, frames, first)
+        prices = Prices(workload, cluster, cost, plan, overlap, frames, first, video_input)
         timeline = Engine(workload, cluster, prices, plan, stream_contention).run()
-        return _result(workload, cluster, cost, prices, timeline, report, plan, frames, first)
+        return _result(workload, cluster, cost, prices, timeline, report, plan, frames, first, weights)
 
 
 def _geometry(model: ModelGeometry | str | None, cost: CostModel) -> ModelGeometry:
@@ -150,7 +178,7 @@ class Engine:
         self.end = [-1.0] * nb
         self.reach_time: dict[tuple[int, int], float] = {}
         self.reached: dict[tuple[int, int], Any] = {}
-        self.gang_left = {t: len(g.devices) for t, g in w.gangs.items()}
+        self.gang_left = {k: len(g.devices) for k, g in w.gangs.items()}
         self.gang: dict[int, Any] = {}
         self.gang_span: dict[int, tuple[float, float]] = {}
         self.gang_compute: dict[int, float] = {}
@@ -162,7 +190,9 @@ class Engine:
         self.decode_span = [(0, 0.0, 0.0)] * w.schedule.num_blocks
         self.past_span = [(0.0, 0.0)] * len(w.past)
         self.latent_span = [(0.0, 0.0)] * len(w.latents)
-        self.raw: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * nb  # forward, exchange, sampler
+        self.hop_span = [(0.0, 0.0)] * len(w.hops)
+        # per batch: forward, exchange, sampler, hop sent on the compute stream, encoding
+        self.raw: list[tuple[float, ...]] = [(0.0, 0.0, 0.0, 0.0, 0.0)] * nb
         self.host = SharedHost(env, cluster) if cluster.host_cores is not None else None
         self.device_share = SharedDevice(env, stream_contention) if plan.placement == "stream" else None
         self.executed = 0
@@ -222,7 +252,8 @@ class Engine:
         if self.executed != len(w.batches):
             raise SimulationError(f"simulation stalled after {self.executed} of {len(w.batches)} batches")
         return Timeline(w, self.start, self.fwd_end, self.end, dict(sorted(self.gang_span.items())),
-                        self.past_span, self.latent_span, self.decode_span, self.text_span, self.raw, self.p.split)
+                        self.past_span, self.latent_span, self.decode_span, self.text_span, self.raw, self.p.split,
+                        self.hop_span)
 
     def device(self, d: int) -> Proc:
         """Device ``d`` walks its agenda: per tick, its text jobs, its batch, its latent meetings, its
@@ -251,6 +282,11 @@ class Engine:
     def _batch(self, d: int, bi: int) -> Proc:
         env, p, w = self.env, self.p, self.w
         b = w.batches[bi]
+        encode = p.encode[bi]
+        if encode > 0:  # video input: the new blocks' frames, before anything else of this tick
+            t_e = env.now
+            yield self._compute(d, encode, 1)
+            encode = env.now - t_e
         if b.text >= 0 and self.text_end[b.text] < 0:
             yield self._event(self.text, b.text)
         need = env.now
@@ -262,61 +298,73 @@ class Engine:
             t0 = max(self._reach_at(ps.src, at), self._reach_at(ps.dst, at))
             span = p.past_s[pi]
             self.past_span[pi] = (t0, span)
-            need = max(need, t0 + span - p.compute[bi] * p.layer_overlap)
+            need = max(need, t0 + span - p.compute[bi] * p.batch_overlap[bi])
+        for hi in b.hops:  # ring hand-offs: the previous device's batch of the tick before, then the wire
+            h = w.hops[hi]
+            ev = self._reach(h.src, h.tick)
+            if ev is not None:
+                yield ev
+            span = p.hop_s[hi]
+            sent = self.end[h.batch] - (0.0 if p.overlap else p.hop_out[h.batch])
+            self.hop_span[hi] = (sent, span)
+            need = max(need, sent + span)
         if b.text >= 0:
             need = max(need, self.text_end[b.text] + p.text_move_s[b.text])
         if need > env.now:
             yield env.timeout(need - env.now)
-        tick = b.tick
-        gang = w.gangs.get(tick)
-        member = gang is not None and d in gang.devices and p.joint
+        g = b.gang
+        member = g >= 0 and p.joint
         if member:
-            self.gang_left[tick] -= 1
-            if self.gang_left[tick]:
-                yield self._event(self.gang, tick)
+            self.gang_left[g] -= 1
+            if self.gang_left[g]:
+                yield self._event(self.gang, g)
             else:
-                self._fire(self.gang, tick)
+                self._fire(self.gang, g)
         t0 = env.now
         self.start[bi] = t0
         compute = p.compute[bi]
+        hop = p.hop_out[bi]
         if self.host is None and self.device_share is None:  # dedicated compute: one calendar step
-            length = p.gang_len[tick] if member else compute
-            yield env.timeout(length + p.sample[bi])
+            length = p.gang_len[g] if member else compute
+            yield env.timeout(length + p.sample[bi] + hop)
             self.fwd_end[bi] = t0 + compute
             if member:
-                self.gang_span[tick] = (t0 + length - p.exposed[tick], p.exposed[tick])
+                self.gang_span[g] = (t0 + length - p.exposed[g], p.exposed[g])
             self.end[bi] = env.now
-            self.raw[bi] = (compute, length - compute, p.sample[bi])
+            self.raw[bi] = (compute, length - compute, p.sample[bi], hop, encode)
             self.executed += 1
             return
         # processor sharing (CPU ranks on one host, or a second stream): compute advances with the others
         yield self._compute(d, compute, len(b.contexts))
         self.fwd_end[bi] = env.now
         if member:  # processor sharing: the gang ends with its last member plus the unhidden exchange
-            yield from self._gang_tail(tick, env.now - t0)
+            yield from self._gang_tail(g, env.now - t0)
         t1 = env.now
         if p.sample[bi] > 0:
             yield self._compute(d, p.sample[bi], len(b.contexts))
+        t2 = env.now
+        if hop > 0:
+            yield env.timeout(hop)
         self.end[bi] = env.now
-        self.raw[bi] = (self.fwd_end[bi] - t0, t1 - self.fwd_end[bi], env.now - t1)
+        self.raw[bi] = (self.fwd_end[bi] - t0, t1 - self.fwd_end[bi], t2 - t1, hop, encode)
         self.executed += 1
 
-    def _gang_tail(self, tick: int, compute: float) -> Proc:
+    def _gang_tail(self, g: int, compute: float) -> Proc:
         """Processor sharing: members compute at their own pace; the last one fixes the gang's end."""
         env, p = self.env, self.p
-        self.gang_compute[tick] = max(self.gang_compute.get(tick, 0.0), compute)
-        key = -tick - 1  # a second event per tick: every member's forward is done
-        self.gang_left.setdefault(key, len(self.w.gangs[tick].devices))
+        self.gang_compute[g] = max(self.gang_compute.get(g, 0.0), compute)
+        key = -g - 1  # a second event per gang: every member's forward is done
+        self.gang_left.setdefault(key, len(self.w.gangs[g].devices))
         self.gang_left[key] -= 1
         if self.gang_left[key]:
             yield self._event(self.gang, key)
         else:
-            slow = self.gang_compute[tick]
-            c = p.gang_comm[tick]
-            extra = max(slow, c) + c / p.layers - slow if p.overlap else c
-            self.gang_span[tick] = (env.now, extra)
+            slow = self.gang_compute[g]
+            c = p.gang_comm[g]
+            extra = max(slow, c) + c / p.gang_layers[g] - slow if p.overlap else c
+            self.gang_span[g] = (env.now, extra)
             self._fire(self.gang, key)
-        yield env.timeout(self.gang_span[tick][1])
+        yield env.timeout(self.gang_span[g][1])
 
     def _meet(self, d: int, mi: int) -> Proc:
         """A latent message of this device's tick: both ends post it after the tick and wait for it."""
@@ -390,24 +438,25 @@ class Engine:
 
 
 def _result(w: Workload, cluster: Cluster, cost: CostModel, prices: Prices, tl: Timeline, report: Any,
-            plan: DecodePlan, frames: int, first_frames: int) -> SimResult:
+            plan: DecodePlan, frames: int, first_frames: int, weights: str = "sharded") -> SimResult:
     sched = w.schedule
     B, S, K = sched.num_blocks, sched.num_stages, sched.spec.num_denoise
     bo = w.batch_of
     started = tuple(tl.batch_start[bo(b, 0)] for b in range(B))
-    denoised = tuple(tl.batch_end[bo(b, K - 1)] for b in range(B))
-    committed = tuple(tl.batch_end[bo(b, S - 1)] for b in range(B))
+    denoised = tuple(tl.batch_end[bo(b, K - 1, True)] for b in range(B))
+    committed = tuple(tl.batch_end[bo(b, S - 1, True)] for b in range(B))
     decoded = tuple(s + dur for _, s, dur in tl.decode_span)
     makespan = max(max(tl.batch_end), max(decoded))
     metrics = stream_metrics(denoised, decoded, max_in_flight=sched.max_in_flight(), window=sched.spec.window,
                              frames=frames, first_frames=first_frames, makespan_s=makespan)
     stalls = switch_stalls(denoised, decoded, [at for at, _ in sched.spec.switches],
                            max_in_flight=sched.max_in_flight(), window=sched.spec.window)
+    by_kind, by_link = w.byte_totals()
     return SimResult(
         model=w.geometry.name, cluster=cluster.describe(), cost=cost.name, cost_source=cost.source,
         spec=sched.spec.to_dict(), decode=plan, overlap=prices.overlap, fits=report.fits, metrics=metrics,
         switch_stalls=tuple(stalls), block_started_s=started, block_denoised_s=denoised,
-        block_committed_s=committed, block_decoded_s=decoded, bytes_by_link=w.bytes_by_link(),
-        bytes_by_kind=w.bytes_by_kind(), memory=report, num_tasks=len(sched.tasks), timeline=tl,
-        gpu=cluster.gpu.name,
+        block_committed_s=committed, block_decoded_s=decoded, bytes_by_link=by_link,
+        bytes_by_kind=by_kind, memory=report, num_tasks=len(sched.tasks), timeline=tl,
+        gpu=cluster.gpu.name, notes=tuple(prices.notes), weights=weights,
     )

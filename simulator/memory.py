@@ -3,15 +3,22 @@
 Accounted per device and tick (bytes; the peak over ticks is what must fit), from the core's
 ``TransferPlan`` and the schedule's tasks:
 
-- *weights*: the whole DiT on every denoising device (Block Cascading replicates it);
+- *weights*: the whole DiT on every denoising device (Block Cascading replicates it); under placement
+  ``layers`` with ``weights="sharded"`` (the default) only the device's layer range and the conditioning
+  every slice holds (``ModelGeometry.slice_weight_bytes``), with ``replicated`` all of it
+  (StreamDiffusionV2 loads the whole model on every rank);
 - *committed KV*: a committed (or re-encoded) version held by every device that reads it at a later tick,
   from the tick that writes it to its last read there (``TransferPlan.keep_until``: the producer, the
-  receivers of past sends, the devices that keep it from a gang exchange);
-- *in-flight KV*: non-committed versions read at a later tick (``stale`` attention), held the same way;
-  the K/V every forward member of a tick computes (all layers, until the tick's end), when no later read
-  keeps it; and one layer of the peers' K/V received per joint-attention exchange (two with overlap);
+  receivers of past sends, the devices that keep it from a gang exchange); under placement ``layers``
+  only its layer range (``TransferPlan.residency``), from the tick the device runs that range;
+- *in-flight KV*: non-committed versions read at a later tick (``stale`` and ``stage`` attention, strides
+  above 1: the per-stage histories), held the same way; the K/V every forward member of a tick computes
+  (its layers, until the tick's end), when no later read keeps it; and one layer of the peers' K/V
+  received per joint-attention exchange (two with overlap);
 - *activations*: one layer's working set of the device's batch (tokens x (4 dim + ffn dim) x 2 bytes),
   one block's tokens per forward member;
+- *hand-off*: a ring device's buffers for the hidden states it receives and sends per tick (one forward
+  member's ``tokens x dim x activation bytes`` each; twice with overlap, sends in flight beside compute);
 - *decoder*: the decoder's weights and streaming cache on the device that decodes;
 - *text encoder*: its weights on the device that encodes prompts (the decoding device);
 - *reserved*: the cluster's :class:`~simulator.cluster.MemoryMargin` (CUDA context, workspaces, the
@@ -26,6 +33,7 @@ reference executor on a CPU): what ``cascade generate`` checks against the memor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cascade_sched.errors import SimulationError
 from cascade_sched.schedule import TaskKind, build_schedule
@@ -35,7 +43,7 @@ from simulator.cluster import NO_MARGIN, Cluster
 from simulator.prices import DecodePlan
 from simulator.workload import Workload, build_workload
 
-PARTS = ("weights", "committed_kv", "inflight_kv", "activations", "decoder", "text_encoder", "reserved")
+PARTS = ("weights", "committed_kv", "inflight_kv", "activations", "handoff", "decoder", "text_encoder", "reserved")
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ def memory_report(
     overlap: bool = False,
     dtype_bytes: int = 2,
     decoder: str = "vae",
+    weights: str = "sharded",
 ) -> MemoryReport:
     """Peak memory per GPU (see the module docstring), from the workload's plan and batches.
 
@@ -99,32 +108,55 @@ def memory_report(
     schedule, geometry = workload.schedule, workload.geometry
     n_dev, n_ticks = schedule.num_devices, schedule.num_ticks
     S = schedule.num_stages
-    starts = schedule.starts
+    L = geometry.num_layers
+    kv_layer = geometry.kv_bytes_per_layer(dtype_bytes)
     kv = geometry.kv_bytes_per_block(dtype_bytes)
-    layer_kv = geometry.kv_bytes_per_layer(dtype_bytes) * (2 if overlap else 1)
+    layer_kv = kv_layer * (2 if overlap else 1)
     act_per_member = geometry.tokens_per_block * (4 * geometry.dim + geometry.ffn_dim) * dtype_bytes
     recache_tick = {ref: t.tick for t in schedule.tasks if t.kind == TaskKind.RECACHE for ref in schedule.writes(t)}
+
+    # Each device's layer range, its ring position (the tick offset of its segments) and its weights.
+    parts_of: dict[int, Any] = {}
+    for b in workload.batches:
+        if b.part is not None:
+            parts_of.setdefault(b.device, (b.part, b.tick - b.entered))
+    kv_of = [kv if d not in parts_of else kv_layer * (parts_of[d][0].end - parts_of[d][0].first)
+             for d in range(n_dev)]
+    offset = [parts_of[d][1] if d in parts_of else 0 for d in range(n_dev)]
+    sharded = weights == "sharded"
+    weights_of = [geometry.slice_weight_bytes(parts_of[d][0]) if sharded and d in parts_of else geometry.weight_bytes
+                  for d in range(n_dev)]
 
     committed = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     inflight = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     keep = workload.plan.keep_until
+    version_tick = schedule.version_tick
     for (d, (j, s)), until in keep.items():
-        written = starts[j] + s if s < S else recache_tick[(j, s)]
+        written = (version_tick((j, s)) if s < S else recache_tick[(j, s)]) + offset[d]
         arr = committed[d] if s >= S - 1 else inflight[d]  # s >= S: a re-encoded version
-        arr[written] += kv
-        arr[until + 1] -= kv
+        size = kv_of[d]
+        arr[written] += size
+        arr[until + 1] -= size
     transient = [[0] * n_ticks for _ in range(n_dev)]  # per tick: exchange buffers, outputs not kept
     act = [[0] * n_ticks for _ in range(n_dev)]
+    handoff = [[0] * n_ticks for _ in range(n_dev)]
+    hidden = workload.sizes.hidden if workload.sizes is not None else 0
     for b in workload.batches:
-        act[b.device][b.tick] += act_per_member * len(b.contexts)
-    for t in schedule.tasks:  # each task's K/V (all layers) exists until its tick's end
-        refs = schedule.writes(t) if t.kind == TaskKind.RECACHE else (t.ref,)
-        for ref in refs:
-            if (t.device, ref) not in keep:
-                transient[t.device][t.tick] += kv
-    for tick, g in workload.gangs.items():
-        for (_, dst), n in g.sends.items():
-            transient[dst][tick] += n * layer_kv
+        members = len(b.contexts)
+        act[b.device][b.tick] += act_per_member * members
+        size = kv_of[b.device]
+        for j, v in b.refs:  # each member's K/V (its layers) exists until its tick's end
+            refs = schedule.writes(schedule.task(j, v)) if v < 0 else ((j, v),)
+            for ref in refs:
+                if (b.device, ref) not in keep:
+                    transient[b.device][b.tick] += size
+        if b.part is not None and hidden and (b.part.first or b.part.end < L):
+            # receive (not the ring's first device) and send (not its last): one member's hidden states each
+            ways = (0 if b.part.entry else 1) + (0 if b.part.head else 1)
+            handoff[b.device][b.tick] += ways * members * hidden * (2 if overlap else 1)
+    for g in workload.gangs.values():  # one layer's messages at a time, whatever the range
+        for (_, dst), count in g.sends.items():
+            transient[dst][g.tick] += count * layer_kv
 
     dec = geometry.decoder(decoder)
     dec_bytes = (dec.weight_bytes + dec.cache_bytes) if dec is not None else 0
@@ -133,20 +165,20 @@ def memory_report(
     out = []
     for d in range(n_dev):
         on_dec = d == plan.device
-        fixed = geometry.weight_bytes + (dec_bytes + text if on_dec else 0)
+        fixed = weights_of[d] + (dec_bytes + text if on_dec else 0)
         best_total, best_tick, best_c, best_f = -1, 0, 0, 0
         c = f = 0
-        com, inf, tr, ac = committed[d], inflight[d], transient[d], act[d]
+        com, inf, tr, ac, ho = committed[d], inflight[d], transient[d], act[d], handoff[d]
         for n in range(n_ticks):
             c += com[n]
             f += inf[n]
-            total = c + f + tr[n] + ac[n]
+            total = c + f + tr[n] + ac[n] + ho[n]
             if total > best_total:
                 best_total, best_tick, best_c, best_f = total, n, c, f
         allocated = fixed + max(best_total, 0)
         reserved = int(margin.reserve_bytes(allocated))
-        parts = {"weights": geometry.weight_bytes, "committed_kv": best_c, "inflight_kv": best_f + tr[best_tick],
-                 "activations": ac[best_tick], "decoder": dec_bytes if on_dec else 0,
+        parts = {"weights": weights_of[d], "committed_kv": best_c, "inflight_kv": best_f + tr[best_tick],
+                 "activations": ac[best_tick], "handoff": ho[best_tick], "decoder": dec_bytes if on_dec else 0,
                  "text_encoder": text if on_dec else 0, "reserved": reserved}
         out.append(DeviceMemory(d, allocated + reserved, best_tick, parts))
     if plan.placement == "gpu":

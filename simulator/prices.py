@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from cascade_sched.errors import ConfigError
 from simulator.cluster import Cluster
-from simulator.cost import CostModel
+from simulator.cost import ENCODE_SOURCE, CostModel, RooflineCost, encode_seconds, slice_seconds
 from simulator.workload import Workload
 
 PLACEMENTS = ("inline", "stream", "gpu")
@@ -84,10 +84,18 @@ class AgendaItem(NamedTuple):
 
 
 class Prices:
-    """The seconds of everything in a workload, and each device's agenda (see the module docstring)."""
+    """The seconds of everything in a workload, and each device's agenda (see the module docstring).
+
+    Under placement ``layers`` a batch is one device's layer range (``Batch.part``), priced by
+    :func:`~simulator.cost.slice_seconds`; a ring hop (``Workload.hops``) costs the link's latency plus its
+    bytes at the achieved bandwidth: with ``overlap`` (a second stream, as StreamDiffusionV2 sends) it runs
+    beside the sender's next batch and the receiver waits for its arrival; without, the sender sends it
+    before anything else (``hop_out``). With ``video_input`` the first device of a block's ring encodes its
+    input frames before the forward that holds the block's first stage (``encode``).
+    """
 
     def __init__(self, w: Workload, cluster: Cluster, cost: CostModel, plan: DecodePlan, overlap: bool,
-                 frames: int, first_frames: int) -> None:
+                 frames: int, first_frames: int, video_input: bool = False) -> None:
         self.overlap = overlap
         geometry = w.geometry
         self.layers = layers = geometry.num_layers
@@ -97,19 +105,27 @@ class Prices:
         slow = [cluster.slowdown(d) for d in range(n_dev)] + [1.0]
         shared = cluster.contention if cluster.host_cores is None else 1.0
         tick_s = cost.tick_s()
+        self.notes: list[str] = []
 
-        # 1. Batches: the tick overhead and one forward per distinct shape, the sampler per task count.
-        fwd: dict[tuple[int, ...], float] = {}
+        # 1. Batches: the tick overhead and one forward per distinct shape (and layer range), the sampler per
+        #    task count, the encoding of the blocks a ring's first device takes in (video input).
+        fwd: dict[tuple[tuple[int, ...], Any], float] = {}
         smp: dict[int, float] = {}
         nb = len(w.batches)
         self.compute = [0.0] * nb
         self.sample = [0.0] * nb
         self.tick_part = [0.0] * nb
+        self.encode = [0.0] * nb
+        self.batch_overlap = [self.layer_overlap] * nb  # per batch: the share of its compute a stream can hide
+        by_share = False
         for i, b in enumerate(w.batches):
             key = b.contexts if len(b.contexts) == 1 else tuple(sorted(b.contexts))
-            f = fwd.get(key)
+            part = b.part
+            f = fwd.get((key, part))
             if f is None:
-                f = fwd[key] = cost.forward_s(q, key) if key else 0.0
+                f, share = slice_seconds(cost, q, key, part, layers) if key else (0.0, False)
+                fwd[(key, part)] = f
+                by_share = by_share or share
             s = smp.get(b.n_denoise)
             if s is None:
                 s = smp[b.n_denoise] = cost.sample_s(b.n_denoise) if b.n_denoise else 0.0
@@ -119,25 +135,43 @@ class Prices:
             self.compute[i] = (tick_s + f) * factor
             self.tick_part[i] = tick_s * factor
             self.sample[i] = s * factor
+            if part is not None:
+                n = part.end - part.first
+                self.batch_overlap[i] = (n - 1) / n
+                if video_input and part.entry:
+                    self.encode[i] = sum(encode_seconds(cost, j) for j, v in b.refs if v == 0) * factor
+            elif video_input:
+                self.encode[i] = sum(encode_seconds(cost, j) for j, v in b.refs if v == 0) * factor
         self.batches = w.batches
+        if by_share:
+            self.notes.append(f"{cost.name} prices a whole forward: a device's layer range costs the whole forward "
+                              "times its share of the layers (est)")
+        if video_input:
+            how = ENCODE_SOURCE if isinstance(cost, RooflineCost) else f"priced by the {cost.name} cost model"
+            self.notes.append(f"video input: each block's frames are encoded on its ring's first device before its "
+                              f"first stage ({how})")
 
-        # 2. Gangs: the per-layer exchange, the gang's length and what compute does not hide.
+        # 2. Gangs: the per-layer exchange of their layer range, the gang's length and what compute does not hide.
         self.joint = w.schedule.spec.attention != "stale"
         self.gang_comm: dict[int, float] = {}
         self.gang_len: dict[int, float] = {}
         self.exposed: dict[int, float] = {}
+        self.gang_layers: dict[int, int] = {}
         size = w.layer_kv_bytes
         per_layer: dict[tuple[tuple[tuple[int, int], int], ...], float] = {}  # many ticks share one pattern
-        for tick, g in w.gangs.items():
+        for gk, g in w.gangs.items():
             pattern = tuple(sorted(g.sends.items()))
-            c = per_layer.get(pattern)
-            if c is None:
-                c = per_layer[pattern] = layers * self._layer_exchange(cluster, g.sends, size)
-            compute = max(self.compute[w.batch_at[(tick, d)]] for d in g.devices)
-            length = max(compute, c) + c / layers if overlap else compute + c
-            self.gang_comm[tick] = c
-            self.gang_len[tick] = length
-            self.exposed[tick] = length - compute
+            one = per_layer.get(pattern)
+            n = g.layers or layers
+            if one is None:
+                one = per_layer[pattern] = self._layer_exchange(cluster, g.sends, size)
+            c = one * n
+            compute = max(self.compute[w.batch_at[(g.tick, d)]] for d in g.devices)
+            length = max(compute, c) + c / n if overlap else compute + c
+            self.gang_comm[gk] = c
+            self.gang_len[gk] = length
+            self.exposed[gk] = length - compute
+            self.gang_layers[gk] = n
 
         # 3. Messages after a tick: past sends grouped by sender and tick (they share its port), latents.
         #    Per pair of devices, (latency, per-pair and per-port seconds per byte) once.
@@ -158,14 +192,24 @@ class Prices:
             return got
 
         group: dict[tuple[int, int], float] = {}
-        nbytes = w.past_bytes
-        for ps, tick in zip(w.past, w.past_tick, strict=True):
+        sizes = [w.past_nbytes(ps) for ps in w.past]
+        for ps, tick, nbytes in zip(w.past, w.past_tick, sizes, strict=True):
             key = (ps.src, tick)
             group[key] = group.get(key, 0.0) + nbytes
         self.past_s = []
-        for ps, tick in zip(w.past, w.past_tick, strict=True):
+        for ps, tick, nbytes in zip(w.past, w.past_tick, sizes, strict=True):
             lat, per_pair, per_port = pair(ps.src, ps.dst, msg)
             self.past_s.append(lat + max(nbytes * per_pair, group[(ps.src, tick)] * per_port))
+        # Ring hops: one message per forward member; serialised on the sender's stream unless overlapped.
+        hidden = w.sizes.hidden if w.sizes is not None else 0
+        self.hop_s: list[float] = []
+        self.hop_out = [0.0] * nb
+        for h in w.hops:
+            lat, per_pair, _ = pair(h.src, h.dst, hidden)
+            wire = lat + h.members * hidden * per_pair
+            self.hop_s.append(wire)
+            if not overlap:
+                self.hop_out[h.batch] += wire
         latent_pairs: dict[tuple[int, int], float] = {}
         self.latent_s = []
         for m in w.latents:
@@ -253,7 +297,8 @@ class Prices:
             elif plan.placement == "stream":
                 add(plan.device, tick, 3, blk)
             else:  # the latent reaches the decoder's GPU when its sender's message is done
-                add(sched.task(blk, k - 1).device, tick, 3, blk)
+                segs = sched.segments(sched.task(blk, k - 1))
+                add(segs[-1][0] if segs else sched.task(blk, k - 1).device, tick, 3, blk)
         out = []
         for d in range(n_dev):
             mine = items[d]
@@ -261,14 +306,15 @@ class Prices:
                                    tuple(e[4] or ())) for tick, e in sorted(mine.items())])
         return out
 
-    BATCH_PARTS = ("tick", "forward", "cache", "exchange", "sample")
+    BATCH_PARTS = ("tick", "forward", "cache", "exchange", "sample", "hop", "encode")
 
-    def split(self, bi: int, forward: float, extra: float, sample: float) -> tuple[float, float, float, float, float]:
+    def split(self, bi: int, forward: float, extra: float, sample: float, hop: float = 0.0,
+              encode: float = 0.0) -> tuple[float, ...]:
         """One batch's time by part (``BATCH_PARTS``): tick overhead, denoise forwards and cache passes (by
         their share of the members), the exchange (and waiting for peers) the forward did not hide, the
-        sampler."""
+        sampler, the ring hop sent on the compute stream, the encoding of input video."""
         b = self.batches[bi]
         tick = min(self.tick_part[bi], forward)
         rest = forward - tick
         n = len(b.contexts) or 1
-        return (tick, rest * (n - b.n_cache) / n, rest * b.n_cache / n, extra, sample)
+        return (tick, rest * (n - b.n_cache) / n, rest * b.n_cache / n, extra, sample, hop, encode)

@@ -11,7 +11,9 @@ Every figure is a :class:`Figure`: an id, what was measured, the value, and wher
   the table says so.
 
 The paper's own cascade FPS figures are deliberately absent: the simulator predicts them, it is not fitted
-to them.
+to them. StreamDiffusionV2's published throughput (64 points: two models, two resolutions, 1-4 GPUs, 1-4
+steps) is in, held out of every fit: the simulator predicts each with its layer-ring and stage-context
+schedule at that paper's settings (:mod:`simulator.reproduce`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ FIGURES: tuple[Figure, ...] = (
            168.0, "ms", "daydreamlive/scope sdv2-benchmark-results.md"),
     Figure("sdv2-dit-5090", "StreamDiffusionV2 1.3B, DiT of one 4-frame chunk, RTX 5090", 168.0, "ms",
            "daydreamlive/scope sdv2-benchmark-results.md"),
+    Figure("sdv2-vae-encode-5090", "StreamDiffusionV2 1.3B, Wan VAE encode of one 4-frame chunk at 480x832, "
+           "RTX 5090", 100.0, "ms", "daydreamlive/scope sdv2-benchmark-results.md"),
     Figure("vae-conv-share-h200", "share of Wan-family VAE decode GPU time in convolutions, H200", 49.0, "%",
            "sgl-project/sglang issue 34125"),
     Figure("nccl-p2p-32mib", "NCCL sendrecv between two H100s over NVLink, default settings (32 MiB messages)",
@@ -80,6 +84,46 @@ FIGURES: tuple[Figure, ...] = (
     Figure("cuda-context", "CUDA context per GPU", (0.5, 1.0), "GB", "PyTorch / CUDA documentation"),
 )
 
+# StreamDiffusionV2 (arXiv 2511.07399, Figs. 9 and 11): end-to-end FPS on H100s (bf16, NVLink), 1-frame chunks,
+# for 1, 2, 3, 4 denoising steps, per model, resolution and GPU count. The paper's plot legends do not survive
+# its text extraction: the 1-GPU rows of 1.3B are confirmed by its Fig. 15 and every 4-GPU row by its abstract
+# and text; the other rows are assigned to GPU counts by monotonicity (more GPUs, more FPS), an inference.
+SDV2_PAPER = "StreamDiffusionV2 paper (arXiv 2511.07399), Figs. 9 and 11"
+SDV2_THROUGHPUT: dict[tuple[str, str, int], tuple[tuple[float, float, float, float], bool]] = {
+    ("1.3b", "512x512", 1): ((26.21, 24.02, 21.51, 19.43), True),
+    ("1.3b", "512x512", 2): ((51.76, 46.92, 41.09, 37.49), False),
+    ("1.3b", "512x512", 3): ((63.45, 62.76, 56.75, 54.09), False),
+    ("1.3b", "512x512", 4): ((64.52, 63.99, 62.43, 61.57), True),
+    ("1.3b", "480x832", 1): ((20.47, 17.97, 15.68, 13.95), True),
+    ("1.3b", "480x832", 2): ((39.77, 34.67, 30.69, 27.06), False),
+    ("1.3b", "480x832", 3): ((43.88, 43.79, 41.13, 38.09), False),
+    ("1.3b", "480x832", 4): ((44.38, 43.41, 43.08, 42.26), True),
+    ("14b", "512x512", 1): ((18.71, 13.01, 10.09, 8.26), False),
+    ("14b", "512x512", 2): ((37.12, 25.72, 20.11, 16.65), False),
+    ("14b", "512x512", 3): ((53.84, 37.47, 29.34, 24.35), False),
+    ("14b", "512x512", 4): ((58.28, 51.09, 38.41, 31.62), True),
+    ("14b", "480x832", 1): ((12.68, 8.64, 6.49, 5.28), False),
+    ("14b", "480x832", 2): ((25.39, 17.31, 13.23, 10.69), False),
+    ("14b", "480x832", 3): ((37.55, 25.02, 19.12, 15.42), False),
+    ("14b", "480x832", 4): ((39.24, 33.36, 25.02, 20.05), True),
+}
+"""(model, video HxW, H100s) -> (FPS at 1, 2, 3, 4 steps, whether the paper's text confirms which GPU count it is)."""
+
+
+def sdv2_id(model: str, resolution: str, gpus: int, steps: int) -> str:
+    """The figure id of one StreamDiffusionV2 throughput point: ``sdv2-1.3b-512x512-4gpu-1step``."""
+    return f"sdv2-{model}-{resolution}-{gpus}gpu-{steps}step"
+
+
+FIGURES = FIGURES + tuple(
+    Figure(sdv2_id(model, res, gpus, k + 1),
+           f"StreamDiffusionV2 {model.upper()} end-to-end FPS, {res.replace('x', ' x ')}, {gpus} H100{'s' if gpus > 1 else ''}, "
+           f"{k + 1} denoising step{'s' if k else ''}, 1-frame chunks"
+           + ("" if sure else " (which curve is which GPU count: inferred, uncertain)"),
+           fps[k], "FPS", SDV2_PAPER)
+    for (model, res, gpus), (fps, sure) in SDV2_THROUGHPUT.items() for k in range(4)
+)
+
 BY_ID: dict[str, Figure] = {f.id: f for f in FIGURES}
 
 FITTED: dict[str, str] = {
@@ -87,6 +131,7 @@ FITTED: dict[str, str] = {
                       "with paper-14b-seq",
     "paper-14b-seq": "the reference implementation's per-forward overhead, jointly with paper-1.3b-seq",
     "sdv2-vae-5090": "the Wan VAE's convolution efficiency (its FLOPs and bytes are counted)",
+    "sdv2-vae-encode-5090": "the Wan VAE encoder's price, as this ratio to the decoder's (video-to-video runs)",
     "fa3-2k": "the FlashAttention 3 rate table (the figure's own points)",
     "fa3-16k": "the FlashAttention 3 rate table (the figure's own points)",
     "gemm-h100": "the H100's GEMM rate (taken as measured)",

@@ -19,9 +19,9 @@ from cascade_sched.schedule import build_schedule
 from cascade_sched.spec import CascadeSpec
 from simulator.catalog import WAN_VAE, Baseline, get_gpu, get_link, get_model
 from simulator.cluster import Cluster
-from simulator.cost import RooflineCost, make_cost, paper_overhead, sequential_interval
+from simulator.cost import RooflineCost, encode_ratio, make_cost, paper_overhead, sequential_interval
 from simulator.engine import simulate
-from simulator.public import FIGURES, FITTED, NO_CHECK, Figure
+from simulator.public import FIGURES, FITTED, NO_CHECK, SDV2_THROUGHPUT, Figure, sdv2_id
 from simulator.rates import attention_rate, conv_efficiency, decode_seconds
 from simulator.result import SimResult
 
@@ -130,6 +130,9 @@ PREDICT: dict[str, Callable[[], tuple[float, str] | None]] = {
     "krea-14b-b200": lambda: _krea("b200"),
     "sdv2-vae-5090": lambda: (1e3 * decode_seconds(WAN_VAE.flops(12) / 3, WAN_VAE.bytes(12) / 3, get_gpu("rtx5090"),
                                                    conv_efficiency()), "fitted to this figure: not evidence"),
+    "sdv2-vae-encode-5090": lambda: (1e3 * decode_seconds(WAN_VAE.flops(12) / 3, WAN_VAE.bytes(12) / 3,
+                                                          get_gpu("rtx5090"), conv_efficiency()) * encode_ratio(),
+                                     "fitted to this figure: not evidence"),
     "sdv2-dit-5090": lambda: None,
     "vae-conv-share-h200": _vae_share,
     "nccl-p2p-32mib": lambda: (get_link("nvlink4").achieved_Bps(32 * 2**20) / 1e9, "taken as measured"),
@@ -137,6 +140,43 @@ PREDICT: dict[str, Callable[[], tuple[float, str] | None]] = {
     "nvlink-copy": lambda: (get_link("nvlink4").port_rate / 1e9, "taken as measured"),
     "cuda-context": lambda: (Cluster.of("h100-sxm", 1).margin.context_bytes / 1e9, "taken: its upper end"),
 }
+SDV2_STEPS = {1: (700,), 2: (700, 500), 3: (700, 600, 400), 4: (700, 600, 500, 400)}
+"""StreamDiffusionV2's step lists (streamv2v/inference_pipe.py; the trailing 0 dropped, no cache pass)."""
+SDV2_WINDOW, SDV2_SINK = 3, 3  # its K/V cache of 6 latent frames, the first 3 kept as a sink (num_kv_cache 6)
+
+
+def sdv2_run(model: str, resolution: str, gpus: int, steps: int, blocks: int | None = None) -> SimResult:
+    """The simulator's prediction of one StreamDiffusionV2 throughput point: its schedule as this project
+    states it (a ring of ``gpus`` H100s, stride ``gpus``, one 1-latent-frame chunk entering per tick, the
+    ``stage`` context, no cache pass, a 6-frame K/V cache with a 3-frame sink), its deployment (weights
+    replicated on every rank, video-to-video: VAE encode on the first rank and decode on the last, hops in
+    bf16 on a second stream) and this project's cost model (the per-forward overhead fitted to the Block
+    Cascading paper's baselines)."""
+    from models.config import parse_resolution
+
+    g = get_model(f"wan2.1-{model}", 1, parse_resolution(resolution))
+    span = (steps - 1) * gpus + 1
+    spec = CascadeSpec(num_blocks=blocks or 2 * span + SDV2_WINDOW + SDV2_SINK + 4, timesteps=SDV2_STEPS[steps],
+                       cache_pass=False, lag=1, attention="stage", window=SDV2_WINDOW, sink=SDV2_SINK,
+                       num_devices=gpus, placement="layers", stage_stride=gpus, num_layers=g.num_layers,
+                       frames_per_block=1)
+    cost = make_cost("parts", g, get_gpu("h100-sxm"))
+    return simulate(build_schedule(spec), Cluster.of("h100-sxm", gpus), cost, g, decode="inline",
+                    weights="replicated", video_input=True, overlap=True, activation_bytes=2)
+
+
+def _sdv2(model: str, resolution: str, gpus: int, steps: int) -> tuple[float, str]:
+    return (sdv2_run(model, resolution, gpus, steps).fps,
+            f"a ring of {gpus} (stride {gpus}), stage context, {steps} step(s), no cache pass, 6-frame K/V with a 3-frame "
+            "sink, replicated weights, VAE encode on rank 0 and decode on the last rank, bf16 hops on a second "
+            "stream; the Block Cascading paper's fitted overhead; held out")
+
+
+PREDICT.update({
+    sdv2_id(model, res, gpus, k): functools.partial(_sdv2, model, res, gpus, k)
+    for (model, res, gpus) in SDV2_THROUGHPUT for k in range(1, 5)
+})
+
 NOT_REPRODUCED = {
     "sdv2-dit-5090": "not reproduced: StreamDiffusionV2's steps per chunk and context length are not stated",
 }

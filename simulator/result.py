@@ -12,7 +12,10 @@ the same thing. Simulated time is in seconds from the run's start (all devices i
   excluded. A run with periodic stalls has a median far above its delivered rate; the planner ranks by
   delivered FPS;
 - *interval_pXX_s* and ``interval_max_s``: the distribution of the steady intervals between decoded blocks;
-- *gpus*: every GPU the run occupies: the denoising devices plus a decoder GPU of its own.
+- *gpus*: every GPU the run occupies: the denoising devices plus a decoder GPU of its own;
+- per device: its *busy*, *communication* and *bubble* shares of the steady state (:meth:`SimResult.steady_shares`:
+  compute, the exchange and hops it waited on or sent on its stream, and the rest: idle while the stream
+  runs), and its bottleneck (:meth:`SimResult.device_bottlenecks`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ if TYPE_CHECKING:
     from simulator.prices import DecodePlan
     from simulator.workload import Workload
 
-PARTS = ("text", "tick", "forward", "cache", "sample", "exchange", "decode", "wait")
-"""The parts of a block's time (:meth:`SimResult.decomposition`)."""
+PARTS = ("text", "tick", "forward", "cache", "sample", "exchange", "hop", "encode", "decode", "wait")
+"""The parts of a block's time (:meth:`SimResult.decomposition`): ``hop`` is a ring hand-off sent on the
+compute stream, ``encode`` the encoding of input video."""
+BATCH_NAMES = ("tick", "forward", "cache", "exchange", "sample", "hop", "encode")  # Prices.BATCH_PARTS
+COMM_PARTS = ("exchange", "hop")
 
 
 @dataclass
@@ -48,12 +54,14 @@ class Timeline:
     latent_span: list[tuple[float, float]]
     decode_span: list[tuple[int, float, float]]  # per block: (device, start, seconds)
     text_span: list[tuple[int, float, float]]  # per prompt: (device, start, seconds)
-    batch_raw: list[tuple[float, float, float]]  # per batch: forward, exchange (and waiting), sampler seconds
-    splitter: Callable[[int, float, float, float], tuple[float, float, float, float, float]]
+    batch_raw: list[tuple[float, ...]]  # per batch: forward, exchange (and waiting), sampler, hop, encode seconds
+    splitter: Callable[..., tuple[float, ...]]
+    hop_span: list[tuple[float, float]] = field(default_factory=list)  # per ring hop: (sent, seconds on the wire)
 
     @property
-    def batch_parts(self) -> list[tuple[float, float, float, float, float]]:
-        """Per batch: tick overhead, denoise forwards, cache passes, exchange, sampler (``Prices.split``)."""
+    def batch_parts(self) -> list[tuple[float, ...]]:
+        """Per batch: tick overhead, denoise forwards, cache passes, exchange, sampler, hop, encode
+        (``Prices.split``)."""
         return [self.splitter(bi, *raw) for bi, raw in enumerate(self.batch_raw)]
 
     def busy(self, device: int, t0: float = 0.0, t1: float = float("inf"), decode: bool = True) -> dict[str, float]:
@@ -61,7 +69,7 @@ class Timeline:
         (``decode=False``: without decoding, which ran on a second stream beside the rest)."""
         out = dict.fromkeys(PARTS[:-1], 0.0)
         w = self.workload
-        names = ("tick", "forward", "cache", "exchange", "sample")
+        names = BATCH_NAMES
         bats = w.device_batches[device] if device < len(w.device_batches) else ()
         for bi in bats:
             if t0 <= self.batch_start[bi] < t1:
@@ -100,6 +108,9 @@ class SimResult:
     num_tasks: int
     memory: MemoryReport = field(repr=False)
     timeline: Timeline | None = field(repr=False, default=None)
+    notes: tuple[str, ...] = ()  # what the prediction estimated beyond its cost model's source
+    weights: str = "sharded"  # where a ring's weights live (engine.WEIGHTS)
+    _memo: dict[tuple[int, float, float], dict[str, float]] = field(default_factory=dict, repr=False, compare=False)
 
     # -- the stream metrics -----------------------------------------------------------------------------
     @property
@@ -185,23 +196,96 @@ class SimResult:
         """Every task the run executed (each exactly once: the engine checks it)."""
         if self.timeline is None:
             return ()
-        return tuple(ref for b in self.timeline.workload.batches for ref in b.refs)
+        # a task under placement layers runs one batch per device of its ring: count it at its first
+        return tuple(ref for b in self.timeline.workload.batches if b.part is None or b.part.entry for ref in b.refs)
 
     @property
     def device_busy_s(self) -> tuple[float, ...]:
-        """Per GPU: seconds of compute (forwards, sampler, tick overhead, decoding, text encoding)."""
-        return tuple(sum(v for k, v in self._busy(d).items() if k != "exchange") for d in range(self.gpus))
+        """Per GPU: seconds of compute (forwards, sampler, tick overhead, decoding, text and video encoding)."""
+        return tuple(sum(v for k, v in self._busy(d).items() if k not in COMM_PARTS) for d in range(self.gpus))
 
     @property
     def device_comm_s(self) -> tuple[float, ...]:
-        """Per GPU: seconds of exposed exchange (and waiting for the gang's slowest member)."""
-        return tuple(self._busy(d)["exchange"] for d in range(self.gpus))
+        """Per GPU: seconds of exposed exchange (and waiting for the gang's slowest member) and of ring hops
+        sent on its compute stream."""
+        return tuple(sum(self._busy(d)[k] for k in COMM_PARTS) for d in range(self.gpus))
+
+    @property
+    def placement(self) -> str:
+        """The schedule's placement: ``block``, ``stage`` or ``layers``."""
+        return str(self.spec.get("placement", "block"))
+
+    def device_roles(self) -> list[str]:
+        """Per GPU, what it holds and does: its layer range (placement layers), the decoder."""
+        out = []
+        ranges: dict[int, tuple[int, int]] = {}
+        if self.timeline is not None:
+            for b in self.timeline.workload.batches:
+                if b.part is not None:
+                    ranges.setdefault(b.device, (b.part.first, b.part.end))
+        entry_dev = {d for d, (first, _) in ranges.items() if first == 0}
+        for d in range(self.gpus):
+            role = []
+            if d in ranges:
+                first, end = ranges[d]
+                role.append(f"layers [{first}, {end})" + (" + entry" if d in entry_dev else ""))
+            if d == self.decode.device:
+                role.append("decoder" if self.decode.placement == "gpu" else f"decodes {self.decode.placement}")
+            out.append(", ".join(role))
+        return out
+
+    def steady_window(self) -> tuple[float, float, int]:
+        """(start, end, blocks) of the steady state: from the decode of the block before the first steady
+        block to the last steady block's (the whole run when there is none)."""
+        lo, hi = self.steady_blocks
+        dec = self.block_decoded_s
+        n = hi - lo + 1 if hi >= lo and hi > 0 else 0
+        if n <= 0:
+            return 0.0, self.makespan_s, max(1, len(dec))
+        return dec[lo - 1], dec[hi], n
+
+    def steady_shares(self) -> list[dict[str, float]]:
+        """Per GPU over the steady state (:meth:`steady_window`): ``busy`` (compute), ``comm`` (exposed
+        exchange and hops sent on its stream) and ``bubble`` (the rest: idle, waiting for a peer, a hop or a
+        latent), each a share of the window; they sum to 1."""
+        t0, t1, _ = self.steady_window()
+        span = (t1 - t0) or 1.0
+        out = []
+        for d in range(self.gpus):
+            parts = self._busy(d, t0, t1)
+            comm = min(1.0, sum(parts[k] for k in COMM_PARTS) / span)
+            busy = min(1.0 - comm, sum(v for k, v in parts.items() if k not in COMM_PARTS) / span)
+            out.append({"busy": busy, "comm": comm, "bubble": max(0.0, 1.0 - busy - comm)})
+        return out
+
+    def device_bottlenecks(self) -> list[tuple[str, float]]:
+        """Per GPU, what it spends the steady state on most and that share of it: ``forward`` (forwards,
+        cache passes, sampler, tick overhead), ``decode``, ``encode``, ``comm`` (exchange, hops) or ``bubble``
+        (waiting)."""
+        t0, t1, _ = self.steady_window()
+        span = (t1 - t0) or 1.0
+        out = []
+        for d in range(self.gpus):
+            parts = self._busy(d, t0, t1)
+            if self.decode.placement == "stream" and d == self.decode.device:
+                parts["decode"] = 0.0  # on a second stream beside the rest
+            share = {"forward": sum(parts[k] for k in ("forward", "cache", "tick", "sample", "text")),
+                     "decode": parts["decode"], "encode": parts["encode"],
+                     "comm": sum(parts[k] for k in COMM_PARTS)}
+            share["bubble"] = max(0.0, span - sum(share.values()))
+            neck = max(share, key=lambda k: share[k])
+            out.append((neck, min(1.0, share[neck] / span)))
+        return out
 
     def _busy(self, device: int, t0: float = 0.0, t1: float = float("inf")) -> dict[str, float]:
         if self.timeline is None:
             return dict.fromkeys(PARTS[:-1], 0.0)
-        overlapped = self.decode.placement == "stream" and device == self.decode.device
-        return self.timeline.busy(device, t0, t1, decode=not overlapped)
+        key = (device, t0, t1)
+        got = self._memo.get(key)
+        if got is None:
+            overlapped = self.decode.placement == "stream" and device == self.decode.device
+            got = self._memo[key] = self.timeline.busy(device, t0, t1, decode=not overlapped)
+        return dict(got)
 
     def shares(self) -> list[dict[str, float]]:
         """Per GPU: busy, communicating and idle shares of the makespan."""
@@ -241,14 +325,30 @@ class SimResult:
             dec = self.decomposition(self.decode.device)
             if dec["decode"] >= 0.9 * interval:
                 return "decode", "a faster decoder (--decoder taehv) or decoding on more GPUs"
-        share = {"decode": per_block["decode"], "exchange": per_block["exchange"],
-                 "compute": sum(per_block[k] for k in ("forward", "cache", "tick", "sample", "text"))}
+        if self.placement == "layers":
+            return self._ring_bottleneck()
+        share = {"decode": per_block["decode"], "exchange": per_block["exchange"] + per_block["hop"],
+                 "compute": sum(per_block[k] for k in ("forward", "cache", "tick", "sample", "text", "encode"))}
         worst = max(share, key=lambda k: share[k])
         lift = {"decode": "decode on a GPU of its own (--decode gpu), on a second stream (--decode stream) or "
                           "with the TAEHV decoder (--decoder taehv)",
                 "exchange": "a faster link, causal instead of bidirectional attention, or --overlap",
                 "compute": "more GPUs (while blocks in flight exceed them), a smaller --window or a faster GPU"}
         return worst, lift[worst]
+
+    def _ring_bottleneck(self) -> tuple[str, str]:
+        """A ring runs as fast as its slowest device: what that device spends its steady state on."""
+        shares = self.steady_shares()
+        necks = self.device_bottlenecks()
+        slow = max(range(len(shares)), key=lambda d: (shares[d]["busy"] + shares[d]["comm"], -d))
+        neck = necks[slow][0]
+        if neck == "decode":
+            return "decode", (f"d{slow} decodes besides its layers: give it fewer layers (--layer-split), decode on a "
+                              "GPU of its own (--decode gpu) or use the TAEHV decoder (--decoder taehv)")
+        if neck == "comm":
+            return "exchange", f"d{slow} waits on the link: a faster link or --overlap (hops on a second stream)"
+        return "compute", (f"the slowest ring stage d{slow} ({self.device_roles()[slow] or 'its layers'}): a longer "
+                           "ring (more GPUs per ring), a balanced --layer-split or a faster GPU")
 
     # -- output -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -280,11 +380,17 @@ class SimResult:
             "block_committed_s": list(self.block_committed_s),
             "block_decoded_s": list(self.block_decoded_s),
             "devices": [
-                {"device": d, "busy_s": b, "comm_s": c, **s,
-                 "peak_memory_bytes": self.peak_memory_bytes[d] if d < len(self.peak_memory_bytes) else 0}
-                for d, (b, c, s) in enumerate(zip(self.device_busy_s, self.device_comm_s, self.shares(),
-                                                  strict=True))
+                {"device": d, "role": role, "busy_s": b, "comm_s": c, **s,
+                 "steady_busy": st["busy"], "steady_comm": st["comm"], "bubble": st["bubble"],
+                 "bottleneck": neck_d[0],
+                 "peak_memory_bytes": self.peak_memory_bytes[d] if d < len(self.peak_memory_bytes) else 0,
+                 "memory_parts": dict(self.memory.devices[d].parts) if d < len(self.memory.devices) else {}}
+                for d, (b, c, s, st, neck_d, role) in enumerate(zip(
+                    self.device_busy_s, self.device_comm_s, self.shares(), self.steady_shares(),
+                    self.device_bottlenecks(), self.device_roles(), strict=True))
             ],
+            "weights": self.weights,
+            "notes": list(self.notes),
             "bytes_total": self.bytes_total,
             "bytes_by_kind": self.bytes_by_kind,
             "bytes_by_link": self.bytes_by_link,
@@ -309,16 +415,27 @@ class SimResult:
             "  per block: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in per.items() if v > 0) + " ms",
             f"  bottleneck: {neck} (lift it with {lift})",
         ]
-        for st in self.switch_stalls:
-            lines.append(f"  switch at block {st.at_block}: stall {st.stall_s * 1e3:.1f} ms (interval "
-                         f"{st.interval_s * 1e3:.1f} ms ending at block {st.worst_block} vs steady "
-                         f"{st.steady_s * 1e3:.1f} ms, x{st.ratio:.2f})")
-        for d, s in enumerate(self.shares()):
-            mem = (f"  peak {self.peak_memory_bytes[d] / gb:.1f} of {self.memory_capacity_bytes / gb:.0f} GB"
-                   if d < len(self.peak_memory_bytes) else "")
-            role = " (decoder)" if self.decode.placement == "gpu" and d == self.decode.device else ""
-            lines.append(f"  d{d}{role}: busy {s['busy']:.0%}  comm {s['comm']:.0%}  idle {s['idle']:.0%}{mem}")
-        kinds = ", ".join(f"{k} {v / gb:.2f} GB" for k, v in self.bytes_by_kind.items())
-        lines.append(f"  moved {self.bytes_total / gb:.2f} GB ({kinds}); memory reserved per GPU: {self.memory.margin}")
+        for sw in self.switch_stalls:
+            lines.append(f"  switch at block {sw.at_block}: stall {sw.stall_s * 1e3:.1f} ms (interval "
+                         f"{sw.interval_s * 1e3:.1f} ms ending at block {sw.worst_block} vs steady "
+                         f"{sw.steady_s * 1e3:.1f} ms, x{sw.ratio:.2f})")
+        lines.append("  per GPU in steady state (busy = compute, comm = exchange and hops, bubble = waiting):")
+        roles = self.device_roles()
+        for d, (run, st, neck_d) in enumerate(zip(self.shares(), self.steady_shares(), self.device_bottlenecks(),
+                                                   strict=True)):
+            mem = ""
+            if d < len(self.peak_memory_bytes):
+                dm = self.memory.devices[d]
+                big = ", ".join(f"{k.replace('_', ' ')} {v / gb:.1f}" for k, v in dm.parts.items() if v >= 0.05 * gb)
+                mem = f"; peak {dm.peak_bytes / gb:.1f} of {self.memory_capacity_bytes / gb:.0f} GB ({big})"
+            role = f" ({roles[d]})" if roles[d] else ""
+            lines.append(f"    d{d}{role}: busy {st['busy']:.0%}  comm {st['comm']:.0%}  bubble {st['bubble']:.0%}, "
+                         f"mostly {neck_d[0]} (whole run: idle {run['idle']:.0%}){mem}")
+        kinds = ", ".join(f"{k} {v / gb:.2f} GB" for k, v in self.bytes_by_kind.items() if v or k != "hop")
+        weights = f"; weights {self.weights}" if self.placement == "layers" else ""
+        lines.append(f"  moved {self.bytes_total / gb:.2f} GB ({kinds}); memory reserved per GPU: "
+                     f"{self.memory.margin}{weights}")
         lines.append(f"  costs: {self.cost_source}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         return "\n".join(lines)

@@ -28,6 +28,7 @@ from cascade_sched.trace import (
     transfer_name,
     write_chrome_trace,
 )
+from simulator.catalog import get_gpu
 from simulator.result import PARTS
 
 if TYPE_CHECKING:
@@ -61,8 +62,8 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
             task_event[(j, v)] = ev
         if b.n_denoise:  # the sampler steps fill the time between the forward's (or gang's) end and the batch's
             f_end = cend
-            if b.tick in tl.gang_comm and b.device in w.gangs[b.tick].devices:
-                g0, gd = tl.gang_comm[b.tick]
+            if b.gang in tl.gang_comm:
+                g0, gd = tl.gang_comm[b.gang]
                 f_end = max(cend, g0 + gd)
             step = (end - f_end) / b.n_denoise
             t = f_end
@@ -70,11 +71,14 @@ def trace_events(result: SimResult) -> tuple[list[TraceEvent], list[TraceFlow]]:
                 for j, v in (r for r in b.refs if 0 <= r[1] < sched.spec.num_denoise):
                     events.append(TraceEvent(task_name(j, v), b.device, SAMPLE, t, step, {"tick": b.tick}))
                     t += step
-    for tick, (start, dur) in tl.gang_comm.items():
+    for gk, (start, dur) in tl.gang_comm.items():
         if dur <= 0:
             continue
-        for d in w.gangs[tick].devices:
-            events.append(TraceEvent(exchange_name(tick), d, COMM, start, dur, {"tick": tick}))
+        g = w.gangs[gk]
+        for d in g.devices:
+            events.append(TraceEvent(exchange_name(g.tick), d, COMM, start, dur, {"tick": g.tick}))
+    for h, (start, dur) in zip(w.hops, tl.hop_span, strict=True):  # ring hand-offs, on the sender's comm track
+        events.append(TraceEvent(f"hop t{h.tick} d{h.src}->d{h.dst}", h.src, COMM, start, dur, {"tick": h.tick}))
     # One comm slice per (sending device, tick) for everything it sent after that tick, as the executor writes.
     sent: dict[tuple[int, int], list[float]] = {}
     ends = [(m.src, t) for m, t in zip(w.past, w.past_tick, strict=True)] + [(m.src, m.tick) for m in w.latents]
@@ -139,13 +143,17 @@ def draw_gantt(result: SimResult, path: str, max_ticks: int | None = 60) -> None
         start, cend = tl.batch_start[bi], tl.batch_compute_end[bi]
         ax.broken_barh([(start, cend - start)], (b.device - 0.4, 0.5), facecolors=cmap(b.refs[0][0] % 10),
                        edgecolor="k", linewidth=0.3)
-        if cend - start > horizon / 60:
-            ax.text(start + (cend - start) / 2, b.device - 0.15, "+".join(task_name(j, v) for j, v in b.refs),
-                    ha="center", va="center", fontsize=6)
-    for tick, (start, dur) in tl.gang_comm.items():
-        if tick < limit and dur > 0:
-            for d in w.gangs[tick].devices:
+        label = "+".join(task_name(j, v) for j, v in b.refs)
+        if cend - start > horizon * len(label) / 180:  # only where the label fits its bar
+            ax.text(start + (cend - start) / 2, b.device - 0.15, label, ha="center", va="center", fontsize=6)
+    for gk, (start, dur) in tl.gang_comm.items():
+        g = w.gangs[gk]
+        if g.tick < limit and dur > 0:
+            for d in g.devices:
                 ax.broken_barh([(start, dur)], (d + 0.12, 0.25), facecolors="0.7", hatch="//")
+    for h, (start, dur) in zip(w.hops, tl.hop_span, strict=True):
+        if h.tick < limit and dur > 0:
+            ax.broken_barh([(start, dur)], (h.src + 0.12, 0.25), facecolors="#ffd27f", hatch="xx")
     for (start, dur), m in zip(tl.past_span, w.past, strict=True):
         if start <= horizon and dur > 0:
             ax.broken_barh([(start, dur)], (m.src + 0.12, 0.25), facecolors="0.85", hatch="..")
@@ -154,13 +162,19 @@ def draw_gantt(result: SimResult, path: str, max_ticks: int | None = 60) -> None
             ax.broken_barh([(start, max(dur, horizon / 2000))], (d - 0.4 + (0.5 if result.decode.placement == "stream"
                                                                              else 0.0), 0.5 if result.decode.placement != "stream" else 0.3),
                            facecolors="#8b0000")
+    roles = result.device_roles()
     ax.set_yticks(range(n_rows))
-    ax.set_yticklabels([f"d{d}" + (" (decode)" if d == result.decode.device else "") for d in range(n_rows)])
+    ax.set_yticklabels([f"d{d}" + (f"\n{roles[d]}" if roles[d] else "") for d in range(n_rows)], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, horizon * 1.01 if horizon > 0 else 1)
     ax.set_xlabel("simulated seconds")
-    ax.set_title(f"{result.model} on {result.gpus} x {result.gpu}, decode {result.decode.describe()}: {result.fps:.1f} "
-                 f"FPS delivered, first frame {result.first_frame_s:.2f} s (cost {result.cost})", fontsize=9)
+    spec = result.spec
+    where = (f"{spec['rings']} ring(s) of {spec['num_devices'] // spec['rings']}, stride {spec['stage_stride']}"
+             if result.placement == "layers" else f"{result.placement} placement")
+    ax.set_title(f"{result.model} on {result.gpus} x {result.gpu}: {where}, lag {spec.get('lag')}, "
+                 f"{spec.get('attention')} context, decode {result.decode.describe()}\n{result.fps:.1f} FPS delivered, "
+                 f"first frame {result.first_frame_s:.2f} s (cost {result.cost}); bars: compute by block, hatched: "
+                 "exchange (grey), ring hops (yellow), K/V sends (light); dark red: decode", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -219,30 +233,86 @@ def draw_decomposition(rows: Sequence[tuple[str, SimResult]], path: str, title: 
     plt.close(fig)
 
 
-def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None = None) -> None:
-    """Delivered FPS against GPUs in all (a decoder GPU counted), one line per decode placement (the best
-    lag, attention, window and link at each count that fits), one panel per model; the target dashed."""
+CAP_WORDS = {"in-flight": "the blocks in flight", "ring-stage": "the slowest ring stage", "decoder": "the decoder",
+             "link": "the link", "compute": "compute", "memory": "memory"}
+FAMILY_STYLE = {"block": ("#1f77b4", "o", "block placement (one block per GPU)"),
+                "ring": ("#ff7f0e", "s", "one layer ring (W = the denoising GPUs)"),
+                "hybrid": ("#2ca02c", "^", "G x W hybrid (G rings of W)"),
+                "stage": ("#9467bd", "v", "stage placement")}
+
+
+def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None = None, space: Any = None) -> None:
+    """Delivered FPS against GPUs in all (a decoder GPU counted), one line per placement family (block, one
+    ring, G x W hybrids): at each count the best lag, context, decode placement and split that fits. One
+    panel per model; the target dashed; the recommended point starred (where none meets the target, the
+    fastest point on the FPS plateau, circled, with what caps it). The title says what was run; the legend
+    sits below the panels."""
+    from simulator.plan import plateau, recommend
+
     plt = _plt()
     models = list(dict.fromkeys(p.model for p in points))
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(6 * max(1, len(models)), 4.2), squeeze=False)
+    n = max(1, len(models))
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.6), squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, model in zip(axes[0], models, strict=True):
-        best: dict[str, dict[int, float]] = {}
+        best: dict[str, dict[int, PlanPoint]] = {}
         for p in points:
             if p.model != model or not p.fits:
                 continue
-            key = p.decode + (f" ({p.decoder})" if p.decoder != "vae" else "")
-            line = best.setdefault(key, {})
-            line[p.gpus] = max(line.get(p.gpus, 0.0), p.fps)
-        for key in sorted(best):
-            xs = sorted(best[key])
-            ax.plot(xs, [best[key][x] for x in xs], marker="o", label=f"decode {key}")
+            line = best.setdefault(p.family, {})
+            if p.gpus not in line or p.fps > line[p.gpus].fps:
+                line[p.gpus] = p
+        top = 1.0
+        for family in ("block", "ring", "hybrid", "stage"):
+            if family not in best:
+                continue
+            colour, marker, label = FAMILY_STYLE[family]
+            xs = sorted(best[family])
+            ys = [best[family][x].fps for x in xs]
+            top = max(top, *ys)
+            (h,) = ax.plot(xs, ys, marker=marker, color=colour, linewidth=1.4, markersize=5, label=label)
+            handles.setdefault(label, h)
         if target_fps:
-            ax.axhline(target_fps, color="k", linestyle="--", linewidth=1, label=f"target {target_fps:g} FPS")
-        ax.set_title(model)
-        ax.set_xlabel("GPUs in all")
-        ax.set_ylabel("delivered FPS")
+            h = ax.axhline(target_fps, color="k", linestyle="--", linewidth=1)
+            handles.setdefault(f"target {target_fps:g} FPS", h)
+            top = max(top, target_fps)
+        rec = recommend(points, model)
+        mark, flat_from = (rec, 0) if rec is not None else plateau(points, model)
+        if mark is not None:
+            counts_swept = [p.gpus for p in points if p.model == model]
+            word = "recommended" if rec is not None else (
+                "fastest, FPS still rising at the largest count" if flat_from == max(counts_swept) else
+                f"fastest; FPS plateaus from {flat_from} GPUs")
+            (h,) = ax.plot([mark.gpus], [mark.fps], marker="*" if rec is not None else "o", markersize=17,
+                           markerfacecolor="gold" if rec is not None else "none", markeredgecolor="k",
+                           linestyle="none")
+            handles.setdefault("recommended point" if rec is not None else "fastest point (no point meets the "
+                               "target)", h)
+            note = f"{word}: {mark.label}, {mark.attention}, lag {mark.lag}, decode {mark.decode}\n{mark.fps:.1f} FPS"
+            if rec is None and mark.cap_kind:
+                note += f", capped by {CAP_WORDS.get(mark.cap_kind, mark.cap_kind)}"
+            ax.annotate(note, (mark.gpus, mark.fps), xytext=(0.03, 0.97), textcoords="axes fraction", fontsize=7.5,
+                        va="top", ha="left", bbox={"boxstyle": "round", "fc": "white", "ec": "0.6", "alpha": 0.9},
+                        arrowprops={"arrowstyle": "->", "color": "0.4", "linewidth": 0.8})
+        counts = sorted({p.gpus for p in points if p.model == model})
+        ax.set_xticks(counts)
+        ax.set_xlim(min(counts, default=1) - 0.4, max(counts, default=1) + 0.4)
+        ax.set_ylim(0, top * 1.35)
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("GPUs in all (a decoder GPU counted)")
+        ax.set_ylabel("delivered FPS (frames/s)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    title = "cascade plan: delivered FPS against GPUs, per placement"
+    if space is not None:
+        links = ",".join(space.interconnects) if space.interconnects else f"{get_gpu(space.gpu).default_link}"
+        win = ",".join(str(w or "unbounded") for w in space.windows)
+        steps = f"{len(space.timesteps)} denoise steps" + (" + cache pass" if space.cache_pass else "")
+        title = (f"cascade plan: delivered FPS against GPUs, per placement, on {space.gpu} ({links})\n"
+                 f"window {win}, {steps}, cost {space.cost}; each point the best lag, context "
+                 f"({', '.join(space.attentions)}) and decode ({', '.join(space.decodes)}) at that count")
+    fig.suptitle(title, fontsize=9)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
     save_figure(fig, path, dpi=120)
     plt.close(fig)

@@ -88,7 +88,7 @@ def test_simulate_command_json_and_pictures(tmp_path: Path, capsys: pytest.Captu
 def test_plan_sweeps_ranks_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--model", "wan2.1-1.3b", "--gpu-counts", "1-3", "--lags", "1,5",
                  "--attentions", "causal", "--interconnects", "nvlink4,pcie5", "--blocks", "16",
-                 "--target-fps", "20", "--out", str(tmp_path)]) == 0
+                 "--target-fps", "20", "--placement", "block", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "recommendation" in out and "wan2.1-1.3b:" in out and "bottleneck" in out
     rows = list(csv.DictReader((tmp_path / "plan.csv").open()))
@@ -108,9 +108,11 @@ def test_planner_marks_points_that_do_not_fit() -> None:
     assert recommend(points, "wan2.1-14b") is None
 
 
-def test_stale_is_searched_only_when_asked_and_labelled() -> None:
+def test_every_context_is_swept_and_stale_is_labelled() -> None:
+    """The planner sweeps the four contexts (issue 24: causal, bidirectional, stale, stage); stale, an
+    extension the paper did not evaluate, is labelled so in every row."""
     space = SweepSpace(models=("wan2.1-1.3b",), gpu_counts=(2,), lags=(1,), blocks=12)
-    assert {p.attention for p in sweep(space, Constraints())} == {"causal", "bidirectional"}
+    assert {p.attention for p in sweep(space, Constraints())} == {"causal", "bidirectional", "stale", "stage"}
     asked = sweep(SweepSpace(models=("wan2.1-1.3b",), gpu_counts=(2,), lags=(1,), blocks=12,
                              attentions=("causal", "stale")), Constraints())
     assert all(p.extension == (p.attention == "stale") for p in asked)
@@ -120,7 +122,7 @@ def test_stale_is_searched_only_when_asked_and_labelled() -> None:
 def test_simulate_and_plan_share_their_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One point of the default plan and ``simulate`` with the same flags are the same run."""
     assert main(["plan", "--model", "wan2.1-1.3b", "--gpu-counts", "5", "--lags", "1", "--attentions", "causal",
-                 "--decodes", "inline", "--out", str(tmp_path), "--json"]) == 0
+                 "--decodes", "inline", "--placement", "block", "--out", str(tmp_path), "--json"]) == 0
     (point,) = json.loads(capsys.readouterr().out)["points"]
     assert main(["simulate", "--lag", "1", "--devices", "5", "--json"]) == 0
     sim = json.loads(capsys.readouterr().out)
