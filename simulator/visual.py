@@ -9,6 +9,7 @@ decoding.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -310,9 +311,13 @@ def draw_plan(points: Sequence[PlanPoint], path: str, target_fps: float | None =
         title = (f"cascade plan: delivered FPS against GPUs, per placement, on {space.gpu} ({links})\n"
                  f"window {win}, {steps}, cost {space.cost}; each point the best lag, context "
                  f"({', '.join(space.attentions)}) and decode ({', '.join(space.decodes)}) at that count")
-    fig.suptitle(title, fontsize=9)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=8,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
+    # Title and legend fit the figure's width: wrap the title, and give the legend as many columns as fit.
+    width_in = fig.get_figwidth()
+    lines = [part for line in title.splitlines() for part in textwrap.wrap(line, int(width_in * 15))]
+    fig.suptitle("\n".join(lines), fontsize=9)
+    ncol = max(1, min(len(handles), int(width_in // 2.4)))
+    rows = -(-len(handles) // ncol)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1 - 0.033 * len(lines)))
     save_figure(fig, path, dpi=120)
     plt.close(fig)
