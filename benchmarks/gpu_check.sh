@@ -6,12 +6,14 @@
 #
 #   OUT          the folder written (default gpu-check-DATE): gpu-report.json (rewritten after every step),
 #                gpu-profile.json (the profile the simulator reads: --cost profile:OUT/gpu-profile.json),
-#                gpu-table.md (`cascade validate --gpu-report`), kit.log, card.txt, wheels.log, site/
+#                gpu-table.md (`cascade validate --gpu-report`), kit.log, card.txt, wheels.log: six files, so
+#                the device tool brings them all back from $OUT
 #   --budget-s   seconds the kit may take (default 540): a step that would not fit is skipped, one that runs
-#                out is cut; the kit is stopped 60 s past it whatever happens
+#                out is cut; the kit is stopped 50 s past it whatever happens
 #   --rehearse   every step on the CPU at tiny geometries, one repeat (what the test suite runs)
 #   --wheels     the wheels benchmarks/gpu_wheels.sh fetched (default gpu-wheels/, or $GPU_WHEELS): installed
-#                with `pip install --no-index` into OUT/site; without any, the packages installed are used
+#                with `pip install --no-index` into a temporary folder put first on PYTHONPATH; without any, the
+#                packages installed are used
 #   kit flags    passed on to `cascade calibrate --gpu-kit`, e.g. --steps 1-3 (see its --help)
 #
 # The project is not installed: it runs from this folder on PYTHONPATH (`python -m apps.cli`), with PYTHON or
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --rehearse) REHEARSE=1; shift ;;
     --wheels) [ $# -ge 2 ] || die "--wheels needs a folder"; WHEELS="$2"; shift 2 ;;
     --wheels=*) WHEELS="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -58,8 +60,8 @@ export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"
 shopt -s nullglob
 wheels=("$WHEELS"/*.whl)
 shopt -u nullglob
-SITE="$OUT/site"
-rm -rf "$SITE"
+SITE="$(mktemp -d)/site"
+trap 'rm -rf "$(dirname "$SITE")"' EXIT
 if [ ${#wheels[@]} -gt 0 ]; then
   "$PY" -m pip install --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
     --find-links "$WHEELS" --target "$SITE" "${wheels[@]}" > "$OUT/wheels.log" 2>&1 \
@@ -85,7 +87,7 @@ if [ "$REHEARSE" = 1 ]; then
 elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   die "torch sees no CUDA device ($PY); --rehearse runs every step on the CPU instead"
 fi
-LIMIT=$(awk "BEGIN{print int($BUDGET + 60)}")
+LIMIT=$(awk "BEGIN{print int($BUDGET + 50)}")
 set +e
 timeout --kill-after=15 "$LIMIT" "$PY" -m apps.cli "${kit[@]}" "${extra[@]}" 2>&1 | tee "$OUT/kit.log"
 rc=${PIPESTATUS[0]}

@@ -63,9 +63,12 @@ def test_gpu_check_rehearses_every_step_from_a_local_wheel_folder(tmp_path: Path
     done = subprocess.run(["bash", str(CHECK), str(out), "--rehearse", "--wheels", str(wheels)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for package in packages:
-        assert (out / "site" / package).is_dir(), f"{package} was not installed into OUT/site"
+    installed = (out / "wheels.log").read_text(encoding="utf-8").replace("_", "-").lower()
+    assert "successfully installed" in installed, installed
+    assert all(p.replace("_", "-").lower() in installed for p in packages), installed
     assert "installed with --no-index" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["card.txt", "gpu-profile.json", "gpu-report.json",
+                                                      "gpu-table.md", "kit.log", "wheels.log"]
     doc = load_report(str(out / "gpu-report.json"))
     assert doc["rehearsal"] is True and doc["format"] == FORMAT
     assert "--no-index" in doc["wheels"]
