@@ -111,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "the table docs/validation.md carries)")
     g.add_argument("--gpu-report", default=None, metavar="PATH.json",
                    help="print the markdown table of a GPU kit report (benchmarks/gpu_check.sh's OUT/gpu-report.json: "
-                        "measured, predicted, error, card, driver, torch) and run nothing")
+                        "measured, predicted, error, card, driver, torch) and run nothing (default none)")
     g.add_argument("--profile", default=None, metavar="PATH",
                    help="a calibrated profile (default: calibrate now, one process, --threads threads)")
     g.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; of the world-1 runs and of calibration")

@@ -122,6 +122,17 @@ def test_a_failing_step_is_recorded_and_the_next_step_runs(tmp_path: Path) -> No
     assert load_report(str(tmp_path / "gpu-report.json"))["steps"][0]["status"] == "failed"
 
 
+def test_without_diffusers_the_decoder_steps_use_taehv_and_say_so(tmp_path: Path) -> None:
+    """What gpu_check.sh passes where diffusers does not import (--no-vae): TAEHV measured and decoding, the
+    Wan VAE named as not measured."""
+    doc = run_kit(rehearsal_options(str(tmp_path), steps=(3, 4), vae=False))
+    decoders, overlap = doc["steps"]
+    assert decoders["status"] == overlap["status"] == "ok"
+    assert "the Wan VAE is not measured" in decoders["why"] and "TAEHV instead" in overlap["why"]
+    assert decoders["rows"][0]["figure"].startswith("TAEHV")
+    assert all(r["measured"] > 0 for r in overlap["rows"])
+
+
 def test_the_report_is_replaced_atomically_and_read_back(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     doc = {"format": FORMAT, "card": {"name": "x"}, "steps": [{"id": 1, "name": "batching", "status": "running",
