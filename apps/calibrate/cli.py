@@ -191,8 +191,10 @@ def _check_kit_flags(args: argparse.Namespace) -> None:
         if given and not args.gpu_kit:
             raise ConfigError(flag, f"`{flag}` applies to `--gpu-kit` only")
     check_float("--budget-s", args.budget_s, 0, MAX_BUDGET_S, open_lo=True, what=" seconds")
+    from apps.calibrate.gpu_kit import STEPS
+
     for step in args.steps or ():
-        check_range("--steps", step, 1, 6, " (the kit's steps)")
+        check_range("--steps", step, STEPS[0], STEPS[-1], " (the kit's steps)")
     if args.rehearse:
         for flag in ("model", "device", "dtype", "checkpoint"):
             if getattr(args, flag) is not None:
@@ -205,13 +207,13 @@ def _cmd_kit(args: argparse.Namespace, source: ModelSource, out: str) -> int:
     import dataclasses
     from pathlib import Path
 
-    from apps.calibrate.gpu_kit import KitOptions, rehearsal_options, run_kit
+    from apps.calibrate.gpu_kit import STEPS, KitOptions, rehearsal_options, run_kit
     from apps.calibrate.gpu_report import format_gpu_table
 
     report = args.report or str(Path(out).parent / "gpu-report.json")
     grid: dict[str, Any] = {"batches": tuple(args.batches), "vae": not args.no_vae, "out": out, "report": report,
                             "budget_s": args.budget_s or DEFAULT_BUDGET_S,
-                            "steps": tuple(args.steps or range(1, 7)), "wheels": os.environ.get("CASCADE_GPU_WHEELS", "")}
+                            "steps": tuple(args.steps or STEPS), "wheels": os.environ.get("CASCADE_GPU_WHEELS", "")}
     for name in ("context_blocks", "warmup", "repeats"):
         if getattr(args, name) is not None:
             grid[name] = tuple(args.context_blocks) if name == "context_blocks" else getattr(args, name)

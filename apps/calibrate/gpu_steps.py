@@ -4,19 +4,13 @@ measured against predicted, and the rest under ``figures``. Predictions are the 
 ``parts`` cost on the card's catalog GPU, and from step 2 on, the profile this run measured.
 
 What a CPU cannot run is said in the record, never skipped in silence: a second CUDA stream (the decode
-worker runs on its own thread there) and CUDA graphs (the probe says it needs a CUDA device).
-
-``python -m apps.calibrate.gpu_steps cuda-graph ...`` is the CUDA-graph probe step 5 runs in a process of
-its own (a failed capture must not poison the kit's CUDA context).
+worker runs on its own thread there) and CUDA graphs (:mod:`apps.calibrate.graph_probe` says it needs a CUDA
+device).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -384,6 +378,8 @@ def step_compiled(kit: Kit, rec: StepRecord) -> None:
                        forward_s={k: v[1].forward_s for k, v in runs.items()})
     kit.say(f"  eager {fps['eager']:.2f} FPS, compiled {fps['compiled']:.2f} FPS (x{fps['compiled'] / fps['eager']:.3f}); "
             f"largest latent difference {diff:.2e}")
+    from apps.calibrate.graph_probe import cuda_graph_probe
+
     probe = cuda_graph_probe(kit)
     rec.figures["cuda_graphs"] = probe
     if probe.get("captured"):
@@ -391,49 +387,6 @@ def step_compiled(kit: Kit, rec: StepRecord) -> None:
     else:
         rec.why = f"CUDA graphs: {probe.get('why', 'not captured')}"
     kit.say(f"  CUDA graphs: {'captured' if probe.get('captured') else probe.get('why')}")
-
-
-def cuda_graph_probe(kit: Kit) -> dict[str, Any]:
-    """Run the CUDA-graph probe (:func:`_probe`) in a process of its own, within the budget."""
-    o = kit.options
-    timeout = max(5.0, min(180.0, kit.left_s() - 5.0))
-    cmd = [sys.executable, "-m", "apps.calibrate.gpu_steps", "cuda-graph", "--model", o.model, "--device", o.device,
-           "--dtype", o.dtype, "--context", str(o.window)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"captured": False, "why": f"the probe did not finish within {timeout:.0f} s"}
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return {"captured": False, "why": f"the probe exited {done.returncode}: {done.stderr.strip()[-300:]}"}
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
-
-
-def _probe(model_name: str, device: str, dtype: str, context: int) -> dict[str, Any]:
-    """Capture one tick forward (batch 1, ``context`` blocks) in a CUDA graph and replay it against eager."""
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return {"captured": False, "why": "CUDA graphs need a CUDA device: not run on a CPU"}
-    model = random_model(model_name, device, dtype)
-    what = f"{model_name} tick forward, batch 1, context {context} blocks, eager kernels"
-    register_prompt(model)
-    with torch.inference_mode():
-        tasks, lookup = synthetic_tick(model, 1, context)
-        eager = median_time(lambda: model.forward_tick(tasks, lookup), 2, 5, model.device)
-        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # torch: Stream() is not annotated
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            model.forward_tick(tasks, lookup)  # warm-up on the capturing stream, as torch.cuda.graphs asks
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                model.forward_tick(tasks, lookup)
-        except Exception as e:
-            return {"captured": False, "what": what, "eager_s": eager,
-                    "why": f"the tick forward cannot be captured: {type(e).__name__}: {str(e).splitlines()[0]}"}
-        replay = median_time(graph.replay, 2, 5, model.device)
-    return {"captured": True, "what": what, "eager_s": eager, "graph_s": replay}
 
 
 # -- 6. the 14B model -----------------------------------------------------------------------------------------
@@ -492,19 +445,3 @@ def _one_forward(kit: Kit, model: CausalWanDiT, batch: int, context: int) -> tup
         sync(kit.device)
         peak = torch.cuda.max_memory_allocated(kit.device) if kit.cuda else 0
     return seconds, peak
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CUDA-graph probe: prints one JSON line."""
-    p = argparse.ArgumentParser(prog="python -m apps.calibrate.gpu_steps")
-    p.add_argument("probe", choices=("cuda-graph",))
-    p.add_argument("--model", default="wan2.1-1.3b")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--context", type=int, default=7)
-    args = p.parse_args(argv)
-    print(json.dumps(_probe(args.model, args.device, args.dtype, args.context)), flush=True)
-    return 0
-
-if __name__ == "__main__":
-    raise SystemExit(main())
