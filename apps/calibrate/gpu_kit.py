@@ -259,15 +259,16 @@ StepFn = Callable[[Kit, StepRecord], None]
 def _steps() -> tuple[tuple[int, str, str, tuple[float, float], StepFn], ...]:
     from apps.calibrate import gpu_steps as s
 
-    # (id, name, title, estimated seconds (GPU, CPU rehearsal), the step): the GPU estimates for an H100
-    # (eager bf16, model builds included), the CPU ones measured by the rehearsal on a 2-core machine.
+    # (id, name, title, estimated seconds (GPU, CPU rehearsal), the step): the GPU figures are estimates for an
+    # H100 (eager bf16, model builds included; no GPU has run the kit yet), the CPU ones the most the rehearsal
+    # took on a 2-core machine shared with other work.
     return (
         (1, "batching", "sequential 1.3B vs lag 1 on one GPU, no decoding", (60, 10), s.step_batching),
         (2, "forward grid", "tick forward vs batch and context, peak memory; the profile", (100, 15), s.step_grid),
-        (3, "decoders", "Wan VAE per block (first, later; streaming), then TAEHV", (45, 10), s.step_decoders),
-        (4, "decode overlap", "sequential with decoding on a second stream and inline", (50, 10), s.step_decode_overlap),
+        (3, "decoders", "Wan VAE per block (first, later; streaming), then TAEHV", (45, 15), s.step_decoders),
+        (4, "decode overlap", "sequential with decoding on a second stream and inline", (50, 45), s.step_decode_overlap),
         (5, "compiled", "compiled executor (Inductor) vs eager; CUDA graphs", (150, 60), s.step_compiled),
-        (6, "14B", "14B forward at batch 1 and 5, context 7, peak memory", (45, 10), s.step_big),
+        (6, "14B", "14B forward at batch 1 and 5, context 7, peak memory", (45, 15), s.step_big),
     )
 
 
