@@ -1,8 +1,8 @@
 """``cascade schedule``: build, validate and print a cascade schedule (registered into the ``cascade``
 command, :mod:`apps.cli`, through :func:`register`).
 
-``python -m cascade_sched.cli ...`` runs the ``cascade`` command itself, as installed: the documented
-entry module for torchrun. This module imports neither torch nor simpy, and names no package above it.
+``python -m cascade_sched.cli ...`` runs the ``cascade`` command itself, as installed (or, not installed, from
+the project on PYTHONPATH): the documented entry module for torchrun. This module imports neither torch nor simpy, and names no package above it.
 """
 
 from __future__ import annotations
@@ -70,13 +70,20 @@ def _lag_text(lags: tuple[int, ...]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``cascade`` command as this distribution installs it: its console script, found through the
-    package's own entry point, so that this module imports nothing above the core."""
-    from importlib.metadata import distribution
+    """The ``cascade`` command: the console script this distribution installs, found through its entry point,
+    so that this module imports nothing above the core. Where the project runs from a folder on PYTHONPATH
+    without being installed (the GPU kit on a machine without the index), the same command is found by its
+    module, ``apps.cli``, at call time."""
+    from importlib import import_module
+    from importlib.metadata import PackageNotFoundError, distribution
 
-    (script,) = [ep for ep in distribution("cascade-sched").entry_points
-                 if ep.group == "console_scripts" and ep.name == "cascade"]
-    status: int = script.load()(argv)
+    try:
+        (script,) = [ep for ep in distribution("cascade-sched").entry_points
+                     if ep.group == "console_scripts" and ep.name == "cascade"]
+        command = script.load()
+    except PackageNotFoundError:
+        command = import_module("apps.cli").main
+    status: int = command(argv)
     return status
 
 

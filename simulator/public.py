@@ -38,6 +38,7 @@ class Figure:
 
 
 PAPER = "Block Cascading paper (arXiv 2511.20426)"
+FLASHDREAMS = "NVIDIA/flashdreams docs/benchmarks/benchmark_results.json (self_forcing_block6)"
 FIGURES: tuple[Figure, ...] = (
     Figure("paper-1.3b-seq", "Wan2.1 1.3B sequential FPS on one H100 (FlashAttention 3; denoise steps + cache "
            "pass per block; window 21 frames)", 16.0, "FPS", PAPER),
@@ -63,9 +64,17 @@ FIGURES: tuple[Figure, ...] = (
            "frames = 7 blocks, VAE decode)", 6.2, "s", "JaydenLyh/Reward-Forcing issue 13"),
     Figure("self-forcing-fps", "Self-Forcing 1.3B throughput on one H100", 17.0, "FPS",
            "Self-Forcing paper (arXiv 2506.08009)"),
-    Figure("flashdreams-h100", "Self-Forcing 1.3B with the TAEHV decoder, per autoregressive block, H100", 344.0,
-           "ms", "NVIDIA FlashDreams benchmark page"),
-    Figure("flashdreams-gb200", "the same on a GB200", 203.0, "ms", "NVIDIA FlashDreams benchmark page"),
+    Figure("flashdreams-official-h100", "Self-Forcing 1.3B, its official code (DiT torch.compile'd, cuDNN "
+           "attention, TAEHV decode), 6th autoregressive block, one H100: the whole block", 570.0, "ms", FLASHDREAMS),
+    Figure("flashdreams-official-dit-h100", "of which the DiT's 4 denoising steps", 432.0, "ms", FLASHDREAMS),
+    Figure("flashdreams-official-kv-h100", "of which the K/V update (the cache pass at t = 0)", 109.0, "ms", FLASHDREAMS),
+    Figure("flashdreams-official-decode-h100", "of which the decode: TAEHV (taew2_1, fp16) re-decoding the last 6 "
+           "latent frames", 30.0, "ms", FLASHDREAMS + " and its parity harness (--use_taehv)"),
+    Figure("flashdreams-official-gb200", "the official code's whole block on a GB200", 476.0, "ms", FLASHDREAMS),
+    Figure("flashdreams-stack-h100", "FlashDreams' own stack, the same block on an H100 (DiT 344, K/V 74, TAEHV 7)",
+           425.0, "ms", FLASHDREAMS),
+    Figure("flashdreams-stack-gb200", "FlashDreams' own stack on a GB200 (DiT 203, K/V 38, TAEHV 4)", 244.0, "ms",
+           FLASHDREAMS),
     Figure("krea-14b-h100", "Krea Realtime 14B, 4 steps, 480x832, one H100", (3.6, 4.3), "FPS",
            "daydreamlive/scope PR 55"),
     Figure("krea-14b-b200", "Krea Realtime 14B on one B200", 11.0, "FPS", "Krea's Realtime 14B announcement"),

@@ -40,6 +40,8 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+DEFAULT_BUDGET_S = 540.0  # a 10-minute lease, start-up and the wheels' install left over
+MAX_BUDGET_S = 86_400.0
 MAX_BATCH = 64  # a tick batches at most one task per stage of a device: 64 covers any sampler here
 MAX_CONTEXT = 1024  # blocks a task attends to (window + sink; an unbounded window is bounded by --blocks)
 
@@ -76,10 +78,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--out", default=None, metavar="PATH.json",
                    help="profile file to write (default calib.json; gpu-profile.json with --gpu-kit)")
     g.add_argument("--gpu-kit", action="store_true",
-                   help="the one-shot GPU calibration: forward vs batch 1-5 and context 1-11 blocks at 480x832 with "
-                        "random weights, the Wan VAE decode, peak memory, the tick overhead; writes the profile and "
-                        "prints measured vs predicted sequential FPS (a few minutes on one GPU)")
+                   help="the one-shot GPU kit (benchmarks/gpu_check.sh): 1.3B sequential vs lag 1, the forward grid "
+                        "(the profile), the Wan VAE and TAEHV, decoding on a second stream, the compiled executor, "
+                        "14B; measured beside predicted, under --budget-s (random weights, no network)")
     g.add_argument("--no-vae", action="store_true", help="with --gpu-kit: skip the Wan VAE (needs diffusers)")
+    g.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
+                   help="with --gpu-kit: seconds the kit may take; a step that would not fit is skipped "
+                        f"(default {DEFAULT_BUDGET_S:.0f})")
+    g.add_argument("--rehearse", action="store_true",
+                   help="with --gpu-kit: rehearse every step on the CPU at tiny geometries, one repeat")
+    g.add_argument("--report", default=None, metavar="PATH.json",
+                   help="with --gpu-kit: the report, rewritten after every step (default gpu-report.json beside "
+                        "--out)")
+    g.add_argument("--steps", type=int_ranges, default=None,
+                   help="with --gpu-kit: which steps to run, of 1-6 (default all, in order)")
     g.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; 1 as one rank per core runs")
     g.add_argument("--batches", type=int_ranges, default=(1, 2, 3, 4, 5),
                    help=f"local tasks per device, 1..{MAX_BATCH} (default 1-5)")
@@ -97,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--public", action="store_true",
                    help="print the table of public measurements the simulator reproduces (no runs; with --markdown "
                         "the table docs/validation.md carries)")
+    g.add_argument("--gpu-report", default=None, metavar="PATH.json",
+                   help="print the markdown table of a GPU kit report (benchmarks/gpu_check.sh's OUT/gpu-report.json: "
+                        "measured, predicted, error, card, driver, torch) and run nothing (default none)")
     g.add_argument("--profile", default=None, metavar="PATH",
                    help="a calibrated profile (default: calibrate now, one process, --threads threads)")
     g.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; of the world-1 runs and of calibration")
@@ -147,12 +162,11 @@ def _cmd_calibrate(run: Invocation) -> int:
     from apps.calibrate.calibrate import DEFAULT_CONTEXT_BLOCKS, calibrate
 
     args = run.args
-    source = _source(args, args.gpu_kit)
+    _check_kit_flags(args)
+    source = _source(args, args.gpu_kit and not args.rehearse)
     out = args.out or ("gpu-profile.json" if args.gpu_kit else "calib.json")
     check_output("--out", out, (".json",))
     _check_counts(args, run.machine.cores)
-    if args.no_vae and not args.gpu_kit:
-        raise ConfigError("--no-vae", "`--no-vae` applies to `--gpu-kit` only")
     if args.gpu_kit:
         return _cmd_kit(args, source, out)
     options = _calibrate_options(
@@ -168,15 +182,51 @@ def _cmd_calibrate(run: Invocation) -> int:
     return 0
 
 
-def _cmd_kit(args: argparse.Namespace, source: ModelSource, out: str) -> int:
-    from apps.calibrate.gpu_kit import KitOptions, run_kit
+def _check_kit_flags(args: argparse.Namespace) -> None:
+    """The kit's own flags: with ``--gpu-kit`` only, each in its range; ``--rehearse`` fixes the model and
+    device itself."""
+    kit_only = {"--no-vae": args.no_vae, "--budget-s": args.budget_s is not None, "--rehearse": args.rehearse,
+                "--report": args.report is not None, "--steps": args.steps is not None}
+    for flag, given in kit_only.items():
+        if given and not args.gpu_kit:
+            raise ConfigError(flag, f"`{flag}` applies to `--gpu-kit` only")
+    check_float("--budget-s", args.budget_s, 0, MAX_BUDGET_S, open_lo=True, what=" seconds")
+    from apps.calibrate.gpu_kit import STEPS
 
-    options = KitOptions(model=source.model or "wan2.1-1.3b", device=source.device, dtype=source.dtype,
-                         batches=tuple(args.batches), context_blocks=tuple(args.context_blocks or range(1, 12)),
-                         warmup=1 if args.warmup is None else args.warmup,
-                         repeats=3 if args.repeats is None else args.repeats, vae=not args.no_vae, out=out)
-    run_kit(options, _say)
-    return 0
+    for step in args.steps or ():
+        check_range("--steps", step, STEPS[0], STEPS[-1], " (the kit's steps)")
+    if args.rehearse:
+        for flag in ("model", "device", "dtype", "checkpoint"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag}", f"`--rehearse` runs the tiny geometries on the CPU: drop `--{flag}`")
+    if args.report is not None:
+        check_output("--report", args.report, (".json",))
+
+
+def _cmd_kit(args: argparse.Namespace, source: ModelSource, out: str) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from apps.calibrate.gpu_kit import STEPS, KitOptions, rehearsal_options, run_kit
+    from apps.calibrate.gpu_report import format_gpu_table
+
+    report = args.report or str(Path(out).parent / "gpu-report.json")
+    grid: dict[str, Any] = {"batches": tuple(args.batches), "vae": not args.no_vae, "out": out, "report": report,
+                            "budget_s": args.budget_s or DEFAULT_BUDGET_S,
+                            "steps": tuple(args.steps or STEPS), "wheels": os.environ.get("CASCADE_GPU_WHEELS", "")}
+    for name in ("context_blocks", "warmup", "repeats"):
+        if getattr(args, name) is not None:
+            grid[name] = tuple(args.context_blocks) if name == "context_blocks" else getattr(args, name)
+    if args.rehearse:
+        options = dataclasses.replace(rehearsal_options(str(Path(out).parent)), **grid)
+    else:
+        options = KitOptions(model=source.model or "wan2.1-1.3b", device=source.device, dtype=source.dtype, **grid)
+    doc = run_kit(options, _say)
+    print(format_gpu_table(doc))
+    failed = [f"{s['id']}. {s['name']}" for s in doc["steps"] if s["status"] == "failed"]
+    if failed:
+        _say(f"gpu kit: {len(failed)} step(s) failed ({', '.join(failed)}): the report says why")
+    return 1 if failed else 0
 
 
 def _default_worlds(device: str) -> tuple[int, ...]:
@@ -191,6 +241,11 @@ def _default_worlds(device: str) -> tuple[int, ...]:
 
 def _cmd_validate(run: Invocation) -> int:
     args = run.args
+    if args.gpu_report:
+        from apps.calibrate.gpu_report import format_gpu_table, load_report
+
+        print(format_gpu_table(load_report(args.gpu_report)))
+        return 0
     if args.public:
         from simulator.reproduce import format_public, public_rows
 

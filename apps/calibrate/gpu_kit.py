@@ -1,62 +1,145 @@
-"""The GPU calibration kit (``cascade calibrate --gpu-kit``, wrapped by ``benchmarks/gpu_check.sh``): one
-command that, on one GPU with torch + CUDA and no network, in a few minutes:
+"""The GPU kit (``cascade calibrate --gpu-kit``, wrapped by ``benchmarks/gpu_check.sh``): one command, for a
+GPU lent for minutes with no network, that measures what decides most first and stops cleanly at its
+budget. Steps, in this order (:mod:`apps.calibrate.gpu_steps` has each):
 
-1. measures the tick forward of the real 480x832 geometry with random bf16 weights against batch (1-5
-   tasks) and context (1-11 blocks), with each shape's peak memory (:func:`apps.calibrate.profiling.profile_forward`);
-2. measures the sampler step and the tick loop's own overhead (the reference executor);
-3. measures the Wan VAE decode per block with diffusers' ``AutoencoderKLWan`` and random weights, first block
-   and later blocks (streaming, as ``models.decode.WanVAEDecoder`` decodes);
-4. writes a ``cascade-profile/2`` file the simulator reads (``--cost profile:PATH``);
-5. runs the sequential schedule for real (the reference executor, no decoding: the paper's FPS) and prints
-   the measured FPS beside the simulator's predictions from the new profile and from the catalog's
-   ``parts`` model, and the measured decode and memory beside the catalog's.
+1. *batching*: the sequential 1.3B schedule against lag 1, both on this one GPU (480x832, bf16, random
+   weights, no decoding): measured FPS beside the simulator's predictions, and the ratio;
+2. *forward grid*: the tick forward against batch 1-5 and context 1-11 blocks with peak memory, the sampler
+   step and the tick loop's own time, written as the ``cascade-profile/2`` the simulator reads;
+3. *decoders*: the Wan VAE (diffusers ``AutoencoderKLWan``, the published configuration, random weights)
+   per block, first and later blocks, streaming; then TAEHV per block;
+4. *decode overlap*: the sequential run with decoding on a second CUDA stream, and inline: delivered FPS
+   against predicted;
+5. *compiled*: the compiled executor (Inductor) against eager on the same schedule, then whether CUDA graphs
+   can capture the tick;
+6. *14B*: one forward at batch 1 and 5 with context 7 and its peak memory, where it fits.
 
-Weights are random (no download): timing does not depend on their values. The model is built directly on
-the GPU in bf16 (no CPU initialisation of billions of parameters). Every step prints as it goes, so a run
-cut short still says what it measured; the report is also written as JSON next to the profile.
+Each step checks the budget left against its own estimate before it starts (skipped with the reason
+otherwise) and stops its own loops at the budget's end (recorded ``cut``); an exception in one step is
+recorded and the next step runs. After every step the report is written again, atomically
+(:mod:`apps.calibrate.gpu_report`), and every figure is printed as it is measured. ``rehearsal_options``
+gives the CPU rehearsal: every step at tiny geometries, one repeat.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
+import gc
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from apps.calibrate.calibrate import CalibrateOptions, device_name, provenance
-from apps.calibrate.profiling import profile_decode, profile_forward, profile_sampler, profile_tick
 from cascade_sched.errors import ConfigError
 from models.config import get_config
 from models.dit import CausalWanDiT
 from models.dtypes import torch_dtype
-from simulator.profile import Profile
 
-__all__ = ["KitOptions", "catalog_gpu", "random_model", "random_vae", "run_kit"]
+__all__ = [
+    "STEPS",
+    "Cut",
+    "Kit",
+    "KitOptions",
+    "Skip",
+    "StepRecord",
+    "catalog_gpu",
+    "random_model",
+    "random_vae",
+    "rehearsal_options",
+    "run_kit",
+]
 
 Progress = Callable[[str], None]
 
+# The Wan2.1 VAE as published: diffusers' AutoencoderKLWan for Wan-AI/Wan2.1-T2V-1.3B-Diffusers (vae/), the
+# same numbers as Wan-AI/Wan2.1 wan/modules/vae.py `_video_vae` (docs/references.md).
+WAN21_VAE: dict[str, Any] = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                             "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0}
+SMALL_VAE: dict[str, Any] = {**WAN21_VAE, "base_dim": 8, "num_res_blocks": 1}  # the rehearsal's
+TAEHV_WIDTH = (256, 128, 64, 64)  # taew2_1's decoder (madebyollin/taehv)
+
 
 @dataclass(frozen=True)
-class KitOptions(CalibrateOptions):
-    """What the kit measures: a calibration's forward grid on a GPU (the defaults: 1.3B at 480x832, bf16,
-    batch 1-5, context 1-11), and the Wan VAE and the sequential schedule besides."""
+class KitOptions:
+    """What the kit measures. The defaults are the GPU run's: Wan2.1 1.3B and 14B at 480x832 in bf16."""
 
     model: str = "wan2.1-1.3b"
+    big_model: str = "wan2.1-14b"  # step 6
     device: str = "cuda"
     dtype: str = "bfloat16"
+    batches: tuple[int, ...] = (1, 2, 3, 4, 5)
     context_blocks: tuple[int, ...] = tuple(range(1, 12))
     warmup: int = 1
     repeats: int = 3
-    vae: bool = True
-    vae_config: dict[str, Any] = field(default_factory=dict)  # AutoencoderKLWan overrides (tests: a small VAE)
-    sequential_blocks: int = 12
+    blocks: int = 16  # the runs of steps 1, 4 and 5 (lag 1 keeps 5 blocks in flight: 5 steady intervals)
     window: int = 7
-    out: str = "gpu-profile.json"
-    quiet: bool = False  # wait for an idle CPU before each round (pointless on a GPU machine of one's own)
+    big_context: int = 7  # step 6's context, blocks
+    vae: bool = True
+    vae_config: dict[str, Any] = field(default_factory=lambda: dict(WAN21_VAE))
+    taehv_width: tuple[int, int, int, int] = TAEHV_WIDTH
+    budget_s: float = 540.0
+    out: str = "gpu-profile.json"  # the profile step 2 writes (step 3 adds the decoder to it)
+    report: str = "gpu-report.json"
+    steps: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    rehearsal: bool = False
+    wheels: str = ""  # what gpu_check.sh installed, for the report
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rehearsal_options(out_dir: str, budget_s: float = 540.0, **changes: Any) -> KitOptions:
+    """The CPU rehearsal of the kit: every step, the same code, tiny geometries (``tiny`` for 1.3B,
+    ``small`` for 14B, a small Wan VAE and TAEHV), one repeat, bf16 as on the GPU."""
+    base = KitOptions(model="tiny", big_model="small", device="cpu", dtype="bfloat16", warmup=1, repeats=1,
+                      blocks=12, window=3, big_context=7, vae_config=dict(SMALL_VAE), taehv_width=(8, 8, 8, 8),
+                      budget_s=budget_s, out=f"{out_dir}/gpu-profile.json", report=f"{out_dir}/gpu-report.json",
+                      rehearsal=True)
+    return dataclasses.replace(base, **changes)
+
+
+class Cut(Exception):
+    """A step's loop reached the budget's end: what it measured so far is kept, the step is marked cut."""
+
+
+class Skip(Exception):
+    """A step that cannot run here (it does not fit): recorded ``skipped`` with the reason."""
+
+
+@dataclass
+class StepRecord:
+    """One step in the report (:mod:`apps.calibrate.gpu_report` documents the fields)."""
+
+    id: int
+    name: str
+    title: str
+    estimate_s: float
+    status: str = "running"
+    why: str = ""
+    wall_s: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, figure: str, measured: float | None, predicted: float | None, unit: str, note: str = "") -> None:
+        self.rows.append({"figure": figure, "measured": measured, "predicted": predicted, "unit": unit,
+                          "note": note})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def catalog_gpu(name: str) -> str | None:
+    """The simulator catalog's GPU for a CUDA device name (``NVIDIA H100 80GB HBM3`` -> ``h100-sxm``)."""
+    n = name.lower()
+    for key, gpu in (("h200", "h200"), ("gb200", "gb200"), ("b200", "b200"), ("h100 pcie", "h100-pcie"),
+                     ("h100", "h100-sxm"), ("a100", "a100-sxm"), ("l40s", "l40s"), ("5090", "rtx5090")):
+        if key in n:
+            return gpu
+    return None
 
 
 def random_model(name: str, device: str, dtype: str) -> CausalWanDiT:
@@ -75,132 +158,162 @@ def random_model(name: str, device: str, dtype: str) -> CausalWanDiT:
     return model.to(device=device, dtype=torch_type).eval()
 
 
-def random_vae(device: str, dtype: str, overrides: dict[str, Any] | None = None) -> Any:
-    """diffusers' ``AutoencoderKLWan`` (the Wan2.1 VAE configuration, or ``overrides``) with random weights,
-    wrapped as a streaming ``WanVAEDecoder``."""
+def random_vae(device: str, dtype: str, config: dict[str, Any] | None = None) -> Any:
+    """diffusers' ``AutoencoderKLWan`` (``config``: its constructor's arguments; default the published
+    Wan2.1 VAE) with random weights, wrapped as a streaming ``WanVAEDecoder``."""
     try:
         from diffusers import AutoencoderKLWan
     except ImportError:
-        raise ConfigError("vae", "the VAE measurement needs diffusers (pip install 'cascade-sched[vae]'); "
-                                 "or run the kit with --no-vae") from None
+        raise ConfigError("vae", "the Wan VAE steps need diffusers: carry its wheel (benchmarks/gpu_wheels.sh) "
+                                 "or pip install 'cascade-sched[vae]'") from None
     from models.decode import WanVAEDecoder
 
     with torch.device(device):
-        vae = AutoencoderKLWan(**(overrides or {}))  # type: ignore[no-untyped-call]  # diffusers: the model classes are not annotated
+        vae = AutoencoderKLWan(**(config if config is not None else WAN21_VAE))  # type: ignore[no-untyped-call]  # diffusers: the model classes are not annotated
     return WanVAEDecoder(vae, device=device, dtype=torch_dtype(dtype))
 
 
-def catalog_gpu(name: str) -> str | None:
-    """The simulator catalog's GPU for a CUDA device name (``NVIDIA H100 80GB HBM3`` -> ``h100-sxm``)."""
-    n = name.lower()
-    for key, gpu in (("h200", "h200"), ("gb200", "gb200"), ("b200", "b200"), ("h100 pcie", "h100-pcie"),
-                     ("h100", "h100-sxm"), ("a100", "a100-sxm"), ("l40s", "l40s"), ("5090", "rtx5090")):
-        if key in n:
-            return gpu
-    return None
+class Kit:
+    """One run of the kit: its options, budget, report, and what steps share (the 1.3B model, the profile)."""
+
+    def __init__(self, options: KitOptions, say: Progress) -> None:
+        from apps.calibrate.gpu_report import card_info, now
+
+        self.options, self.say = options, say
+        self.t0 = time.perf_counter()
+        self.device = torch.device(options.device)
+        self.cuda = self.device.type == "cuda"
+        self.card = card_info(options.device)
+        self.gpu = catalog_gpu(self.card["name"]) if self.cuda else None
+        self.card["catalog_gpu"] = self.gpu or "none: predictions are for an h100-sxm"
+        self.steps: list[StepRecord] = []
+        self.started = now()
+        self._model: CausalWanDiT | None = None
+        self.profile: Any = None  # the profile of step 2 (and 3), once written
+
+    # -- the budget --------------------------------------------------------------------------------------
+    def left_s(self) -> float:
+        return self.options.budget_s - (time.perf_counter() - self.t0)
+
+    def check(self, need_s: float, what: str) -> None:
+        """Raise :class:`Cut` unless ``need_s`` seconds are left for ``what``."""
+        if self.left_s() < need_s:
+            raise Cut(f"budget: {max(0.0, self.left_s()):.0f} s left before {what} (about {need_s:.0f} s)")
+
+    @property
+    def deadline(self) -> float:
+        """The budget's end on ``time.perf_counter``'s clock."""
+        return self.t0 + self.options.budget_s
+
+    # -- what steps share ----------------------------------------------------------------------------------
+    def model(self) -> CausalWanDiT:
+        """The 1.3B model (random weights), built once and kept for steps 1, 2, 4 and 5."""
+        if self._model is None:
+            t = time.perf_counter()
+            self._model = random_model(self.options.model, self.options.device, self.options.dtype)
+            self.say(f"  built {self.options.model} ({self.options.dtype}, random weights) on {self.card['name']} "
+                     f"in {time.perf_counter() - t:.1f} s")
+        return self._model
+
+    def release_model(self) -> None:
+        """Drop the 1.3B model (step 6 needs the memory)."""
+        self._model = None
+        self.free()
+
+    def figures(self, step: int) -> dict[str, Any]:
+        """The figures of step ``step`` in this run (empty if it did not run)."""
+        return next((s.figures for s in self.steps if s.id == step), {})
+
+    def gpu_name(self) -> str:
+        """The catalog GPU the simulator predicts for (an h100-sxm where the card is not in the catalog)."""
+        return self.gpu or "h100-sxm"
+
+    def free(self) -> None:
+        """Release what a failed or finished step left on the device."""
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    # -- the report ----------------------------------------------------------------------------------------
+    def doc(self) -> dict[str, Any]:
+        from apps.calibrate.gpu_report import FORMAT
+
+        o = self.options
+        return {"format": FORMAT, "rehearsal": o.rehearsal, "card": self.card, "budget_s": o.budget_s,
+                "started": self.started, "wall_s": round(time.perf_counter() - self.t0, 1), "wheels": o.wheels,
+                "options": o.to_dict(), "steps": [s.to_dict() for s in self.steps]}
+
+    def write(self) -> None:
+        from apps.calibrate.gpu_report import write_report
+
+        write_report(self.options.report, self.doc())
 
 
-def _sequential_fps(model: CausalWanDiT, blocks: int, window: int) -> tuple[float, list[float]]:
-    """The paper's FPS of the sequential schedule run for real by the reference executor, no decoding."""
-    from cascade_sched.metrics import stream_metrics
-    from cascade_sched.schedule import build_schedule
-    from cascade_sched.spec import CascadeSpec
-    from executors.base import RunOptions
-    from executors.reference import ReferenceExecutor
-
-    schedule = build_schedule(CascadeSpec(num_blocks=blocks, window=window))
-    with torch.inference_mode():
-        ReferenceExecutor().run(build_schedule(CascadeSpec(num_blocks=2, window=window)), model, RunOptions())
-        result = ReferenceExecutor().run(schedule, model, RunOptions())
-    m = stream_metrics(result.block_done_s, None, max_in_flight=1, window=window)
-    return m.paper_fps, list(result.block_done_s)
+StepFn = Callable[[Kit, StepRecord], None]
 
 
-def _predicted(profile: Profile, model: str, gpu: str | None, blocks: int, window: int) -> dict[str, float]:
-    from cascade_sched.schedule import build_schedule
-    from cascade_sched.spec import CascadeSpec
-    from simulator.catalog import get_gpu, get_model
-    from simulator.cluster import Cluster
-    from simulator.cost import make_cost
-    from simulator.engine import simulate
-    from simulator.profile import ProfileCost
+def _steps() -> tuple[tuple[int, str, str, tuple[float, float], StepFn], ...]:
+    from apps.calibrate import gpu_steps as s
 
-    g = get_model(model)
-    s = build_schedule(CascadeSpec(num_blocks=blocks, window=window))
-    cluster = Cluster.of(gpu or "h100-sxm", 1)
-    out = {"profile": simulate(s, cluster, ProfileCost(profile, g), g, decode="gpu", check_memory=False).paper_fps}
-    if gpu is not None and g.baseline is not None:
-        parts = make_cost("parts", g, get_gpu(gpu))
-        out["catalog"] = simulate(s, cluster, parts, g, decode="gpu", check_memory=False).paper_fps
-        out["catalog_decode_s"] = parts.decode_s(1, 12)
-    return out
+    # (id, name, title, estimated seconds (GPU, CPU rehearsal), the step): the GPU figures are estimates for an
+    # H100 (eager bf16, model builds included; no GPU has run the kit yet), the CPU ones the most the rehearsal
+    # took on a 2-core machine shared with other work.
+    return (
+        (1, "batching", "sequential 1.3B vs lag 1 on one GPU, no decoding", (60, 10), s.step_batching),
+        (2, "forward grid", "tick forward vs batch and context, peak memory; the profile", (100, 15), s.step_grid),
+        (3, "decoders", "Wan VAE per block (first, later; streaming), then TAEHV", (45, 15), s.step_decoders),
+        (4, "decode overlap", "sequential with decoding on a second stream and inline", (50, 45), s.step_decode_overlap),
+        (5, "compiled", "compiled executor (Inductor) vs eager; CUDA graphs", (150, 60), s.step_compiled),
+        (6, "14B", "14B forward at batch 1 and 5, context 7, peak memory", (45, 15), s.step_big),
+    )
+
+
+STEPS = tuple(range(1, 7))
 
 
 def run_kit(options: KitOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the kit (see the module docstring); writes ``options.out`` and ``<out>.report.json``; returns the
-    report."""
+    """Run the kit's steps (module docstring) under ``options.budget_s``; writes ``options.report`` after
+    every step and returns the report."""
     say = progress or (lambda _m: None)
-    t0 = time.perf_counter()
-    say(f"gpu kit: {options.model} ({options.dtype}, random weights) on {device_name(options.device)}")
-    model = random_model(options.model, options.device, options.dtype)
-    cuda = options.device.startswith("cuda")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    say(f"  model built in {time.perf_counter() - t0:.1f} s")
-    points = profile_forward(model, options.batches, options.context_blocks, options.warmup, options.repeats, say,
-                             quiet=options.quiet)
-    sample_s, commit_s = profile_sampler(model)
-    tick = profile_tick(model, repeats=2, window=min(options.context_blocks[-1], 7))
-    say(f"  sampler {sample_s * 1e6:.0f} us per task; tick overhead {tick['tick_overhead_s'] * 1e3:.2f} ms")
-    decode_first = decode_rest = 0.0
-    decoder = "none"
-    if options.vae:
-        t1 = time.perf_counter()
-        dec = random_vae(options.device, options.dtype, options.vae_config)
-        decode_first, decode_rest = profile_decode(model, dec, warmup=1, repeats=3)
-        decoder = "wan-vae (diffusers AutoencoderKLWan, random weights)"
-        say(f"  Wan VAE decode {decode_first * 1e3:.1f} ms (first block), {decode_rest * 1e3:.1f} ms per later "
-            f"block ({time.perf_counter() - t1:.1f} s)")
-        del dec
-    peak = torch.cuda.max_memory_allocated() if cuda else 0
-    prov = provenance(options)
-    prov.update(decoder=decoder, kit="cascade calibrate --gpu-kit", commit_s_per_version=commit_s, tick=tick,
-                weights="random")
-    profile = Profile(model=options.model, forward=tuple(points), sample_s_per_task=sample_s,
-                      decode_s_per_block=decode_rest, decode_first_block_s=decode_first, provenance=prov,
-                      tick_overhead_s=tick["tick_overhead_s"], peak_memory_bytes=int(peak), path=options.out)
-    profile.save(options.out)
-    say(f"  wrote {options.out}")
-    measured, series = _sequential_fps(model, options.sequential_blocks, options.window)
-    gpu = catalog_gpu(prov["device"]) if cuda else None
-    predicted = _predicted(profile, options.model, gpu, options.sequential_blocks, options.window)
-    report = {"device": prov["device"], "catalog_gpu": gpu, "model": options.model, "profile": options.out,
-              "window": options.window, "blocks": options.sequential_blocks,
-              "sequential_fps": {"measured": measured, **predicted}, "block_done_s": series,
-              "decode_s": {"measured_first": decode_first, "measured_later": decode_rest,
-                           "catalog_later": predicted.get("catalog_decode_s", math.nan)},
-              "peak_memory_bytes": peak, "wall_s": round(time.perf_counter() - t0, 1)}
-    with open(options.out + ".report.json", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, default=lambda v: None)
-    say(format_report(report))
-    return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The side-by-side lines the kit prints."""
-    fps = report["sequential_fps"]
-    lines = [f"sequential FPS ({report['blocks']} blocks, window {report['window']}, no decoding) on "
-             f"{report['device']}:",
-             f"  measured (reference executor, this repo's model): {fps['measured']:.2f}",
-             f"  predicted from the profile just measured:         {fps['profile']:.2f}"]
-    if "catalog" in fps:
-        lines.append(f"  predicted by the catalog's parts model ({report['catalog_gpu']}): {fps['catalog']:.2f} "
-                     "(the paper's implementation, fitted to its published baselines)")
-    d = report["decode_s"]
-    if d["measured_later"]:
-        catalog = "" if math.isnan(d["catalog_later"]) else f", catalog {d['catalog_later'] * 1e3:.1f} ms"
-        lines.append(f"Wan VAE decode per later block: measured {d['measured_later'] * 1e3:.1f} ms{catalog}")
-    if report["peak_memory_bytes"]:
-        lines.append(f"peak memory over the run: {report['peak_memory_bytes'] / 1e9:.2f} GB")
-    lines.append(f"kit wall time {report['wall_s']:.0f} s")
-    return "\n".join(lines)
+    for path in (options.report, options.out):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    kit = Kit(options, say)
+    say(f"gpu kit{' (rehearsal)' if options.rehearsal else ''}: {kit.card['name']}, driver {kit.card['driver']}, "
+        f"torch {kit.card['torch']}; budget {options.budget_s:.0f} s")
+    kit.write()
+    for sid, name, title, estimates, fn in _steps():
+        if sid not in options.steps:
+            continue
+        estimate = estimates[0 if kit.cuda else 1]
+        rec = StepRecord(sid, name, title, estimate)
+        kit.steps.append(rec)
+        left = kit.left_s()
+        if left < estimate:
+            rec.status, rec.why = "skipped", f"budget: {max(0.0, left):.0f} s left, the step needs about {estimate:.0f} s"
+            say(f"step {sid} ({name}): skipped, {rec.why}")
+            kit.write()
+            continue
+        say(f"step {sid} ({name}): {title}")
+        kit.write()
+        t = time.perf_counter()
+        try:
+            fn(kit, rec)
+            rec.status = "ok"
+        except Cut as e:
+            rec.status, rec.why = "cut", str(e)
+        except Skip as e:
+            rec.status, rec.why = "skipped", str(e)
+        except Exception as e:  # recorded; the next step runs
+            rec.status = "failed"
+            rec.why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            rec.figures["traceback"] = traceback.format_exc(limit=8).splitlines()[-12:]
+        rec.wall_s = round(time.perf_counter() - t, 1)
+        say(f"step {sid} ({name}): {rec.status} in {rec.wall_s:.1f} s" + (f" ({rec.why})" if rec.why else ""))
+        kit.free()
+        kit.write()
+    say(f"gpu kit: done in {time.perf_counter() - kit.t0:.0f} s; report {options.report}")
+    return kit.doc()

@@ -51,25 +51,28 @@ def synthetic_tick(model: CausalWanDiT, batch: int, context_blocks: int,
                    timesteps: Sequence[float] = NOMINAL) -> tuple[list[TaskInput], Any]:
     """``batch`` tasks, each attending to its own block and the same ``context_blocks - 1`` committed
     blocks (the tasks of one tick share the committed KV they read), and a K/V lookup for those blocks.
-    The committed versions are stage S - 1 of the schedule ``timesteps`` describe."""
+    The committed versions are stage S - 1 of the schedule ``timesteps`` describe. The random values are
+    drawn on the model's device (a full-size context is gigabytes: drawing it on a CPU would take longer
+    than the forward), seeded where the device has a generator (not on ``meta``)."""
     cfg = model.config
     last = CascadeSpec(num_blocks=1, timesteps=tuple(timesteps)).num_stages - 1
-    g = torch.Generator().manual_seed(1234)
+    dev = model.device
+    g = torch.Generator(dev).manual_seed(1234) if dev.type in ("cpu", "cuda") else None
     act = torch.float64 if model.dtype == torch.float64 else torch.float32
+
+    def randn(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.randn(shape, generator=g, device=dev, dtype=dtype)
+
     kv_shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
     visible = context_blocks - 1
     store: dict[tuple[int, int], list[KVPair]] = {}
     for j in range(visible):
-        store[(j, last)] = [
-            (torch.randn(kv_shape, generator=g).to(model.device, model.dtype),
-             torch.randn(kv_shape, generator=g).to(model.device, model.dtype))
-            for _ in range(cfg.num_layers)
-        ]
+        store[(j, last)] = [(randn(kv_shape, model.dtype), randn(kv_shape, model.dtype)) for _ in range(cfg.num_layers)]
     reads = tuple(store)
     tasks = []
     for i in range(batch):
         b = visible + i
-        latent = torch.randn(cfg.latent_shape(), generator=g).to(model.device, act)
+        latent = randn(cfg.latent_shape(), act)
         tasks.append(TaskInput(ref=(b, 0), latent=latent.to(model.dtype), timestep=900.0,
                                frame_offset=b * cfg.frames_per_block, prompt=0, reads=reads))
 
@@ -88,9 +91,12 @@ def profile_forward(
     progress: Progress | None = None,
     quiet: bool = True,
     timesteps: Sequence[float] = NOMINAL,
+    deadline: float | None = None,
 ) -> list[ForwardPoint]:
     """Median seconds of one tick forward for every (batch, visible blocks) pair (the module docstring);
-    with ``quiet`` a round starts only once the machine is idle (:func:`~apps.calibrate.timing.wait_idle`)."""
+    with ``quiet`` a round starts only once the machine is idle (:func:`~apps.calibrate.timing.wait_idle`).
+    With ``deadline`` (``time.perf_counter`` seconds) no shape starts after it: the shapes measured so far
+    are returned, each with its own number of samples, and a shape never measured is left out."""
     for name, values in (("batches", batches), ("context_blocks", context_blocks)):
         if not values or min(values) < 1:
             raise ConfigError(name, f"`{name}` must be positive integers, got {list(values)}")
@@ -107,6 +113,8 @@ def profile_forward(
             if quiet and r >= warmup:
                 wait_idle()
             for shape in shapes:  # built per use: holding every shape's context at once would not fit a GPU
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
                 tasks, lookup = synthetic_tick(model, *shape, timesteps=timesteps)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(model.device)
@@ -119,10 +127,17 @@ def profile_forward(
                 if cuda:
                     peaks[shape] = max(peaks[shape], torch.cuda.max_memory_allocated(model.device))
                 del tasks, lookup
-            if progress is not None and r >= warmup:
-                progress(f"forward: round {r - warmup + 1} of {repeats} over {len(shapes)} shapes")
+            else:
+                if progress is not None and r >= warmup:
+                    progress(f"forward: round {r - warmup + 1} of {repeats} over {len(shapes)} shapes")
+                continue
+            if progress is not None:
+                progress(f"forward: stopped at the deadline in round {r + 1}")
+            break
     points = []
     for (n, c), xs in samples.items():
+        if not xs:
+            continue
         points.append(ForwardPoint(n, q, q * c, statistics.median(xs), len(xs), peaks[(n, c)]))
         if progress is not None:
             progress(f"forward batch {n} context {c} blocks: {points[-1].seconds * 1e3:.2f} ms"
@@ -215,6 +230,7 @@ def profile_tick(model: CausalWanDiT, timesteps: Sequence[float] = NOMINAL, bloc
     from cascade_sched.trace import SAMPLE
     from executors.base import RunOptions
     from executors.reference import ReferenceExecutor
+    from models.prompts import StandInEncoder
 
     spec = CascadeSpec(num_blocks=blocks, timesteps=tuple(timesteps), window=window)
     schedule = build_schedule(spec)
@@ -224,7 +240,7 @@ def profile_tick(model: CausalWanDiT, timesteps: Sequence[float] = NOMINAL, bloc
         shapes[c] = shapes.get(c, 0) + 1
     register_prompt(model)
     ticks = {c: synthetic_tick(model, 1, c, timesteps) for c in shapes}
-    opts = RunOptions()
+    opts = RunOptions(text_encoder=StandInEncoder(model.config))  # the calibration prompt, as synthetic_tick's
     walls, samples = [], []
     alone: dict[int, float] = dict.fromkeys(shapes, float("inf"))
     with torch.inference_mode():

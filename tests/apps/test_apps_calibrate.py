@@ -224,24 +224,3 @@ def test_cli_validate_json_has_the_documented_fields(tiny_profile: Profile, tmp_
 def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "--model", "tiny", "--repeats", "0", "--worlds", "1"]) == 2
     assert "--repeats" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_gpu_kit_runs_its_whole_path_at_tiny_geometry(tmp_path: object) -> None:
-    """The GPU kit on the CPU at the tiny geometry with a small random Wan VAE: it writes a profile the
-    simulator reads, a report, and the measured and predicted sequential FPS."""
-    pytest.importorskip("diffusers")
-    from apps.calibrate.gpu_kit import KitOptions, catalog_gpu, format_report, run_kit
-
-    out = f"{tmp_path}/kit.json"
-    report = run_kit(KitOptions(model="tiny", device="cpu", dtype="float32", batches=(1, 2), context_blocks=(1, 3),
-                                repeats=1, vae_config={"base_dim": 8}, sequential_blocks=5, window=3, out=out))
-    prof = Profile.load(out)
-    assert prof.model == "tiny" and prof.decode_s_per_block > 0 and prof.tick_overhead_s >= 0
-    assert prof.provenance["tick"]["forwards_s"] > 0 and prof.provenance["decoder"].startswith("wan-vae")
-    assert {(p.batch, p.context_tokens // 12) for p in prof.forward} == {(1, 1), (1, 3), (2, 1), (2, 3)}
-    assert report["sequential_fps"]["measured"] > 0 and report["sequential_fps"]["profile"] > 0
-    assert "measured" in format_report(report)
-    with open(out + ".report.json", encoding="utf-8") as f:
-        assert json.load(f)["model"] == "tiny"
-    assert catalog_gpu("NVIDIA H100 80GB HBM3") == "h100-sxm" and catalog_gpu("NVIDIA H200") == "h200"

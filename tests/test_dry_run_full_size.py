@@ -1,0 +1,91 @@
+"""Full-size dry runs on the CPU (apps.calibrate.dryrun): Wan2.1 1.3B and 14B at 480x832 in bf16 on the meta
+device, the reference executor's tick loop on one device and every rank's tick loop of a 5-rank block
+placement; every shape goes through, every rank runs each of its ticks, and what the engine allocates agrees
+with the simulator's memory model (simulator.memory) for the same schedule: weights and K/V within 10%.
+
+The activations do not agree: the memory model prices one layer's working set at tokens x (4 dim + ffn) x 2
+bytes, and the engine's is 2.5-3.1x that (its residual stream in float32 beside the FFN's bf16 hidden and
+GELU, and each attention group's gathered context K/V). The strict xfail below holds that finding until the
+memory model is mended (then it passes and must lose its mark).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apps.calibrate.dryrun import (
+    CASES,
+    TOLERANCE,
+    DryRun,
+    LiveBytes,
+    ThreadTransport,
+    _Hub,
+    compare,
+    dry_run,
+    format_table,
+    meta_model,
+)
+from cascade_sched.errors import ExecutorError
+from cascade_sched.spec import CascadeSpec
+
+pytestmark = pytest.mark.slow
+IDS = [f"{m}-{'seq' if s.lag is None else f'lag{s.lag}'}-{s.num_devices}dev" for m, s in CASES]
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, DryRun]:
+    return {}
+
+
+def _run(runs: dict[str, DryRun], case: int) -> DryRun:
+    key = IDS[case]
+    if key not in runs:
+        runs[key] = dry_run(*CASES[case])
+    return runs[key]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+def test_every_rank_runs_every_tick_at_full_size(runs: dict[str, DryRun], case: int) -> None:
+    run = _run(runs, case)
+    schedule = run.schedule
+    assert len(run.ranks) == schedule.num_devices
+    for r in run.ranks:
+        mine = [t for t, gang in enumerate(schedule.gangs) if any(task.device == r.rank for task in gang)]
+        assert [f.tick for f in r.forwards] == mine
+        assert all(f.kv > 0 and f.activations > 0 for f in r.forwards)
+    assert run.ranks[0].latents == schedule.num_blocks  # every clean latent reached the decode rank
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+def test_weights_and_kv_agree_with_the_memory_model(runs: dict[str, DryRun], case: int) -> None:
+    run = _run(runs, case)
+    rows = compare(run)
+    print("\n" + format_table(run, rows))
+    for c in rows:
+        for part in ("weights", "kv"):
+            assert abs(c.error(part)) <= TOLERANCE, (c.rank, part, c.engine[part], c.simulator[part])
+
+
+@pytest.mark.xfail(strict=True, reason="simulator.memory prices activations at tokens x (4 dim + ffn) x 2 bytes; "
+                                       "the engine's working set is 2.5-3.1x that (dry runs: docs/validation.md)")
+@pytest.mark.parametrize("case", [0, 2], ids=[IDS[0], IDS[2]])
+def test_activations_agree_with_the_memory_model(runs: dict[str, DryRun], case: int) -> None:
+    for c in compare(_run(runs, case)):
+        assert abs(c.error("activations")) <= TOLERANCE, (c.rank, c.engine, c.simulator)
+
+
+def test_a_message_of_another_shape_is_refused() -> None:
+    model = meta_model("tiny")
+    hub = _Hub(timeout_s=5)
+    transport = ThreadTransport(1, hub, model, LiveBytes())
+    hub.put(("latent", 0, 0, "next", 1), torch.empty(16, 3, 4, 5, device="meta"))
+    with pytest.raises(ExecutorError, match=r"is \(16, 3, 4, 5\) torch.float32, expected \(16, 3, 4, 4\)"):
+        transport._receive(("latent", 0, 0, "next", 1), (16, 3, 4, 4), torch.float32)
+
+
+def test_a_layer_ring_awaits_the_engine() -> None:
+    """The hook for the 4-rank layer ring: the core plans it; the engine's tick loop does not run rings yet."""
+    ring = CascadeSpec(num_blocks=4, lag=1, num_devices=4, placement="layers", stage_stride=4, num_layers=30)
+    with pytest.raises(ExecutorError, match="runs no layer ring yet"):
+        dry_run("wan2.1-1.3b", ring)
