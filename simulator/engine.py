@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 from cascade_sched.errors import ConfigError, SimulationError
@@ -56,7 +57,7 @@ from models.config import ACTIVATION_BYTES
 from simulator.catalog import ModelGeometry, get_model
 from simulator.cluster import Cluster
 from simulator.cost import CostModel
-from simulator.memory import memory_report
+from simulator.memory import MemoryReport, memory_report
 from simulator.prices import DecodePlan, Prices, decode_plan
 from simulator.result import SimResult, Timeline
 from simulator.sharing import SharedDevice, SharedHost
@@ -88,6 +89,7 @@ def simulate(
     weights: str = "sharded",
     video_input: bool = False,
     activation_bytes: int = ACTIVATION_BYTES["bfloat16"],
+    path: str = "auto",
     **legacy: Any,
 ) -> SimResult:
     """Simulate ``schedule`` on ``cluster`` with ``cost``; see the module docstring for the rules and
@@ -106,7 +108,8 @@ def simulate(
     frames a decoded block yields, and what the decoder is priced for. ``weights`` is ``sharded`` (a ring
     device holds its layers' weights) or ``replicated`` (every device holds all of them, as
     StreamDiffusionV2 does). ``video_input`` adds the encoding of each block's input frames
-    (video-to-video). ``activation_bytes`` is the width of the hidden states a ring hop carries.
+    (video-to-video). ``activation_bytes`` is the width of the hidden states a ring hop carries. ``path``
+    (:data:`PATHS`) picks the event loop or the steady-state fast path; ``result.path`` says which ran.
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from simulator.cost import UniformCost
@@ -126,6 +129,8 @@ def simulate(
         raise ConfigError("num_devices", f"the schedule has {n_dev} devices but the cluster {cluster.num_gpus} GPUs")
     if weights not in WEIGHTS:
         raise ConfigError("weights", f"`weights` must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if path not in PATHS:
+        raise ConfigError("path", f"`path` must be one of {', '.join(PATHS)}, got {path!r}")
     if geometry.frames_per_block != schedule.spec.frames_per_block:
         raise ConfigError("frames_per_block", f"the schedule has {schedule.spec.frames_per_block} latent frames per "
                                               f"block but the model geometry {geometry.frames_per_block}: give both the "
@@ -137,18 +142,74 @@ def simulate(
     for name, v in (("video_frames", frames), ("first_block_frames", first)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(name, f"`{name}` must be a positive integer, got {v!r}")
+    opts = RunOptions(geometry, plan, overlap, frames, first, video_input, activation_bytes, dtype_bytes, weights,
+                      stream_contention, getattr(cost, "decoder_name", "vae"))
     with gc_paused():  # many small acyclic tuples: the cyclic collector would only slow the run down
-        workload = build_workload(schedule, geometry, plan.device, dtype_bytes, activation_bytes=activation_bytes)
-        report = memory_report(workload, cluster, plan, overlap, dtype_bytes, getattr(cost, "decoder_name", "vae"),
-                               weights=weights)
-        if check_memory and not report.fits:
-            raise report.error(cluster.gpu.name)
-        check = getattr(cost, "check_shapes", None)
-        if check is not None:
-            check(geometry.tokens_per_block, {len(b.contexts) for b in workload.batches if b.contexts})
-        prices = Prices(workload, cluster, cost, plan, overlap, frames, first, video_input)
-        timeline = Engine(workload, cluster, prices, plan, stream_contention).run()
-        return _result(workload, cluster, cost, prices, timeline, report, plan, frames, first, weights)
+        if path != "event":
+            from simulator.steady import simulate_steady
+
+            steady = simulate_steady(schedule, cluster, cost, opts, check_memory)
+            if steady is not None or path == "steady":
+                if steady is None:
+                    raise SimulationError("the steady-state path does not apply to this run (it needs a uniform lag, a "
+                                          "bounded window, no switches, no stragglers or contention, decoding inline "
+                                          "or on a GPU of its own, and a steady state that repeats exactly)")
+                return steady
+        run = run_event_loop(schedule, cluster, cost, opts, check_memory)
+        return _result(run, cluster, cost)
+
+
+PATHS = ("auto", "event", "steady")
+"""``simulate(path=...)``: ``auto`` takes the steady-state fast path where it applies (:mod:`simulator.steady`)
+and the event loop elsewhere; ``event`` always runs the event loop over every block; ``steady`` requires the
+fast path (a ``SimulationError`` where it does not apply)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything about one run beyond the schedule, the cluster and the cost model (``simulate``'s keywords,
+    resolved)."""
+
+    geometry: ModelGeometry
+    plan: DecodePlan
+    overlap: bool
+    frames: int
+    first_frames: int
+    video_input: bool
+    activation_bytes: int
+    dtype_bytes: int
+    weights: str
+    stream_contention: float
+    decoder: str
+
+
+@dataclass
+class Run:
+    """What the event loop's run of a schedule leaves: its workload, memory report, prices and timeline."""
+
+    schedule: Schedule
+    opts: RunOptions
+    workload: Workload
+    report: MemoryReport
+    prices: Prices
+    timeline: Timeline
+
+
+def run_event_loop(schedule: Schedule, cluster: Cluster, cost: CostModel, opts: RunOptions,
+                   check_memory: bool = True) -> Run:
+    """The workload, memory check, prices and the SimPy run of ``schedule`` (every block, every rule of the
+    module docstring)."""
+    geometry, plan = opts.geometry, opts.plan
+    workload = build_workload(schedule, geometry, plan.device, opts.dtype_bytes, activation_bytes=opts.activation_bytes)
+    report = memory_report(workload, cluster, plan, opts.overlap, opts.dtype_bytes, opts.decoder, weights=opts.weights)
+    if check_memory and not report.fits:
+        raise report.error(cluster.gpu.name)
+    check = getattr(cost, "check_shapes", None)
+    if check is not None:
+        check(geometry.tokens_per_block, {len(b.contexts) for b in workload.batches if b.contexts})
+    prices = Prices(workload, cluster, cost, plan, opts.overlap, opts.frames, opts.first_frames, opts.video_input)
+    timeline = Engine(workload, cluster, prices, plan, opts.stream_contention).run()
+    return Run(schedule, opts, workload, report, prices, timeline)
 
 
 def _geometry(model: ModelGeometry | str | None, cost: CostModel) -> ModelGeometry:
@@ -251,9 +312,10 @@ class Engine:
         env.run()
         if self.executed != len(w.batches):
             raise SimulationError(f"simulation stalled after {self.executed} of {len(w.batches)} batches")
+        ready = [self.latent_time.get(b, -1.0) for b in range(w.schedule.num_blocks)] if self.latent_time else []
         return Timeline(w, self.start, self.fwd_end, self.end, dict(sorted(self.gang_span.items())),
                         self.past_span, self.latent_span, self.decode_span, self.text_span, self.raw, self.p.split,
-                        self.hop_span)
+                        self.hop_span, ready)
 
     def device(self, d: int) -> Proc:
         """Device ``d`` walks its agenda: per tick, its text jobs, its batch, its latent meetings, its
@@ -437,8 +499,9 @@ class Engine:
         return lock
 
 
-def _result(w: Workload, cluster: Cluster, cost: CostModel, prices: Prices, tl: Timeline, report: Any,
-            plan: DecodePlan, frames: int, first_frames: int, weights: str = "sharded") -> SimResult:
+def _result(run: Run, cluster: Cluster, cost: CostModel) -> SimResult:
+    w, prices, tl, report, plan = run.workload, run.prices, run.timeline, run.report, run.opts.plan
+    frames, first_frames, weights = run.opts.frames, run.opts.first_frames, run.opts.weights
     sched = w.schedule
     B, S, K = sched.num_blocks, sched.num_stages, sched.spec.num_denoise
     bo = w.batch_of

@@ -40,7 +40,10 @@ from cascade_sched.transfers import KVSend, MessageSizes, TransferPlan, message_
 from models.config import ACTIVATION_BYTES, ModelSlice
 from simulator.catalog import ModelGeometry
 
-__all__ = ["Batch", "Gang", "Hop", "LatentMessage", "TextJob", "Workload", "build_workload"]
+__all__ = ["KIND_NAMES", "Batch", "Gang", "Hop", "LatentMessage", "TextJob", "Workload", "build_workload"]
+
+KIND_NAMES = {GANG: "exchange", PAST: "kv", LATENT: "latent", HOP: "hop"}
+"""The result's name for each kind of the plan's messages (``SimResult.bytes_by_kind``)."""
 
 
 class Batch(NamedTuple):
@@ -153,7 +156,7 @@ class Workload:
         """Bytes per kind and per (sender, receiver), from the plan's own totals (``TransferPlan.transfers``,
         what the executors send)."""
         sizes = self.sizes or message_bytes(self.layer_kv_bytes, self.geometry.num_layers, self.latent_bytes)
-        kinds = {GANG: "exchange", PAST: "kv", LATENT: "latent", HOP: "hop"}
+        kinds = KIND_NAMES
         by_kind = dict.fromkeys(("kv", "exchange", "latent", "hop"), 0)
         by_link: collections.Counter[tuple[int, int]] = collections.Counter()
         for t in self.plan.transfers(sizes):
