@@ -90,6 +90,7 @@ def simulate(
     video_input: bool = False,
     activation_bytes: int = ACTIVATION_BYTES["bfloat16"],
     path: str = "auto",
+    reuse: dict[Any, Any] | None = None,
     **legacy: Any,
 ) -> SimResult:
     """Simulate ``schedule`` on ``cluster`` with ``cost``; see the module docstring for the rules and
@@ -110,6 +111,9 @@ def simulate(
     StreamDiffusionV2 does). ``video_input`` adds the encoding of each block's input frames
     (video-to-video). ``activation_bytes`` is the width of the hidden states a ring hop carries. ``path``
     (:data:`PATHS`) picks the event loop or the steady-state fast path; ``result.path`` says which ran.
+    ``reuse`` is a dict a caller that simulates one schedule several times keeps between the runs: each
+    workload (which depends on the schedule, the geometry and the decoding device, not on the hardware or
+    the costs) is then built once (the planner runs each schedule with every decode placement).
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from simulator.cost import UniformCost
@@ -148,14 +152,14 @@ def simulate(
         if path != "event":
             from simulator.steady import simulate_steady
 
-            steady = simulate_steady(schedule, cluster, cost, opts, check_memory)
+            steady = simulate_steady(schedule, cluster, cost, opts, check_memory, reuse)
             if steady is not None or path == "steady":
                 if steady is None:
                     raise SimulationError("the steady-state path does not apply to this run (it needs a uniform lag, a "
                                           "bounded window, no switches, no stragglers or contention, decoding inline "
                                           "or on a GPU of its own, and a steady state that repeats exactly)")
                 return steady
-        run = run_event_loop(schedule, cluster, cost, opts, check_memory)
+        run = run_event_loop(schedule, cluster, cost, opts, check_memory, reuse)
         return _result(run, cluster, cost)
 
 
@@ -196,11 +200,17 @@ class Run:
 
 
 def run_event_loop(schedule: Schedule, cluster: Cluster, cost: CostModel, opts: RunOptions,
-                   check_memory: bool = True) -> Run:
+                   check_memory: bool = True, reuse: dict[Any, Any] | None = None) -> Run:
     """The workload, memory check, prices and the SimPy run of ``schedule`` (every block, every rule of the
-    module docstring)."""
+    module docstring); ``reuse`` as ``simulate``'s."""
     geometry, plan = opts.geometry, opts.plan
-    workload = build_workload(schedule, geometry, plan.device, opts.dtype_bytes, activation_bytes=opts.activation_bytes)
+    key = (id(schedule), id(geometry), plan.device, opts.dtype_bytes, opts.activation_bytes)
+    workload = reuse.get(key) if reuse is not None else None
+    if workload is None or workload.schedule is not schedule or workload.geometry is not geometry:
+        workload = build_workload(schedule, geometry, plan.device, opts.dtype_bytes,
+                                  activation_bytes=opts.activation_bytes)
+        if reuse is not None:
+            reuse[key] = workload  # it holds the schedule and the geometry: their ids stay theirs
     report = memory_report(workload, cluster, plan, opts.overlap, opts.dtype_bytes, opts.decoder, weights=opts.weights)
     if check_memory and not report.fits:
         raise report.error(cluster.gpu.name)
@@ -237,8 +247,9 @@ class Engine:
         self.start = [0.0] * nb
         self.fwd_end = [0.0] * nb
         self.end = [-1.0] * nb
-        self.reach_time: dict[tuple[int, int], float] = {}
-        self.reached: dict[tuple[int, int], Any] = {}
+        self.n_dev = n_dev = w.num_devices
+        self.reach_time: list[dict[int, float]] = [{} for _ in range(n_dev)]  # per device: tick -> passed at
+        self.reached: list[dict[int, Any]] = [{} for _ in range(n_dev)]  # per device: tick -> its waiters' event
         self.gang_left = {k: len(g.devices) for k, g in w.gangs.items()}
         self.gang: dict[int, Any] = {}
         self.gang_span: dict[int, tuple[float, float]] = {}
@@ -257,7 +268,7 @@ class Engine:
         self.host = SharedHost(env, cluster) if cluster.host_cores is not None else None
         self.device_share = SharedDevice(env, stream_contention) if plan.placement == "stream" else None
         self.executed = 0
-        self.left: list[list[float]] = [[] for _ in range(w.num_devices)]  # per agenda item: when it was done
+        self.left: list[list[float]] = [[] for _ in range(n_dev)]  # per agenda item: when it was done
 
     # -- named events -----------------------------------------------------------------------------------
     def _event(self, table: dict[Any, Any], key: Any) -> Any:
@@ -276,16 +287,16 @@ class Engine:
 
     def _reach(self, device: int, tick: int) -> Any:
         """Wait until ``device`` has passed ``tick`` (a GPU without batches has always passed it)."""
-        if device >= self.w.num_devices or tick < 0 or (device, tick) in self.reach_time:
+        if device >= self.n_dev or tick < 0 or tick in self.reach_time[device]:
             return None
-        return self._event(self.reached, (device, tick))
+        return self._event(self.reached[device], tick)
 
     def _reach_at(self, device: int, tick: int) -> float:
         """When ``device`` passed ``tick``, which it has: at that tick's agenda item, or, at a tick with
         nothing to do, when it left its last item before it (a sorted search over its agenda's ticks)."""
-        if device >= self.w.num_devices or tick < 0:
+        if device >= self.n_dev or tick < 0:
             return 0.0
-        t = self.reach_time.get((device, tick))
+        t = self.reach_time[device].get(tick)
         if t is not None:
             return t
         i = bisect.bisect_left(self.p.agenda_ticks[device], tick)
@@ -294,7 +305,7 @@ class Engine:
     # -- compute ----------------------------------------------------------------------------------------
     def _compute(self, device: int, seconds: float, batch: int = 1) -> Any:
         """An event after ``seconds`` of alone-speed compute on ``device``."""
-        if self.host is not None and device < self.w.num_devices:
+        if self.host is not None and device < self.n_dev:
             return self.host.run(seconds, batch)
         if self.device_share is not None and device == self.plan.device:
             return self.device_share.run(seconds)
@@ -320,26 +331,78 @@ class Engine:
     def device(self, d: int) -> Proc:
         """Device ``d`` walks its agenda: per tick, its text jobs, its batch, its latent meetings, its
         inline decodes."""
-        p = self.p
+        p, env = self.p, self.env
         left = self.left[d]
-        reach_time, reached = self.reach_time, self.reached
-        for item in p.agenda[d]:
-            tick, bi = item.tick, item.batch
-            for job in item.texts:
+        reach_time, reached = self.reach_time[d], self.reached[d]
+        batches, encode, compute, sample, hop_out = self.w.batches, p.encode, p.compute, p.sample, p.hop_out
+        gang_len, exposed, gang_left, joint = p.gang_len, p.exposed, self.gang_left, p.joint
+        start, fwd_end, end, raw, gang_span = self.start, self.fwd_end, self.end, self.raw, self.gang_span
+        timeout = env.timeout
+        dedicated = self.host is None and self.device_share is None
+        past, past_tick, past_s, past_span = self.w.past, self.w.past_tick, p.past_s, self.past_span
+        hops, hop_s, hop_span, overlap, batch_overlap = self.w.hops, p.hop_s, self.hop_span, p.overlap, p.batch_overlap
+        for tick, bi, texts, latents, ready, decodes in p.agenda[d]:
+            for job in texts:
                 yield from self._encode(d, job)
             if bi >= 0:
-                yield from self._batch(d, bi)
-            reach_time[(d, tick)] = self.env.now  # passed: this runs once per agenda item
-            ev = reached.pop((d, tick), None)
+                b = batches[bi]
+                if dedicated and not (b.text >= 0 or encode[bi]):
+                    # _batch's dedicated path, inline (the hot loop): wait for its past sends and hops, join
+                    # its gang, one calendar step for the forward, the exchange the forward did not hide, the
+                    # sampler and a hop sent on the compute stream
+                    need = env.now
+                    for pi in b.kv_inputs:  # past sends: both ends posted them when they passed the tick
+                        ps, at = past[pi], past_tick[pi]
+                        ev = self._reach(ps.src, at)
+                        if ev is not None:
+                            yield ev
+                        t0 = max(self._reach_at(ps.src, at), self._reach_at(ps.dst, at))
+                        span = past_s[pi]
+                        past_span[pi] = (t0, span)
+                        need = max(need, t0 + span - compute[bi] * batch_overlap[bi])
+                    for hi in b.hops:  # ring hand-offs: the previous device's batch of the tick before
+                        h = hops[hi]
+                        ev = self._reach(h.src, h.tick)
+                        if ev is not None:
+                            yield ev
+                        span = hop_s[hi]
+                        sent = end[h.batch] - (0.0 if overlap else hop_out[h.batch])
+                        hop_span[hi] = (sent, span)
+                        need = max(need, sent + span)
+                    if need > env.now:
+                        yield timeout(need - env.now)
+                    g = b.gang
+                    member = g >= 0 and joint
+                    if member:
+                        gang_left[g] -= 1
+                        if gang_left[g]:
+                            yield self._event(self.gang, g)
+                        else:
+                            self._fire(self.gang, g)
+                    t0 = env.now
+                    start[bi] = t0
+                    c = compute[bi]
+                    length = gang_len[g] if member else c
+                    yield timeout(length + sample[bi] + hop_out[bi])
+                    fwd_end[bi] = t0 + c
+                    if member:
+                        gang_span[g] = (t0 + length - exposed[g], exposed[g])
+                    end[bi] = env.now
+                    raw[bi] = (c, length - c, sample[bi], hop_out[bi], 0.0)
+                    self.executed += 1
+                else:
+                    yield from self._batch(d, bi)
+            reach_time[tick] = env.now  # passed: this runs once per agenda item
+            ev = reached.pop(tick, None)
             if ev is not None:
                 ev.succeed()
-            for mi in item.latents:
+            for mi in latents:
                 yield from self._meet(d, mi)
-            for blk in item.ready:
+            for blk in ready:
                 self._latent_arrived(blk)
-            for blk in item.decodes:
+            for blk in decodes:
                 yield from self._decode(d, blk)
-            left.append(self.env.now)
+            left.append(env.now)
 
     def _batch(self, d: int, bi: int) -> Proc:
         env, p, w = self.env, self.p, self.w

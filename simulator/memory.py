@@ -134,9 +134,9 @@ def memory_report(
     committed = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     inflight = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     keep = workload.plan.keep_until
-    version_tick = schedule.version_tick
+    starts, k = schedule.starts, schedule.spec.stage_stride
     for (d, (j, s)), until in keep.items():
-        written = (version_tick((j, s)) if s < S else recache_tick[(j, s)]) + offset[d]
+        written = (starts[j] + s * k if s < S else recache_tick[(j, s)]) + offset[d]  # Schedule.version_tick
         arr = committed[d] if s >= S - 1 else inflight[d]  # s >= S: a re-encoded version
         size = kv_of[d]
         arr[written] += size

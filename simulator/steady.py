@@ -113,7 +113,7 @@ def _period_blocks(schedule: Schedule) -> int:
 
 
 def simulate_steady(schedule: Schedule, cluster: Cluster, cost: CostModel, opts: RunOptions,
-                    check_memory: bool) -> SimResult | None:
+                    check_memory: bool, reuse: dict[Any, Any] | None = None) -> SimResult | None:
     """The run of ``schedule`` by the steady-state path (module docstring), or None where it does not apply
     or finds no exact repeat."""
     from simulator.engine import run_event_loop
@@ -129,10 +129,17 @@ def simulate_steady(schedule: Schedule, cluster: Cluster, cost: CostModel, opts:
     size = p * math.ceil((4 * reach + 4 * p) / p)
     while size + p <= B:
         prefix_blocks = B - p * ((B - size) // p)  # the full run is the prefix and a whole number of periods
-        prefix = build_schedule(spec.replace(num_blocks=prefix_blocks))
-        if not _same_start(prefix, schedule):
-            return None  # not the spec's own schedule: run every block
-        run = run_event_loop(prefix, cluster, cost, opts, check_memory=False)
+        key = ("prefix", id(schedule), prefix_blocks)
+        held = reuse.get(key) if reuse is not None else None
+        if held is not None and held[0] is schedule:
+            prefix = held[1]
+        else:
+            prefix = build_schedule(spec.replace(num_blocks=prefix_blocks))
+            if not _same_start(prefix, schedule):
+                return None  # not the spec's own schedule: run every block
+            if reuse is not None:
+                reuse[key] = (schedule, prefix)
+        run = run_event_loop(prefix, cluster, cost, opts, check_memory=False, reuse=reuse)
         series: list[list[int]] = []
         report = _memory(run, cluster, series)
         splice = _find_cut(run, series, p, lag, reach, (B - prefix_blocks) // p)
