@@ -37,10 +37,12 @@ def profile(name: str, fn: Callable[[], Any], top: int) -> Any:
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
     stats.sort_stats("tottime").print_stats(top)
-    lines = [x for x in buf.getvalue().splitlines() if x.strip() and (x.strip()[0].isdigit() or "ncalls" in x)]
-    print(f"\n== {name}: {wall:.3f} s (under the profiler)")
-    for line in lines[: top + 1]:
-        print("   " + line.strip()[:140])
+    text = buf.getvalue().split("ncalls", 1)[-1].splitlines()[1:]
+    lines = [x.strip() for x in text if x.strip()]
+    print(f"\n== {name}: {wall:.3f} s (under the profiler); top {top} by own time: ncalls tottime percall cumtime "
+          "percall function")
+    for line in lines[:top]:
+        print("   " + line.replace(str(Path(__file__).resolve().parents[1]) + "/", "")[:150])
     return out
 
 
@@ -62,7 +64,7 @@ def main() -> None:
 
 
 def phases(schedule: Any, cluster: Any, cost: Any, g: Any) -> list[tuple[str, Callable[[], Any]]]:
-    """The phases of ``simulate`` one by one, each run on the previous one's output."""
+    """The phases of the event loop's ``simulate`` one by one, each run on the previous one's output."""
     from cascade_sched.placement import default_decode_device
     from cascade_sched.transfers import plan_transfers
     from simulator.engine import Engine

@@ -7,7 +7,7 @@ sweep (:class:`SweepSpace`):
 - *placement*: ``block`` (one block per GPU, the paper's; stride 1) and ``layers``: one ring of W GPUs each
   running a range of the layers (W = 2 .. N), or G rings of W side by side (G x W = N), with stride W (a
   block's next stage enters the ring as its last one leaves) and the layer split even, or, where a ring
-  device decodes inline, balanced so that the decoding device holds fewer layers (:func:`balanced_split`);
+  device decodes inline, leveled so that the decoding device holds fewer layers (:func:`estimated_split`);
 - *context*: ``causal`` and ``bidirectional`` (the paper's), ``stale`` (one-step-stale in-flight K/V, an
   extension the paper did not evaluate, labelled so) and ``stage`` (StreamDiffusionV2's stream batch: each
   stage reads its predecessors' K/V of the same stage); the quality of each is docs/quality.md's to show;
@@ -296,17 +296,55 @@ def _spec(layout: _Layout, attention: str, window: int | None, denoise: int, spa
 
 def _points(runs: _Runs, layout: _Layout, cluster: Cluster, cost: CostModel, model: str, link: str, decode: str,
             decoder: str, space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
-    """The point of one layout, context and decode placement; for a ring that decodes inline on one of its
-    devices, the even layer split and a balanced one (the decoding device holds fewer layers), the faster
-    kept."""
-    point, result = _point(runs, None, cluster, cost, model, link, decode, decoder, space, constraints)
-    if result is None or layout.placement != "layers" or decode != "inline":
-        return [point]
-    split = balanced_split(result)
-    if split is None or split == tuple(b - a for a, b in runs.spec.layer_ranges):  # type: ignore[operator]
-        return [point]
-    other, _ = _point(runs, split, cluster, cost, model, link, decode, decoder, space, constraints)
-    return [max((point, other), key=lambda p: (p.fits, p.fps if p.fits else -1.0))]
+    """The point of one layout, context and decode placement; a ring that decodes inline on one of its
+    devices runs with its layers leveled (the decoding device holds fewer)."""
+    even = tuple(b - a for a, b in runs.spec.layer_ranges) if layout.placement == "layers" else ()  # type: ignore[operator]
+    if layout.placement == "layers" and decode == "inline":
+        split = estimated_split(runs, cost, space)  # the decoding device's layers leveled before any run
+        if split is not None and split != even:
+            return [_point(runs, split, cluster, cost, model, link, decode, decoder, space, constraints)[0]]
+    return [_point(runs, None, cluster, cost, model, link, decode, decoder, space, constraints)[0]]
+
+
+def estimated_split(runs: _Runs, cost: CostModel, space: SweepSpace) -> tuple[int, ...] | None:
+    """The layer split of a ring that decodes inline on its last device, leveled from the cost model before
+    any run (:func:`level`): the per-layer time of the gang a device runs in steady state (the tasks
+    entering at the schedule's middle tick, over one layer) and the decode of a block beside the last
+    device's layers (one block leaves the ring per tick at lag 1; ``lag`` ticks per block otherwise)."""
+    from cascade_sched.metrics import video_frames
+    from simulator.cost import slice_seconds
+
+    spec, schedule = runs.schedule(None)
+    g = runs.geometry
+    L, w = g.num_layers, spec.ring_size
+    if w > L or not schedule.tasks:
+        return None
+    mid = schedule.gangs[schedule.num_ticks // 2] or max(schedule.gangs, key=len)
+    q = g.tokens_per_block
+    ctx = tuple(sorted(q * (1 + len(t.reads)) for t in mid if t.block % spec.rings == mid[0].block % spec.rings))
+    layer = g.config.layer_slice(min(1, L - 1), min(2, L), entry=False, head=False) if L > 1 else None
+    per_layer = slice_seconds(cost, q, ctx, layer, L)[0] if layer is not None else cost.forward_s(q, ctx)
+    lag = spec.lags[0] if spec.lags else 1
+    extra = [0.0] * w
+    extra[-1] = cost.decode_s(1, video_frames(1, g.frames_per_block)) / lag
+    return level(L, w, per_layer, extra)
+
+
+def level(layers: int, w: int, per_layer: float, extra: Sequence[float]) -> tuple[int, ...] | None:
+    """The split of ``layers`` over ``w`` devices, at least one each, that minimises the largest of
+    ``n_r * per_layer + extra[r]``: each next layer to the device whose total stays the smallest (optimal,
+    every layer adding the same time). None when the layers cannot go round.
+
+    >>> level(30, 4, 0.01, [0.0, 0.0, 0.0, 0.06])
+    (9, 9, 9, 3)
+    """
+    if per_layer <= 0 or layers < w:
+        return None
+    split = [1] * w
+    for _ in range(layers - w):
+        r = min(range(w), key=lambda i: ((split[i] + 1) * per_layer + extra[i], i))
+        split[r] += 1
+    return tuple(split)
 
 
 def balanced_split(result: SimResult) -> tuple[int, ...] | None:
@@ -337,14 +375,7 @@ def balanced_split(result: SimResult) -> tuple[int, ...] | None:
         total_layers = max(total_layers, part.end)
         per_layer.append(sum(parts[k] for k in ("forward", "cache")) / blocks / (part.end - part.first))
         extra.append(sum(parts[k] for k in ("tick", "sample", "decode", "encode", "text", "hop")) / blocks)
-    t = sum(per_layer) / w
-    if t <= 0 or total_layers < w:
-        return None
-    split = [1] * w
-    for _ in range(total_layers - w):
-        r = min(range(w), key=lambda i: ((split[i] + 1) * t + extra[i], i))
-        split[r] += 1
-    return tuple(split)
+    return level(total_layers, w, sum(per_layer) / w, extra)
 
 
 def _point(runs: _Runs, split: tuple[int, ...] | None, cluster: Cluster, cost: CostModel, model: str, link: str,
