@@ -81,20 +81,27 @@ class Timeline:
         (``decode=False``: without decoding, which ran on a second stream beside the rest)."""
         out = dict.fromkeys(PARTS[:-1], 0.0)
         w = self.workload
-        names = BATCH_NAMES
         t0, t1 = window(t0, t1)
-        bats = w.device_batches[device] if device < len(w.device_batches) else ()
-        for bi in bats:
-            if t0 <= self.batch_start[bi] < t1:
-                for name, v in zip(names, self.splitter(bi, *self.batch_raw[bi]), strict=True):
-                    out[name] += v
-        for d, s, dur in self.decode_span:
+        for bi in w.device_batches[device] if device < len(w.device_batches) else ():
+            n = self.times(bi, t0, t1)
+            if n:
+                for name, v in zip(BATCH_NAMES, self.splitter(bi, *self.batch_raw[bi]), strict=True):
+                    out[name] += n * v
+        for d, s, dur in self.decodes():
             if decode and d == device and t0 <= s < t1:
                 out["decode"] += dur
         for d, s, dur in self.text_span:
             if d == device and t0 <= s < t1:
                 out["text"] += dur
         return out
+
+    def times(self, bi: int, t0: float, t1: float) -> int:
+        """How many times batch ``bi`` starts in [t0, t1): once or not (a spliced run repeats some)."""
+        return 1 if t0 <= self.batch_start[bi] < t1 else 0
+
+    def decodes(self) -> list[tuple[int, float, float]]:
+        """Every block's decode: (device, start, seconds)."""
+        return self.decode_span
 
 
 @dataclass

@@ -43,7 +43,7 @@ from cascade_sched.schedule import Schedule, build_schedule
 from simulator.cluster import Cluster
 from simulator.cost import CostModel
 from simulator.memory import DeviceMemory, MemoryReport
-from simulator.result import PARTS, SimResult, Timeline, window
+from simulator.result import SimResult, Timeline
 
 if TYPE_CHECKING:
     from simulator.engine import Run, RunOptions
@@ -323,27 +323,12 @@ class SteadyTimeline(Timeline):
     full_decode_span: list[tuple[int, float, float]]
     full_schedule: Schedule
 
-    def busy(self, device: int, t0: float = 0.0, t1: float = float("inf"), decode: bool = True) -> dict[str, float]:
-        from simulator.result import BATCH_NAMES
+    def times(self, bi: int, t0: float, t1: float) -> int:
+        return _count(self.batch_start[bi], self.splice.copies(self.workload.batches[bi].tick), self.splice.delta,
+                      t0, t1)
 
-        sp = self.splice
-        out = dict.fromkeys(PARTS[:-1], 0.0)
-        w = self.workload
-        t0, t1 = window(t0, t1)
-        bats = w.device_batches[device] if device < len(w.device_batches) else ()
-        for bi in bats:
-            n = _count(self.batch_start[bi], sp.copies(w.batches[bi].tick), sp.delta, t0, t1)
-            if n:
-                for name, v in zip(BATCH_NAMES, self.splitter(bi, *self.batch_raw[bi]), strict=True):
-                    out[name] += n * v
-        for d, s, dur in self.full_decode_span:
-            if decode and d == device and t0 <= s < t1:
-                out["decode"] += dur
-        for d, s, dur in self.text_span:
-            if d == device and t0 <= s < t1:
-                out["text"] += dur
-        return out
-
+    def decodes(self) -> list[tuple[int, float, float]]:
+        return self.full_decode_span
 
     def executed(self) -> tuple[tuple[int, int], ...]:
         """Every task of the full run: the prefix's, those of the period once more per repeat (their blocks
