@@ -12,11 +12,19 @@ chunk, so a rolling schedule is the whole one, cut into chunks.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cascade_sched.errors import ConfigError, check_range
-from cascade_sched.placement import Segment, default_decode_device, placer, ring_segments
+from cascade_sched.placement import (
+    PLACEMENTS,
+    Segment,
+    default_decode_device,
+    place_by_block,
+    placer,
+    ring_segments,
+)
 from cascade_sched.schedule import RECACHE_STAGE, KVRef, Schedule, Task, TaskKind, stage_kinds
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.transfers import TransferChunk, TransferPlanner
@@ -93,6 +101,8 @@ class RollingSchedule:
         self._kinds = stage_kinds(spec)
         self._stage_t = spec.stage_timesteps
         self._place, self._D = placer(spec), spec.num_devices
+        self._by_block = spec.placement in ("block", "layers") and PLACEMENTS.get(spec.placement) in (
+            place_by_block, PLACEMENTS["layers"])
         self._declared = 0
         self._closed = False
         self._next = 0  # the next block to build
@@ -295,8 +305,11 @@ class RollingSchedule:
         committed = S - 1
         stale = 1 if mode == "stale" else 0
         new_task, task_type, none = tuple.__new__, Task, ()  # a Task without NamedTuple's Python-level __new__
-        stages = [(s, s * k, kinds[s], stage_t[s]) for s in range(S)]
+        # Reads at stage s of a block are, per visible block, item s of that block's versions from its stage
+        # offset on: one C-level map per task (a slice of each visible block's versions, per block).
+        stages = [(s, s * k, kinds[s], stage_t[s], operator.itemgetter(s)) for s in range(S)]
         none_later: list[tuple[int, tuple[KVRef, ...]]] = []  # never appended to
+        by_block = self._by_block  # the device depends on the block alone (every built-in policy but stage)
         for b in range(first, stop):
             sb = blocks[b][0]
             end = sb + last
@@ -321,21 +334,25 @@ class RollingSchedule:
                 ctx.append((off if off < committed else committed, vs, j))
                 if not track and cell[0] < end:
                     cell[0] = end
-            for s, step, kind, timestep in stages:
+            # the version each block wrote at this stage (stage), or its ver / done (committed from S-1 on)
+            slices = [vs if mode == "stage" else vs[off:] for off, vs, _ in ctx]
+            device = place(b, 0, sb, D) if by_block else -1
+            for s, step, kind, timestep, item in stages:
                 n = sb + step
-                reads: list[KVRef]
-                if mode == "stage":  # the version each block wrote at this stage, always at an earlier tick
-                    reads = [vs[s] for _, vs, _ in ctx]
-                elif not track:
-                    reads = [vs[s + off] for off, vs, _ in ctx]  # committed from index S-1 on
+                reads: tuple[KVRef, ...]
+                if not track or mode == "stage":
+                    reads = tuple(map(item, slices))
                 else:  # a recache task may have re-encoded a committed block: its newest version
-                    reads = [vs[s + off] if s + off < committed else self._newest(j, n) for off, vs, j in ctx]
-                for sj, vs in later:  # in flight with b: their version of this tick, or their newest
-                    if sj > n:
-                        break
-                    reads.append(vs[(n - sj) // k])
-                buf[base + step].append(new_task(task_type, (b, s, n, place(b, s, n, D), kind, timestep,
-                                                             tuple(reads), prompt, none)))
+                    reads = tuple(vs[s + off] if s + off < committed else self._newest(j, n) for off, vs, j in ctx)
+                if later:
+                    extra = []
+                    for sj, vs in later:  # in flight with b: their version of this tick, or their newest
+                        if sj > n:
+                            break
+                        extra.append(vs[(n - sj) // k])
+                    reads += tuple(extra)
+                buf[base + step].append(new_task(task_type, (b, s, n, device if by_block else place(b, s, n, D), kind,
+                                                             timestep, reads, prompt, none)))
             if window is not None:
                 j = b - window + 1  # b is the last block that sees j
                 if j >= sink:

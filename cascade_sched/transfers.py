@@ -31,6 +31,8 @@ schedule, a :class:`~cascade_sched.rolling.RollingSchedule` over each chunk it g
 from __future__ import annotations
 
 import collections
+import itertools
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -143,6 +145,30 @@ class TransferPlan:
                 yield Transfer(tick, LATENT, ls.src, ls.dst, 1, sizes.latent)
             for h in self.hop_sends(tick):
                 yield Transfer(tick, HOP, h.src, h.dst, h.members, h.members * sizes.hidden)
+
+    def link_bytes(self, sizes: MessageSizes) -> dict[tuple[str, int, int], int]:
+        """Bytes per ``(kind, src, dst)`` over the whole plan: :meth:`transfers` summed over ticks, each
+        distinct send counted once and multiplied (what a simulator totals per link without walking every
+        send).
+
+        >>> from cascade_sched import CascadeSpec, build_schedule
+        >>> p = plan_transfers(build_schedule(CascadeSpec(num_blocks=3, lag=1, num_devices=2)))
+        >>> p.link_bytes(message_bytes(1000, 30, 64))
+        {('gang', 0, 1): 120000, ('gang', 1, 0): 120000, ('latent', 1, 0): 64}
+        """
+        out: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        per_send = operator.itemgetter(1, 2, 3, 4)  # src, dst, first_layer, end_layer of a KVSend
+        for kind, table, per_layer in ((GANG, self.gang, sizes.gang), (PAST, self.past, 2 * sizes.past)):
+            for (src, dst, first, end), n in collections.Counter(
+                    map(per_send, itertools.chain.from_iterable(table))).items():
+                out[(kind, src, dst)] += n * ((sizes.layers if end is None else end) - first) * per_layer
+        for (src, dst), n in collections.Counter(
+                map(operator.itemgetter(2, 3), itertools.chain.from_iterable(self.latents))).items():
+            out[(LATENT, src, dst)] += n * sizes.latent
+        for (src, dst, members), n in collections.Counter(
+                map(operator.itemgetter(2, 3, 4), itertools.chain.from_iterable(self.hops))).items():
+            out[(HOP, src, dst)] += n * members * sizes.hidden
+        return dict(sorted(out.items()))
 
     def traffic(self, sizes: MessageSizes) -> dict[tuple[int, int, int], int]:
         """Bytes per ``(tick, src, dst)``: what the simulator prices per link and tick, and what the

@@ -140,6 +140,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="video frames per block (default 4 x the latent frames per block: 12)")
     p.add_argument("--first-block-frames", type=int, default=None,
                    help="video frames of block 0 (default 1 + 4 x (latent frames - 1): 9)")
+    p.add_argument("--path", default="auto", choices=("auto", "event", "steady"),
+                   help="auto: splice the repeats of a steady state where a run has one (simulator.steady), run the "
+                        "event loop elsewhere; event: the event loop over every block; steady: the fast path or an "
+                        "error (default %(default)s; --trace and --gantt run the event loop)")
     p.add_argument("--allow-oom", action="store_true",
                    help="simulate a plan that does not fit in memory anyway (the result says fits=false)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (with a top-level `gpus`)")
@@ -240,7 +244,8 @@ def _cmd_simulate(run: Invocation) -> int:
                       stream_contention=args.stream_contention, overlap=args.overlap,
                       check_memory=not args.allow_oom, video_frames_per_block=args.video_frames,
                       first_block_frames=args.first_block_frames, weights=args.weights,
-                      video_input=args.input == "video")
+                      video_input=args.input == "video",
+                      path="event" if (args.trace or args.gantt) and args.path == "auto" else args.path)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=_json_default))
     else:

@@ -93,6 +93,7 @@ def memory_report(
     dtype_bytes: int = 2,
     decoder: str = "vae",
     weights: str = "sharded",
+    series: list[list[int]] | None = None,
 ) -> MemoryReport:
     """Peak memory per GPU (see the module docstring), from the workload's plan and batches.
 
@@ -103,6 +104,9 @@ def memory_report(
     >>> r = memory_report(w, Cluster.of("h100-sxm", 1))
     >>> r.fits, round(r.worst.parts["committed_kv"] / 1e9, 2)  # the block read later and the one in flight
     (True, 0.86)
+
+    ``series``, when given, receives per denoising device its bytes at every tick (weights, decoder and margin
+    apart): what the steady-state path checks repeats.
     """
     plan = plan or DecodePlan("inline", workload.decode_device)
     schedule, geometry = workload.schedule, workload.geometry
@@ -130,9 +134,9 @@ def memory_report(
     committed = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     inflight = [[0] * (n_ticks + 1) for _ in range(n_dev)]
     keep = workload.plan.keep_until
-    version_tick = schedule.version_tick
+    starts, k = schedule.starts, schedule.spec.stage_stride
     for (d, (j, s)), until in keep.items():
-        written = (version_tick((j, s)) if s < S else recache_tick[(j, s)]) + offset[d]
+        written = (starts[j] + s * k if s < S else recache_tick[(j, s)]) + offset[d]  # Schedule.version_tick
         arr = committed[d] if s >= S - 1 else inflight[d]  # s >= S: a re-encoded version
         size = kv_of[d]
         arr[written] += size
@@ -169,12 +173,17 @@ def memory_report(
         best_total, best_tick, best_c, best_f = -1, 0, 0, 0
         c = f = 0
         com, inf, tr, ac, ho = committed[d], inflight[d], transient[d], act[d], handoff[d]
+        totals: list[int] | None = [] if series is not None else None
         for n in range(n_ticks):
             c += com[n]
             f += inf[n]
             total = c + f + tr[n] + ac[n] + ho[n]
+            if totals is not None:
+                totals.append(total)
             if total > best_total:
                 best_total, best_tick, best_c, best_f = total, n, c, f
+        if series is not None and totals is not None:
+            series.append(totals)
         allocated = fixed + max(best_total, 0)
         reserved = int(margin.reserve_bytes(allocated))
         parts = {"weights": weights_of[d], "committed_kv": best_c, "inflight_kv": best_f + tr[best_tick],

@@ -7,7 +7,7 @@ sweep (:class:`SweepSpace`):
 - *placement*: ``block`` (one block per GPU, the paper's; stride 1) and ``layers``: one ring of W GPUs each
   running a range of the layers (W = 2 .. N), or G rings of W side by side (G x W = N), with stride W (a
   block's next stage enters the ring as its last one leaves) and the layer split even, or, where a ring
-  device decodes inline, balanced so that the decoding device holds fewer layers (:func:`balanced_split`);
+  device decodes inline, leveled so that the decoding device holds fewer layers (:func:`estimated_split`);
 - *context*: ``causal`` and ``bidirectional`` (the paper's), ``stale`` (one-step-stale in-flight K/V, an
   extension the paper did not evaluate, labelled so) and ``stage`` (StreamDiffusionV2's stream batch: each
   stage reads its predecessors' K/V of the same stage); the quality of each is docs/quality.md's to show;
@@ -41,6 +41,10 @@ from simulator.cost import CostModel, make_cost
 from simulator.engine import simulate
 from simulator.prices import PLACEMENTS
 from simulator.result import SimResult
+from simulator.split import balanced_split, estimated_split, level
+
+__all__ = ["Constraints", "PlanPoint", "SweepSpace", "balanced_split", "cap_of", "estimated_split", "format_table",
+           "level", "plateau", "rank", "recommend", "recommendation_text", "sweep", "sweep_size", "write_points"]
 
 DEFAULT_MODELS = ("wan2.1-1.3b", "wan2.1-14b")
 PAPER_ATTENTIONS = ("causal", "bidirectional")
@@ -241,19 +245,41 @@ def sweep(space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
         lags = space.lags or tuple(range(1, n_stages + 1))
         for lag in lags:
             check_range("lags", lag, 1, n_stages, f" (S={n_stages} stages)")
-        for n, link, window, decode, decoder in (
-            (n, link, w, d, dec) for n in space.gpu_counts for link in links for w in space.windows
-            for d in space.decodes for dec in space.decoders
+        # Each schedule is built once, and run with every decode placement that counts a GPU count of the
+        # sweep: inline and stream on its own devices, gpu with one more (they share its workload).
+        counts = set(space.gpu_counts)
+        denoising = sorted({n - (d == "gpu") for n in counts for d in space.decodes} - {0})
+        for link, window, decoder, denoise in (
+            (link, w, dec, n) for link in links for w in space.windows for dec in space.decoders for n in denoising
         ):
-            denoise = n - (1 if decode == "gpu" else 0)
-            if denoise < 1:
-                continue  # a decoder GPU needs at least one GPU beside it
             cluster = Cluster.of(space.gpu, denoise, space.gpus_per_node, link, margin=space.margin)
+            decodes = [d for d in space.decodes if denoise + (d == "gpu") in counts]
             for layout in _layouts(space, denoise, lags):
                 for attention in space.attentions:
-                    points.extend(_points(layout, attention, window, cluster, costs[decoder], geometry.name, link,
-                                          decode, decoder, space, constraints, n_stages))
+                    spec = _spec(layout, attention, window, denoise, space, n_stages, geometry.num_layers,
+                                 geometry.frames_per_block)
+                    runs = _Runs(spec, geometry)
+                    for decode in decodes:
+                        points.extend(_points(runs, layout, cluster, costs[decoder], geometry.name, link, decode,
+                                              decoder, space, constraints))
     return rank(points)
+
+
+class _Runs:
+    """One spec's schedules (its even split, and a balanced one once asked) and the workloads they share
+    between decode placements."""
+
+    def __init__(self, spec: CascadeSpec, geometry: Any) -> None:
+        self.spec, self.geometry = spec, geometry
+        self.schedules: dict[tuple[int, ...] | None, Any] = {}
+        self.reuse: dict[Any, Any] = {}
+
+    def schedule(self, split: tuple[int, ...] | None = None) -> tuple[CascadeSpec, Any]:
+        spec = self.spec if split is None else self.spec.replace(layer_split=split, num_layers=None)
+        got = self.schedules.get(split)
+        if got is None:
+            got = self.schedules[split] = build_schedule(spec)
+        return spec, got
 
 
 def _spec(layout: _Layout, attention: str, window: int | None, denoise: int, space: SweepSpace, n_stages: int,
@@ -272,91 +298,48 @@ def _spec(layout: _Layout, attention: str, window: int | None, denoise: int, spa
                        frames_per_block=frames_per_block)
 
 
-def _points(layout: _Layout, attention: str, window: int | None, cluster: Cluster, cost: CostModel, model: str,
-            link: str, decode: str, decoder: str, space: SweepSpace, constraints: Constraints,
-            n_stages: int) -> list[PlanPoint]:
-    """The point of one layout and context; for a ring that decodes inline on one of its devices, the even
-    layer split and a balanced one (the decoding device holds fewer layers), the faster kept."""
-    geometry = get_model(model, space.frames_per_block, space.resolution)
-    spec = _spec(layout, attention, window, cluster.num_gpus, space, n_stages, geometry.num_layers,
-                 geometry.frames_per_block)
-    point, result = _point(spec, cluster, cost, model, link, decode, decoder, space, constraints)
-    if result is None or layout.placement != "layers" or decode != "inline":
-        return [point]
-    split = balanced_split(result)
-    if split is None or split == tuple(b - a for a, b in spec.layer_ranges):  # type: ignore[operator]
-        return [point]
-    other, _ = _point(spec.replace(layer_split=split), cluster, cost, model, link, decode, decoder, space,
-                      constraints)
-    return [max((point, other), key=lambda p: (p.fits, p.fps if p.fits else -1.0))]
+def _points(runs: _Runs, layout: _Layout, cluster: Cluster, cost: CostModel, model: str, link: str, decode: str,
+            decoder: str, space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
+    """The point of one layout, context and decode placement; a ring that decodes inline on one of its
+    devices runs with its layers leveled (the decoding device holds fewer)."""
+    even = tuple(b - a for a, b in runs.spec.layer_ranges) if layout.placement == "layers" else ()  # type: ignore[operator]
+    if layout.placement == "layers" and decode == "inline":
+        schedule = runs.schedule(None)[1]
+        split = estimated_split(schedule, runs.geometry, cost)  # leveled first
+        if split is not None and split != even:
+            return [_point(runs, split, cluster, cost, model, link, decode, decoder, space, constraints)[0]]
+    return [_point(runs, None, cluster, cost, model, link, decode, decoder, space, constraints)[0]]
 
 
-def balanced_split(result: SimResult) -> tuple[int, ...] | None:
-    """A layer split of a ring that levels its devices' steady-state work: each device's compute per layer
-    from ``result`` (its forwards over its layers), plus what it does beside its layers (decoding, encoding,
-    the sampler), per block; the split that minimises the slowest device's total, at least one layer each
-    (StreamDiffusionV2 rebalances its layer ranges once from measured times to the same end). None
-    outside placement layers.
-
-    A device holding ``n_r`` layers at ``t`` seconds per layer with ``e_r`` seconds of other work per block
-    takes ``n_r t + e_r`` per block; giving each next layer to the device whose total stays the smallest
-    minimises the largest total (each total grows by the same ``t`` per layer).
-    """
-    if result.placement != "layers" or result.timeline is None:
-        return None
-    spec = result.spec
-    w = int(spec["num_devices"]) // int(spec.get("rings", 1))
-    t0, t1, blocks = result.steady_window()
-    wl = result.timeline.workload
-    per_layer: list[float] = []
-    extra: list[float] = []
-    total_layers = 0
-    for d in range(w):  # ring 0's devices: every ring is alike
-        parts = result._busy(d, t0, t1)
-        part = next((wl.batches[bi].part for bi in wl.device_batches[d] if wl.batches[bi].part is not None), None)
-        if part is None:
-            return None
-        total_layers = max(total_layers, part.end)
-        per_layer.append(sum(parts[k] for k in ("forward", "cache")) / blocks / (part.end - part.first))
-        extra.append(sum(parts[k] for k in ("tick", "sample", "decode", "encode", "text", "hop")) / blocks)
-    t = sum(per_layer) / w
-    if t <= 0 or total_layers < w:
-        return None
-    split = [1] * w
-    for _ in range(total_layers - w):
-        r = min(range(w), key=lambda i: ((split[i] + 1) * t + extra[i], i))
-        split[r] += 1
-    return tuple(split)
-
-
-def _point(spec: CascadeSpec, cluster: Cluster, cost: CostModel, model: str, link: str, decode: str,
-           decoder: str, space: SweepSpace, constraints: Constraints) -> tuple[PlanPoint, SimResult | None]:
+def _point(runs: _Runs, split: tuple[int, ...] | None, cluster: Cluster, cost: CostModel, model: str, link: str,
+           decode: str, decoder: str, space: SweepSpace,
+           constraints: Constraints) -> tuple[PlanPoint, SimResult | None]:
     gpus = cluster.num_gpus + (1 if decode == "gpu" else 0)
+    spec, schedule = runs.schedule(split)
     ring = spec.placement == "layers"
-    schedule = build_schedule(spec)
-    split = ",".join(str(b - a) for a, b in spec.layer_ranges) if ring else ""  # type: ignore[operator]
-    base = dict(model=model, gpu=cluster.gpu.name, gpus=gpus, denoising_gpus=cluster.num_gpus,
+    split_text = ",".join(str(b - a) for a, b in spec.layer_ranges) if ring else ""  # type: ignore[operator]
+    base: dict[str, Any] = dict(model=model, gpu=cluster.gpu.name, gpus=gpus, denoising_gpus=cluster.num_gpus,
                 lag=spec.lags[0] if spec.lags else 1, attention=spec.attention, decode=decode, decoder=decoder,
                 window=spec.window, interconnect=link, extension=spec.attention == EXTENSION, cost=cost.name,
                 placement=spec.placement, rings=spec.rings, ring_size=spec.ring_size, stride=spec.stage_stride,
-                layer_split=split, blocks=spec.num_blocks, in_flight=schedule.max_in_flight())
+                layer_split=split_text, blocks=spec.num_blocks, in_flight=schedule.max_in_flight())
     try:
-        r = simulate(schedule, cluster, cost, get_model(model, space.frames_per_block, space.resolution),
-                     decode=decode, overlap=space.overlap, stream_contention=space.stream_contention,
-                     weights=space.weights, video_input=space.video_input)
+        r = simulate(schedule, cluster, cost, runs.geometry, decode=decode, overlap=space.overlap,
+                     stream_contention=space.stream_contention, weights=space.weights, video_input=space.video_input,
+                     reuse=runs.reuse)
     except SimulationError as e:
         if "does not fit" not in str(e):
             raise
         nan = math.nan
-        return PlanPoint(**base, fits=False, fps=nan, paper_fps=nan, first_frame_s=nan,  # type: ignore[arg-type]
+        return PlanPoint(**base, fits=False, fps=nan, paper_fps=nan, first_frame_s=nan,
                          interval_p50_s=nan, interval_p95_s=nan, interval_max_s=nan, jitter_s=nan,
                          peak_memory_gb=_needed_gb(str(e)), meets=False, status="does not fit in memory",
                          bottleneck="memory", lift="a smaller --window, more GPUs or a larger GPU",
                          cap="memory: " + _needed_text(str(e)), cap_kind="memory"), None
     why = constraints.check(r.fps, r.first_frame_s, r.jitter_s)
     neck, lift = r.bottleneck()
-    kind, cap = cap_of(r, base["in_flight"])  # type: ignore[arg-type]
-    return PlanPoint(**base, fits=True, fps=r.fps, paper_fps=r.paper_fps,  # type: ignore[arg-type]
+    kind, cap = cap_of(r, base["in_flight"])
+    return PlanPoint(**base, fits=True, fps=r.fps, paper_fps=r.paper_fps,
                      first_frame_s=r.first_frame_s, interval_p50_s=r.interval_p50_s,
                      interval_p95_s=r.interval_p95_s, interval_max_s=r.interval_max_s, jitter_s=r.jitter_s,
                      peak_memory_gb=max(r.peak_memory_bytes) / 1e9, meets=not why, status=why or "ok",

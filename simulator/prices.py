@@ -119,12 +119,12 @@ class Prices:
         self.batch_overlap = [self.layer_overlap] * nb  # per batch: the share of its compute a stream can hide
         by_share = False
         for i, b in enumerate(w.batches):
-            key = b.contexts if len(b.contexts) == 1 else tuple(sorted(b.contexts))
             part = b.part
-            f = fwd.get((key, part))
+            f = fwd.get((b.contexts, part))  # as the batch lists them; a new shape is priced in sorted order
             if f is None:
+                key = b.contexts if len(b.contexts) == 1 else tuple(sorted(b.contexts))
                 f, share = slice_seconds(cost, q, key, part, layers) if key else (0.0, False)
-                fwd[(key, part)] = f
+                fwd[(b.contexts, part)] = f
                 by_share = by_share or share
             s = smp.get(b.n_denoise)
             if s is None:
@@ -132,9 +132,10 @@ class Prices:
             factor = slow[b.device]
             if shared > 1.0 and len(w.tick_batches[b.tick]) > 1:
                 factor *= shared
-            self.compute[i] = (tick_s + f) * factor
-            self.tick_part[i] = tick_s * factor
-            self.sample[i] = s * factor
+            if factor == 1.0:
+                self.compute[i], self.tick_part[i], self.sample[i] = tick_s + f, tick_s, s
+            else:
+                self.compute[i], self.tick_part[i], self.sample[i] = (tick_s + f) * factor, tick_s * factor, s * factor
             if part is not None:
                 n = part.end - part.first
                 self.batch_overlap[i] = (n - 1) / n
@@ -300,10 +301,13 @@ class Prices:
                 segs = sched.segments(sched.task(blk, k - 1))
                 add(segs[-1][0] if segs else sched.task(blk, k - 1).device, tick, 3, blk)
         out = []
+        none: tuple[int, ...] = ()
+        new = tuple.__new__  # an AgendaItem without NamedTuple's Python-level __new__
         for d in range(n_dev):
             mine = items[d]
-            out.append([AgendaItem(tick, e[0], tuple(e[1] or ()), tuple(e[2] or ()), tuple(e[3] or ()),
-                                   tuple(e[4] or ())) for tick, e in sorted(mine.items())])
+            out.append([new(AgendaItem, (tick, e[0], tuple(e[1]) if e[1] else none, tuple(e[2]) if e[2] else none,
+                                         tuple(e[3]) if e[3] else none, tuple(e[4]) if e[4] else none))
+                        for tick, e in sorted(mine.items())])
         return out
 
     BATCH_PARTS = ("tick", "forward", "cache", "exchange", "sample", "hop", "encode")

@@ -40,6 +40,12 @@ BATCH_NAMES = ("tick", "forward", "cache", "exchange", "sample", "hop", "encode"
 COMM_PARTS = ("exchange", "hop")
 
 
+def window(t0: float, t1: float) -> tuple[float, float]:
+    """[t0, t1) moved a float rounding's width earlier: work that starts as a window's edge event ends (a
+    batch right after a decode) belongs to the window it starts, however its time was rounded."""
+    return t0 - 1e-9 * (abs(t0) + 1e-3), t1 - 1e-9 * (abs(t1) + 1e-3)
+
+
 @dataclass
 class Timeline:
     """The raw simulated times, kept for traces, Gantt charts and the decomposition (indices follow the
@@ -57,6 +63,12 @@ class Timeline:
     batch_raw: list[tuple[float, ...]]  # per batch: forward, exchange (and waiting), sampler, hop, encode seconds
     splitter: Callable[..., tuple[float, ...]]
     hop_span: list[tuple[float, float]] = field(default_factory=list)  # per ring hop: (sent, seconds on the wire)
+    latent_ready: list[float] = field(default_factory=list)  # per block: its clean latent at a decoder of its own
+
+    def executed(self) -> tuple[KVRef, ...]:
+        """Every task run, once each (a task under placement layers runs one batch per device of its ring:
+        counted at its first)."""
+        return tuple(ref for b in self.workload.batches if b.part is None or b.part.entry for ref in b.refs)
 
     @property
     def batch_parts(self) -> list[tuple[float, ...]]:
@@ -69,19 +81,27 @@ class Timeline:
         (``decode=False``: without decoding, which ran on a second stream beside the rest)."""
         out = dict.fromkeys(PARTS[:-1], 0.0)
         w = self.workload
-        names = BATCH_NAMES
-        bats = w.device_batches[device] if device < len(w.device_batches) else ()
-        for bi in bats:
-            if t0 <= self.batch_start[bi] < t1:
-                for name, v in zip(names, self.splitter(bi, *self.batch_raw[bi]), strict=True):
-                    out[name] += v
-        for d, s, dur in self.decode_span:
+        t0, t1 = window(t0, t1)
+        for bi in w.device_batches[device] if device < len(w.device_batches) else ():
+            n = self.times(bi, t0, t1)
+            if n:
+                for name, v in zip(BATCH_NAMES, self.splitter(bi, *self.batch_raw[bi]), strict=True):
+                    out[name] += n * v
+        for d, s, dur in self.decodes():
             if decode and d == device and t0 <= s < t1:
                 out["decode"] += dur
         for d, s, dur in self.text_span:
             if d == device and t0 <= s < t1:
                 out["text"] += dur
         return out
+
+    def times(self, bi: int, t0: float, t1: float) -> int:
+        """How many times batch ``bi`` starts in [t0, t1): once or not (a spliced run repeats some)."""
+        return 1 if t0 <= self.batch_start[bi] < t1 else 0
+
+    def decodes(self) -> list[tuple[int, float, float]]:
+        """Every block's decode: (device, start, seconds)."""
+        return self.decode_span
 
 
 @dataclass
@@ -110,6 +130,8 @@ class SimResult:
     timeline: Timeline | None = field(repr=False, default=None)
     notes: tuple[str, ...] = ()  # what the prediction estimated beyond its cost model's source
     weights: str = "sharded"  # where a ring's weights live (engine.WEIGHTS)
+    path: str = "event loop"  # which path computed the run: the event loop, or the steady state (simulator.steady)
+    in_flight: int = 0  # the schedule's most blocks in flight (0: ask the timeline's schedule)
     _memo: dict[tuple[int, float, float], dict[str, float]] = field(default_factory=dict, repr=False, compare=False)
 
     # -- the stream metrics -----------------------------------------------------------------------------
@@ -160,6 +182,8 @@ class SimResult:
 
     @property
     def max_in_flight(self) -> int:
+        if self.in_flight:
+            return self.in_flight
         return self.timeline.workload.schedule.max_in_flight() if self.timeline is not None else 1
 
     @property
@@ -196,8 +220,7 @@ class SimResult:
         """Every task the run executed (each exactly once: the engine checks it)."""
         if self.timeline is None:
             return ()
-        # a task under placement layers runs one batch per device of its ring: count it at its first
-        return tuple(ref for b in self.timeline.workload.batches if b.part is None or b.part.entry for ref in b.refs)
+        return self.timeline.executed()
 
     @property
     def device_busy_s(self) -> tuple[float, ...]:
@@ -391,6 +414,7 @@ class SimResult:
             ],
             "weights": self.weights,
             "notes": list(self.notes),
+            "path": self.path,
             "bytes_total": self.bytes_total,
             "bytes_by_kind": self.bytes_by_kind,
             "bytes_by_link": self.bytes_by_link,
@@ -436,6 +460,7 @@ class SimResult:
         lines.append(f"  moved {self.bytes_total / gb:.2f} GB ({kinds}); memory reserved per GPU: "
                      f"{self.memory.margin}{weights}")
         lines.append(f"  costs: {self.cost_source}")
+        lines.append(f"  computed by: {self.path}")
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)

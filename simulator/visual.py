@@ -44,6 +44,11 @@ PART_COLOURS = {"text": "#8c564b", "tick": "#7f7f7f", "forward": "#1f77b4", "cac
 def _timeline(result: SimResult) -> Timeline:
     if result.timeline is None:
         raise SimulationError("this result keeps no timeline (it was not produced by simulate)")
+    from simulator.steady import SteadyTimeline
+
+    if isinstance(result.timeline, SteadyTimeline):
+        raise SimulationError("this run took the steady-state path (its repeats were spliced in, not run): "
+                              "simulate it with path='event' (`cascade simulate --path event`) to draw every block")
     return result.timeline
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,7 +39,10 @@ from cascade_sched.transfers import KVSend, MessageSizes, TransferPlan, message_
 from models.config import ACTIVATION_BYTES, ModelSlice
 from simulator.catalog import ModelGeometry
 
-__all__ = ["Batch", "Gang", "Hop", "LatentMessage", "TextJob", "Workload", "build_workload"]
+__all__ = ["KIND_NAMES", "Batch", "Gang", "Hop", "LatentMessage", "TextJob", "Workload", "build_workload"]
+
+KIND_NAMES = {GANG: "exchange", PAST: "kv", LATENT: "latent", HOP: "hop"}
+"""The result's name for each kind of the plan's messages (``SimResult.bytes_by_kind``)."""
 
 
 class Batch(NamedTuple):
@@ -153,12 +155,11 @@ class Workload:
         """Bytes per kind and per (sender, receiver), from the plan's own totals (``TransferPlan.transfers``,
         what the executors send)."""
         sizes = self.sizes or message_bytes(self.layer_kv_bytes, self.geometry.num_layers, self.latent_bytes)
-        kinds = {GANG: "exchange", PAST: "kv", LATENT: "latent", HOP: "hop"}
         by_kind = dict.fromkeys(("kv", "exchange", "latent", "hop"), 0)
         by_link: collections.Counter[tuple[int, int]] = collections.Counter()
-        for t in self.plan.transfers(sizes):
-            by_kind[kinds[t.kind]] += t.nbytes
-            by_link[(t.src, t.dst)] += t.nbytes
+        for (kind, src, dst), nbytes in self.plan.link_bytes(sizes).items():
+            by_kind[KIND_NAMES[kind]] += nbytes
+            by_link[(src, dst)] += nbytes
         return by_kind, dict(by_link)
 
     def bytes_by_kind(self) -> dict[str, int]:
@@ -301,7 +302,6 @@ def build_workload(
     gangs: dict[int, Gang] = {}
     gang_of: dict[int, int] = {}
     n_ticks = max(schedule.num_ticks, 1)
-    pair_of = operator.itemgetter(1, 2)  # (src, dst) of a KVSend
     position = {first: r for r, (first, _) in enumerate(spec.layer_ranges)}
     for tick, sends in enumerate(plan.gang):
         if not sends:
@@ -311,12 +311,15 @@ def build_workload(
             by_range.setdefault(m.first_layer, []).append(m)
         for first, group in by_range.items():
             gkey = tick + n_ticks * position.get(first, 0)
-            pairs = dict(collections.Counter(map(pair_of, group)))
+            pairs: dict[tuple[int, int], int] = {}
+            for m in group:
+                ends = (m.src, m.dst)
+                pairs[ends] = pairs.get(ends, 0) + 1
             end = group[0].end_layer
             devices = tuple(sorted(set(itertools.chain.from_iterable(pairs))))
             gangs[gkey] = Gang(tick, devices, pairs, 0 if end is None else end - first)
-            for d in devices:
-                gang_of[batch_at[(tick, d)]] = gkey
+            for dev in devices:
+                gang_of[batch_at[(tick, dev)]] = gkey
     hop_count: dict[tuple[int, int, int], int] = {}
     for tick, hop_sends in enumerate(plan.hops):
         for h in hop_sends:

@@ -23,6 +23,7 @@ from cascade_sched.io import dumps, loads
 from cascade_sched.placement import default_decode_device
 from cascade_sched.schedule import RECACHE_STAGE, TaskKind
 from cascade_sched.transfers import DECODE, NEXT, message_bytes, plan_transfers
+from tests import strategies
 
 MARK = "<-- ERROR HERE"
 
@@ -342,3 +343,15 @@ def test_a_moved_segment_keeps_its_layer_range_and_is_valid() -> None:
     assert validate(moved) is moved
     plan = plan_transfers(moved)
     assert (0, 1, 0, 3, 1) in [tuple(h) for h in plan.hop_sends(t.tick)]
+
+
+@given(strategies.specs(blocks=(1, 8), devices=(1, 6), placements=strategies.ALL_PLACEMENTS, strides=(1, 3),
+                        switches=2))
+def test_link_bytes_are_the_transfers_summed(spec: CascadeSpec) -> None:
+    """``TransferPlan.link_bytes`` counts what summing ``transfers`` gives, per kind and link."""
+    plan = plan_transfers(build_schedule(spec))
+    sizes = message_bytes(1000, spec.num_layers or 30, 64, hidden_bytes=300)
+    want: dict[tuple[str, int, int], int] = {}
+    for t in plan.transfers(sizes):
+        want[(t.kind, t.src, t.dst)] = want.get((t.kind, t.src, t.dst), 0) + t.nbytes
+    assert plan.link_bytes(sizes) == want
