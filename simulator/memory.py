@@ -15,8 +15,12 @@ Accounted per device and tick (bytes; the peak over ticks is what must fit), fro
   above 1: the per-stage histories), held the same way; the K/V every forward member of a tick computes
   (its layers, until the tick's end), when no later read keeps it; and one layer of the peers' K/V
   received per joint-attention exchange (two with overlap);
-- *activations*: one layer's working set of the device's batch (tokens x (4 dim + ffn dim) x 2 bytes),
-  one block's tokens per forward member;
+- *activations*: one layer's working set of the device's batch, the larger of its two peaks
+  (:func:`activation_bytes`): the feed-forward's (per token, the FFN hidden and its GELU in the weight
+  dtype beside the residual stream's working copies in the activation dtype) and the attention's (per
+  token q, k, v and the stream; plus, for the largest key set of the batch, its context K/V gathered into
+  one tensor); the coefficients are the engine's own, counted storage by storage by the meta-device dry
+  runs of 1.3B and 14B (``apps/calibrate/dryrun.py``, docs/validation.md);
 - *hand-off*: a ring device's buffers for the hidden states it receives and sends per tick (one forward
   member's ``tokens x dim x activation bytes`` each; twice with overlap, sends in flight beside compute);
 - *decoder*: the decoder's weights and streaming cache on the device that decodes;
@@ -38,7 +42,7 @@ from typing import Any
 from cascade_sched.errors import SimulationError
 from cascade_sched.schedule import TaskKind, build_schedule
 from cascade_sched.spec import CascadeSpec
-from simulator.catalog import HOST_CPU, get_model
+from simulator.catalog import HOST_CPU, ModelGeometry, get_model
 from simulator.cluster import NO_MARGIN, Cluster
 from simulator.prices import DecodePlan
 from simulator.workload import Workload, build_workload
@@ -85,6 +89,27 @@ class MemoryReport:
         )
 
 
+def activation_bytes(geometry: ModelGeometry, members: int, context_tokens: int, dtype_bytes: int = 2) -> int:
+    """One layer's working set of a forward of ``members`` blocks whose largest key set (own tokens and
+    read versions) is ``context_tokens``: the larger of the feed-forward's peak, ``tokens x (2 ffn w +
+    6.5 dim a)``, and the attention's, ``tokens x 3.5 dim a + context_tokens x 2 dim w`` (w the weight
+    dtype's bytes, a the activation dtype's: float32 for half-precision weights). Source: measured here,
+    the engine's allocations counted storage by storage on the meta device (``apps/calibrate/dryrun.py``):
+    Wan2.1 1.3B's peak is the FFN's, 14B's with 7 blocks of context the attention's.
+
+    >>> from simulator.catalog import get_model
+    >>> round(activation_bytes(get_model("wan2.1-1.3b"), 1, 7 * 4680) / 1e9, 3)  # the FFN's peak
+    0.355
+    >>> round(activation_bytes(get_model("wan2.1-14b"), 1, 7 * 4680) / 1e9, 3)  # the attention's
+    1.006
+    """
+    w, a = dtype_bytes, max(4, dtype_bytes)
+    tokens = members * geometry.tokens_per_block
+    ffn = tokens * (2 * geometry.ffn_dim * w + 6.5 * geometry.dim * a)
+    attention = tokens * 3.5 * geometry.dim * a + context_tokens * 2 * geometry.dim * w
+    return int(max(ffn, attention))
+
+
 def memory_report(
     workload: Workload,
     cluster: Cluster,
@@ -116,7 +141,6 @@ def memory_report(
     kv_layer = geometry.kv_bytes_per_layer(dtype_bytes)
     kv = geometry.kv_bytes_per_block(dtype_bytes)
     layer_kv = kv_layer * (2 if overlap else 1)
-    act_per_member = geometry.tokens_per_block * (4 * geometry.dim + geometry.ffn_dim) * dtype_bytes
     recache_tick = {ref: t.tick for t in schedule.tasks if t.kind == TaskKind.RECACHE for ref in schedule.writes(t)}
 
     # Each device's layer range, its ring position (the tick offset of its segments) and its weights.
@@ -147,7 +171,7 @@ def memory_report(
     hidden = workload.sizes.hidden if workload.sizes is not None else 0
     for b in workload.batches:
         members = len(b.contexts)
-        act[b.device][b.tick] += act_per_member * members
+        act[b.device][b.tick] += activation_bytes(geometry, members, max(b.contexts, default=0), dtype_bytes)
         size = kv_of[b.device]
         for j, v in b.refs:  # each member's K/V (its layers) exists until its tick's end
             refs = schedule.writes(schedule.task(j, v)) if v < 0 else ((j, v),)
