@@ -123,6 +123,20 @@ def add_model_source_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
         default=None,
         help="where decoding runs, on its own thread and CUDA stream (default: the denoising device)",
     )
+    g.add_argument(
+        "--frames-per-block",
+        type=int,
+        default=None,
+        metavar="N",
+        help="latent frames per block (StreamDiffusionV2 uses 1; default: the model's, 3 for the Wan models)",
+    )
+    g.add_argument(
+        "--resolution",
+        default=None,
+        metavar="HxW",
+        help="video height x width in pixels, each a multiple of 16 for the Wan VAE (default: the model's, "
+        "480x832 for the Wan models)",
+    )
     return g
 
 
@@ -134,7 +148,7 @@ def add_matrix_args(g: Any, verb: str) -> None:
     g.add_argument("--lag", type=int_ranges, default=None, help=f"lags to {verb}, e.g. 1,5 or 1-5 (default every "
                    "lag 1..S)")
     g.add_argument("--attention", type=name_list, default=attentions,
-                   help=f"attention modes to {verb} (default {','.join(attentions)})")
+                   help=f"attention modes to {verb}: {', '.join(ATTENTION_MODES)} (default {','.join(attentions)})")
     alias(g, "--lags", "lag", type=int_ranges, default=None)
     alias(g, "--attentions", "attention", type=name_list, default=attentions)
 

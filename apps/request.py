@@ -33,6 +33,7 @@ from executors.torchrun import under_torchrun, world_size
 from models.dtypes import check_dtype, dtype_bytes
 
 if TYPE_CHECKING:
+    from models.config import ModelConfig
     from models.presets import PipelinePreset
 
 __all__ = ["DEFAULT_OUT", "ModelSource", "Outputs", "Resolved", "RunRequest", "Streaming", "resolve"]
@@ -60,6 +61,17 @@ class ModelSource:
     vae_device: str | None = None  # None: the denoising device
     device: str = "cpu"
     dtype: str = "float32"
+    frames_per_block: int | None = None  # latent frames per block; None: the model's
+    resolution: tuple[int, int] | None = None  # video (height, width) in pixels; None: the model's
+
+    def config(self) -> ModelConfig | None:
+        """The model's geometry at this source's block size and resolution; None when it comes from the
+        checkpoint's own shapes (no ``model`` named)."""
+        if self.model is None:
+            return None
+        from models.config import get_config
+
+        return get_config(self.model, frames_per_block=self.frames_per_block, resolution=self.resolution)
 
     @property
     def decode_device(self) -> str:
@@ -134,10 +146,17 @@ def resolve(run: Invocation) -> Resolved:
     check_dtype("--dtype", args.dtype)
     check_float("--shift", args.shift, 0, 1000, open_lo=True)
     check_float("--timeout", args.timeout, 0, MAX_TIMEOUT_S, open_lo=True, what=" seconds")
-    spec: CascadeSpec = spec_from_args(args, run.machine, defaults, typed)
+    source = _source(args, preset, notes)
+    config = _check_geometry(args, source)
+    spec: CascadeSpec = spec_from_args(args, run.machine, defaults, typed,
+                                       model_layers=config.num_layers if config is not None else None)
+    if config is not None:
+        spec = spec.replace(frames_per_block=config.frames_per_block)
+        if spec.placement == "layers" and spec.num_layers != config.num_layers:
+            raise ConfigError("num_layers", f"`--layers` must be model {config.name}'s {config.num_layers} layers "
+                                            f"(the ring splits those), got {spec.num_layers}")
     if not serve:
         _check_ranks(args, spec)
-    source = _source(args, preset, notes)
     _check_memory(spec, source, run.machine.memory_bytes)
     prompt: str = args.prompt
     prompts: tuple[tuple[int, str], ...] = ()
@@ -241,11 +260,30 @@ def _check_generate(args: argparse.Namespace, typed: frozenset[str]) -> tuple[Ou
     return Outputs(out, args.save_latents, args.trace, args.save_text_embeddings, made), streaming
 
 
+def _check_geometry(args: argparse.Namespace, source: ModelSource) -> ModelConfig | None:
+    """The model's geometry at ``--frames-per-block`` and ``--resolution`` (each checked against the model, one
+    line naming the flag), or None when it comes from a ``--checkpoint``'s shapes, which those flags and
+    ``--placement layers`` (without ``--layers``) cannot know before the weights are read."""
+    if source.model is not None:
+        return source.config()
+    for flag, given in (("frames_per_block", source.frames_per_block is not None),
+                        ("resolution", source.resolution is not None),
+                        ("placement", args.placement == "layers" and args.num_layers is None)):
+        if given:
+            raise ConfigError(flag, f"`--{flag.replace('_', '-')}` needs the model's geometry: give `--model` (or "
+                                    "`--preset`) with `--checkpoint`")
+    return None
+
+
 def _check_ranks(args: argparse.Namespace, spec: CascadeSpec) -> None:
     """The ranks ``cascade generate`` would spawn, and the compiled executor's backend, before any starts."""
     if args.nproc is not None and args.nproc != spec.num_devices:
-        raise ConfigError("nproc", f"`--nproc` {args.nproc} must equal `--devices` {spec.num_devices} (device d of "
-                                   "the schedule runs on rank d)")
+        raise ConfigError("nproc", f"`--nproc` {args.nproc} must equal `--devices` {spec.num_devices} (one rank per "
+                                   "device of the schedule)")
+    if args.executor == "compiled" and spec.placement == "layers":
+        from executors.compiled import refuse_layers
+
+        refuse_layers()
     if args.executor == "compiled":
         from executors.compiled import check_backend
 
@@ -291,7 +329,16 @@ def _source(args: argparse.Namespace, preset: PipelinePreset | None, notes: list
         checkpoint=args.checkpoint, weights=args.weights, lora=args.lora, shift=args.shift,
         model_dir=args.model_dir, text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
         text_embeddings=emb, vae=args.vae, vae_device=args.vae_device, device=args.device, dtype=args.dtype,
+        frames_per_block=args.frames_per_block, resolution=_resolution(args.resolution),
     )
+
+
+def _resolution(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from models.config import parse_resolution
+
+    return parse_resolution(text)
 
 
 def _check_memory(spec: CascadeSpec, source: ModelSource, available: int) -> None:
@@ -302,8 +349,9 @@ def _check_memory(spec: CascadeSpec, source: ModelSource, available: int) -> Non
         return  # a GPU's memory is the simulator's to plan; a checkpoint's own shapes are known once read
     from simulator.memory import process_memory
 
-    try:
-        need = process_memory(spec, source.model, dtype_bytes(source.dtype))
+    try:  # one process holds every layer of every device: the same pool as one device running it all
+        whole = spec.replace(placement="block", rings=1, layer_split=None) if spec.placement == "layers" else spec
+        need = process_memory(whole, source.model, dtype_bytes(source.dtype))
     except ConfigError:
         return  # an unknown name is refused, with the valid ones, where the model is built
     latents = spec.num_blocks * need.latent_bytes_per_block

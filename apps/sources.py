@@ -24,7 +24,7 @@ from torch import Tensor
 from apps.flags import model_folder
 from apps.request import ModelSource
 from cascade_sched.errors import ConfigError
-from models.config import ModelConfig
+from models.config import ModelConfig, ModelSlice
 from models.dit import CausalWanDiT
 from models.dtypes import torch_dtype
 from models.prompts import EmbeddingsFile, StandInEncoder, TextEncoder, UMT5Encoder, default_text_encoder
@@ -39,13 +39,13 @@ SHARE_KEY = "cascade/text-embeddings"
 WEIGHT_ENTRIES = {"generator": "generator", "ema": "generator_ema"}  # --weights -> the checkpoint's entry
 
 
-def load_model(source: ModelSource) -> tuple[CausalWanDiT, str]:
-    """The source's DiT on its device and dtype, and a line saying which weights it has: the checkpoint
-    (its entry, with the LoRA merged), the shipped trained weights for ``toy``, else seeded random weights
-    (the same seed on every rank: the same weights)."""
+def load_model(source: ModelSource, part: ModelSlice | None = None) -> tuple[CausalWanDiT, str]:
+    """The source's DiT on its device and dtype, at its block size and resolution, and a line saying which
+    weights it has: the checkpoint (its entry, with the LoRA merged), the shipped trained weights for
+    ``toy``, else seeded random weights (the same seed on every rank: the same weights). With ``part``
+    (one device of a layer ring), only that slice is built and only its tensors are read."""
     from executors.devices import check_device
     from models.checkpoints import load_dit
-    from models.config import get_config
     from models.lora import load_lora
 
     dtype = torch_dtype(source.dtype)
@@ -58,20 +58,23 @@ def load_model(source: ModelSource) -> tuple[CausalWanDiT, str]:
         preset = get_preset(source.preset)
         key = key or preset.weights_entry
         alpha = preset.lora.alpha if preset.lora else None
-    name = source.model
+    config = source.config()
     if source.checkpoint:
         lora = load_lora(source.lora, alpha=alpha) if source.lora else None
-        model, report = load_dit(source.checkpoint, get_config(name) if name else None, key=key, lora=lora)
+        model, report = load_dit(source.checkpoint, config, key=key, lora=lora, part=part)
         what = report.describe()
-    elif name == "toy":  # the trained toy model ships its weights (models/weights/toy.safetensors)
-        from models.checkpoints import load_model as load_saved
+    elif source.model == "toy":  # the trained toy model ships its weights (models/weights/toy.safetensors)
         from models.weights import TOY_WEIGHTS
 
-        model, what = load_saved(TOY_WEIGHTS), f"the shipped toy weights ({TOY_WEIGHTS})"
+        model, report = load_dit(TOY_WEIGHTS, config, part=part)
+        what = f"the shipped toy weights ({TOY_WEIGHTS})" + (f"; {report.part}" if report.part else "")
     else:
         if source.lora is not None:
             raise ConfigError("lora", "`--lora` needs `--checkpoint` (the base weights it adapts)")
-        model, what = CausalWanDiT(get_config(name or "toy"), seed=0), "seeded random weights (seed 0)"
+        from models.config import get_config
+
+        model = CausalWanDiT(config or get_config("toy"), seed=0, part=part)
+        what = "seeded random weights (seed 0)" + (f"; {part.describe()}" if part is not None else "")
     return model.to(device=source.device, dtype=dtype).eval(), what
 
 

@@ -107,6 +107,13 @@ def check_backend(backend: str, device: str | torch.device) -> None:
             raise ConfigError("device", f"`--backend tensorrt` runs on CUDA: pass `--device cuda`{seen}")
 
 
+def refuse_layers() -> None:
+    """The compiled executor does not run layer rings yet: one ConfigError naming ``--placement``."""
+    raise ConfigError("placement", "`--placement` layers runs with `--executor reference` or `--executor "
+                                   "distributed`; the compiled executor compiles whole-model forwards only (block "
+                                   "or stage placement)")
+
+
 def _check_name(backend: str) -> None:
     if backend not in _ALL_BACKENDS:
         raise ConfigError("backend", f"`--backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -421,11 +428,15 @@ class CompiledExecutor:
         calling it first keeps compile time out of the run's clock. Returns the compiled model."""
         import torch.distributed as dist
 
+        if schedule.spec.placement == "layers":
+            refuse_layers()
         if self.backend == "tensorrt":
             check_backend(self.backend, model.device)
         distributed = dist.is_initialized()
         rank = dist.get_rank() if distributed else 0
-        devices = [rank] if distributed else range(schedule.num_devices)
+        from executors.distributed import rank_device
+
+        devices = [rank_device(schedule.spec, rank)] if distributed else range(schedule.num_devices)
         cm = self.compiled_model(model, rank)
         new = cm.prepare(forward_buckets(schedule, devices, cm.tokens_per_block))
         if new:
@@ -450,4 +461,5 @@ class CompiledExecutor:
             return inner.run(schedule, model, options, on_block, extend=extend)
 
 
-__all__ = ["BACKENDS", "Bucket", "CompiledExecutor", "CompiledModel", "Piece", "check_backend", "load_tensorrt"]
+__all__ = ["BACKENDS", "Bucket", "CompiledExecutor", "CompiledModel", "Piece", "check_backend", "load_tensorrt",
+           "refuse_layers"]

@@ -1,4 +1,8 @@
-"""The distributed executor: device d of the schedule runs on rank d, K/V moves with torch.distributed.
+"""The distributed executor: each rank runs one device of the schedule, K/V moves with torch.distributed.
+
+Rank 0 runs the decode device (device 0, or ring 0's last device under placement ``layers``) and the
+others follow round the devices (:func:`rank_device`); under placement ``layers`` a rank builds and loads
+only its device's layer range (:func:`rank_slice`), and its K/V pool holds only that range.
 
 Messages are exactly those of :func:`cascade_sched.transfers.plan_transfers`, posted point to point in
 its canonical order on both ends (NCCL matches by order, not tag):
@@ -9,7 +13,12 @@ its canonical order on both ends (NCCL matches by order, not tag):
 - past K/V (committed KV, or last tick's version under ``stale``): sent once after the producing tick,
   per layer; the receiver waits for a layer only when a task first reads it, so the transfer overlaps
   the computation in between (for ``stale`` that is the next tick's earlier layers);
-- latents: to the next stage's rank, and clean latents to the decode rank (0).
+- latents: to the next stage's rank, and clean latents to the decode rank (0);
+- ring hops (placement ``layers``): after each tick, a rank hands the hidden states of the tasks it ran to
+  the next device of their ring, one message per forward member; the receiver runs its layers of them at
+  the next tick, and the ring's last device runs the head and the sampler step and sends the next stage's
+  latent back to the ring's first device. A read between rings is a K/V send between the two devices
+  that hold the same layer range (per layer in the gang, or once after the producing tick).
 
 A run may switch schedules while it goes (a served stream's prompt switches, or its early end): rank 0's
 extend hook decides after each tick and :class:`AgreedExtension` broadcasts its answer on a gloo control
@@ -22,6 +31,8 @@ elsewhere (a schedule that grows on N ranks) is refused with one ``ExecutorError
 
 from __future__ import annotations
 
+import collections
+import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -31,30 +42,110 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from cascade_sched.errors import ExecutorError
+from cascade_sched.errors import ConfigError, ExecutorError
+from cascade_sched.placement import default_decode_device
 from cascade_sched.schedule import KVRef, Schedule, build_schedule
+from cascade_sched.spec import CascadeSpec
 from cascade_sched.trace import COMM, TraceEvent, exchange_name, transfer_name
-from cascade_sched.transfers import KVSend, LatentSend
+from cascade_sched.transfers import HiddenSend, KVSend, LatentSend, MessageSizes, message_bytes
 from executors.base import BlockCallback, ExtendHook, RunOptions, RunResult, TickLoop
 from executors.transport import Mail
+from models.config import ModelConfig, ModelSlice
 from models.dit import CausalWanDiT, KVPair, TickKernels
 from models.sampler import latent_dtype
 
 
-class DistributedTransport:
-    """Point-to-point K/V and latent traffic of one rank (gloo on CPU, NCCL on GPU): a
-    :class:`~executors.transport.Transport`."""
+def rank_device(spec: CascadeSpec, rank: int) -> int:
+    """The schedule device that rank ``rank`` runs: rank 0 runs the decode device
+    (:func:`~cascade_sched.placement.default_decode_device`: device 0, or ring 0's last device under
+    placement ``layers``), and the others follow it round the devices, so rank r runs device
+    ``(r + decode) mod D``. Rank 0 is where a run's outputs are written and its stream is served.
 
-    def __init__(self, rank: int, model: CausalWanDiT, timeout_s: float) -> None:
+    >>> from cascade_sched import CascadeSpec
+    >>> ring = CascadeSpec(num_blocks=2, num_devices=3, placement="layers", stage_stride=3, num_layers=6)
+    >>> [rank_device(ring, r) for r in range(3)], rank_device(ring.replace(placement="block", stage_stride=1,
+    ...                                                                       num_layers=None), 1)
+    ([2, 0, 1], 1)
+    """
+    return (rank + default_decode_device(spec)) % spec.num_devices
+
+
+def device_rank(spec: CascadeSpec, device: int) -> int:
+    """The rank that runs schedule device ``device`` (the inverse of :func:`rank_device`)."""
+    return (device - default_decode_device(spec)) % spec.num_devices
+
+
+def rank_slice(spec: CascadeSpec, config: ModelConfig, rank: int) -> ModelSlice | None:
+    """The slice of the model rank ``rank`` holds: the layer range its device runs under placement ``layers``
+    (the entry on a ring's first device, the head on its last), else None (the whole model).
+    ``ConfigError`` when the spec splits another layer count than the model has.
+
+    >>> from cascade_sched import CascadeSpec
+    >>> from models.config import get_config
+    >>> spec = CascadeSpec(num_blocks=2, num_devices=2, placement="layers", stage_stride=2, num_layers=2)
+    >>> rank_slice(spec, get_config("tiny"), 0).describe(), rank_slice(spec, get_config("tiny"), 1).describe()
+    ('layers [1, 2) + head', 'layers [0, 1) + entry')
+    """
+    if spec.placement != "layers":
+        return None
+    if spec.num_layers != config.num_layers:
+        raise ConfigError("num_layers", f"`--layers` {spec.num_layers} does not match the {config.num_layers} "
+                                        f"layers of model {config.name!r}")
+    first, end = spec.layer_ranges[rank_device(spec, rank) % spec.ring_size]
+    return config.layer_slice(first, end)
+
+
+def message_sizes(config: ModelConfig, dtype: torch.dtype) -> MessageSizes:
+    """The bytes of each message this executor sends for a model of ``config`` in ``dtype`` (K/V in the
+    weight dtype, latents in the sampler's, hidden states in the residual stream's), as
+    :meth:`~cascade_sched.transfers.TransferPlan.traffic` prices a plan.
+
+    >>> from models.config import get_config
+    >>> message_bytes_of = message_sizes(get_config("tiny"), torch.float32)
+    >>> message_bytes_of.gang, message_bytes_of.latent, message_bytes_of.hidden
+    (3072, 3072, 1536)
+    """
+    element = torch.empty((), dtype=dtype).element_size()
+    latent = torch.empty((), dtype=latent_dtype(dtype)).element_size()
+    hidden = torch.empty((), dtype=torch.promote_types(dtype, torch.float32)).element_size()
+    return message_bytes(config.kv_bytes_per_block_layer(element), config.num_layers,
+                         math.prod(config.latent_shape()) * latent, config.hidden_bytes_per_block(hidden))
+
+
+class DistributedTransport:
+    """Point-to-point K/V, latent and hidden-state traffic of one rank (gloo on CPU, NCCL on GPU): a
+    :class:`~executors.transport.Transport`. Messages name schedule devices; ``spec`` maps them to ranks
+    (:func:`device_rank`). With ``count_bytes``, :attr:`sent` totals the bytes this rank sent per
+    ``(tick, src device, dst device)``, the figure ``TransferPlan.traffic`` states."""
+
+    def __init__(self, spec: CascadeSpec, rank: int, model: CausalWanDiT, timeout_s: float,
+                 count_bytes: bool = False) -> None:
         cfg = model.config
-        self.rank, self.device, self.dtype = rank, model.device, model.dtype
+        self.spec, self.rank, self.device, self.dtype = spec, rank, model.device, model.dtype
+        self.me = rank_device(spec, rank)
         self.kv_shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
         self.latent_shape, self.latent_dtype = cfg.latent_shape(), latent_dtype(model.dtype)
+        pt = cfg.patch_size[0]
+        self.hidden_shape = (cfg.frames_per_block // pt, cfg.tokens_per_frame, cfg.dim)  # one forward member
+        self.hidden_dtype = torch.promote_types(model.dtype, torch.float32)  # the residual stream's dtype
         self.layers = cfg.num_layers
         self.timeout = timedelta(seconds=timeout_s)
         self.pending_kv: dict[tuple[KVRef, int], list[Any]] = {}
         self.pending_send: list[Any] = []
+        self.sent: collections.Counter[tuple[int, int, int]] | None = collections.Counter() if count_bytes else None
         self._events: list[tuple[str, int, float, float, float]] = []  # (name, tick, start, end, busy) perf_counter
+
+    def _rank(self, device: int) -> int:
+        return device_rank(self.spec, device)
+
+    def _send(self, ops: list[dist.P2POp], tick: int, x: Tensor, dst: int) -> None:
+        ops.append(dist.P2POp(dist.isend, x, self._rank(dst)))
+        if self.sent is not None:
+            self.sent[(tick, self.me, dst)] += x.numel() * x.element_size()
+
+    def _recv(self, ops: list[dist.P2POp], buf: Tensor, src: int) -> Tensor:
+        ops.append(dist.P2POp(dist.irecv, buf, self._rank(src)))
+        return buf
 
     def _post(self, ops: list[dist.P2POp]) -> list[Any]:
         return list(dist.batch_isend_irecv(ops)) if ops else []
@@ -63,17 +154,22 @@ class DistributedTransport:
         for w in works:
             w.wait(self.timeout)
 
+    def _range(self, m: KVSend) -> range:
+        return range(m.first_layer, self.layers if m.end_layer is None else m.end_layer)
+
     def exchange(self, tick: int, layer: int, sends: Sequence[KVSend],
                  local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
         ops: list[dist.P2POp] = []
         received: dict[KVRef, Tensor] = {}
         for m in sends:
-            if m.src == self.rank:
+            if layer not in self._range(m):
+                continue
+            if m.src == self.me:
                 k, v = local[m.ref]
-                ops.append(dist.P2POp(dist.isend, torch.stack((k, v)), m.dst))
-            elif m.dst == self.rank and m.ref not in received:
-                received[m.ref] = torch.empty((2, *self.kv_shape), dtype=self.dtype, device=self.device)
-                ops.append(dist.P2POp(dist.irecv, received[m.ref], m.src))
+                self._send(ops, tick, torch.stack((k, v)), m.dst)
+            elif m.dst == self.me and m.ref not in received:
+                buf = torch.empty((2, *self.kv_shape), dtype=self.dtype, device=self.device)
+                received[m.ref] = self._recv(ops, buf, m.src)
         if not ops:
             return {}
         start = time.perf_counter()
@@ -81,35 +177,40 @@ class DistributedTransport:
         self._record(exchange_name(tick), tick, start)
         return {ref: (buf[0], buf[1]) for ref, buf in received.items()}
 
-    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], outbox: Mail) -> Mail:
+    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], hops: Sequence[HiddenSend],
+             outbox: Mail) -> Mail:
         inbox = Mail()
         ops: list[dist.P2POp] = []
         kv_recv: list[tuple[KVRef, int]] = []
         for m in kv:
-            if m.src == self.rank:
+            if m.src == self.me:
                 for k, v in outbox.kv[m.ref]:
-                    ops.append(dist.P2POp(dist.isend, k.contiguous(), m.dst))
-                    ops.append(dist.P2POp(dist.isend, v.contiguous(), m.dst))
-            elif m.dst == self.rank:
+                    self._send(ops, tick, k.contiguous(), m.dst)
+                    self._send(ops, tick, v.contiguous(), m.dst)
+            elif m.dst == self.me:
                 layers = []
-                for layer in range(self.layers):
-                    k = torch.empty(self.kv_shape, dtype=self.dtype, device=self.device)
-                    v = torch.empty(self.kv_shape, dtype=self.dtype, device=self.device)
-                    ops.append(dist.P2POp(dist.irecv, k, m.src))
-                    ops.append(dist.P2POp(dist.irecv, v, m.src))
+                for layer in self._range(m):
+                    k = self._recv(ops, torch.empty(self.kv_shape, dtype=self.dtype, device=self.device), m.src)
+                    v = self._recv(ops, torch.empty(self.kv_shape, dtype=self.dtype, device=self.device), m.src)
                     layers.append((k, v))
                     kv_recv.append((m.ref, layer))
                 inbox.kv[m.ref] = layers
         n_kv = len(ops)
         received: list[tuple[int, str, Tensor]] = []
         for ls in latents:
-            if ls.src == self.rank:
-                x = outbox.latents[(ls.block, ls.purpose)].to(self.device).contiguous()
-                ops.append(dist.P2POp(dist.isend, x, ls.dst))
-            elif ls.dst == self.rank:
+            if ls.src == self.me:
+                self._send(ops, tick, outbox.latents[(ls.block, ls.purpose)].to(self.device).contiguous(), ls.dst)
+            elif ls.dst == self.me:
                 buf = torch.empty(self.latent_shape, dtype=self.latent_dtype, device=self.device)
-                ops.append(dist.P2POp(dist.irecv, buf, ls.src))
-                received.append((ls.block, ls.purpose, buf))
+                received.append((ls.block, ls.purpose, self._recv(ops, buf, ls.src)))
+        for h in hops:  # one message per forward member of the task, in the plan's order on both ends
+            if h.src == self.me:
+                for piece in outbox.hidden[(h.block, h.stage)]:
+                    self._send(ops, tick, piece.contiguous(), h.dst)
+            elif h.dst == self.me:
+                inbox.hidden[(h.block, h.stage)] = [
+                    self._recv(ops, torch.empty(self.hidden_shape, dtype=self.hidden_dtype, device=self.device), h.src)
+                    for _ in range(h.members)]
         if not ops:
             return inbox
         start = time.perf_counter()
@@ -124,7 +225,7 @@ class DistributedTransport:
                     recv_i += 1
                 else:
                     self.pending_send.append(works[i])
-            self._wait(works[n_kv:])  # latents are needed at the next tick: small, wait now
+            self._wait(works[n_kv:])  # latents and hidden states are needed at the next tick: wait now
         for block, purpose, buf in received:
             inbox.latents[(block, purpose)] = buf
         self.pending_send = [w for w in self.pending_send if not w.is_completed()]
@@ -141,7 +242,7 @@ class DistributedTransport:
             self._events.append((name, tick, start, end, end - start))
 
     def events(self, t0: float) -> list[TraceEvent]:
-        return [TraceEvent(name, self.rank, COMM, start - t0, end - start, {"tick": tick, "busy_s": busy})
+        return [TraceEvent(name, self.me, COMM, start - t0, end - start, {"tick": tick, "busy_s": busy})
                 for name, tick, start, end, busy in self._events]
 
     def wait_kv(self, ref: KVRef, layer: int) -> None:
@@ -162,7 +263,7 @@ class DistributedTransport:
             if missed:
                 m = min(missed, key=lambda m: (m.ref, m.src, m.dst))
                 raise ExecutorError(
-                    f"the schedule adopted after tick {tick} needs version {m.ref} on rank {m.dst}, which was "
+                    f"the schedule adopted after tick {tick} needs version {m.ref} on device {m.dst}, which was "
                     f"sent at tick {t} only where the old schedule read it; on N ranks a running schedule may "
                     "switch prompts and end early, not grow"
                 )
@@ -204,17 +305,22 @@ class AgreedExtension:
 class DistributedExecutor:
     """Runs this rank's share of a schedule inside an initialised default process group.
 
-    The world size must equal the schedule's device count (device d runs on rank d). Only the decode
-    rank (0) returns latents; the others return their timings and trace events. A run that may switch
-    schedules while it goes is ``extendable`` on every rank, and rank 0 passes the ``extend`` hook (see
-    :class:`AgreedExtension`); ``kernels`` run the model's tick forward (None: its own modules).
+    The world size must equal the schedule's device count; rank r runs device :func:`rank_device` (rank 0
+    the decode device, so rank 0 alone returns latents and calls ``on_block``; the others return their
+    timings and trace events). Under placement ``layers`` each rank holds only its layer range: pass
+    that slice of the model (:func:`rank_slice`, loaded alone), or the whole model, whose slice the rank
+    then uses. A run that may switch schedules while it goes is ``extendable`` on every rank, and rank 0
+    passes the ``extend`` hook (see :class:`AgreedExtension`); ``kernels`` run the model's tick forward
+    (None: its own modules). With ``count_bytes``, :attr:`sent` holds what the last run sent per
+    ``(tick, src device, dst device)``.
     """
 
     name = "distributed"
 
-    def __init__(self, extendable: bool = False, kernels: TickKernels | None = None) -> None:
-        self.extendable, self.kernels = extendable, kernels
+    def __init__(self, extendable: bool = False, kernels: TickKernels | None = None, count_bytes: bool = False) -> None:
+        self.extendable, self.kernels, self.count_bytes = extendable, kernels, count_bytes
         self.loop: TickLoop | None = None  # this rank's loop while a run goes on (a server reads its K/V pool)
+        self.sent: dict[tuple[int, int, int], int] = {}
 
     def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
             on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
@@ -222,6 +328,7 @@ class DistributedExecutor:
         if not dist.is_initialized():
             raise ExecutorError("the distributed executor needs an initialised process group (use launch.py)")
         rank, world = dist.get_rank(), dist.get_world_size()
+        spec = schedule.spec
         if world != schedule.num_devices:
             raise ExecutorError(
                 f"world size {world} does not match the schedule's {schedule.num_devices} devices "
@@ -229,14 +336,20 @@ class DistributedExecutor:
             )
         if extend is not None and not self.extendable:
             raise ExecutorError("a distributed run that may switch schedules is extendable on every rank")
-        transport = DistributedTransport(rank, model, options.timeout_s)
+        part = rank_slice(spec, model.config, rank)
+        if part is not None and model.whole:
+            from models.checkpoints import take_slice
+
+            model = take_slice(model, part)
+        transport = DistributedTransport(spec, rank, model, options.timeout_s, self.count_bytes)
         group = dist.new_group(backend="gloo", timeout=timedelta(seconds=options.timeout_s)) if self.extendable else None
         agreed = AgreedExtension(extend, options, rank, group) if self.extendable else None
         try:
-            self.loop = TickLoop(schedule, model, options, [rank], transport, on_block if rank == 0 else None,
-                                 rank=rank, extend=agreed, kernels=self.kernels)
+            self.loop = TickLoop(schedule, model, options, [rank_device(spec, rank)], transport,
+                                 on_block if rank == 0 else None, rank=rank, extend=agreed, kernels=self.kernels)
             return self.loop.run()
         finally:
             self.loop = None
+            self.sent = dict(transport.sent or {})
             if group is not None:
                 dist.destroy_process_group(group)

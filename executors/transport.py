@@ -6,7 +6,8 @@ sends what this process owes, and returns what arrived. It never reads or writes
 loop keeps what arrives in its own K/V pool and latents.
 
 - :class:`LocalTransport`: every device in this process (the reference executor): nothing moves.
-- ``executors.distributed.DistributedTransport``: one device per rank, point to point.
+- ``executors.distributed.DistributedTransport``: one device per rank, point to point (K/V of the rank's
+  layer range, latents, and a layer ring's hidden states).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from cascade_sched.schedule import KVRef
 from cascade_sched.trace import TraceEvent
-from cascade_sched.transfers import KVSend, LatentSend
+from cascade_sched.transfers import HiddenSend, KVSend, LatentSend
 from models.dit import KVPair
 
 __all__ = ["LocalTransport", "Mail", "Transport"]
@@ -27,11 +28,12 @@ __all__ = ["LocalTransport", "Mail", "Transport"]
 
 @dataclass
 class Mail:
-    """What a tick's messages carry to or from this process: K/V versions (every layer, in layer order)
-    and latents, keyed as the plan names them."""
+    """What a tick's messages carry to or from this process: K/V versions (every layer of this process's
+    range, in layer order), latents and a ring's hidden states, keyed as the plan names them."""
 
     kv: dict[KVRef, list[KVPair]] = field(default_factory=dict)
     latents: dict[tuple[int, str], Tensor] = field(default_factory=dict)  # (block, purpose) -> latent
+    hidden: dict[KVRef, list[Tensor]] = field(default_factory=dict)  # (block, stage) -> per forward member
 
 
 class Transport(Protocol):
@@ -43,9 +45,11 @@ class Transport(Protocol):
         ``sends`` names (that layer's K/V), return the peers' versions this process reads."""
         ...
 
-    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], outbox: Mail) -> Mail:
+    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], hops: Sequence[HiddenSend],
+             outbox: Mail) -> Mail:
         """After ``tick``: send what ``outbox`` holds of the messages named, and return what arrives for
-        this process. Arriving K/V may still be in flight: :meth:`wait_kv` before a layer is read."""
+        this process. Arriving K/V may still be in flight: :meth:`wait_kv` before a layer is read; latents
+        and hidden states have arrived when it returns."""
         ...
 
     def wait_kv(self, ref: KVRef, layer: int) -> None:
@@ -73,7 +77,8 @@ class LocalTransport:
                  local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
         return {}
 
-    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], outbox: Mail) -> Mail:
+    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], hops: Sequence[HiddenSend],
+             outbox: Mail) -> Mail:
         return Mail()
 
     def wait_kv(self, ref: KVRef, layer: int) -> None:

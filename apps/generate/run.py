@@ -180,20 +180,21 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
     import torch.distributed as dist
 
     from apps.sources import build_sampler, load_model
-    from models.config import get_config
+    from executors.distributed import rank_slice
 
     schedule = validate(build_schedule(request.spec))
     distributed = dist.is_initialized()
     if distributed and world != schedule.num_devices:
         raise ConfigError("nproc", f"the world size {world} must equal `--devices` {schedule.num_devices}")
     texts = {0: request.prompt, **dict(request.prompts)}
-    name = request.source.model
-    if name is None:  # the geometry comes from the checkpoint's shapes: load first, then encode
+    config = request.source.config()
+    if config is None:  # the geometry comes from the checkpoint's shapes: load first, then encode
         model, weights = load_model(request.source)
         embeddings, encoder, text_name = _conditioning(request, texts, model.config, rank, world)
-    else:  # encode first, so the text encoder's memory is free before the DiT loads
-        embeddings, encoder, text_name = _conditioning(request, texts, get_config(name), rank, world)
-        model, weights = load_model(request.source)
+    else:  # encode first, so the text encoder's memory is free before the DiT loads (this rank's layers only)
+        embeddings, encoder, text_name = _conditioning(request, texts, config, rank, world)
+        part = rank_slice(schedule.spec, config, rank) if distributed else None
+        model, weights = load_model(request.source, part)
     options = RunOptions(prompt=request.prompt, prompts=dict(request.prompts), embeddings=embeddings,
                          text_encoder=encoder, fail_at=request.fail_at, timeout_s=request.timeout_s,
                          sampler=build_sampler(request.source, model.config.name))

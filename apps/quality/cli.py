@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     p.add_argument("--shift", type=float, default=None,
                    help="sampler shift (default: the one saved with the weights, 1 for the shipped toy)")
     p.add_argument("--frames", default=None, metavar="PATH.png",
-                   help="also draw seed 0's frames: world, sequential, lag 1 causal/bidirectional/stale (default none)")
+                   help="also draw seed 0's frames: world, sequential, lag 1 of each context measured (default none)")
     p.add_argument("--switch-frames", default=None, metavar="PATH.png",
                    help="also draw seed 0's switch, lag 1 causal, under each policy (default none)")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
@@ -71,9 +71,13 @@ def _check(args: argparse.Namespace, cores: int) -> None:
     check_matrix_args(args, stages)
     check_names("--policies", args.policies, POLICIES)
     check_names("--variants", args.variants, VARIANTS)
-    settings = 1 + len(args.lag or range(stages)) * len(args.attention)
+    lags = args.lag or range(1, stages + 1)
+    settings = 1 + len(lags) * len(args.attention)
     variants = 1 if args.checkpoint else len(args.variants)
-    videos = variants * settings * (args.seeds + args.switch_seeds * len(args.policies))
+    from apps.quality.measure import switch_settings
+
+    switches = len(switch_settings(lags, args.attention, args.policies))
+    videos = variants * (settings * args.seeds + switches * args.switch_seeds)
     seconds = videos * args.blocks * TOY_BLOCK_S
     if seconds > WORK_BUDGET_S:
         raise ConfigError("--seeds", f"`--seeds` {args.seeds} (+ `--switch-seeds` {args.switch_seeds}) x {settings} "
@@ -119,7 +123,8 @@ def _cmd_quality(run: Invocation) -> int:
     if args.frames:
         picks = {"world (a data clip)": make_clip(10_000, q.PROMPTS[0], frames=3 * args.blocks).frames}
         for label, key in (("sequential (lag S)", (stages, "causal", 0)), ("lag 1 causal", (1, "causal", 0)),
-                           ("lag 1 bidirectional", (1, "bidirectional", 0)), ("lag 1 stale", (1, "stale", 0))):
+                           ("lag 1 bidirectional", (1, "bidirectional", 0)), ("lag 1 stale", (1, "stale", 0)),
+                           ("lag 1 stage", (1, "stage", 0))):
             if key in videos:
                 picks[label] = videos[key]
         q.save_strip(picks, args.frames)

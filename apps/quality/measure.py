@@ -69,7 +69,7 @@ from models.toy_world import (
     reflect,
 )
 
-ATTENTIONS = ("causal", "bidirectional", "stale")
+ATTENTIONS = ("causal", "bidirectional", "stale")  # the default rows; "stage" (StreamDiffusionV2's context) on request
 POLICIES = ("none", "recache")
 NEAR_WALL = 2.0  # px: a bounce between t-1 and t is allowed only this close to the wall
 FOLLOW_PX = 1.0  # px: a continuing ball follows the new prompt within this distance of the world's path
@@ -309,7 +309,7 @@ def measure_switches(model: CausalWanDiT | None = None, *, seeds: int = 4, block
     stages = CascadeSpec(num_blocks=blocks).num_stages
     lags = list(range(1, stages + 1)) if lags is None else list(lags)
     at = min(SWITCH_AT, blocks - 1)
-    settings = [(lag, att, pol) for lag in lags for att in attentions for pol in policies]
+    settings = switch_settings(lags, attentions, policies)
     bar = progress_bar(len(settings) * seeds, f"switches ({variant})", "video", on=progress)
     try:
         rows = []
@@ -334,6 +334,19 @@ def measure_switches(model: CausalWanDiT | None = None, *, seeds: int = 4, block
         if bar is not None:
             bar.close()
     return rows
+
+
+def switch_settings(lags: Sequence[int], attentions: Sequence[str], policies: Sequence[str]
+                    ) -> list[tuple[int, str, str]]:
+    """The (lag, attention, policy) settings of the switch rows: every combination but ``stage`` under
+    ``recache``, which the contract refuses (a recache re-encodes committed K/V, which ``stage`` reads only at
+    the commit stage; docs/contract.md).
+
+    >>> switch_settings([1], ["causal", "stage"], ["none", "recache"])
+    [(1, 'causal', 'none'), (1, 'causal', 'recache'), (1, 'stage', 'none')]
+    """
+    return [(lag, att, pol) for lag in lags for att in attentions for pol in policies
+            if not (att == "stage" and pol == "recache")]
 
 
 def data_row(seeds: int = 4, blocks: int = 8) -> Row:

@@ -51,12 +51,16 @@ def _options(request: RunRequest, start: StreamStart, sampler: FlowMatchSampler,
                       timeout_s=request.timeout_s, text_encoder=encoder)
 
 
-def load(request: RunRequest) -> tuple[CausalWanDiT, FlowMatchSampler, TextEncoder]:
-    """The stream's model, sampler and text encoder, from its source (as ``cascade generate`` loads them).
-    The encoder stays loaded: prompts arrive while streaming."""
+def load(request: RunRequest, rank: int | None = None) -> tuple[CausalWanDiT, FlowMatchSampler, TextEncoder]:
+    """The stream's model, sampler and text encoder, from its source (as ``cascade generate`` loads them):
+    on a rank of a layer ring (``rank`` given, placement ``layers``) only that rank's layers. The encoder
+    stays loaded: prompts arrive while streaming."""
     from apps.sources import build_sampler, load_model, text_source
+    from executors.distributed import rank_slice
 
-    model, _ = load_model(request.source)
+    config = request.source.config()
+    part = rank_slice(request.spec, config, rank) if rank is not None and config is not None else None
+    model, _ = load_model(request.source, part)
     return model, build_sampler(request.source, model.config.name), text_source(request.source, model.config, [])
 
 
@@ -65,9 +69,9 @@ class LocalGroup:
 
     executor = "reference"
 
-    def __init__(self, request: RunRequest) -> None:
+    def __init__(self, request: RunRequest, rank: int | None = None) -> None:
         self.request = request
-        self.model, self.sampler, self.encoder = load(request)
+        self.model, self.sampler, self.encoder = load(request, rank)
         self.alive = True
         self.failure: str | None = None
         self.running: ReferenceExecutor | DistributedExecutor | None = None  # a stream's executor while it runs
@@ -115,7 +119,7 @@ class RankGroup(LocalGroup):
     def __init__(self, request: RunRequest, world: int) -> None:
         import torch.distributed as dist
 
-        super().__init__(request)
+        super().__init__(request, rank=0)
         self.world = world
         self.store = dist.distributed_c10d._get_default_store()
 
@@ -153,7 +157,7 @@ def follow(request: RunRequest, rank: int, world: int) -> None:
     """A rank other than 0: run each stream rank 0 posts, until it says stop."""
     import torch.distributed as dist
 
-    model, sampler, encoder = load(request)
+    model, sampler, encoder = load(request, rank)
     store = dist.distributed_c10d._get_default_store()
     number = 0
     while True:

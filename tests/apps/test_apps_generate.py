@@ -50,9 +50,10 @@ def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | No
 
 
 @pytest.mark.slow
-def test_distributed_generate_matches_reference_latents(tmp_path: Path) -> None:
+@pytest.mark.parametrize("placement", [[], ["--placement", "layers", "--stage-stride", "2"]])
+def test_distributed_generate_matches_reference_latents(tmp_path: Path, placement: list[str]) -> None:
     common = ["--model", "tiny", "--blocks", "5", "--lag", "1", "--devices", "2", "--attention", "bidirectional",
-              "--no-progress"]
+              "--no-progress", *placement]
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     assert run("generate", *common, "--save-latents", str(a)).returncode == 0
     r = run("generate", *common, "--executor", "distributed", "--save-latents", str(b))
@@ -62,18 +63,24 @@ def test_distributed_generate_matches_reference_latents(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("failing_rank", [0, 1])
-def test_a_failing_rank_stops_every_rank_and_keeps_finished_frames(tmp_path: Path, failing_rank: int) -> None:
+@pytest.mark.parametrize(("failing_rank", "ring"), [(0, False), (1, False), (1, True)])
+def test_a_failing_rank_stops_every_rank_and_keeps_finished_frames(tmp_path: Path, failing_rank: int,
+                                                                   ring: bool) -> None:
     out = tmp_path / "v.mp4"
+    # Lag 1, S = 5: blocks 0, 1, 2 finish denoising at ticks 3, 4, 5 by block, before a failure at tick 6.
+    # On a ring of two (stride 2) block b's last denoise stage leaves the ring at tick b + 7: blocks 0, 1, 2
+    # by tick 9, before a failure at tick 10 of rank 1 (the ring's first device; rank 0 runs its last).
+    tick = 10 if ring else 6
+    layers = ["--placement", "layers", "--stage-stride", "2"] if ring else []
     # A hang is what this guards against: the run's own --timeout is 20 s, and subprocess.run raises
     # TimeoutExpired if the ranks are still up long after it.
     r = run("generate", "--model", "tiny", "--blocks", "8", "--lag", "1", "--devices", "2", "--executor", "distributed",
-            "--out", str(out), "--timeout", "20", "--no-progress", "--fail-at", f"{failing_rank}:6", timeout=90)
+            *layers, "--out", str(out), "--timeout", "20", "--no-progress", "--fail-at", f"{failing_rank}:{tick}",
+            timeout=90)
     assert r.returncode != 0
-    assert f"rank {failing_rank} failed at tick 6 (" in r.stderr and "@d" in r.stderr
+    assert f"rank {failing_rank} failed at tick {tick} (" in r.stderr and "@d" in r.stderr
     assert "Traceback" not in r.stderr
-    # Lag 1, S = 5: blocks 0, 1, 2 finished denoising at ticks 3, 4, 5, before the failure at tick 6: kept,
-    # readable, under the partial name; nothing under the final name.
+    # The finished blocks are kept, readable, under the partial name; nothing under the final name.
     assert iio.imread(tmp_path / "v.partial.mp4").shape[0] == frames_of(3) and not out.exists()
     assert "kept 3 of 8 blocks in" in r.stderr
 

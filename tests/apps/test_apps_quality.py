@@ -110,6 +110,24 @@ def test_quality_cli_json_rows_for_every_setting_and_pictures(tmp_path: Path) ->
     assert png.is_file() and switch_png.is_file()
 
 
+def test_quality_cli_measures_the_stage_context_at_lag_1(tmp_path: Path) -> None:
+    """StreamDiffusionV2's stream-batch context beside Block Cascading's at lag 1, on both variants; its switch
+    rows run policy none only (the contract refuses a recache under stage)."""
+    r = subprocess.run([*CASCADE, "quality", "--seeds", "1", "--switch-seeds", "1", "--blocks", "5", "--lag", "1",
+                        "--attention", "stage,causal,bidirectional,stale", "--json", "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    rows = {(x["variant"], x["attention"]): x for x in out["rows"][1:]}
+    assert set(rows) == {(v, a) for v in ("cascade", "sequential") for a in ("stage", "causal", "bidirectional", "stale")}
+    for v in ("cascade", "sequential"):  # stage reads other versions than causal: another video
+        assert rows[(v, "stage")]["dist_to_seq"] != rows[(v, "causal")]["dist_to_seq"]
+        assert rows[(v, "stage")]["physics_px"] is not None and rows[(v, "stage")]["missing_pct"] is not None
+    switches = {(x["variant"], x["attention"], x["policy"]) for x in out["switches"][1:]}
+    assert ("cascade", "stage", "none") in switches and ("cascade", "stage", "recache") not in switches
+    assert ("sequential", "causal", "recache") in switches
+
+
 def test_quality_cli_rejects_bad_lists() -> None:
     for flag, value in (("--attention", "sideways"), ("--policies", "ignore"), ("--variants", "big")):
         r = subprocess.run([*CASCADE, "quality", flag, value], capture_output=True, text=True, timeout=120)

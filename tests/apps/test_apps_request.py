@@ -68,6 +68,39 @@ def test_the_toy_defaults_apply_where_nothing_was_typed() -> None:
     assert resolved(["serve"]).request.spec.window == 3  # the window the toy was trained for, served too
 
 
+def test_geometry_and_ring_flags_reach_the_spec_and_the_model() -> None:
+    for command in (["generate"], ["serve"]):
+        r = resolved([*command, "--model", "tiny", "--frames-per-block", "1", "--resolution", "64x32",
+                      "--placement", "layers", "--devices", "2", "--stage-stride", "3", "--attention", "stage"])
+        spec, config = r.request.spec, r.request.source.config()
+        assert config is not None and (config.frames_per_block, config.latent_height, config.latent_width) == (1, 8, 4)
+        assert spec.frames_per_block == 1 and spec.num_layers == 2 and spec.layer_ranges == ((0, 1), (1, 2))
+        assert (spec.stage_stride, spec.attention) == (3, "stage")
+    toy = resolved(["generate", "--placement", "layers", "--devices", "4", "--rings", "2", "--stage-stride", "2",
+                    "--layer-split", "3,1"]).request.spec
+    assert toy.num_layers == 4 and toy.layer_ranges == ((0, 3), (3, 4)) and toy.rings == 2
+
+
+@pytest.mark.parametrize(("flags", "flag", "says"), [
+    (["--frames-per-block", "0"], "--frames-per-block", "a positive integer"),
+    (["--resolution", "40x32"], "--resolution", "multiple of 16"),
+    (["--resolution", "big"], "--resolution", "HEIGHTxWIDTH"),
+    (["--placement", "layers", "--devices", "2"], "--stage-stride", "at least the ring size W=2"),
+    (["--placement", "layers", "--devices", "2", "--stage-stride", "2", "--layers", "3"], "--layers", "2 layers"),
+    (["--placement", "layers", "--devices", "2", "--stage-stride", "2", "--layer-split", "2,1"], "--layer-split",
+     "sum to num_layers=2"),
+    (["--placement", "layers", "--devices", "3", "--rings", "2", "--stage-stride", "2"], "--rings", "divide"),
+    (["--placement", "layers", "--devices", "2", "--stage-stride", "2", "--executor", "compiled"], "--placement",
+     "--executor distributed"),
+    (["--attention", "sideways"], "--attention", "stage"),
+])
+def test_bad_geometry_and_ring_flags_are_one_line_naming_the_flag(flags: list[str], flag: str, says: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--model", "tiny", "--blocks", "4", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"cascade generate: error: {flag}:") and says in err[0], err
+
+
 def test_a_refused_command_prints_only_its_refusal(capsys: pytest.CaptureFixture[str]) -> None:
     # A note (the preset's sampler steps overridden) and a refusal: only the refusal is printed.
     assert main(["generate", "--preset", "causvid", "--model", "tiny", "--text-embeddings", "stand-in",
@@ -87,13 +120,13 @@ def test_cascade_serve_with_a_preset_runs_its_timesteps(monkeypatch: pytest.Monk
     def serve(config: object, group: LocalGroup, **_: object) -> None:  # the HTTP server: one stream instead
         groups.append(group)
         model = group.model
-        forward = model.forward_tick
+        forward = model.forward_slice  # the tick loop's one forward (the whole model, or a ring's slice)
 
         def spy(tasks, *args, **kwargs):  # type: ignore[no-untyped-def]
             seen.extend(t.timestep for t in tasks)
             return forward(tasks, *args, **kwargs)
 
-        monkeypatch.setattr(model, "forward_tick", spy)
+        monkeypatch.setattr(model, "forward_slice", spy)
         start = StreamStart(0, "a red ball bouncing", "none")
         group.run(start, stream_schedule(group.request, start), group.options(start), lambda tick, s: None,
                   lambda block, x0: None)

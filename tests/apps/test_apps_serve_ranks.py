@@ -43,6 +43,10 @@ def _cases() -> list[tuple[dict[str, Any], int]]:
     spec = CascadeSpec(num_blocks=10, lag=2, window=3, sink=1, num_devices=2, placement="stage",
                        switch_policy="recache")
     cases.append((spec.to_dict(), 14))
+    for attention, policy in (("causal", "none"), ("bidirectional", "recache"), ("stage", "none")):  # a layer ring
+        spec = CascadeSpec(num_blocks=12, lag=1, attention=attention, window=3, sink=1, num_devices=2,
+                           placement="layers", stage_stride=2, num_layers=2, switch_policy=policy)
+        cases.append((spec.to_dict(), 10))
     return cases
 
 
@@ -140,12 +144,16 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return proc.stderr.read()
 
 
+RING = {"placement": "layers", "stage_stride": 2, "num_layers": 2}  # tiny's two layers on a ring of two ranks
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["none", "recache"])
-def test_torchrun_serves_from_rank_0_and_a_prompt_reaches_every_rank_at_the_same_block(policy: str) -> None:
+@pytest.mark.parametrize(("policy", "ring"), [("none", False), ("recache", False), ("recache", True)])
+def test_torchrun_serves_from_rank_0_and_a_prompt_reaches_every_rank_at_the_same_block(policy: str,
+                                                                                       ring: bool) -> None:
     from serve_support import StreamClient, offline_frames
 
-    proc = _torchrun("--switch-policy", policy)
+    proc = _torchrun("--switch-policy", policy, *(["--placement", "layers", "--stage-stride", "2"] if ring else []))
     try:
         address, _ = _address(proc)
         c = StreamClient(address)
@@ -162,7 +170,7 @@ def test_torchrun_serves_from_rank_0_and_a_prompt_reaches_every_rank_at_the_same
         _stop(proc)
     hello, (switch,) = c.of("hello")[0], c.of("switch")
     assert hello["executor"] == "distributed" and hello["devices"] == 2 and switch["applied"]
-    job = RunRequest(spec=CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=2),
+    job = RunRequest(spec=CascadeSpec(num_blocks=14, lag=1, window=4, sink=1, num_devices=2, **(RING if ring else {})),
                      source=ModelSource(model="tiny"))
     expected = offline_frames(job, hello["prompt"], policy, [(switch["at_block"], "a blue cube spinning")], 14)
     assert [c.frames[b] for b in range(14)] == expected

@@ -11,6 +11,7 @@ from executors.base import RunOptions
 from executors.distributed import DistributedExecutor
 from executors.reference import ReferenceExecutor
 from models import CausalWanDiT, get_config
+from models.config import ModelConfig
 
 PROMPTS = {1: "a blue cube spinning", 2: "a green field at dusk", 3: "waves on a beach"}
 
@@ -38,6 +39,42 @@ def options() -> RunOptions:
 
 def tiny_model(dtype: torch.dtype = torch.float32) -> CausalWanDiT:
     return CausalWanDiT(get_config("tiny"), seed=0).to(dtype)
+
+
+def ring_config(spec: CascadeSpec) -> ModelConfig:
+    """``tiny`` with the layers a spec splits over its rings (4 where it names none): rings of up to 4."""
+    return get_config("tiny").replace(num_layers=spec.num_layers or 4)
+
+
+def run_ring_reference(spec: dict[str, Any]) -> torch.Tensor:
+    """All latent frames of ``spec`` from the reference executor, on the whole :func:`ring_config` model."""
+    s = CascadeSpec.from_dict(spec)
+    return ReferenceExecutor().run(build_schedule(s), CausalWanDiT(ring_config(s), seed=0), options()).stacked()
+
+
+def run_ring_specs_on_rank(specs: list[dict[str, Any]], rank: int, world: int) -> list[Any]:
+    """Rank function: run every spec with the distributed executor, each rank building only its slice of the
+    :func:`ring_config` model (:func:`executors.distributed.rank_slice`) and counting the bytes it sends.
+    Rank 0 returns, per spec, (latents, every rank's bytes sent per (tick, src, dst), every rank's
+    parameter bytes)."""
+    import torch.distributed as dist
+
+    from executors.distributed import rank_slice
+    from models.slices import parameter_bytes
+
+    torch.set_num_threads(1)
+    out = []
+    for spec in specs:
+        schedule = build_schedule(CascadeSpec.from_dict(spec))
+        config = ring_config(schedule.spec)
+        model = CausalWanDiT(config, seed=0, part=rank_slice(schedule.spec, config, rank))
+        executor = DistributedExecutor(count_bytes=True)
+        result = executor.run(schedule, model, options())
+        mine = (executor.sent, parameter_bytes(model))
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
+        dist.gather_object(mine, gathered, dst=0)
+        out.append((result.stacked().numpy(), gathered) if rank == 0 else None)
+    return out
 
 
 def run_reference(spec: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:

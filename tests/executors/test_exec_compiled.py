@@ -170,6 +170,14 @@ def test_a_shape_not_compiled_fails_instead_of_compiling_mid_stream(tiny: Causal
         tiny.forward_tick(tasks, kv=lambda ref, layer: None, kernels=cm.kernels)
 
 
+def test_a_layer_ring_is_refused_with_one_line_naming_placement(tiny: CausalWanDiT) -> None:
+    ring = build_schedule(CascadeSpec(num_blocks=2, lag=1, num_devices=2, placement="layers", stage_stride=2,
+                                      num_layers=2))
+    with pytest.raises(ConfigError) as e:
+        CompiledExecutor("inductor").run(ring, tiny, RunOptions())
+    assert e.value.param == "placement" and "`--placement` layers" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_weights_are_graph_inputs_not_constants(tiny: CausalWanDiT) -> None:
     """One exported `pre` graph serves every layer, and no artifact freezes a weight."""
     cm = CompiledModel(tiny, "eager")
