@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cascade_sched.cliargs import alias, int_ranges, name_list
+from cascade_sched.cliargs import add_geometry_args, alias, int_ranges, name_list
 from cascade_sched.errors import ConfigError, check_range
 from cascade_sched.spec import ATTENTION_MODES
 from models.dtypes import DTYPES
@@ -123,20 +123,7 @@ def add_model_source_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
         default=None,
         help="where decoding runs, on its own thread and CUDA stream (default: the denoising device)",
     )
-    g.add_argument(
-        "--frames-per-block",
-        type=int,
-        default=None,
-        metavar="N",
-        help="latent frames per block (StreamDiffusionV2 uses 1; default: the model's, 3 for the Wan models)",
-    )
-    g.add_argument(
-        "--resolution",
-        default=None,
-        metavar="HxW",
-        help="video height x width in pixels, each a multiple of 16 for the Wan VAE (default: the model's, "
-        "480x832 for the Wan models)",
-    )
+    add_geometry_args(g)
     return g
 
 

@@ -30,6 +30,7 @@ from cascade_sched.outputs import check_output
 from cascade_sched.spec import CascadeSpec
 from executors.devices import check_device
 from executors.torchrun import under_torchrun, world_size
+from models.config import parse_resolution
 from models.dtypes import check_dtype, dtype_bytes
 
 if TYPE_CHECKING:
@@ -329,16 +330,8 @@ def _source(args: argparse.Namespace, preset: PipelinePreset | None, notes: list
         checkpoint=args.checkpoint, weights=args.weights, lora=args.lora, shift=args.shift,
         model_dir=args.model_dir, text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
         text_embeddings=emb, vae=args.vae, vae_device=args.vae_device, device=args.device, dtype=args.dtype,
-        frames_per_block=args.frames_per_block, resolution=_resolution(args.resolution),
+        frames_per_block=args.frames_per_block, resolution=parse_resolution(args.resolution),
     )
-
-
-def _resolution(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    from models.config import parse_resolution
-
-    return parse_resolution(text)
 
 
 def _check_memory(spec: CascadeSpec, source: ModelSource, available: int) -> None:

@@ -319,6 +319,26 @@ def add_schedule_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
         )
 
 
+def add_geometry_args(g: Any) -> None:
+    """``--frames-per-block`` and ``--resolution``: the model's block and frame size, for every command that
+    builds a model (generate, serve, simulate, plan). The resolution stays text here; the model's config
+    parses and bounds it (``models.config.parse_resolution``), so one refusal names the flag everywhere."""
+    g.add_argument(
+        "--frames-per-block",
+        type=int,
+        default=None,
+        metavar="N",
+        help="latent frames per block (StreamDiffusionV2 uses 1; default: the model's, 3 for the Wan models)",
+    )
+    g.add_argument(
+        "--resolution",
+        default=None,
+        metavar="HxW",
+        help="video height x width in pixels, each a multiple of 16 for the Wan VAE (default: the model's, "
+        "480x832 for the Wan models)",
+    )
+
+
 def num_stages(args: argparse.Namespace) -> int:
     """S of the flags' sampler: the denoise steps, and the cache pass when on."""
     return len(args.timesteps) + (1 if args.cache_pass else 0)

@@ -338,13 +338,16 @@ def get_config(name: str, *, frames_per_block: int | None = None,
     return config.with_geometry(frames_per_block=frames_per_block, resolution=resolution)
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
+def parse_resolution(text: str | None) -> tuple[int, int] | None:
     """``"480x832"`` -> ``(480, 832)``: a video's height and width in pixels, as ``--resolution`` takes it
-    (the strides are checked by :meth:`ModelConfig.with_geometry`, which knows the model).
+    (None, the flag not given, stays None; the strides are checked by :meth:`ModelConfig.with_geometry`,
+    which knows the model).
 
-    >>> parse_resolution("480x832")
-    (480, 832)
+    >>> parse_resolution("480x832"), parse_resolution(None)
+    ((480, 832), None)
     """
+    if text is None:
+        return None
     parts = text.strip().lower().split("x") if isinstance(text, str) else []
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ConfigError("resolution", f"`--resolution` must be HEIGHTxWIDTH in video pixels, e.g. 480x832, "

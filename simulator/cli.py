@@ -20,6 +20,7 @@ from cascade_sched.cliargs import (
     DEFAULT_WINDOW,
     Handler,
     Invocation,
+    add_geometry_args,
     add_schedule_args,
     alias,
     check_outputs,
@@ -29,6 +30,7 @@ from cascade_sched.cliargs import (
     spec_from_args,
 )
 from cascade_sched.errors import ConfigError, check_float, check_range
+from models.config import parse_resolution
 
 DEFAULTS: dict[str, Any] = {
     "model": "wan2.1-1.3b", "gpu": "h100-sxm", "cost": "parts", "decode": "inline", "decoder": "vae",
@@ -36,21 +38,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _resolution(text: str) -> tuple[int, int]:
-    from models.config import parse_resolution
-
-    try:
-        return parse_resolution(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("`--resolution` must be ", "expected ")) from None
-
-
 def model_geometry(args: argparse.Namespace, name: str) -> Any:
     """The model ``name`` at the flags' ``--frames-per-block`` and ``--resolution``; a bad value is one
     ConfigError naming the flag."""
     from simulator.catalog import get_model
 
-    return get_model(name, args.frames_per_block, args.resolution)
+    return get_model(name, args.frames_per_block, parse_resolution(args.resolution))
 
 
 def _pairs(text: str) -> tuple[int, float]:
@@ -102,10 +95,7 @@ def _hardware_args(p: argparse.ArgumentParser, models_help: str, model_default: 
                    help="overlap the joint-attention exchange with compute, and send ring hops on a second stream "
                         "(StreamDiffusionV2's) instead of on the compute stream")
     m = p.add_argument_group("model geometry and rings")
-    m.add_argument("--frames-per-block", type=int, default=None, metavar="N",
-                   help="latent frames per block (default the model's: 3; StreamDiffusionV2 uses 1)")
-    m.add_argument("--resolution", type=_resolution, default=None, metavar="HxW",
-                   help="video height x width in pixels, multiples of 16 (default the model's: 480x832)")
+    add_geometry_args(m)
     m.add_argument("--weights", default="sharded", choices=("sharded", "replicated"),
                    help="--placement layers: each device holds its layers' weights (sharded) or all of them "
                         "(replicated, StreamDiffusionV2's choice) (default %(default)s)")
@@ -329,7 +319,7 @@ def _space(args: argparse.Namespace, machine: Any) -> Any:
         gpus_per_node=args.gpus_per_node, blocks=args.num_blocks, sink=args.sink, timesteps=tuple(args.timesteps),
         cache_pass=args.cache_pass, placements=tuple(args.placement), cost=args.cost, overlap=args.overlap,
         stream_contention=args.stream_contention, margin=_margin(args), weights=args.weights,
-        frames_per_block=args.frames_per_block, resolution=args.resolution, video_input=args.input == "video",
+        frames_per_block=args.frames_per_block, resolution=parse_resolution(args.resolution), video_input=args.input == "video",
         ring_sizes=tuple(args.ring_sizes) if args.ring_sizes else None,
     )
 
