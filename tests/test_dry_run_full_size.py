@@ -1,6 +1,6 @@
 """Full-size dry runs on the CPU (apps.calibrate.dryrun): Wan2.1 1.3B and 14B at 480x832 in bf16 on the meta
-device, the reference executor's tick loop on one device and every rank's tick loop of a 5-rank block
-placement; every shape goes through, every rank runs each of its ticks, and what the engine allocates agrees
+device, the reference executor's tick loop on one device, every rank's tick loop of a 5-rank block
+placement and of a 4-rank layer ring (each rank its slice of the layers, hidden states handed on); every shape goes through, every rank runs each of its ticks, and what the engine allocates agrees
 with the simulator's memory model (simulator.memory) for the same schedule: weights, K/V and activations
 within 10% (the activations' coefficients, simulator.memory.activation_bytes, were set from the 1.3B and 14B
 sequential cases; the lag-1 cases are the check).
@@ -24,10 +24,10 @@ from apps.calibrate.dryrun import (
     meta_model,
 )
 from cascade_sched.errors import ExecutorError
-from cascade_sched.spec import CascadeSpec
 
 pytestmark = pytest.mark.slow
-IDS = [f"{m}-{'seq' if s.lag is None else f'lag{s.lag}'}-{s.num_devices}dev" for m, s in CASES]
+IDS = [f"{m}-{'seq' if s.lag is None else f'lag{s.lag}'}-{s.num_devices}dev{'-ring' if s.placement == 'layers' else ''}"
+       for m, s in CASES]
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,3 @@ def test_a_message_of_another_shape_is_refused() -> None:
     hub.put(("latent", 0, 0, "next", 1), torch.empty(16, 3, 4, 5, device="meta"))
     with pytest.raises(ExecutorError, match=r"is \(16, 3, 4, 5\) torch.float32, expected \(16, 3, 4, 4\)"):
         transport._receive(("latent", 0, 0, "next", 1), (16, 3, 4, 4), torch.float32)
-
-
-def test_a_layer_ring_awaits_the_engine() -> None:
-    """The hook for the 4-rank layer ring: the core plans it; the engine's tick loop does not run rings yet."""
-    ring = CascadeSpec(num_blocks=4, lag=1, num_devices=4, placement="layers", stage_stride=4, num_layers=30)
-    with pytest.raises(ExecutorError, match="runs no layer ring yet"):
-        dry_run("wan2.1-1.3b", ring)

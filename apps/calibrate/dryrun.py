@@ -26,6 +26,7 @@ the simulator finds each device's peak.
 
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 import time
@@ -44,10 +45,10 @@ from cascade_sched.errors import ExecutorError
 from cascade_sched.schedule import KVRef, Schedule, build_schedule
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.trace import TraceEvent
-from cascade_sched.transfers import KVSend, LatentSend
+from cascade_sched.transfers import HiddenSend, KVSend, LatentSend
 from executors.base import RunOptions, TickLoop
-from executors.transport import Mail
-from models.config import get_config
+from executors.transport import LocalTransport, Mail, Transport
+from models.config import ModelSlice, get_config
 from models.dit import CausalWanDiT, EagerKernels, KVPair
 from models.dtypes import torch_dtype
 from models.prompts import StandInEncoder
@@ -159,7 +160,9 @@ class ForwardMemory:
 class MeasuringKernels(EagerKernels):
     """The model's own kernels (:class:`~models.dit.EagerKernels`), each forward's memory recorded: at its
     start the pool's versions are tagged K/V; each layer's keys and values are tagged K/V as ``pre`` makes
-    them; every allocation updates the forward's peaks (:class:`ForwardMemory`)."""
+    them; every allocation updates the forward's peaks (:class:`ForwardMemory`). A forward starts at the
+    embedding, or, on a layer ring's later stages, at the first layer the slice holds (the received hidden
+    state and the tick's context are counted with what was live before it)."""
 
     def __init__(self, model: CausalWanDiT, live: LiveBytes, pool_tensors: Callable[[], list[Tensor]],
                  ticks: Sequence[tuple[int, int]]) -> None:
@@ -176,14 +179,20 @@ class MeasuringKernels(EagerKernels):
             f.kv = max(f.kv, self.live.live[KV])
             f.activations = max(f.activations, self.live.live[OTHER] - self._base)
 
-    def embed(self, latents: Sequence[Tensor], temb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _begin(self) -> None:
         tick, tasks = self._ticks[len(self.forwards)]
         self.live.tag(self.pool_tensors(), KV)
         self._base = self.live.live[OTHER]
         self.forwards.append(ForwardMemory(tick, tasks, kv=self.live.live[KV]))
+
+    def embed(self, latents: Sequence[Tensor], temb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self._begin()  # the entry's forward starts with its embedding
         return super().embed(latents, temb)
 
     def pre(self, layer: int, x: Tensor, e0: Tensor, rope: Any) -> tuple[Tensor, Tensor, Tensor]:
+        part = self.model.part
+        if layer == part.first and not part.entry:  # a later ring stage's forward starts at its first layer
+            self._begin()
         q, k, v = super().pre(layer, x, e0, rope)
         self.live.tag([k, v], KV)
         self._peak()
@@ -230,6 +239,8 @@ class ThreadTransport:
         self.device, self.dtype = model.device, model.dtype
         self.kv_shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
         self.latent_shape, self.latent_dtype = cfg.latent_shape(), latent_dtype(model.dtype)
+        self.hidden_shape = (cfg.frames_per_block // cfg.patch_size[0], cfg.tokens_per_frame, cfg.dim)
+        self.hidden_dtype = torch.promote_types(model.dtype, torch.float32)  # the residual stream's dtype
         self.layers = cfg.num_layers
 
     def _receive(self, key: tuple[Any, ...], shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -247,6 +258,7 @@ class ThreadTransport:
     def exchange(self, tick: int, layer: int, sends: Sequence[KVSend],
                  local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
         received: dict[KVRef, KVPair] = {}
+        sends = [m for m in sends if layer in self._range(m)]
         for m in sends:
             if m.src == self.rank:
                 k, v = local[m.ref]
@@ -257,23 +269,36 @@ class ThreadTransport:
                 received[m.ref] = self._kv(("gang", tick, layer, m.ref, m.dst))
         return received
 
-    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], outbox: Mail) -> Mail:
+    def _range(self, m: KVSend) -> range:
+        return range(m.first_layer, self.layers if m.end_layer is None else m.end_layer)
+
+    def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], hops: Sequence[HiddenSend],
+             outbox: Mail) -> Mail:
         inbox = Mail()
         for m in kv:
             if m.src == self.rank:
-                for layer, (k, v) in enumerate(outbox.kv[m.ref]):
+                for layer, (k, v) in zip(self._range(m), outbox.kv[m.ref], strict=True):
                     self.hub.put(("past", tick, layer, m.ref, m.dst, "k"), k)
                     self.hub.put(("past", tick, layer, m.ref, m.dst, "v"), v)
         for ls in latents:
             if ls.src == self.rank:
                 self.hub.put(("latent", tick, ls.block, ls.purpose, ls.dst), outbox.latents[(ls.block, ls.purpose)])
+        for h in hops:
+            if h.src == self.rank:
+                for i, piece in enumerate(outbox.hidden[(h.block, h.stage)]):
+                    self.hub.put(("hidden", tick, h.block, h.stage, h.dst, i), piece)
         for m in kv:
             if m.dst == self.rank:
-                inbox.kv[m.ref] = [self._kv(("past", tick, layer, m.ref, m.dst)) for layer in range(self.layers)]
+                inbox.kv[m.ref] = [self._kv(("past", tick, layer, m.ref, m.dst)) for layer in self._range(m)]
         for ls in latents:
             if ls.dst == self.rank:
                 inbox.latents[(ls.block, ls.purpose)] = self._receive(("latent", tick, ls.block, ls.purpose, ls.dst),
                                                                       self.latent_shape, self.latent_dtype)
+        for h in hops:
+            if h.dst == self.rank:
+                inbox.hidden[(h.block, h.stage)] = [
+                    self._receive(("hidden", tick, h.block, h.stage, h.dst, i), self.hidden_shape, self.hidden_dtype)
+                    for i in range(h.members)]
         return inbox
 
     def wait_kv(self, ref: KVRef, layer: int) -> None:
@@ -289,20 +314,23 @@ class ThreadTransport:
         return []
 
 
-def meta_model(name: str, dtype: str = "bfloat16", resolution: tuple[int, int] | None = None) -> CausalWanDiT:
-    """The preset ``name`` on the meta device in ``dtype``: every parameter's shape, no storage."""
+def meta_model(name: str, dtype: str = "bfloat16", resolution: tuple[int, int] | None = None,
+               part: ModelSlice | None = None) -> CausalWanDiT:
+    """The preset ``name`` (or its slice ``part``) on the meta device in ``dtype``: every parameter's shape,
+    no storage."""
     before = torch.get_default_dtype()
     try:
         torch.set_default_dtype(torch_dtype(dtype))
         with torch.device("meta"):
-            return CausalWanDiT(get_config(name, resolution=resolution), seed=None).eval()
+            return CausalWanDiT(get_config(name, resolution=resolution), seed=None, part=part).eval()
     finally:
         torch.set_default_dtype(before)
 
 
 @dataclass
 class RankMemory:
-    """One rank's dry run: its weights and every forward's memory."""
+    """One rank's dry run: its weights and every forward's memory. ``rank`` names the schedule device it
+    ran (under placement ``layers`` the distributed executor's rank differs: :func:`~executors.distributed.device_rank`)."""
 
     rank: int
     weights: int
@@ -324,11 +352,17 @@ class DryRun:
     wall_s: float
 
 
-def _rank(schedule: Schedule, model: CausalWanDiT, rank: int, devices: Sequence[int], transport: Any,
+def _rank(schedule: Schedule, model: CausalWanDiT, rank: int, devices: Sequence[int], transport: Transport,
           live: LiveBytes) -> RankMemory:
     """One rank's tick loop on the meta device, its memory measured."""
     local = set(devices)
-    ticks = [(t, n) for t, gang in enumerate(schedule.gangs) if (n := sum(task.device in local for task in gang))]
+    count: collections.Counter[int] = collections.Counter()  # tick -> local forward members (a ring's segments)
+    for gang in schedule.gangs:
+        for task in gang:
+            for r, (device, _, _) in enumerate(schedule.segments(task)):
+                if device in local:
+                    count[task.tick + r] += 1
+    ticks = sorted(count.items())
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     options = RunOptions(text_encoder=StandInEncoder(model.config))
     holder: dict[str, TickLoop] = {}
@@ -346,21 +380,24 @@ def _rank(schedule: Schedule, model: CausalWanDiT, rank: int, devices: Sequence[
 
 def dry_run(model: str, spec: CascadeSpec, dtype: str = "bfloat16", timeout_s: float = 600.0) -> DryRun:
     """Run ``spec`` with ``model`` on the meta device (module docstring): the reference executor's tick loop
-    for one device, else one tick loop per device on its own thread (the distributed executor's layout:
-    device d is rank d). Raises the first rank's failure."""
+    for one device, else one tick loop per device on its own thread, each holding what the distributed
+    executor's rank for that device holds (the whole model, or under placement ``layers`` its ring stage's
+    slice: :func:`~executors.distributed.rank_slice`). Results are per schedule device. Raises the first
+    rank's failure."""
+    from executors.distributed import device_rank, rank_slice
+
     schedule = build_schedule(spec)
-    if spec.placement == "layers":
-        raise ExecutorError("dry run of a layer ring: the engine's tick loop runs no layer ring yet (issue 24's "
-                            "engine half); once it does, run each ring rank's slice here (meta_model's part)")
+    config = get_config(model)
+    parts = [rank_slice(spec, config, device_rank(spec, d)) for d in range(schedule.num_devices)]
     t0 = time.perf_counter()
     n = schedule.num_devices
     if n == 1:
-        ranks = [_rank(schedule, meta_model(model, dtype), 0, [0], _local(), LiveBytes())]
+        ranks = [_rank(schedule, meta_model(model, dtype, part=parts[0]), 0, [0], LocalTransport(), LiveBytes())]
         return DryRun(model, dtype, schedule, ranks, time.perf_counter() - t0)
     hub = _Hub(timeout_s)
     out: dict[int, RankMemory] = {}
     errors: dict[int, BaseException] = {}
-    models = [meta_model(model, dtype) for _ in range(n)]  # here: the default dtype it sets is process-wide
+    models = [meta_model(model, dtype, part=parts[d]) for d in range(n)]  # the default dtype it sets is global
 
     def run(rank: int) -> None:
         try:
@@ -397,12 +434,6 @@ def forward_bytes(model: str, dtype: str, batch: int, context_blocks: int) -> in
         tasks, lookup = synthetic_tick(m, batch, context_blocks)
         m.forward_tick(tasks, lookup)
     return weights + live.peak
-
-
-def _local() -> Any:
-    from executors.transport import LocalTransport
-
-    return LocalTransport()
 
 
 # --- against the simulator's memory model -------------------------------------------------------------------
@@ -460,7 +491,7 @@ def format_table(run: DryRun, rows: Sequence[Comparison]) -> str:
     head = (f"{run.model} at {'x'.join(map(str, get_config(run.model).resolution))}, {run.dtype}, {lag}, window "
             f"{spec.window}, {spec.num_blocks} blocks, {spec.num_devices} device(s) by {spec.placement}: "
             f"{run.schedule.num_ticks} ticks in {run.wall_s:.1f} s")
-    lines = [head, "", "| rank | tick | tasks | part | engine GB | simulator GB | error % |",
+    lines = [head, "", "| device | tick | tasks | part | engine GB | simulator GB | error % |",
              "|---:|---:|---:|---|---:|---:|---:|"]
     for c in rows:
         for part in PARTS:
@@ -475,10 +506,13 @@ CASES: tuple[tuple[str, CascadeSpec], ...] = (
     ("wan2.1-14b", CascadeSpec(num_blocks=8, window=7)),
     ("wan2.1-14b", CascadeSpec(num_blocks=8, window=7, lag=1, num_devices=5)),
     ("wan2.1-1.3b", CascadeSpec(num_blocks=8, window=7, lag=1)),
+    ("wan2.1-1.3b", CascadeSpec(num_blocks=8, window=7, lag=1, num_devices=4, placement="layers", stage_stride=4,
+                                num_layers=30)),
 )
 """The dry runs the test suite and docs/validation.md carry: each model's sequential schedule on one device
-(the reference executor) and lag 1 on 5 devices by block (five ranks), and lag 1 on one device (five tasks
-per forward: the GPU kit's step 1). Eight blocks fill the window of 7."""
+(the reference executor) and lag 1 on 5 devices by block (five ranks), lag 1 on one device (five tasks
+per forward: the GPU kit's step 1), and a layer ring of 4 (each rank its slice, hidden states handed round
+the ring). Eight blocks fill the window of 7."""
 
 
 def main() -> int:
