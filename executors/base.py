@@ -226,7 +226,9 @@ class TickLoop:
             self.last_entry = t.tick
             prompts.add(t.prompt)
             if t.kind == TaskKind.RECACHE:
-                self.recache_inputs[t.block] = self.feed.forward_inputs(t)
+                members = self.feed.forward_inputs(t)  # asked on every rank: the feed numbers the switches
+                if self._runs_here(t):
+                    self.recache_inputs[t.block] = members
             if t.kind == TaskKind.RECACHE and t.device in self.local and self.part.entry:
                 for j, _ in t.replaces:
                     self.reencode_until[j] = max(self.reencode_until.get(j, -1), t.tick)
@@ -400,10 +402,14 @@ class TickLoop:
     def local_tasks(self, tick: int) -> list[Task]:
         """The tasks this process runs at ``tick``: those entering a local device then (the whole model),
         or, on device r of a ring, those that entered its ring at ``tick - r`` (their segment r)."""
+        return [t for t in self.entering.get(tick - (self.ring_pos or 0), ()) if self._runs_here(t)]
+
+    def _runs_here(self, task: Task) -> bool:
+        """Whether this process runs (a segment of) ``task``."""
         if self.ring_pos is None:
-            return [t for t in self.entering.get(tick, ()) if t.device in self.local]
-        r, segments = self.ring_pos, self.feed.segments
-        return [t for t in self.entering.get(tick - r, ()) if len(segments(t)) > r and segments(t)[r][0] in self.local]
+            return task.device in self.local
+        segments = self.feed.segments(task)
+        return len(segments) > self.ring_pos and segments[self.ring_pos][0] in self.local
 
     def _failure(self, tick: int, tasks: Sequence[Task], e: Exception) -> ExecutorError:
         """This rank's failure at ``tick``: where (rank, tick, tasks), why, and the schedule's grid with the
