@@ -9,7 +9,7 @@ import os
 from cascade_sched.bounds import Machine
 from cascade_sched.errors import check_range
 
-__all__ = ["available_memory", "check_threads", "cpu_count", "machine"]
+__all__ = ["available_memory", "check_threads", "cpu_count", "machine", "rss_bytes"]
 
 
 def cpu_count() -> int:
@@ -33,6 +33,18 @@ def available_memory() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return 8 << 30
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now, in bytes (VmRSS; 0 where the system does not say)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def machine() -> Machine:

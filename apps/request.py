@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_OUT", "ModelSource", "Outputs", "Resolved", "RunRequest", "Streaming", "resolve"]
 
 DEFAULT_OUT = "cascade-out"  # where `cascade generate` writes when no --out is given
-MAX_STREAM_BLOCKS = 100_000  # the longest stream a request may ask for (--max-blocks)
+MAX_STREAM_BLOCKS = 10**8  # the longest bounded stream a request may ask for (--max-blocks; 0: unbounded)
 EXECUTORS = ("reference", "distributed", "compiled")
 
 
@@ -93,10 +93,11 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Streaming:
-    """A stream that goes on while it runs (``--interactive``): prompts arrive, blocks are added."""
+    """A stream that goes on while it runs (``--interactive``, ``cascade serve``): prompts arrive, the engine
+    declares blocks as it goes (``executors.feed.Stream``)."""
 
     realtime: bool = False  # hold the stream to the video's frame rate
-    max_blocks: int = 1000  # stop growing here
+    max_blocks: int | None = None  # stop here; None: until its input ends (or its client leaves)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class RunRequest:
     fail_at: tuple[int, int] | None = None  # tests: (rank, tick) fails
     outputs: Outputs = field(default_factory=Outputs)
     progress: bool = True
-    streaming: Streaming | None = None  # --interactive: prompts from standard input while it streams
+    streaming: Streaming | None = None  # a stream: --interactive (prompts from standard input), or served
 
 
 class Resolved(NamedTuple):
@@ -138,10 +139,11 @@ def resolve(run: Invocation) -> Resolved:
         from models.weights import TOY_WINDOW
 
         defaults["window"] = TOY_WINDOW
+    streaming: Streaming | None
     if serve:
         _check_stream_length(args, typed, defaults)
-        defaults["num_blocks"] = args.max_blocks
-        outputs, streaming = Outputs(), None
+        defaults["num_blocks"] = 1  # a stream's first block: the engine declares the others as it goes
+        outputs, streaming = Outputs(), Streaming(max_blocks=args.max_blocks or None)
     else:
         outputs, streaming = _check_generate(args, typed)
     check_dtype("--dtype", args.dtype)
@@ -216,11 +218,11 @@ def _check_stream_length(args: argparse.Namespace, typed: frozenset[str], defaul
         raise ConfigError("num_blocks", "`cascade serve` streams until `--max-blocks`; give that instead of `--blocks`")
     if "switches" in typed:
         raise ConfigError("switches", "prompt switches come from the clients of `cascade serve`, not `--switch`")
-    check_range("--max-blocks", args.max_blocks, 1, MAX_STREAM_BLOCKS)
+    check_range("--max-blocks", args.max_blocks, 0, MAX_STREAM_BLOCKS, " (0: until the client leaves)")
     window = defaults["window"] if "window" in defaults and "window" not in typed else args.window
-    if not window and args.max_blocks > 64:
+    if not window and not 0 < args.max_blocks <= 64:
         raise ConfigError("window", "an unbounded `--window` keeps every block's K/V and attends to all of it; "
-                                    "give `--window` (default 7) or `--max-blocks` at most 64")
+                                    "give `--window` (default 7) or `--max-blocks` 1..64")
 
 
 def _check_generate(args: argparse.Namespace, typed: frozenset[str]) -> tuple[Outputs, Streaming | None]:
@@ -244,16 +246,17 @@ def _check_generate(args: argparse.Namespace, typed: frozenset[str]) -> tuple[Ou
         if not args.interactive:
             raise ConfigError("max_blocks", "`--max-blocks` bounds an `--interactive` stream; give `--blocks` "
                                             "otherwise")
-        check_range("--max-blocks", args.max_blocks, max(1, args.num_blocks), MAX_STREAM_BLOCKS,
-                    f" (at least `--blocks` {args.num_blocks})")
+        if args.max_blocks:
+            check_range("--max-blocks", args.max_blocks, max(1, args.num_blocks), MAX_STREAM_BLOCKS,
+                        f" (at least `--blocks` {args.num_blocks}), or 0: until input ends")
+        check_range("--max-blocks", args.max_blocks, 0, MAX_STREAM_BLOCKS)
     if under_torchrun() and world_size() > 1 and args.executor == "reference":
         raise ConfigError("executor", "under torchrun, `cascade generate` needs `--executor distributed` or "
                                       "`--executor compiled` (with reference, every rank would write the same "
                                       "files)")
     streaming = None
     if args.interactive:
-        streaming = Streaming(args.realtime, args.max_blocks if args.max_blocks is not None
-                              else max(1000, args.num_blocks))
+        streaming = Streaming(args.realtime, args.max_blocks or None)
     out, made = args.out, None
     if out is None and not (args.save_latents or args.trace or args.save_text_embeddings):
         check_output("--out", DEFAULT_OUT, directory=True)

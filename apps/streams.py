@@ -1,66 +1,74 @@
-"""How a running stream's schedule changes between ticks, without changing a task that has run.
+"""What the apps' streams tell the engine between ticks (``cascade generate --interactive``, ``cascade serve``).
 
-- :func:`next_schedule`: each new prompt switches at the first block not yet started (under ``recache``
-  its recache task must also be still to come), and while a stream stays open one block is always
-  scheduled ahead, so it never drains (``cascade generate --interactive``, ``cascade serve``);
-- :func:`end_schedule`: the stream cut after the blocks already started, so those in flight finish and no
-  new one starts (a served stream's end).
+A stream runs as a :class:`~executors.feed.Stream`: the engine declares one block whenever the next tick
+needs one, so a stream never drains, and its hook answers after each tick with a
+:class:`~executors.feed.Declaration`: a new prompt switches at the first block not declared yet (the newer
+of two asked for before that block wins), and the stream's end lets the blocks in flight finish. Nothing
+that has run changes, and nothing is re-planned.
 
-Both grow or cut the spec the one way a spec changes (``CascadeSpec.extended``, ``CascadeSpec.replace``).
+:class:`Timeline` is the hooks' shared bookkeeping: it turns a new prompt into a declaration (or says why
+none can be made), and gives the prompt of each block as its frames come out, forgetting the switches
+behind them, so a stream's state stays bounded.
 """
 
 from __future__ import annotations
 
-from cascade_sched.schedule import Schedule, build_schedule
+import bisect
 
-__all__ = ["end_schedule", "next_schedule"]
+from cascade_sched.spec import CascadeSpec
+from executors.feed import Declaration, StreamView
 
-
-def next_schedule(schedule: Schedule, tick: int, new_prompt_ids: list[int], streaming: bool,
-                  max_blocks: int) -> Schedule | None:
-    """The schedule to run after ``tick``: each new prompt switches at the first block not yet started
-    (under ``recache`` its recache task must also be still to come), and while ``streaming`` one block
-    is always scheduled ahead. None when nothing changes."""
-    spec = schedule.spec
-    starts = schedule.starts
-    margin = 1 if spec.switch_policy == "recache" else 0
-    blocks, switches = spec.num_blocks, list(spec.switches)
-    changed = False
-    for pid in new_prompt_ids:
-        p = next((b for b in range(blocks) if b < len(starts) and starts[b] > tick + margin), None)
-        if p is None:  # every block has started: the switch takes the next block
-            p = max(blocks, len(starts))
-        if p >= max_blocks:
-            continue
-        blocks = max(blocks, p + 1)
-        if switches and switches[-1][0] == p:  # two prompts before the block starts: the newer wins
-            switches[-1] = (p, pid)
-        else:
-            switches = [sw for sw in switches if sw[0] < p] + [(p, pid)]
-        changed = True
-    if streaming and starts[-1] <= tick and blocks == spec.num_blocks and blocks < max_blocks:
-        blocks += 1
-        changed = True
-    if not changed:
-        return None
-    return build_schedule(spec.extended(blocks - spec.num_blocks).replace(switches=tuple(switches)))
+__all__ = ["Timeline", "first_declaration"]
 
 
-def end_schedule(schedule: Schedule, tick: int) -> Schedule | None:
-    """``schedule`` cut after the blocks that have started by ``tick`` (or whose recache task has run): the
-    blocks in flight finish, no new one starts. None when nothing is left to cut.
+def first_declaration(spec: CascadeSpec) -> CascadeSpec:
+    """A stream's first blocks: as few as hold the spec's own switches (one without any), so that a prompt
+    typed while it streams applies at the first block not yet started; the engine declares the others. Given
+    per-block lags, every block they place (the stream then repeats the last lag).
 
-    >>> from cascade_sched import CascadeSpec
-    >>> s = build_schedule(CascadeSpec(num_blocks=8, lag=1))
-    >>> end_schedule(s, 2).num_blocks, end_schedule(s, 2).num_ticks
-    (3, 7)
+    >>> first_declaration(CascadeSpec(num_blocks=16, lag=1, switches=((3, 1),))).num_blocks
+    4
     """
-    spec = schedule.spec
-    recache = {at for _, at in spec.recache_switches}
-    keep = sum(1 for b, st in enumerate(schedule.starts) if st <= tick or (b in recache and st - 1 <= tick))
-    keep = max(keep, 1)
-    if keep >= spec.num_blocks:
-        return None
-    lag = spec.lag[: keep - 1] if isinstance(spec.lag, tuple) else spec.lag
-    return build_schedule(spec.replace(num_blocks=keep, lag=lag,
-                                       switches=tuple(sw for sw in spec.switches if sw[0] < keep)))
+    if isinstance(spec.lag, tuple):
+        return spec
+    return spec.replace(num_blocks=max((at + 1 for at, _ in spec.switches), default=1))
+
+
+class Timeline:
+    """The prompt switches of a stream, from its spec's and as its hook declares them.
+
+    >>> t = Timeline(CascadeSpec(num_blocks=2, lag=1))
+    >>> t.switch(StreamView(tick=3, declared=4, closed=False, max_blocks=None), 7)
+    (Declaration(switch=7, end=False), 4)
+    >>> t.prompt_of(3), t.prompt_of(4)
+    (0, 7)
+    """
+
+    def __init__(self, spec: CascadeSpec) -> None:
+        self._at = [0, *(at for at, _ in spec.switches if at)]  # block -> prompt id from there on
+        self._ids = [spec.prompt_of(0), *(p for at, p in spec.switches if at)]
+
+    def switch(self, view: StreamView, prompt: int) -> tuple[Declaration | None, int | None]:
+        """Declare ``prompt`` from the first block not declared yet: (the declaration, that block), or
+        (None, None) when no block follows (the stream is closed, or every block it may have is declared)."""
+        if view.closed or (view.max_blocks is not None and view.declared >= view.max_blocks):
+            return None, None
+        at = view.declared
+        if self._at[-1] == at:  # asked for twice before the block was declared: the newer wins
+            self._ids[-1] = prompt
+        else:
+            self._at.append(at)
+            self._ids.append(prompt)
+        return Declaration(switch=prompt), at
+
+    def prompt_of(self, block: int) -> int:
+        """The prompt id of ``block``; blocks are asked for in order, so the switches before it are forgotten."""
+        i = bisect.bisect_right(self._at, block) - 1
+        if i > 0:
+            del self._at[:i], self._ids[:i]
+        return self._ids[0]
+
+    @property
+    def latest(self) -> int:
+        """The prompt id of the last block declared or asked for."""
+        return self._ids[-1]

@@ -16,6 +16,9 @@ _EXPORTS = {
     "RunOptions": "executors.base",
     "RunResult": "executors.base",
     "TickLoop": "executors.base",
+    "Declaration": "executors.feed",
+    "Stream": "executors.feed",
+    "StreamView": "executors.feed",
     "DistributedExecutor": "executors.distributed",
     "ReferenceExecutor": "executors.reference",
 }

@@ -48,8 +48,9 @@ from torch import Tensor, nn
 
 from cascade_sched.errors import ConfigError, ExecutorError
 from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, Executor, ExtendHook, RunOptions, RunResult
+from executors.base import BlockCallback, Executor, RunOptions, RunResult, Work
 from executors.buckets import ATTENTION, TOKENS, Bucket, forward_buckets
+from executors.feed import Stream, StreamHook
 from models.attention import CrossKV, KVPair, Rope, attend
 from models.dit import CausalWanDiT
 from models.layers import WanBlock, _act_dtype
@@ -443,8 +444,8 @@ class CompiledExecutor:
             self.compile_s = new
         return cm
 
-    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
-            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
+    def run(self, work: Work, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None, hook: StreamHook | None = None) -> RunResult:
         """The model's own tick loop, its pieces run by this process's graphs: in one process every device
         (as the reference executor), inside a process group this rank's (as the distributed one)."""
         import torch.distributed as dist
@@ -452,13 +453,17 @@ class CompiledExecutor:
         from executors.distributed import DistributedExecutor
         from executors.reference import ReferenceExecutor
 
+        if isinstance(work, Stream):  # its forward shapes are not known before it runs
+            raise ExecutorError("the compiled executor runs whole schedules (its shapes are compiled before the "
+                                "first tick); run a stream with the reference or the distributed executor")
+        schedule = work
         cm = self.prepare(schedule, model)
         inner: Executor = (DistributedExecutor(kernels=cm.kernels) if dist.is_initialized()
                            else ReferenceExecutor(kernels=cm.kernels))
         with contextlib.ExitStack() as stack:
             if self.backend == "inductor" and self.engine_cache is None:  # a new shape raises, never compiles
                 stack.enter_context(torch._dynamo.config.patch(error_on_recompile=True))
-            return inner.run(schedule, model, options, on_block, extend=extend)
+            return inner.run(schedule, model, options, on_block, hook=hook)
 
 
 __all__ = ["BACKENDS", "Bucket", "CompiledExecutor", "CompiledModel", "Piece", "check_backend", "load_tensorrt",

@@ -20,13 +20,11 @@ its canonical order on both ends (NCCL matches by order, not tag):
   latent back to the ring's first device. A read between rings is a K/V send between the two devices
   that hold the same layer range (per layer in the gang, or once after the producing tick).
 
-A run may switch schedules while it goes (a served stream's prompt switches, or its early end): rank 0's
-extend hook decides after each tick and :class:`AgreedExtension` broadcasts its answer on a gloo control
-group, so every rank adopts the same schedule after the same tick. What the new schedule needs from ticks
-already run is moved then (the tick loop posts it): the clean latents a new recache task re-encodes come
-from the decode rank, which holds every finished block. An extension that would need K/V already sent
-elsewhere (a schedule that grows on N ranks) is refused with one ``ExecutorError``
-(:meth:`DistributedTransport.check_adopt`).
+A stream (:class:`~executors.feed.Stream`) grows while it goes: every rank declares the same block when
+the next tick needs it, and a hook's prompt switch or end is rank 0's decision, which :class:`AgreedHook`
+broadcasts on a gloo control group, so every rank declares the same after the same tick. What a new chunk
+of the rolling schedule needs from ticks already run (a version, a next stage's latent, a clean latent a
+recache task re-encodes) moves then, from where its maker kept it (the tick loop posts it).
 """
 
 from __future__ import annotations
@@ -44,11 +42,12 @@ from torch import Tensor
 
 from cascade_sched.errors import ConfigError, ExecutorError
 from cascade_sched.placement import default_decode_device
-from cascade_sched.schedule import KVRef, Schedule, build_schedule
+from cascade_sched.schedule import KVRef
 from cascade_sched.spec import CascadeSpec
 from cascade_sched.trace import COMM, TraceEvent, exchange_name, transfer_name
 from cascade_sched.transfers import HiddenSend, KVSend, LatentSend, MessageSizes, message_bytes
-from executors.base import BlockCallback, ExtendHook, RunOptions, RunResult, TickLoop
+from executors.base import EVENTS_PER_BLOCK, BlockCallback, RunOptions, RunResult, TickLoop, Work
+from executors.feed import Declaration, StreamHook, StreamView
 from executors.transport import Mail
 from models.config import ModelConfig, ModelSlice
 from models.dit import CausalWanDiT, KVPair, TickKernels
@@ -116,10 +115,11 @@ class DistributedTransport:
     """Point-to-point K/V, latent and hidden-state traffic of one rank (gloo on CPU, NCCL on GPU): a
     :class:`~executors.transport.Transport`. Messages name schedule devices; ``spec`` maps them to ranks
     (:func:`device_rank`). With ``count_bytes``, :attr:`sent` totals the bytes this rank sent per
-    ``(tick, src device, dst device)``, the figure ``TransferPlan.traffic`` states."""
+    ``(tick, src device, dst device)``, the figure ``TransferPlan.traffic`` states (a test's ledger: it grows
+    with the run)."""
 
     def __init__(self, spec: CascadeSpec, rank: int, model: CausalWanDiT, timeout_s: float,
-                 count_bytes: bool = False) -> None:
+                 count_bytes: bool = False, history: int | None = None) -> None:
         cfg = model.config
         self.spec, self.rank, self.device, self.dtype = spec, rank, model.device, model.dtype
         self.me = rank_device(spec, rank)
@@ -133,7 +133,9 @@ class DistributedTransport:
         self.pending_kv: dict[tuple[KVRef, int], list[Any]] = {}
         self.pending_send: list[Any] = []
         self.sent: collections.Counter[tuple[int, int, int]] | None = collections.Counter() if count_bytes else None
-        self._events: list[tuple[str, int, float, float, float]] = []  # (name, tick, start, end, busy) perf_counter
+        # (name, tick, start, end, busy) on perf_counter; a stream keeps the last ticks' only (RunOptions.history)
+        self._events: collections.deque[tuple[str, int, float, float, float]] = collections.deque(
+            maxlen=None if history is None else EVENTS_PER_BLOCK * history)
 
     def _rank(self, device: int) -> int:
         return device_rank(self.spec, device)
@@ -257,49 +259,39 @@ class DistributedTransport:
         self._wait(self.pending_send)
         self.pending_send.clear()
 
-    def check_adopt(self, tick: int, sent: Sequence[Sequence[KVSend]], needed: Sequence[Sequence[KVSend]]) -> None:
-        for t, (was, now) in enumerate(zip(sent, needed, strict=True)):
-            missed = set(now) - set(was)
-            if missed:
-                m = min(missed, key=lambda m: (m.ref, m.src, m.dst))
-                raise ExecutorError(
-                    f"the schedule adopted after tick {tick} needs version {m.ref} on device {m.dst}, which was "
-                    f"sent at tick {t} only where the old schedule read it; on N ranks a running schedule may "
-                    "switch prompts and end early, not grow"
-                )
 
 
-class AgreedExtension:
-    """The extend hook of every rank of a distributed run: rank 0's ``hook`` decides after each tick and
-    its answer is broadcast, with the prompt texts rank 0 added to its ``RunOptions.prompts``, so every
-    rank adopts the same schedule after the same tick (the other ranks build it from its spec).
+class AgreedHook:
+    """The stream hook of every rank of a distributed run: rank 0's ``hook`` decides after each tick and
+    its declaration is broadcast, with the prompt texts rank 0 added to its ``RunOptions.prompts``, so every
+    rank declares the same after the same tick.
 
     One small broadcast per tick on ``group`` (a gloo group, so NCCL runs move no Python objects on the
     GPU stream). Rank 0's hook may block (a served stream waits for its display there); the others wait
     in the broadcast, within the group's timeout.
     """
 
-    def __init__(self, hook: ExtendHook | None, options: RunOptions, rank: int, group: Any) -> None:
+    def __init__(self, hook: StreamHook | None, options: RunOptions, rank: int, group: Any) -> None:
         if rank == 0 and hook is None:
-            raise ExecutorError("rank 0 of an extendable distributed run needs the extend hook")
+            raise ExecutorError("rank 0 of an extendable distributed run needs the stream's hook")
         self.hook, self.options, self.rank, self.group = hook, options, rank, group
         self.sent = dict(options.prompts)
 
-    def __call__(self, tick: int, schedule: Schedule) -> Schedule | None:
+    def __call__(self, tick: int, view: StreamView) -> Declaration | None:
         msg: list[Any] = [None]
-        new: Schedule | None = None
+        declaration: Declaration | None = None
         if self.rank == 0 and self.hook is not None:
-            new = self.hook(tick, schedule)
+            declaration = self.hook(tick, view)
             added = {pid: text for pid, text in self.options.prompts.items() if self.sent.get(pid) != text}
             self.sent.update(added)
-            if new is not None or added:
-                msg = [(None if new is None else new.spec, added)]
+            if declaration is not None or added:
+                msg = [(declaration, added)]
         dist.broadcast_object_list(msg, src=0, group=self.group)
         if self.rank == 0 or msg[0] is None:
-            return new
-        spec, added = msg[0]
+            return declaration
+        declaration, added = msg[0]
         self.options.prompts.update(added)
-        return None if spec is None else build_schedule(spec)
+        return declaration
 
 
 class DistributedExecutor:
@@ -309,8 +301,8 @@ class DistributedExecutor:
     the decode device, so rank 0 alone returns latents and calls ``on_block``; the others return their
     timings and trace events). Under placement ``layers`` each rank holds only its layer range: pass
     that slice of the model (:func:`rank_slice`, loaded alone), or the whole model, whose slice the rank
-    then uses. A run that may switch schedules while it goes is ``extendable`` on every rank, and rank 0
-    passes the ``extend`` hook (see :class:`AgreedExtension`); ``kernels`` run the model's tick forward
+    then uses. A stream whose hook switches prompts or ends it is ``extendable`` on every rank, and rank 0
+    passes the ``hook`` (see :class:`AgreedHook`); ``kernels`` run the model's tick forward
     (None: its own modules). With ``count_bytes``, :attr:`sent` holds what the last run sent per
     ``(tick, src device, dst device)``.
     """
@@ -322,31 +314,31 @@ class DistributedExecutor:
         self.loop: TickLoop | None = None  # this rank's loop while a run goes on (a server reads its K/V pool)
         self.sent: dict[tuple[int, int, int], int] = {}
 
-    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
-            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
-        """Run this rank's share."""
+    def run(self, work: Work, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None, hook: StreamHook | None = None) -> RunResult:
+        """Run this rank's share of a schedule or a stream."""
         if not dist.is_initialized():
             raise ExecutorError("the distributed executor needs an initialised process group (use launch.py)")
         rank, world = dist.get_rank(), dist.get_world_size()
-        spec = schedule.spec
-        if world != schedule.num_devices:
+        spec = work.spec
+        if world != spec.num_devices:
             raise ExecutorError(
-                f"world size {world} does not match the schedule's {schedule.num_devices} devices "
+                f"world size {world} does not match the schedule's {spec.num_devices} devices "
                 f"(`--devices` and `--nproc` must agree)"
             )
-        if extend is not None and not self.extendable:
-            raise ExecutorError("a distributed run that may switch schedules is extendable on every rank")
+        if hook is not None and not self.extendable:
+            raise ExecutorError("a distributed stream with a hook is extendable on every rank")
         part = rank_slice(spec, model.config, rank)
         if part is not None and model.whole:
             from models.checkpoints import take_slice
 
             model = take_slice(model, part)
-        transport = DistributedTransport(spec, rank, model, options.timeout_s, self.count_bytes)
+        transport = DistributedTransport(spec, rank, model, options.timeout_s, self.count_bytes, options.history)
         group = dist.new_group(backend="gloo", timeout=timedelta(seconds=options.timeout_s)) if self.extendable else None
-        agreed = AgreedExtension(extend, options, rank, group) if self.extendable else None
+        agreed = AgreedHook(hook, options, rank, group) if self.extendable else None
         try:
-            self.loop = TickLoop(schedule, model, options, [rank_device(spec, rank)], transport,
-                                 on_block if rank == 0 else None, rank=rank, extend=agreed, kernels=self.kernels)
+            self.loop = TickLoop(work, model, options, [rank_device(spec, rank)], transport,
+                                 on_block if rank == 0 else None, rank=rank, hook=agreed, kernels=self.kernels)
             return self.loop.run()
         finally:
             self.loop = None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, ExtendHook, RunOptions, RunResult, TickLoop
+from executors.base import BlockCallback, RunOptions, RunResult, TickLoop, Work
+from executors.feed import StreamHook
 from executors.transport import LocalTransport
 from models.dit import CausalWanDiT, TickKernels
 
@@ -26,12 +26,12 @@ class ReferenceExecutor:
         self.kernels = kernels
         self.loop: TickLoop | None = None  # the loop while a run goes on (a server reads its K/V pool)
 
-    def run(self, schedule: Schedule, model: CausalWanDiT, options: RunOptions,
-            on_block: BlockCallback | None = None, extend: ExtendHook | None = None) -> RunResult:
-        """Run ``schedule``; ``extend`` may switch to an extended schedule between ticks (a stream)."""
+    def run(self, work: Work, model: CausalWanDiT, options: RunOptions,
+            on_block: BlockCallback | None = None, hook: StreamHook | None = None) -> RunResult:
+        """Run a whole schedule, or a stream (``hook`` may switch its prompt and end it between ticks)."""
         try:
-            self.loop = TickLoop(schedule, model, options, range(schedule.num_devices), LocalTransport(), on_block,
-                                 extend=extend, kernels=self.kernels)
+            self.loop = TickLoop(work, model, options, range(work.spec.num_devices), LocalTransport(), on_block,
+                                 hook=hook, kernels=self.kernels)
             return self.loop.run()
         finally:
             self.loop = None

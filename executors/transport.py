@@ -56,11 +56,6 @@ class Transport(Protocol):
         """Block until a received version's layer has arrived (no-op for local versions)."""
         ...
 
-    def check_adopt(self, tick: int, sent: Sequence[Sequence[KVSend]], needed: Sequence[Sequence[KVSend]]) -> None:
-        """Refuse to switch, after ``tick``, from a plan whose past sends up to then were ``sent`` to one
-        whose were ``needed`` (per tick), when a message it needed went elsewhere."""
-        ...
-
     def finish(self) -> None:
         """Complete every outstanding message."""
         ...
@@ -71,7 +66,7 @@ class Transport(Protocol):
 
 
 class LocalTransport:
-    """Everything in one process: nothing moves, and any plan can be adopted."""
+    """Everything in one process: nothing moves."""
 
     def exchange(self, tick: int, layer: int, sends: Sequence[KVSend],
                  local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
@@ -82,9 +77,6 @@ class LocalTransport:
         return Mail()
 
     def wait_kv(self, ref: KVRef, layer: int) -> None:
-        return None
-
-    def check_adopt(self, tick: int, sent: Sequence[Sequence[KVSend]], needed: Sequence[Sequence[KVSend]]) -> None:
         return None
 
     def finish(self) -> None:

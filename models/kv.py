@@ -104,6 +104,14 @@ class KVPool:
         if old is not None and (tick is None or tick > old):
             self._free_after[ref] = tick
 
+    def set_free_after(self, ref: KVRef, tick: int | None) -> None:
+        """Free a held version after ``tick`` (None: not before an explicit ``free``): a stream learns a
+        version's last reader after it was committed."""
+        ref = (ref[0], ref[1])
+        if ref not in self._store:
+            raise ExecutorError(f"KV pool: cannot set the free tick of {ref}: not held; held: {sorted(self._store)}")
+        self._free_after[ref] = tick
+
     def release_through(self, tick: int) -> list[KVRef]:
         """Free every version whose `free_after_tick <= tick`; returns them in block order."""
         done = sorted(r for r, t in self._free_after.items() if t is not None and t <= tick)

@@ -31,11 +31,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
                    help="write the embeddings of every prompt of the run (default none)")
     g.add_argument("--interactive", action="store_true",
                    help="read new prompts from standard input while streaming; each applies from the first "
-                        "block not yet started, and the stream goes on until input ends")
+                        "block not yet started, and the stream goes on until input ends (Ctrl-D)")
     g.add_argument("--realtime", action="store_true", help="with --interactive: hold the stream to the video's "
                    "frame rate (16 fps); the status shows when it falls behind")
     g.add_argument("--max-blocks", type=int, default=None,
-                   help="with --interactive: stop growing here (default: the larger of --blocks and 1000)")
+                   help="with --interactive: end the stream here, 0 = never (default: until input ends, at least "
+                        "--blocks)")
     g.add_argument("--executor", default="reference", choices=EXECUTORS,
                    help="reference (one process), distributed (one rank per device) or compiled (graphs "
                    "compiled per forward shape; one process, or one rank per device with --nproc/torchrun)")

@@ -13,6 +13,7 @@ decoder lags behind the denoiser.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -28,13 +29,21 @@ __all__ = ["DecodeWorker"]
 
 
 class DecodeWorker:
-    """Decode (and write) blocks on a thread; ``decoded[b] = (start, end)`` in ``time.perf_counter`` seconds."""
+    """Decode (and write) blocks on a thread; ``decoded[b] = (start, end)`` in ``time.perf_counter`` seconds.
 
-    def __init__(self, decoder: Any, write: Callable[[Any], None] | None, device: str | torch.device = "cpu") -> None:
+    ``history`` N keeps the times of the last N blocks only (and block 0's, ``first``): a stream's state
+    stays bounded; ``count`` and ``frames_total`` count every block."""
+
+    def __init__(self, decoder: Any, write: Callable[[Any], None] | None, device: str | torch.device = "cpu",
+                 history: int | None = None) -> None:
         self.decoder, self.write = decoder, write
         self.device = torch.device(device)
-        self.decoded: dict[int, tuple[float, float]] = {}
-        self.frames: dict[int, int] = {}
+        self.history = history
+        self.decoded: collections.OrderedDict[int, tuple[float, float]] = collections.OrderedDict()
+        self.frames: dict[int, int] = {}  # block -> frames, for the blocks in ``decoded``
+        self.first: tuple[float, float] | None = None
+        self.count = 0  # blocks decoded and written
+        self.frames_total = 0
         self._queue: queue.Queue[tuple[int, torch.Tensor] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._failed_block = -1
@@ -63,10 +72,20 @@ class DecodeWorker:
                         frames = self.decoder.decode_block(latent)
                 if self.write is not None:
                     self.write(frames)
-                self.decoded[block] = (start, time.perf_counter())
-                self.frames[block] = len(frames)
+                self._done(block, (start, time.perf_counter()), len(frames))
             except BaseException as e:  # reported to the tick loop's thread
                 self._error, self._failed_block = e, block
+
+    def _done(self, block: int, span: tuple[float, float], frames: int) -> None:
+        self.decoded[block] = span
+        self.frames[block] = frames
+        if self.first is None:
+            self.first = span
+        self.count += 1
+        self.frames_total += frames
+        if self.history is not None and len(self.decoded) > self.history:
+            old, _ = self.decoded.popitem(last=False)
+            del self.frames[old]
 
     def _raise(self) -> None:
         if self._error is not None:

@@ -1,7 +1,7 @@
 """Interactive streaming: switching prompts while frames stream.
 
 - :class:`PromptFeed` reads new prompts from a stream (standard input) on a thread while a run goes on
-  (each applies from the first block not yet started: :func:`apps.streams.next_schedule`);
+  (each applies from the first block not declared yet: :class:`apps.streams.Timeline`);
 - :class:`Console` is the terminal side: on a TTY an input prompt with the stream's status redrawn on
   its own line above it, so output never lands on the line being typed; elsewhere (a pipe, a test)
   plain lines in, and a line on stderr when a real-time stream falls behind;

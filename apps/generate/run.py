@@ -3,6 +3,9 @@ every rank of a group (each rank receives the request whole)."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import math
 import sys
 import threading
 from contextlib import ExitStack
@@ -16,13 +19,17 @@ from apps.progress import track
 from apps.request import RunRequest, Streaming
 from cascade_sched.errors import ConfigError, ExecutorError
 from cascade_sched.metrics import stream_metrics, video_frames
+from cascade_sched.placement import default_decode_device
 from cascade_sched.schedule import Schedule, build_schedule
 from cascade_sched.trace import write_chrome_trace
 from cascade_sched.validate import validate
 from executors.base import Executor, RunOptions, RunResult
+from executors.feed import Declaration, Stream, StreamView
 from models.dit import CausalWanDiT
 from models.prompts import TextEncoder
 from models.sampler import FlowMatchSampler
+
+STREAM_HISTORY = 1000  # blocks whose times a stream keeps for its summary (and its trace's last events)
 
 
 class _Pipeline:
@@ -54,9 +61,12 @@ class _Pipeline:
         self.sink = VideoSink(str(self.video), frames_per_block=schedule.spec.frames_per_block) if self.video else None
         if self.sink is not None:
             self.sink.open()  # start the encoder now, not inside the first block's timing
-        self.worker = DecodeWorker(self.decoder, self._write, device)
-        self.latents: list[Any] = []
-        self.handed: dict[int, float] = {}  # block -> perf_counter when the tick loop handed it over
+        history = None if request.streaming is None else STREAM_HISTORY  # a stream's state stays bounded
+        self.worker = DecodeWorker(self.decoder, self._write, device, history=history)
+        self.latents: list[Any] = []  # what --save-latents writes
+        # block -> perf_counter when the tick loop handed it over (a stream's last ones)
+        self.handed: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._history = history
         terminal = request.streaming is not None and sys.stdin is not None and sys.stdin.isatty()
         # A stream on a terminal shows its status line instead.
         self.bar = progress_bar(schedule.num_blocks, "generate", "block", on=request.progress and not terminal)
@@ -65,7 +75,10 @@ class _Pipeline:
 
     def on_block(self, block: int, x0: torch.Tensor) -> None:
         self.handed[block] = self._clock()
-        self.latents.append(x0.float().numpy())
+        if self._history is not None and len(self.handed) > self._history:
+            self.handed.popitem(last=False)
+        if self.latents_path is not None:
+            self.latents.append(x0.float().numpy())
         self.worker.submit(block, x0)
 
     def _write(self, frames: Any) -> None:  # on the decode thread, in block order
@@ -77,7 +90,7 @@ class _Pipeline:
     @property
     def finished(self) -> int:
         """Blocks decoded and written, all in order from block 0."""
-        return len(self.worker.decoded)
+        return self.worker.count
 
     def close(self, drain: bool = True) -> None:
         """Decode what is queued (``drain=False``, when interrupted: only the block being decoded) and make
@@ -113,16 +126,22 @@ class _Pipeline:
             return f"{self.finished}{of} blocks finished, no file kept"
         return f"kept {self.finished}{of} blocks in {' and '.join(files)}"
 
-    def clock_offset(self, block_done_s: list[float]) -> float:
-        """perf_counter -> the run's clock: the tick loop stamps block_done_s[b] just before handing b over."""
+    def clock_offset(self, result: RunResult) -> float:
+        """perf_counter -> the run's clock: the tick loop stamps each block's time just before handing it over."""
         import statistics
 
-        pairs = [done - self.handed[b] for b, done in enumerate(block_done_s) if b in self.handed]
+        lo = result.blocks - len(result.block_done_s)
+        pairs = [done - self.handed[b] for b, done in enumerate(result.block_done_s, lo) if b in self.handed]
         return statistics.median(pairs) if pairs else -self._t0
 
-    def shown_s(self, offset: float) -> list[float]:
-        """When each block's frames were decoded and written, on the run's clock."""
-        return [self.worker.decoded[b][1] + offset for b in sorted(self.worker.decoded)]
+    def shown_s(self, offset: float, blocks: range) -> list[float]:
+        """When each of ``blocks`` had its frames decoded and written, on the run's clock (those it knows)."""
+        decoded = self.worker.decoded
+        return [decoded[b][1] + offset for b in blocks if b in decoded]
+
+    def first_shown_s(self, offset: float) -> float:
+        """When block 0's frames were decoded and written, on the run's clock."""
+        return self.worker.first[1] + offset if self.worker.first else math.nan
 
 
 def _conditioning(request: RunRequest, texts: dict[int, str], config: Any, rank: int, world: int,
@@ -195,20 +214,26 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
         embeddings, encoder, text_name = _conditioning(request, texts, config, rank, world)
         part = rank_slice(schedule.spec, config, rank) if distributed else None
         model, weights = load_model(request.source, part)
+    streaming = request.streaming
     options = RunOptions(prompt=request.prompt, prompts=dict(request.prompts), embeddings=embeddings,
                          text_encoder=encoder, fail_at=request.fail_at, timeout_s=request.timeout_s,
-                         sampler=build_sampler(request.source, model.config.name))
+                         sampler=build_sampler(request.source, model.config.name),
+                         history=None if streaming is None else STREAM_HISTORY)
     executor = _executor(request, schedule, model, rank)
+    # A stream runs until its input ends (or --max-blocks): the engine declares its blocks as it goes.
+    work: Schedule | Stream = schedule
+    if streaming is not None:
+        from apps.streams import first_declaration
+
+        work = Stream(first_declaration(request.spec), streaming.max_blocks)
     with ExitStack() as outputs:  # rank 0's files: renamed into place when the run ends well
         pipeline = _Pipeline(request, schedule, model, outputs) if rank == 0 else None
         _ABORT_HOOK[0] = pipeline
-        stream = _Stream(request, options, pipeline) if request.streaming and pipeline is not None else None
+        stream = _Stream(request, options, pipeline) if streaming and pipeline is not None else None
         try:
             with torch.inference_mode():
-                result = executor.run(schedule, model, options, pipeline.on_block if pipeline else None,
-                                      extend=stream.extend if stream is not None else None)
-            if stream is not None:
-                schedule = stream.schedule or schedule
+                result = executor.run(work, model, options, pipeline.on_block if pipeline else None,
+                                      hook=stream.hook if stream is not None else None)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop now, keep the blocks already written
             if pipeline is not None:
                 pipeline.close(drain=False)
@@ -222,8 +247,9 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
                 encoder.close()
         events = result.events
         if pipeline is not None:  # the decodes ran on their own thread: their events replace the hand-offs
-            offset = pipeline.clock_offset(result.block_done_s)
-            events = [e for e in events if e.track != "decode"] + pipeline.worker.events(offset, 0)
+            offset = pipeline.clock_offset(result)
+            events = [e for e in events if e.track != "decode"] + pipeline.worker.events(
+                offset, default_decode_device(request.spec))
         if distributed:
             gathered: list[Any] | None = [None] * world if rank == 0 else None
             dist.gather_object(events, gathered, dst=0)
@@ -231,10 +257,11 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
                 events = [e for evs in gathered for e in evs]
         if pipeline is None:
             return None
-        summary = _summary(request, schedule, result, pipeline.shown_s(offset), pipeline.decoder)
+        summary = _summary(request, result, pipeline, offset)
         summary["model"] = model.config.name
         all_texts = {0: request.prompt, **options.prompts}
-        summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
+        switches = schedule.spec.switches if stream is None else stream.switches
+        summary["switches"] = [(at, all_texts[pid]) for at, pid in switches]
         summary["sources"] = {"weights": weights, "text": text_name, "decoder": _decoder_line(pipeline),
                               "sampler": _sampler_line(options.sampler, schedule.spec.timesteps)}
         if request.outputs.trace:  # under its partial name until complete, like every output
@@ -253,43 +280,53 @@ def _decoder_line(pipeline: _Pipeline) -> str:
 
 
 class _Stream:
-    """The extend hook of an interactive run: prompts typed on standard input switch the stream, the
-    status shows how far it got (and, with ``realtime``, how far behind real time it runs)."""
+    """The hook of an interactive stream: prompts typed on standard input switch it at the first block not
+    declared yet, the end of input ends it, and the status shows how far it got (and, with ``realtime``,
+    how far behind real time it runs)."""
 
     def __init__(self, request: RunRequest, options: RunOptions, pipeline: _Pipeline) -> None:
         from apps.generate.interactive import Console, Pace, PromptFeed
         from apps.generate.writers import VIDEO_FPS
+        from apps.streams import Timeline
 
         self.settings = request.streaming or Streaming()
         self.prompt, self.options, self.pipeline = request.prompt, options, pipeline
         self.console = Console(sys.stdin, sys.stderr)
         self.feed = PromptFeed(sys.stdin, self.console)
         self.pace = Pace(VIDEO_FPS) if self.settings.realtime else None
-        self.schedule: Schedule | None = None
+        self.timeline = Timeline(request.spec)
+        self.switches: list[tuple[int, int]] = list(request.spec.switches)  # for the summary: one per prompt typed
+        self.ended = False
+        self.min_blocks = request.spec.num_blocks
         self._shown = -1
 
-    def extend(self, tick: int, schedule: Schedule) -> Schedule | None:
+    def hook(self, tick: int, view: StreamView) -> Declaration | None:
         from apps.generate.writers import VIDEO_FPS
-        from apps.streams import next_schedule
 
-        ids = []
-        for text in self.feed.poll():
+        declaration: Declaration | None = None
+        for text in self.feed.poll():  # the newest prompt wins the next block
             pid = max(self.options.prompts, default=0) + 1
             self.options.prompts[pid] = text
-            ids.append(pid)
-        new = next_schedule(schedule, tick, ids, streaming=self.feed.open, max_blocks=self.settings.max_blocks)
-        if new is not None:
-            self.schedule = new
-        frames = sum(self.pipeline.worker.frames.values())
+            declaration, at = self.timeline.switch(view, pid)
+            if at is not None:
+                if self.switches and self.switches[-1][0] == at:
+                    self.switches[-1] = (at, pid)
+                else:
+                    self.switches.append((at, pid))
+        # Ctrl-D: the blocks declared finish (at least --blocks), no new one starts
+        if not self.feed.open and not self.ended and view.declared >= self.min_blocks:
+            self.ended = True
+            declaration = Declaration(switch=declaration.switch if declaration else None, end=True)
+        frames = self.pipeline.worker.frames_total
         behind = self.pace.wait(frames) if self.pace is not None else None
         if frames != self._shown:
             self._shown = frames
             pace = "" if behind is None else (f", {behind:.1f} s behind real time" if behind > 0 else
                                               f", {-behind:.1f} s ahead of real time")
-            prompt = self.options.prompts.get(max(self.options.prompts, default=0), self.prompt)
+            prompt = self.options.prompts.get(self.timeline.latest, self.prompt)
             self.console.status(f"block {self.pipeline.finished}: {frames / VIDEO_FPS:.1f} s of video{pace}; "
                                 f"prompt {prompt!r}; type a prompt and Enter to switch, Ctrl-D to end", behind)
-        return new
+        return declaration
 
 
 # The decode rank's pipeline, for the launcher to close when another rank's failure stops this one.
@@ -306,25 +343,32 @@ def abort_hook(drain: bool = False) -> str | None:
     return pipeline.kept()
 
 
-def _summary(request: RunRequest, schedule: Schedule, result: RunResult, shown_s: list[float],
-             decoder: Any) -> dict[str, Any]:
-    spec = schedule.spec
+def _summary(request: RunRequest, result: RunResult, pipeline: _Pipeline, offset: float) -> dict[str, Any]:
+    """The run's figures. A stream's cover the blocks of its bounded history (its first frame is block 0's)."""
+    spec = request.spec
     F = spec.frames_per_block
     # Wan's VAE makes 4 video frames of a latent frame (the first block: 1 + 4 (F - 1)); the toy's latent
     # is the pixels, one video frame per latent frame.
     from models.decode import PixelDecoder
 
-    frames, first = (F, F) if isinstance(decoder, PixelDecoder) else (video_frames(1, F), video_frames(0, F))
-    metrics = stream_metrics(result.block_done_s, shown_s or None, max_in_flight=schedule.max_in_flight(),
-                             window=spec.window, frames=frames, first_frames=first, makespan_s=result.wall_s)
+    frames, first = (F, F) if isinstance(pipeline.decoder, PixelDecoder) else (video_frames(1, F), video_frames(0, F))
+    done, lo = result.block_done_s, result.blocks - len(result.block_done_s)
+    shown = pipeline.shown_s(offset, range(lo, result.blocks))
+    in_flight = build_schedule(spec.replace(num_blocks=min(result.blocks, 2 * spec.tick_span) or 1, switches=(),
+                                            lag=spec.lags[-1] if spec.lags else None)).max_in_flight()
+    metrics = stream_metrics(done, shown if len(shown) == len(done) else None, max_in_flight=in_flight,
+                             window=spec.window, frames=frames if lo else first, first_frames=first,
+                             makespan_s=result.wall_s)
+    if lo:  # the window starts mid-stream: the first frame is block 0's, kept apart
+        metrics = dataclasses.replace(metrics, first_frame_s=pipeline.first_shown_s(offset))
     return {
         "executor": request.executor,
-        "blocks": schedule.num_blocks,
-        "devices": schedule.num_devices,
+        "blocks": result.blocks,
+        "devices": spec.num_devices,
         "video_frames_per_block": frames,
         **metrics.to_dict(),
-        "block_done_s": result.block_done_s,
-        "shown_s": shown_s,
+        "block_done_s": done,
+        "shown_s": shown,
         "forward_s": result.forward_s,
         "wall_s": result.wall_s,
         "peak_kv_bytes": result.peak_kv_bytes,

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
                    help="a second client watches the same stream, or is told busy (default watch)")
     g.add_argument("--idle-timeout", type=float, default=300.0,
                    help="end a stream after this many seconds without a client message, 0 = never (default 300)")
-    g.add_argument("--max-blocks", type=int, default=600, help="a stream's length in blocks (default 600)")
+    g.add_argument("--max-blocks", type=int, default=0, help="a stream's length in blocks, 0 = until the client "
+                   "leaves (default 0)")
     g.add_argument("--fps", type=float, default=16.0, help="video frames per second the stream is paced to "
                    "(default 16, Wan2.1's rate)")
     g.add_argument("--lead-blocks", type=int, default=1,

@@ -22,10 +22,10 @@ from collections.abc import Callable
 import torch
 
 from apps.request import RunRequest
-from apps.serve.stream import StreamStart, stream_schedule
-from cascade_sched.schedule import Schedule
-from executors.base import BlockCallback, ExtendHook, RunOptions
+from apps.serve.stream import STREAM_HISTORY, StreamStart, stream_of
+from executors.base import BlockCallback, RunOptions
 from executors.distributed import DistributedExecutor
+from executors.feed import Stream, StreamHook
 from executors.reference import ReferenceExecutor
 from models.dit import CausalWanDiT
 from models.prompts import TextEncoder
@@ -48,7 +48,7 @@ def abort_hook(drain: bool = False) -> None:
 def _options(request: RunRequest, start: StreamStart, sampler: FlowMatchSampler,
              encoder: TextEncoder | None = None) -> RunOptions:
     return RunOptions(prompt=start.prompt, prompts={}, sampler=sampler, fail_at=request.fail_at,
-                      timeout_s=request.timeout_s, text_encoder=encoder)
+                      timeout_s=request.timeout_s, text_encoder=encoder, history=STREAM_HISTORY)
 
 
 def load(request: RunRequest, rank: int | None = None) -> tuple[CausalWanDiT, FlowMatchSampler, TextEncoder]:
@@ -83,17 +83,17 @@ class LocalGroup:
     def options(self, start: StreamStart) -> RunOptions:
         return _options(self.request, start, self.sampler, self.encoder)
 
-    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions, hook: ExtendHook,
+    def run(self, start: StreamStart, stream: Stream, options: RunOptions, hook: StreamHook,
             on_block: BlockCallback) -> None:
-        """Run one stream (its first ``schedule``) to its end on the calling thread."""
-        self._run(ReferenceExecutor(), schedule, options, hook, on_block)
+        """Run one stream to its end on the calling thread."""
+        self._run(ReferenceExecutor(), stream, options, hook, on_block)
 
-    def _run(self, executor: ReferenceExecutor | DistributedExecutor, schedule: Schedule, options: RunOptions,
-             hook: ExtendHook, on_block: BlockCallback) -> None:
+    def _run(self, executor: ReferenceExecutor | DistributedExecutor, stream: Stream, options: RunOptions,
+             hook: StreamHook, on_block: BlockCallback) -> None:
         self.running = executor
         try:
             with torch.inference_mode():
-                executor.run(schedule, self.model, options, on_block, extend=hook)
+                executor.run(stream, self.model, options, on_block, hook=hook)
         finally:
             self.running = None
 
@@ -127,11 +127,11 @@ class RankGroup(LocalGroup):
     def devices(self) -> int:
         return self.world
 
-    def run(self, start: StreamStart, schedule: Schedule, options: RunOptions, hook: ExtendHook,
+    def run(self, start: StreamStart, stream: Stream, options: RunOptions, hook: StreamHook,
             on_block: BlockCallback) -> None:
         """Post the stream's start to the other ranks, then run rank 0's share."""
         self.store.set(START_KEY.format(start.number), pickle.dumps(start))  # type: ignore[arg-type]  # bytes work
-        self._run(DistributedExecutor(extendable=True), schedule, options, hook, on_block)
+        self._run(DistributedExecutor(extendable=True), stream, options, hook, on_block)
 
     def fail(self, message: str) -> tuple[str, str]:
         """Rank 0's stream failed. If another rank failed first, rank 0's error is only the echo of it
@@ -168,6 +168,6 @@ def follow(request: RunRequest, rank: int, world: int) -> None:
             time.sleep(POLL_S)
         start: StreamStart = pickle.loads(store.get(key))
         with torch.inference_mode():
-            DistributedExecutor(extendable=True).run(stream_schedule(request, start), model,
+            DistributedExecutor(extendable=True).run(stream_of(request, start), model,
                                                      _options(request, start, sampler, encoder))
         number = start.number + 1

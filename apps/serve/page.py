@@ -78,7 +78,7 @@ function handle(m) {
     state.hello = m; fps = m.fps; $("policy").value = m.policy;
     $("info").textContent = `stream ${m.stream}: model ${m.model}, ${m.executor} executor on ${m.devices} ` +
       `device(s), lag ${m.lag ?? "S"}, ${m.attention} attention, window ${m.window ?? "unbounded"}, ` +
-      `${m.fps} fps, policy ${m.policy}, up to ${m.max_blocks} blocks, sharing ${m.sharing}`;
+      `${m.fps} fps, policy ${m.policy}, ${m.max_blocks ? `up to ${m.max_blocks} blocks` : "endless"}, sharing ${m.sharing}`;
     $("now").textContent = m.prompt; log(`stream ${m.stream} (${m.policy}): "${m.prompt}"`);
   } else if (m.type === "block") {
     framesPerBlock = m.frames; $("block").textContent = m.block; $("now").textContent = m.prompt;

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from apps.flags import DEFAULT_PROMPT
 from apps.serve.protocol import Limits, RateLimiter, message
-from apps.serve.stream import Control, FramePipe, StreamHook, StreamStart, SwitchRequest
+from apps.serve.stream import Control, FramePipe, StreamHook, StreamStart, SwitchRequest, stream_bound
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
     from apps.serve.group import LocalGroup
     from apps.serve.metrics import ServeMetrics
-    from cascade_sched.schedule import Schedule
+    from executors.feed import StreamView
 
 CLOSE = object()  # a client's queue item: close the socket once everything before it is sent
 
@@ -166,7 +166,7 @@ class Stream:
         self.started_s = time.monotonic()
         self.first_frame_s: float | None = None
         self.last_activity = self.started_s
-        self.blocks_total = group.request.spec.num_blocks
+        self.blocks_total = stream_bound(group.request)  # None: until the client leaves
         self.task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -226,11 +226,11 @@ class Stream:
         code = "generation_failed"
         pipe: FramePipe | None = None
         try:
-            from apps.serve.stream import stream_schedule
+            from apps.serve.stream import stream_of
 
-            schedule = stream_schedule(group.request, self.start)
+            stream = stream_of(group.request, self.start)
             options = group.options(self.start)
-            hook = StreamHook(schedule, options, control,
+            hook = StreamHook(stream, options, control,
                               report=lambda r, at, why: self._call(self._switch_report, r, at, why),
                               on_tick=self._on_tick)
             source = group.request.source
@@ -238,7 +238,7 @@ class Stream:
             pipe = FramePipe(decoder, self.config.jpeg_quality, hook.prompt_of,
                              lambda b, frames, prompt, took: self._call(self._add_block, b, frames, prompt, took),
                              control)
-            group.run(self.start, schedule, options, hook, pipe.on_block)
+            group.run(self.start, stream, options, hook, pipe.on_block)
         except Exception as e:  # one line to the client; the group decides whether it survives
             code, error = group.fail(str(e) or type(e).__name__)
         finally:
@@ -249,8 +249,8 @@ class Stream:
                     error = error or f"encoding frames failed: {e}"
             self._call(self._generation_ended, error, code)
 
-    def _on_tick(self, tick: int, schedule: Schedule) -> None:
-        self.in_flight = len(schedule.in_flight(tick))
+    def _on_tick(self, tick: int, view: StreamView) -> None:
+        self.in_flight = view.in_flight
         self.metrics.in_flight.set(self.in_flight)
         self.metrics.kv_bytes.set(self.group.kv_bytes())
 

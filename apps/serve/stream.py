@@ -1,10 +1,10 @@
-"""The generation side of ``cascade serve``: one stream's schedule, its extend hook, and its frames.
+"""The generation side of ``cascade serve``: one stream, its hook, and its frames.
 
-A stream is planned at its full length (``--max-blocks``) when it starts. A prompt switch rebuilds it with
-one more switch at the first block not yet started (:func:`apps.streams.next_schedule`), and its end cuts
-it after the blocks already started (:func:`apps.streams.end_schedule`). Neither changes a task that has run,
-and the schedule never grows, so the same stream runs on one process or on N ranks (rank 0's hook decides
-and every rank adopts, ``executors.distributed.AgreedExtension``).
+A stream starts with one block; the engine declares the next whenever a tick needs it, until the client
+leaves (or ``--max-blocks``). A prompt switch applies at the first block not declared yet, and the end
+lets the blocks in flight finish (:mod:`apps.streams`); nothing that has run changes and nothing is
+re-planned, so the same stream runs on one process or on N ranks (rank 0's hook decides and every rank
+declares the same, ``executors.distributed.AgreedHook``).
 
 Everything here runs on the stream's generation thread (torch work never runs on the server's event
 loop), apart from the JPEG encoding, which has a thread of its own so it overlaps the next ticks.
@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from apps.request import RunRequest
-from apps.streams import end_schedule, next_schedule
-from cascade_sched.schedule import Schedule, build_schedule
+from apps.streams import Timeline, first_declaration
+from cascade_sched.schedule import build_schedule
 from cascade_sched.validate import validate
 from executors.base import RunOptions
+from executors.feed import Declaration, Stream, StreamView
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,22 @@ class StreamStart:
     policy: str
 
 
-def stream_schedule(request: RunRequest, start: StreamStart) -> Schedule:
-    """The full-length, validated schedule a stream starts with."""
-    return validate(build_schedule(request.spec.replace(switch_policy=start.policy)))
+STREAM_HISTORY = 256  # blocks of times and trace events a served stream keeps (bounded state)
+
+
+def stream_of(request: RunRequest, start: StreamStart) -> Stream:
+    """The stream a session runs: its first block (validated) under the session's switch policy, to
+    ``--max-blocks`` (None: until the client leaves; a request that says nothing of streaming: its spec's
+    blocks)."""
+    first = first_declaration(request.spec.replace(switch_policy=start.policy))
+    validate(build_schedule(first))
+    return Stream(first, stream_bound(request))
+
+
+def stream_bound(request: RunRequest) -> int | None:
+    """A served stream's length: ``--max-blocks`` (None: until the client leaves); a request that says
+    nothing of streaming: its spec's blocks."""
+    return request.streaming.max_blocks if request.streaming is not None else request.spec.num_blocks
 
 
 def resolve_prompts(options: RunOptions, new: dict[int, str]) -> None:
@@ -129,44 +143,44 @@ SwitchReport = Callable[[SwitchRequest, "int | None", str], None]
 
 
 class StreamHook:
-    """The extend hook of a served stream (rank 0's): after each tick, wait for room ahead of the display,
-    then apply what the server asked for: the newest prompt, or the stream's end."""
+    """The hook of a served stream (rank 0's): after each tick, wait for room ahead of the display, then
+    apply what the server asked for: the newest prompt, or the stream's end."""
 
-    def __init__(self, schedule: Schedule, options: RunOptions, control: Control, report: SwitchReport,
-                 on_tick: Callable[[int, Schedule], None]) -> None:
-        self.schedule, self.options, self.control = schedule, options, control
+    def __init__(self, stream: Stream, options: RunOptions, control: Control, report: SwitchReport,
+                 on_tick: Callable[[int, StreamView], None]) -> None:
+        self.options, self.control = options, control
         self.book = PromptBook(options.prompt)
+        self.timeline = Timeline(stream.spec)
         self.report, self.on_tick = report, on_tick
         self.ended = False
 
     def prompt_of(self, block: int) -> str:
-        return self.book.text(self.schedule.spec.prompt_of(block))
+        """The prompt text of ``block`` (asked for in block order, as its frames come out)."""
+        return self.book.text(self.timeline.prompt_of(block))
 
-    def __call__(self, tick: int, schedule: Schedule) -> Schedule | None:
-        self.on_tick(tick, schedule)
+    def __call__(self, tick: int, view: StreamView) -> Declaration | None:
+        self.on_tick(tick, view)
         self.control.wait_for_room()
         requests, stop = self.control.take()
-        new: Schedule | None = None
         if stop is not None and not self.ended:
             self.ended = True
             for r in requests:
                 self.report(r, None, f"the stream is ending ({stop})")
-            new = end_schedule(schedule, tick)
-        elif requests and not self.ended:
-            *older, last = requests
-            for r in older:
-                self.report(r, None, "superseded by a newer prompt before any block started")
-            pid, fresh = self.book.id_for(last.prompt)
-            if fresh:
-                resolve_prompts(self.options, {pid: last.prompt})
-            new = next_schedule(schedule, tick, [pid], streaming=False, max_blocks=schedule.num_blocks)
-            if new is None:
-                self.report(last, None, "every block of the stream has started (it ends at --max-blocks)")
-            else:
-                self.report(last, new.spec.switches[-1][0], "")
-        if new is not None:
-            self.schedule = new
-        return new
+            return Declaration(end=True)
+        if not requests or self.ended:
+            return None
+        *older, last = requests
+        for r in older:
+            self.report(r, None, "superseded by a newer prompt before any block started")
+        pid, fresh = self.book.id_for(last.prompt)
+        declaration, at = self.timeline.switch(view, pid)
+        if declaration is None:
+            self.report(last, None, "every block of the stream has started (it ends at --max-blocks)")
+            return None
+        if fresh:
+            resolve_prompts(self.options, {pid: last.prompt})
+        self.report(last, at, "")
+        return declaration
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:

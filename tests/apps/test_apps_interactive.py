@@ -11,32 +11,37 @@ import pytest
 import torch
 
 from apps.flags import read_timeline
-from apps.streams import next_schedule
+from apps.streams import Timeline
 from cascade_sched import CascadeSpec, ConfigError, build_schedule
-from cascade_sched.schedule import Schedule
 from executors.base import RunOptions
+from executors.feed import Declaration, Stream, StreamView
 from executors.reference import ReferenceExecutor
 from tests.executors.exec_support import PROMPTS, tiny_model
 
 
 @pytest.mark.parametrize("policy", ["none", "recache"])
 @pytest.mark.parametrize("lag", [1, 2, 5])
-def test_a_stream_extended_while_running_equals_the_final_schedule_built_whole(policy: str, lag: int) -> None:
-    spec = CascadeSpec(num_blocks=3, lag=lag, window=3, sink=1, switch_policy=policy)
-    arrivals = {2: [1], 9: [2], 10: [3]}
-    final: list[Schedule] = [build_schedule(spec)]
+def test_a_stream_switched_while_running_equals_the_schedule_built_whole(policy: str, lag: int) -> None:
+    """Prompts arrive between ticks (two at once: the newer wins), each switching the first block not
+    declared yet (apps.streams.Timeline), and the stream ends: the same latents as the final schedule."""
+    spec = CascadeSpec(num_blocks=1, lag=lag, window=3, sink=1, switch_policy=policy)
+    arrivals = {2: [1], 9: [2, 3], 14: [1]}
+    timeline, switches = Timeline(spec), []
 
-    def extend(tick: int, schedule: Schedule) -> Schedule | None:
-        new = next_schedule(schedule, tick, arrivals.get(tick, []), streaming=tick < 15, max_blocks=50)
-        if new is not None:
-            final.append(new)
-        return new
+    def hook(tick: int, view: StreamView) -> Declaration | None:
+        if tick == 20:
+            return Declaration(end=True)
+        declaration = None
+        for pid in arrivals.get(tick, []):
+            declaration, at = timeline.switch(view, pid)
+            switches[:] = [sw for sw in switches if sw[0] != at] + [(at, pid)]
+        return declaration
 
     model = tiny_model()
-    streamed = ReferenceExecutor().run(final[0], model, RunOptions(prompts=PROMPTS), extend=extend)
-    whole = ReferenceExecutor().run(build_schedule(final[-1].spec), model, RunOptions(prompts=PROMPTS))
-    assert len(streamed.latents) == final[-1].num_blocks > 3
-    assert [p for _, p in final[-1].spec.switches] == [1, 2, 3] or final[-1].spec.switches[-1][1] == 3
+    streamed = ReferenceExecutor().run(Stream(spec), model, RunOptions(prompts=PROMPTS), hook=hook)
+    final = spec.replace(num_blocks=streamed.blocks, switches=tuple(switches))
+    whole = ReferenceExecutor().run(build_schedule(final), model, RunOptions(prompts=PROMPTS))
+    assert streamed.blocks > 3 and [p for _, p in switches] == [1, 3, 1]
     assert torch.equal(streamed.stacked(), whole.stacked())
 
 

@@ -41,8 +41,11 @@ def test_generate_and_serve_resolve_the_same_flags_to_equal_requests(preset: str
              "--window", "5"]
     gen = resolved(["generate", *flags, "--blocks", "600", "--save-latents", str(tmp_path / "z.npz")])
     srv = resolved(["serve", *flags, "--max-blocks", "600"])
-    shared = ("spec", "source", "prompt", "prompts", "executor", "timeout_s", "fail_at")
+    shared = ("source", "prompt", "prompts", "executor", "timeout_s", "fail_at")
     assert {k: getattr(gen.request, k) for k in shared} == {k: getattr(srv.request, k) for k in shared}
+    # a served stream starts with one block and the engine declares the rest, up to --max-blocks
+    assert srv.request.spec == gen.request.spec.replace(num_blocks=1)
+    assert srv.request.streaming is not None and srv.request.streaming.max_blocks == 600
     assert gen.notes == srv.notes
     p = PRESETS[preset]
     spec = gen.request.spec
@@ -66,6 +69,14 @@ def test_the_toy_defaults_apply_where_nothing_was_typed() -> None:
     typed = resolved(["generate", "--window", "7", "--prompt", "a red ball bouncing"]).request
     assert typed.spec.window == 7 and typed.spec.switches == () and typed.prompt == "a red ball bouncing"
     assert resolved(["serve"]).request.spec.window == 3  # the window the toy was trained for, served too
+
+
+def test_streams_go_on_until_their_input_ends_unless_bounded() -> None:
+    served = resolved(["serve"]).request
+    assert served.streaming is not None and served.streaming.max_blocks is None and served.spec.num_blocks == 1
+    assert resolved(["serve", "--max-blocks", "50"]).request.streaming.max_blocks == 50  # type: ignore[union-attr]
+    typed = resolved(["generate", "--interactive", "--blocks", "4"]).request
+    assert typed.streaming is not None and typed.streaming.max_blocks is None and typed.spec.num_blocks == 4
 
 
 def test_geometry_and_ring_flags_reach_the_spec_and_the_model() -> None:
@@ -112,7 +123,7 @@ def test_a_refused_command_prints_only_its_refusal(capsys: pytest.CaptureFixture
 def test_cascade_serve_with_a_preset_runs_its_timesteps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Through ``cascade serve``'s own path: the flags, the group that loads the model, one stream of it."""
     from apps.serve.group import LocalGroup
-    from apps.serve.stream import StreamStart, stream_schedule
+    from apps.serve.stream import StreamStart, stream_of
 
     seen: list[float] = []
     groups: list[LocalGroup] = []
@@ -128,7 +139,7 @@ def test_cascade_serve_with_a_preset_runs_its_timesteps(monkeypatch: pytest.Monk
 
         monkeypatch.setattr(model, "forward_slice", spy)
         start = StreamStart(0, "a red ball bouncing", "none")
-        group.run(start, stream_schedule(group.request, start), group.options(start), lambda tick, s: None,
+        group.run(start, stream_of(group.request, start), group.options(start), lambda tick, view: None,
                   lambda block, x0: None)
 
     monkeypatch.setattr("apps.serve.app.serve", serve)

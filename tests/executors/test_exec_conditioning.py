@@ -11,10 +11,9 @@ from exec_support import tiny_model
 from torch import Tensor
 
 from apps.generate.decode_thread import DecodeWorker
-from apps.streams import next_schedule
 from cascade_sched import CascadeSpec, ConfigError, build_schedule
-from cascade_sched.schedule import Schedule
 from executors.base import RunOptions
+from executors.feed import Declaration, Stream, StreamView
 from executors.reference import ReferenceExecutor
 from models import CausalWanDiT
 from models.prompts import StandInEncoder, TextEncoder, default_text_encoder, text_embedding
@@ -70,13 +69,13 @@ def test_prompts_typed_while_streaming_go_through_the_encoder() -> None:
     enc = Counting(model)
     opts = RunOptions(prompt="a fox", text_encoder=enc)
 
-    def extend(tick: int, schedule: Schedule) -> Schedule | None:
+    def hook(tick: int, view: StreamView) -> Declaration | None:
         if tick == 1:
             opts.prompts[1] = "a red ball"
-            return next_schedule(schedule, tick, [1], streaming=False, max_blocks=10)
-        return None
+            return Declaration(switch=1)
+        return Declaration(end=True) if view.declared >= 4 else None
 
-    ReferenceExecutor().run(build_schedule(CascadeSpec(num_blocks=2, lag=1)), model, opts, extend=extend)
+    ReferenceExecutor().run(Stream(CascadeSpec(num_blocks=2, lag=1)), model, opts, hook=hook)
     assert enc.calls == ["a fox", "a red ball"]
 
 
