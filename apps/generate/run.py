@@ -172,10 +172,12 @@ def _executor(request: RunRequest, schedule: Schedule, model: CausalWanDiT, rank
     return ReferenceExecutor()
 
 
-def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any] | None:
+def run_job(request: RunRequest, rank: int = 0, world: int = 1, notes: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Run ``request``: in-process (world 1) or as this rank of an initialised group.
 
-    Returns the summary on the decode rank (0), None elsewhere.
+    ``notes`` (what :func:`apps.request.resolve` had to say) are printed by the decode rank once
+    everything has loaded: a run refused while loading (a checkpoint, embeddings or decoder that does not
+    fit) prints its refusal alone. Returns the summary on the decode rank (0), None elsewhere.
     """
     import torch.distributed as dist
 
@@ -202,6 +204,8 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
         pipeline = _Pipeline(request, schedule, model, outputs) if rank == 0 else None
         _ABORT_HOOK[0] = pipeline
         stream = _Stream(request, options, pipeline) if request.streaming and pipeline is not None else None
+        for note in notes if rank == 0 else ():
+            print(note, file=sys.stderr, flush=True)
         try:
             with torch.inference_mode():
                 result = executor.run(schedule, model, options, pipeline.on_block if pipeline else None,
@@ -330,10 +334,11 @@ def _summary(request: RunRequest, schedule: Schedule, result: RunResult, shown_s
     }
 
 
-def run_generate(request: RunRequest) -> dict[str, Any]:
+def run_generate(request: RunRequest, notes: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``request``: in this process (the reference executor, or the compiled one without ranks), or on
     every rank (the distributed executor, or the compiled one with ``nproc`` or under torchrun): joining
-    torchrun's group, or spawning ``nproc`` local ranks (default: one per device of the spec)."""
+    torchrun's group, or spawning ``nproc`` local ranks (default: one per device of the spec). ``notes``:
+    see :func:`run_job`."""
     from apps.interrupts import say
     from executors.launch import run_rank, spawn
     from executors.torchrun import under_torchrun
@@ -341,22 +346,23 @@ def run_generate(request: RunRequest) -> dict[str, Any]:
     ranks = request.executor == "distributed" or (request.executor == "compiled" and (
         request.nproc is not None or under_torchrun()))
     if not ranks:
-        summary = run_job(request)
+        summary = run_job(request, notes=notes)
         if summary is None:
             raise ExecutorError(f"the {request.executor} run returned no summary")
         return summary
     device = request.source.device
     if under_torchrun():
-        result = run_rank(_rank_entry, request, device, request.timeout_s, partial(say, "cascade generate"),
-                          on_abort=abort_hook)
+        result = run_rank(_rank_entry, (request, notes), device, request.timeout_s,
+                          partial(say, "cascade generate"), on_abort=abort_hook)
         return result if result is not None else {}
-    result = spawn(_rank_entry, request, request.nproc or request.spec.num_devices, device, request.timeout_s,
-                   on_abort=abort_hook)
+    result = spawn(_rank_entry, (request, notes), request.nproc or request.spec.num_devices, device,
+                   request.timeout_s, on_abort=abort_hook)
     if not isinstance(result, dict):
         raise ExecutorError("rank 0 returned no summary")
     return result
 
 
-def _rank_entry(request: RunRequest, rank: int, world: int) -> dict[str, Any] | None:
+def _rank_entry(payload: tuple[RunRequest, tuple[str, ...]], rank: int, world: int) -> dict[str, Any] | None:
     _ABORT_HOOK[0] = None
-    return run_job(request, rank, world)
+    request, notes = payload
+    return run_job(request, rank, world, notes)
