@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from cascade_sched.errors import Interrupted, signal_of
 
-__all__ = ["exit_code", "install", "line", "on_interrupt", "say", "stop_on_sigint", "what_was_kept"]
+__all__ = ["exit_code", "handled", "install", "line", "on_interrupt", "say", "stop_on_sigint", "what_was_kept"]
 
 _notes: list[Callable[[], str | None]] = []
 _unwound: list[Callable[[], str | None]] = []  # notes of blocks an exception left: said once, then dropped
@@ -41,6 +41,18 @@ def stop_on_sigint() -> None:
     does in a terminal."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def handled() -> None:
+    """Tell CPython that the interrupt was handled, so the command exits with its own status.
+
+    A KeyboardInterrupt raised inside ``exec`` of a string (dataclasses and namedtuple build their methods
+    so, while a module imports: a Ctrl-C during an import often lands there) sets CPython's "unhandled
+    KeyboardInterrupt" flag even when the exception is then caught, and the interpreter ends by killing
+    itself with SIGINT instead of exiting 130. Running a string clears the flag again (CPython's
+    ``run_eval_code_obj`` resets it before each one).
+    """
+    exec("None")
 
 
 def exit_code(exc: BaseException) -> int:

@@ -34,10 +34,11 @@ def track(items: Iterable[T], desc: str, unit: str) -> Iterator[T]:
 
 @functools.cache
 def _tqdm() -> type[tqdm[Any]]:
-    """tqdm, writing under a thread lock. Its default lock also takes a multiprocessing lock, a named
-    semaphore that the resource tracker of a spawned rank's launcher watches: a rank that stops leaves
-    through ``os._exit`` (executors.launch), which never releases it, and the tracker then warns of a
-    leaked semaphore after the command's last line. One bar per process needs no lock across processes."""
+    """tqdm, writing under a thread lock. Its default lock also takes a multiprocessing lock, which under
+    the spawn and forkserver start methods (a spawned process's, and Python 3.14's default) is a named
+    semaphore that a resource tracker watches: a rank that stops leaves through ``os._exit``
+    (executors.launch), which never releases it, and the tracker then warns of a leaked semaphore after
+    the command's last line. One bar per process needs no lock across processes."""
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())

@@ -11,11 +11,11 @@ on a peer that is gone. The first message posted stands (``compare_set``): every
 one. Collective waits also carry the run's timeout as a backstop.
 
 Interrupts take the same road. Under torchrun, torchrun passes Ctrl-C and SIGTERM on to every rank, and the
-first rank to see one posts it. Under :func:`spawn` the ranks start with SIGINT ignored, so a terminal's
-Ctrl-C (which the terminal sends to every process of the foreground group) reaches the spawning process
-alone, which posts it for every rank; a SIGTERM sent to a rank itself is posted by that rank. Every rank
-then closes its files (rank 0 keeps the finished blocks under the partial names) and exits 130 or 143,
-and one process says the command's one line: the spawning process, or rank 0 under torchrun.
+first rank to see one posts it. Under :func:`spawn` the ranks run in sessions of their own
+(:mod:`executors.spawned`), so a terminal's Ctrl-C reaches the spawning process alone, which posts it for
+every rank; a SIGTERM sent to a rank itself is posted by that rank. Every rank then closes its files
+(rank 0 keeps the finished blocks under the partial names) and exits 130 or 143, and one process says the
+command's one line: the spawning process, or rank 0 under torchrun.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import Store, TCPStore
 
 from cascade_sched.errors import ExecutorError, Interrupted, signal_of
-from executors import torchrun
+from executors import spawned, torchrun
 from executors.devices import backend_for, check_device
+from executors.spawned import Rank
 
 ABORT_KEY = "cascade/abort"
 JOINED_KEY = "cascade/joined/{}"  # a spawned rank that watches the store (an interrupt posted now reaches it)
@@ -256,10 +257,8 @@ def _write_kept(path: str, signum: int, kept: str | None) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _spawned(local_rank: int, nproc: int, port: int, fn: RankFn, payload: Any, device: str,
-             timeout_s: float, threads: int, result_path: str, on_abort: Callable[[bool], str | None] | None) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
-                      WORLD_SIZE=str(nproc), LOCAL_RANK=str(local_rank))
+def _spawned(local_rank: int, port: int, fn: RankFn, payload: Any, device: str, timeout_s: float, threads: int,
+             result_path: str, on_abort: Callable[[bool], str | None] | None) -> None:
     torch.set_num_threads(threads)
     report = functools.partial(_write_kept, result_path + ".kept")
     result = run_rank(fn, payload, device, timeout_s, report, on_abort, store=join_store(port, timeout_s))
@@ -270,44 +269,51 @@ def _spawned(local_rank: int, nproc: int, port: int, fn: RankFn, payload: Any, d
         os.replace(result_path + ".tmp", result_path)
 
 
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """A spawned rank's environment: torchrun's variables, for the code that reads them."""
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank)}
+
+
 @contextlib.contextmanager
-def children_ignore_sigint() -> Iterator[None]:
-    """Processes started in this block ignore SIGINT from birth (a disposition, unlike a handler, survives
-    ``exec``; Python keeps an inherited SIG_IGN): a terminal's Ctrl-C, sent to the whole foreground
-    group, then reaches this process alone, even while a child is still importing its modules. Only the
-    main thread may change it; elsewhere the children inherit this process's own disposition."""
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C or SIGTERM that arrives in the block is raised when the block ends (main thread only;
+    elsewhere nothing changes): a launcher interrupted between starting a rank and recording it would
+    leave that rank running on, unknown to the one stopping the others."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise KeyboardInterrupt() if received[0] == signal.SIGINT else Interrupted(received[0])
 
 
-def stop_ranks(store: Store, processes: Mapping[int, Any], message: str, wait_s: float = STOP_S) -> None:
+def stop_ranks(store: Store, ranks: Mapping[int, Rank], message: str, wait_s: float = STOP_S) -> None:
     """Stop spawned ranks from their launcher: post ``message`` (unless another stands) for the ranks
     watching the store, end the ones not watching it yet (still starting: they hold nothing), give the
-    rest ``wait_s`` to close their files, and kill any left. ``processes``: multiprocessing processes by
-    rank."""
+    rest ``wait_s`` to close their files, and kill any left."""
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} \
         if threading.current_thread() is threading.main_thread() else {}  # a second Ctrl-C waits its turn
     try:
         with contextlib.suppress(Exception):
             store.compare_set(ABORT_KEY, "", message)
-        for rank, p in processes.items():
+        for rank, p in ranks.items():
             joined = False
             with contextlib.suppress(Exception):
                 joined = store.check([JOINED_KEY.format(rank)])
-            if not joined and p.is_alive():
+            if not joined:
                 p.terminate()
         deadline = time.monotonic() + wait_s
-        for p in processes.values():
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
+        for p in ranks.values():
+            if p.wait(max(0.0, deadline - time.monotonic())) is None:
                 p.kill()
-                p.join()
+                p.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -320,12 +326,11 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     Each rank gets ``threads`` intra-op threads (default: the cores divided among the ranks).
     ``fn``, ``payload`` and ``on_abort`` must pickle (module-level functions, plain data).
 
-    This process hosts the group's store. Ctrl-C or SIGTERM here is posted there for every rank; when
-    the ranks stopped for an interrupt (here or on one of them), :class:`~cascade_sched.errors.Interrupted`
-    is raised here with what rank 0 kept, so the command says its one line.
+    This process hosts the group's store, and the ranks run in sessions of their own
+    (:mod:`executors.spawned`). Ctrl-C or SIGTERM here is posted to the store for every rank; when the
+    ranks stopped for an interrupt (here or on one of them), :class:`~cascade_sched.errors.Interrupted` is
+    raised here with what rank 0 kept, so the command says its one line.
     """
-    from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
-
     check_device(device, nproc - 1, nproc)  # one line here, before any rank starts
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // nproc)
@@ -334,27 +339,29 @@ def spawn(fn: RankFn, payload: Any, nproc: int, device: str = "cpu", timeout_s: 
     with tempfile.TemporaryDirectory(prefix="cascade-spawn-") as tmp:
         result_path = os.path.join(tmp, "rank0.pkl")
         kept_path = result_path + ".kept"
-        with children_ignore_sigint():
-            ctx = start_processes(_spawned, args=(nproc, store.port, fn, payload, device, timeout_s, threads,  # type: ignore[no-untyped-call]  # torch: start_processes is not annotated
-                                                  result_path, on_abort), nprocs=nproc, join=False,
-                                  start_method="spawn")
+        ranks: dict[int, Rank] = {}
         try:
-            while not ctx.join(timeout=POLL_S, grace_period=STOP_S):
-                pass
+            with deferred_interrupts():  # every rank started is in `ranks` before an interrupt is raised
+                for r in range(nproc):
+                    args = (r, store.port, fn, payload, device, timeout_s, threads, result_path, on_abort)
+                    ranks[r] = spawned.start(_spawned, args, tmp, rank_env(r, nproc, store.port))
+            failed = spawned.wait_any(ranks)
         except KeyboardInterrupt as e:
             signum = signal_of(e)
-            stop_ranks(store, dict(enumerate(ctx.processes)), interrupt_message(signum, "the command"))
+            stop_ranks(store, ranks, interrupt_message(signum, "the command"))
             _interrupted(signum, kept_path)
-        except ProcessExitedException as e:
-            if e.exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
-                _interrupted(abs(e.exit_code) % 128, kept_path)  # a rank was interrupted: every rank stopped
-            raise ExecutorError(
-                f"rank {e.error_index} exited with status {e.exit_code} after "
-                f"{time.perf_counter() - start:.1f} s; every rank was stopped (each rank's own message is above)"
-            ) from None
-        except ProcessRaisedException as e:
-            last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-            raise ExecutorError(f"rank {e.error_index} failed: {last}") from None
+        if failed is not None:
+            r, code = failed
+            # The others follow the message it posted (or, killed outright, the one posted here).
+            why = f"rank {r} was killed by {signal.Signals(-code).name}" if code < 0 else f"rank {r} exited with status {code}"
+            stop_ranks(store, ranks, why)
+            if code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
+                _interrupted(abs(code) % 128, kept_path)  # a rank was interrupted: every rank stopped
+            error = ranks[r].error()
+            if error is not None:
+                raise ExecutorError(f"rank {r} failed: {error}")
+            raise ExecutorError(f"{why} after {time.perf_counter() - start:.1f} s; every rank was stopped (each "
+                                "rank's own message is above)")
         if not os.path.exists(result_path):
             raise ExecutorError("rank 0 finished without a result")
         with open(result_path, "rb") as f:

@@ -3,14 +3,17 @@ every rank of a group (each rank receives the request whole)."""
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
+from collections import deque
 from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
 import torch
 
+from apps.generate.npz import NpzWriter
 from apps.progress import bar as progress_bar
 from apps.progress import track
 from apps.request import RunRequest, Streaming
@@ -43,6 +46,8 @@ class _Pipeline:
         from cascade_sched.outputs import committed
 
         self.request, self.schedule = request, schedule
+        if request.source.model is None:
+            check_latents_room(request, model.config)
         files = request.outputs
         self.video = outputs.enter_context(committed(files.out)) if files.out else None
         self.latents_path = outputs.enter_context(committed(files.save_latents)) if files.save_latents else None
@@ -55,7 +60,8 @@ class _Pipeline:
         if self.sink is not None:
             self.sink.open()  # start the encoder now, not inside the first block's timing
         self.worker = DecodeWorker(self.decoder, self._write, device)
-        self.latents: list[Any] = []
+        self.latents: NpzWriter | None = None  # opened with the first block: its rows' shape
+        self._undecoded: deque[Any] = deque()  # latents handed over, written with their block's frames
         self.handed: dict[int, float] = {}  # block -> perf_counter when the tick loop handed it over
         terminal = request.streaming is not None and sys.stdin is not None and sys.stdin.isatty()
         # A stream on a terminal shows its status line instead.
@@ -65,12 +71,18 @@ class _Pipeline:
 
     def on_block(self, block: int, x0: torch.Tensor) -> None:
         self.handed[block] = self._clock()
-        self.latents.append(x0.float().numpy())
+        if self.latents_path is not None:
+            self._undecoded.append(x0.float().numpy().transpose(1, 0, 2, 3))  # (F, C, H, W): rows of frames
         self.worker.submit(block, x0)
 
     def _write(self, frames: Any) -> None:  # on the decode thread, in block order
         if self.sink is not None:
             self.sink.add_block(frames)
+        if self.latents_path is not None:  # the latents of exactly the blocks in the video
+            rows = self._undecoded.popleft()
+            if self.latents is None:
+                self.latents = NpzWriter(self.latents_path, "latents", rows.shape[1:])
+            self.latents.append(rows)
         if self.bar is not None:
             self.bar.update(1)
 
@@ -95,11 +107,10 @@ class _Pipeline:
                     self.bar = None
                 if self.sink is not None:
                     self.sink.close()
+                if self.latents is not None:
+                    self.latents.close()
+                self._undecoded.clear()
                 n = self.finished
-                if self.latents_path is not None and n:
-                    from apps.generate.writers import save_latents
-
-                    save_latents(str(self.latents_path), self.latents[:n])
                 if n == 0:  # nothing finished: no empty file that a player would choke on
                     for path in (self.video, self.latents_path):
                         if path is not None:
@@ -295,6 +306,19 @@ class _Stream:
         return new
 
 
+def check_latents_room(request: RunRequest, config: Any) -> None:
+    """The whole latents file of a planned run (a stream has no planned length) must fit on its disk."""
+    path = request.outputs.save_latents
+    if path is None or request.streaming is not None:
+        return
+    from apps.generate.npz import NPY_HEADER
+    from apps.generate.writers import check_room
+
+    float32 = 4
+    need = request.spec.num_blocks * math.prod(config.latent_shape()) * float32 + NPY_HEADER + 512  # + zip records
+    check_room("--save-latents", path, need)
+
+
 # The decode rank's pipeline, for the launcher to close when another rank's failure stops this one.
 _ABORT_HOOK: list[_Pipeline | None] = [None]
 
@@ -343,6 +367,10 @@ def run_generate(request: RunRequest, notes: tuple[str, ...] = ()) -> dict[str, 
     from executors.launch import run_rank, spawn
     from executors.torchrun import under_torchrun
 
+    if request.source.model is not None:  # else its geometry is the checkpoint's: checked once it is read
+        from models.config import get_config
+
+        check_latents_room(request, get_config(request.source.model))
     ranks = request.executor == "distributed" or (request.executor == "compiled" and (
         request.nproc is not None or under_torchrun()))
     if not ranks:

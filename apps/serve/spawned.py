@@ -17,6 +17,7 @@ import dataclasses
 import os
 import pickle
 import signal
+import tempfile
 import threading
 from typing import Any
 
@@ -27,6 +28,7 @@ from cascade_sched.errors import ExecutorError
 from cascade_sched.schedule import Schedule
 from executors.base import BlockCallback, ExtendHook, RunOptions
 from executors.distributed import DistributedExecutor
+from executors.spawned import Rank
 
 __all__ = ["SpawnedGroup"]
 
@@ -38,8 +40,10 @@ class SpawnedGroup(RankGroup):
         # RankGroup's own __init__ reads a torchrun group's store; this group makes its own in prepare().
         super(RankGroup, self).__init__(request)
         self.world = request.spec.num_devices
-        self.store: Any = None
-        self.processes: dict[int, Any] = {}
+        self.host: Any = None  # the group's store, served here: the launcher's keys (executors.launch)
+        self.store: Any = None  # the process group's view of it: the streams' keys, as follow() reads them
+        self.processes: dict[int, Rank] = {}
+        self._folder: tempfile.TemporaryDirectory[str] | None = None  # the ranks' argument files
         self.groups = 0  # groups started so far
         self._joined = False
         self._streams = 0  # streams posted to the current group
@@ -48,40 +52,38 @@ class SpawnedGroup(RankGroup):
         self._join()
 
     def prepare(self) -> None:
-        """Before a stream: replace a group that lost a rank, and start a new group's ranks (1..N-1) with a
-        fresh store. The server calls it on its event loop, the main thread, where the ranks are born
-        ignoring SIGINT: a terminal's Ctrl-C then reaches the server alone."""
-        import multiprocessing
-
-        from executors.launch import children_ignore_sigint, host_store
+        """Before a stream: replace a group that lost a rank, and start a new group's ranks (1..N-1), each
+        in a session of its own (a terminal's Ctrl-C reaches the server alone), with a fresh store."""
+        from executors import spawned
+        from executors.launch import host_store, rank_env
 
         with self._lock:
             dead = self._dead()
             if dead is not None:
                 self._teardown(dead)
-            if self.store is not None:
+            if self.host is not None:
                 return
-            self.store = host_store(self.request.timeout_s)
+            self.host = host_store(self.request.timeout_s)
+            self._folder = tempfile.TemporaryDirectory(prefix="cascade-serve-")
             threads = max(1, (os.cpu_count() or 1) // self.world)
-            ctx = multiprocessing.get_context("spawn")
-            args = (self.world, self.store.port, self.request, threads)
-            self.processes = {r: ctx.Process(target=_rank, args=(r, *args), name=f"cascade-serve-rank{r}",
-                                             daemon=True) for r in range(1, self.world)}
-            with children_ignore_sigint():
-                for p in self.processes.values():
-                    p.start()
+            port, folder = self.host.port, self._folder.name
+            self.processes = {r: spawned.start(_rank, (r, port, self.request, threads), folder,
+                                               rank_env(r, self.world, port)) for r in range(1, self.world)}
             self._joined, self._streams = False, 0
             self.groups += 1
 
     def _join(self) -> None:
         """Join the prepared group as rank 0 (waits for every rank to start: seconds)."""
+        import torch.distributed as dist
+
         from executors.launch import init_group
 
         with self._lock:
             if self._joined:
                 return
             try:
-                init_group(self.request.source.device, self.request.timeout_s, self.store, rank=0, world=self.world)
+                init_group(self.request.source.device, self.request.timeout_s, self.host, rank=0, world=self.world)
+                self.store = dist.distributed_c10d._get_default_store()
             except Exception as e:
                 reason = self._dead() or str(e).split("\n", 1)[0]
                 self._teardown(reason)
@@ -102,8 +104,8 @@ class SpawnedGroup(RankGroup):
     def _dead(self, killed_only: bool = False) -> str | None:
         """Why a rank of this group is gone, if one is (``rank 1 was killed by SIGKILL``); a rank killed
         by a signal before one that exited (which may only have followed it)."""
-        ended = sorted(((p.exitcode >= 0, r, p.exitcode) for r, p in self.processes.items()
-                        if p.exitcode is not None))
+        codes = {r: p.poll() for r, p in self.processes.items()}
+        ended = sorted((code >= 0, r, code) for r, code in codes.items() if code is not None)
         for exited, r, code in ended:
             if not exited:
                 return f"rank {r} was killed by {signal.Signals(-code).name}"
@@ -118,11 +120,11 @@ class SpawnedGroup(RankGroup):
 
         with self._lock:
             for p in self.processes.values():  # a rank killed outright posts nothing: its exit says it
-                p.join(POLL_S)
+                p.wait(POLL_S)
             posted = None
             with contextlib.suppress(Exception):
-                if self.store is not None and self.store.check([ABORT_KEY]):
-                    posted = bytes(self.store.get(ABORT_KEY)).decode().split("\n", 1)[0]
+                if self.host is not None and self.host.check([ABORT_KEY]):
+                    posted = bytes(self.host.get(ABORT_KEY)).decode().split("\n", 1)[0]
             reason = self._dead(killed_only=True) or posted or self._dead() or message
             self.failure = reason
             self._teardown(reason)
@@ -135,14 +137,14 @@ class SpawnedGroup(RankGroup):
 
         from executors.launch import stop_ranks
 
-        if self.store is not None:
-            stop_ranks(self.store, self.processes, reason)
-        for p in self.processes.values():
-            p.close()
-        self.processes, self._joined = {}, False
+        if self.host is not None:
+            stop_ranks(self.host, self.processes, reason)
+        if self._folder is not None:
+            self._folder.cleanup()
+        self.processes, self._joined, self.store, self._folder = {}, False, None, None
         if dist.is_initialized():
             dist.destroy_process_group()
-        self.store = None  # the last reference: the store's server closes its port
+        self.host = None  # the last reference: the store's server closes its port
 
     def close(self) -> None:
         """Stop the group: the ranks leave when told (STOP_KEY) and meet rank 0 at run_rank's barrier."""
@@ -151,7 +153,7 @@ class SpawnedGroup(RankGroup):
         from executors.launch import STOP_S
 
         with self._lock:
-            if self.store is None:
+            if self.host is None:
                 return
             reason = "the server is stopping"
             try:
@@ -159,20 +161,18 @@ class SpawnedGroup(RankGroup):
                     self.store.set(STOP_KEY, "1")
                     dist.barrier()
                     for p in self.processes.values():
-                        p.join(STOP_S)
+                        p.wait(STOP_S)
             except Exception as e:  # a rank already gone: stop the rest the hard way
                 reason = f"the server is stopping ({e})"
             self._teardown(reason)
 
 
-def _rank(rank: int, world: int, port: int, request: RunRequest, threads: int) -> None:
+def _rank(rank: int, port: int, request: RunRequest, threads: int) -> None:
     """A spawned rank (1..N-1): follow rank 0's streams until told to stop."""
     import torch
 
     from executors.launch import join_store, run_rank
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
     torch.set_num_threads(threads)
     run_rank(_follow, request, request.source.device, request.timeout_s, lambda *_: None,
              store=join_store(port, request.timeout_s))
