@@ -19,7 +19,11 @@ HOGS=${HOGS:-2}
 LOGS=${LOGS:-$(mktemp -d -t cascade-stress-XXXXXX)}
 TESTS=(
   tests/apps/test_apps_signals.py          # Ctrl-C and SIGTERM: every command, every executor
-  tests/executors                          # the distributed executor against the reference
+  tests/executors/test_exec_semantics.py   # the distributed executor against the reference, spawned ranks
+  tests/executors/test_exec_conditioning.py
+  tests/executors/test_exec_gang_keep.py
+  tests/executors/test_exec_trace_names.py
+  tests/executors/test_exec_failures.py
   tests/apps/test_apps_serve.py            # the server in-process: pacing, switches, clients
   tests/apps/test_apps_serve_cli.py        # its command: busy port, background SIGINT
   tests/apps/test_apps_serve_ranks.py      # served on N ranks: torchrun, a rank killed mid-stream

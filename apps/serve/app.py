@@ -37,7 +37,6 @@ from apps.serve.metrics import ServeMetrics
 from apps.serve.page import PAGE
 from apps.serve.protocol import ProtocolError, Request, message, parse_message
 from apps.serve.session import Client, ServeConfig, Stream
-from apps.serve.spawned import SpawnedGroup
 from apps.serve.stream import StreamStart
 from cascade_sched.errors import ConfigError
 
@@ -63,8 +62,6 @@ class Server:
         return self._lock
 
     def _start(self, prompt: str, policy: str) -> Stream:
-        if isinstance(self.group, SpawnedGroup):
-            self.group.prepare()  # a group that lost a rank is replaced here, on the server's main thread
         stream = Stream(self.config, self.group, self.metrics, StreamStart(self.streams_started, prompt, policy))
         self.streams_started += 1
         self.stream = stream

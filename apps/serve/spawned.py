@@ -53,7 +53,8 @@ class SpawnedGroup(RankGroup):
 
     def prepare(self) -> None:
         """Before a stream: replace a group that lost a rank, and start a new group's ranks (1..N-1), each
-        in a session of its own (a terminal's Ctrl-C reaches the server alone), with a fresh store."""
+        in a session of its own (a terminal's Ctrl-C reaches the server alone, executors.spawned), with a
+        fresh store."""
         from executors import spawned
         from executors.launch import host_store, rank_env
 
