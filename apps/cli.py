@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = subparser(parser, args.command)
         return handlers[args.command](Invocation(args, sub.typed(argv), machine()))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (apps.interrupts)
+        interrupts.handled()
         code = interrupts.exit_code(e)
         print(interrupts.line(command, code - 128, interrupts.what_was_kept(e)), file=sys.stderr, flush=True)
         return code

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from cascade_sched.errors import Interrupted, signal_of
 
-__all__ = ["exit_code", "install", "line", "on_interrupt", "say", "what_was_kept"]
+__all__ = ["exit_code", "handled", "install", "line", "on_interrupt", "say", "stop_on_sigint", "what_was_kept"]
 
 _notes: list[Callable[[], str | None]] = []
 _unwound: list[Callable[[], str | None]] = []  # notes of blocks an exception left: said once, then dropped
@@ -29,6 +29,30 @@ def install() -> None:
     _unwound.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, Interrupted.on_signal)
+
+
+def stop_on_sigint() -> None:
+    """Let SIGINT interrupt this process even where it started with SIGINT ignored (main thread only).
+
+    A shell without job control (a script, ``sh -c``) starts a background job (``cascade serve &``) with
+    SIGINT ignored, as POSIX asks, and Python keeps an inherited SIG_IGN. A server is stopped with SIGINT
+    wherever it runs: uvicorn takes SIGINT while it serves, shuts down, then raises it again into the
+    disposition it found, which must be Python's, so the command says its one line and exits 130 as it
+    does in a terminal."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def handled() -> None:
+    """Tell CPython that the interrupt was handled, so the command exits with its own status.
+
+    A KeyboardInterrupt raised inside ``exec`` of a string (dataclasses and namedtuple build their methods
+    so, while a module imports: a Ctrl-C during an import often lands there) sets CPython's "unhandled
+    KeyboardInterrupt" flag even when the exception is then caught, and the interpreter ends by killing
+    itself with SIGINT instead of exiting 130. Running a string clears the flag again (CPython's
+    ``run_eval_code_obj`` resets it before each one).
+    """
+    exec("None")
 
 
 def exit_code(exc: BaseException) -> int:

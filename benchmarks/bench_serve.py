@@ -1,4 +1,5 @@
-"""K websocket clients watching one ``cascade serve`` stream: delivered FPS, frame intervals, drops, CPU.
+"""K websocket clients watching one ``cascade serve`` stream: delivered FPS, frame intervals, drops, CPU;
+and, with ``--soak``, the server's memory, descriptors and threads after many cycles and a crowd.
 
 Starts ``cascade serve`` (watch mode, the toy model by default) as a subprocess on 127.0.0.1, then for each K
 connects K clients for ``--seconds`` each and prints, per K: delivered FPS per client (mean and worst),
@@ -6,8 +7,15 @@ the p95 interval between frames a client received (worst client), frames dropped
 underruns (from ``/metrics``), and the server process's CPU share (CPU seconds over wall seconds, over
 all cores, from /proc). Each K starts a fresh stream: the previous clients leave first.
 
+``--soak`` runs the soak of tests/apps/test_apps_serve_soak.py at larger counts (tests/apps/serve_soak.py:
+warm-up, ``--cycles`` connect/disconnect cycles, then ``--crowd`` clients at once for ``--seconds``, of
+which ``--slow`` read slowly, one sends malformed messages and one drops mid-frame) and prints the
+server's resident memory, open descriptors and threads at the baseline and after, and the healthy
+clients' delivered FPS against the stream's generation FPS.
+
     .venv/bin/python benchmarks/bench_serve.py                      # K = 1, 4, 16, 30 s each
     .venv/bin/python benchmarks/bench_serve.py --clients 1,4 --seconds 10 -- --lag 5   # server flags after --
+    .venv/bin/python benchmarks/bench_serve.py --soak               # 500 cycles, then 64 clients for 60 s
 """
 
 from __future__ import annotations
@@ -86,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds each K is measured (default 30)")
     ap.add_argument("--model", default="toy", help="model to serve (default toy)")
     ap.add_argument("--fps", type=float, default=16.0, help="the stream's frame rate (default 16)")
+    ap.add_argument("--soak", action="store_true", help="run the soak instead of the K rounds")
+    ap.add_argument("--cycles", type=int, default=500, help="soak: connect/disconnect cycles (default 500)")
+    ap.add_argument("--crowd", type=int, default=64, help="soak: clients at once (default 64)")
+    ap.add_argument("--slow", type=int, default=16, help="soak: of them, slow readers (default 16)")
     args = ap.parse_args(argv)
+    if args.soak:
+        return _soak(args, extra)
     ks = [int(k) for k in args.clients.split(",")]
     blocks = int(args.seconds * args.fps) + 200  # at least one frame a block, plus the start: never ends early
     cmd = [sys.executable, "-m", "cascade_sched.cli", "serve", "--port", "0", "--model", args.model, "--lag", "1",
@@ -125,6 +139,32 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    return 0
+
+
+def _soak(args: argparse.Namespace, extra: list[str]) -> int:
+    sys.path.insert(0, str(ROOT / "tests" / "apps"))
+    from serve_soak import serving, soak
+
+    flags = ["--model", args.model, "--lag", "1", "--fps", str(args.fps), "--idle-timeout", "0", *extra]
+    print(f"cascade serve {' '.join(flags)}, {os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}")
+    start = time.monotonic()
+    with serving(*flags) as server:
+        s = soak(server, cycles=args.cycles, clients=args.crowd, slow=args.slow, seconds=args.seconds)
+        status, _ = server.stop()
+    crowd = s.crowd
+    healthy = crowd.delivered_fps
+    print(f"baseline after warm-up: {s.baseline}")
+    print(f"after {s.cycles} cycles and {args.crowd} clients: {s.after}")
+    print(f"  RSS {100 * (s.after.rss / s.baseline.rss - 1):+.1f} %, fds {s.after.fds - s.baseline.fds:+d}, "
+          f"threads {s.after.threads - s.baseline.threads:+d}")
+    print(f"crowd over {crowd.window_s:.1f} s: generation {crowd.generation_fps:.2f} FPS; {len(healthy)} healthy "
+          f"clients received mean {sum(healthy) / len(healthy):.2f}, worst {min(healthy):.2f} FPS "
+          f"({100 * min(healthy) / crowd.generation_fps:.1f} % of generation); frames dropped for the "
+          f"{args.slow} slow readers: {crowd.dropped:.0f}; malformed messages {crowd.malformed_sent}, errors "
+          f"back {crowd.errors_to_malformed}")
+    print(f"{s.sessions:.0f} streams started; the server exited {status} on SIGINT; load average at the end "
+          f"{os.getloadavg()[0]:.2f}; took {time.monotonic() - start:.0f} s")
     return 0
 
 

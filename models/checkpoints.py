@@ -46,7 +46,7 @@ from .config import PRESETS, ModelConfig, ModelSlice, get_config
 from .dit import CausalWanDiT, reference_model
 from .lora import LoRAAdapter, merge_lora
 from .sampler import FlowMatchSampler
-from .tensorfile import SafetensorsFile, TrackedTensors, open_tensor_file, tensor_shape
+from .tensorfile import SafetensorsFile, TrackedTensors, describe, open_tensor_file, tensor_shape
 
 __all__ = ["LoadReport", "guess_config", "load_checkpoint", "load_dit", "load_model", "load_state_dict",
            "map_wan_keys", "open_state_dict", "read_state_dict", "save_model", "take_slice"]
@@ -100,11 +100,11 @@ def open_state_dict(path: str | Path, key: str | None = None) -> tuple[Mapping[s
         trail.append(pick)
         obj = obj[pick]
     if not isinstance(obj, Mapping) or not _is_flat(obj):
-        found = sorted(obj)[:12] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r}: no state dict of tensors found (looked under {trail or 'top level'}; "
-            f"keys there: {found}); pass `key=` to name the entry"
-        )
+        under = f" under {'/'.join(repr(t) for t in trail)}" if trail else ""
+        nests = "" if not isinstance(obj, Mapping) or not obj else \
+            f", none of them an entry a checkpoint nests its weights under ({', '.join(NEST_KEYS)})"
+        raise CheckpointError(f"checkpoint {str(path)!r} holds {describe(obj)}{under}"
+                              f"{nests}, not a state dict of named tensors")
     return obj, ("/".join(repr(t) for t in trail) or "top level")
 
 

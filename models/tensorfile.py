@@ -11,6 +11,7 @@ also as shards listed by a Hugging Face ``*.safetensors.index.json`` weight map;
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from torch import Tensor
 
 from cascade_sched.errors import CheckpointError
 
-__all__ = ["TORCH_SUFFIXES", "SafetensorsFile", "TrackedTensors", "open_tensor_file", "read_tensor_file",
-           "tensor_shape"]
+__all__ = ["TORCH_SUFFIXES", "SafetensorsFile", "TrackedTensors", "describe", "open_tensor_file",
+           "read_tensor_file", "tensor_shape", "unreadable"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -45,9 +46,86 @@ def read_tensor_file(path: str | Path, what: str) -> Any:
             from safetensors.torch import load_file
 
             return load_file(str(p), device="cpu")
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return _torch_load(p)
     except Exception as exc:  # corrupt file, non-tensor pickle, ...
-        raise CheckpointError(f"{what} {str(path)!r} cannot be read: {exc}") from exc
+        raise unreadable(p, what, exc) from exc
+
+
+def _torch_load(p: Path, mmap: bool = False) -> Any:
+    """``torch.load`` of tensors only (``weights_only``: it never unpickles code), quietly: its warnings
+    (a pickle protocol it was not written with) would print before the one line that says what is wrong."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+# What torch.save and pickle write for the objects a file most often holds instead of a checkpoint.
+_KNOWN_GLOBALS = {"torch._utils._rebuild_tensor_v2": "a tensor", "torch._utils._rebuild_parameter": "a tensor",
+                  "numpy.core.multiarray._reconstruct": "a NumPy array",
+                  "numpy._core.multiarray._reconstruct": "a NumPy array"}
+
+
+def unreadable(path: Path, what: str, exc: Exception) -> CheckpointError:
+    """The one-line error for a tensor file that did not load (``exc``: why it did not): the file, and
+    what it holds, told from its bytes (never by running what it pickles).
+
+    >>> import tempfile
+    >>> empty = Path(tempfile.mkdtemp()) / "w.pt"
+    >>> _ = empty.write_bytes(b"")
+    >>> str(unreadable(empty, "checkpoint", ValueError())).split("/")[-1]
+    "w.pt' is empty (0 bytes), not a checkpoint"
+    """
+    return CheckpointError(f"{what} {str(path)!r} {_what_it_is(path, exc)}")
+
+
+def _what_it_is(path: Path, exc: Exception) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    if not head:
+        return "is empty (0 bytes), not a checkpoint"
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if path.suffix.lower() == ".safetensors":
+        return f"is not a safetensors file ({reason}); it starts with {head[:8]!r}"
+    if head.startswith(b"\x93NUMPY"):
+        return "is a NumPy array file (numpy.save), not a checkpoint of named tensors"
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format: its pickle named a type torch would not load
+        if refused:
+            holds = _KNOWN_GLOBALS.get(refused.group(1), f"Python objects ({refused.group(1)})")
+            return f"holds {holds} that torch will not load as tensors (weights_only), not a checkpoint"
+        return f"is a zip archive that torch cannot read as a checkpoint ({reason})"
+    if head[:1] == b"\x80":  # a pickle written by pickle.dump, not torch.save
+        found = _pickled_globals(head)
+        known = [_KNOWN_GLOBALS[g] for g in found if g in _KNOWN_GLOBALS]
+        holds = known[0] if known else found[0] if found else "Python objects"
+        return f"is a plain pickle (pickle.dump) of {holds}, not a checkpoint (torch.save or safetensors)"
+    return f"is neither a torch file nor a safetensors file; it starts with {head[:8]!r}"
+
+
+def _pickled_globals(data: bytes) -> list[str]:
+    """The classes and functions a pickle names, read from its opcodes without running any."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(str(arg))
+            elif op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif op.name == "STOP":
+                break
+    except Exception:  # the pickle goes on past what was read, or is corrupt: what was seen is enough
+        pass
+    return names
 
 
 class SafetensorsFile(Mapping[str, Tensor]):
@@ -96,7 +174,7 @@ class SafetensorsFile(Mapping[str, Tensor]):
         try:
             return safe_open(str(p), framework="pt", device="cpu")
         except Exception as exc:  # not a safetensors header
-            raise CheckpointError(f"{what} {str(p)!r} cannot be read: {exc}") from exc
+            raise unreadable(p, what, exc) from exc
 
     def _handle(self, key: str) -> Any:
         path = self._files[key]
@@ -166,10 +244,27 @@ def open_tensor_file(path: str | Path, what: str) -> Any:
         return SafetensorsFile.of(p, what)
     try:
         try:
-            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            return _torch_load(p, mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            return torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+            return _torch_load(p)  # legacy (non-zip) format
     except Exception as exc:  # corrupt file, non-tensor pickle, ...
-        raise CheckpointError(f"{what} {str(path)!r} cannot be read: {exc}") from exc
+        raise unreadable(p, what, exc) from exc
+
+
+def describe(obj: Any) -> str:
+    """What a loaded object is, in a few words, for an error that says a file holds the wrong thing.
+
+    >>> describe(torch.zeros(2, 3)), describe([1, 2]), describe({"lr": 0.1})
+    ('a tensor of shape (2, 3)', 'a list of 2 items', "a dict of non-tensors (keys: ['lr'])")
+    """
+    if isinstance(obj, Tensor):
+        return f"a tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} items"
+    if isinstance(obj, Mapping):
+        keys = sorted(map(str, obj))
+        more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+        return f"a dict of non-tensors (keys: {keys[:8]}{more})" if keys else "an empty dict"
+    return f"a {type(obj).__name__}"

@@ -63,13 +63,11 @@ def _cmd_generate(run: Invocation) -> int:
     from apps.generate.run import run_generate
 
     request, notes = resolve(run)
-    for note in notes:
-        print(note, file=sys.stderr)
     made = request.outputs.made_folder
     if made:  # removed again if the run is refused before it writes (the summary says where it went)
         os.makedirs(made, exist_ok=True)
     try:
-        summary = run_generate(request)
+        summary = run_generate(request, notes)  # says the notes once everything has loaded
     except BaseException:
         if made:
             with contextlib.suppress(OSError):

@@ -8,7 +8,9 @@ keep a causal cache across blocks, so one worker decodes the blocks strictly in 
 A decode failure is raised on the next ``submit`` or at ``close``; ``close`` decodes what is still queued
 first, so no finished frame is lost. An interrupted run calls ``close(drain=False)`` instead: the block
 being decoded is finished and written, the queue is dropped, so the run stops at once however far the
-decoder lags behind the denoiser.
+decoder lags behind the denoiser; and a decode failure then is not raised, since the interrupt is what
+the run reports (a terminal's Ctrl-C reaches every process of its group, so the failure is most often its
+echo: an encoder's helper process killed by the same Ctrl-C).
 """
 
 from __future__ import annotations
@@ -98,15 +100,16 @@ class DecodeWorker:
         self._queue.put((block, latent))
 
     def close(self, drain: bool = True) -> None:
-        """Decode everything queued (with ``drain=False``: only the block being decoded), stop the
-        thread, and raise a decode failure if there was one."""
+        """Decode everything queued (with ``drain=False``: only the block being decoded, for an
+        interrupted run), stop the thread, and raise a decode failure if there was one (when draining)."""
         if not drain:
             self._dropping = True
         if not self._closed:
             self._closed = True
             self._queue.put(None)
         self._thread.join()
-        self._raise()
+        if drain:
+            self._raise()
 
     def events(self, offset_s: float, device: int) -> list[TraceEvent]:
         """The decodes as trace events on ``device``'s decode track; ``offset_s`` maps perf_counter to the

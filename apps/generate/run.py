@@ -8,12 +8,14 @@ import dataclasses
 import math
 import sys
 import threading
+from collections import deque
 from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
 import torch
 
+from apps.generate.npz import NpzWriter
 from apps.progress import bar as progress_bar
 from apps.progress import track
 from apps.request import RunRequest, Streaming
@@ -50,6 +52,8 @@ class _Pipeline:
         from cascade_sched.outputs import committed
 
         self.request, self.schedule = request, schedule
+        if request.source.model is None:
+            check_latents_room(request, model.config)
         files = request.outputs
         self.video = outputs.enter_context(committed(files.out)) if files.out else None
         self.latents_path = outputs.enter_context(committed(files.save_latents)) if files.save_latents else None
@@ -63,7 +67,8 @@ class _Pipeline:
             self.sink.open()  # start the encoder now, not inside the first block's timing
         history = None if request.streaming is None else STREAM_HISTORY  # a stream's state stays bounded
         self.worker = DecodeWorker(self.decoder, self._write, device, history=history)
-        self.latents: list[Any] = []  # what --save-latents writes
+        self.latents: NpzWriter | None = None  # opened with the first block: its rows' shape
+        self._undecoded: deque[Any] = deque()  # latents handed over, written with their block's frames
         # block -> perf_counter when the tick loop handed it over (a stream's last ones)
         self.handed: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._history = history
@@ -78,12 +83,17 @@ class _Pipeline:
         if self._history is not None and len(self.handed) > self._history:
             self.handed.popitem(last=False)
         if self.latents_path is not None:
-            self.latents.append(x0.float().numpy())
+            self._undecoded.append(x0.float().numpy().transpose(1, 0, 2, 3))  # (F, C, H, W): rows of frames
         self.worker.submit(block, x0)
 
     def _write(self, frames: Any) -> None:  # on the decode thread, in block order
         if self.sink is not None:
             self.sink.add_block(frames)
+        if self.latents_path is not None:  # the latents of exactly the blocks in the video
+            rows = self._undecoded.popleft()
+            if self.latents is None:
+                self.latents = NpzWriter(self.latents_path, "latents", rows.shape[1:])
+            self.latents.append(rows)
         if self.bar is not None:
             self.bar.update(1)
 
@@ -108,11 +118,10 @@ class _Pipeline:
                     self.bar = None
                 if self.sink is not None:
                     self.sink.close()
+                if self.latents is not None:
+                    self.latents.close()
+                self._undecoded.clear()
                 n = self.finished
-                if self.latents_path is not None and n:
-                    from apps.generate.writers import save_latents
-
-                    save_latents(str(self.latents_path), self.latents[:n])
                 if n == 0:  # nothing finished: no empty file that a player would choke on
                     for path in (self.video, self.latents_path):
                         if path is not None:
@@ -191,10 +200,12 @@ def _executor(request: RunRequest, schedule: Schedule, model: CausalWanDiT, rank
     return ReferenceExecutor()
 
 
-def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any] | None:
+def run_job(request: RunRequest, rank: int = 0, world: int = 1, notes: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Run ``request``: in-process (world 1) or as this rank of an initialised group.
 
-    Returns the summary on the decode rank (0), None elsewhere.
+    ``notes`` (what :func:`apps.request.resolve` had to say) are printed by the decode rank once
+    everything has loaded: a run refused while loading (a checkpoint, embeddings or decoder that does not
+    fit) prints its refusal alone. Returns the summary on the decode rank (0), None elsewhere.
     """
     import torch.distributed as dist
 
@@ -230,6 +241,8 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
         pipeline = _Pipeline(request, schedule, model, outputs) if rank == 0 else None
         _ABORT_HOOK[0] = pipeline
         stream = _Stream(request, options, pipeline) if streaming and pipeline is not None else None
+        for note in notes if rank == 0 else ():
+            print(note, file=sys.stderr, flush=True)
         try:
             with torch.inference_mode():
                 result = executor.run(work, model, options, pipeline.on_block if pipeline else None,
@@ -329,6 +342,19 @@ class _Stream:
         return declaration
 
 
+def check_latents_room(request: RunRequest, config: Any) -> None:
+    """The whole latents file of a planned run (a stream has no planned length) must fit on its disk."""
+    path = request.outputs.save_latents
+    if path is None or request.streaming is not None:
+        return
+    from apps.generate.npz import NPY_HEADER
+    from apps.generate.writers import check_room
+
+    float32 = 4
+    need = request.spec.num_blocks * math.prod(config.latent_shape()) * float32 + NPY_HEADER + 512  # + zip records
+    check_room("--save-latents", path, need)
+
+
 # The decode rank's pipeline, for the launcher to close when another rank's failure stops this one.
 _ABORT_HOOK: list[_Pipeline | None] = [None]
 
@@ -375,33 +401,39 @@ def _summary(request: RunRequest, result: RunResult, pipeline: _Pipeline, offset
     }
 
 
-def run_generate(request: RunRequest) -> dict[str, Any]:
+def run_generate(request: RunRequest, notes: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``request``: in this process (the reference executor, or the compiled one without ranks), or on
     every rank (the distributed executor, or the compiled one with ``nproc`` or under torchrun): joining
-    torchrun's group, or spawning ``nproc`` local ranks (default: one per device of the spec)."""
+    torchrun's group, or spawning ``nproc`` local ranks (default: one per device of the spec). ``notes``:
+    see :func:`run_job`."""
     from apps.interrupts import say
     from executors.launch import run_rank, spawn
     from executors.torchrun import under_torchrun
 
+    if request.source.model is not None:  # else its geometry is the checkpoint's: checked once it is read
+        from models.config import get_config
+
+        check_latents_room(request, get_config(request.source.model))
     ranks = request.executor == "distributed" or (request.executor == "compiled" and (
         request.nproc is not None or under_torchrun()))
     if not ranks:
-        summary = run_job(request)
+        summary = run_job(request, notes=notes)
         if summary is None:
             raise ExecutorError(f"the {request.executor} run returned no summary")
         return summary
     device = request.source.device
     if under_torchrun():
-        result = run_rank(_rank_entry, request, device, request.timeout_s, partial(say, "cascade generate"),
-                          on_abort=abort_hook)
+        result = run_rank(_rank_entry, (request, notes), device, request.timeout_s,
+                          partial(say, "cascade generate"), on_abort=abort_hook)
         return result if result is not None else {}
-    result = spawn(_rank_entry, request, request.nproc or request.spec.num_devices, device, request.timeout_s,
-                   on_abort=abort_hook)
+    result = spawn(_rank_entry, (request, notes), request.nproc or request.spec.num_devices, device,
+                   request.timeout_s, on_abort=abort_hook)
     if not isinstance(result, dict):
         raise ExecutorError("rank 0 returned no summary")
     return result
 
 
-def _rank_entry(request: RunRequest, rank: int, world: int) -> dict[str, Any] | None:
+def _rank_entry(payload: tuple[RunRequest, tuple[str, ...]], rank: int, world: int) -> dict[str, Any] | None:
     _ABORT_HOOK[0] = None
-    return run_job(request, rank, world)
+    request, notes = payload
+    return run_job(request, rank, world, notes)

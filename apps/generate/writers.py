@@ -2,18 +2,19 @@
 
 - ``.mp4``: H.264 through ffmpeg (imageio-ffmpeg) as *fragmented* MP4 with a keyframe at every block,
   so the file is playable up to the last fragment written even if the process is killed;
-- ``.gif``: rewritten atomically (temp file + rename) as blocks come and at ``close``, so the file on disk is
-  always a complete GIF; a GIF cannot be appended to, so it is rewritten only once the last rewrite is ten
-  times its own length in the past (at most a tenth of the time goes to rewriting, however long the
-  stream), and a run killed outright loses at most the last few blocks' frames;
-- ``--save-latents``: a ``.npz`` whose ``latents`` array is (num_blocks * frames_per_block, C, H, W).
+- ``.gif``: appended frame by frame, each frame with its own palette, the trailer written after the last
+  frame and overwritten by the next block's, so the file on disk is a whole GIF after every block;
+- ``--save-latents``: a ``.npz`` whose ``latents`` array is (num_blocks * frames_per_block, C, H, W),
+  written block by block and whole after every block (:mod:`apps.generate.npz`).
+
+No frame and no latent is kept once written: a run of any length holds one block at a time.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +45,21 @@ class VideoSink:
         self.frames_written = 0
         self._lock = threading.RLock()
         self._writer: Any = None
-        self._gif_frames: list[np.ndarray] = []
-        self._gif_written = 0  # frames in the GIF on disk
-        self._gif_next = 0.0  # perf_counter after which the next rewrite is due
         self._gop = 4 * frames_per_block
 
     def open(self) -> None:
         """Start the encoder ahead of the first block (so its start-up is not counted as latency)."""
         with self._lock:
-            if self.path.suffix.lower() == ".mp4" and self._writer is None:
-                self._writer = self._open_mp4()
+            if self._writer is None:
+                self._writer = self._open_mp4() if self.path.suffix.lower() == ".mp4" else GifWriter(self.path, self.fps)
 
     def add_block(self, frames: np.ndarray) -> None:
         """Append one block's uint8 frames (T, H, W, 3) and flush them."""
         with self._lock:
-            if self.path.suffix.lower() == ".gif":
-                self._gif_frames.extend(frames)
-                if time.perf_counter() >= self._gif_next:
-                    self._write_gif()
+            self.open()
+            if isinstance(self._writer, GifWriter):
+                self._writer.append(frames)
             else:
-                if self._writer is None:
-                    self._writer = self._open_mp4()
                 for f in frames:
                     self._writer.append_data(f)
             self.frames_written += len(frames)
@@ -83,31 +78,76 @@ class VideoSink:
             output_params=["-movflags", "frag_keyframe+empty_moov+default_base_moof", "-g", str(self._gop)],
         )
 
-    def _write_gif(self) -> None:
-        import imageio.v2 as imageio
-
-        start = time.perf_counter()
-        tmp = self.path.with_name(f".{self.path.name}.tmp.gif")
-        imageio.mimsave(str(tmp), self._gif_frames, duration=1000.0 / self.fps, loop=0)  # type: ignore[arg-type]
-        os.replace(tmp, self.path)
-        self._gif_written = len(self._gif_frames)
-        now = time.perf_counter()
-        self._gif_next = now + 9 * (now - start)
-
     def close(self) -> None:
         """Finish the file (idempotent)."""
         with self._lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-            if self._gif_frames and self._gif_written < len(self._gif_frames):
-                self._write_gif()
 
 
-def save_latents(path: str, latents: list[np.ndarray]) -> None:
-    """Write ``latents`` (per block (C, F, H, W)) as one (B*F, C, H, W) float32 array named ``latents``."""
-    arr = (np.concatenate([x.transpose(1, 0, 2, 3) for x in latents]) if latents
-           else np.zeros((0,), np.float32))
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, latents=arr.astype(np.float32))
-    os.replace(tmp, path)
+class GifWriter:
+    """A GIF written as frames come (GIF89a: a header, then per frame a delay and an image with its own
+    colour table, then the trailer). Each frame is encoded by Pillow alone, as a one-frame GIF whose global
+    colour table becomes the frame's local one, so no frame is kept; the trailer follows the last frame and
+    the next frames overwrite it."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.delay_cs = path, max(1, round(100 / fps))
+        self._f: Any = None
+
+    def append(self, frames: np.ndarray) -> None:
+        data = b"".join(self._frame(f) for f in frames)
+        if self._f is None:
+            h, w = frames.shape[1:3]
+            self._f = open(self.path, "wb")  # noqa: SIM115  # held open across blocks
+            loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+            self._f.write(b"GIF89a" + struct.pack("<HHBBB", w, h, 0x70, 0, 0) + loop)
+        else:
+            self._f.seek(-1, os.SEEK_END)  # over the trailer
+        self._f.write(data + b"\x3b")
+        self._f.flush()
+
+    def _frame(self, frame: np.ndarray) -> bytes:
+        """One frame: its graphic control (the delay) and its image, with its palette as a local table."""
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame), "RGB").save(buf, format="GIF")
+        one = buf.getvalue()
+        screen = one[10]
+        table = 3 * (2 << (screen & 7)) if screen & 0x80 else 0
+        i = 13 + table
+        while one[i] == 0x21:  # extensions Pillow wrote: skip them
+            i += 2
+            while one[i]:
+                i += one[i] + 1
+            i += 1
+        if one[i] != 0x2C:
+            raise ValueError(f"Pillow wrote no image descriptor where expected (byte {one[i]:#x})")
+        descriptor, image = bytearray(one[i:i + 10]), one[i + 10:-1]  # [-1]: Pillow's trailer
+        if table and not descriptor[9] & 0x80:  # the global table becomes this image's local one
+            descriptor[9] |= 0x80 | (screen & 7)
+            image = one[13:13 + table] + image
+        control = b"\x21\xf9\x04\x04" + struct.pack("<H", self.delay_cs) + b"\x00\x00"
+        return control + bytes(descriptor) + image
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def check_room(flag: str, path: str, need: int) -> None:
+    """Refuse (one ``ConfigError`` naming ``flag``) a file of ``need`` bytes where the disk holding ``path``
+    has less free space: said at once, not when the disk fills hours into a run."""
+    import shutil
+
+    from cascade_sched.bounds import gib
+
+    free = shutil.disk_usage(Path(path).resolve().parent).free
+    if need > free:
+        raise ConfigError(flag.lstrip("-").replace("-", "_"), f"`{flag}` {path} would take ~{gib(need)}, more than "
+                                                             f"the {gib(free)} free on its disk")

@@ -14,8 +14,10 @@ browser cannot drive the stream; message size, prompt length and prompt rate are
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import hmac
+import socket
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ from apps.serve.page import PAGE
 from apps.serve.protocol import ProtocolError, Request, message, parse_message
 from apps.serve.session import Client, ServeConfig, Stream
 from apps.serve.stream import StreamStart
+from cascade_sched.errors import ConfigError
 
 WS_HARD_LIMIT = 1 << 20  # bytes: uvicorn closes the socket past this; below it, Limits answers with an error
 
@@ -284,9 +287,33 @@ def make_server(config: ServeConfig, group: LocalGroup) -> tuple[Any, Server]:
     return uv, app.app.state.server
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound now, before anything loads, as uvicorn would bind it
+    (SO_REUSEADDR; IPv6 for a host with a colon): one ``ConfigError`` naming ``--port`` or ``--host`` when
+    it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = e.strerror or str(e)
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError("port", f"`--port` {port} is already in use on {host} (another server?); give "
+                                      "another port, or 0 for any free one") from None
+        if e.errno == errno.EACCES:
+            raise ConfigError("port", f"`--port` {port} needs privileges on {host} ({why}); give a port above "
+                                      "1023, or 0 for any free one") from None
+        raise ConfigError("host", f"`--host` {host!r} cannot be listened on: {why}") from None
+    return sock
+
+
 def serve(config: ServeConfig, group: LocalGroup, ready: Callable[[str], None] | None = None,
-          on_server: Callable[[Server], None] | None = None) -> None:
-    """Serve until interrupted (blocking; uvicorn handles SIGINT and SIGTERM by shutting down cleanly)."""
+          on_server: Callable[[Server], None] | None = None, sock: socket.socket | None = None) -> None:
+    """Serve until interrupted (blocking; uvicorn handles SIGINT and SIGTERM by shutting down cleanly,
+    then raises the signal again: the command's one line). ``sock``: the socket :func:`bind` made (None:
+    uvicorn binds ``config``'s host and port itself)."""
     uv, server = make_server(config, group)
     # The model and imports are long-lived: take them out of the cyclic collector's full passes, which
     # otherwise land inside a prompt switch's schedule rebuild (hundreds of ms between two ticks).
@@ -295,7 +322,7 @@ def serve(config: ServeConfig, group: LocalGroup, ready: Callable[[str], None] |
     if on_server is not None:
         on_server(server)
     _announce(uv, config, ready)
-    uv.run()
+    uv.run(sockets=[sock] if sock is not None else None)
 
 
 def _announce(uv: Any, config: ServeConfig, ready: Callable[[str], None] | None) -> None:

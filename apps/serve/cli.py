@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import sys
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -17,9 +18,10 @@ from apps.flags import DEFAULT_PROMPT, add_device_args, add_model_source_args
 from apps.request import RunRequest, resolve
 from cascade_sched.cliargs import Handler, Invocation, add_schedule_args, int_pair
 from cascade_sched.errors import ConfigError, check_float, check_range
-from executors.torchrun import under_torchrun, world_size
+from executors.torchrun import rank, under_torchrun, world_size
 
 if TYPE_CHECKING:
+    from apps.serve.group import LocalGroup
     from apps.serve.session import ServeConfig
 
 
@@ -97,6 +99,9 @@ def server_config(args: argparse.Namespace, policy: str) -> ServeConfig:
 
 
 def _cmd_serve(run: Invocation) -> int:
+    from apps.interrupts import stop_on_sigint
+
+    stop_on_sigint()  # a server stops on SIGINT wherever it was started, a shell's background included
     request, notes = resolve(run)
     config = server_config(run.args, request.spec.switch_policy)
     try:
@@ -106,37 +111,51 @@ def _cmd_serve(run: Invocation) -> int:
     except ImportError as e:
         raise ConfigError("executor", f"`cascade serve` needs the serve extra ({e.name} is missing): "
                                       "pip install 'cascade-sched[serve]'") from None
-    devices = request.spec.num_devices
-    if request.executor == "distributed" and not under_torchrun():
-        raise ConfigError("executor", f"`--executor distributed` serves under torchrun: torchrun "
-                                      f"--nproc-per-node {devices} -m cascade_sched.cli serve "
-                                      f"--executor distributed --devices {devices} ...")
     if request.executor != "distributed" and under_torchrun() and world_size() > 1:
         raise ConfigError("executor", "under torchrun, `cascade serve` needs `--executor distributed`")
-    for note in notes:
-        print(note, file=sys.stderr)
-    if request.executor == "distributed":
-        from apps.interrupts import say
-        from apps.serve.group import abort_hook
-        from executors.launch import run_rank
+    from apps.serve.app import bind
 
-        run_rank(_serve_rank, (request, config), request.source.device, request.timeout_s,
-                 partial(say, "cascade serve"), on_abort=abort_hook)
+    # The address is taken before anything loads, and held: a busy port is refused in one line, at once.
+    sock = bind(config.host, config.port) if not under_torchrun() or rank() == 0 else None
+    try:
+        if request.executor == "distributed" and under_torchrun():
+            from apps.interrupts import say
+            from apps.serve.group import abort_hook
+            from executors.launch import run_rank
+
+            run_rank(_serve_rank, (request, config, notes, sock), request.source.device, request.timeout_s,
+                     partial(say, "cascade serve"), on_abort=abort_hook)
+            return 0
+        from apps.serve.app import serve
+        from apps.serve.group import LocalGroup
+        from apps.serve.spawned import SpawnedGroup
+
+        group = SpawnedGroup(request) if request.executor == "distributed" else LocalGroup(request)
+        try:
+            _loaded(group, notes)
+            serve(config, group, sock=sock)
+        finally:
+            group.close()
         return 0
-    from apps.serve.app import serve
-    from apps.serve.group import LocalGroup
-
-    args = run.args
-    _say(f"cascade serve: loading model {args.model or args.preset or args.checkpoint or 'toy'} ...")
-    serve(config, LocalGroup(request))
-    return 0
+    finally:
+        if sock is not None:
+            sock.close()
 
 
-def _serve_rank(payload: tuple[RunRequest, ServeConfig], rank: int, world: int) -> None:
+def _loaded(group: LocalGroup, notes: tuple[str, ...]) -> None:
+    """Every check has passed and the model is loaded: the notes, then what serves."""
+    for note in notes:
+        _say(note)
+    _say(f"cascade serve: model {group.model.config.name} loaded, {group.executor} executor on "
+         f"{group.devices} device(s)")
+
+
+def _serve_rank(payload: tuple[RunRequest, ServeConfig, tuple[str, ...], socket.socket | None], rank: int,
+                world: int) -> None:
     """One torchrun rank: rank 0 serves, the others follow its streams."""
     from apps.serve.group import ABORT_HOOK, RankGroup, follow
 
-    request, config = payload
+    request, config, notes, sock = payload
     if world != request.spec.num_devices:
         raise ConfigError("num_devices", f"the world size {world} must equal `--devices` {request.spec.num_devices}")
     if rank != 0:
@@ -145,6 +164,7 @@ def _serve_rank(payload: tuple[RunRequest, ServeConfig], rank: int, world: int) 
     from apps.serve.app import serve
 
     group = RankGroup(request, world)
+    _loaded(group, notes)
     holder: dict[str, Any] = {}
 
     def abort() -> None:
@@ -159,7 +179,7 @@ def _serve_rank(payload: tuple[RunRequest, ServeConfig], rank: int, world: int) 
 
     ABORT_HOOK[0] = abort
     try:
-        serve(config, group, on_server=lambda server: holder.update(server=server))
+        serve(config, group, on_server=lambda server: holder.update(server=server), sock=sock)
     finally:
         group.close()
 

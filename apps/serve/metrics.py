@@ -26,6 +26,8 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.frames_shown = Counter("cascade_serve_frames_shown", "Frames the stream showed (handed to its clients "
+                                    "at their due time): the rate generation keeps up.", registry=r)
         self.frames_sent = Counter("cascade_serve_frames_sent", "Frames sent to clients (all clients).", registry=r)
         self.delivered_fps = Gauge("cascade_serve_delivered_fps", "Frames per second delivered per client over "
                                    "the last 3 s, mean over the connected clients.", registry=r)

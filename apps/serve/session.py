@@ -349,6 +349,7 @@ class Stream:
             self.first_frame_s = now - self.started_s
             self.metrics.first_frame.observe(self.first_frame_s)
         self.frames_shown += 1
+        self.metrics.frames_shown.inc()
         for c in self.clients:
             c.send_frame(frame.data)
 

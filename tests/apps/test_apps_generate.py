@@ -126,3 +126,49 @@ def test_a_cuda_request_without_cuda_under_torchrun_is_one_line_per_rank(tmp_pat
     ours = [line for line in r.stderr.splitlines() if line.startswith("cascade generate: error:")]
     assert ours and all("--device" in line and "no CUDA" in line for line in ours)
     assert "exitcode: 2" in r.stderr and "_cuda_setDevice" not in r.stderr and "cascade_sched/" not in r.stderr
+
+
+def test_a_refusal_while_loading_is_the_only_line(tmp_path: Path) -> None:
+    """Notes (here: no --vae) are said once everything has loaded; embeddings of the wrong width are
+    refused while loading, so the refusal is all the run prints."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"a red ball": torch.zeros(4, 7)}, tmp_path / "emb.safetensors")
+    r = run("generate", "--model", "tiny", "--text-embeddings", str(tmp_path / "emb.safetensors"), "--prompt",
+            "a red ball", "--blocks", "2", "--out", str(tmp_path / "v.mp4"), "--no-progress")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("cascade generate: error: --text-embeddings:") and "(4, 7)" in r.stderr
+    ok = run("generate", "--model", "tiny", "--blocks", "2", "--out", str(tmp_path / "w.mp4"), "--no-progress")
+    assert ok.returncode == 0 and ok.stderr.startswith("note: no --vae"), ok.stderr  # said when the run starts
+
+
+def test_a_checkpoint_that_holds_a_pickled_tensor_says_so_in_one_line(tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    with open(tmp_path / "w.pt", "wb") as f:
+        pickle.dump(torch.zeros(3), f)
+    r = run("generate", "--checkpoint", str(tmp_path / "w.pt"), "--blocks", "2", "--out", str(tmp_path / "v.mp4"))
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"cascade generate: error: checkpoint {str(tmp_path / 'w.pt')!r} is a plain pickle (pickle.dump) of a "
+        "tensor, not a checkpoint (torch.save or safetensors)"], r.stderr
+
+
+def test_latents_that_would_not_fit_on_the_disk_are_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk cannot be made here: the disk is told to have 1 MiB free (the one thing faked)."""
+    import shutil
+    from collections import namedtuple
+
+    from apps.cli import main
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(1 << 40, (1 << 40) - (1 << 20), 1 << 20))
+    assert main(["generate", "--model", "tiny", "--blocks", "1000", "--save-latents", str(tmp_path / "l.npz"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("cascade generate: error: --save-latents: `--save-latents` "), err
+    assert "more than the 0.0 GiB free on its disk" in err[0] and not (tmp_path / "l.npz").exists()

@@ -189,3 +189,43 @@ def test_a_rank_that_dies_ends_the_session_with_one_error_and_the_server_exits_w
     # Rank 0 stops on the abort key or on torchrun's SIGTERM, whichever comes first; either way it says so.
     assert proc.returncode != 0 and "rank 1 failed at tick 7" in err and "rank 0: stopping:" in err, err
     assert not [m for m in c.messages if m["type"] == "end"] and json.dumps(errors[0])
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_stream_ends_the_session_with_one_message_and_the_next_starts_a_fresh_group() -> None:
+    """Ten times: a spawned rank killed (SIGKILL) mid-stream; the client gets one error, the server replaces
+    the group for the next stream and leaks no process, port or shared memory."""
+    from serve_soak import children, listening_ports, serving
+    from serve_support import StreamClient
+
+    shm = set(os.listdir("/dev/shm"))
+    with serving("--executor", "distributed", "--devices", "2", "--model", "tiny", "--lag", "1", "--window", "4",
+                 "--sink", "1", "--fps", "60", "--idle-timeout", "0") as server:
+        http = int(server.address.rsplit(":", 1)[1])
+
+        def ranks() -> list[int]:
+            return [p for p, cmd in children(server.proc.pid).items() if "executors.spawned" in cmd]
+
+        seen: set[int] = set()
+        for _ in range(10):
+            c = StreamClient(server.address)
+            c.pump(lambda c: c.block >= 2, timeout=120)
+            (rank,) = ranks()
+            assert rank not in seen  # a fresh group: a new process
+            seen.add(rank)
+            assert listening_ports(server.proc.pid) > {http}  # the page, the group's store and gloo's
+            os.kill(rank, signal.SIGKILL)
+            c.pump(lambda c: c.closed is not None, timeout=120)
+            (error,) = [m for m in c.messages if m["type"] in ("error", "end")]
+            assert error["type"] == "error" and error["code"] == "rank_failed", c.messages
+            assert error["message"].startswith("rank 1 was killed by SIGKILL"), error
+            assert c.closed == 1011
+            assert ranks() == [] and listening_ports(server.proc.pid) == {http}  # reaped; the store closed
+        d = StreamClient(server.address)  # and the next session streams on a fresh group
+        d.pump(lambda c: len(c.frame_times) >= 24, timeout=120)
+        d.close()
+        status, said = server.stop()
+    assert status == 130 and said.strip().splitlines()[-1] == "cascade serve: interrupted (SIGINT)", said
+    assert not [line for line in said.splitlines() if "Traceback" in line], said
+    assert all(not Path(f"/proc/{p}").exists() for p in seen)
+    assert set(os.listdir("/dev/shm")) <= shm

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -141,14 +142,44 @@ def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.safetensors", CFG)
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="is not a safetensors file"):
         load_checkpoint(tmp_path / "junk.safetensors", CFG)
     (tmp_path / "w.gguf").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="unknown format"):
         load_checkpoint(tmp_path / "w.gguf", CFG)
     torch.save({"optimizer": {"lr": 0.1}}, tmp_path / "opt.pt")
-    with pytest.raises(CheckpointError, match="no state dict of tensors"):
+    with pytest.raises(CheckpointError, match=r"opt.pt' holds a dict of non-tensors \(keys: \['optimizer'\]\)"):
         load_checkpoint(tmp_path / "opt.pt", CFG)
+
+
+def _not_checkpoints(root: Path) -> dict[str, str]:
+    """Files that are not checkpoints, each with what its one line must say it holds."""
+    import pickle
+
+    torch.save(torch.zeros(3), root / "tensor.pt")
+    with open(root / "pickled.pt", "wb") as f:
+        pickle.dump(torch.zeros(3), f)  # pickle.dump of a tensor: what the weights_only message was shown for
+    np.save(root / "array.npy", np.zeros(3))
+    (root / "array.npy").rename(root / "array.pt")
+    torch.save(np.zeros(3), root / "numpy.pt")
+    torch.save([1, 2], root / "list.pt")
+    (root / "garbage.pt").write_bytes(b"\x00\x01garbage" * 9)
+    (root / "empty.pt").write_bytes(b"")
+    (root / "garbage.safetensors").write_bytes(b"\xff" * 40)
+    (root / "empty.safetensors").write_bytes(b"")
+    return {"tensor.pt": "holds a tensor of shape (3,)", "pickled.pt": "is a plain pickle (pickle.dump) of a tensor",
+            "array.pt": "is a NumPy array file", "numpy.pt": "holds a NumPy array",
+            "list.pt": "holds a list of 2 items", "garbage.pt": "is neither a torch file nor a safetensors file",
+            "empty.pt": "is empty (0 bytes)", "garbage.safetensors": "is not a safetensors file",
+            "empty.safetensors": "is empty (0 bytes)"}
+
+
+def test_a_file_that_is_not_a_checkpoint_says_what_it_holds_in_one_line(tmp_path: Path) -> None:
+    for name, holds in _not_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name, CFG)
+        message = str(info.value)
+        assert len(message.splitlines()) == 1 and f"checkpoint {str(tmp_path / name)!r} {holds}" in message, message
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
