@@ -448,7 +448,7 @@ def _result(w: Workload, cluster: Cluster, cost: CostModel, prices: Prices, tl: 
     decoded = tuple(s + dur for _, s, dur in tl.decode_span)
     makespan = max(max(tl.batch_end), max(decoded))
     metrics = stream_metrics(denoised, decoded, max_in_flight=sched.max_in_flight(), window=sched.spec.window,
-                             frames=frames, first_frames=first_frames, makespan_s=makespan)
+                             frames=frames, end_s=makespan)
     stalls = switch_stalls(denoised, decoded, [at for at, _ in sched.spec.switches],
                            max_in_flight=sched.max_in_flight(), window=sched.spec.window)
     by_kind, by_link = w.byte_totals()

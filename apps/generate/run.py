@@ -126,19 +126,26 @@ class _Pipeline:
 
 
 def _conditioning(request: RunRequest, texts: dict[int, str], config: Any, rank: int, world: int,
-                  ) -> tuple[dict[int, torch.Tensor], TextEncoder | None, str]:
+                  ) -> tuple[dict[int, torch.Tensor], TextEncoder | None, str, float]:
     """Rank 0 encodes every prompt of the timeline (each text once), frees the encoder unless prompts may
     still arrive, and shares the embeddings with the other ranks. Returns (embeddings by prompt id, the
-    encoder kept for streaming or None, its name)."""
+    encoder kept for streaming or None, its name, the seconds rank 0 took to encode the first prompt: the
+    part of the first-frame latency before the tick loop starts)."""
+    import time
+
     from apps.sources import encode_prompts, share_from_rank0, text_source
     from models.prompts import save_embeddings
 
     encoder: TextEncoder | None = None
     payload: tuple[dict[int, torch.Tensor], str] | None = None
+    first_s = 0.0
     if rank == 0:
         encoder = text_source(request.source, config, list(texts.values()))
         name = encoder.name
-        embeddings = encode_prompts(encoder, texts, config)
+        t = time.perf_counter()
+        embeddings = encode_prompts(encoder, {0: texts[0]}, config)
+        first_s = time.perf_counter() - t
+        embeddings.update(encode_prompts(encoder, {p: x for p, x in texts.items() if p}, config))
         if request.outputs.save_text_embeddings:
             save_embeddings(request.outputs.save_text_embeddings, {texts[p]: e for p, e in embeddings.items()})
         if request.streaming is None:
@@ -146,7 +153,7 @@ def _conditioning(request: RunRequest, texts: dict[int, str], config: Any, rank:
             encoder = None
         payload = (embeddings, name)
     embeddings, name = share_from_rank0(payload, rank, world)
-    return embeddings, encoder, name
+    return embeddings, encoder, name, first_s
 
 
 def _executor(request: RunRequest, schedule: Schedule, model: CausalWanDiT, rank: int) -> Executor:
@@ -190,9 +197,9 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
     name = request.source.model
     if name is None:  # the geometry comes from the checkpoint's shapes: load first, then encode
         model, weights = load_model(request.source)
-        embeddings, encoder, text_name = _conditioning(request, texts, model.config, rank, world)
+        embeddings, encoder, text_name, prompt_s = _conditioning(request, texts, model.config, rank, world)
     else:  # encode first, so the text encoder's memory is free before the DiT loads
-        embeddings, encoder, text_name = _conditioning(request, texts, get_config(name), rank, world)
+        embeddings, encoder, text_name, prompt_s = _conditioning(request, texts, get_config(name), rank, world)
         model, weights = load_model(request.source)
     options = RunOptions(prompt=request.prompt, prompts=dict(request.prompts), embeddings=embeddings,
                          text_encoder=encoder, fail_at=request.fail_at, timeout_s=request.timeout_s,
@@ -230,7 +237,7 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1) -> dict[str, Any
                 events = [e for evs in gathered for e in evs]
         if pipeline is None:
             return None
-        summary = _summary(request, schedule, result, pipeline.shown_s(offset), pipeline.decoder)
+        summary = _summary(request, schedule, result, pipeline.shown_s(offset), pipeline.decoder, prompt_s)
         summary["model"] = model.config.name
         all_texts = {0: request.prompt, **options.prompts}
         summary["switches"] = [(at, all_texts[pid]) for at, pid in schedule.spec.switches]
@@ -306,7 +313,9 @@ def abort_hook(drain: bool = False) -> str | None:
 
 
 def _summary(request: RunRequest, schedule: Schedule, result: RunResult, shown_s: list[float],
-             decoder: Any) -> dict[str, Any]:
+             decoder: Any, prompt_s: float) -> dict[str, Any]:
+    """The run's figures (``cascade_sched.metrics``), every time in seconds from the request: the tick loop
+    starts ``prompt_s`` after it (the first prompt's encoding; loading the weights came before)."""
     spec = schedule.spec
     F = spec.frames_per_block
     # Wan's VAE makes 4 video frames of a latent frame (the first block: 1 + 4 (F - 1)); the toy's latent
@@ -314,18 +323,22 @@ def _summary(request: RunRequest, schedule: Schedule, result: RunResult, shown_s
     from models.decode import PixelDecoder
 
     frames, first = (F, F) if isinstance(decoder, PixelDecoder) else (video_frames(1, F), video_frames(0, F))
-    metrics = stream_metrics(result.block_done_s, shown_s or None, max_in_flight=schedule.max_in_flight(),
-                             window=spec.window, frames=frames, first_frames=first, makespan_s=result.wall_s)
+    done = [prompt_s + t for t in result.block_done_s]
+    shown = [prompt_s + t for t in shown_s]
+    metrics = stream_metrics(done, shown or None, max_in_flight=schedule.max_in_flight(), window=spec.window,
+                             frames=frames, end_s=prompt_s + result.wall_s)
     return {
         "executor": request.executor,
         "blocks": schedule.num_blocks,
         "devices": schedule.num_devices,
         "video_frames_per_block": frames,
+        "video_frames": first + frames * (len(shown or done) - 1),
         **metrics.to_dict(),
-        "block_done_s": result.block_done_s,
-        "shown_s": shown_s,
+        "prompt_encode_s": prompt_s,
+        "block_done_s": done,
+        "shown_s": shown,
         "forward_s": result.forward_s,
-        "wall_s": result.wall_s,
+        "wall_s": metrics.end_s,
         "peak_kv_bytes": result.peak_kv_bytes,
     }
 

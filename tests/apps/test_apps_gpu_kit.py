@@ -88,7 +88,7 @@ def test_gpu_check_rehearses_every_step_from_a_local_wheel_folder(tmp_path: Path
     assert len(profile.forward) == 55 and profile.decode_s_per_block > 0
     assert profile.provenance["decoder"].startswith("wan-vae")
     table = (out / "gpu-table.md").read_text(encoding="utf-8")
-    assert table.startswith("rehearsal on a CPU") and "| 1. batching | sequential FPS" in table
+    assert table.startswith("rehearsal on a CPU") and "| 1. batching | sequential denoise FPS" in table
     assert table.count("\n| ") >= sum(len(s["rows"]) for s in steps.values())
 
 
