@@ -60,9 +60,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
 
 def _cmd_generate(run: Invocation) -> int:
     from apps.generate.run import run_generate
+    from apps.sources import prompt_notes
 
     request, notes = resolve(run)
-    for note in notes:
+    switches = request.spec.switches  # the prompts some block is conditioned on: those worth a note
+    shown = {pid for _, pid in switches} | ({0} if not switches or switches[0][0] > 0 else set())
+    texts = [text for pid, text in ((0, request.prompt), *request.prompts) if pid in shown]
+    for note in (*notes, *prompt_notes(request.source, texts)):
         print(note, file=sys.stderr)
     made = request.outputs.made_folder
     if made:  # removed again if the run is refused before it writes (the summary says where it went)

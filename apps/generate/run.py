@@ -267,12 +267,22 @@ class _Stream:
         from apps.generate.writers import VIDEO_FPS
 
         self.settings = request.streaming or Streaming()
-        self.prompt, self.options, self.pipeline = request.prompt, options, pipeline
+        self.prompt, self.options, self.pipeline, self.source = request.prompt, options, pipeline, request.source
         self.console = Console(sys.stdin, sys.stderr)
         self.feed = PromptFeed(sys.stdin, self.console)
         self.pace = Pace(VIDEO_FPS) if self.settings.realtime else None
         self.schedule: Schedule | None = None
         self._shown = -1
+
+    def unknown(self, prompt: str) -> str:
+        """``" (the toy ignores 'purple')"`` for a typed prompt with words the toy does not know."""
+        from apps.sources import prompt_notes
+
+        if not prompt_notes(self.source, [prompt]):
+            return ""
+        from models.toy_text import unknown_words
+
+        return f" (the toy ignores {', '.join(map(repr, unknown_words(prompt)))})"
 
     def extend(self, tick: int, schedule: Schedule) -> Schedule | None:
         from apps.generate.writers import VIDEO_FPS
@@ -293,8 +303,10 @@ class _Stream:
             pace = "" if behind is None else (f", {behind:.1f} s behind real time" if behind > 0 else
                                               f", {-behind:.1f} s ahead of real time")
             prompt = self.options.prompts.get(max(self.options.prompts, default=0), self.prompt)
+            unknown = self.unknown(prompt)
             self.console.status(f"block {self.pipeline.finished}: {frames / VIDEO_FPS:.1f} s of video{pace}; "
-                                f"prompt {prompt!r}; type a prompt and Enter to switch, Ctrl-D to end", behind)
+                                f"prompt {prompt!r}{unknown}; type a prompt and Enter to switch, Ctrl-D to end",
+                                behind)
         return new
 
 

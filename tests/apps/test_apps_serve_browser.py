@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("websockets")
+from tests.extras import reason
+
+pytest.importorskip("starlette", reason=reason("starlette"))
+pytest.importorskip("websockets", reason=reason("websockets"))
 
 from serve_support import config, running_server
 
