@@ -27,7 +27,9 @@ what the comment promises).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import itertools
 import json
 import re
 import shlex
@@ -121,13 +123,11 @@ DOCUMENTED = _documented()
 
 
 def _parse_only(argv: list[str]) -> bool:
-    import importlib.util
-
     return (
         argv[0] == "torchrun"
         or argv[1] == "serve"
         or any(a in EXTERNAL for a in argv)
-        or any(a in PATHS and not Path(b).exists() for a, b in zip(argv, argv[1:], strict=False))
+        or any(a in PATHS and not Path(b).exists() for a, b in itertools.pairwise(argv))
         or (argv[1] == "make-tiny-folder" and importlib.util.find_spec("diffusers") is None)
         or any(a in ("distributed", "compiled", "tensorrt") or a.startswith("cuda") for a in argv)
         or any(PLACEHOLDER.match(a) for a in argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -256,7 +257,7 @@ def test_delivered_fps_sees_the_stalls_the_median_hides() -> None:
 
 @pytest.mark.parametrize(("blocks", "lag", "devices", "window"), [(1, 5, 1, None), (8, 1, 5, 7), (11, 1, 5, 7)])
 def test_a_run_without_a_steady_state_says_so_instead_of_an_fps(blocks: int, lag: int, devices: int,
-                                                                window: int | None) -> None:
+                                                                window: int | None, tmp_path: Path) -> None:
     """Too few blocks to fill and drain the pipeline and fill the window: no FPS figure, anywhere, and the
     summary says how many blocks would give one (12 for lag 1 on 5 devices with a window of 7)."""
     s = build_schedule(CascadeSpec(num_blocks=blocks, lag=lag, num_devices=devices, window=window))
@@ -271,3 +272,8 @@ def test_a_run_without_a_steady_state_says_so_instead_of_an_fps(blocks: int, lag
     bigger = build_schedule(CascadeSpec(num_blocks=steady_minimum(s.max_in_flight(), window), lag=lag,
                                         num_devices=devices, window=window))
     assert simulate(bigger, ideal(devices), UniformCost(T), "tiny").metrics.steady
+    from simulator.visual import draw_gantt, draw_intervals
+
+    draw_gantt(r, str(tmp_path / "g.png"))  # the pictures say "no steady state" too, and draw
+    draw_intervals(r, str(tmp_path / "i.png"))
+    assert (tmp_path / "g.png").stat().st_size > 0 and (tmp_path / "i.png").stat().st_size > 0
