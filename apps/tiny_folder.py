@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cascade_sched.cliargs import Handler, Invocation
 from cascade_sched.errors import CascadeError, ConfigError
@@ -86,8 +86,8 @@ def write_tiny_folder(root: str | Path, *, seed: int = 0, quiet: bool = False) -
     from cascade_sched.outputs import committed
 
     if quiet:
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
+        for library in (diffusers, transformers):
+            cast(Any, library).utils.logging.disable_progress_bar()
     final = Path(root)
     with committed(final, keep_partial=False) as tmp:
         _pipeline(diffusers, transformers, seed).save_pretrained(str(tmp))

@@ -170,11 +170,11 @@ def draw_gantt(result: SimResult, path: str, max_ticks: int | None = 60) -> None
     ax.set_xlim(0, horizon * 1.01 if horizon > 0 else 1)
     ax.set_xlabel("simulated time from the request (s)")
     ax.set_ylabel("GPU")
-    m = result.metrics
-    figures = (f"delivered FPS {m.delivered_fps:.1f}, denoise FPS {m.denoise_fps:.1f}" if m.steady
-               else "FPS: none (no steady state)") + f", first frame {m.first_frame_s:.2f} s"
+    sm = result.metrics
+    figures = (f"delivered FPS {sm.delivered_fps:.1f}, denoise FPS {sm.denoise_fps:.1f}" if sm.steady
+               else "FPS: none (no steady state)") + f", first frame {sm.first_frame_s:.2f} s"
     shown = f"the first {limit} ticks" if limit < w.schedule.num_ticks else "every tick"
-    ax.set_title("\n".join(textwrap.wrap(f"cascade simulate: {run_label(result)}", 130) + [f"{figures}; {shown}"]),
+    ax.set_title("\n".join([*textwrap.wrap(f"cascade simulate: {run_label(result)}", 130), f"{figures}; {shown}"]),
                  fontsize=8)
     from matplotlib.patches import Patch
 
@@ -231,7 +231,7 @@ def draw_intervals(result: SimResult, path: str) -> None:
     ax.set_ylim(0, max(gaps, default=1.0) * 1.12)  # from zero: the spikes and ramps at their true size
     ax.set_xlabel("block (the interval ending at its decode)")
     ax.set_ylabel("interval between decoded blocks (ms)")
-    ax.set_title("\n".join(textwrap.wrap(f"cascade simulate: {run_label(result)}", 110) + [figures]), fontsize=8)
+    ax.set_title("\n".join([*textwrap.wrap(f"cascade simulate: {run_label(result)}", 110), figures]), fontsize=8)
     ax.grid(alpha=0.3, zorder=0)
     handles, labels = ax.get_legend_handles_labels()  # the data first in the legend too, then the summary
     order = [len(handles) - 1, *range(len(handles) - 1)]
