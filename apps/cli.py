@@ -25,6 +25,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> tuple[ArgumentParser, dict[str, Handler]]:
     """The ``cascade`` parser, and each subcommand's handler."""
+    from apps import tiny_folder
     from apps.calibrate import cli as calibrate
     from apps.generate import cli as generate
     from apps.quality import cli as quality
@@ -37,7 +38,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, Handler]]:
     parser.add_argument("--version", action="version", version=f"cascade-sched {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     handlers: dict[str, Handler] = {}
-    for level in (schedule, simulator, generate, calibrate, quality, serve):
+    for level in (schedule, simulator, generate, calibrate, quality, serve, tiny_folder):
         handlers.update(level.register(sub))
     return parser, handlers
 

@@ -12,14 +12,16 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cascade_sched.cliargs import add_geometry_args, alias, int_ranges, name_list
 from cascade_sched.errors import ConfigError, check_range
 from cascade_sched.spec import ATTENTION_MODES
 from models.dtypes import DTYPES
+
+if TYPE_CHECKING:
+    from models.folders import WanFolder
 
 __all__ = ["DEFAULT_PROMPT", "MODEL_NAMES", "PRESET_NAMES", "THREADS_HELP", "add_device_args",
            "add_model_source_args", "check_input_file", "model_folder", "read_text", "read_timeline"]
@@ -47,16 +49,16 @@ def add_model_source_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
     g.add_argument(
         "--model",
         default=None,
-        help=f"{MODEL_NAMES} (default: the preset's, else the --checkpoint's "
-        "own shapes, else toy: the shipped trained weights, bouncing balls, see docs/quality.md; "
-        "without --checkpoint the others take seeded random weights)",
+        help=f"the DiT's geometry: {MODEL_NAMES} (default: the preset's, else --model-dir's transformer/ "
+        "config, else the --checkpoint's own shapes, else toy: the shipped trained weights, bouncing balls, "
+        "see docs/quality.md; without --checkpoint the others take seeded random weights)",
     )
     g.add_argument(
         "--checkpoint",
         default=None,
         help="Wan2.1-family DiT weights (.safetensors/.pt: Self-Forcing, "
-        "CausVid, LongLive, Krea) or a cascade model folder (default: the toy's shipped weights for "
-        "toy, else seeded random weights)",
+        "CausVid, LongLive, Krea), a diffusers transformer/ folder or a cascade model folder (default: "
+        "--model-dir's transformer/, the toy's shipped weights for toy, else seeded random weights)",
     )
     g.add_argument(
         "--preset",
@@ -88,15 +90,16 @@ def add_model_source_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
         "--model-dir",
         default=None,
         metavar="DIR",
-        help="a diffusers-style Wan2.1 folder: its "
-        "text_encoder/ + tokenizer/ condition the model and its vae/ decodes (the DiT weights come "
-        "from --checkpoint; default none)",
+        help="a diffusers Wan2.1 folder (its root, or any of its subfolders): its transformer/ is the DiT "
+        "(geometry from its config.json; --checkpoint overrides the weights), text_encoder/ + tokenizer/ "
+        "condition it and vae/ decodes (`cascade make-tiny-folder DIR` writes a small one; default none)",
     )
     g.add_argument(
         "--text-encoder",
         default=None,
         metavar="DIR",
-        help="umT5 encoder folder (or a Wan2.1 folder), run through transformers (default: --model-dir's)",
+        help="umT5 encoder: a Wan2.1 folder, its text_encoder/ (tokenizer/ beside it), or one folder holding "
+        "both; run through transformers (default: --model-dir's)",
     )
     g.add_argument(
         "--text-encoder-device",
@@ -114,9 +117,8 @@ def add_model_source_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
         "--vae",
         default=None,
         metavar="PATH",
-        help="decoder: an AutoencoderKLWan folder (the Wan VAE, "
-        "streaming) or TAEHV weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, "
-        "else the latent preview",
+        help="decoder: the Wan VAE (a Wan2.1 folder or its vae/: AutoencoderKLWan, streaming) or TAEHV "
+        "weights (taew2_1.pth, the fast tiny decoder); default: --model-dir's vae/, else the latent preview",
     )
     g.add_argument(
         "--vae-device",
@@ -155,29 +157,30 @@ def check_names(flag: str, values: Sequence[str], valid: Sequence[str]) -> None:
 
 
 # --- input files -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelFolder:
-    """The pieces of a diffusers-style Wan2.1 folder that a generation uses (None: absent)."""
-
-    root: Path
-    text_encoder: Path | None  # the folder itself (it holds text_encoder/ and tokenizer/)
-    vae: Path | None
-
-
-def model_folder(path: str | None, *, need_text: bool, need_vae: bool) -> ModelFolder | None:
-    """Check `path` (``--model-dir``) for the pieces the run takes from it; ConfigError naming one missing."""
+def model_folder(path: str | None, *, need_text: bool, need_vae: bool, need_dit: bool = False) -> WanFolder | None:
+    """``--model-dir``'s model folder (its root, or any of its pieces' subfolders: ``models.folders``), checked
+    for the pieces the run takes from it: one ConfigError naming the flag and the piece missing, and
+    which flag supplies that piece instead."""
     if path is None:
         return None
-    root = Path(path)
-    if not root.is_dir():
+    from models.folders import open_folder
+
+    if not Path(path).is_dir():
         raise ConfigError("model_dir", f"`--model-dir` {path!r} is not a folder")
-    text = root if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir() else None
-    vae = root / "vae" if (root / "vae" / "config.json").is_file() else None
-    for needed, piece, have in ((need_text, "text_encoder/ and tokenizer/", text), (need_vae, "vae/", vae)):
-        if needed and have is None:
-            raise ConfigError("model_dir", f"`--model-dir` {path!r} has no {piece} (a diffusers Wan2.1 folder holds "
-                                           "text_encoder/, tokenizer/ and vae/; or pass that piece's own flag)")
-    return ModelFolder(root, text, vae)
+    folder = open_folder(path)
+    if need_dit and folder.transformer is None:
+        raise ConfigError("model_dir", f"`--model-dir` {path!r} has no transformer/ (a diffusers "
+                                       "WanTransformer3DModel with its config.json), so it does not say the DiT's "
+                                       f"geometry: give it with `--model` ({MODEL_NAMES}) or `--preset`, and its "
+                                       "weights with `--checkpoint`")
+    for needed, pieces, flag in ((need_text, ("text_encoder", "tokenizer"), "--text-encoder or --text-embeddings"),
+                                 (need_vae, ("vae",), "--vae")):
+        missing = folder.missing(*pieces) if needed else []
+        if missing:
+            raise ConfigError("model_dir", f"`--model-dir` {path!r} has no {' and no '.join(missing)} (a diffusers "
+                                           "Wan2.1 folder holds transformer/, text_encoder/, tokenizer/ and vae/); "
+                                           f"pass {flag} for that piece")
+    return folder
 
 
 def check_input_file(flag: str, path: str | None, *, folder_ok: bool = False) -> None:
@@ -204,34 +207,79 @@ def read_text(flag: str, path: str) -> str:
         raise ConfigError(flag, f"`{flag}` {path!r} cannot be read: {e.strerror}") from None
 
 
-def read_timeline(path: str, first_prompt: str) -> tuple[dict[int, str], tuple[tuple[int, int], ...]]:
-    """Prompt texts by id (0 = ``first_prompt``) and switches ``(at_block, id)`` from a timeline file.
+def read_timeline(path: str, first_prompt: str, num_blocks: int | None = None,
+                  ) -> tuple[dict[int, str], tuple[tuple[int, int], ...]]:
+    r"""Prompt texts by id (0 = ``first_prompt``) and switches ``(at_block, id)`` from a timeline file: a JSON
+    or YAML list of ``{at_block, prompt}``, in increasing ``at_block`` order, each before ``num_blocks``.
 
-    The same text used twice gets the same id. Every problem is one ``ConfigError`` naming ``--prompts``.
+    The same text used twice gets the same id. Every problem is one ``ConfigError`` naming ``--prompts``, the
+    file, and the entry and its line (or the line and column where the file stops parsing).
+
+    >>> import tempfile
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    >>> _ = f.write("- at_block: 2\n  prompt: red\n- at_block: 40\n  prompt: blue\n"); f.close()
+    >>> read_timeline(f.name, "green", num_blocks=16)
+    Traceback (most recent call last):
+    ...
+    cascade_sched.errors.ConfigError: `--prompts` ... entry 2 (line 3): at_block 40 is past the run's last block, 15 (--blocks 16)
     """
-    p = Path(path)
     text = read_text("--prompts", path)
-    try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data: Any = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: one line either way
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError("prompts", f"`--prompts` file {path!r} does not parse: {first}") from None
+    where = f"`--prompts` {path!r}"
+    yaml_file = Path(path).suffix.lower() in (".yaml", ".yml")
+    data, lines = (_yaml_entries if yaml_file else _json_entries)(text, where)
     if not isinstance(data, list) or not data:
-        raise ConfigError("prompts", f"`--prompts` must hold a non-empty list of {{at_block, prompt}}, got "
-                          f"{type(data).__name__}")
+        raise ConfigError("prompts", f"{where} must hold a non-empty list of {{at_block, prompt}} entries, got "
+                                     f"{type(data).__name__}")
     ids = {first_prompt: 0}
     switches: list[tuple[int, int]] = []
-    for i, item in enumerate(data):
+    for i, (item, line) in enumerate(zip(data, lines, strict=True)):
+        entry = f"{where}, entry {i + 1} (line {line})"
         if (not isinstance(item, dict) or set(item) != {"at_block", "prompt"}
                 or not isinstance(item["prompt"], str) or not item["prompt"].strip()
                 or isinstance(item["at_block"], bool) or not isinstance(item["at_block"], int)):
-            raise ConfigError("prompts", f"`--prompts` entry {i} must be {{\"at_block\": int, \"prompt\": "
-                              f"non-empty text}}, got {item!r}")
+            raise ConfigError("prompts", f"{entry} must be {{at_block: int, prompt: non-empty text}}, got {item!r}")
+        at = item["at_block"]
+        if at < 0 or (num_blocks is not None and at >= num_blocks):
+            past = (f"past the run's last block, {num_blocks - 1} (--blocks {num_blocks})" if at >= 0 and
+                    num_blocks is not None else "negative")
+            raise ConfigError("prompts", f"{entry}: at_block {at} is {past}")
+        if switches and at <= switches[-1][0]:
+            raise ConfigError("prompts", f"{entry}: at_block {at} must come after the entry before it "
+                                         f"(at_block {switches[-1][0]}): entries go in increasing at_block order")
         pid = ids.setdefault(item["prompt"].strip(), len(ids))
-        switches.append((item["at_block"], pid))
+        switches.append((at, pid))
     return {v: k for k, v in ids.items()}, tuple(switches)
+
+
+def _yaml_entries(text: str, where: str) -> tuple[Any, list[int]]:
+    """The YAML document, and the line of each item when it is a list."""
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError("prompts", f"{where} is not valid YAML{at}: {problem}") from None
+    items = node.value if isinstance(node, yaml.SequenceNode) else []
+    return data, [n.start_mark.line + 1 for n in items]
+
+
+def _json_entries(text: str, where: str) -> tuple[Any, list[int]]:
+    """The JSON document, and the line of each item when it is a list."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError("prompts", f"{where} is not valid JSON at line {e.lineno}, column {e.colno}: "
+                                     f"{e.msg}") from None
+    lines: list[int] = []
+    if isinstance(data, list):  # walk the list once more, item by item, to know where each starts
+        decoder, pos = json.JSONDecoder(), text.index("[") + 1
+        for _ in data:
+            while text[pos] in " \t\r\n,":
+                pos += 1
+            lines.append(text.count("\n", 0, pos) + 1)
+            _, pos = decoder.raw_decode(text, pos)
+    return data, lines

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from apps.flags import DEFAULT_PROMPT, model_folder, read_timeline
+from apps.flags import DEFAULT_PROMPT, MODEL_NAMES, model_folder, read_timeline
 from cascade_sched.bounds import MAX_TIMEOUT_S, gib
 from cascade_sched.cliargs import Invocation, check_outputs, spec_from_args
 from cascade_sched.errors import ConfigError, check_float, check_range
@@ -208,8 +208,9 @@ def _preset_defaults(args: argparse.Namespace, typed: frozenset[str], preset: Pi
 
 
 def _toy(args: argparse.Namespace, preset: PipelinePreset | None) -> bool:
-    """Whether the run is the shipped toy model's (no other model, checkpoint or preset named)."""
-    return (args.model or "toy") == "toy" and not args.checkpoint and preset is None
+    """Whether the run is the shipped toy model's (no other model, model folder, checkpoint or preset named)."""
+    return (args.model or ("toy" if args.model_dir is None else None)) == "toy" and not args.checkpoint and \
+        preset is None
 
 
 def _check_stream_length(args: argparse.Namespace, typed: frozenset[str], defaults: dict[str, Any]) -> None:
@@ -296,7 +297,8 @@ def _check_ranks(args: argparse.Namespace, spec: CascadeSpec) -> None:
 
 def default_out(args: argparse.Namespace) -> str:
     """``cascade-out/<model>-<UTC time>.mp4``: the file a run with no ``--out`` writes (and says so)."""
-    name = (args.model or args.preset or ("checkpoint" if args.checkpoint else "toy")).replace("/", "_")
+    folder = Path(args.model_dir).resolve().name if args.model_dir else None
+    name = (args.model or args.preset or folder or ("checkpoint" if args.checkpoint else "toy")).replace("/", "_")
     return f"{DEFAULT_OUT}/{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.mp4"
 
 
@@ -311,12 +313,21 @@ def _source(args: argparse.Namespace, preset: PipelinePreset | None, notes: list
         raise ConfigError("text_embeddings", f"`--text-embeddings` {emb!r} is neither a file nor 'stand-in'")
     if emb is not None and args.text_encoder is not None:
         raise ConfigError("text_embeddings", "give either `--text-embeddings` or `--text-encoder`, not both")
-    model_folder(args.model_dir, need_text=emb is None and args.text_encoder is None, need_vae=args.vae is None)
+    name = args.model or (preset.model if preset is not None else None)
+    folder = model_folder(args.model_dir, need_text=emb is None and args.text_encoder is None,
+                          need_vae=args.vae is None, need_dit=name is None and not args.checkpoint)
+    checkpoint = args.checkpoint
+    if folder is not None and checkpoint is None and folder.transformer is not None:
+        checkpoint = str(folder.transformer)  # the folder's own DiT; its config names the geometry
+        if name is None:
+            from models.folders import transformer_config
+
+            geometry = transformer_config(folder.transformer).name
+            name = geometry if geometry in MODEL_NAMES.split(" | ") else None
     if args.weights and not args.checkpoint:
         raise ConfigError("weights", "`--weights` picks an entry of `--checkpoint`, and none was given")
     if args.lora and not args.checkpoint:
         raise ConfigError("lora", "`--lora` needs `--checkpoint` (the base weights it adapts)")
-    name = args.model or (preset.model if preset is not None else None)
     if name is not None and emb is None and args.text_encoder is None and args.model_dir is None:
         from models.config import get_config
         from models.prompts import default_text_encoder
@@ -329,8 +340,8 @@ def _source(args: argparse.Namespace, preset: PipelinePreset | None, notes: list
         if device is not None:
             check_device(device, flag=flag)
     return ModelSource(
-        model=name if name is not None else (None if args.checkpoint else "toy"), preset=args.preset,
-        checkpoint=args.checkpoint, weights=args.weights, lora=args.lora, shift=args.shift,
+        model=name if name is not None else (None if checkpoint else "toy"), preset=args.preset,
+        checkpoint=checkpoint, weights=args.weights, lora=args.lora, shift=args.shift,
         model_dir=args.model_dir, text_encoder=args.text_encoder, text_encoder_device=args.text_encoder_device,
         text_embeddings=emb, vae=args.vae, vae_device=args.vae_device, device=args.device, dtype=args.dtype,
         frames_per_block=args.frames_per_block, resolution=parse_resolution(args.resolution),
@@ -365,7 +376,7 @@ def _prompts(args: argparse.Namespace, typed: frozenset[str], spec: CascadeSpec,
     if args.prompts:
         if args.switches:
             raise ConfigError("prompts", "give prompt switches either with `--prompts` or with `--switch`")
-        texts, switches = read_timeline(args.prompts, args.prompt)
+        texts, switches = read_timeline(args.prompts, args.prompt, num_blocks=spec.num_blocks)
         return spec.replace(switches=switches), args.prompt, tuple((p, t) for p, t in texts.items() if p)
     if args.switches:
         return spec, args.prompt, tuple((pid, f"{args.prompt} (prompt {pid})") for _, pid in args.switches if pid)

@@ -14,7 +14,7 @@ sampler, the text conditioning, the decoder.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +30,8 @@ from models.dtypes import torch_dtype
 from models.prompts import EmbeddingsFile, StandInEncoder, TextEncoder, UMT5Encoder, default_text_encoder
 from models.sampler import FlowMatchSampler
 
-__all__ = ["build_sampler", "decoder_for", "encode_prompts", "load_model", "share_from_rank0", "text_source"]
+__all__ = ["build_sampler", "decoder_for", "encode_prompts", "load_model", "prompt_notes", "share_from_rank0",
+           "text_source"]
 
 # How long the other ranks wait for rank 0 to load its text encoder and encode (umT5-XXL from disk on a
 # CPU takes minutes); a failure on rank 0 stops them at once through the launcher's watchdog instead.
@@ -110,11 +111,21 @@ def text_source(source: ModelSource, config: ModelConfig, texts: list[str]) -> T
     folder = source.text_encoder
     if folder is None and source.model_dir is not None:
         found = model_folder(source.model_dir, need_text=True, need_vae=False)
-        folder = str(found.text_encoder) if found is not None and found.text_encoder is not None else None
+        folder = str(found.root) if found is not None else None
     if folder is not None:
         return UMT5Encoder(folder, device=source.text_encoder_device, max_length=config.text_len,
                            text_dim=config.text_dim)
     return default_text_encoder(config)
+
+
+def prompt_notes(source: ModelSource, texts: Iterable[str]) -> list[str]:
+    """One note per prompt that the run's text encoder reads only in part: the toy's vocabulary encoder
+    (``models.toy_text``) says which words it ignores and what it knows."""
+    if source.model != "toy" or source.text_embeddings or source.text_encoder or source.model_dir:
+        return []
+    from models.toy_text import prompt_note
+
+    return [note for note in map(prompt_note, dict.fromkeys(texts)) if note]
 
 
 def encode_prompts(encoder: TextEncoder, texts: Mapping[int, str], config: ModelConfig) -> dict[int, Tensor]:

@@ -36,18 +36,23 @@ def check_output(flag: str, path: str | os.PathLike[str], suffixes: Sequence[str
     Traceback (most recent call last):
     ...
     cascade_sched.errors.ConfigError: `--out` must end in .mp4 or .gif, got 'clip.avi'
+    >>> check_output("--out", ".", (".mp4", ".gif"))
+    Traceback (most recent call last):
+    ...
+    cascade_sched.errors.ConfigError: `--out` '.' is a folder; give a file name inside it, e.g. 'clip.mp4'
     """
     text = os.fspath(path)
     if not text.strip():
         raise ConfigError(flag, f"`{flag}` needs a path, got an empty one")
     p = Path(text)
-    if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise ConfigError(flag, f"`{flag}` must end in {' or '.join(suffixes)}, got {text!r}")
     if directory:
         if p.exists() and not p.is_dir():
             raise ConfigError(flag, f"`{flag}` {text!r} is a file; it must be a folder (or a new name)")
     elif p.is_dir():
-        raise ConfigError(flag, f"`{flag}` {text!r} is a directory; give a file name inside it")
+        example = f", e.g. {str(p / ('clip' + suffixes[0]))!r}" if suffixes else ""
+        raise ConfigError(flag, f"`{flag}` {text!r} is a folder; give a file name inside it{example}")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise ConfigError(flag, f"`{flag}` must end in {' or '.join(suffixes)}, got {text!r}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise ConfigError(flag, f"`{flag}` folder {str(parent)!r} does not exist")

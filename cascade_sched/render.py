@@ -118,7 +118,7 @@ def draw_grid(schedule: Schedule, path: str, title: str | None = None) -> None:
     n_dev, n_ticks = schedule.num_devices, schedule.num_ticks
     n_stages = schedule.num_stages
     ring = schedule.spec.ring_size > 1
-    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * n_ticks, 40), 1.2 + (0.75 if ring else 0.6) * n_dev))
+    fig, ax = plt.subplots(figsize=(min(max(8.0, 2 + 0.45 * n_ticks), 40), 1.5 + (0.75 if ring else 0.6) * n_dev))
     cmap = plt.get_cmap("tab10")
     occupancy = _occupancy(schedule)
     seen: dict[tuple[int, int], int] = {}
@@ -144,16 +144,26 @@ def draw_grid(schedule: Schedule, path: str, title: str | None = None) -> None:
     ax.set_xlim(0, n_ticks)
     ax.set_ylim(n_dev - 0.5, -0.5)
     ax.set_yticks(range(n_dev), device_labels(schedule, n_dev))
-    ax.set_xlabel("tick")
+    ax.set_xlabel("tick (one forward pass of every task in it)")
+    ax.set_ylabel("device")
     spec = schedule.spec
     where = f"{n_dev} device(s), placement={spec.placement}"
     if ring:
         where = f"{spec.rings} ring(s) x {spec.ring_size} devices, placement=layers, stride {spec.stage_stride}"
     ax.set_title(
         title
-        or f"{spec.num_blocks} blocks, S={n_stages}, lag={spec.lag if spec.lag is not None else spec.tick_span}, "
-        f"{spec.attention}, {where}"
+        or f"cascade schedule: {spec.num_blocks} blocks, S={n_stages}, lag="
+        f"{spec.lag if spec.lag is not None else spec.tick_span}, {spec.attention}, window "
+        f"{spec.window or 'unbounded'}, {where}",
+        fontsize=9,
     )
-    fig.tight_layout()
+    # The legend: what a cell's colour and shade mean, in a row below the axes (over no cell).
+    legend = [Rectangle((0, 0), 1, 1, color=cmap(b % 10), alpha=0.8, label=f"block {b}")
+              for b in range(min(spec.num_blocks, 3))]
+    legend += [Rectangle((0, 0), 1, 1, color="0.3", alpha=0.35 + 0.65 / n_stages, label="first stage (light)"),
+               Rectangle((0, 0), 1, 1, color="0.3", alpha=1.0, label="last stage (dark); cell BbSs = block b, "
+                         "stage s")]
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
     save_figure(fig, path, dpi=120)
     plt.close(fig)

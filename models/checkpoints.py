@@ -249,8 +249,28 @@ def load_dit(
 
     With no model or config, the preset whose shapes the checkpoint has is used (CheckpointError if none).
     With `part`, only that slice of the model is built and only its tensors are read (and merged).
+    A diffusers ``WanTransformer3DModel`` folder (``transformer/``, or a model folder holding one) loads
+    under this model's names, its geometry from its ``config.json`` (:mod:`models.folders`).
     """
-    opened, entry = open_state_dict(path, key)
+    from .folders import (
+        TRANSFORMER_CLASS,
+        is_transformer_folder,
+        open_folder,
+        transformer_config,
+        transformer_weights,
+    )
+
+    p = Path(path)
+    opened: Mapping[str, Tensor]
+    transformer = p if is_transformer_folder(p) else open_folder(p).transformer if p.is_dir() else None
+    if transformer is not None:
+        if key is not None:
+            raise CheckpointError(f"{str(path)!r} is a diffusers {TRANSFORMER_CLASS} folder, with one set of weights; "
+                                  "`--weights` picks an entry of a training checkpoint")
+        opened, entry = transformer_weights(transformer), f"{TRANSFORMER_CLASS} ({transformer.name}/)"
+        model_or_config = model_or_config or transformer_config(transformer)
+    else:
+        opened, entry = open_state_dict(path, key)
     state = TrackedTensors(opened)
     if model_or_config is None:
         guess = _guess(state, _map_names(state))

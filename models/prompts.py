@@ -30,6 +30,7 @@ from torch import Tensor
 from cascade_sched.errors import CascadeError, CheckpointError, ConfigError
 
 from .config import ModelConfig
+from .folders import text_encoder_folders
 from .tensorfile import read_tensor_file
 
 __all__ = [
@@ -200,21 +201,6 @@ class EmbeddingsFile:
         return None
 
 
-def _folders(path: str | Path) -> tuple[Path, Path]:
-    root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"text encoder folder {str(path)!r} does not exist")
-    enc = root / "text_encoder" if (root / "text_encoder").is_dir() else root
-    tok = root / "tokenizer" if (root / "tokenizer").is_dir() else root
-    if not (enc / "config.json").is_file():
-        raise CheckpointError(f"text encoder folder {str(enc)!r} has no config.json (expected a UMT5EncoderModel "
-                              "saved by transformers, or a Wan2.1 folder with text_encoder/)")
-    if not any((tok / f).is_file() for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json")):
-        raise CheckpointError(f"tokenizer folder {str(tok)!r} has no tokenizer.json / spiece.model "
-                              "(expected tokenizer/ beside text_encoder/)")
-    return enc, tok
-
-
 class UMT5Encoder:
     """umT5 through ``transformers``: outputs trimmed to the real tokens as Wan does, float32 on the CPU.
 
@@ -232,7 +218,7 @@ class UMT5Encoder:
                 "the umT5 text encoder needs `transformers` (pip install 'cascade-sched[vae]'); "
                 "alternatively pass precomputed embeddings with --text-embeddings FILE"
             ) from exc
-        enc_dir, tok_dir = _folders(path)
+        enc_dir, tok_dir = text_encoder_folders(path)
         self.name = f"umT5 ({path})"
         self.device, self.max_length = torch.device(device), max_length
         self._cache: dict[str, Tensor] = {}

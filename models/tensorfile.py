@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,26 @@ class SafetensorsFile(Mapping[str, Tensor]):
     def __init__(self, files: Mapping[str, Path], what: str = "checkpoint") -> None:
         self._files, self.what = dict(files), what
         self._handles: dict[Path, Any] = {}
+        self._stored: dict[str, str] = {}  # a name -> the name in the file, where they differ (`renamed`)
+
+    def renamed(self, rename: Callable[[str], str]) -> SafetensorsFile:
+        """The same tensors under ``rename(name)`` (one new name per name), read from the same files.
+
+        >>> import tempfile
+        >>> from safetensors.torch import save_file
+        >>> path = tempfile.mkdtemp() + "/w.safetensors"
+        >>> save_file({"a": torch.zeros(2)}, path)
+        >>> f = SafetensorsFile.of(path).renamed(str.upper)
+        >>> sorted(f), f.shape("A")
+        (['A'], (2,))
+        """
+        new = {rename(k): k for k in self._files}
+        if len(new) != len(self._files):
+            raise CheckpointError(f"{self.what}: two tensors get the same name")
+        out = SafetensorsFile({k: self._files[old] for k, old in new.items()}, self.what)
+        out._handles = self._handles
+        out._stored = {k: self._stored.get(old, old) for k, old in new.items() if k != self._stored.get(old, old)}
+        return out
 
     @classmethod
     def of(cls, path: str | Path, what: str = "checkpoint") -> SafetensorsFile:
@@ -184,12 +204,12 @@ class SafetensorsFile(Mapping[str, Tensor]):
 
     def shape(self, key: str) -> tuple[int, ...]:
         """The shape of `key`, from the header (no data read)."""
-        return tuple(self._handle(key).get_slice(key).get_shape())
+        return tuple(self._handle(key).get_slice(self._stored.get(key, key)).get_shape())
 
     def __getitem__(self, key: str) -> Tensor:
         if key not in self._files:
             raise KeyError(key)
-        tensor: Tensor = self._handle(key).get_tensor(key)
+        tensor: Tensor = self._handle(key).get_tensor(self._stored.get(key, key))
         return tensor
 
     def __iter__(self) -> Iterator[str]:

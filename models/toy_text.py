@@ -19,9 +19,9 @@ from torch import Tensor
 from cascade_sched.errors import ConfigError
 
 from .config import ModelConfig
-from .toy_world import VOCABULARY, parse_prompt
+from .toy_world import COLOURS, VOCABULARY, parse_prompt, prompt_words
 
-__all__ = ["ToyTextEncoder", "toy_text_embedding"]
+__all__ = ["ToyTextEncoder", "prompt_note", "toy_text_embedding", "unknown_words"]
 
 
 def toy_text_embedding(text: str, text_dim: int) -> Tensor:
@@ -32,6 +32,37 @@ def toy_text_embedding(text: str, text_dim: int) -> Tensor:
     for word in parse_prompt(text).words:
         out[0, VOCABULARY.index(word)] = 1.0
     return out
+
+
+def unknown_words(text: str) -> list[str]:
+    """The words of a prompt outside the toy's vocabulary, each once, in order.
+
+    >>> unknown_words("a purple elephant, fast")
+    ['a', 'purple', 'elephant']
+    """
+    out: list[str] = []
+    for word in prompt_words(text):
+        if word not in VOCABULARY and word not in out:
+            out.append(word)
+    return out
+
+
+def prompt_note(text: str) -> str | None:
+    """One note line for a prompt with words the toy does not know (None when it knows every word): which
+    words it ignores, what it knows, and what it will draw.
+
+    >>> print(prompt_note("purple elephant"))
+    note: the toy model knows only red, green, blue, slow, fast; it ignores 'purple', 'elephant' in 'purple elephant' and draws red green blue slow (no colour named: every ball)
+    >>> prompt_note("red fast") is None
+    True
+    """
+    unknown = unknown_words(text)
+    if not unknown:
+        return None
+    parsed = parse_prompt(text)
+    every = " (no colour named: every ball)" if not any(w in COLOURS for w in prompt_words(text)) else ""
+    return (f"note: the toy model knows only {', '.join(VOCABULARY)}; it ignores {', '.join(map(repr, unknown))} in "
+            f"{text!r} and draws {' '.join(parsed.words)}{every}")
 
 
 class ToyTextEncoder:

@@ -93,13 +93,22 @@ class Prompt:
         return [c for c, on in zip(COLOURS, self.balls, strict=True) if on] + [speed]
 
 
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt as the toy reads them: lower case, letters only.
+
+    >>> prompt_words("A red, FAST ball!")
+    ['a', 'red', 'fast', 'ball']
+    """
+    return [w for w in ("".join(ch for ch in word if ch.isalpha()) for word in text.lower().split()) if w]
+
+
 def parse_prompt(text: str) -> Prompt:
     """The prompt's balls and speed (see the module docstring); two speed words are refused.
 
     >>> parse_prompt("a red and a blue ball, fast")
     Prompt(balls=(True, False, True), speed=1.0)
     """
-    words = ["".join(ch for ch in w if ch.isalpha()) for w in text.lower().split()]
+    words = prompt_words(text)
     speeds = sorted({w for w in words if w in SPEEDS})
     if len(speeds) > 1:
         raise ConfigError("prompt", f"toy prompt {text!r} names two speeds ({', '.join(speeds)}); use one of slow, fast")

@@ -192,7 +192,7 @@ def _geometry(model: ModelGeometry | str | None, cost: CostModel) -> ModelGeomet
 
 def _result(run: Run, cluster: Cluster, cost: CostModel) -> SimResult:
     w, prices, tl, report, plan = run.workload, run.prices, run.timeline, run.report, run.opts.plan
-    frames, first_frames, weights = run.opts.frames, run.opts.first_frames, run.opts.weights
+    frames, weights = run.opts.frames, run.opts.weights
     sched = w.schedule
     B, S, K = sched.num_blocks, sched.num_stages, sched.spec.num_denoise
     bo = w.batch_of
@@ -202,7 +202,7 @@ def _result(run: Run, cluster: Cluster, cost: CostModel) -> SimResult:
     decoded = tuple(s + dur for _, s, dur in tl.decode_span)
     makespan = max(max(tl.batch_end), max(decoded))
     metrics = stream_metrics(denoised, decoded, max_in_flight=sched.max_in_flight(), window=sched.spec.window,
-                             frames=frames, first_frames=first_frames, makespan_s=makespan)
+                             frames=frames, end_s=makespan)
     stalls = switch_stalls(denoised, decoded, [at for at, _ in sched.spec.switches],
                            max_in_flight=sched.max_in_flight(), window=sched.spec.window)
     by_kind, by_link = w.byte_totals()

@@ -20,6 +20,7 @@ the same thing. Simulated time is in seconds from the run's start (all devices i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -134,16 +135,26 @@ class SimResult:
     in_flight: int = 0  # the schedule's most blocks in flight (0: ask the timeline's schedule)
     _memo: dict[tuple[int, float, float], dict[str, float]] = field(default_factory=dict, repr=False, compare=False)
 
-    # -- the stream metrics -----------------------------------------------------------------------------
+    # -- the stream metrics (cascade_sched.metrics: NaN without a steady state) ---------------------------
+    @property
+    def delivered_fps(self) -> float:
+        """Delivered FPS: video frames over the steady span of decoded blocks."""
+        return self.metrics.delivered_fps
+
+    @property
+    def denoise_fps(self) -> float:
+        """Denoise FPS (the paper's): 12 frames over the median steady denoise interval, decoding excluded."""
+        return self.metrics.denoise_fps
+
     @property
     def fps(self) -> float:
-        """Delivered FPS: video frames over the steady span of decoded blocks."""
-        return self.metrics.fps
+        """:attr:`delivered_fps` by its older name."""
+        return self.metrics.delivered_fps
 
     @property
     def paper_fps(self) -> float:
-        """The paper's FPS: 12 frames over the median steady denoise interval, decoding excluded."""
-        return self.metrics.paper_fps
+        """:attr:`denoise_fps` by its older name."""
+        return self.metrics.denoise_fps
 
     @property
     def first_frame_s(self) -> float:
@@ -151,7 +162,7 @@ class SimResult:
 
     @property
     def makespan_s(self) -> float:
-        return self.metrics.makespan_s
+        return self.metrics.end_s
 
     @property
     def interval_p50_s(self) -> float:
@@ -178,7 +189,7 @@ class SimResult:
 
     @property
     def interval_max_s(self) -> float:
-        return max(self.intervals_s, default=0.0)
+        return max(self.intervals_s, default=math.nan)
 
     @property
     def max_in_flight(self) -> int:
@@ -391,8 +402,8 @@ class SimResult:
             "overlap": self.overlap,
             "fits": self.fits,
             **m.to_dict(),
-            "interval_max_s": self.interval_max_s,
-            "jitter_s": self.jitter_s,
+            "interval_max_s": _number(self.interval_max_s),
+            "jitter_s": _number(self.jitter_s),
             "bottleneck": neck,
             "lift": lift,
             "decomposition_s": self.decomposition(),
@@ -428,22 +439,25 @@ class SimResult:
         gb = 1e9
         neck, lift = self.bottleneck()
         per = self.decomposition()
+        lo, hi = self.steady_blocks
+        over = f"steady blocks {lo}..{hi}" if self.metrics.steady else "the whole run: no steady state"
         lines = [
             f"{self.model} on {self.cluster}; {self.gpus} GPU(s) in all; decode {self.decode.describe()}; "
             f"cost {self.cost}",
-            f"  delivered FPS {self.fps:.2f}   paper-style FPS {self.paper_fps:.2f} (12 frames over the median "
-            f"interval between denoised blocks)   first frame {self.first_frame_s:.3f} s",
-            f"  block interval p50 {self.interval_p50_s * 1e3:.1f} ms  p95 {self.interval_p95_s * 1e3:.1f} ms  "
-            f"max {self.interval_max_s * 1e3:.1f} ms  (steady blocks {self.steady_blocks[0]}..{self.steady_blocks[1]},"
-            f" makespan {self.makespan_s:.3f} s)",
-            "  per block: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in per.items() if v > 0) + " ms",
+            *self.metrics.summary_lines(),
+        ]
+        if self.metrics.steady:
+            lines[-1] += f", max {self.interval_max_s * 1e3:.1f} ms"
+        lines += [
+            f"  per block ({over}): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in per.items() if v > 0) + " ms",
             f"  bottleneck: {neck} (lift it with {lift})",
         ]
         for sw in self.switch_stalls:
             lines.append(f"  switch at block {sw.at_block}: stall {sw.stall_s * 1e3:.1f} ms (interval "
                          f"{sw.interval_s * 1e3:.1f} ms ending at block {sw.worst_block} vs steady "
                          f"{sw.steady_s * 1e3:.1f} ms, x{sw.ratio:.2f})")
-        lines.append("  per GPU in steady state (busy = compute, comm = exchange and hops, bubble = waiting):")
+        lines.append(f"  per GPU over the {over.removeprefix('the ')} (busy = compute, comm = exchange and hops, "
+                     "bubble = waiting):")
         roles = self.device_roles()
         for d, (run, st, neck_d) in enumerate(zip(self.shares(), self.steady_shares(), self.device_bottlenecks(),
                                                    strict=True)):
@@ -464,3 +478,8 @@ class SimResult:
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)
+
+
+def _number(x: float) -> float | None:
+    """JSON has no NaN: a figure without a steady state is null."""
+    return x if math.isfinite(x) else None

@@ -380,7 +380,7 @@ def _splice(schedule: Schedule, run: Run, sp: Splice, cluster: Cluster, cost: Co
     makespan = max(last_end, max(decoded))
     in_flight = schedule.max_in_flight()
     metrics = stream_metrics(denoised, decoded, max_in_flight=in_flight, window=spec.window, frames=opts.frames,
-                             first_frames=opts.first_frames, makespan_s=makespan)
+                             end_s=makespan)
     full = SteadyTimeline(w, tl.batch_start, tl.batch_compute_end, tl.batch_end, tl.gang_comm, tl.past_span,
                           tl.latent_span, tl.decode_span, tl.text_span, tl.batch_raw, tl.splitter, tl.hop_span,
                           tl.latent_ready)

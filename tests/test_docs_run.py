@@ -14,14 +14,22 @@ A command is only parsed (its flags must all exist and take the values shown; a 
 in capitals stands for 1) when it cannot finish here:
 ``serve`` (a server runs until stopped), ``--interactive`` (reads a terminal), torchrun, several ranks or
 compilation (``--executor distributed|compiled``, tested in tests/executors), CUDA or TensorRT, published
-weights or model folders (``--checkpoint``, ``--model-dir``, ``--vae``, ``--text-encoder``, ``--lora``,
-``--preset``), and placeholders in capitals (``--window W``).
+weights (``--preset``, and ``--checkpoint``, ``--model-dir``, ``--vae``, ``--text-encoder``, ``--lora``
+naming a path that is not there: a folder ``cascade make-tiny-folder`` wrote earlier in the document is,
+and its commands run), and placeholders in capitals (``--window W``).
+
+Words cannot drift either: every ``--flag`` the README, the docs and the examples name is one of a
+``cascade`` subcommand's, of the project's own scripts (``python -m apps.toy``, ``benchmarks/``), or of a
+named outside tool; and every example does what its comment says (its command runs, and the frames show
+what the comment promises).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import itertools
 import json
 import re
 import shlex
@@ -71,8 +79,10 @@ SMALL: dict[str, list[str]] = {
     ],
     "quality": ["--seeds", "1", "--blocks", "2", "--no-progress"],
     "serve": [],
+    "make-tiny-folder": [],
 }
-EXTERNAL = ("--checkpoint", "--model-dir", "--vae", "--text-encoder", "--lora", "--preset", "--interactive")
+EXTERNAL = ("--preset", "--interactive")  # published weights; a terminal
+PATHS = ("--checkpoint", "--model-dir", "--vae", "--text-encoder", "--lora")  # run when the path is there
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*(\.[a-z]+)?$|^DIR$")
 
 
@@ -117,6 +127,8 @@ def _parse_only(argv: list[str]) -> bool:
         argv[0] == "torchrun"
         or argv[1] == "serve"
         or any(a in EXTERNAL for a in argv)
+        or any(a in PATHS and not Path(b).exists() for a, b in itertools.pairwise(argv))
+        or (argv[1] == "make-tiny-folder" and importlib.util.find_spec("diffusers") is None)
         or any(a in ("distributed", "compiled", "tensorrt") or a.startswith("cuda") for a in argv)
         or any(PLACEHOLDER.match(a) for a in argv)
     )
@@ -216,3 +228,76 @@ def test_schedule_format_documents_every_field_written() -> None:
         for version in re.findall(r"cascade-schedule/\d+", path.read_text(encoding="utf-8")):
             assert version == FORMAT, (path.name, version)
     assert FORMAT in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+# Flags of tools that are not the project's, as the docs use them (tool: flags).
+OUTSIDE_FLAGS = {
+    "torchrun": {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint"},
+    "huggingface-cli download": {"--include", "--local-dir"},
+    "pip install": {"--extra-index-url", "--no-deps", "--no-index", "--target"},
+    "FlashDreams' benchmark.py (--enable_torch_compile, --use_taehv)": {"--enable", "--use"},
+}
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])")
+
+
+def _project_flags() -> set[str]:
+    """Every option of every ``cascade`` subcommand, and of the project's own scripts (their
+    ``add_argument("--...")`` calls: ``python -m apps.toy`` and ``benchmarks/``)."""
+    import argparse
+
+    parser, _ = build_parser()
+    flags: set[str] = set()
+    todo: list[argparse.ArgumentParser] = [parser]
+    while todo:
+        p = todo.pop()
+        for action in p._actions:
+            flags.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    for script in (*sorted((ROOT / "benchmarks").glob("*.py")), ROOT / "apps" / "toy" / "cli.py"):
+        flags.update(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", script.read_text(encoding="utf-8")))
+    return flags
+
+
+def test_every_flag_the_docs_name_exists() -> None:
+    """A flag renamed or removed leaves no sentence behind that still names it."""
+    known = _project_flags() | set().union(*OUTSIDE_FLAGS.values())
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").iterdir())]
+    stale = sorted({(path.relative_to(ROOT).as_posix(), flag) for path in texts
+                    for flag in FLAG.findall(path.read_text(encoding="utf-8")) if flag not in known})
+    assert not stale, f"the docs name flags that exist nowhere: {stale}"
+
+
+def _timeline_examples() -> list[Path]:
+    return sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", _timeline_examples(), ids=lambda p: p.name)
+def test_every_example_does_what_its_comment_says(example: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt timeline's comment names the command that runs it; run that command, and on the toy (which
+    draws the balls its prompt names: ball k in colour channel k) check that every block shows exactly the
+    balls of the prompt it is conditioned on."""
+    import numpy as np
+
+    from apps.flags import DEFAULT_PROMPT, read_timeline
+    from models.toy_world import COLOURS, parse_prompt
+
+    comment = "\n".join(line for line in example.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
+    commands = re.findall(r"`(cascade generate [^`]*)`", comment)
+    assert commands, f"{example.name}: its comment names no `cascade generate ...` command to run it"
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    words = shlex.split(commands[0])
+    assert f"examples/{example.name}" in words and "--model" not in words  # the toy's command
+    _run(" ".join([*words, "--save-latents", "story.npz"]), tmp_path)
+    latents = np.load(tmp_path / "story.npz")["latents"]  # (frames, 3 colours, H, W) in [-1, 1]
+    blocks = words[words.index("--blocks") + 1]
+    first = words[words.index("--prompt") + 1] if "--prompt" in words else DEFAULT_PROMPT
+    texts, switches = read_timeline(str(example), first, num_blocks=int(blocks))
+    for block in range(int(blocks)):
+        prompt = texts[next((pid for at, pid in reversed(switches) if at <= block), 0)]
+        frames = latents[3 * block: 3 * block + 3]
+        shown = tuple(bool(((frames[:, c] + 1) / 2).max() > 0.5) for c in range(len(COLOURS)))
+        assert shown == parse_prompt(prompt).balls, (example.name, block, prompt, shown)

@@ -115,23 +115,24 @@ def _catalog_note(kit: Kit) -> str:
 
 # -- 1. batching ----------------------------------------------------------------------------------------------
 def step_batching(kit: Kit, rec: StepRecord) -> None:
-    """Sequential against lag 1 on one device, no decoding: measured paper FPS beside the catalog's."""
+    """Sequential against lag 1 on one device, no decoding: measured denoise FPS beside the catalog's."""
     measured: dict[str, float] = {}
     for name, lag in (("sequential", None), ("lag 1", 1)):
         spec = _spec(kit, lag)
         _warm_run(kit, spec, f"the {name} run")
         schedule, result = _run(kit, spec)
         m = _fps(schedule, result)
-        measured[name] = m.paper_fps
-        predicted = _simulate(kit, spec, "gpu").paper_fps
+        measured[name] = m.denoise_fps
+        predicted = _simulate(kit, spec, "gpu").denoise_fps
         rec.figures[name] = {"block_done_s": result.block_done_s, "wall_s": result.wall_s, "metrics": m.to_dict(),
-                             "predicted_paper_fps": predicted}
-        rec.row(f"{name} FPS ({spec.num_blocks} blocks, window {spec.window}, no decoding)", m.paper_fps, predicted,
+                             "predicted_denoise_fps": predicted}
+        rec.row(f"{name} denoise FPS ({spec.num_blocks} blocks, window {spec.window}, no decoding)", m.denoise_fps,
+                predicted,
                 "FPS", _catalog_note(kit) + ", decoding elsewhere")
-        kit.say(f"  {name}: {m.paper_fps:.2f} FPS measured, {predicted:.2f} predicted ({_catalog_note(kit)})")
+        kit.say(f"  {name}: {m.denoise_fps:.2f} denoise FPS measured, {predicted:.2f} predicted ({_catalog_note(kit)})")
     pred = [r["predicted"] for r in rec.rows]
     ratio = measured["lag 1"] / measured["sequential"]
-    rec.row("lag 1 / sequential FPS (the batching claim)", ratio, pred[1] / pred[0], "x",
+    rec.row("lag 1 / sequential denoise FPS (the batching claim)", ratio, pred[1] / pred[0], "x",
             "5 tasks in one forward against one")
     kit.say(f"  lag 1 / sequential: {ratio:.3f} measured, {pred[1] / pred[0]:.3f} predicted")
 
@@ -186,9 +187,9 @@ def step_grid(kit: Kit, rec: StepRecord) -> None:
     else:
         rec.figures["peak_memory"] = "not measured on a CPU (no CUDA allocator)"
     for name, lag in (("sequential", None), ("lag 1", 1)):
-        got = kit.figures(1).get(name, {}).get("metrics", {}).get("paper_fps")
-        pred, why = _from_profile(kit, _spec(kit, lag), "gpu", "paper_fps")
-        rec.row(f"{name} FPS, predicted from this profile", got, pred, "FPS", "measured: step 1" + why)
+        got = kit.figures(1).get(name, {}).get("metrics", {}).get("denoise_fps")
+        pred, why = _from_profile(kit, _spec(kit, lag), "gpu", "denoise_fps")
+        rec.row(f"{name} denoise FPS, predicted from this profile", got, pred, "FPS", "measured: step 1" + why)
     if not complete:
         raise Cut(f"budget: {len(points)} of {shapes} shapes, fewer than {o.repeats} repeats for some; the profile "
                   "holds what was measured")
@@ -301,16 +302,16 @@ def step_decode_overlap(kit: Kit, rec: StepRecord) -> None:
     for name, decode in (("inline", "inline"), ("second stream", "stream")):
         schedule, result, shown = _decoding_run(kit, spec, vae, decode == "stream")
         m = _fps(schedule, result, shown)
-        pred = [_simulate(kit, spec, decode).fps]
+        pred = [_simulate(kit, spec, decode).delivered_fps]
         if kit.profile is not None and kit.profile.decode_s_per_block:
-            pred.append(_from_profile(kit, spec, decode, "fps")[0])
-        rec.figures[name] = {"metrics": m.to_dict(), "shown_s": shown, "predicted_fps": pred}
-        rec.row(f"delivered FPS, sequential, decoding {name}", m.fps, pred[0], "FPS",
+            pred.append(_from_profile(kit, spec, decode, "delivered_fps")[0])
+        rec.figures[name] = {"metrics": m.to_dict(), "shown_s": shown, "predicted_delivered_fps": pred}
+        rec.row(f"delivered FPS, sequential, decoding {name}", m.delivered_fps, pred[0], "FPS",
                 _catalog_note(kit) + (f"; {worker_note}" if decode == "stream" else ""))
         if len(pred) > 1:
-            rec.row(f"delivered FPS, sequential, decoding {name} (from this run's profile)", m.fps, pred[1], "FPS",
+            rec.row(f"delivered FPS, sequential, decoding {name} (from this run's profile)", m.delivered_fps, pred[1], "FPS",
                     "the profile of steps 2 and 3")
-        kit.say(f"  decoding {name}: {m.fps:.2f} FPS delivered, {pred[0]:.2f} predicted")
+        kit.say(f"  decoding {name}: {m.delivered_fps:.2f} FPS delivered, {pred[0]:.2f} predicted")
     if not kit.cuda:
         rec.why = "; ".join(filter(None, (rec.why, "a CPU has no CUDA stream: the second-stream run decoded on the "
                                                    "worker's thread")))
@@ -364,14 +365,14 @@ def step_compiled(kit: Kit, rec: StepRecord) -> None:
     for name, executor in (("eager", None), ("compiled", ex)):
         kit.check(2.0, f"the {name} run")
         runs[name] = _run(kit, spec, executor)
-    fps = {k: _fps(*v).paper_fps for k, v in runs.items()}
+    fps = {k: _fps(*v).denoise_fps for k, v in runs.items()}
     a, b = runs["eager"][1].latents, runs["compiled"][1].latents
     diff = max(float((x.float() - y.float()).abs().max() / x.float().abs().max().clamp_min(1e-30))
                for x, y in zip(a, b, strict=True))
     mode = "Inductor, torch.compile default mode (no CUDA graphs, no max-autotune), per piece and bucket"
-    rec.row("eager FPS (sequential, no decoding)", fps["eager"], None, "FPS", "reference executor")
-    rec.row("compiled FPS", fps["compiled"], None, "FPS", mode)
-    rec.row("compiled / eager FPS", fps["compiled"] / fps["eager"], None, "x", "the speed-up")
+    rec.row("eager denoise FPS (sequential, no decoding)", fps["eager"], None, "FPS", "reference executor")
+    rec.row("compiled denoise FPS", fps["compiled"], None, "FPS", mode)
+    rec.row("compiled / eager denoise FPS", fps["compiled"] / fps["eager"], None, "x", "the speed-up")
     rec.row("largest latent difference (max abs difference / max abs, per block)", diff, None, "relative",
             f"{kit.options.dtype}; same schedule and seed")
     rec.figures.update(compile_s=compile_s, buckets=len(ex.compile_s), mode=mode,

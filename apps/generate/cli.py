@@ -61,8 +61,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
 
 def _cmd_generate(run: Invocation) -> int:
     from apps.generate.run import run_generate
+    from apps.sources import prompt_notes
 
     request, notes = resolve(run)
+    switches = request.spec.switches  # the prompts some block is conditioned on: those worth a note
+    shown = {pid for _, pid in switches} | ({0} if not switches or switches[0][0] > 0 else set())
+    texts = [text for pid, text in ((0, request.prompt), *request.prompts) if pid in shown]
+    notes = (*notes, *prompt_notes(request.source, texts))
     made = request.outputs.made_folder
     if made:  # removed again if the run is refused before it writes (the summary says where it went)
         os.makedirs(made, exist_ok=True)
@@ -79,17 +84,18 @@ def _cmd_generate(run: Invocation) -> int:
 
 
 def _print_summary(s: dict[str, Any], outputs: Outputs) -> None:
+    """The summary: every figure named as ``cascade_sched.metrics`` defines it, times from the request."""
+    from cascade_sched.metrics import StreamMetrics
+
+    metrics = StreamMetrics.from_dict(s)
     times = ", ".join(f"{t:.3f}" for t in s["block_done_s"][:12])
     more = " ..." if len(s["block_done_s"]) > 12 else ""
     lines = [
-        f"{s['executor']} executor, model {s['model']}, {s['blocks']} blocks on {s['devices']} device(s)",
-        f"  FPS {s['fps']:.2f} (video frames shown per second, steady state, decoding included)",
-        f"  paper FPS {s['paper_fps']:.2f} ({s['video_frames_per_block']} frames over the median interval between "
-        "blocks denoised)",
-        f"  first frame {s['first_frame_s']:.3f} s, wall {s['wall_s']:.3f} s, in model forwards "
-        f"{s['forward_s']:.3f} s, interval p50/p95/p99 {s['interval_p50_s']:.3f}/{s['interval_p95_s']:.3f}/"
-        f"{s['interval_p99_s']:.3f} s",
-        f"  blocks ready at (s): {times}{more}",
+        f"{s['executor']} executor, model {s['model']}, {s['blocks']} blocks on {s['devices']} device(s), "
+        f"{s['video_frames']} video frames",
+        *metrics.summary_lines(),
+        f"  time in model forwards {s['forward_s']:.3f} s; first prompt encoded in {s['prompt_encode_s']:.3f} s",
+        f"  blocks denoised at (s from the request): {times}{more}",
     ]
     lines += [f"  prompt switch at block {at}: {text!r}" for at, text in s.get("switches", [])]
     lines += [f"  {what}: {line}" for what, line in s.get("sources", {}).items()]

@@ -154,19 +154,26 @@ class _Pipeline:
 
 
 def _conditioning(request: RunRequest, texts: dict[int, str], config: Any, rank: int, world: int,
-                  ) -> tuple[dict[int, torch.Tensor], TextEncoder | None, str]:
+                  ) -> tuple[dict[int, torch.Tensor], TextEncoder | None, str, float]:
     """Rank 0 encodes every prompt of the timeline (each text once), frees the encoder unless prompts may
     still arrive, and shares the embeddings with the other ranks. Returns (embeddings by prompt id, the
-    encoder kept for streaming or None, its name)."""
+    encoder kept for streaming or None, its name, the seconds rank 0 took to encode the first prompt: the
+    part of the first-frame latency before the tick loop starts)."""
+    import time
+
     from apps.sources import encode_prompts, share_from_rank0, text_source
     from models.prompts import save_embeddings
 
     encoder: TextEncoder | None = None
     payload: tuple[dict[int, torch.Tensor], str] | None = None
+    first_s = 0.0
     if rank == 0:
         encoder = text_source(request.source, config, list(texts.values()))
         name = encoder.name
-        embeddings = encode_prompts(encoder, texts, config)
+        t = time.perf_counter()
+        embeddings = encode_prompts(encoder, {0: texts[0]}, config)
+        first_s = time.perf_counter() - t
+        embeddings.update(encode_prompts(encoder, {p: x for p, x in texts.items() if p}, config))
         if request.outputs.save_text_embeddings:
             save_embeddings(request.outputs.save_text_embeddings, {texts[p]: e for p, e in embeddings.items()})
         if request.streaming is None:
@@ -174,7 +181,7 @@ def _conditioning(request: RunRequest, texts: dict[int, str], config: Any, rank:
             encoder = None
         payload = (embeddings, name)
     embeddings, name = share_from_rank0(payload, rank, world)
-    return embeddings, encoder, name
+    return embeddings, encoder, name, first_s
 
 
 def _executor(request: RunRequest, schedule: Schedule, model: CausalWanDiT, rank: int) -> Executor:
@@ -220,9 +227,9 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1, notes: tuple[str
     config = request.source.config()
     if config is None:  # the geometry comes from the checkpoint's shapes: load first, then encode
         model, weights = load_model(request.source)
-        embeddings, encoder, text_name = _conditioning(request, texts, model.config, rank, world)
+        embeddings, encoder, text_name, prompt_s = _conditioning(request, texts, model.config, rank, world)
     else:  # encode first, so the text encoder's memory is free before the DiT loads (this rank's layers only)
-        embeddings, encoder, text_name = _conditioning(request, texts, config, rank, world)
+        embeddings, encoder, text_name, prompt_s = _conditioning(request, texts, config, rank, world)
         part = rank_slice(schedule.spec, config, rank) if distributed else None
         model, weights = load_model(request.source, part)
     streaming = request.streaming
@@ -270,7 +277,7 @@ def run_job(request: RunRequest, rank: int = 0, world: int = 1, notes: tuple[str
                 events = [e for evs in gathered for e in evs]
         if pipeline is None:
             return None
-        summary = _summary(request, result, pipeline, offset)
+        summary = _summary(request, result, pipeline, offset, prompt_s)
         summary["model"] = model.config.name
         all_texts = {0: request.prompt, **options.prompts}
         switches = schedule.spec.switches if stream is None else stream.switches
@@ -303,7 +310,7 @@ class _Stream:
         from apps.streams import Timeline
 
         self.settings = request.streaming or Streaming()
-        self.prompt, self.options, self.pipeline = request.prompt, options, pipeline
+        self.prompt, self.options, self.pipeline, self.source = request.prompt, options, pipeline, request.source
         self.console = Console(sys.stdin, sys.stderr)
         self.feed = PromptFeed(sys.stdin, self.console)
         self.pace = Pace(VIDEO_FPS) if self.settings.realtime else None
@@ -312,6 +319,16 @@ class _Stream:
         self.ended = False
         self.min_blocks = request.spec.num_blocks
         self._shown = -1
+
+    def unknown(self, prompt: str) -> str:
+        """``" (the toy ignores 'purple')"`` for a typed prompt with words the toy does not know."""
+        from apps.sources import prompt_notes
+
+        if not prompt_notes(self.source, [prompt]):
+            return ""
+        from models.toy_text import unknown_words
+
+        return f" (the toy ignores {', '.join(map(repr, unknown_words(prompt)))})"
 
     def hook(self, tick: int, view: StreamView) -> Declaration | None:
         from apps.generate.writers import VIDEO_FPS
@@ -337,8 +354,10 @@ class _Stream:
             pace = "" if behind is None else (f", {behind:.1f} s behind real time" if behind > 0 else
                                               f", {-behind:.1f} s ahead of real time")
             prompt = self.options.prompts.get(self.timeline.latest, self.prompt)
+            unknown = self.unknown(prompt)
             self.console.status(f"block {self.pipeline.finished}: {frames / VIDEO_FPS:.1f} s of video{pace}; "
-                                f"prompt {prompt!r}; type a prompt and Enter to switch, Ctrl-D to end", behind)
+                                f"prompt {prompt!r}{unknown}; type a prompt and Enter to switch, Ctrl-D to end",
+                                behind)
         return declaration
 
 
@@ -369,8 +388,11 @@ def abort_hook(drain: bool = False) -> str | None:
     return pipeline.kept()
 
 
-def _summary(request: RunRequest, result: RunResult, pipeline: _Pipeline, offset: float) -> dict[str, Any]:
-    """The run's figures. A stream's cover the blocks of its bounded history (its first frame is block 0's)."""
+def _summary(request: RunRequest, result: RunResult, pipeline: _Pipeline, offset: float,
+             prompt_s: float) -> dict[str, Any]:
+    """The run's figures (``cascade_sched.metrics``), every time in seconds from the request: the tick loop
+    starts ``prompt_s`` after it (the first prompt's encoding; loading the weights came before). A stream's
+    cover the blocks of its bounded history (its first frame is block 0's)."""
     spec = request.spec
     F = spec.frames_per_block
     # Wan's VAE makes 4 video frames of a latent frame (the first block: 1 + 4 (F - 1)); the toy's latent
@@ -378,25 +400,27 @@ def _summary(request: RunRequest, result: RunResult, pipeline: _Pipeline, offset
     from models.decode import PixelDecoder
 
     frames, first = (F, F) if isinstance(pipeline.decoder, PixelDecoder) else (video_frames(1, F), video_frames(0, F))
-    done, lo = result.block_done_s, result.blocks - len(result.block_done_s)
-    shown = pipeline.shown_s(offset, range(lo, result.blocks))
+    lo = result.blocks - len(result.block_done_s)
+    done = [prompt_s + t for t in result.block_done_s]
+    shown = [prompt_s + t for t in pipeline.shown_s(offset, range(lo, result.blocks))]
     in_flight = build_schedule(spec.replace(num_blocks=min(result.blocks, 2 * spec.tick_span) or 1, switches=(),
                                             lag=spec.lags[-1] if spec.lags else None)).max_in_flight()
     metrics = stream_metrics(done, shown if len(shown) == len(done) else None, max_in_flight=in_flight,
-                             window=spec.window, frames=frames if lo else first, first_frames=first,
-                             makespan_s=result.wall_s)
+                             window=spec.window, frames=frames, end_s=prompt_s + result.wall_s)
     if lo:  # the window starts mid-stream: the first frame is block 0's, kept apart
-        metrics = dataclasses.replace(metrics, first_frame_s=pipeline.first_shown_s(offset))
+        metrics = dataclasses.replace(metrics, first_frame_s=prompt_s + pipeline.first_shown_s(offset))
     return {
         "executor": request.executor,
         "blocks": result.blocks,
         "devices": spec.num_devices,
         "video_frames_per_block": frames,
+        "video_frames": first + frames * (result.blocks - 1),
         **metrics.to_dict(),
+        "prompt_encode_s": prompt_s,
         "block_done_s": done,
         "shown_s": shown,
         "forward_s": result.forward_s,
-        "wall_s": result.wall_s,
+        "wall_s": metrics.end_s,
         "peak_kv_bytes": result.peak_kv_bytes,
     }
 

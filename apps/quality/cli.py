@@ -22,6 +22,7 @@ from cascade_sched.cliargs import (
     name_list,
 )
 from cascade_sched.errors import ConfigError, check_float, check_range
+from models.weights import TOY_WINDOW
 
 MAX_SEEDS = 10_000  # videos per setting; the run's length is checked against the work bound too
 TOY_BLOCK_S = 0.05  # one toy block through every stage on one core (measured, generous)
@@ -127,7 +128,9 @@ def _cmd_quality(run: Invocation) -> int:
                            ("lag 1 stage", (1, "stage", 0))):
             if key in videos:
                 picks[label] = videos[key]
-        q.save_strip(picks, args.frames)
+        q.save_strip(picks, args.frames, title=f"cascade quality: seed 0, {args.blocks} blocks of "
+                     f"'{q.PROMPTS[0]}' on the toy model ({next(iter(models))} weights, window {TOY_WINDOW}): the "
+                     "world's own clip on top, then the video each schedule makes")
     if args.switch_frames and switch_videos:
         old, new = q.SWITCHES[0]
         at = min(q.SWITCH_AT, args.blocks - 1)
@@ -135,7 +138,10 @@ def _cmd_quality(run: Invocation) -> int:
         for (lag, att, pol, s), v in switch_videos.items():
             if s == 0 and lag in (1, stages) and att == "causal":
                 picks[f"lag {lag} causal, {pol}"] = v
-        q.save_strip(picks, args.switch_frames)
+        q.save_strip(picks, args.switch_frames, switch_at=at, title=f"cascade quality: seed 0, {args.blocks} "
+                     f"blocks on the toy model ({next(iter(models))} weights, window {TOY_WINDOW}), the prompt "
+                     f"switching from '{old}' to '{new}' at block {at}: the world's clip on top, then each "
+                     "schedule and switch policy (none: the cascade's; recache: the baseline's)")
     if args.json:
         print(json.dumps({"rows": q.rows_json(rows), "switches": q.rows_json(switches)}, indent=1))
     else:

@@ -41,6 +41,7 @@ baseline: the committed context is re-encoded under the new prompt, one extra pa
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -422,8 +423,11 @@ def rows_json(rows: Sequence[Row | SwitchRow]) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows]
 
 
-def save_strip(videos: dict[str, Tensor], path: str | Path, scale: int = 4) -> None:
-    """A picture: one row per labelled video (3, T, H, W), its frames side by side, block boundaries marked."""
+def save_strip(videos: dict[str, Tensor], path: str | Path, scale: int = 4, *, title: str = "",
+               switch_at: int | None = None, frames_per_block: int = 3) -> None:
+    """A picture: one row per labelled video (3, T, H, W), its frames side by side left to right, a wider gap
+    between blocks and each block labelled under the last row (``B0``, ``B1``, ...); ``switch_at`` marks the
+    block a prompt switch applies from with an orange line through every row. ``title`` says what was run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,22 +437,38 @@ def save_strip(videos: dict[str, Tensor], path: str | Path, scale: int = 4) -> N
 
     names = list(videos)
     t = next(iter(videos.values())).shape[1]
-    fig, axes = plt.subplots(len(names), 1, figsize=(t * 0.55, 0.75 * len(names) + 0.3), dpi=110, squeeze=False)
-    for ax, name in zip(axes[:, 0], names, strict=True):
+    fig, axes = plt.subplots(len(names), 1, figsize=(max(8.0, t * 0.55), 0.8 * len(names) + 1.3), dpi=110,
+                             squeeze=False)
+    gap = 2
+    starts: list[float] = []  # x of each block's first frame
+    for row, (ax, name) in enumerate(zip(axes[:, 0], names, strict=True)):
         frames = PixelDecoder(spatial=scale).decode_block(videos[name])  # (T, sH, sW, 3)
-        gap = 2
         h, w = frames.shape[1], frames.shape[2]
-        canvas = torch.full((h, t * (w + gap) + gap * (t // 3), 3), 255, dtype=torch.uint8)
+        canvas = torch.full((h, t * (w + gap) + gap * (t // frames_per_block), 3), 255, dtype=torch.uint8)
         x = 0
         for i in range(t):
-            if i and i % 3 == 0:
+            if i and i % frames_per_block == 0:
                 x += gap  # a wider gap at block boundaries
+            if row == 0 and i % frames_per_block == 0:
+                starts.append(x)
             canvas[:, x:x + w] = torch.from_numpy(frames[i])
             x += w + gap
         ax.imshow(canvas.numpy(), interpolation="nearest")
         ax.set_yticks([])
         ax.set_xticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+        if switch_at is not None and 0 < switch_at < len(starts):
+            ax.axvline(starts[switch_at] - gap - 0.5, color="#ff7f0e", linewidth=2.2)
+    width = frames_per_block * (w + gap)
+    bottom = axes[-1, 0]
+    bottom.set_xticks([s + width / 2 - gap for s in starts], [f"B{b}" for b in range(len(starts))], fontsize=7)
+    bottom.set_xlabel(f"block ({frames_per_block} frames each, left to right)", fontsize=8)
+    if switch_at is not None and 0 < switch_at < len(starts):
+        axes[0, 0].annotate(f"prompt switch: from block {switch_at}", (starts[switch_at] - gap, 0),
+                            xytext=(0, 4), textcoords="offset points", color="#ff7f0e", fontsize=8, ha="left",
+                            va="bottom", annotation_clip=False)
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, 150)), fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path)

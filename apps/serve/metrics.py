@@ -1,7 +1,8 @@
 """``/metrics`` of ``cascade serve``: Prometheus text format through ``prometheus_client``.
 
 Every app has its own registry (two servers in one process, as in the tests, never mix figures). Times
-are seconds; "frame" is one video frame sent as one JPEG message.
+are seconds; "frame" is one video frame sent as one JPEG message. The names follow
+``cascade_sched.metrics`` (delivered FPS, first frame from the request).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class ServeMetrics:
                                    "the last 3 s, mean over the connected clients.", registry=r)
         self.frame_interval = Histogram("cascade_serve_frame_interval_seconds", "Time between consecutive frames "
                                         "sent to one client.", buckets=INTERVAL_BUCKETS, registry=r)
-        self.first_frame = Histogram("cascade_serve_first_frame_seconds", "From a stream's start (its first "
-                                     "client) to its first frame shown.", buckets=LATENCY_BUCKETS, registry=r)
+        self.first_frame = Histogram("cascade_serve_first_frame_seconds", "First-frame latency: from the request "
+                                     "(a stream's start: its first client) to its first frame shown.",
+                                     buckets=LATENCY_BUCKETS, registry=r)
         self.switch_blocks = Histogram("cascade_serve_switch_latency_blocks", "Blocks from the one shown when a "
                                        "prompt arrived to the first block under it.", buckets=BLOCK_BUCKETS,
                                        registry=r)

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant}: {st.wall_s:.0f} s; final loss (mean of last {len(tail)}) {sum(tail) / len(tail):.4f}; "
               f"wrote {path}")
     if not args.no_plot:
-        plot_losses(stages, args.plot)
+        plot_losses(stages, args.plot, f"{args.batch} clips x {args.blocks} blocks per step, lr {args.lr:g}, "
+                    f"seed {args.seed}")
     print(f"total {sum(st.wall_s for st in stages):.0f} s on {torch.get_num_threads()} thread(s)")
     return 0
 

@@ -110,14 +110,15 @@ def train_variant(variant: str, steps: int, batch: int = 16, blocks: int = 3, lr
     return fit(model, loss, steps, lr, 0.998, stage, progress), stage
 
 
-def plot_losses(stages: list[Stage], path: str | Path) -> None:
-    """Every trained variant's x0 MSE per step and its 50-step running mean, log scale, one panel."""
+def plot_losses(stages: list[Stage], path: str | Path, settings: str = "") -> None:
+    """Every trained variant's x0 MSE per step and its 50-step running mean, log scale, one panel; the title
+    says what was trained (``settings``: batch, blocks, learning rate, seed), the legend sits below the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 3.9), dpi=120)
     for st in stages:
         losses = st.losses
         line = ax.plot(losses, lw=0.4, alpha=0.3)[0]
@@ -127,11 +128,14 @@ def plot_losses(stages: list[Stage], path: str | Path) -> None:
             ax.plot(range(k - 1, len(losses)), run, lw=1.5, color=line.get_color(),
                     label=f"{st.name}: {len(losses)} steps, {st.wall_s / 60:.1f} min")
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("x0 MSE vs the exact target")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("x0 MSE vs the exact target\n(pixels in [-1, 1], log scale)", fontsize=8)
     if ax.get_legend_handles_labels()[0]:  # a run shorter than the running mean has no labelled line
-        ax.legend(fontsize=8)
-    ax.set_title(f"toy model training ({torch.get_num_threads()} CPU thread(s) per run)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False,
+                  title="50-step running mean (faint: every step)", title_fontsize=7)
+    variants = ", ".join(st.name for st in stages)
+    ax.set_title(f"python -m apps.toy: {variants}{'; ' + settings if settings else ''}; "
+                 f"{torch.get_num_threads()} CPU thread(s) per run", fontsize=8, wrap=True)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -180,12 +180,13 @@ def test_matrix_specs_cover_every_lag() -> None:
 
 
 def test_run_matrix_world_one(tiny_profile: Profile) -> None:
-    opts = MatrixOptions(model="tiny", blocks=5, window=2, lags=(1, 5), attentions=("causal",), worlds=(1,),
+    # 10 blocks: at lag 1, 5 blocks in flight fill and drain the pipeline and leave a steady state
+    opts = MatrixOptions(model="tiny", blocks=10, window=2, lags=(1, 5), attentions=("causal",), worlds=(1,),
                          quiet_s=0.0)
     rows = run_matrix(opts, tiny_profile)
     assert [r.name for r in rows] == ["w1-lag1-causal", "w1-lag5-causal"]
     for r in rows:
-        assert len(r.measured["block_s"]) == len(r.predicted["block_s"]) == 5
+        assert len(r.measured["block_s"]) == len(r.predicted["block_s"]) == 10
         assert set(r.error_pct) == set(METRICS)
         assert not r.held_out
         assert all(v is not None for v in r.error_pct.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,13 +33,15 @@ def frames_of(blocks: int) -> int:
 def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | None, frames: Any, pixels: int,
                                                  latent: tuple[int, ...]) -> None:
     out, lat, trace = tmp_path / "v.mp4", tmp_path / "l.npz", tmp_path / "t.json"
+    blocks = 8  # a steady state: the window (3 for the toy, 7 for tiny) fills, and one interval more
     r = run("generate", *(["--model", model] if model else []), "--out", str(out), "--save-latents", str(lat),
-            "--trace", str(trace), "--no-progress", "--blocks", "6")
+            "--trace", str(trace), "--no-progress", "--blocks", str(blocks))
     assert r.returncode == 0, r.stderr
-    assert "paper FPS" in r.stdout and "first frame" in r.stdout
+    assert "delivered FPS" in r.stdout and "denoise FPS" in r.stdout and "first frame" in r.stdout
     assert f"model {model or 'toy'}" in r.stdout
-    assert ("(3 frames over" if model is None else "(12 frames over") in r.stdout  # pixels vs Wan VAE x4
-    blocks = 6
+    assert f"{frames(blocks)} video frames" in r.stdout  # pixels vs Wan VAE x4
+    first, end = summary_times(r.stdout)
+    assert 0 < first <= end
     assert iio.imread(out).shape == (frames(blocks), pixels, pixels, 3)
     latents = np.load(lat)["latents"]
     assert latents.shape == (blocks * 3, *latent) and latents.dtype == np.float32
@@ -47,6 +50,25 @@ def test_generate_writes_video_latents_and_trace(tmp_path: Path, model: str | No
     events = json.loads(trace.read_text())["traceEvents"]
     names = {e["name"] for e in events if e["ph"] == "X"}
     assert {"B0S0", "B5S4"} <= names
+
+
+def summary_times(stdout: str) -> tuple[float, float]:
+    """The first-frame latency and the end, as the summary prints them."""
+    m = re.search(r"first frame ([0-9.]+) s from the request .*; end ([0-9.]+) s", stdout)
+    assert m, stdout
+    return float(m[1]), float(m[2])
+
+
+@pytest.mark.parametrize(("args", "needs"), [(["--blocks", "1"], 4), (["--blocks", "6", "--lag", "1"], 10)])
+def test_a_run_too_short_for_a_steady_state_prints_no_fps(tmp_path: Path, args: list[str], needs: int) -> None:
+    """One block, or lag 1 (5 blocks in flight) over 6 blocks: no steady state, so no FPS figure at all; the
+    summary says how many blocks would give one, and its first frame comes before its end."""
+    r = run("generate", *args, "--no-progress", "--out", str(tmp_path / "v.mp4"))
+    assert r.returncode == 0, r.stderr
+    assert "FPS: none, no steady state" in r.stdout and f"give --blocks {needs} or more" in r.stdout
+    assert not re.search(r"FPS [0-9]", r.stdout)
+    first, end = summary_times(r.stdout)
+    assert 0 < first <= end
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
-"""One folder, one command, with the real libraries: umT5 (transformers), AutoencoderKLWan (diffusers), a
-Wan DiT in Self-Forcing's checkpoint layout with a PEFT LoRA, all tiny and random, saved as a model folder
-and run through ``cascade generate --model-dir`` on the reference and distributed executors."""
+"""One folder, one command, with the real libraries: the folder ``cascade make-tiny-folder`` writes (umT5
+through transformers, AutoencoderKLWan and WanTransformer3DModel through diffusers), a Wan DiT in
+Self-Forcing's checkpoint layout with a PEFT LoRA, all tiny and random, run through ``cascade generate
+--model-dir`` on the reference and distributed executors."""
 
 from __future__ import annotations
 
@@ -14,34 +15,14 @@ import pytest
 import torch
 
 from apps.cli import main
+from apps.tiny_folder import write_tiny_folder
+from tests.extras import need
 
-transformers = pytest.importorskip("transformers")
-diffusers = pytest.importorskip("diffusers")
-peft = pytest.importorskip("peft")
+transformers = need("transformers")
+diffusers = need("diffusers")
+peft = need("peft")
 
-WORDS = ["a", "red", "ball", "bouncing", "blue", "cube", "rolling", "fox", "in", "the", "snow", "green"]
-PROMPT, OTHER = "a red fox in the snow", "a blue cube rolling"
-
-
-def build_model_folder(root: Path) -> None:
-    """A diffusers-style Wan2.1 folder (tokenizer/, text_encoder/, vae/) sized for the tiny DiT."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
-    fast.save_pretrained(str(root / "tokenizer"))
-    config = transformers.UMT5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                     relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                                     pad_token_id=0, eos_token_id=1)
-    torch.manual_seed(0)
-    transformers.UMT5EncoderModel(config).save_pretrained(str(root / "text_encoder"))
-    torch.manual_seed(0)
-    diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                               temperal_downsample=[False, True, True]).save_pretrained(str(root / "vae"))
+PROMPT, OTHER = "a red fox in the snow", "a blue cube rolling"  # words of the tiny folder's tokenizer
 
 
 def build_dit(root: Path) -> None:
@@ -62,7 +43,7 @@ def build_dit(root: Path) -> None:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wan")
-    build_model_folder(root / "Wan2.1-tiny")
+    write_tiny_folder(root / "Wan2.1-tiny")
     build_dit(root)
     return root
 

@@ -21,6 +21,7 @@ from apps.calibrate.gpu_report import FORMAT, format_gpu_table, load_report, wri
 from apps.cli import main
 from cascade_sched.errors import ConfigError
 from simulator.profile import Profile
+from tests.extras import need
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "benchmarks" / "gpu_check.sh"
@@ -49,7 +50,7 @@ def test_gpu_check_rehearses_every_step_from_a_local_wheel_folder(tmp_path: Path
     """The rehearsal as CI runs it: the shell script, the project on PYTHONPATH (not its installed copy), the
     wheels of a local folder (benchmarks/gpu_wheels.sh's where it ran, else a probe wheel) installed with
     --no-index, all six steps, the report after every step and the table of `cascade validate --gpu-report`."""
-    pytest.importorskip("diffusers")
+    need("diffusers")
     fetched = sorted((ROOT / "gpu-wheels").glob("*.whl"))
     wheels = ROOT / "gpu-wheels" if fetched else tmp_path / "wheels"
     if fetched:
@@ -88,7 +89,7 @@ def test_gpu_check_rehearses_every_step_from_a_local_wheel_folder(tmp_path: Path
     assert len(profile.forward) == 55 and profile.decode_s_per_block > 0
     assert profile.provenance["decoder"].startswith("wan-vae")
     table = (out / "gpu-table.md").read_text(encoding="utf-8")
-    assert table.startswith("rehearsal on a CPU") and "| 1. batching | sequential FPS" in table
+    assert table.startswith("rehearsal on a CPU") and "| 1. batching | sequential denoise FPS" in table
     assert table.count("\n| ") >= sum(len(s["rows"]) for s in steps.values())
 
 
@@ -113,7 +114,7 @@ def test_a_step_that_runs_out_of_budget_is_cut_and_keeps_what_it_measured(tmp_pa
 
 @pytest.mark.slow
 def test_a_failing_step_is_recorded_and_the_next_step_runs(tmp_path: Path) -> None:
-    pytest.importorskip("diffusers")
+    need("diffusers")
     doc = run_kit(rehearsal_options(str(tmp_path), steps=(3, 6), vae_config={"no_such_argument": 1}))
     first, second = doc["steps"]
     assert (first["id"], first["status"]) == (3, "failed") and first["why"].startswith("TypeError")

@@ -10,8 +10,10 @@ import time
 import httpx
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("websockets")
+from tests.extras import reason
+
+pytest.importorskip("starlette", reason=reason("starlette"))
+pytest.importorskip("websockets", reason=reason("websockets"))
 
 from serve_support import FPS, StreamClient, config, offline_frames, running_server, scrape, tiny_job
 

@@ -11,8 +11,9 @@ import torch
 from cascade_sched.errors import CheckpointError, ConfigError
 from models.decode import WanVAEDecoder, open_decoder
 from models.taehv import TAEHVDecoder
+from tests.extras import need
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = need("diffusers")
 
 
 def tiny_vae() -> object:

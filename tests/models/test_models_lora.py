@@ -14,8 +14,9 @@ from models import CausalWanDiT, TaskInput, get_config
 from models.checkpoints import load_dit
 from models.lora import load_lora, merge_lora
 from models.prompts import text_embedding
+from tests.extras import need
 
-peft = pytest.importorskip("peft")
+peft = need("peft")
 
 CFG = get_config("tiny")
 

@@ -11,6 +11,7 @@ from apps.cli import main
 from simulator.catalog import TAEHV, WAN_VAE
 from simulator.public import FIGURES, FITTED, NO_CHECK
 from simulator.reproduce import format_public, public_rows
+from tests.extras import need
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "validation.md"
 BEGIN, END = "<!-- public-table: begin (cascade validate --public --markdown) -->", "<!-- public-table: end -->"
@@ -61,7 +62,7 @@ def test_taehv_count_matches_its_layer_list() -> None:
 @pytest.mark.slow
 def test_wan_vae_count_matches_the_catalog() -> None:
     """Recount the Wan VAE on the meta device with diffusers' AutoencoderKLWan (no weights, no arithmetic)."""
-    pytest.importorskip("diffusers")
+    need("diffusers")
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
