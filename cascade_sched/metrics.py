@@ -296,7 +296,9 @@ def switch_stalls(
       delays the blocks p - W + 1 .. p - 1 still being denoised at that tick (with W = 1, the
       sequential baseline, the touched set is exactly {p});
     - *steady_s*: the median of the steady-state intervals (:func:`steady_range`) that no switch
-      touches; when every steady interval is touched, the median of all steady-state intervals;
+      touches; when every steady interval is touched, the median of all steady-state intervals; a run too
+      short for a steady state uses its intervals 1 .. B-1 in their place (the pipeline's filling and
+      draining included: a rougher baseline, but the stall a short run shows is still measured);
     - *interval_s*: the largest touched interval (*worst_block* the first block that has it);
     - *stall_s* = interval_s - steady_s (it can be slightly negative in a measurement when nothing
       stalls and the touched intervals happen to be fast); *ratio* = interval_s / steady_s.
@@ -312,7 +314,7 @@ def switch_stalls(
         raise ValueError(f"need one time per block in both lists, got {len(denoised)} and {n}")
     touched = {p: switch_touched(p, n, max_in_flight) for p in switches_at_blocks if 1 <= p < n}
     hit = {b for r in touched.values() for b in r}
-    steady = steady_range(n, max_in_flight, window)
+    steady = steady_range(n, max_in_flight, window) or range(1, n)  # too short for a steady state: every interval
     gaps = [shown[b] - shown[b - 1] for b in steady if b not in hit]
     if not gaps:
         gaps = [shown[b] - shown[b - 1] for b in steady]

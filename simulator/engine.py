@@ -74,10 +74,10 @@ def simulate(
 
     >>> from cascade_sched import CascadeSpec, build_schedule
     >>> from simulator.cost import UniformCost
-    >>> s = build_schedule(CascadeSpec(num_blocks=6, lag=1, num_devices=5))
+    >>> s = build_schedule(CascadeSpec(num_blocks=12, lag=1, num_devices=5))
     >>> r = simulate(s, Cluster.of("h100-sxm", 5, interconnect="ideal"), UniformCost(0.1), "tiny")
-    >>> round(r.makespan_s, 6), round(r.paper_fps, 6)  # (start(B-1) + S) x t; 12 frames per tick
-    (1.0, 120.0)
+    >>> round(r.makespan_s, 6), round(r.denoise_fps, 6)  # (start(B-1) + S) x t; 12 frames per tick
+    (1.6, 120.0)
     """
     unknown = set(legacy) - {"video_frames"}
     if unknown:

@@ -58,6 +58,7 @@ CHEAP: dict[str, list[str]] = {
     "validate": ["--model", "tiny", "--blocks", "3", "--quiet-wait", "0"],
     "quality": ["--seeds", "1", "--blocks", "2", "--lag", "1", "--attention", "causal", "--no-progress"],
     "serve": [],
+    "make-tiny-folder": ["tiny"],
 }
 SKIP = {"help", "fail_at", "interactive"}  # --interactive reads the terminal: tests/executors covers it
 
@@ -103,10 +104,10 @@ def long_work_stops() -> Any:
     mp = pytest.MonkeyPatch()
     real_run = generate.run_generate
 
-    def run_generate(job: Any) -> Any:
+    def run_generate(job: Any, notes: tuple[str, ...] = ()) -> Any:
         if job.executor != "reference" or job.source.checkpoint or job.source.model not in ("toy", "tiny"):
             raise ReachedWork
-        return real_run(job)
+        return real_run(job, notes)
 
     mp.setattr(generate, "run_generate", run_generate)
     for target in (
@@ -114,6 +115,7 @@ def long_work_stops() -> Any:
         "apps.calibrate.gpu_kit.run_kit",
         "apps.calibrate.matrix.run_matrix",
         "apps.serve.app.serve",
+        "apps.tiny_folder.write_tiny_folder",
         "apps.serve.group.LocalGroup",
         "executors.launch.run_rank",
     ):

@@ -24,10 +24,14 @@ from apps.calibrate.dryrun import (
     meta_model,
 )
 from cascade_sched.errors import ExecutorError
+from cascade_sched.placement import default_decode_device
 
 pytestmark = pytest.mark.slow
 IDS = [f"{m}-{'seq' if s.lag is None else f'lag{s.lag}'}-{s.num_devices}dev{'-ring' if s.placement == 'layers' else ''}"
        for m, s in CASES]
+# Every case but 14B's five ranks (45 s here): its sequential case covers 14B's shapes and memory on one rank,
+# and `python -m apps.calibrate.dryrun` runs all of them for docs/validation.md.
+SUITE = [i for i, (m, s) in enumerate(CASES) if not (m == "wan2.1-14b" and s.num_devices > 1)]
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +46,21 @@ def _run(runs: dict[str, DryRun], case: int) -> DryRun:
     return runs[key]
 
 
-@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+@pytest.mark.parametrize("case", SUITE, ids=[IDS[i] for i in SUITE])
 def test_every_rank_runs_every_tick_at_full_size(runs: dict[str, DryRun], case: int) -> None:
     run = _run(runs, case)
     schedule = run.schedule
     assert len(run.ranks) == schedule.num_devices
     for r in run.ranks:
-        mine = [t for t, gang in enumerate(schedule.gangs) if any(task.device == r.rank for task in gang)]
+        mine = sorted({task.tick + i for gang in schedule.gangs for task in gang  # a ring's segment i at tick + i
+                       for i, (device, _, _) in enumerate(schedule.segments(task)) if device == r.rank})
         assert [f.tick for f in r.forwards] == mine
         assert all(f.kv > 0 and f.activations > 0 for f in r.forwards)
-    assert run.ranks[0].latents == schedule.num_blocks  # every clean latent reached the decode rank
+    decode = default_decode_device(schedule.spec)  # device 0, or a ring's last device
+    assert run.ranks[decode].latents == schedule.num_blocks  # every clean latent reached the decode device
 
 
-@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+@pytest.mark.parametrize("case", SUITE, ids=[IDS[i] for i in SUITE])
 def test_weights_and_kv_agree_with_the_memory_model(runs: dict[str, DryRun], case: int) -> None:
     run = _run(runs, case)
     rows = compare(run)
@@ -64,7 +70,7 @@ def test_weights_and_kv_agree_with_the_memory_model(runs: dict[str, DryRun], cas
             assert abs(c.error(part)) <= TOLERANCE, (c.rank, part, c.engine[part], c.simulator[part])
 
 
-@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+@pytest.mark.parametrize("case", SUITE, ids=[IDS[i] for i in SUITE])
 def test_activations_agree_with_the_memory_model(runs: dict[str, DryRun], case: int) -> None:
     for c in compare(_run(runs, case)):
         assert abs(c.error("activations")) <= TOLERANCE, (c.rank, c.engine, c.simulator)

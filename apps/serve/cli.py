@@ -15,7 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from apps.flags import DEFAULT_PROMPT, add_device_args, add_model_source_args
-from apps.request import RunRequest, resolve
+from apps.request import EXECUTORS, RunRequest, resolve
 from cascade_sched.cliargs import Handler, Invocation, add_schedule_args, int_pair
 from cascade_sched.errors import ConfigError, check_float, check_range
 from executors.torchrun import rank, under_torchrun, world_size
@@ -23,6 +23,8 @@ from executors.torchrun import rank, under_torchrun, world_size
 if TYPE_CHECKING:
     from apps.serve.group import LocalGroup
     from apps.serve.session import ServeConfig
+
+SERVED = ("reference", "distributed")  # the executors a server runs (the compiled one is not served)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
@@ -63,8 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
                    help="seconds between a client's accepted prompt changes (default 1)")
     m = add_model_source_args(p)
     m.add_argument("--prompt", default=DEFAULT_PROMPT, help="a stream's first prompt")
-    m.add_argument("--executor", default="reference", choices=("reference", "distributed"),
-                   help="reference (this process) or distributed (under torchrun, one rank per device)")
+    m.add_argument("--executor", default="reference", choices=EXECUTORS,
+                   help="reference (this process) or distributed (one rank per device); compiled is not served")
     add_device_args(m)
     m.add_argument("--timeout", type=float, default=60.0, help="seconds a rank waits on a peer (default 60)")
     m.add_argument("--fail-at", type=int_pair("RANK:TICK"), default=None, help=argparse.SUPPRESS)  # tests
@@ -103,6 +105,9 @@ def _cmd_serve(run: Invocation) -> int:
 
     stop_on_sigint()  # a server stops on SIGINT wherever it was started, a shell's background included
     request, notes = resolve(run)
+    if request.executor not in SERVED:
+        raise ConfigError("executor", f"`--executor` {request.executor} is not served (it runs `cascade generate`); "
+                                      f"give {' or '.join(SERVED)}")
     config = server_config(run.args, request.spec.switch_policy)
     try:
         import prometheus_client  # noqa: F401

@@ -108,7 +108,7 @@ def test_distributed_matches_reference_with_rank0_encoding(folder: Path, tmp_pat
     (["--model", "wan2.1-1.3b"], "--text-encoder", "needs real text conditioning"),
     (["--preset", "self-forcing"], "--text-encoder", "needs real text conditioning"),
     (["--preset", "longlive", "--text-embeddings", "stand-in"], "--lora", "pass --lora PATH"),
-    (["--model-dir", "."], "--model-dir", "has no text_encoder/ and tokenizer/"),
+    (["--model-dir", "."], "--model-dir", "has no transformer/"),
     (["--model", "tiny", "--weights", "ema"], "--weights", "none was given"),
     (["--model", "tiny", "--vae", "missing/vae"], "--vae", "does not exist"),
     (["--model", "tiny", "--text-embeddings", "nope.safetensors"], "--text-embeddings", "neither a file"),

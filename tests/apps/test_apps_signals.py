@@ -133,8 +133,8 @@ def test_under_torchrun_rank_0_alone_says_the_line(tmp_path: Path) -> None:
 # is at work: (arguments that keep it busy for long, a line it prints once at work, or None: a moment).
 COMMANDS = {
     "schedule": (["--blocks", "100000"], None),
-    "simulate": (["--blocks", "100000"], None),
-    "plan": (["--blocks", "2000"], None),
+    "simulate": (["--blocks", "100000", "--path", "event"], None),  # every block through the event loop
+    "plan": (["--blocks", "300"], None),  # a default sweep at 300 blocks: about half a minute
     # calibrate: while its two-rank link measurement starts its ranks (they import torch: the window a
     # Ctrl-C used to fill with their tracebacks)
     "calibrate": (["--out", "c.json", "--batches", "1", "--context-blocks", "1", "--warmup", "0", "--repeats", "1"],
