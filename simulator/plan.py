@@ -29,7 +29,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cascade_sched.errors import ConfigError, SimulationError, check_range
@@ -185,7 +185,8 @@ class _Layout:
 def _layouts(space: SweepSpace, denoise: int, lags: Sequence[int]) -> list[_Layout]:
     """Every placement of ``denoise`` GPUs the space asks for: block placement at every lag, and every
     G x W = denoise with W >= 2 (a ring of 1 is block placement), at lag 1 (a block enters each ring every
-    tick: the stream batch, every device busy every tick) unless the space names its lags."""
+    tick: the stream batch, every device busy every tick) unless the space names its lags; a ring that does
+    not fit at lag 1 is tried at the next lags (:func:`_fallback_lags`)."""
     out: list[_Layout] = []
     for placement in space.placements:
         if placement != "layers":
@@ -256,13 +257,27 @@ def sweep(space: SweepSpace, constraints: Constraints) -> list[PlanPoint]:
             decodes = [d for d in space.decodes if denoise + (d == "gpu") in counts]
             for layout in _layouts(space, denoise, lags):
                 for attention in space.attentions:
-                    spec = _spec(layout, attention, window, denoise, space, n_stages, geometry.num_layers,
-                                 geometry.frames_per_block)
-                    runs = _Runs(spec, geometry)
-                    for decode in decodes:
-                        points.extend(_points(runs, layout, cluster, costs[decoder], geometry.name, link, decode,
-                                              decoder, space, constraints))
+                    for tried in _fallback_lags(layout, space, n_stages):
+                        spec = _spec(tried, attention, window, denoise, space, n_stages, geometry.num_layers,
+                                     geometry.frames_per_block)
+                        runs = _Runs(spec, geometry)
+                        new = [p for decode in decodes for p in _points(runs, tried, cluster, costs[decoder],
+                                                                         geometry.name, link, decode, decoder,
+                                                                         space, constraints)]
+                        points.extend(new)
+                        if any(p.fits for p in new):
+                            break
     return rank(points)
+
+
+def _fallback_lags(layout: _Layout, space: SweepSpace, n_stages: int) -> list[_Layout]:
+    """The lags to try a layout at, in order, until one fits in memory: a ring swept at its default lag 1
+    (S blocks per forward on every device) that does not fit is tried at lags 2, 3, ... S (fewer blocks in
+    flight, less K/V and activation per device; the points that did not fit stay in the table as such).
+    Every other layout, and any sweep that names its lags, runs as given."""
+    if layout.placement != "layers" or space.lags:
+        return [layout]
+    return [replace(layout, lag=lag) for lag in range(layout.lag, n_stages + 1)]
 
 
 class _Runs:
@@ -442,7 +457,7 @@ def recommendation_text(points: Sequence[PlanPoint], constraints: Constraints) -
     for model in dict.fromkeys(p.model for p in points):
         p = recommend(points, model)
         if p is not None:
-            lines.append(f"{model}: {_describe(p)} -> {p.fps:.1f} FPS delivered (paper-style {p.paper_fps:.1f}), "
+            lines.append(f"{model}: {_describe(p)} -> {p.fps:.1f} FPS delivered (denoise FPS {p.paper_fps:.1f}), "
                          f"first frame {p.first_frame_s:.2f} s, worst interval {p.interval_max_s * 1e3:.0f} ms. Why: "
                          f"{_why(p, points)}; bottleneck {p.bottleneck}: {p.lift}. Quality of the "
                          f"{p.attention} context: {QUALITY_DOC}")
@@ -465,16 +480,16 @@ def format_table(points: Sequence[PlanPoint], top: int | None = 12) -> str:
     """The ranked table, ``top`` rows per model (None: all). The context column is the attention mode each
     point reads its predecessors with; its quality is docs/quality.md's."""
     header = (f"{'#':>3} {'model':<12} {'GPUs':>4} {'placement':<9} {'context':<14} {'lag':>3} {'k':>2} "
-              f"{'decode':<11} {'win':>3} {'FPS':>6} {'paper':>6} {'1st s':>6} {'max ms':>7} {'peak GB':>7}  "
+              f"{'decode':<11} {'win':>3} {'FPS':>6} {'denoise':>7} {'1st s':>6} {'max ms':>7} {'peak GB':>7}  "
               "cap          status")
     lines = [header, "-" * len(header)]
     for model in dict.fromkeys(p.model for p in points):
         rows = [p for p in points if p.model == model]
         for i, p in enumerate(rows[:top] if top else rows, 1):
             if p.fits:
-                nums = (f"{p.fps:6.2f} {p.paper_fps:6.2f} {p.first_frame_s:6.2f} {p.interval_max_s * 1e3:7.1f}")
+                nums = (f"{p.fps:6.2f} {p.paper_fps:7.2f} {p.first_frame_s:6.2f} {p.interval_max_s * 1e3:7.1f}")
             else:
-                nums = f"{'-':>6} {'-':>6} {'-':>6} {'-':>7}"
+                nums = f"{'-':>6} {'-':>7} {'-':>6} {'-':>7}"
             att = p.attention + ("*" if p.extension else "")
             dec = p.decode + ("/taehv" if p.decoder == "taehv" else "")
             lines.append(f"{i:>3} {p.model:<12} {p.gpus:>4} {p.label:<9} {att:<14} {p.lag:>3} {p.stride:>2} "
@@ -484,7 +499,8 @@ def format_table(points: Sequence[PlanPoint], top: int | None = 12) -> str:
     if any(p.extension for p in points):
         lines.append("* stale attention: an extension beyond the paper (one-step-stale in-flight K/V)")
     lines.append(f"context: what each block reads of its predecessors (docs/contract.md); what each costs in "
-                 f"quality: {QUALITY_DOC}. k: the stage stride (W for a ring of W).")
+                 f"quality: {QUALITY_DOC}. k: the stage stride (W for a ring of W). FPS: delivered FPS; denoise: "
+                 f"denoise FPS (docs/concepts.md, 'Which FPS?').")
     return "\n".join(lines)
 
 

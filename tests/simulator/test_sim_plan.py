@@ -3,6 +3,7 @@ advice of GPUs that would sit idle."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,17 @@ def test_plan_command_sweeps_rings_and_marks_the_picture(tmp_path: Path, capsys:
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["plan", "--placement", "rings", "--out", str(tmp_path)]) == 2
     assert "--placement" in capsys.readouterr().err
+
+
+def test_a_ring_that_does_not_fit_at_lag_1_is_tried_at_the_next_lags() -> None:
+    """14B as a ring of 7 RTX 5090s (32 GB) with a decoder GPU: lag 1 holds S blocks per forward on every
+    device and does not fit; the sweep keeps that point, marked, and goes on to the first lag that fits.
+    Block placement, and a sweep that names its lags, run only the lags given."""
+    space = SweepSpace(models=("wan2.1-14b",), gpu="rtx5090", gpu_counts=(8,), attentions=("causal",),
+                       decodes=("gpu",), placements=("layers",), ring_sizes=(7,))
+    points = sweep(space, Constraints())
+    tried = sorted((p.lag, p.fits) for p in points)
+    assert tried[0] == (1, False) and tried[-1][1], tried
+    assert [fits for _, fits in tried] == [False] * (len(tried) - 1) + [True], tried  # stops at the first fit
+    named = sweep(dataclasses.replace(space, lags=(1,)), Constraints())
+    assert [(p.lag, p.fits) for p in named] == [(1, False)]
