@@ -24,6 +24,14 @@ class KVSend(NamedTuple):
     first_layer: int = 0
     end_layer: int | None = None
 
+    def layers(self, num_layers: int) -> range:
+        """The layers this send carries, of a model of ``num_layers`` layers.
+
+        >>> KVSend((0, 0), 0, 1).layers(30), KVSend((0, 0), 0, 1, 8, 16).layers(30)
+        (range(0, 30), range(8, 16))
+        """
+        return range(self.first_layer, num_layers if self.end_layer is None else self.end_layer)
+
 
 NEXT, DECODE, REENCODE = "next", "decode", "recache"
 

@@ -136,10 +136,10 @@ class TransferPlan:
         """
         for tick in range(len(self.gang)):
             for m in self.gang[tick]:
-                n = (sizes.layers if m.end_layer is None else m.end_layer) - m.first_layer
+                n = len(m.layers(sizes.layers))
                 yield Transfer(tick, GANG, m.src, m.dst, n, n * sizes.gang)
             for m in self.past[tick]:
-                n = 2 * ((sizes.layers if m.end_layer is None else m.end_layer) - m.first_layer)
+                n = 2 * len(m.layers(sizes.layers))
                 yield Transfer(tick, PAST, m.src, m.dst, n, n * sizes.past)
             for ls in self.latents[tick]:
                 yield Transfer(tick, LATENT, ls.src, ls.dst, 1, sizes.latent)

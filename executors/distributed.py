@@ -156,15 +156,12 @@ class DistributedTransport:
         for w in works:
             w.wait(self.timeout)
 
-    def _range(self, m: KVSend) -> range:
-        return range(m.first_layer, self.layers if m.end_layer is None else m.end_layer)
-
     def exchange(self, tick: int, layer: int, sends: Sequence[KVSend],
                  local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
         ops: list[dist.P2POp] = []
         received: dict[KVRef, Tensor] = {}
         for m in sends:
-            if layer not in self._range(m):
+            if layer not in m.layers(self.layers):
                 continue
             if m.src == self.me:
                 k, v = local[m.ref]
@@ -191,7 +188,7 @@ class DistributedTransport:
                     self._send(ops, tick, v.contiguous(), m.dst)
             elif m.dst == self.me:
                 layers = []
-                for layer in self._range(m):
+                for layer in m.layers(self.layers):
                     k = self._recv(ops, torch.empty(self.kv_shape, dtype=self.dtype, device=self.device), m.src)
                     v = self._recv(ops, torch.empty(self.kv_shape, dtype=self.dtype, device=self.device), m.src)
                     layers.append((k, v))

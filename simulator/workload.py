@@ -139,7 +139,7 @@ class Workload:
 
     def past_nbytes(self, send: KVSend) -> int:
         """Bytes of one past send: K and V of every layer of its range."""
-        layers = self.geometry.num_layers if send.end_layer is None else send.end_layer - send.first_layer
+        layers = len(send.layers(self.geometry.num_layers))
         return self.past_bytes * layers // self.geometry.num_layers
 
     def bytes_total(self) -> int:

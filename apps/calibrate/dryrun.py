@@ -258,7 +258,7 @@ class ThreadTransport:
     def exchange(self, tick: int, layer: int, sends: Sequence[KVSend],
                  local: Mapping[KVRef, KVPair]) -> dict[KVRef, KVPair]:
         received: dict[KVRef, KVPair] = {}
-        sends = [m for m in sends if layer in self._range(m)]
+        sends = [m for m in sends if layer in m.layers(self.layers)]
         for m in sends:
             if m.src == self.rank:
                 k, v = local[m.ref]
@@ -269,15 +269,12 @@ class ThreadTransport:
                 received[m.ref] = self._kv(("gang", tick, layer, m.ref, m.dst))
         return received
 
-    def _range(self, m: KVSend) -> range:
-        return range(m.first_layer, self.layers if m.end_layer is None else m.end_layer)
-
     def post(self, tick: int, kv: Sequence[KVSend], latents: Sequence[LatentSend], hops: Sequence[HiddenSend],
              outbox: Mail) -> Mail:
         inbox = Mail()
         for m in kv:
             if m.src == self.rank:
-                for layer, (k, v) in zip(self._range(m), outbox.kv[m.ref], strict=True):
+                for layer, (k, v) in zip(m.layers(self.layers), outbox.kv[m.ref], strict=True):
                     self.hub.put(("past", tick, layer, m.ref, m.dst, "k"), k)
                     self.hub.put(("past", tick, layer, m.ref, m.dst, "v"), v)
         for ls in latents:
@@ -289,7 +286,7 @@ class ThreadTransport:
                     self.hub.put(("hidden", tick, h.block, h.stage, h.dst, i), piece)
         for m in kv:
             if m.dst == self.rank:
-                inbox.kv[m.ref] = [self._kv(("past", tick, layer, m.ref, m.dst)) for layer in self._range(m)]
+                inbox.kv[m.ref] = [self._kv(("past", tick, layer, m.ref, m.dst)) for layer in m.layers(self.layers)]
         for ls in latents:
             if ls.dst == self.rank:
                 inbox.latents[(ls.block, ls.purpose)] = self._receive(("latent", tick, ls.block, ls.purpose, ls.dst),
