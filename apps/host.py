@@ -20,15 +20,23 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (MemAvailable; 8 GiB where the system does not say)."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """Bytes of a ``key: N kB`` line of a /proc file, or None where the system does not say."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable; 8 GiB where the system does not say)."""
+    found = _proc_kib("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
@@ -37,14 +45,7 @@ def available_memory() -> int:
 
 def rss_bytes() -> int:
     """This process's resident memory now, in bytes (VmRSS; 0 where the system does not say)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _proc_kib("/proc/self/status", "VmRSS") or 0
 
 
 def machine() -> Machine:

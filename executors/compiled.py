@@ -53,7 +53,7 @@ from executors.buckets import ATTENTION, TOKENS, Bucket, forward_buckets
 from executors.feed import Stream, StreamHook
 from models.attention import CrossKV, KVPair, Rope, attend
 from models.dit import CausalWanDiT
-from models.layers import WanBlock, _act_dtype
+from models.layers import WanBlock, act_dtype
 
 BACKENDS = ("inductor", "tensorrt")
 # `eager` runs the exported pieces uncompiled: the compiled executor's routing and decomposition without a
@@ -229,7 +229,7 @@ class CompiledModel:
         """Inputs of ``piece`` at ``bucket`` (zeros; shapes and dtypes are what matter), weights included."""
         m, cfg = self.model, self.model.config
         dev, wd = m.device, m.dtype
-        act = _act_dtype(wd)
+        act = act_dtype(wd)
         h, d = cfg.num_heads, cfg.head_dim
         if piece == "attend":
             return (torch.zeros(bucket.queries, h, d, dtype=wd, device=dev),

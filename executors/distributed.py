@@ -48,7 +48,7 @@ from cascade_sched.trace import COMM, TraceEvent, exchange_name, transfer_name
 from cascade_sched.transfers import HiddenSend, KVSend, LatentSend, MessageSizes, message_bytes
 from executors.base import EVENTS_PER_BLOCK, BlockCallback, RunOptions, RunResult, TickLoop, Work
 from executors.feed import Declaration, StreamHook, StreamView
-from executors.transport import Mail
+from executors.transport import Mail, hidden_message
 from models.config import ModelConfig, ModelSlice
 from models.dit import CausalWanDiT, KVPair, TickKernels
 from models.sampler import latent_dtype
@@ -106,7 +106,7 @@ def message_sizes(config: ModelConfig, dtype: torch.dtype) -> MessageSizes:
     """
     element = torch.empty((), dtype=dtype).element_size()
     latent = torch.empty((), dtype=latent_dtype(dtype)).element_size()
-    hidden = torch.empty((), dtype=torch.promote_types(dtype, torch.float32)).element_size()
+    hidden = torch.empty((), dtype=hidden_message(config, dtype)[1]).element_size()
     return message_bytes(config.kv_bytes_per_block_layer(element), config.num_layers,
                          math.prod(config.latent_shape()) * latent, config.hidden_bytes_per_block(hidden))
 
@@ -125,9 +125,7 @@ class DistributedTransport:
         self.me = rank_device(spec, rank)
         self.kv_shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
         self.latent_shape, self.latent_dtype = cfg.latent_shape(), latent_dtype(model.dtype)
-        pt = cfg.patch_size[0]
-        self.hidden_shape = (cfg.frames_per_block // pt, cfg.tokens_per_frame, cfg.dim)  # one forward member
-        self.hidden_dtype = torch.promote_types(model.dtype, torch.float32)  # the residual stream's dtype
+        self.hidden_shape, self.hidden_dtype = hidden_message(cfg, model.dtype)  # one forward member
         self.layers = cfg.num_layers
         self.timeout = timedelta(seconds=timeout_s)
         self.pending_kv: dict[tuple[KVRef, int], list[Any]] = {}

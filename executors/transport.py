@@ -16,14 +16,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from cascade_sched.schedule import KVRef
 from cascade_sched.trace import TraceEvent
 from cascade_sched.transfers import HiddenSend, KVSend, LatentSend
+from models.config import ModelConfig
 from models.dit import KVPair
+from models.layers import act_dtype
 
-__all__ = ["LocalTransport", "Mail", "Transport"]
+__all__ = ["LocalTransport", "Mail", "Transport", "hidden_message"]
+
+
+def hidden_message(config: ModelConfig, dtype: torch.dtype) -> tuple[tuple[int, int, int], torch.dtype]:
+    """The shape and dtype of one message of a ring hop: one forward member's residual stream (its patch
+    frames x tokens per frame x dim) in the activation dtype of weights of ``dtype``.
+
+    >>> from models.config import get_config
+    >>> hidden_message(get_config("tiny"), torch.bfloat16)
+    ((3, 4, 32), torch.float32)
+    """
+    return (config.frames_per_block // config.patch_size[0], config.tokens_per_frame, config.dim), act_dtype(dtype)
 
 
 @dataclass

@@ -36,7 +36,7 @@ VAE_STRIDE = (4, 8, 8)
 # Pixels per latent cell, where a preset has no Wan VAE: the toy's latent is its RGB pixels.
 PIXEL_STRIDE: dict[str, int] = {"toy": 1}
 # Bytes per value of the residual stream (the activation dtype) for each weight dtype: half-precision
-# weights keep the stream in float32, as Wan's autocast regions do (models/layers.py: _act_dtype).
+# weights keep the stream in float32, as Wan's autocast regions do (models/layers.py: act_dtype).
 ACTIVATION_BYTES = {"bfloat16": 4, "float16": 4, "float32": 4, "float64": 8}
 
 

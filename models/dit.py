@@ -61,7 +61,7 @@ from .attention import (
 from .attention import attend as _attend
 from .conditioning import PromptConditioning
 from .config import ModelConfig, ModelSlice
-from .layers import Head, Modulation, WanBlock, _act_dtype
+from .layers import Head, Modulation, WanBlock, act_dtype
 from .slices import NotHeld, init_weights
 from .tick import (
     Exchange,
@@ -258,12 +258,12 @@ class CausalWanDiT(PromptConditioning, nn.Module):
         x = torch.cat(patches) if len(patches) > 1 else patches[0]  # (G, P, patch_dim)
         conv = self._entry()
         x = F.linear(x.to(conv.weight.dtype), conv.weight.flatten(1), conv.bias)  # (G, P, dim)
-        return x.to(_act_dtype(conv.weight.dtype))
+        return x.to(act_dtype(conv.weight.dtype))
 
     def condition(self, temb: Tensor, frames: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
         """Per-frame embeddings from per-task timestep sinusoids temb (n, freq_dim) (weight dtype) and
         patch-frame counts (n,): e (G, dim), e0 (G, 6, dim), activation dtype."""
-        act = _act_dtype(self.dtype)
+        act = act_dtype(self.dtype)
         e = self.time_embedding(temb)  # (n, dim)
         e0 = torch.unflatten(self.time_projection(e), 1, (6, -1))  # (n, 6, dim)
         counts = [int(f) for f in frames]
@@ -301,7 +301,7 @@ class CausalWanDiT(PromptConditioning, nn.Module):
         af = torch.outer(frame_positions.to(device, torch.float64), ff)  # (G, cf)
         g, p = af.shape[0], hw.shape[0]
         ang = torch.cat([af[:, None].expand(g, p, -1), hw[None].expand(g, p, -1)], -1).reshape(g * p, 1, -1)
-        freqs = torch.polar(torch.ones_like(ang), ang).to(_COMPLEX[_act_dtype(self.dtype)])  # (N, 1, D/2)
+        freqs = torch.polar(torch.ones_like(ang), ang).to(_COMPLEX[act_dtype(self.dtype)])  # (N, 1, D/2)
         return (freqs.real.contiguous(), freqs.imag.contiguous()) if real else freqs
 
     def unpatchify(self, out: Tensor, frames: Sequence[int]) -> list[Tensor]:

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from .attention import CrossKV, Rope, apply_rope, attend, cross_attend
 from .config import ModelConfig
 
-__all__ = ["Head", "LayerNorm", "Modulation", "RMSNorm", "SelfAttention", "WanBlock"]
+__all__ = ["Head", "LayerNorm", "Modulation", "RMSNorm", "SelfAttention", "WanBlock", "act_dtype"]
 
 Modulation = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # each (G, 1, dim)
 
 
-def _act_dtype(dtype: torch.dtype) -> torch.dtype:
+def act_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the residual stream for weights of `dtype` (half types widen to float32)."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
@@ -40,7 +40,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.to(_act_dtype(x.dtype))
+        x = x.to(act_dtype(x.dtype))
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 

@@ -47,7 +47,7 @@ from cascade_sched.spec import CascadeSpec
 from cascade_sched.trace import TraceEvent
 from cascade_sched.transfers import HiddenSend, KVSend, LatentSend
 from executors.base import RunOptions, TickLoop
-from executors.transport import LocalTransport, Mail, Transport
+from executors.transport import LocalTransport, Mail, Transport, hidden_message
 from models.config import ModelSlice, get_config
 from models.dit import CausalWanDiT, EagerKernels, KVPair
 from models.dtypes import torch_dtype
@@ -239,8 +239,7 @@ class ThreadTransport:
         self.device, self.dtype = model.device, model.dtype
         self.kv_shape = (cfg.tokens_per_block, cfg.num_heads, cfg.head_dim)
         self.latent_shape, self.latent_dtype = cfg.latent_shape(), latent_dtype(model.dtype)
-        self.hidden_shape = (cfg.frames_per_block // cfg.patch_size[0], cfg.tokens_per_frame, cfg.dim)
-        self.hidden_dtype = torch.promote_types(model.dtype, torch.float32)  # the residual stream's dtype
+        self.hidden_shape, self.hidden_dtype = hidden_message(cfg, model.dtype)  # one forward member
         self.layers = cfg.num_layers
 
     def _receive(self, key: tuple[Any, ...], shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
